@@ -1,0 +1,135 @@
+//! Command-line interface: clap types, their conversion into library configuration, and the
+//! exit codes. No slide logic lives here.
+
+mod info;
+mod region;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tessera::{BackendChoice, Limits, SlideConfig};
+
+/// Exit status: every input succeeded.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: some inputs failed, others succeeded.
+pub const EXIT_SOME_FAILED: u8 = 2;
+/// Exit status: nothing succeeded.
+pub const EXIT_ALL_FAILED: u8 = 3;
+/// Exit status: the command line itself was wrong.
+pub const EXIT_USAGE: u8 = 64;
+
+const EXIT_CODES: &str = "Exit codes:\n  0   every slide was read\n  2   some slides failed, \
+    others were read\n  3   no slide was read\n  64  invalid command line";
+
+/// Tessera: whole-slide pathology inference. Decision support — findings require review by a
+/// pathologist.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Describe slides: format, reader, dimensions, levels, µm/px, objective, associated images.
+    #[command(after_help = EXIT_CODES)]
+    Info(info::InfoArgs),
+    /// Write one region of a slide as a PNG (like openslide-write-png).
+    #[command(
+        after_help = "Exit codes:\n  0   the PNG was written\n  3   it was not (nothing \
+        is left at the output path)\n  64  invalid command line"
+    )]
+    Region(region::RegionArgs),
+}
+
+/// Which slide reader to use.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// The best reader for each file (today: OpenSlide).
+    Auto,
+    /// OpenSlide, loaded at run time.
+    Openslide,
+}
+
+/// Options shared by every command that opens slides.
+#[derive(Debug, Args)]
+struct SlideArgs {
+    /// Slide reader.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// OpenSlide library to load (default: $TESSERA_OPENSLIDE, then the openslide-bin Python
+    /// package, then the system's libopenslide).
+    #[arg(long, value_name = "LIBRARY")]
+    openslide: Option<PathBuf>,
+    /// Largest region one read may return, in pixels.
+    #[arg(long, value_name = "PIXELS", default_value_t = Limits::default().max_region_pixels)]
+    max_region_pixels: u64,
+    /// Largest level-0 width or height a slide may claim.
+    #[arg(long, value_name = "PIXELS", default_value_t = Limits::default().max_level0_width)]
+    max_slide_dimension: u64,
+}
+
+impl SlideArgs {
+    fn config(&self) -> SlideConfig {
+        SlideConfig {
+            backend: match self.backend {
+                BackendArg::Auto => BackendChoice::Auto,
+                BackendArg::Openslide => BackendChoice::OpenSlide,
+            },
+            openslide_library: self.openslide.clone(),
+            limits: Limits {
+                max_region_pixels: self.max_region_pixels,
+                max_level0_width: self.max_slide_dimension,
+                max_level0_height: self.max_slide_dimension,
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    let code = match cli.command {
+        Command::Info(args) => info::run(&args),
+        Command::Region(args) => region::run(&args),
+    };
+    ExitCode::from(code)
+}
+
+/// The exit code for a batch with `ok` successes out of `total` inputs.
+fn batch_exit_code(ok: usize, total: usize) -> u8 {
+    if ok == total {
+        EXIT_OK
+    } else if ok == 0 {
+        EXIT_ALL_FAILED
+    } else {
+        EXIT_SOME_FAILED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(batch_exit_code(2, 2), EXIT_OK);
+        assert_eq!(batch_exit_code(1, 2), EXIT_SOME_FAILED);
+        assert_eq!(batch_exit_code(0, 2), EXIT_ALL_FAILED);
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,60 @@
+//! Configuration shared by every command: which slide backend to use and the limits that
+//! protect the machine from hostile or mistaken input.
+//!
+//! In: values from the command line (parsed by the binary) or from a library caller.
+//! Out: plain structs with safe defaults; nothing here touches a file.
+
+use std::path::PathBuf;
+
+/// Resource limits. A file or request that exceeds one is refused with
+/// [`crate::Error::LimitExceeded`] before anything of that size is allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest region, in pixels, that one `read_region` call may return (default 64 Mpx,
+    /// 192 MiB of RGB).
+    pub max_region_pixels: u64,
+    /// Largest level-0 width a slide may claim (default 1,000,000).
+    pub max_level0_width: u64,
+    /// Largest level-0 height a slide may claim (default 1,000,000).
+    pub max_level0_height: u64,
+    /// Largest associated image (label, macro, thumbnail) that may be decoded (default 64 Mpx).
+    pub max_associated_pixels: u64,
+    /// Largest ICC profile that may be read (default 16 MiB).
+    pub max_icc_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_region_pixels: 64 * 1024 * 1024,
+            max_level0_width: 1_000_000,
+            max_level0_height: 1_000_000,
+            max_associated_pixels: 64 * 1024 * 1024,
+            max_icc_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which reader opens a slide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// The best available reader for the file. Today this is OpenSlide for every format;
+    /// Tessera's native TIFF reader will take the formats it supports.
+    #[default]
+    Auto,
+    /// Force OpenSlide.
+    OpenSlide,
+}
+
+/// Everything needed to open a slide.
+#[derive(Debug, Clone, Default)]
+pub struct SlideConfig {
+    /// Which reader to use.
+    pub backend: BackendChoice,
+    /// A specific OpenSlide shared library to load. `None` searches as described in
+    /// [`crate::slide::openslide::discover`]: `TESSERA_OPENSLIDE`, the `openslide_bin` Python
+    /// package, then the system's library.
+    pub openslide_library: Option<PathBuf>,
+    /// Resource limits.
+    pub limits: Limits,
+}

@@ -1,0 +1,40 @@
+//! Tessera: a whole-slide pathology inference engine.
+//!
+//! This crate is the product; the `tessera` binary only turns command-line flags into the
+//! configuration types defined here and calls into the library.
+//!
+//! # Data flow
+//!
+//! ```text
+//! path ──► slide::Slide::open ──► Slide (levels, MPP, properties, associated images)
+//!                                   │
+//!                                   ├──► info::SlideInfo        (`tessera info`)
+//!                                   └──► Slide::read_region ──► RgbImage ──► output::write_png
+//!                                                                            (`tessera region`)
+//! ```
+//!
+//! Later stages (tissue mask, patch grid, inference, heatmaps) build on [`slide::Slide`].
+//!
+//! # Coordinate spaces
+//!
+//! Region locations are always level-0 pixels ([`geom::Level0Px`]); sizes are in pixels of the
+//! level being read ([`geom::Size`]); positions inside a level are [`geom::LevelPx`]; tiles are
+//! addressed by [`geom::TileIndex`]. Conversions go through named functions in [`geom`].
+
+#![deny(missing_docs)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod config;
+pub mod error;
+pub mod geom;
+pub mod info;
+pub mod output;
+pub mod slide;
+
+pub use config::{BackendChoice, Limits, SlideConfig};
+pub use error::{Error, Result};
+pub use geom::{Level0Px, LevelPx, Size, TileIndex};
+pub use slide::Slide;
+
+/// Tessera's version, as recorded in every output.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

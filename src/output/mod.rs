@@ -1,0 +1,103 @@
+//! Writing outputs: every file is written to a temporary name beside its destination and
+//! renamed into place, so a reader never sees a half-written file and a failure leaves nothing
+//! that looks complete.
+//!
+//! In: bytes or an RGB image and a destination path. Out: the file at that path, or an error
+//! and no file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use image::RgbImage;
+
+use crate::error::{Error, Result};
+
+/// Writes a file atomically: `write` fills a temporary file in the destination's folder, which
+/// is synced and renamed to `path`. On any error the temporary file is removed.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| Error::Io {
+        path: path.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+    })?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(
+        ".tmp-tessera-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp: PathBuf = path.with_file_name(tmp_name);
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::from_io(&tmp, e))?;
+        let mut w = BufWriter::new(file);
+        write(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::from_io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::from_io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::from_io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes an RGB image as a PNG, atomically.
+pub fn write_png(path: &Path, image: &RgbImage) -> Result<()> {
+    write_atomic(path, |w| {
+        use image::ImageEncoder;
+        image::codecs::png::PngEncoder::new(&mut *w)
+            .write_image(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| Error::Encode {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
+        w.flush().map_err(|e| Error::from_io(path, e))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trips_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.png");
+        let img = RgbImage::from_fn(3, 2, |x, y| image::Rgb([x as u8 * 80, y as u8 * 100, 7]));
+        write_png(&out, &img).unwrap();
+        let back = image::open(&out).unwrap().to_rgb8();
+        assert_eq!(back, img);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.png");
+        let err = write_atomic(&out, |w| {
+            w.write_all(b"partial").unwrap();
+            Err(Error::Encode {
+                path: out.clone(),
+                message: "boom".into(),
+            })
+        });
+        assert!(matches!(err, Err(Error::Encode { .. })));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

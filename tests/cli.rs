@@ -1,0 +1,226 @@
+//! The `tessera` binary: output, JSON, exit codes, and the OpenSlide search.
+
+use std::ffi::OsStr;
+
+use crate::require;
+use crate::util::*;
+
+#[test]
+fn info_reports_the_main_slide() {
+    let svs = require!(data_and_openslide("slides/aperio/CMU-1-Small-Region.svs"));
+    let out = tessera(&[OsStr::new("info"), svs.as_os_str()], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "2220 × 2967",
+        "0.499 × 0.499",
+        "20×",
+        "Aperio SVS",
+        "openslide 4.",
+        "label 387 × 463",
+        "macro 1280 × 431",
+        "thumbnail 574 × 768",
+        "levels       1",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn info_json_is_stable_and_parses() {
+    let svs = require!(data_and_openslide("slides/aperio/CMU-1-Small-Region.svs"));
+    let broken = data("corrupt/broken.svs").unwrap();
+    let out = tessera(
+        &[
+            OsStr::new("info"),
+            OsStr::new("--json"),
+            svs.as_os_str(),
+            broken.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 2, "one good, one bad: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema_version"], 1);
+    let s = &v["slides"][0];
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["dimensions"]["width"], 2220);
+    assert_eq!(s["dimensions"]["height"], 2967);
+    assert_eq!(s["levels"].as_array().unwrap().len(), 1);
+    assert_eq!(s["mpp"]["x"], 0.499);
+    assert_eq!(s["mpp"]["source"]["kind"], "slide-metadata");
+    assert_eq!(s["objective_power"], 20.0);
+    assert_eq!(s["vendor"], "aperio");
+    assert_eq!(s["backend"]["name"], "openslide");
+    assert_eq!(s["associated_images"][0]["name"], "label");
+    assert_eq!(s["properties"]["aperio.AppMag"], "20");
+    let e = &v["slides"][1];
+    assert_eq!(e["status"], "error");
+    assert_eq!(e["kind"], "not_a_slide");
+    assert!(e["message"].as_str().unwrap().contains("broken.svs"));
+}
+
+#[test]
+fn every_corrupt_and_unsupported_file_fails_cleanly() {
+    let dir = require!(data_and_openslide("corrupt"));
+    let unsupported = data("unsupported").unwrap();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .chain(std::fs::read_dir(&unsupported).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 11);
+    for p in &paths {
+        let out = tessera(&[OsStr::new("info"), p.as_os_str()], &[]);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 3, "{}: {err}", p.display());
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert!(
+            err.contains(name),
+            "{name}: message does not name the file: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // All together: nothing read.
+    let mut args = vec![OsStr::new("info")];
+    args.extend(paths.iter().map(|p| p.as_os_str()));
+    assert_eq!(code(&tessera(&args, &[])), 3);
+}
+
+#[test]
+fn region_writes_a_png_and_refuses_bad_requests_without_output() {
+    let svs = require!(data_and_openslide("slides/aperio/CMU-1-Small-Region.svs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("r.png");
+    let ok = tessera(
+        &[
+            OsStr::new("region"),
+            svs.as_os_str(),
+            OsStr::new("--x"),
+            OsStr::new("1000"),
+            OsStr::new("--y"),
+            OsStr::new("1200"),
+            OsStr::new("--width"),
+            OsStr::new("300"),
+            OsStr::new("--height"),
+            OsStr::new("200"),
+            OsStr::new("-o"),
+            png.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    let img = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (300, 200));
+    let direct = tessera::Slide::open(&svs)
+        .unwrap()
+        .read_region(
+            tessera::Level0Px::new(1000, 1200),
+            0,
+            tessera::Size::new(300, 200),
+        )
+        .unwrap();
+    assert!(img == direct);
+
+    let bad = tmp.path().join("bad.png");
+    let (svs, bad_str) = (svs.to_str().unwrap(), bad.to_str().unwrap());
+    for (x, width, level, why) in [
+        ("0", "10", "3", "does not exist"),
+        ("5000", "10", "0", "entirely outside"),
+        ("0", "0", "0", "empty"),
+        ("0", "100000", "0", "over the limit"),
+    ] {
+        let out = tessera_str(&[
+            "region", svs, "--x", x, "--y", "0", "--width", width, "--height", "1000", "--level",
+            level, "-o", bad_str,
+        ]);
+        assert_eq!(code(&out), 3, "{why}: {}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{why}: {}", stderr(&out));
+        assert!(!bad.exists(), "a failed region left {}", bad.display());
+    }
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "no temporaries left"
+    );
+}
+
+#[test]
+fn usage_errors_and_help_have_their_own_exit_codes() {
+    let out = tessera_str(&["info"]);
+    assert_eq!(code(&out), 64);
+    let out = tessera_str(&["frobnicate"]);
+    assert_eq!(code(&out), 64);
+    let out = tessera_str(&["info", "--help"]);
+    assert_eq!(code(&out), 0);
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("Exit codes") && help.contains("2   some slides failed"));
+}
+
+#[test]
+fn without_openslide_the_error_names_the_format_and_both_installs() {
+    let svs = require!(data("slides/aperio/small.svs"));
+    let out = tessera(
+        &[OsStr::new("info"), svs.as_os_str()],
+        &[("TESSERA_OPENSLIDE", OsStr::new("none"))],
+    );
+    assert_eq!(code(&out), 3);
+    let err = stderr(&out);
+    for want in [
+        "small.svs",
+        "Aperio SVS",
+        "pip install openslide-bin",
+        "apt-get install libopenslide0",
+    ] {
+        assert!(err.contains(want), "missing {want:?}: {err}");
+    }
+}
+
+#[test]
+fn a_named_library_that_does_not_load_is_an_error_not_a_fallback() {
+    let svs = require!(data("slides/aperio/small.svs"));
+    let out = tessera(
+        &[OsStr::new("info"), svs.as_os_str()],
+        &[(
+            "TESSERA_OPENSLIDE",
+            OsStr::new("/nonexistent/libopenslide.so.1"),
+        )],
+    );
+    assert_eq!(code(&out), 3);
+    assert!(
+        stderr(&out).contains("cannot load OpenSlide"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn debian_openslide_3_reads_svs_and_refuses_dicom_clearly() {
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let lib = require!(system_openslide_3());
+    let dicom = data("slides/dicom/cmu-1-small-region").unwrap();
+    let env = [("TESSERA_OPENSLIDE", lib.as_os_str())];
+    let out = tessera(&[OsStr::new("info"), svs.as_os_str()], &env);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("openslide 3.4.1") && text.contains("2220 × 2967"),
+        "{text}"
+    );
+
+    let out = tessera(&[OsStr::new("info"), dicom.as_os_str()], &env);
+    assert_eq!(code(&out), 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs OpenSlide 4.0 or newer") && err.contains("3.4.1"),
+        "{err}"
+    );
+    assert!(err.contains("pip install openslide-bin"), "{err}");
+
+    let out = tessera(
+        &[OsStr::new("info"), svs.as_os_str(), dicom.as_os_str()],
+        &env,
+    );
+    assert_eq!(code(&out), 2);
+}

@@ -1,0 +1,293 @@
+//! Bad input: corrupt, unsupported, truncated and crafted files, odd paths and bad requests.
+//! Each gets its typed error naming the file; nothing panics or returns pixels it did not read.
+
+use std::io::Write;
+use std::path::Path;
+
+use tessera::{Error, Level0Px, Limits, Size, Slide, SlideConfig};
+
+use crate::require;
+use crate::util::*;
+
+fn open_err(path: &Path) -> Error {
+    match Slide::open(path) {
+        Ok(s) => panic!("{} opened: {s:?}", path.display()),
+        Err(e) => {
+            let name = path.file_name().unwrap().to_string_lossy();
+            assert!(
+                e.to_string().contains(&*name),
+                "message does not name the file: {e}"
+            );
+            e
+        }
+    }
+}
+
+#[test]
+fn corrupt_files_get_their_variants() {
+    let dir = require!(data_and_openslide("corrupt"));
+    let e = open_err(&dir.join("broken.svs"));
+    assert!(
+        matches!(&e, Error::NotASlide { detected, .. } if detected.contains("text")),
+        "{e}"
+    );
+    let e = open_err(&dir.join("unopenable.tiff"));
+    assert!(
+        matches!(&e, Error::Unsupported { reason, .. } if reason.contains("52479")),
+        "{e}"
+    );
+}
+
+#[test]
+fn unreadable_svs_fails_every_read_and_stays_poisoned() {
+    let path = require!(data_and_openslide("corrupt/unreadable.svs"));
+    let slide = Slide::open(&path).expect("unreadable.svs opens (its metadata is fine)");
+    assert_eq!(slide.dimensions(), Size::new(16, 16));
+    let first = slide
+        .read_region(Level0Px::new(0, 0), 0, Size::new(16, 16))
+        .unwrap_err();
+    assert!(
+        matches!(&first, Error::RegionRead { message, .. } if message.contains("Bogus marker length")),
+        "{first}"
+    );
+    let again = slide
+        .read_region(Level0Px::new(0, 0), 0, Size::new(4, 4))
+        .unwrap_err();
+    assert!(
+        matches!(&again, Error::Poisoned { first_error, .. } if first_error.contains("Bogus")),
+        "{again}"
+    );
+    assert!(again.to_string().contains("unreadable.svs"));
+    // `info` checks pixels, so it reports the file as failed rather than fine.
+    let info = tessera::info::describe(&path, &SlideConfig::default()).unwrap_err();
+    assert!(matches!(info, Error::RegionRead { .. }), "{info}");
+}
+
+#[test]
+fn unsupported_files_get_clear_errors() {
+    let dir = require!(data_and_openslide("unsupported"));
+    for (name, not_a_slide) in [
+        ("kidney-stripped-rgb.tif", true),
+        ("gray16-stripped.tif", true),
+        ("vectra-fluorescence.qptiff", true),
+        ("dicom-no-image-type.dcm", false),
+        ("sm_image_grayscale.dcm", false),
+        ("sm_image_jpegls.dcm", false),
+        ("dicom-label-only", false),
+        ("dicom-label-concat", false),
+    ] {
+        let e = open_err(&dir.join(name));
+        if not_a_slide {
+            assert!(matches!(e, Error::NotASlide { .. }), "{name}: {e}");
+        } else {
+            assert!(
+                matches!(&e, Error::Unsupported { format, .. } if format == "DICOM WSI"),
+                "{name}: {e}"
+            );
+        }
+    }
+    let e = open_err(&dir.join("kidney-stripped-rgb.tif"));
+    assert!(e.to_string().contains("stripped (untiled) TIFF"), "{e}");
+}
+
+#[test]
+fn paths_with_spaces_and_non_ascii_characters_open() {
+    let src = require!(data_and_openslide("slides/aperio/CMU-1-Small-Region.svs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a folder with spaces – ünïcødé");
+    std::fs::create_dir(&dir).unwrap();
+    let copy = dir.join("Schnitt Nr. 1 ☃ 病理.svs");
+    std::fs::copy(&src, &copy).unwrap();
+    let a = Slide::open(&src).unwrap();
+    let b = Slide::open(&copy).unwrap();
+    assert_eq!(a.dimensions(), b.dimensions());
+    let at = (Level0Px::new(700, 900), 0, Size::new(64, 48));
+    assert!(a.read_region(at.0, at.1, at.2).unwrap() == b.read_region(at.0, at.1, at.2).unwrap());
+    let out = tessera(&[std::ffi::OsStr::new("info"), copy.as_os_str()], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("Schnitt Nr. 1 ☃ 病理.svs"));
+}
+
+#[test]
+fn directories_empty_and_missing_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open_err(tmp.path());
+    assert!(
+        matches!(&e, Error::NotASlide { detected, .. } if detected.contains("directory")),
+        "{e}"
+    );
+    let empty = tmp.path().join("empty.svs");
+    std::fs::File::create(&empty).unwrap();
+    let e = open_err(&empty);
+    assert!(
+        matches!(&e, Error::NotASlide { detected, .. } if detected.contains("empty")),
+        "{e}"
+    );
+    let e = open_err(&tmp.path().join("missing.svs"));
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+}
+
+#[test]
+fn truncated_copies_never_yield_pixels_as_if_whole() {
+    let src = require!(data_and_openslide("slides/aperio/CMU-1-Small-Region.svs"));
+    let bytes = std::fs::read(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("truncated.svs");
+    for keep in [
+        7,
+        4096,
+        bytes.len() / 3,
+        bytes.len() / 2,
+        bytes.len() - 30_000,
+    ] {
+        std::fs::write(&path, &bytes[..keep]).unwrap();
+        match Slide::open(&path) {
+            Err(e) => {
+                assert!(
+                    matches!(e, Error::Corrupt { .. } | Error::NotASlide { .. }),
+                    "{keep} bytes: {e}"
+                );
+                assert!(e.to_string().contains("truncated.svs"));
+            }
+            Ok(slide) => {
+                let whole = slide.read_region(Level0Px::new(0, 0), 0, slide.dimensions());
+                assert!(
+                    whole.is_err(),
+                    "{keep} bytes: the whole level read as if intact"
+                );
+            }
+        }
+    }
+}
+
+/// A classic little-endian TIFF whose one tiled IFD claims `side` × `side` pixels.
+fn crafted_tiff(side: u32) -> Vec<u8> {
+    let entries: [(u16, u16, u32); 7] = [
+        (256, 4, side),
+        (257, 4, side),
+        (258, 3, 8),
+        (259, 3, 7),
+        (277, 3, 3),
+        (322, 3, 256),
+        (323, 3, 256),
+    ];
+    let mut b = b"II\x2a\x00\x08\x00\x00\x00".to_vec();
+    b.extend((entries.len() as u16).to_le_bytes());
+    for (tag, typ, v) in entries {
+        b.extend(tag.to_le_bytes());
+        b.extend(typ.to_le_bytes());
+        b.extend(1u32.to_le_bytes());
+        b.extend(v.to_le_bytes());
+    }
+    b.extend(0u32.to_le_bytes());
+    b
+}
+
+#[test]
+fn a_tiff_claiming_ten_million_squared_pixels_is_stopped_by_the_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("huge.tiff");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(&crafted_tiff(10_000_000))
+        .unwrap();
+    // Refused from the header alone, before any backend is loaded or allocates.
+    let e = open_err(&path);
+    assert!(
+        matches!(
+            e,
+            Error::LimitExceeded {
+                value: 10_000_000,
+                limit: 1_000_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The limit is configuration: a lower one refuses a smaller claim too.
+    std::fs::write(&path, crafted_tiff(50_000)).unwrap();
+    let config = SlideConfig {
+        limits: Limits {
+            max_level0_width: 40_000,
+            ..Limits::default()
+        },
+        ..SlideConfig::default()
+    };
+    let e = Slide::open_with(&path, &config).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LimitExceeded {
+                what: "level-0 width",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Through the CLI, with OpenSlide disabled to prove the check needs none.
+    std::fs::write(&path, crafted_tiff(10_000_000)).unwrap();
+    let out = tessera(
+        &[std::ffi::OsStr::new("info"), path.as_os_str()],
+        &[("TESSERA_OPENSLIDE", std::ffi::OsStr::new("none"))],
+    );
+    assert_eq!(code(&out), 3);
+    assert!(
+        stderr(&out).contains("over the limit of 1000000"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn region_requests_are_validated_before_reading() {
+    let path = require!(data_and_openslide("slides/generic-tiff/boxes.tiff"));
+    let slide = Slide::open(&path).unwrap();
+    let read = |x, y, level, w, h| slide.read_region(Level0Px::new(x, y), level, Size::new(w, h));
+    assert!(matches!(
+        read(0, 0, 4, 1, 1),
+        Err(Error::LevelOutOfRange {
+            level: 4,
+            level_count: 4,
+            ..
+        })
+    ));
+    assert!(matches!(
+        read(0, 0, 0, 0, 5),
+        Err(Error::InvalidRegion { .. })
+    ));
+    assert!(matches!(
+        read(300, 0, 0, 5, 5),
+        Err(Error::RegionOutOfBounds { .. })
+    ));
+    assert!(matches!(
+        read(-5, 0, 0, 5, 5),
+        Err(Error::RegionOutOfBounds { .. })
+    ));
+    assert!(matches!(
+        read(0, 250, 0, 5, 5),
+        Err(Error::RegionOutOfBounds { .. })
+    ));
+    // Level 3 is 37 × 31: a level-0 location inside level 0 but beyond level 3's extent.
+    assert!(read(296, 0, 3, 1, 1).is_ok());
+    assert!(matches!(
+        read(i64::MAX, 0, 0, 1, 1),
+        Err(Error::InvalidRegion { .. })
+    ));
+    // 100 000 × 100 000 is refused without allocating 30 GB.
+    assert!(matches!(
+        read(0, 0, 0, 100_000, 100_000),
+        Err(Error::LimitExceeded {
+            what: "region size in pixels",
+            ..
+        })
+    ));
+    assert!(matches!(
+        read(0, 0, 0, u64::MAX, 2),
+        Err(Error::LimitExceeded { .. })
+    ));
+    // One pixel past the edge still overlaps: allowed, outside part white.
+    let r = read(299, 249, 0, 2, 2).unwrap();
+    assert_eq!(r.get_pixel(1, 1).0, [255, 255, 255]);
+}

@@ -1,0 +1,164 @@
+//! `read_region` equals OpenSlide's own output, read through openslide-python in another
+//! process, for every level of the shared slides: tile-aligned, unaligned, across the slide's
+//! edge and at negative coordinates, plus one whole level larger than a read band.
+
+use std::process::{Command, Stdio};
+
+use tessera::slide::openslide::{discover, Discovery};
+use tessera::{Level0Px, Size, Slide};
+
+use crate::require;
+use crate::util::*;
+
+/// Reads regions with openslide-python and writes their RGBA bytes, un-premultiplied as
+/// openslide-python returns them, one after another.
+const READER: &str = r#"
+import json, sys, openslide
+path, regions = sys.argv[1], json.loads(sys.argv[2])
+s = openslide.OpenSlide(path)
+out = sys.stdout.buffer
+for x, y, level, w, h in regions:
+    out.write(s.read_region((x, y), level, (w, h)).tobytes())
+"#;
+
+fn python_openslide_version() -> Option<String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import openslide; print(openslide.__library_version__)",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The regions to compare at every level: (x, y) in level-0 pixels, (w, h) in level pixels.
+fn regions(slide: &Slide) -> Vec<(i64, i64, usize, u64, u64)> {
+    let mut r = Vec::new();
+    for (i, l) in slide.levels().iter().enumerate() {
+        let ds = l.downsample;
+        let (w, h) = (l.size.width, l.size.height);
+        let tile = l.tile_size.unwrap_or(Size::new(256, 256));
+        // Tile-aligned: the first tile.
+        r.push((0, 0, i, tile.width.min(w), tile.height.min(h)));
+        // Unaligned, inside.
+        let (ux, uy) = (37.min(w - 1), 53.min(h - 1));
+        r.push((
+            (ux as f64 * ds) as i64,
+            (uy as f64 * ds) as i64,
+            i,
+            301.min(w - ux),
+            203.min(h - uy),
+        ));
+        // Across the bottom-right edge.
+        r.push((
+            ((w as f64 - 50.0).max(0.0) * ds) as i64,
+            ((h as f64 - 40.0).max(0.0) * ds) as i64,
+            i,
+            120,
+            90,
+        ));
+        // Starting above and left of the slide.
+        r.push((-30, -20, i, 100, 80));
+    }
+    r
+}
+
+fn compare(rel: &str, extra: &[(i64, i64, usize, u64, u64)]) {
+    let path = data(rel).unwrap();
+    let slide = Slide::open(&path).unwrap();
+    let mut list = regions(&slide);
+    list.extend_from_slice(extra);
+    let json = serde_json::to_string(&list).unwrap();
+    let opened = slide.opened_file().to_str().unwrap().to_string();
+    let out = Command::new("python3")
+        .args(["-c", READER, &opened, &json])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "openslide-python failed: {}",
+        stderr(&out)
+    );
+    let mut reference = out.stdout.as_slice();
+    for &(x, y, level, w, h) in &list {
+        let ours = slide
+            .read_region(Level0Px::new(x, y), level, Size::new(w, h))
+            .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let (theirs, rest) = reference.split_at((w * h * 4) as usize);
+        reference = rest;
+        for (i, (p, q)) in ours.pixels().zip(theirs.chunks_exact(4)).enumerate() {
+            let a = q[3] as i32;
+            for (c, (&ours, &theirs)) in p.0.iter().zip(&q[..3]).enumerate() {
+                // openslide-python un-premultiplies; composite its pixel onto white.
+                let want = (theirs as i32 * a + 127) / 255 + 255 - a;
+                let tolerance = if a == 255 || a == 0 { 0 } else { 2 };
+                assert!(
+                    (ours as i32 - want).abs() <= tolerance,
+                    "{rel}: region ({x}, {y}) level {level} {w}×{h}: pixel {i} channel {c}: \
+                     ours {ours} vs OpenSlide {want} (alpha {a})"
+                );
+            }
+        }
+    }
+    assert!(reference.is_empty());
+}
+
+fn parity_prerequisites() -> Option<()> {
+    data("slides")?;
+    let Discovery::Found(lib) = discover() else {
+        skip("OpenSlide not found (pip install openslide-bin)");
+        return None;
+    };
+    match python_openslide_version() {
+        Some(v) if v == lib.version => Some(()),
+        Some(v) => {
+            skip(&format!(
+                "openslide-python uses OpenSlide {v}, Tessera found {}",
+                lib.version
+            ));
+            None
+        }
+        None => {
+            skip("openslide-python is not installed (pip install openslide-python)");
+            None
+        }
+    }
+}
+
+#[test]
+fn aperio_jpeg_matches_openslide_including_a_whole_banded_level() {
+    require!(parity_prerequisites());
+    // The whole level (6.6 Mpx) is read in several bands.
+    compare(
+        "slides/aperio/CMU-1-Small-Region.svs",
+        &[(0, 0, 0, 2220, 2967), (-7, 1000, 0, 2300, 13)],
+    );
+}
+
+#[test]
+fn aperio_jpeg2000_with_a_non_integer_downsample_matches_openslide() {
+    require!(parity_prerequisites());
+    compare(
+        "slides/aperio/TCGA-CR-7395-01A-01-TS1.svs",
+        &[(1001, 999, 1, 777, 555)],
+    );
+}
+
+#[test]
+fn generic_tiff_levels_match_openslide() {
+    require!(parity_prerequisites());
+    compare("slides/generic-tiff/boxes.tiff", &[(3, 5, 2, 74, 62)]);
+    compare("slides/generic-tiff/boxes-deflate-levels.tiff", &[]);
+}
+
+#[test]
+fn dicom_pyramid_matches_openslide() {
+    require!(parity_prerequisites());
+    compare("slides/dicom/cmu-1-small-region", &[]);
+    compare("slides/dicom/camelyon-lowres", &[]);
+    compare("slides/dicom/concat", &[]);
+}

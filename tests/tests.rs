@@ -1,0 +1,11 @@
+//! Tessera's integration tests: one binary, one module per area.
+//!
+//! Real slides come from `../shared/testdata` (or `$TESSERA_TESTDATA`). Tests that need it, or
+//! need OpenSlide, print why they skip when it is absent, and fail when `CI=true`.
+
+mod util;
+
+mod cli;
+mod hostile;
+mod parity;
+mod slides;

@@ -1,0 +1,119 @@
+//! Shared helpers: locating test data and libraries, skipping outside CI, running the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tessera::slide::openslide::{self, Discovery};
+
+/// True when running under CI, where missing prerequisites are failures, not skips.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Skips the current test (returns `false`) with a printed reason, or panics under CI.
+pub fn skip(reason: &str) -> bool {
+    if in_ci() {
+        panic!("required under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    false
+}
+
+/// Returns early from a test when a prerequisite is missing.
+#[macro_export]
+macro_rules! require {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return,
+        }
+    };
+}
+
+/// The shared test data folder, if present.
+pub fn testdata() -> Option<PathBuf> {
+    let dir = std::env::var_os("TESSERA_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
+    if dir.join("slides").is_dir() {
+        Some(dir)
+    } else {
+        skip(&format!("no shared test data at {}", dir.display()));
+        None
+    }
+}
+
+/// A path under the shared test data.
+pub fn data(rel: &str) -> Option<PathBuf> {
+    testdata().map(|d| d.join(rel))
+}
+
+/// OpenSlide 4 as Tessera finds it, if present.
+pub fn openslide4() -> Option<()> {
+    match openslide::discover() {
+        Discovery::Found(lib) if lib.is_v4() => Some(()),
+        Discovery::Found(lib) => {
+            skip(&format!(
+                "OpenSlide 4 needed, found {} at {} (pip install openslide-bin)",
+                lib.version,
+                lib.path.display()
+            ));
+            None
+        }
+        other => {
+            skip(&format!(
+                "OpenSlide not found ({other:?}); pip install openslide-bin"
+            ));
+            None
+        }
+    }
+}
+
+/// Both the shared data and OpenSlide 4.
+pub fn data_and_openslide(rel: &str) -> Option<PathBuf> {
+    let p = data(rel)?;
+    openslide4()?;
+    Some(p)
+}
+
+/// Debian's OpenSlide 3.4.1 (`apt-get install libopenslide0`), if installed.
+pub fn system_openslide_3() -> Option<PathBuf> {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/libopenslide.so.0",
+        "/usr/lib/aarch64-linux-gnu/libopenslide.so.0",
+        "/usr/lib/libopenslide.so.0",
+    ];
+    match candidates.iter().map(PathBuf::from).find(|p| p.exists()) {
+        Some(p) => Some(p),
+        None => {
+            skip("Debian's OpenSlide 3.4.1 is not installed (apt-get install libopenslide0)");
+            None
+        }
+    }
+}
+
+/// Runs the `tessera` binary with `args` and extra environment variables.
+pub fn tessera(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run tessera")
+}
+
+/// `tessera` with string arguments.
+pub fn tessera_str(args: &[&str]) -> Output {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    tessera(&args, &[])
+}
+
+/// Exit code of a finished process (-1 when killed by a signal, e.g. a panic's abort).
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
