@@ -1,6 +1,6 @@
 //! Shared helpers: locating test data and libraries, skipping outside CI, running the binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use tessera::slide::openslide::{self, Discovery};
@@ -34,7 +34,14 @@ macro_rules! require {
 pub fn testdata() -> Option<PathBuf> {
     let dir = std::env::var_os("TESSERA_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
+        .unwrap_or_else(|| {
+            // `cargo test` sets CARGO_MANIFEST_DIR when it runs tests; prefer it over the
+            // compile-time value so a moved checkout finds its own ../shared.
+            let root = std::env::var_os("CARGO_MANIFEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+            root.join("../shared/testdata")
+        });
     if dir.join("slides").is_dir() {
         Some(dir)
     } else {
