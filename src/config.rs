@@ -38,16 +38,19 @@ impl Default for Limits {
 /// Which reader opens a slide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// The best available reader for the file. Today this is OpenSlide for every format;
-    /// Tessera's native TIFF reader will take the formats it supports.
+    /// The best available reader for each file: Tessera's native reader for Aperio SVS and
+    /// generic tiled TIFF, OpenSlide for everything else (and for TIFF layouts the native
+    /// reader does not handle).
     #[default]
     Auto,
+    /// Force the native reader.
+    Native,
     /// Force OpenSlide.
     OpenSlide,
 }
 
 /// Everything needed to open a slide.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SlideConfig {
     /// Which reader to use.
     pub backend: BackendChoice,
@@ -57,4 +60,17 @@ pub struct SlideConfig {
     pub openslide_library: Option<PathBuf>,
     /// Resource limits.
     pub limits: Limits,
+    /// Bytes of decoded tiles the native reader keeps per slide (default 256 MiB).
+    pub cache_bytes: u64,
+}
+
+impl Default for SlideConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::default(),
+            openslide_library: None,
+            limits: Limits::default(),
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
 }

@@ -69,7 +69,7 @@ fn regions(slide: &Slide) -> Vec<(i64, i64, usize, u64, u64)> {
 
 fn compare(rel: &str, extra: &[(i64, i64, usize, u64, u64)]) {
     let path = data(rel).unwrap();
-    let slide = Slide::open(&path).unwrap();
+    let slide = open_as(&path, tessera::BackendChoice::OpenSlide);
     let mut list = regions(&slide);
     list.extend_from_slice(extra);
     let json = serde_json::to_string(&list).unwrap();
@@ -161,4 +161,122 @@ fn dicom_pyramid_matches_openslide() {
     compare("slides/dicom/cmu-1-small-region", &[]);
     compare("slides/dicom/camelyon-lowres", &[]);
     compare("slides/dicom/concat", &[]);
+}
+
+/// Native reader against OpenSlide, in the same process, on the same regions.
+mod native {
+    use super::*;
+    use tessera::BackendChoice;
+
+    fn open(rel: &str, backend: BackendChoice) -> Slide {
+        open_as(data(rel).unwrap(), backend)
+    }
+
+    /// Mean and maximum absolute difference per channel value.
+    fn diff(a: &image::RgbImage, b: &image::RgbImage) -> (f64, u8) {
+        assert_eq!(a.dimensions(), b.dimensions());
+        let mut sum = 0u64;
+        let mut max = 0u8;
+        for (p, q) in a.as_raw().iter().zip(b.as_raw()) {
+            let d = p.abs_diff(*q);
+            sum += d as u64;
+            max = max.max(d);
+        }
+        (sum as f64 / a.as_raw().len() as f64, max)
+    }
+
+    pub fn compare(rel: &str, extra: &[(i64, i64, usize, u64, u64)]) {
+        let native = open(rel, BackendChoice::Native);
+        let os = open(rel, BackendChoice::OpenSlide);
+        assert_eq!(native.backend().name, "native");
+        assert_eq!(native.levels().len(), os.levels().len(), "{rel}");
+        for (a, b) in native.levels().iter().zip(os.levels()) {
+            assert_eq!(a.size, b.size, "{rel}");
+            assert!(
+                (a.downsample - b.downsample).abs() < 1e-9,
+                "{rel}: {a:?} vs {b:?}"
+            );
+            assert_eq!(a.tile_size, b.tile_size, "{rel}");
+        }
+        assert_eq!(native.associated_images(), os.associated_images(), "{rel}");
+        assert_eq!(
+            native.mpp().map(|m| (m.x, m.y)),
+            os.mpp().map(|m| (m.x, m.y)),
+            "{rel}"
+        );
+        assert_eq!(native.objective_power(), os.objective_power(), "{rel}");
+        assert_eq!(
+            native.icc_profile().unwrap(),
+            os.icc_profile().unwrap(),
+            "{rel}"
+        );
+        let mut list = regions(&os);
+        list.extend_from_slice(extra);
+        for (x, y, level, w, h) in list {
+            let at = (Level0Px::new(x, y), level, Size::new(w, h));
+            let a = native.read_region(at.0, at.1, at.2).unwrap();
+            let b = os.read_region(at.0, at.1, at.2).unwrap();
+            let (mean, max) = diff(&a, &b);
+            assert!(
+                mean <= 0.5 && max <= 8,
+                "{rel}: region ({x}, {y}) level {level} {w}×{h}: mean {mean:.3}, max {max}"
+            );
+        }
+        for a in os.associated_images() {
+            let (mean, max) = diff(
+                &native.read_associated_image(&a.name).unwrap(),
+                &os.read_associated_image(&a.name).unwrap(),
+            );
+            assert!(
+                mean <= 0.5 && max <= 8,
+                "{rel}: {}: mean {mean:.3}, max {max}",
+                a.name
+            );
+        }
+    }
+
+    #[test]
+    fn native_aperio_jpeg_matches_openslide() {
+        require!(parity_prerequisites_native());
+        compare(
+            "slides/aperio/CMU-1-Small-Region.svs",
+            &[
+                (0, 0, 0, 2220, 2967),
+                (239, 239, 0, 2, 2),
+                (100, 2900, 0, 500, 300),
+            ],
+        );
+        compare("slides/aperio/small.svs", &[]);
+    }
+
+    #[test]
+    fn native_aperio_jpeg2000_matches_openslide() {
+        require!(parity_prerequisites_native());
+        compare(
+            "slides/aperio/TCGA-CR-7395-01A-01-TS1.svs",
+            &[
+                (1001, 999, 1, 777, 555),
+                (0, 0, 1, 2221, 1783),
+                (-5, -9, 1, 300, 200),
+            ],
+        );
+    }
+
+    #[test]
+    fn native_generic_tiff_matches_openslide() {
+        require!(parity_prerequisites_native());
+        compare(
+            "slides/generic-tiff/boxes.tiff",
+            &[(3, 5, 2, 74, 62), (1, 1, 3, 36, 30)],
+        );
+        compare(
+            "slides/generic-tiff/boxes-deflate-levels.tiff",
+            &[(7, 3, 1, 149, 124)],
+        );
+    }
+
+    fn parity_prerequisites_native() -> Option<()> {
+        data("slides")?;
+        openslide4()
+    }
 }

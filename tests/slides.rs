@@ -1,7 +1,7 @@
 //! Every shared slide opens through OpenSlide 4 and reports what the test data's README lists.
 
 use tessera::slide::MppSource;
-use tessera::{Level0Px, Size, Slide};
+use tessera::{BackendChoice, Level0Px, Size, Slide};
 
 use crate::require;
 use crate::util::*;
@@ -125,6 +125,9 @@ const SLIDES: &[Expect] = &[
     },
 ];
 
+/// The two readers of Aperio and generic TIFF files.
+const BOTH: [BackendChoice; 2] = [BackendChoice::OpenSlide, BackendChoice::Native];
+
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * b.abs().max(1e-9)
 }
@@ -132,9 +135,18 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 #[test]
 fn every_shared_slide_reports_its_listed_metadata() {
     require!(data_and_openslide("slides"));
-    for e in SLIDES {
+    for (e, backend) in SLIDES
+        .iter()
+        .flat_map(|e| [(e, BackendChoice::Auto), (e, BackendChoice::OpenSlide)])
+    {
         let path = data(e.path).unwrap();
-        let slide = Slide::open(&path).unwrap_or_else(|err| panic!("{}: {err}", e.path));
+        let slide = open_as(&path, backend);
+        // Auto reads Aperio and generic TIFF natively, everything else through OpenSlide.
+        let expected_backend = match (backend, e.vendor) {
+            (BackendChoice::Auto, "aperio" | "generic-tiff") => "native",
+            _ => "openslide",
+        };
+        assert_eq!(slide.backend().name, expected_backend, "{}", e.path);
         assert_eq!(slide.vendor(), Some(e.vendor), "{}", e.path);
         assert_eq!(
             slide.dimensions(),
@@ -165,7 +177,6 @@ fn every_shared_slide_reports_its_listed_metadata() {
             .map(|a| (a.name.as_str(), a.size.width, a.size.height))
             .collect();
         assert_eq!(assoc, e.associated, "{}", e.path);
-        assert_eq!(slide.backend().name, "openslide");
     }
 }
 
@@ -223,71 +234,85 @@ fn icc_profiles_are_read_under_openslide_4() {
     let tcga = require!(data_and_openslide(
         "slides/aperio/TCGA-CR-7395-01A-01-TS1.svs"
     ));
-    let icc = Slide::open(&tcga).unwrap().icc_profile().unwrap().unwrap();
-    assert_eq!(icc.len(), 3144);
-    assert_eq!(
-        &icc[36..40],
-        b"acsp",
-        "ICC profiles carry 'acsp' at byte 36"
-    );
-    let cmu = Slide::open(data("slides/aperio/CMU-1-Small-Region.svs").unwrap()).unwrap();
-    assert_eq!(cmu.icc_profile().unwrap(), None);
+    for backend in BOTH {
+        let icc = open_as(&tcga, backend).icc_profile().unwrap().unwrap();
+        assert_eq!(icc.len(), 3144);
+        assert_eq!(
+            &icc[36..40],
+            b"acsp",
+            "ICC profiles carry 'acsp' at byte 36"
+        );
+        let cmu = open_as(
+            data("slides/aperio/CMU-1-Small-Region.svs").unwrap(),
+            backend,
+        );
+        assert_eq!(cmu.icc_profile().unwrap(), None);
+    }
 }
 
 #[test]
 fn associated_images_decode_on_request_only() {
     let svs = require!(data_and_openslide("slides/aperio/CMU-1-Small-Region.svs"));
-    let slide = Slide::open(&svs).unwrap();
-    let thumb = slide.read_associated_image("thumbnail").unwrap();
-    assert_eq!(thumb.dimensions(), (574, 768));
-    // A real thumbnail: not one flat colour.
-    let first = thumb.get_pixel(0, 0);
-    assert!(thumb.pixels().any(|p| p != first));
-    let err = slide.read_associated_image("barcode").unwrap_err();
-    assert!(
-        matches!(err, tessera::Error::AssociatedImageNotFound { .. }),
-        "{err}"
-    );
-    assert!(err.to_string().contains("label, macro, thumbnail"), "{err}");
+    for backend in BOTH {
+        let slide = open_as(&svs, backend);
+        let thumb = slide.read_associated_image("thumbnail").unwrap();
+        assert_eq!(thumb.dimensions(), (574, 768));
+        // A real thumbnail: not one flat colour.
+        let first = thumb.get_pixel(0, 0);
+        assert!(thumb.pixels().any(|p| p != first));
+        let err = slide.read_associated_image("barcode").unwrap_err();
+        assert!(
+            matches!(err, tessera::Error::AssociatedImageNotFound { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("label, macro, thumbnail"), "{err}");
+    }
 }
 
 #[test]
 fn regions_are_white_outside_the_slide_and_consistent_inside() {
     let svs = require!(data_and_openslide("slides/aperio/CMU-1-Small-Region.svs"));
-    let slide = Slide::open(&svs).unwrap();
-    // A region straddling the bottom-left corner: 100 columns left of the slide, 50 rows below.
-    let r = slide
-        .read_region(Level0Px::new(-100, 2967 - 150), 0, Size::new(400, 200))
-        .unwrap();
-    for (x, y, p) in r.enumerate_pixels() {
-        if x < 100 || y >= 150 {
-            assert_eq!(p.0, [255, 255, 255], "outside pixel ({x}, {y})");
+    for backend in BOTH {
+        let slide = open_as(&svs, backend);
+        // Straddling the bottom-left corner: 100 columns left of the slide, 50 rows below.
+        let r = slide
+            .read_region(Level0Px::new(-100, 2967 - 150), 0, Size::new(400, 200))
+            .unwrap();
+        for (x, y, p) in r.enumerate_pixels() {
+            if x < 100 || y >= 150 {
+                assert_eq!(
+                    p.0,
+                    [255, 255, 255],
+                    "{backend:?}: outside pixel ({x}, {y})"
+                );
+            }
         }
+        // The inside part equals the same pixels read as their own (unaligned) region.
+        let inside = slide
+            .read_region(Level0Px::new(0, 2967 - 150), 0, Size::new(300, 150))
+            .unwrap();
+        for (x, y, p) in inside.enumerate_pixels() {
+            assert_eq!(r.get_pixel(x + 100, y), p, "{backend:?}: ({x}, {y})");
+        }
+        // And is not blank: this corner of CMU-1 holds slide background, not pure white.
+        assert!(inside.pixels().any(|p| p.0 != [255, 255, 255]));
     }
-    // The inside part equals the same pixels read as their own region (unaligned to 240 tiles).
-    let inside = slide
-        .read_region(Level0Px::new(0, 2967 - 150), 0, Size::new(300, 150))
-        .unwrap();
-    for (x, y, p) in inside.enumerate_pixels() {
-        assert_eq!(r.get_pixel(x + 100, y), p, "({x}, {y})");
-    }
-    // And is not blank: this corner of CMU-1 holds slide background, not pure white.
-    assert!(inside.pixels().any(|p| p.0 != [255, 255, 255]));
 }
 
 #[test]
 fn boxes_level_0_matches_openslides_own_rendering() {
     let tiff = require!(data_and_openslide("slides/generic-tiff/boxes.tiff"));
-    let slide = Slide::open(&tiff).unwrap();
-    let ours = slide
-        .read_region(Level0Px::new(0, 0), 0, Size::new(300, 250))
-        .unwrap();
     let reference = image::open(data("slides/generic-tiff/boxes.png").unwrap())
         .unwrap()
         .to_rgb8();
-    assert_eq!(ours.dimensions(), reference.dimensions());
-    assert!(
-        ours == reference,
-        "boxes.tiff level 0 differs from boxes.png"
-    );
+    for backend in BOTH {
+        let ours = open_as(&tiff, backend)
+            .read_region(Level0Px::new(0, 0), 0, Size::new(300, 250))
+            .unwrap();
+        assert_eq!(ours.dimensions(), reference.dimensions());
+        assert!(
+            ours == reference,
+            "{backend:?}: boxes.tiff level 0 differs from boxes.png"
+        );
+    }
 }

@@ -4,6 +4,17 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use tessera::slide::openslide::{self, Discovery};
+use tessera::{BackendChoice, Slide, SlideConfig};
+
+/// Opens a slide with the given backend.
+pub fn open_as(path: impl AsRef<std::path::Path>, backend: BackendChoice) -> Slide {
+    let path = path.as_ref();
+    let config = SlideConfig {
+        backend,
+        ..SlideConfig::default()
+    };
+    Slide::open_with(path, &config).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
 
 /// True when running under CI, where missing prerequisites are failures, not skips.
 pub fn in_ci() -> bool {

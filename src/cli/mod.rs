@@ -47,8 +47,10 @@ enum Command {
 /// Which slide reader to use.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BackendArg {
-    /// The best reader for each file (today: OpenSlide).
+    /// The native reader for Aperio SVS and tiled TIFF, OpenSlide for everything else.
     Auto,
+    /// Tessera's own pure-Rust reader (Aperio SVS, generic tiled TIFF).
+    Native,
     /// OpenSlide, loaded at run time.
     Openslide,
 }
@@ -69,6 +71,9 @@ struct SlideArgs {
     /// Largest level-0 width or height a slide may claim.
     #[arg(long, value_name = "PIXELS", default_value_t = Limits::default().max_level0_width)]
     max_slide_dimension: u64,
+    /// Decoded-tile cache of the native reader, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    cache_mib: u64,
 }
 
 impl SlideArgs {
@@ -76,6 +81,7 @@ impl SlideArgs {
         SlideConfig {
             backend: match self.backend {
                 BackendArg::Auto => BackendChoice::Auto,
+                BackendArg::Native => BackendChoice::Native,
                 BackendArg::Openslide => BackendChoice::OpenSlide,
             },
             openslide_library: self.openslide.clone(),
@@ -85,6 +91,7 @@ impl SlideArgs {
                 max_level0_height: self.max_slide_dimension,
                 ..Limits::default()
             },
+            cache_bytes: self.cache_mib.saturating_mul(1024 * 1024),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! before any reader allocates, and name the format in every error.
 
 pub mod detect;
+pub mod native;
 pub mod openslide;
 
 use std::collections::BTreeMap;
@@ -200,47 +201,43 @@ impl Slide {
             Detected::Tiff(t) => check_level0(path, limits, t.width, t.height)?,
             Detected::Dicom | Detected::Other { .. } => {}
         }
-        // Files that look like nothing a slide reader handles are refused without loading one.
-        let plain_file = matches!(&detected, Detected::Other { format }
-            if ["PNG image", "JPEG image", "ZIP archive", "gzip data", "text", "unknown binary data"]
-                .contains(&format.as_str()));
-
+        // The native reader takes tiled TIFFs that are generic or Aperio; OpenSlide the rest.
+        let native_candidate = matches!(&detected, Detected::Tiff(t)
+            if t.tiled && matches!(t.vendor, None | Some("Aperio SVS")));
         let reader: Box<dyn SlideReader> = match config.backend {
-            BackendChoice::Auto | BackendChoice::OpenSlide => {
-                let lib = match &config.openslide_library {
-                    Some(lib) => openslide::load(lib)?,
-                    None => match openslide::discover() {
-                        openslide::Discovery::Found(lib) => lib,
-                        openslide::Discovery::Failed { library, message } => {
-                            return Err(Error::BackendLoad { library, message })
-                        }
-                        openslide::Discovery::Missing(_) if plain_file => {
-                            return Err(Error::NotASlide {
-                                path: path.into(),
-                                detected: detected.describe(),
-                            })
-                        }
-                        openslide::Discovery::Missing(tried) => {
-                            return Err(Error::BackendMissing {
-                                path: path.into(),
-                                format,
-                                tried,
-                            })
-                        }
-                    },
-                };
-                if detected == Detected::Dicom && !lib.is_v4() {
-                    return Err(Error::BackendTooOld {
+            BackendChoice::Native => {
+                if !matches!(detected, Detected::Tiff(_)) {
+                    return Err(Error::NotASlide {
                         path: path.into(),
-                        format: "DICOM WSI".into(),
-                        found: lib.version.clone(),
-                        required: "4.0".into(),
-                        library: lib.path.clone(),
+                        detected: format!(
+                            "{}; the native reader reads only Aperio SVS and tiled TIFF (use \
+                             --backend auto or openslide)",
+                            detected.describe()
+                        ),
                     });
                 }
-                let reader = openslide::OpenSlideReader::open(lib, &opened, &format)
-                    .map_err(|e| with_path(e, path))?;
-                Box::new(reader)
+                Box::new(native::NativeReader::open(
+                    &opened,
+                    limits,
+                    config.cache_bytes,
+                )?)
+            }
+            BackendChoice::Auto if native_candidate => {
+                match native::NativeReader::open(&opened, limits, config.cache_bytes) {
+                    Ok(r) => Box::new(r),
+                    // A layout the native reader does not handle: OpenSlide may.
+                    Err(native_err @ (Error::Unsupported { .. } | Error::NotASlide { .. })) => {
+                        match open_openslide(path, &opened, &detected, config) {
+                            Ok(r) => r,
+                            Err(Error::BackendMissing { .. }) => return Err(native_err),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            BackendChoice::Auto | BackendChoice::OpenSlide => {
+                open_openslide(path, &opened, &detected, config)?
             }
         };
 
@@ -447,6 +444,54 @@ impl Slide {
             },
         )
     }
+}
+
+/// Opens a slide through OpenSlide, found as configured.
+fn open_openslide(
+    path: &Path,
+    opened: &Path,
+    detected: &Detected,
+    config: &SlideConfig,
+) -> Result<Box<dyn SlideReader>> {
+    let format = detected.format_name();
+    // Files that look like nothing a slide reader handles are refused without loading one.
+    let plain_file = matches!(detected, Detected::Other { format }
+        if ["PNG image", "JPEG image", "ZIP archive", "gzip data", "text", "unknown binary data"]
+            .contains(&format.as_str()));
+    let lib = match &config.openslide_library {
+        Some(lib) => openslide::load(lib)?,
+        None => match openslide::discover() {
+            openslide::Discovery::Found(lib) => lib,
+            openslide::Discovery::Failed { library, message } => {
+                return Err(Error::BackendLoad { library, message })
+            }
+            openslide::Discovery::Missing(_) if plain_file => {
+                return Err(Error::NotASlide {
+                    path: path.into(),
+                    detected: detected.describe(),
+                })
+            }
+            openslide::Discovery::Missing(tried) => {
+                return Err(Error::BackendMissing {
+                    path: path.into(),
+                    format,
+                    tried,
+                })
+            }
+        },
+    };
+    if *detected == Detected::Dicom && !lib.is_v4() {
+        return Err(Error::BackendTooOld {
+            path: path.into(),
+            format: "DICOM WSI".into(),
+            found: lib.version.clone(),
+            required: "4.0".into(),
+            library: lib.path.clone(),
+        });
+    }
+    let reader =
+        openslide::OpenSlideReader::open(lib, opened, &format).map_err(|e| with_path(e, path))?;
+    Ok(Box::new(reader))
 }
 
 /// Refuses level-0 dimensions over the configured limits.

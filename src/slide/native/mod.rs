@@ -1,0 +1,782 @@
+//! Tessera's native reader for Aperio SVS and generic tiled (Big)TIFF, in pure Rust.
+//!
+//! In: a TIFF-family file. Out: a [`NativeReader`] implementing [`SlideReader`] with
+//! OpenSlide's semantics: the same levels (Aperio: every tiled IFD in file order; generic TIFF:
+//! IFD 0 and the tiled reduced-resolution IFDs and SubIFDs, widest first), downsamples
+//! `(h0/h + w0/w) / 2`, associated images, the `aperio.*` / `tiff.*` / `openslide.*` properties,
+//! and `read_region` pixels.
+//!
+//! Regions: the level-0 location is divided by the level's downsample and kept fractional, as
+//! OpenSlide does. A whole-pixel start copies decoded tiles; a fractional start is resampled
+//! bilinearly with pixman's 7-bit weights (what OpenSlide's cairo drawing does), pixels outside
+//! the image being transparent. Tiles come from a byte-bounded LRU cache shared by all threads,
+//! and the tiles a region still needs are decoded in parallel on the caller's rayon pool; a
+//! region that is exactly one whole tile is decoded straight into the caller's buffer.
+
+pub mod cache;
+pub mod decode;
+pub mod tiff;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{AssociatedImage, BackendInfo, Level, SlideReader};
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::geom::{Level0Px, LevelPx, Size, TileIndex};
+use cache::TileCache;
+use decode::{Codec, Encoding};
+use tiff::{tag, Ifd, Tiff};
+
+/// Largest tile or strip, in pixels, the reader will decode (a 4096 × 4096 tile is 48 MiB).
+const MAX_TILE_PIXELS: u64 = 4096 * 4096;
+/// Largest compressed tile, in bytes.
+const MAX_TILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest ImageDescription or JPEGTables read.
+const MAX_TEXT: u64 = 1024 * 1024;
+
+const BACKEND: &str = "Tessera native TIFF reader";
+
+struct NativeLevel {
+    size: Size,
+    tile: Size,
+    tiles_across: u64,
+    offsets: Vec<u64>,
+    counts: Vec<u64>,
+    enc: Encoding,
+}
+
+struct NativeAssociated {
+    info: AssociatedImage,
+    rows_per_strip: u64,
+    offsets: Vec<u64>,
+    counts: Vec<u64>,
+    enc: Encoding,
+}
+
+/// A slide opened by the native reader.
+pub struct NativeReader {
+    tiff: Tiff,
+    path: PathBuf,
+    format: String,
+    vendor: String,
+    levels: Vec<NativeLevel>,
+    level_info: Vec<Level>,
+    associated: Vec<NativeAssociated>,
+    associated_info: Vec<AssociatedImage>,
+    properties: BTreeMap<String, String>,
+    icc: Option<Vec<u8>>,
+    cache: TileCache,
+}
+
+/// OpenSlide-style formatting of a double property (`%g`-like, without trailing zeros).
+fn g(v: f64) -> String {
+    let s = format!("{v}");
+    if s.contains('e') {
+        format!("{v:.15}")
+    } else {
+        s
+    }
+}
+
+impl NativeReader {
+    /// Opens `path`. Files that are TIFF but not a layout this reader handles (untiled,
+    /// another vendor's, an unsupported compression) give [`Error::Unsupported`] or
+    /// [`Error::NotASlide`], so the caller can hand them to OpenSlide.
+    pub fn open(path: &Path, limits: &Limits, cache_bytes: u64) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::from_io(path, e))?;
+        let corrupt = |message: String| Error::Corrupt {
+            path: path.into(),
+            format: "TIFF".into(),
+            backend: BACKEND.into(),
+            message,
+        };
+        let tiff = Tiff::parse(file).map_err(corrupt)?;
+        let ifd0 = tiff.ifds[0].clone();
+        let description = tiff
+            .ascii(&ifd0, tag::IMAGE_DESCRIPTION, MAX_TEXT)
+            .map_err(corrupt)?
+            .unwrap_or_default();
+        let tiled = |ifd: &Ifd| tiff.has(ifd, tag::TILE_WIDTH) && tiff.has(ifd, tag::TILE_LENGTH);
+        if !tiled(&ifd0) {
+            return Err(Error::NotASlide {
+                path: path.into(),
+                detected: "stripped (untiled) TIFF".into(),
+            });
+        }
+        let aperio = description.starts_with("Aperio");
+        let (vendor, format) = if aperio {
+            ("aperio", "Aperio SVS")
+        } else {
+            ("generic-tiff", "generic tiled TIFF")
+        };
+
+        // Which IFDs are levels.
+        let mut level_ifds: Vec<&Ifd> = Vec::new();
+        for ifd in &tiff.ifds {
+            if !tiled(ifd) {
+                continue;
+            }
+            let subfile = tiff
+                .uint_tag(ifd, tag::NEW_SUBFILE_TYPE)
+                .map_err(corrupt)?
+                .unwrap_or(0);
+            let is_level = if aperio {
+                !ifd.is_sub_ifd
+            } else {
+                ifd.index == 0 || ifd.is_sub_ifd || subfile & 1 == 1
+            };
+            if is_level {
+                level_ifds.push(ifd);
+            }
+        }
+        let mut levels = Vec::with_capacity(level_ifds.len());
+        for ifd in &level_ifds {
+            levels.push(read_level(&tiff, ifd).map_err(|e| e.into_error(path, format))?);
+        }
+        if !aperio {
+            levels.sort_by_key(|l| std::cmp::Reverse(l.size.width));
+        }
+        let (w0, h0) = (levels[0].size.width as f64, levels[0].size.height as f64);
+        let mut level_info = Vec::with_capacity(levels.len());
+        for (i, l) in levels.iter().enumerate() {
+            let ds = (h0 / l.size.height as f64 + w0 / l.size.width as f64) / 2.0;
+            if i > 0
+                && ds
+                    < level_info
+                        .last()
+                        .map(|p: &Level| p.downsample)
+                        .unwrap_or(1.0)
+            {
+                return Err(corrupt(format!("level {i} is larger than level {}", i - 1)));
+            }
+            level_info.push(Level {
+                size: l.size,
+                downsample: if i == 0 { 1.0 } else { ds },
+                tile_size: Some(l.tile),
+            });
+        }
+        if levels[0].size.width > limits.max_level0_width
+            || levels[0].size.height > limits.max_level0_height
+        {
+            return Err(Error::LimitExceeded {
+                path: path.into(),
+                what: "level-0 width or height",
+                value: levels[0].size.width.max(levels[0].size.height),
+                limit: limits.max_level0_width.min(limits.max_level0_height),
+            });
+        }
+
+        // Associated images (Aperio): untiled IFDs.
+        let mut associated = Vec::new();
+        if aperio {
+            for ifd in tiff.ifds.iter().filter(|i| !i.is_sub_ifd && !tiled(i)) {
+                let subfile = tiff
+                    .uint_tag(ifd, tag::NEW_SUBFILE_TYPE)
+                    .map_err(corrupt)?
+                    .unwrap_or(0);
+                let name = match (ifd.index, subfile) {
+                    (1, _) => "thumbnail",
+                    (_, 1) => "label",
+                    (_, 9) => "macro",
+                    _ => continue,
+                };
+                match read_associated(&tiff, ifd, name) {
+                    Ok(a) => associated.push(a),
+                    Err(NativeOpenError::Unsupported(_)) => continue,
+                    Err(e) => return Err(e.into_error(path, format)),
+                }
+            }
+        }
+        // OpenSlide lists associated images by name.
+        associated.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+        let associated_info = associated.iter().map(|a| a.info.clone()).collect();
+
+        let icc = match tiff.bytes(&ifd0, tag::ICC_PROFILE, limits.max_icc_bytes) {
+            Ok(v) => v,
+            Err(e) => return Err(corrupt(e)),
+        };
+        let properties = properties(
+            &tiff,
+            &ifd0,
+            vendor,
+            &description,
+            &level_info,
+            &associated,
+            icc.as_deref(),
+        )
+        .map_err(corrupt)?;
+        Ok(Self {
+            tiff,
+            path: path.into(),
+            format: format.into(),
+            vendor: vendor.into(),
+            levels,
+            level_info,
+            associated,
+            associated_info,
+            properties,
+            icc,
+            cache: TileCache::new(cache_bytes),
+        })
+    }
+
+    /// The decoded tile, from the cache or the file; `None` for a missing tile (no bytes).
+    fn tile(&self, level: usize, t: TileIndex) -> Result<Option<Arc<[u8]>>> {
+        if let Some(tile) = self.cache.get(&(level, t)) {
+            return Ok(Some(tile));
+        }
+        let l = &self.levels[level];
+        let n = (l.tile.width * l.tile.height * 3) as usize;
+        let mut buf = vec![0u8; n];
+        if !self.decode_tile_into(level, t, &mut buf)? {
+            return Ok(None);
+        }
+        let tile: Arc<[u8]> = buf.into();
+        self.cache.insert((level, t), tile.clone());
+        Ok(Some(tile))
+    }
+
+    /// Decodes a tile into `out`; false for a missing tile.
+    fn decode_tile_into(&self, level: usize, t: TileIndex, out: &mut [u8]) -> Result<bool> {
+        let l = &self.levels[level];
+        let i = (t.row * l.tiles_across + t.col) as usize;
+        let fail = |message: String| Error::TileDecode {
+            path: self.path.clone(),
+            level,
+            tile: t,
+            message,
+        };
+        let (offset, count) = (l.offsets[i], l.counts[i]);
+        if count == 0 {
+            return Ok(false);
+        }
+        if count > MAX_TILE_BYTES {
+            return Err(fail(format!("{count} compressed bytes")));
+        }
+        let data = self.tiff.read_at(offset, count).map_err(fail)?;
+        decode::decode(
+            &l.enc,
+            &data,
+            l.tile.width as usize,
+            l.tile.height as usize,
+            out,
+        )
+        .map_err(fail)?;
+        Ok(true)
+    }
+
+    /// Fetches every tile in `tiles` (cache first, the rest decoded in parallel).
+    fn tiles(
+        &self,
+        level: usize,
+        tiles: Vec<TileIndex>,
+    ) -> Result<HashMap<TileIndex, Option<Arc<[u8]>>>> {
+        tiles
+            .into_par_iter()
+            .map(|t| self.tile(level, t).map(|tile| (t, tile)))
+            .collect()
+    }
+}
+
+/// Errors while reading one IFD's layout, mapped to typed errors by the caller.
+enum NativeOpenError {
+    Unsupported(String),
+    Corrupt(String),
+}
+
+impl NativeOpenError {
+    fn into_error(self, path: &Path, format: &str) -> Error {
+        match self {
+            NativeOpenError::Unsupported(reason) => Error::Unsupported {
+                path: path.into(),
+                format: format.into(),
+                reason,
+            },
+            NativeOpenError::Corrupt(message) => Error::Corrupt {
+                path: path.into(),
+                format: format.into(),
+                backend: BACKEND.into(),
+                message,
+            },
+        }
+    }
+}
+
+impl From<String> for NativeOpenError {
+    fn from(s: String) -> Self {
+        NativeOpenError::Corrupt(s)
+    }
+}
+
+fn encoding(tiff: &Tiff, ifd: &Ifd) -> std::result::Result<Encoding, NativeOpenError> {
+    let get = |t, default| -> std::result::Result<u64, NativeOpenError> {
+        Ok(tiff.uint_tag(ifd, t)?.unwrap_or(default))
+    };
+    let compression = get(tag::COMPRESSION, 1)?;
+    let codec = Codec::from_tiff(compression)
+        .ok_or_else(|| NativeOpenError::Unsupported(format!("TIFF compression {compression}")))?;
+    let spp = get(tag::SAMPLES_PER_PIXEL, 1)?;
+    let bps = tiff
+        .uints(ifd, tag::BITS_PER_SAMPLE)?
+        .unwrap_or_else(|| vec![1]);
+    let planar = get(tag::PLANAR_CONFIGURATION, 1)?;
+    let photometric = get(tag::PHOTOMETRIC, 2)?;
+    if spp != 3 || bps.iter().any(|&b| b != 8) || planar != 1 {
+        return Err(NativeOpenError::Unsupported(format!(
+            "{spp} samples of {bps:?} bits, planar configuration {planar} (only 3 × 8-bit \
+             contiguous RGB is read natively)"
+        )));
+    }
+    let jpeg_like = matches!(codec, Codec::Jpeg | Codec::Jp2kRgb | Codec::Jp2kYcbcr);
+    if !(photometric == 2 || photometric == 6 && jpeg_like) {
+        return Err(NativeOpenError::Unsupported(format!(
+            "photometric interpretation {photometric} with compression {compression}"
+        )));
+    }
+    let jpeg_tables = if codec == Codec::Jpeg {
+        tiff.bytes(ifd, tag::JPEG_TABLES, MAX_TEXT)?
+    } else {
+        None
+    };
+    Ok(Encoding {
+        codec,
+        photometric,
+        predictor: get(tag::PREDICTOR, 1)?,
+        jpeg_tables,
+    })
+}
+
+fn dims(tiff: &Tiff, ifd: &Ifd) -> std::result::Result<Size, NativeOpenError> {
+    let w = tiff.uint_tag(ifd, tag::IMAGE_WIDTH)?.unwrap_or(0);
+    let h = tiff.uint_tag(ifd, tag::IMAGE_LENGTH)?.unwrap_or(0);
+    if w == 0 || h == 0 {
+        return Err(NativeOpenError::Corrupt(format!(
+            "IFD {} has dimensions {w} × {h}",
+            ifd.index
+        )));
+    }
+    Ok(Size::new(w, h))
+}
+
+fn read_level(tiff: &Tiff, ifd: &Ifd) -> std::result::Result<NativeLevel, NativeOpenError> {
+    let size = dims(tiff, ifd)?;
+    let tw = tiff.uint_tag(ifd, tag::TILE_WIDTH)?.unwrap_or(0);
+    let th = tiff.uint_tag(ifd, tag::TILE_LENGTH)?.unwrap_or(0);
+    if tw == 0 || th == 0 || tw * th > MAX_TILE_PIXELS {
+        return Err(NativeOpenError::Corrupt(format!(
+            "IFD {} has {tw} × {th} tiles",
+            ifd.index
+        )));
+    }
+    let enc = encoding(tiff, ifd)?;
+    let tiles_across = size.width.div_ceil(tw);
+    let tiles_down = size.height.div_ceil(th);
+    let n = tiles_across
+        .checked_mul(tiles_down)
+        .ok_or_else(|| NativeOpenError::Corrupt("tile count overflows".into()))?;
+    let offsets = tiff.uints(ifd, tag::TILE_OFFSETS)?.unwrap_or_default();
+    let counts = tiff.uints(ifd, tag::TILE_BYTE_COUNTS)?.unwrap_or_default();
+    if offsets.len() as u64 != n || counts.len() as u64 != n {
+        return Err(NativeOpenError::Corrupt(format!(
+            "IFD {} needs {n} tiles but lists {} offsets and {} byte counts",
+            ifd.index,
+            offsets.len(),
+            counts.len()
+        )));
+    }
+    Ok(NativeLevel {
+        size,
+        tile: Size::new(tw, th),
+        tiles_across,
+        offsets,
+        counts,
+        enc,
+    })
+}
+
+fn read_associated(
+    tiff: &Tiff,
+    ifd: &Ifd,
+    name: &str,
+) -> std::result::Result<NativeAssociated, NativeOpenError> {
+    let size = dims(tiff, ifd)?;
+    let enc = encoding(tiff, ifd)?;
+    let rows_per_strip = tiff
+        .uint_tag(ifd, tag::ROWS_PER_STRIP)?
+        .unwrap_or(size.height)
+        .clamp(1, size.height);
+    let strips = size.height.div_ceil(rows_per_strip);
+    let offsets = tiff.uints(ifd, tag::STRIP_OFFSETS)?.unwrap_or_default();
+    let counts = tiff.uints(ifd, tag::STRIP_BYTE_COUNTS)?.unwrap_or_default();
+    if offsets.len() as u64 != strips || counts.len() as u64 != strips {
+        return Err(NativeOpenError::Corrupt(format!(
+            "{name} image needs {strips} strips but lists {} offsets and {} byte counts",
+            offsets.len(),
+            counts.len()
+        )));
+    }
+    if size.width * rows_per_strip > MAX_TILE_PIXELS {
+        return Err(NativeOpenError::Unsupported(format!(
+            "{name} image strips of {} × {rows_per_strip}",
+            size.width
+        )));
+    }
+    Ok(NativeAssociated {
+        info: AssociatedImage {
+            name: name.into(),
+            size,
+        },
+        rows_per_strip,
+        offsets,
+        counts,
+        enc,
+    })
+}
+
+/// The properties OpenSlide would report for the file (the subset Tessera uses and shows).
+fn properties(
+    tiff: &Tiff,
+    ifd0: &Ifd,
+    vendor: &str,
+    description: &str,
+    levels: &[Level],
+    associated: &[NativeAssociated],
+    icc: Option<&[u8]>,
+) -> std::result::Result<BTreeMap<String, String>, String> {
+    let mut p = BTreeMap::new();
+    p.insert("openslide.vendor".into(), vendor.into());
+    p.insert("openslide.level-count".into(), levels.len().to_string());
+    for (i, l) in levels.iter().enumerate() {
+        p.insert(
+            format!("openslide.level[{i}].width"),
+            l.size.width.to_string(),
+        );
+        p.insert(
+            format!("openslide.level[{i}].height"),
+            l.size.height.to_string(),
+        );
+        p.insert(format!("openslide.level[{i}].downsample"), g(l.downsample));
+        if let Some(t) = l.tile_size {
+            p.insert(
+                format!("openslide.level[{i}].tile-width"),
+                t.width.to_string(),
+            );
+            p.insert(
+                format!("openslide.level[{i}].tile-height"),
+                t.height.to_string(),
+            );
+        }
+    }
+    for a in associated {
+        p.insert(
+            format!("openslide.associated.{}.width", a.info.name),
+            a.info.size.width.to_string(),
+        );
+        p.insert(
+            format!("openslide.associated.{}.height", a.info.name),
+            a.info.size.height.to_string(),
+        );
+    }
+    if let Some(icc) = icc {
+        p.insert("openslide.icc-size".into(), icc.len().to_string());
+    }
+    for (t, name) in [
+        (tag::IMAGE_DESCRIPTION, "ImageDescription"),
+        (tag::MAKE, "Make"),
+        (tag::MODEL, "Model"),
+        (tag::SOFTWARE, "Software"),
+        (tag::DATE_TIME, "DateTime"),
+    ] {
+        if let Some(v) = tiff.ascii(ifd0, t, MAX_TEXT)? {
+            p.insert(format!("tiff.{name}"), v);
+        }
+    }
+    let unit = tiff.uint_tag(ifd0, tag::RESOLUTION_UNIT)?.unwrap_or(2);
+    p.insert(
+        "tiff.ResolutionUnit".into(),
+        match unit {
+            1 => "none",
+            2 => "inch",
+            3 => "centimeter",
+            _ => "unknown",
+        }
+        .into(),
+    );
+    let xres = tiff.rational(ifd0, tag::X_RESOLUTION).unwrap_or(None);
+    let yres = tiff.rational(ifd0, tag::Y_RESOLUTION).unwrap_or(None);
+    if let Some(x) = xres {
+        p.insert("tiff.XResolution".into(), g(x));
+    }
+    if let Some(y) = yres {
+        p.insert("tiff.YResolution".into(), g(y));
+    }
+    if vendor == "aperio" {
+        p.insert("openslide.comment".into(), description.into());
+        // OpenSlide: split on '|', ignore the first element, "key = value" pairs.
+        for item in description.split('|').skip(1) {
+            if let Some((k, v)) = item.split_once('=') {
+                p.insert(format!("aperio.{}", k.trim()), v.trim().into());
+            }
+        }
+        if let Some(mpp) = p.get("aperio.MPP").and_then(|v| v.parse::<f64>().ok()) {
+            p.insert("openslide.mpp-x".into(), g(mpp));
+            p.insert("openslide.mpp-y".into(), g(mpp));
+        }
+        if let Some(mag) = p.get("aperio.AppMag").and_then(|v| v.parse::<f64>().ok()) {
+            p.insert("openslide.objective-power".into(), g(mag));
+        }
+    } else {
+        // Generic TIFF: MPP from the resolution tags (OpenSlide 4.0).
+        let per_um = match unit {
+            2 => Some(25_400.0),
+            3 => Some(10_000.0),
+            _ => None,
+        };
+        if let (Some(k), Some(x), Some(y)) = (per_um, xres, yres) {
+            if x > 0.0 && y > 0.0 {
+                p.insert("openslide.mpp-x".into(), g(k / x));
+                p.insert("openslide.mpp-y".into(), g(k / y));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// pixman's bilinear weight for a fractional offset: 16.16 fixed point, top 7 bits, widened
+/// to 8 bits (`BILINEAR_INTERPOLATION_BITS` = 7).
+fn pixman_weight(frac: f64) -> u32 {
+    let fixed = (frac * 65536.0).round() as u32 & 0xFFFF;
+    (fixed >> 9) << 1
+}
+
+impl SlideReader for NativeReader {
+    fn backend(&self) -> BackendInfo {
+        BackendInfo {
+            name: "native",
+            library: None,
+            version: crate::VERSION.into(),
+        }
+    }
+
+    fn format(&self) -> &str {
+        &self.format
+    }
+
+    fn vendor(&self) -> Option<&str> {
+        Some(&self.vendor)
+    }
+
+    fn levels(&self) -> &[Level] {
+        &self.level_info
+    }
+
+    fn properties(&self) -> &BTreeMap<String, String> {
+        &self.properties
+    }
+
+    fn associated_images(&self) -> &[AssociatedImage] {
+        &self.associated_info
+    }
+
+    fn icc_profile(&self, _max_bytes: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.icc.clone())
+    }
+
+    fn read_region_rgb(
+        &self,
+        location: Level0Px,
+        level: usize,
+        size: Size,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let l = &self.levels[level];
+        let ds = self.level_info[level].downsample;
+        // OpenSlide: a negative start is cut off in whole level pixels (truncated), and the
+        // rest starts at level coordinate 0.
+        let start = |v: i64| -> (f64, u64) {
+            if v < 0 {
+                (0.0, ((-v) as f64 / ds) as u64)
+            } else {
+                (v as f64 / ds, 0)
+            }
+        };
+        let (lx, skip_x) = start(location.x);
+        let (ly, skip_y) = start(location.y);
+        out.fill(255);
+        if skip_x >= size.width || skip_y >= size.height {
+            return Ok(());
+        }
+        let (w, h) = (size.width - skip_x, size.height - skip_y);
+        let (ix, iy) = (lx.floor() as i64, ly.floor() as i64);
+        let (wx, wy) = (
+            pixman_weight(lx - lx.floor()),
+            pixman_weight(ly - ly.floor()),
+        );
+        // Source window in level pixels: one more column/row when interpolating.
+        let (sw, sh) = (w + u64::from(wx > 0), h + u64::from(wy > 0));
+        let x0 = ix.max(0) as u64;
+        let y0 = iy.max(0) as u64;
+        let x1 = ((ix + sw as i64).max(0) as u64).min(l.size.width);
+        let y1 = ((iy + sh as i64).max(0) as u64).min(l.size.height);
+        if x0 >= x1 || y0 >= y1 {
+            return Ok(());
+        }
+        let t0 = LevelPx::new(x0 as i64, y0 as i64).tile(l.tile);
+        let t1 = LevelPx::new(x1 as i64 - 1, y1 as i64 - 1).tile(l.tile);
+        let (Some(t0), Some(t1)) = (t0, t1) else {
+            return Ok(());
+        };
+        let row_bytes = size.width as usize * 3;
+
+        // One whole tile, exactly aligned: decode straight into the caller's buffer.
+        if wx == 0 && wy == 0 && skip_x == 0 && skip_y == 0 && t0 == t1 {
+            let origin = t0.origin(l.tile);
+            if origin == LevelPx::new(ix, iy)
+                && size == l.tile
+                && x1 - x0 == l.tile.width
+                && y1 - y0 == l.tile.height
+                && self.cache.get(&(level, t0)).is_none()
+            {
+                if !self.decode_tile_into(level, t0, out)? {
+                    out.fill(255);
+                }
+                return Ok(());
+            }
+        }
+
+        let mut wanted = Vec::new();
+        for row in t0.row..=t1.row {
+            for col in t0.col..=t1.col {
+                wanted.push(TileIndex { col, row });
+            }
+        }
+        let tiles = self.tiles(level, wanted)?;
+        let (tw, th) = (l.tile.width, l.tile.height);
+
+        if wx == 0 && wy == 0 {
+            // Whole-pixel start: copy rows of tiles into place.
+            for (t, tile) in &tiles {
+                let Some(tile) = tile else { continue };
+                let ox = t.col * tw;
+                let oy = t.row * th;
+                let cx0 = ox.max(x0);
+                let cx1 = (ox + tw).min(x1);
+                let cy0 = oy.max(y0);
+                let cy1 = (oy + th).min(y1);
+                if cx0 >= cx1 || cy0 >= cy1 {
+                    continue;
+                }
+                let n = ((cx1 - cx0) * 3) as usize;
+                for y in cy0..cy1 {
+                    let src = (((y - oy) * tw + (cx0 - ox)) * 3) as usize;
+                    let dy = (y as i64 - iy) as u64 + skip_y;
+                    let dx = (cx0 as i64 - ix) as u64 + skip_x;
+                    let dst = dy as usize * row_bytes + dx as usize * 3;
+                    out[dst..dst + n].copy_from_slice(&tile[src..src + n]);
+                }
+            }
+            return Ok(());
+        }
+
+        // Fractional start: bilinear resampling over the stitched window, transparent outside
+        // the image and in missing tiles, composited onto white at the end.
+        let sample = |x: i64, y: i64| -> [u32; 4] {
+            if x < 0 || y < 0 || x as u64 >= l.size.width || y as u64 >= l.size.height {
+                return [0; 4];
+            }
+            let t = TileIndex {
+                col: x as u64 / tw,
+                row: y as u64 / th,
+            };
+            match tiles.get(&t) {
+                Some(Some(tile)) => {
+                    let i = (((y as u64 % th) * tw + x as u64 % tw) * 3) as usize;
+                    [tile[i] as u32, tile[i + 1] as u32, tile[i + 2] as u32, 255]
+                }
+                _ => [0; 4],
+            }
+        };
+        let (dx, dy) = (wx, wy);
+        let weights = [
+            (256 - dx) * (256 - dy),
+            dx * (256 - dy),
+            (256 - dx) * dy,
+            dx * dy,
+        ];
+        for j in 0..h {
+            let sy = iy + j as i64;
+            let dst_row = (j + skip_y) as usize * row_bytes;
+            for i in 0..w {
+                let sx = ix + i as i64;
+                let px = [
+                    sample(sx, sy),
+                    sample(sx + 1, sy),
+                    sample(sx, sy + 1),
+                    sample(sx + 1, sy + 1),
+                ];
+                let mut acc = [0u64; 4];
+                for (p, wgt) in px.iter().zip(weights) {
+                    for c in 0..4 {
+                        acc[c] += (p[c] * wgt) as u64;
+                    }
+                }
+                let a = ((acc[3] + 0x8000) >> 16) as u32;
+                let dst = dst_row + (i + skip_x) as usize * 3;
+                for c in 0..3 {
+                    let v = ((acc[c] + 0x8000) >> 16) as u32 + (255 - a);
+                    out[dst + c] = v.min(255) as u8;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_associated_rgb(&self, image: &AssociatedImage, out: &mut [u8]) -> Result<()> {
+        let a = self
+            .associated
+            .iter()
+            .find(|a| a.info.name == image.name)
+            .ok_or_else(|| Error::AssociatedImageNotFound {
+                path: self.path.clone(),
+                name: image.name.clone(),
+                available: self
+                    .associated_info
+                    .iter()
+                    .map(|a| a.name.clone())
+                    .collect(),
+            })?;
+        let width = a.info.size.width as usize;
+        let row_bytes = width * 3;
+        let fail = |strip: u64, message: String| Error::Corrupt {
+            path: self.path.clone(),
+            format: self.format.clone(),
+            backend: BACKEND.into(),
+            message: format!("{} image, strip {strip}: {message}", image.name),
+        };
+        for (s, (&offset, &count)) in a.offsets.iter().zip(&a.counts).enumerate() {
+            let s = s as u64;
+            let y0 = s * a.rows_per_strip;
+            let rows = a.rows_per_strip.min(a.info.size.height - y0) as usize;
+            if count == 0 || count > MAX_TILE_BYTES {
+                return Err(fail(s, format!("{count} bytes")));
+            }
+            let data = self.tiff.read_at(offset, count).map_err(|e| fail(s, e))?;
+            let dst = &mut out[y0 as usize * row_bytes..(y0 as usize + rows) * row_bytes];
+            // A last strip may be stored at the full strip height.
+            if let Err(first) = decode::decode(&a.enc, &data, width, rows, dst) {
+                let full = a.rows_per_strip as usize;
+                if full == rows || a.enc.codec != Codec::Jpeg {
+                    return Err(fail(s, first));
+                }
+                let mut tmp = vec![0u8; full * row_bytes];
+                decode::decode(&a.enc, &data, width, full, &mut tmp).map_err(|_| fail(s, first))?;
+                dst.copy_from_slice(&tmp[..dst.len()]);
+            }
+        }
+        Ok(())
+    }
+}
