@@ -302,3 +302,217 @@ fn region_requests_are_validated_before_reading() {
     let r = read(299, 249, 0, 2, 2).unwrap();
     assert_eq!(r.get_pixel(1, 1).0, [255, 255, 255]);
 }
+
+/// Hostile TIFFs for the native reader, built byte by byte.
+mod native {
+    use super::*;
+    use tessera::BackendChoice;
+
+    /// A little-endian classic TIFF with one IFD of (tag, type, values); arrays and
+    /// `payload` are laid out after the IFD. Offsets in tag 324 that equal `u32::MAX` are
+    /// replaced by the payload's offset.
+    fn tiff(entries: &[(u16, u16, Vec<u32>)], payload: &[u8]) -> Vec<u8> {
+        let ifd_len = 2 + entries.len() * 12 + 4;
+        let mut data_off = 8 + ifd_len;
+        let mut arrays = Vec::new();
+        let mut out = b"II\x2a\x00\x08\x00\x00\x00".to_vec();
+        out.extend((entries.len() as u16).to_le_bytes());
+        let total_arrays: usize = entries
+            .iter()
+            .map(|(_, t, v)| v.len() * if *t == 3 { 2 } else { 4 })
+            .filter(|&n| n > 4)
+            .sum();
+        let payload_off = (8 + ifd_len + total_arrays) as u32;
+        for (tag, typ, vals) in entries {
+            let size = if *typ == 3 { 2 } else { 4 };
+            let mut bytes = Vec::new();
+            for &v in vals {
+                let v = if *tag == 324 && v == u32::MAX {
+                    payload_off
+                } else {
+                    v
+                };
+                if size == 2 {
+                    bytes.extend((v as u16).to_le_bytes());
+                } else {
+                    bytes.extend(v.to_le_bytes());
+                }
+            }
+            out.extend(tag.to_le_bytes());
+            out.extend(typ.to_le_bytes());
+            out.extend((vals.len() as u32).to_le_bytes());
+            if bytes.len() <= 4 {
+                bytes.resize(4, 0);
+                out.extend(bytes);
+            } else {
+                out.extend((data_off as u32).to_le_bytes());
+                data_off += bytes.len();
+                arrays.extend(bytes);
+            }
+        }
+        out.extend(0u32.to_le_bytes());
+        out.extend(arrays);
+        out.extend(payload);
+        out
+    }
+
+    /// A 64 × 64 single-tile TIFF with the given compression, tile bytes and byte count.
+    fn one_tile(compression: u32, payload: &[u8], count: u32, offset: u32) -> Vec<u8> {
+        tiff(
+            &[
+                (256, 4, vec![64]),
+                (257, 4, vec![64]),
+                (258, 3, vec![8, 8, 8]),
+                (259, 3, vec![compression]),
+                (262, 3, vec![2]),
+                (277, 3, vec![3]),
+                (322, 4, vec![64]),
+                (323, 4, vec![64]),
+                (324, 4, vec![offset]),
+                (325, 4, vec![count]),
+            ],
+            payload,
+        )
+    }
+
+    /// Writes `bytes` to a temporary `crafted.tiff` and opens it natively. The folder is
+    /// returned too: the file must outlive the slide's reads.
+    fn open_native(bytes: &[u8]) -> (tempfile::TempDir, Result<Slide, Error>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crafted.tiff");
+        std::fs::write(&path, bytes).unwrap();
+        let config = SlideConfig {
+            backend: BackendChoice::Native,
+            ..SlideConfig::default()
+        };
+        let slide = Slide::open_with(&path, &config);
+        (dir, slide)
+    }
+
+    fn open_native_err(bytes: &[u8]) -> Error {
+        open_native(bytes).1.unwrap_err()
+    }
+
+    fn read_all(slide: &Slide) -> Result<image::RgbImage, Error> {
+        slide.read_region(Level0Px::new(0, 0), 0, slide.dimensions())
+    }
+
+    #[test]
+    fn a_valid_raw_tile_reads_back() {
+        let pixels: Vec<u8> = (0..64 * 64 * 3).map(|i| (i % 251) as u8).collect();
+        let (_dir, s) = open_native(&one_tile(1, &pixels, pixels.len() as u32, u32::MAX));
+        let s = s.unwrap();
+        assert_eq!(read_all(&s).unwrap().as_raw(), &pixels);
+    }
+
+    #[test]
+    fn tile_data_past_the_end_or_short_is_a_tile_error() {
+        let pixels = vec![7u8; 64 * 64 * 3];
+        // Offset far past the end of the file.
+        let (_dir, s) = open_native(&one_tile(1, &pixels, pixels.len() as u32, 10_000_000));
+        let s = s.unwrap();
+        let e = read_all(&s).unwrap_err();
+        assert!(
+            matches!(&e, Error::TileDecode { message, .. } if message.contains("past the end")),
+            "{e}"
+        );
+        // A truncated tile: fewer bytes than a raw tile needs.
+        let (_dir, s) = open_native(&one_tile(1, &pixels[..100], 100, u32::MAX));
+        let s = s.unwrap();
+        let e = read_all(&s).unwrap_err();
+        assert!(matches!(e, Error::TileDecode { .. }), "{e}");
+        // A byte count that claims more than the file holds.
+        let (_dir, s) = open_native(&one_tile(1, &pixels, u32::MAX - 1, u32::MAX));
+        let s = s.unwrap();
+        assert!(matches!(
+            read_all(&s).unwrap_err(),
+            Error::TileDecode { .. }
+        ));
+    }
+
+    #[test]
+    fn a_jpeg_tile_that_does_not_decode_is_an_error_naming_the_tile() {
+        let junk = b"\xFF\xD8\xFF\xDB\x00\x04garbage garbage garbage\xFF\xD9";
+        let (_dir, s) = open_native(&one_tile(7, junk, junk.len() as u32, u32::MAX));
+        let s = s.unwrap();
+        let e = read_all(&s).unwrap_err();
+        assert!(
+            matches!(&e, Error::TileDecode { level: 0, tile, .. } if tile.col == 0 && tile.row == 0),
+            "{e}"
+        );
+        assert!(e.to_string().contains("crafted.tiff"));
+        for codec in [5, 8, 33005, 33003] {
+            let (_dir, s) = open_native(&one_tile(codec, junk, junk.len() as u32, u32::MAX));
+            let s = s.unwrap();
+            assert!(
+                matches!(read_all(&s), Err(Error::TileDecode { .. })),
+                "compression {codec}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_layouts_are_refused_at_open() {
+        // 10^6 × 10^6 pixels in 16 × 16 tiles claims 3.9 billion tiles but lists one.
+        let e = open_native_err(&tiff(
+            &[
+                (256, 4, vec![1_000_000]),
+                (257, 4, vec![1_000_000]),
+                (258, 3, vec![8, 8, 8]),
+                (259, 3, vec![1]),
+                (277, 3, vec![3]),
+                (322, 4, vec![16]),
+                (323, 4, vec![16]),
+                (324, 4, vec![8]),
+                (325, 4, vec![1]),
+            ],
+            &[],
+        ));
+        assert!(
+            matches!(&e, Error::Corrupt { message, .. } if message.contains("tiles")),
+            "{e}"
+        );
+        // Tiles of 100,000 × 100,000 pixels.
+        let mut entries = vec![
+            (256, 4, vec![64]),
+            (257, 4, vec![64]),
+            (258, 3, vec![8, 8, 8]),
+            (259, 3, vec![1]),
+            (277, 3, vec![3]),
+            (322, 4, vec![100_000]),
+            (323, 4, vec![100_000]),
+            (324, 4, vec![8]),
+            (325, 4, vec![1]),
+        ];
+        let e = open_native_err(&tiff(&entries, &[]));
+        assert!(
+            matches!(&e, Error::Corrupt { message, .. } if message.contains("100000")),
+            "{e}"
+        );
+        // A tile-offset array whose count runs past the end of the file.
+        entries[5].2 = vec![16];
+        entries[6].2 = vec![16];
+        let mut bytes = tiff(&entries, &[]);
+        // Patch the TileOffsets count (entry 7) to 2^30 values.
+        let at = 8 + 2 + 7 * 12 + 4;
+        bytes[at..at + 4].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        let e = open_native_err(&bytes);
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        // 16-bit samples: not read natively (auto would hand it to OpenSlide).
+        let e = open_native_err(&tiff(
+            &[
+                (256, 4, vec![64]),
+                (257, 4, vec![64]),
+                (258, 3, vec![16, 16, 16]),
+                (259, 3, vec![1]),
+                (277, 3, vec![3]),
+                (322, 4, vec![64]),
+                (323, 4, vec![64]),
+                (324, 4, vec![8]),
+                (325, 4, vec![1]),
+            ],
+            &[],
+        ));
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    }
+}

@@ -241,8 +241,28 @@ impl Slide {
             }
         };
 
-        let level0 = reader.levels()[0].size;
-        check_level0(path, limits, level0.width, level0.height)?;
+        let mut slide = Slide::from_reader(path, reader, limits)?;
+        slide.opened = opened;
+        Ok(slide)
+    }
+
+    /// Wraps an already opened reader (e.g. [`native::NativeReader::from_bytes`]) so that every
+    /// request goes through the same validation and limits as a slide opened from a path.
+    pub fn from_reader(
+        path: impl Into<PathBuf>,
+        reader: Box<dyn SlideReader>,
+        limits: &Limits,
+    ) -> Result<Slide> {
+        let path = path.into();
+        let Some(level0) = reader.levels().first().map(|l| l.size) else {
+            return Err(Error::Corrupt {
+                path,
+                format: reader.format().into(),
+                backend: reader.backend().name.into(),
+                message: "no levels".into(),
+            });
+        };
+        check_level0(&path, limits, level0.width, level0.height)?;
         let props = reader.properties();
         let mpp = mpp_from_properties(props, reader.vendor());
         let objective_power = props
@@ -250,8 +270,8 @@ impl Slide {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|v| v.is_finite() && *v > 0.0);
         Ok(Slide {
-            path: path.into(),
-            opened,
+            opened: path.clone(),
+            path,
             reader,
             mpp,
             objective_power,

@@ -174,7 +174,11 @@ fn stream_says_rgb(stream: &[u8]) -> bool {
             continue;
         }
         let len = u16::from_be_bytes([stream[i + 2], stream[i + 3]]) as usize;
-        let seg = &stream[(i + 4).min(stream.len())..(i + 2 + len).min(stream.len())];
+        // A segment length counts its own two bytes; less is malformed (the decoder will say so).
+        if len < 2 {
+            return adobe_rgb;
+        }
+        let seg = &stream[i + 4..(i + 2 + len).min(stream.len())];
         match marker {
             0xEE if seg.starts_with(b"Adobe") && seg.len() >= 12 => adobe_rgb = seg[11] == 0,
             0xC0..=0xC2 if seg.len() >= 15 && seg[5] == 3 => {
@@ -350,6 +354,24 @@ mod tests {
         assert!(decode(&enc(Codec::Deflate, 1), &z, 4, 4, &mut out)
             .unwrap_err()
             .contains("ends after 3"));
+    }
+
+    /// Regression (fuzzing, 2026-11-25): a marker segment of length 0 or 1 made the marker
+    /// scan slice backwards and panic.
+    #[test]
+    fn marker_segments_shorter_than_their_length_field_do_not_panic() {
+        for len in [0u8, 1] {
+            let s = [0xFF, 0xD8, 0xFF, 0xE0, 0x00, len, 0xFF, 0xC0, 0x00, 0x11];
+            assert!(!stream_says_rgb(&s));
+            let mut out = vec![0; 4 * 4 * 3];
+            let e = Encoding {
+                codec: Codec::Jpeg,
+                photometric: 2,
+                predictor: 1,
+                jpeg_tables: None,
+            };
+            assert!(decode(&e, &s, 4, 4, &mut out).is_err());
+        }
     }
 
     #[test]

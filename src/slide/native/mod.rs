@@ -88,6 +88,25 @@ impl NativeReader {
     /// [`Error::NotASlide`], so the caller can hand them to OpenSlide.
     pub fn open(path: &Path, limits: &Limits, cache_bytes: u64) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::from_io(path, e))?;
+        Self::from_source(path, file, limits, cache_bytes)
+    }
+
+    /// Opens a TIFF held in memory; `name` is used in errors. Used by the fuzz target.
+    pub fn from_bytes(
+        name: &Path,
+        bytes: Vec<u8>,
+        limits: &Limits,
+        cache_bytes: u64,
+    ) -> Result<Self> {
+        Self::from_source(name, bytes, limits, cache_bytes)
+    }
+
+    fn from_source(
+        path: &Path,
+        file: impl tiff::Source + 'static,
+        limits: &Limits,
+        cache_bytes: u64,
+    ) -> Result<Self> {
         let corrupt = |message: String| Error::Corrupt {
             path: path.into(),
             format: "TIFF".into(),
@@ -682,53 +701,54 @@ impl SlideReader for NativeReader {
             return Ok(());
         }
 
-        // Fractional start: bilinear resampling over the stitched window, transparent outside
-        // the image and in missing tiles, composited onto white at the end.
-        let sample = |x: i64, y: i64| -> [u32; 4] {
-            if x < 0 || y < 0 || x as u64 >= l.size.width || y as u64 >= l.size.height {
-                return [0; 4];
-            }
-            let t = TileIndex {
-                col: x as u64 / tw,
-                row: y as u64 / th,
-            };
-            match tiles.get(&t) {
-                Some(Some(tile)) => {
-                    let i = (((y as u64 % th) * tw + x as u64 % tw) * 3) as usize;
-                    [tile[i] as u32, tile[i + 1] as u32, tile[i + 2] as u32, 255]
+        // Fractional start: bilinear resampling over a stitched window of source pixels
+        // (RGBA, alpha 0 outside the image and in missing tiles), composited onto white.
+        let (swu, shu) = (sw as usize, sh as usize);
+        let mut win = vec![0u8; swu * shu * 4];
+        for (t, tile) in &tiles {
+            let Some(tile) = tile else { continue };
+            let (ox, oy) = (t.col * tw, t.row * th);
+            let cx0 = ox.max(x0);
+            let cx1 = (ox + tw).min(x1);
+            let cy0 = oy.max(y0);
+            let cy1 = (oy + th).min(y1);
+            for y in cy0..cy1 {
+                let src = (((y - oy) * tw + (cx0 - ox)) * 3) as usize;
+                let wy_ = (y as i64 - iy) as usize;
+                let wx_ = (cx0 as i64 - ix) as usize;
+                let dst = (wy_ * swu + wx_) * 4;
+                for (k, px) in tile[src..src + ((cx1 - cx0) * 3) as usize]
+                    .chunks_exact(3)
+                    .enumerate()
+                {
+                    win[dst + k * 4..dst + k * 4 + 4].copy_from_slice(&[px[0], px[1], px[2], 255]);
                 }
-                _ => [0; 4],
             }
-        };
-        let (dx, dy) = (wx, wy);
+        }
+        // pixman's bilinear_interpolation: 8-bit weights summing to 65536, rounded.
         let weights = [
-            (256 - dx) * (256 - dy),
-            dx * (256 - dy),
-            (256 - dx) * dy,
-            dx * dy,
+            (256 - wx) * (256 - wy),
+            wx * (256 - wy),
+            (256 - wx) * wy,
+            wx * wy,
         ];
-        for j in 0..h {
-            let sy = iy + j as i64;
-            let dst_row = (j + skip_y) as usize * row_bytes;
-            for i in 0..w {
-                let sx = ix + i as i64;
-                let px = [
-                    sample(sx, sy),
-                    sample(sx + 1, sy),
-                    sample(sx, sy + 1),
-                    sample(sx + 1, sy + 1),
-                ];
-                let mut acc = [0u64; 4];
-                for (p, wgt) in px.iter().zip(weights) {
+        let (right, down) = (usize::from(wx > 0) * 4, usize::from(wy > 0) * swu * 4);
+        for j in 0..h as usize {
+            let dst_row = (j + skip_y as usize) * row_bytes + skip_x as usize * 3;
+            let src_row = j * swu * 4;
+            for i in 0..w as usize {
+                let p = src_row + i * 4;
+                let corners = [p, p + right, p + down, p + down + right];
+                let mut acc = [0u32; 4];
+                for (&q, &wgt) in corners.iter().zip(&weights) {
                     for c in 0..4 {
-                        acc[c] += (p[c] * wgt) as u64;
+                        acc[c] += win[q + c] as u32 * wgt;
                     }
                 }
-                let a = ((acc[3] + 0x8000) >> 16) as u32;
-                let dst = dst_row + (i + skip_x) as usize * 3;
+                let a = (acc[3] + 0x8000) >> 16;
+                let dst = dst_row + i * 3;
                 for c in 0..3 {
-                    let v = ((acc[c] + 0x8000) >> 16) as u32 + (255 - a);
-                    out[dst + c] = v.min(255) as u8;
+                    out[dst + c] = (((acc[c] + 0x8000) >> 16) + (255 - a)).min(255) as u8;
                 }
             }
         }

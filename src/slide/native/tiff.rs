@@ -10,6 +10,38 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+/// Where TIFF bytes come from: a file (positional reads, shareable across threads) or memory.
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// Total length in bytes.
+    fn size(&self) -> std::io::Result<u64>;
+    /// Fills `buf` from `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl Source for File {
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl Source for Vec<u8> {
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
 /// Most IFDs followed in one file.
 pub const MAX_IFDS: usize = 1024;
 /// Most entries in one IFD.
@@ -75,7 +107,7 @@ pub struct Ifd {
 /// A parsed TIFF file.
 #[derive(Debug)]
 pub struct Tiff {
-    file: File,
+    file: Box<dyn Source>,
     len: u64,
     le: bool,
     big: bool,
@@ -95,10 +127,10 @@ fn type_size(typ: u16) -> Option<u64> {
 
 impl Tiff {
     /// Parses the header and IFDs of `file`.
-    pub fn parse(file: File) -> Result<Tiff, String> {
-        let len = file.metadata().map_err(|e| e.to_string())?.len();
+    pub fn parse(file: impl Source + 'static) -> Result<Tiff, String> {
+        let len = file.size().map_err(|e| e.to_string())?;
         let mut t = Tiff {
-            file,
+            file: Box::new(file),
             len,
             le: true,
             big: false,
