@@ -24,12 +24,14 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod geom;
 pub mod info;
 pub mod output;
 pub mod slide;
+pub mod synthetic;
 
 pub use config::{BackendChoice, Limits, SlideConfig};
 pub use error::{Error, Result};

@@ -1,6 +1,8 @@
 //! Command-line interface: clap types, their conversion into library configuration, and the
 //! exit codes. No slide logic lives here.
 
+mod bench;
+mod generate;
 mod info;
 mod region;
 
@@ -42,6 +44,10 @@ enum Command {
         is left at the output path)\n  64  invalid command line"
     )]
     Region(region::RegionArgs),
+    /// Write a synthetic pyramidal JPEG TIFF tiled from real tissue, for benchmarks.
+    Generate(generate::GenerateArgs),
+    /// Measure: `bench read` compares the native reader with OpenSlide.
+    Bench(bench::BenchArgs),
 }
 
 /// Which slide reader to use.
@@ -108,6 +114,8 @@ pub fn run() -> ExitCode {
     let code = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Region(args) => region::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     ExitCode::from(code)
 }

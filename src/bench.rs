@@ -1,0 +1,143 @@
+//! `tessera bench read`: the native reader against OpenSlide on the same regions, in one run.
+//!
+//! In: a slide, a region count, size and seed. Out: regions per second for each backend at one
+//! thread and at all threads (median of several cold-cache runs) and the native/OpenSlide
+//! ratio. Regions are level-0 squares at seeded random locations inside the slide; both
+//! backends read exactly the same list, and a checksum of the pixels proves the work was done.
+//! Timings are measurements, never test assertions.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::{BackendChoice, SlideConfig};
+use crate::error::{Error, Result};
+use crate::geom::{Level0Px, Size};
+use crate::slide::Slide;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct ReadBench {
+    /// Regions per run.
+    pub regions: usize,
+    /// Region side in level-0 pixels.
+    pub side: u64,
+    /// Seed for the region locations.
+    pub seed: u64,
+    /// Thread counts to measure (e.g. `[1, 2]`).
+    pub threads: Vec<usize>,
+    /// Runs per configuration; the median is reported.
+    pub repeats: usize,
+    /// The native reader's tile cache for the runs (OpenSlide's default is 32 MiB).
+    pub cache_bytes: u64,
+    /// Snap region locations to multiples of the side (whole-tile reads when the side equals
+    /// the tile size), as a patch grid at the slide's own tiling reads them.
+    pub aligned: bool,
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone)]
+pub struct ReadBenchRow {
+    /// "native" or "openslide".
+    pub backend: &'static str,
+    /// Threads reading.
+    pub threads: usize,
+    /// Median regions per second.
+    pub regions_per_s: f64,
+    /// Every run's regions per second.
+    pub runs: Vec<f64>,
+    /// Sum of all pixel bytes read in one run.
+    pub checksum: u64,
+}
+
+fn locations(slide: &Slide, spec: &ReadBench) -> Vec<Level0Px> {
+    let d = slide.dimensions();
+    let mut state = spec.seed ^ 0x5DEE_CE66_D1CE_4E5B;
+    let mut next = |n: u64| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n.max(1)
+    };
+    let snap = |v: u64| {
+        if spec.aligned {
+            v / spec.side * spec.side
+        } else {
+            v
+        }
+    };
+    (0..spec.regions)
+        .map(|_| {
+            Level0Px::new(
+                snap(next(d.width.saturating_sub(spec.side) + 1)) as i64,
+                snap(next(d.height.saturating_sub(spec.side) + 1)) as i64,
+            )
+        })
+        .collect()
+}
+
+fn run_once(slide: &Slide, at: &[Level0Px], side: u64, threads: usize) -> Result<(f64, u64)> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::InvalidRegion {
+            path: slide.path().into(),
+            reason: format!("cannot start {threads} threads: {e}"),
+        })?;
+    let start = Instant::now();
+    // The regions are shared out over the pool's threads; the native reader's own parallel
+    // tile decoding runs on the same pool, so `threads` bounds all the work.
+    let total: Result<u64> = pool.install(|| {
+        use rayon::prelude::*;
+        at.par_iter()
+            .map(|p| {
+                let img = slide.read_region(*p, 0, Size::new(side, side))?;
+                Ok(img.as_raw().iter().map(|&b| b as u64).sum::<u64>())
+            })
+            .sum()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let total = total?;
+    Ok((at.len() as f64 / secs, total))
+}
+
+/// Runs the benchmark on `path`. `config` supplies the OpenSlide location and limits.
+pub fn bench_read(
+    path: &Path,
+    spec: &ReadBench,
+    config: &SlideConfig,
+) -> Result<Vec<ReadBenchRow>> {
+    let mut rows = Vec::new();
+    for &threads in &spec.threads {
+        for (backend, name) in [
+            (BackendChoice::Native, "native"),
+            (BackendChoice::OpenSlide, "openslide"),
+        ] {
+            let config = SlideConfig {
+                backend,
+                cache_bytes: spec.cache_bytes,
+                ..config.clone()
+            };
+            let mut runs = Vec::new();
+            let mut checksum = 0;
+            for _ in 0..spec.repeats.max(1) {
+                // A fresh handle per run: cold caches for both readers.
+                let slide = Slide::open_with(path, &config)?;
+                let at = locations(&slide, spec);
+                let (rate, sum) = run_once(&slide, &at, spec.side, threads)?;
+                runs.push(rate);
+                checksum = sum;
+            }
+            let mut sorted = runs.clone();
+            sorted.sort_by(f64::total_cmp);
+            rows.push(ReadBenchRow {
+                backend: name,
+                threads,
+                regions_per_s: sorted[sorted.len() / 2],
+                runs,
+                checksum,
+            });
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,118 @@
+//! `tessera bench read SLIDE`: native reader against OpenSlide on the same random regions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use tessera::bench::{bench_read, ReadBench};
+
+use super::{SlideArgs, EXIT_ALL_FAILED, EXIT_OK};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Regions/s of 256 × 256 level-0 reads, native vs OpenSlide, 1 thread and all threads.
+    Read(ReadArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReadArgs {
+    /// The slide to read (a large pyramidal JPEG TIFF: see `tessera generate`).
+    #[arg(value_name = "SLIDE")]
+    slide_path: PathBuf,
+    /// Regions per run.
+    #[arg(long, default_value_t = 2000)]
+    regions: usize,
+    /// Region side in pixels.
+    #[arg(long, default_value_t = 256)]
+    side: u64,
+    /// Seed for the region locations.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Runs per configuration (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Thread counts to measure (default: 1 and all cores).
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Snap locations to multiples of the side (whole-tile reads when side = tile size).
+    #[arg(long)]
+    aligned: bool,
+    /// Native tile cache for the runs, in MiB (OpenSlide's default cache is 32 MiB).
+    #[arg(long, default_value_t = 32)]
+    bench_cache_mib: u64,
+    #[command(flatten)]
+    slide: SlideArgs,
+}
+
+pub fn run(args: &BenchArgs) -> u8 {
+    let BenchWhat::Read(a) = &args.what;
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if a.threads.is_empty() {
+        if all > 1 {
+            vec![1, all]
+        } else {
+            vec![1]
+        }
+    } else {
+        a.threads.clone()
+    };
+    let spec = ReadBench {
+        regions: a.regions,
+        side: a.side,
+        seed: a.seed,
+        threads,
+        repeats: a.repeats,
+        cache_bytes: a.bench_cache_mib * 1024 * 1024,
+        aligned: a.aligned,
+    };
+    match bench_read(&a.slide_path, &spec, &a.slide.config()) {
+        Ok(rows) => {
+            println!(
+                "slide {}; {} {}regions of {}² at level 0, seed {}, median of {} runs, cores {all}",
+                a.slide_path.display(),
+                spec.regions,
+                if spec.aligned { "aligned " } else { "" },
+                spec.side,
+                spec.seed,
+                spec.repeats
+            );
+            println!(
+                "{:>7}  {:>9}  {:>11}  runs",
+                "threads", "backend", "regions/s"
+            );
+            for r in &rows {
+                let runs: Vec<String> = r.runs.iter().map(|v| format!("{v:.0}")).collect();
+                println!(
+                    "{:>7}  {:>9}  {:>11.0}  {}",
+                    r.threads,
+                    r.backend,
+                    r.regions_per_s,
+                    runs.join(" ")
+                );
+            }
+            let bytes = (spec.regions as u64 * spec.side * spec.side * 3) as f64;
+            for pair in rows.chunks(2) {
+                if let [n, o] = pair {
+                    println!(
+                        "ratio native/openslide at {} thread(s): {:.2}× (mean pixel value {:.3} \
+                         vs {:.3})",
+                        n.threads,
+                        n.regions_per_s / o.regions_per_s,
+                        n.checksum as f64 / bytes,
+                        o.checksum as f64 / bytes
+                    );
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_ALL_FAILED
+        }
+    }
+}
