@@ -45,7 +45,7 @@ pub struct ReadBenchRow {
     pub regions_per_s: f64,
     /// Every run's regions per second.
     pub runs: Vec<f64>,
-    /// Sum of all pixel bytes read in one run.
+    /// Sum of every 61st pixel byte read in one run.
     pub checksum: u64,
 }
 
@@ -92,7 +92,14 @@ fn run_once(slide: &Slide, at: &[Level0Px], side: u64, threads: usize) -> Result
         at.par_iter()
             .map(|p| {
                 let img = slide.read_region(*p, 0, Size::new(side, side))?;
-                Ok(img.as_raw().iter().map(|&b| b as u64).sum::<u64>())
+                // A sparse checksum keeps the reads observable without adding a full pass
+                // over every pixel to both readers' times.
+                Ok(img
+                    .as_raw()
+                    .iter()
+                    .step_by(61)
+                    .map(|&b| b as u64)
+                    .sum::<u64>())
             })
             .sum()
     });

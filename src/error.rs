@@ -225,6 +225,15 @@ pub enum Error {
         available: Vec<String>,
     },
 
+    /// A model's configuration is missing fields or inconsistent.
+    #[error("{}: invalid model configuration: {reason}", path.display())]
+    ModelConfig {
+        /// The config.json.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Encoding an output image failed.
     #[error("{}: cannot encode image: {message}", path.display())]
     Encode {
@@ -266,6 +275,7 @@ impl Error {
             Error::RegionRead { .. } => "region_read",
             Error::Poisoned { .. } => "poisoned",
             Error::AssociatedImageNotFound { .. } => "associated_image_not_found",
+            Error::ModelConfig { .. } => "model_config",
             Error::Encode { .. } => "encode",
         }
     }

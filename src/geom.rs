@@ -7,6 +7,7 @@
 //! * [`LevelPx`] — a position in the pixels of one pyramid level.
 //! * [`Size`] — a width and height in pixels of the level it belongs to.
 //! * [`TileIndex`] — the column and row of a tile in one level's tile grid.
+//! * [`GridIndex`] — the column and row of a patch in the analysis grid.
 //!
 //! Conversions between spaces go only through the named functions below.
 
@@ -46,6 +47,16 @@ pub struct TileIndex {
     pub col: u64,
     /// Tile row (0 at the top).
     pub row: u64,
+}
+
+/// Column and row of a patch in a [`crate::grid::PatchGrid`] (not a file tile: patches follow the
+/// model's physical resolution, tiles the file's storage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct GridIndex {
+    /// Patch column (0 at the left).
+    pub col: u32,
+    /// Patch row (0 at the top).
+    pub row: u32,
 }
 
 impl Level0Px {

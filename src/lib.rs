@@ -28,14 +28,17 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod geom;
+pub mod grid;
 pub mod info;
+pub mod model;
 pub mod output;
 pub mod slide;
 pub mod synthetic;
+pub mod tissue;
 
 pub use config::{BackendChoice, Limits, SlideConfig};
 pub use error::{Error, Result};
-pub use geom::{Level0Px, LevelPx, Size, TileIndex};
+pub use geom::{GridIndex, Level0Px, LevelPx, Size, TileIndex};
 pub use slide::Slide;
 
 /// Tessera's version, as recorded in every output.

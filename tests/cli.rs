@@ -263,3 +263,61 @@ fn debian_openslide_3_reads_svs_and_refuses_dicom_clearly() {
     );
     assert_eq!(code(&out), 2);
 }
+
+#[test]
+fn generate_then_bench_read_runs_both_readers_on_the_same_regions() {
+    let src = require!(data_and_openslide("images/tcga-regions/target_image.png"));
+    let tmp = tempfile::tempdir().unwrap();
+    let slide = tmp.path().join("synthetic.svs");
+    let out = tessera(
+        &[
+            OsStr::new("generate"),
+            slide.as_os_str(),
+            OsStr::new("--width"),
+            OsStr::new("4000"),
+            OsStr::new("--height"),
+            OsStr::new("3000"),
+            OsStr::new("--source"),
+            src.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // OpenSlide reads the generated file as Aperio too.
+    let info = tessera(
+        &[
+            OsStr::new("info"),
+            OsStr::new("--backend"),
+            OsStr::new("openslide"),
+            slide.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&info), 0, "{}", stderr(&info));
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("Aperio SVS") && text.contains("4000 × 3000"),
+        "{text}"
+    );
+    let out = tessera_str(&[
+        "bench",
+        "read",
+        slide.to_str().unwrap(),
+        "--regions",
+        "40",
+        "--repeats",
+        "1",
+        "--threads",
+        "1,2",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ratio native/openslide at 1 thread(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ratio native/openslide at 2 thread(s)"),
+        "{text}"
+    );
+}

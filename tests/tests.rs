@@ -9,3 +9,4 @@ mod cli;
 mod hostile;
 mod parity;
 mod slides;
+mod tissue;

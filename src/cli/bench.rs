@@ -95,7 +95,7 @@ pub fn run(args: &BenchArgs) -> u8 {
                     runs.join(" ")
                 );
             }
-            let bytes = (spec.regions as u64 * spec.side * spec.side * 3) as f64;
+            let bytes = (spec.regions as u64 * spec.side * spec.side * 3).div_ceil(61) as f64;
             for pair in rows.chunks(2) {
                 if let [n, o] = pair {
                     println!(

@@ -54,15 +54,37 @@ pub fn write_atomic(
 
 /// Writes an RGB image as a PNG, atomically.
 pub fn write_png(path: &Path, image: &RgbImage) -> Result<()> {
+    write_png_raw(
+        path,
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        image::ExtendedColorType::Rgb8,
+    )
+}
+
+/// Writes a greyscale image as a PNG, atomically.
+pub fn write_gray_png(path: &Path, image: &image::GrayImage) -> Result<()> {
+    write_png_raw(
+        path,
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        image::ExtendedColorType::L8,
+    )
+}
+
+fn write_png_raw(
+    path: &Path,
+    raw: &[u8],
+    width: u32,
+    height: u32,
+    colour: image::ExtendedColorType,
+) -> Result<()> {
     write_atomic(path, |w| {
         use image::ImageEncoder;
         image::codecs::png::PngEncoder::new(&mut *w)
-            .write_image(
-                image.as_raw(),
-                image.width(),
-                image.height(),
-                image::ExtendedColorType::Rgb8,
-            )
+            .write_image(raw, width, height, colour)
             .map_err(|e| Error::Encode {
                 path: path.into(),
                 message: e.to_string(),

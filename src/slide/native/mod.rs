@@ -625,8 +625,8 @@ impl SlideReader for NativeReader {
         };
         let (lx, skip_x) = start(location.x);
         let (ly, skip_y) = start(location.y);
-        out.fill(255);
         if skip_x >= size.width || skip_y >= size.height {
+            out.fill(255);
             return Ok(());
         }
         let (w, h) = (size.width - skip_x, size.height - skip_y);
@@ -642,11 +642,13 @@ impl SlideReader for NativeReader {
         let x1 = ((ix + sw as i64).max(0) as u64).min(l.size.width);
         let y1 = ((iy + sh as i64).max(0) as u64).min(l.size.height);
         if x0 >= x1 || y0 >= y1 {
+            out.fill(255);
             return Ok(());
         }
         let t0 = LevelPx::new(x0 as i64, y0 as i64).tile(l.tile);
         let t1 = LevelPx::new(x1 as i64 - 1, y1 as i64 - 1).tile(l.tile);
         let (Some(t0), Some(t1)) = (t0, t1) else {
+            out.fill(255);
             return Ok(());
         };
         let row_bytes = size.width as usize * 3;
@@ -666,6 +668,8 @@ impl SlideReader for NativeReader {
                 return Ok(());
             }
         }
+        // Everything not painted below (outside the image, missing tiles) is white.
+        out.fill(255);
 
         let mut wanted = Vec::new();
         for row in t0.row..=t1.row {
