@@ -33,6 +33,7 @@ pub mod info;
 pub mod model;
 pub mod output;
 pub mod slide;
+pub mod stitch;
 pub mod synthetic;
 pub mod tissue;
 

@@ -28,7 +28,10 @@ fn tissue_fractions_fall_in_the_ranges_the_test_data_gives() {
         let png = tmp.path().join("tissue-mask.png");
         mask.write_png(&png).unwrap();
         let back = image::open(&png).unwrap().to_luma8();
-        assert_eq!(back.dimensions(), (mask.size.width as u32, mask.size.height as u32));
+        assert_eq!(
+            back.dimensions(),
+            (mask.size.width as u32, mask.size.height as u32)
+        );
     }
 }
 
