@@ -234,6 +234,35 @@ pub enum Error {
         reason: String,
     },
 
+    /// A model could not be loaded or does not fit its configuration.
+    #[error("{}: cannot use the model ({backend}): {message}", path.display())]
+    Model {
+        /// The model folder or file.
+        path: PathBuf,
+        /// The inference backend.
+        backend: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// Inference failed on a batch.
+    #[error("{}: inference failed ({backend}): {message}", path.display())]
+    Inference {
+        /// The slide being analysed.
+        path: PathBuf,
+        /// The inference backend.
+        backend: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The slide does not state its resolution and none was given.
+    #[error("{}: the slide does not state its µm per pixel; give it with --mpp (e.g. --mpp 0.25 for a 40× scan, 0.5 for 20×)", path.display())]
+    MissingMpp {
+        /// The slide.
+        path: PathBuf,
+    },
+
     /// Encoding an output image failed.
     #[error("{}: cannot encode image: {message}", path.display())]
     Encode {
@@ -276,6 +305,9 @@ impl Error {
             Error::Poisoned { .. } => "poisoned",
             Error::AssociatedImageNotFound { .. } => "associated_image_not_found",
             Error::ModelConfig { .. } => "model_config",
+            Error::Model { .. } => "model",
+            Error::Inference { .. } => "inference",
+            Error::MissingMpp { .. } => "missing_mpp",
             Error::Encode { .. } => "encode",
         }
     }

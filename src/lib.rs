@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod batch;
 pub mod bench;
 pub mod config;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod grid;
 pub mod info;
 pub mod model;
 pub mod output;
+pub mod pipeline;
 pub mod slide;
 pub mod stitch;
 pub mod synthetic;

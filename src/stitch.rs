@@ -67,19 +67,12 @@ impl Heatmap {
         self.values[(y * self.width + x) as usize]
     }
 
-    /// The map as 8-bit probabilities (0 where nothing was analysed) and an alpha mask.
-    pub fn to_u8(&self) -> (Vec<u8>, Vec<u8>) {
-        let v = self
-            .values
+    /// The map as 8-bit probabilities (0 where nothing was analysed).
+    pub fn to_u8(&self) -> Vec<u8> {
+        self.values
             .iter()
             .map(|p| p.map_or(0, |p| (p.clamp(0.0, 1.0) * 255.0).round() as u8))
-            .collect();
-        let a = self
-            .values
-            .iter()
-            .map(|p| if p.is_some() { 255 } else { 0 })
-            .collect();
-        (v, a)
+            .collect()
     }
 
     /// Cells at or above `threshold`, traced into polygons (outer ring first, then holes),

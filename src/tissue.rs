@@ -126,11 +126,11 @@ impl TissueMask {
     }
 }
 
-/// The mask grid for a slide: downsample (level-0 px per mask px) and size.
-pub fn mask_geometry(slide: &Slide, params: &TissueParams) -> (f64, Size) {
-    let dims = slide.dimensions();
-    let mut d = match slide.mpp() {
-        Some(m) => params.mask_um_px / ((m.x + m.y) / 2.0),
+/// The mask grid for a slide of level-0 `dims` at `mpp` µm/px (if known): downsample
+/// (level-0 px per mask px) and size.
+pub fn mask_geometry(dims: Size, mpp: Option<f64>, params: &TissueParams) -> (f64, Size) {
+    let mut d = match mpp {
+        Some(m) => params.mask_um_px / m,
         None => params.fallback_downsample,
     }
     .max(1.0);
@@ -361,18 +361,20 @@ fn remove_small(m: &mut [u8], w: usize, h: usize, target: u8, min_pixels: usize)
     }
 }
 
-/// Detects tissue on `slide`.
+/// Detects tissue on `slide`, using the MPP the file states.
 pub fn detect(slide: &Slide, params: &TissueParams) -> Result<TissueMask> {
-    let (downsample, size) = mask_geometry(slide, params);
+    let mpp = slide.mpp().map(|m| (m.x + m.y) / 2.0);
+    let (downsample, size) = mask_geometry(slide.dimensions(), mpp, params);
     let thumb = thumbnail(slide, downsample, size)?;
-    Ok(mask_from_thumbnail(&thumb, downsample, slide, params))
+    Ok(mask_from_thumbnail(&thumb, downsample, mpp, params))
 }
 
-/// The classical mask from an RGB image already at the mask's scale.
+/// The classical mask from an RGB image already at the mask's scale; `mpp` (level-0 µm/px)
+/// converts the area parameters to pixels.
 pub fn mask_from_thumbnail(
     thumb: &RgbImage,
     downsample: f64,
-    slide: &Slide,
+    mpp: Option<f64>,
     params: &TissueParams,
 ) -> TissueMask {
     let (w, h) = (thumb.width() as usize, thumb.height() as usize);
@@ -392,7 +394,7 @@ pub fn mask_from_thumbnail(
         );
     }
     // Areas in mask pixels (MPP unknown: assume 0.25 µm/px, a 40× scan, so areas stay sane).
-    let mpp = slide.mpp().map_or(0.25, |m| (m.x + m.y) / 2.0);
+    let mpp = mpp.unwrap_or(0.25);
     let px_mm2 = (downsample * mpp / 1000.0).powi(2);
     let min_object = (params.min_object_mm2 / px_mm2).round() as usize;
     let max_hole = (params.max_hole_mm2 / px_mm2).round() as usize;

@@ -1,6 +1,7 @@
 //! Command-line interface: clap types, their conversion into library configuration, and the
 //! exit codes. No slide logic lives here.
 
+mod analyze;
 mod bench;
 mod generate;
 mod info;
@@ -35,6 +36,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Analyse slides: tissue, patch grid, model inference, heatmaps, QuPath GeoJSON, CSV.
+    #[command(after_help = EXIT_CODES)]
+    Analyze(analyze::AnalyzeArgs),
     /// Describe slides: format, reader, dimensions, levels, µm/px, objective, associated images.
     #[command(after_help = EXIT_CODES)]
     Info(info::InfoArgs),
@@ -112,6 +116,7 @@ pub fn run() -> ExitCode {
         }
     };
     let code = match cli.command {
+        Command::Analyze(args) => analyze::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Region(args) => region::run(&args),
         Command::Generate(args) => generate::run(&args),

@@ -74,6 +74,9 @@ pub struct TesseraFields {
     /// Model version.
     #[serde(default)]
     pub version: Option<String>,
+    /// The graph's output is already probabilities (default: logits, as WSInfer's models).
+    #[serde(default)]
+    pub outputs_probabilities: bool,
 }
 
 /// A validated model configuration.

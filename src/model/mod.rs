@@ -1,7 +1,220 @@
-//! Patch classifiers: the model folder and its configuration.
+//! Patch classifiers: the model folder, and the inference backends that run it.
 //!
-//! In: a model folder (`model.onnx` + `config.json`, WSInfer's model configuration plus an
-//! optional `tessera` object). Out: a validated [`config::ModelConfig`]. Inference backends
-//! (ONNX Runtime, tract) build on this.
+//! In: a model folder (`model.onnx` + `config.json`: WSInfer's model configuration plus an
+//! optional `tessera` object) and a [`PatchBatch`]. Out: per-patch class probabilities.
+//!
+//! Backends are split by lifetime, as tract does: a [`Backend`] finds its runtime and loads a
+//! model once into a [`Model`] (shared by all workers, `Send + Sync`), which opens one
+//! [`Session`] per worker (`run(&mut self, batch)`). Two backends exist: ONNX Runtime through
+//! `ort` (loaded at run time; see [`ort_backend`]) and `tract`, pure Rust, always available.
+//! `auto` takes ONNX Runtime when it loads and tract otherwise, and says which it chose.
 
 pub mod config;
+pub mod ort_backend;
+pub mod tract_backend;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::batch::PatchBatch;
+use crate::error::{Error, Result};
+use config::ModelConfig;
+
+/// A model on disk.
+#[derive(Debug, Clone)]
+pub struct ModelFolder {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Its validated configuration.
+    pub config: ModelConfig,
+    /// `model.onnx`.
+    pub onnx: PathBuf,
+    /// SHA-256 of `model.onnx`, hex.
+    pub sha256: String,
+    /// The folder's name.
+    pub name: String,
+}
+
+impl ModelFolder {
+    /// Reads and validates a model folder.
+    pub fn load(dir: &Path) -> Result<ModelFolder> {
+        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let onnx = dir.join("model.onnx");
+        let bytes = std::fs::read(&onnx).map_err(|e| Error::from_io(&onnx, e))?;
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let name = dir
+            .canonicalize()
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        Ok(ModelFolder {
+            dir: dir.into(),
+            config,
+            onnx,
+            sha256,
+            name,
+        })
+    }
+}
+
+/// Which inference backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InferenceChoice {
+    /// ONNX Runtime when it can be loaded, tract otherwise.
+    #[default]
+    Auto,
+    /// ONNX Runtime (error if it cannot be loaded).
+    Ort,
+    /// tract (pure Rust, always available, slower).
+    Tract,
+}
+
+/// An inference runtime.
+pub trait Backend: Send + Sync {
+    /// "onnxruntime" or "tract".
+    fn name(&self) -> &'static str;
+    /// The runtime's version.
+    fn version(&self) -> String;
+    /// Loads a model; `threads` bounds the runtime's own parallelism per session.
+    fn load(&self, model: &ModelFolder, threads: usize) -> Result<Arc<dyn Model>>;
+}
+
+/// A loaded model, shared by workers.
+pub trait Model: Send + Sync {
+    /// A session for one worker.
+    fn session(&self) -> Result<Box<dyn Session>>;
+}
+
+/// One worker's inference session.
+pub trait Session: Send {
+    /// Runs a batch and returns the raw outputs, one row of `num_classes` values per patch.
+    fn run(&mut self, batch: &PatchBatch) -> Result<Vec<Vec<f32>>>;
+}
+
+/// The chosen backend and, for `auto`, why.
+pub struct Chosen {
+    /// The backend.
+    pub backend: Arc<dyn Backend>,
+    /// A line for the user: which backend runs, and how to get the faster one.
+    pub note: String,
+}
+
+/// Picks a backend.
+pub fn choose(choice: InferenceChoice) -> Result<Chosen> {
+    match choice {
+        InferenceChoice::Tract => Ok(Chosen {
+            backend: Arc::new(tract_backend::Tract),
+            note: "inference: tract (pure Rust), as requested".into(),
+        }),
+        InferenceChoice::Ort => {
+            let b = ort_backend::OnnxRuntime::find()?;
+            Ok(Chosen {
+                note: format!(
+                    "inference: ONNX Runtime {} ({})",
+                    b.version(),
+                    b.library.display()
+                ),
+                backend: Arc::new(b),
+            })
+        }
+        InferenceChoice::Auto => match ort_backend::OnnxRuntime::find() {
+            Ok(b) => Ok(Chosen {
+                note: format!(
+                    "inference: ONNX Runtime {} ({})",
+                    b.version(),
+                    b.library.display()
+                ),
+                backend: Arc::new(b),
+            }),
+            Err(e) => Ok(Chosen {
+                backend: Arc::new(tract_backend::Tract),
+                note: format!(
+                    "inference: tract (pure Rust). ONNX Runtime runs several times faster: \
+                     `pip install onnxruntime` or set ORT_DYLIB_PATH ({e})"
+                ),
+            }),
+        },
+    }
+}
+
+/// Turns raw model outputs into probabilities: softmax over several outputs, sigmoid for one
+/// (WSInfer's rule), unless the configuration says the graph already outputs probabilities.
+pub fn to_probabilities(config: &ModelConfig, raw: Vec<f32>) -> Vec<f32> {
+    if config.tessera.outputs_probabilities {
+        return raw;
+    }
+    if raw.len() == 1 {
+        return vec![1.0 / (1.0 + (-raw[0]).exp())];
+    }
+    let max = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = raw.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Checks a graph's declared input and output shapes against the configuration. Dimensions
+/// that are dynamic (`None`) match anything.
+pub fn check_shapes(
+    model: &ModelFolder,
+    backend: &str,
+    input: &[Option<usize>],
+    output: &[Option<usize>],
+) -> Result<()> {
+    let bad = |message: String| Error::Model {
+        path: model.onnx.clone(),
+        backend: backend.into(),
+        message,
+    };
+    let (h, w) = model.config.input_size();
+    let expected: [Option<usize>; 3] = match model.config.tessera.layout {
+        config::Layout::Nchw => [Some(3), Some(h as usize), Some(w as usize)],
+        config::Layout::Nhwc => [Some(h as usize), Some(w as usize), Some(3)],
+    };
+    if input.len() != 4 {
+        return Err(bad(format!(
+            "input has rank {}, expected 4 (a batch of images)",
+            input.len()
+        )));
+    }
+    for (got, want) in input[1..].iter().zip(expected) {
+        if let (Some(g), Some(wnt)) = (got, want) {
+            if *g != wnt {
+                return Err(bad(format!(
+                    "input shape {input:?} does not match {:?} {h}×{w} from config.json",
+                    model.config.tessera.layout
+                )));
+            }
+        }
+    }
+    let classes = model.config.num_classes;
+    match output.last() {
+        Some(Some(c)) if *c != classes && !(classes == 1 && *c == 1) => Err(bad(format!(
+            "output shape {output:?} has {c} values per patch, config.json names {classes} classes"
+        ))),
+        None => Err(bad("the graph has a scalar output".into())),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_and_sigmoid() {
+        let c = ModelConfig::parse(
+            Path::new("c.json"),
+            r#"{"spec_version":"1.0","architecture":"x","num_classes":2,"class_names":["a","b"],
+               "patch_size_pixels":8,"spacing_um_px":1,"transform":[]}"#,
+        )
+        .unwrap();
+        let p = to_probabilities(&c, vec![1.0, 1.0]);
+        assert_eq!(p, vec![0.5, 0.5]);
+        let p = to_probabilities(&c, vec![0.0, 1000.0]);
+        assert_eq!(p, vec![0.0, 1.0]);
+        assert_eq!(to_probabilities(&c, vec![0.0]), vec![0.5]);
+    }
+}

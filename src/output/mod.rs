@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::RgbImage;
 
+pub mod geojson;
+pub mod overlay;
+
 use crate::error::{Error, Result};
 
 /// Writes a file atomically: `write` fills a temporary file in the destination's folder, which

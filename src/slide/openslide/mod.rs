@@ -152,7 +152,7 @@ fn discover_uncached() -> Discovery {
 
 /// Finds an installed Python package's folder by asking the Python interpreter, without
 /// importing the package. Gives up after 10 seconds.
-fn python_package_dir(module: &str) -> std::result::Result<PathBuf, String> {
+pub(crate) fn python_package_dir(module: &str) -> std::result::Result<PathBuf, String> {
     let script = format!(
         "import importlib.util as u, os\ns = u.find_spec('{module}')\n\
          print(os.path.dirname(s.origin) if s and s.origin else '')"

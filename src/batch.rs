@@ -1,0 +1,245 @@
+//! Patches to model input: read, resize, normalise, pack.
+//!
+//! In: a slide, the patches of a [`crate::grid::PatchGrid`] (level-0 locations) with their
+//! [`ReadPlan`], and the model's preprocessing. Out: a [`PatchBatch`]: the patches' grid indices
+//! and one float32 tensor, NCHW or NHWC, ready for a model session. Each patch is read from the
+//! planned level and resized to the model's input with area averaging when shrinking (bilinear
+//! when enlarging), then scaled to [0, 1] and normalised per channel (WSInfer's `ToTensor` and
+//! `Normalize`). Patches are decoded in parallel on the caller's rayon pool.
+
+use image::RgbImage;
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::geom::{GridIndex, Size};
+use crate::grid::{Patch, ReadPlan};
+use crate::model::config::{Layout, ModelConfig, Transform};
+use crate::slide::Slide;
+
+/// Preprocessing derived from a model's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    /// Model input (height, width).
+    pub input: (u32, u32),
+    /// Per-channel mean subtracted after scaling to [0, 1].
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by.
+    pub std: [f32; 3],
+    /// Scale 0–255 to 0–1 (`ToTensor`).
+    pub to_unit: bool,
+    /// Tensor layout.
+    pub layout: Layout,
+}
+
+impl Preprocess {
+    /// From a model configuration.
+    pub fn from_config(c: &ModelConfig) -> Self {
+        let mut p = Preprocess {
+            input: c.input_size(),
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            to_unit: false,
+            layout: c.tessera.layout,
+        };
+        for t in &c.transform {
+            match t {
+                Transform::ToTensor => p.to_unit = true,
+                Transform::Normalize { mean, std } => {
+                    for i in 0..3 {
+                        p.mean[i] = mean[i] as f32;
+                        p.std[i] = std[i] as f32;
+                    }
+                }
+                Transform::Resize { .. } => {}
+            }
+        }
+        p
+    }
+
+    /// Floats per patch.
+    pub fn patch_len(&self) -> usize {
+        self.input.0 as usize * self.input.1 as usize * 3
+    }
+
+    /// Writes one RGB image (already at the input size) into `out` in the configured layout.
+    pub fn pack(&self, img: &RgbImage, out: &mut [f32]) {
+        let (h, w) = (self.input.0 as usize, self.input.1 as usize);
+        // torchvision's ToTensor divides by 255.
+        let div = if self.to_unit { 255.0 } else { 1.0 };
+        for (i, p) in img.pixels().enumerate() {
+            for c in 0..3 {
+                let v = (p.0[c] as f32 / div - self.mean[c]) / self.std[c];
+                let at = match self.layout {
+                    Layout::Nchw => c * h * w + i,
+                    Layout::Nhwc => i * 3 + c,
+                };
+                out[at] = v;
+            }
+        }
+    }
+}
+
+/// A batch of patches ready for inference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchBatch {
+    /// Which patches, in order.
+    pub indices: Vec<GridIndex>,
+    /// `indices.len() × patch_len` floats.
+    pub data: Vec<f32>,
+    /// Model input (height, width).
+    pub input: (u32, u32),
+    /// Layout of `data`.
+    pub layout: Layout,
+}
+
+impl PatchBatch {
+    /// Tensor shape: `[n, 3, h, w]` or `[n, h, w, 3]`.
+    pub fn shape(&self) -> [usize; 4] {
+        let (n, h, w) = (
+            self.indices.len(),
+            self.input.0 as usize,
+            self.input.1 as usize,
+        );
+        match self.layout {
+            Layout::Nchw => [n, 3, h, w],
+            Layout::Nhwc => [n, h, w, 3],
+        }
+    }
+}
+
+/// Reads, resizes and packs `patches` into one batch (in the given order).
+pub fn make_batch(
+    slide: &Slide,
+    patches: &[Patch],
+    plan: ReadPlan,
+    pre: &Preprocess,
+) -> Result<PatchBatch> {
+    let len = pre.patch_len();
+    let mut data = vec![0f32; patches.len() * len];
+    data.par_chunks_mut(len)
+        .zip(patches.par_iter())
+        .try_for_each(|(out, patch)| -> Result<()> {
+            let img =
+                slide.read_region(patch.location, plan.level, Size::new(plan.side, plan.side))?;
+            let img = resize(&img, pre.input.1, pre.input.0);
+            pre.pack(&img, out);
+            Ok(())
+        })?;
+    Ok(PatchBatch {
+        indices: patches.iter().map(|p| p.index).collect(),
+        data,
+        input: pre.input,
+        layout: pre.layout,
+    })
+}
+
+/// Resizes to `w × h`: area averaging when shrinking an axis, bilinear when enlarging it.
+pub fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    if img.dimensions() == (w, h) {
+        return img.clone();
+    }
+    let (sw, sh) = (img.width() as usize, img.height() as usize);
+    // Horizontal pass into f32 rows, then vertical.
+    let hw = weights(sw, w as usize);
+    let vw = weights(sh, h as usize);
+    let src = img.as_raw();
+    let mut tmp = vec![0f32; sh * w as usize * 3];
+    for y in 0..sh {
+        for (x, taps) in hw.iter().enumerate() {
+            for c in 0..3 {
+                tmp[(y * w as usize + x) * 3 + c] = taps
+                    .iter()
+                    .map(|&(i, wt)| src[(y * sw + i) * 3 + c] as f32 * wt)
+                    .sum();
+            }
+        }
+    }
+    let mut out = RgbImage::new(w, h);
+    for (y, taps) in vw.iter().enumerate() {
+        for x in 0..w as usize {
+            for c in 0..3 {
+                let v: f32 = taps
+                    .iter()
+                    .map(|&(i, wt)| tmp[(i * w as usize + x) * 3 + c] * wt)
+                    .sum();
+                out.get_pixel_mut(x as u32, y as u32).0[c] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// Resampling taps for one axis: for each output pixel, (source index, weight).
+fn weights(src: usize, dst: usize) -> Vec<Vec<(usize, f32)>> {
+    let scale = src as f64 / dst as f64;
+    (0..dst)
+        .map(|o| {
+            if scale >= 1.0 {
+                // Area: the source interval [o·s, (o+1)·s) weighted by overlap.
+                let (a, b) = (o as f64 * scale, (o + 1) as f64 * scale);
+                let mut taps = Vec::new();
+                let mut i = a.floor() as usize;
+                while (i as f64) < b && i < src {
+                    let overlap = (b.min(i as f64 + 1.0) - a.max(i as f64)).max(0.0);
+                    if overlap > 0.0 {
+                        taps.push((i, (overlap / scale) as f32));
+                    }
+                    i += 1;
+                }
+                taps
+            } else {
+                // Bilinear with pixel centres aligned.
+                let x = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+                let i = (x.floor() as usize).min(src - 1);
+                let j = (i + 1).min(src - 1);
+                let f = (x - i as f64) as f32;
+                if i == j {
+                    vec![(i, 1.0)]
+                } else {
+                    vec![(i, 1.0 - f), (j, f)]
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn area_averaging_halves_exactly() {
+        let img = RgbImage::from_fn(4, 2, |x, _| {
+            image::Rgb([if x % 2 == 0 { 0 } else { 200 }, 10, 20])
+        });
+        let r = resize(&img, 2, 1);
+        assert_eq!(r.get_pixel(0, 0).0, [100, 10, 20]);
+        assert_eq!(r.get_pixel(1, 0).0, [100, 10, 20]);
+        // Non-integer ratios keep a flat image flat.
+        let flat = RgbImage::from_pixel(449, 449, image::Rgb([37, 91, 200]));
+        assert!(resize(&flat, 224, 224)
+            .pixels()
+            .all(|p| p.0 == [37, 91, 200]));
+        assert!(resize(&flat, 500, 500)
+            .pixels()
+            .all(|p| p.0 == [37, 91, 200]));
+    }
+
+    #[test]
+    fn packing_follows_layout_and_normalisation() {
+        let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([x as u8 * 255, 0, 51]));
+        let mut pre = Preprocess {
+            input: (1, 2),
+            mean: [0.5, 0.0, 0.0],
+            std: [0.5, 1.0, 1.0],
+            to_unit: true,
+            layout: Layout::Nchw,
+        };
+        let mut out = vec![0f32; 6];
+        pre.pack(&img, &mut out);
+        assert_eq!(out, [-1.0, 1.0, 0.0, 0.0, 0.2, 0.2]);
+        pre.layout = Layout::Nhwc;
+        pre.pack(&img, &mut out);
+        assert_eq!(out, [-1.0, 0.0, 0.2, 1.0, 0.0, 0.2]);
+    }
+}

@@ -1,0 +1,143 @@
+//! The tract backend: pure Rust ONNX inference, always available.
+//!
+//! In: a model folder. Out: a shared optimised plan with a symbolic batch dimension; each
+//! session runs batches on it.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+use super::{check_shapes, Backend, Model, ModelFolder, Session};
+use crate::batch::PatchBatch;
+use crate::error::{Error, Result};
+
+/// The tract backend.
+pub struct Tract;
+
+struct TractModel {
+    plan: Arc<TypedRunnableModel>,
+    path: std::path::PathBuf,
+}
+
+struct TractSession {
+    plan: Arc<TypedRunnableModel>,
+    path: std::path::PathBuf,
+}
+
+/// Declared dimensions (`None` where symbolic or unknown); empty when the rank is unknown.
+fn dims(fact: &InferenceFact) -> Vec<Option<usize>> {
+    if fact.shape.is_open() {
+        return Vec::new();
+    }
+    fact.shape
+        .dims()
+        .map(|d| {
+            d.concretize()
+                .and_then(|v| v.to_i64().ok())
+                .map(|v| v as usize)
+        })
+        .collect()
+}
+
+impl Backend for Tract {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn version(&self) -> String {
+        "0.23".into()
+    }
+
+    fn load(&self, model: &ModelFolder, _threads: usize) -> Result<Arc<dyn Model>> {
+        let fail = |message: String| Error::Model {
+            path: model.onnx.clone(),
+            backend: "tract".into(),
+            message,
+        };
+        let mut graph = tract_onnx::onnx()
+            .model_for_path(&model.onnx)
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let input = graph
+            .input_fact(0)
+            .map_err(|e| fail(format!("{e:#}")))?
+            .clone();
+        let output = graph
+            .output_fact(0)
+            .map_err(|e| fail(format!("{e:#}")))?
+            .clone();
+        let declared_input = dims(&input);
+        let _ = output;
+        // A symbolic batch: the same plan serves full and partial batches.
+        let (h, w) = model.config.input_size();
+        let n: TDim = graph.symbols.sym("N").into();
+        let (c, h, w) = (TDim::from(3), TDim::from(h as i64), TDim::from(w as i64));
+        let shape: TVec<TDim> = match model.config.tessera.layout {
+            super::config::Layout::Nchw => tvec![n, c, h, w],
+            super::config::Layout::Nhwc => tvec![n, h, w, c],
+        };
+        graph
+            .set_input_fact(0, f32::fact(shape).into())
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let optimized = graph.into_optimized().map_err(|e| fail(format!("{e:#}")))?;
+        // The typed output shape, with the batch symbolic: checks the class count.
+        let out_dims: Vec<Option<usize>> = optimized
+            .output_fact(0)
+            .map_err(|e| fail(format!("{e:#}")))?
+            .shape
+            .iter()
+            .map(|d| d.to_i64().ok().map(|v| v as usize))
+            .collect();
+        let in_dims = if declared_input.is_empty() {
+            vec![None; 4]
+        } else {
+            declared_input
+        };
+        check_shapes(model, "tract", &in_dims, &out_dims)?;
+        let plan = optimized
+            .into_runnable()
+            .map_err(|e| fail(format!("{e:#}")))?;
+        Ok(Arc::new(TractModel {
+            plan,
+            path: model.onnx.clone(),
+        }))
+    }
+}
+
+impl Model for TractModel {
+    fn session(&self) -> Result<Box<dyn Session>> {
+        Ok(Box::new(TractSession {
+            plan: self.plan.clone(),
+            path: self.path.clone(),
+        }))
+    }
+}
+
+impl Session for TractSession {
+    fn run(&mut self, batch: &PatchBatch) -> Result<Vec<Vec<f32>>> {
+        let fail = |message: String| Error::Inference {
+            path: self.path.clone(),
+            backend: "tract".into(),
+            message,
+        };
+        let n = batch.indices.len();
+        let x =
+            Tensor::from_shape(&batch.shape(), &batch.data).map_err(|e| fail(format!("{e:#}")))?;
+        let out = self
+            .plan
+            .run(tvec!(x.into()))
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let t = out.first().ok_or_else(|| fail("no output".into()))?;
+        let values: &[f32] = t
+            .try_as_plain_ram()
+            .and_then(|r| r.as_slice::<f32>())
+            .map_err(|e| fail(format!("{e:#}")))?;
+        if n == 0 || values.len() % n != 0 {
+            return Err(fail(format!("{} outputs for {n} patches", values.len())));
+        }
+        Ok(values
+            .chunks(values.len() / n)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+}

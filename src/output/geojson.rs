@@ -1,0 +1,172 @@
+//! QuPath-importable GeoJSON.
+//!
+//! In: analysed patches with their probabilities, and per-class thresholded regions (polygons in
+//! level-0 pixels). Out: a `FeatureCollection` as QuPath (v0.4+) writes and reads it: every
+//! patch a locked `tile` with `measurements` {`prob_<class>`}, every region an `annotation`
+//! with a `classification` {`name`, `color`}; closed rings, coordinates in level-0 pixels
+//! (y down) rounded to 2 decimals, `Polygon` for one part and `MultiPolygon` for several.
+//! Feature ids are UUIDs derived from the content, so two runs write identical files.
+
+use serde_json::{json, Map, Value};
+
+use crate::grid::Patch;
+use crate::stitch::Predictions;
+
+/// A thresholded region of one class.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// Class name.
+    pub class: String,
+    /// Classification colour.
+    pub color: [u8; 3],
+    /// Polygons: each an outer ring followed by its holes, in level-0 pixels.
+    pub polygons: Vec<Vec<Vec<[f64; 2]>>>,
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// A deterministic version-4-shaped UUID from a string (FNV-1a based; ids need only be unique
+/// within a file and stable across runs).
+fn uuid_from(s: &str) -> String {
+    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut b: u64 = 0x8422_2325_cbf2_9ce4;
+    for byte in s.bytes() {
+        a = (a ^ byte as u64).wrapping_mul(0x100_0000_01b3);
+        b = (b ^ byte as u64)
+            .wrapping_mul(0x100_0000_01b3)
+            .rotate_left(7);
+    }
+    let mut x = ((a as u128) << 64) | b as u128;
+    x = (x & !(0xF << 76)) | (0x4 << 76); // version 4
+    x = (x & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
+    let h = format!("{x:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn ring(points: &[[f64; 2]]) -> Value {
+    Value::Array(
+        points
+            .iter()
+            .map(|p| json!([round2(p[0]), round2(p[1])]))
+            .collect(),
+    )
+}
+
+/// Builds the FeatureCollection.
+pub fn feature_collection(
+    patches: &[Patch],
+    predictions: &Predictions,
+    class_names: &[String],
+    regions: &[Region],
+) -> Value {
+    let mut features = Vec::with_capacity(patches.len() + regions.len());
+    for p in patches {
+        let Some(probs) = predictions.get(&p.index) else {
+            continue;
+        };
+        let (x0, y0) = (p.location.x as f64, p.location.y as f64);
+        let (x1, y1) = (x0 + p.side as f64, y0 + p.side as f64);
+        let mut m = Map::new();
+        for (name, v) in class_names.iter().zip(probs) {
+            m.insert(
+                format!("prob_{name}"),
+                json!((*v as f64 * 1e6).round() / 1e6),
+            );
+        }
+        m.insert(
+            "tissue_fraction".into(),
+            json!((p.tissue_fraction * 1e4).round() / 1e4),
+        );
+        features.push(json!({
+            "type": "Feature",
+            "id": uuid_from(&format!("tile {} {}", p.index.col, p.index.row)),
+            "geometry": {"type": "Polygon", "coordinates": [
+                ring(&[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
+            ]},
+            "properties": {"objectType": "tile", "isLocked": true, "measurements": m},
+        }));
+    }
+    for (k, r) in regions.iter().enumerate() {
+        if r.polygons.is_empty() {
+            continue;
+        }
+        let polys: Vec<Value> = r
+            .polygons
+            .iter()
+            .map(|rings| Value::Array(rings.iter().map(|pts| ring(pts)).collect()))
+            .collect();
+        let geometry = if polys.len() == 1 {
+            json!({"type": "Polygon", "coordinates": polys[0]})
+        } else {
+            json!({"type": "MultiPolygon", "coordinates": polys})
+        };
+        features.push(json!({
+            "type": "Feature",
+            "id": uuid_from(&format!("region {k} {}", r.class)),
+            "geometry": geometry,
+            "properties": {
+                "objectType": "annotation",
+                "name": r.class,
+                "classification": {"name": r.class, "color": r.color},
+            },
+        }));
+    }
+    json!({"type": "FeatureCollection", "features": features})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geom::{GridIndex, Level0Px};
+
+    #[test]
+    fn features_follow_qupaths_layout() {
+        let patches = vec![Patch {
+            index: GridIndex { col: 1, row: 2 },
+            location: Level0Px::new(100, 200),
+            side: 50,
+            tissue_fraction: 0.75,
+        }];
+        let mut preds = Predictions::new();
+        preds.insert(GridIndex { col: 1, row: 2 }, vec![0.25, 0.75]);
+        let names = vec!["other".to_string(), "dense".to_string()];
+        let region = Region {
+            class: "dense".into(),
+            color: [1, 2, 3],
+            polygons: vec![vec![vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]]],
+        };
+        let fc = feature_collection(&patches, &preds, &names, &[region]);
+        let f = &fc["features"];
+        assert_eq!(fc["type"], "FeatureCollection");
+        assert_eq!(f[0]["properties"]["objectType"], "tile");
+        assert_eq!(f[0]["properties"]["isLocked"], true);
+        assert_eq!(f[0]["properties"]["measurements"]["prob_dense"], 0.75);
+        let ring = f[0]["geometry"]["coordinates"][0].as_array().unwrap();
+        assert_eq!(ring.len(), 5);
+        assert_eq!(ring[0], ring[4]);
+        assert_eq!(ring[2], json!([150.0, 250.0]));
+        assert_eq!(f[1]["properties"]["objectType"], "annotation");
+        assert_eq!(
+            f[1]["properties"]["classification"]["color"],
+            json!([1, 2, 3])
+        );
+        assert_eq!(f[1]["geometry"]["type"], "Polygon");
+        // Ids are UUIDs, stable across runs.
+        let id = f[0]["id"].as_str().unwrap();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_eq!(
+            id,
+            feature_collection(&patches, &preds, &names, &[])["features"][0]["id"]
+        );
+    }
+}

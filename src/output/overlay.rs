@@ -1,0 +1,227 @@
+//! Heatmap overlays: a colour-mapped probability map blended onto a slide thumbnail, with a
+//! legend.
+//!
+//! In: an RGB thumbnail and its downsample (level-0 pixels per thumbnail pixel), a
+//! [`Heatmap`] (cells of `cell_l0` level-0 pixels) and the threshold. Out: an RGB image: the
+//! thumbnail with viridis colours blended in where patches were analysed (bilinear between cell
+//! centres), cells at or above the threshold outlined in white, and below it a legend strip
+//! (colour bar from 0 to 1 with ticks and labels at 0, the threshold and 1).
+
+use image::{Rgb, RgbImage};
+
+use crate::stitch::Heatmap;
+
+/// Viridis at 9 stops (matplotlib's), interpolated linearly.
+const VIRIDIS: [[f32; 3]; 9] = [
+    [68.0, 1.0, 84.0],
+    [71.0, 44.0, 122.0],
+    [59.0, 81.0, 139.0],
+    [44.0, 113.0, 142.0],
+    [33.0, 144.0, 141.0],
+    [39.0, 173.0, 129.0],
+    [92.0, 200.0, 99.0],
+    [170.0, 220.0, 50.0],
+    [253.0, 231.0, 37.0],
+];
+
+/// The viridis colour of `p` in [0, 1].
+pub fn viridis(p: f32) -> [u8; 3] {
+    let x = p.clamp(0.0, 1.0) * 8.0;
+    let i = (x.floor() as usize).min(7);
+    let f = x - i as f32;
+    let (a, b) = (VIRIDIS[i], VIRIDIS[i + 1]);
+    [0, 1, 2].map(|c| (a[c] + (b[c] - a[c]) * f).round() as u8)
+}
+
+/// A distinct colour for class `i` of `n` (used when the model names no colours).
+pub fn palette(i: usize, n: usize) -> [u8; 3] {
+    viridis(if n <= 1 {
+        1.0
+    } else {
+        i as f32 / (n - 1) as f32
+    })
+}
+
+/// 3 × 5 bitmaps for the legend's digits and the decimal point.
+fn glyph(ch: char) -> [u8; 5] {
+    match ch {
+        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
+        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
+        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
+        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
+        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
+        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
+        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
+        '7' => [0b111, 0b001, 0b010, 0b010, 0b010],
+        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
+        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
+        '.' => [0, 0, 0, 0, 0b010],
+        _ => [0; 5],
+    }
+}
+
+fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, scale: i64, color: [u8; 3]) {
+    for (k, ch) in s.chars().enumerate() {
+        let g = glyph(ch);
+        for (row, bits) in g.iter().enumerate() {
+            for col in 0..3 {
+                if bits & (0b100 >> col) != 0 {
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            let px = x + (k as i64 * 4 + col) * scale + dx;
+                            let py = y + row as i64 * scale + dy;
+                            if px >= 0
+                                && py >= 0
+                                && (px as u32) < img.width()
+                                && (py as u32) < img.height()
+                            {
+                                img.put_pixel(px as u32, py as u32, Rgb(color));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bilinear value of the heatmap at level-0 position `(x, y)`, over analysed cells only.
+fn sample(heat: &Heatmap, x: f64, y: f64) -> Option<f32> {
+    let u = x / heat.cell_l0 - 0.5;
+    let v = y / heat.cell_l0 - 0.5;
+    let (i0, j0) = (u.floor() as i64, v.floor() as i64);
+    let (fu, fv) = (u - i0 as f64, v - j0 as f64);
+    let mut acc = 0.0;
+    let mut wsum = 0.0;
+    for (di, dj, w) in [
+        (0, 0, (1.0 - fu) * (1.0 - fv)),
+        (1, 0, fu * (1.0 - fv)),
+        (0, 1, (1.0 - fu) * fv),
+        (1, 1, fu * fv),
+    ] {
+        let (i, j) = (i0 + di, j0 + dj);
+        if i < 0 || j < 0 || i >= heat.width as i64 || j >= heat.height as i64 || w <= 0.0 {
+            continue;
+        }
+        if let Some(p) = heat.get(i as u32, j as u32) {
+            acc += p as f64 * w;
+            wsum += w;
+        }
+    }
+    // Only inside the analysed area: the cell under the point must have been analysed.
+    let (ci, cj) = (
+        (x / heat.cell_l0).floor() as i64,
+        (y / heat.cell_l0).floor() as i64,
+    );
+    let inside = ci >= 0
+        && cj >= 0
+        && ci < heat.width as i64
+        && cj < heat.height as i64
+        && heat.get(ci as u32, cj as u32).is_some();
+    (inside && wsum > 0.0).then(|| (acc / wsum) as f32)
+}
+
+/// The overlay image (thumbnail plus a legend strip below it).
+pub fn overlay(thumb: &RgbImage, downsample: f64, heat: &Heatmap, threshold: f32) -> RgbImage {
+    let (w, h) = thumb.dimensions();
+    let legend_h = 36u32.max(h / 12);
+    let mut out = RgbImage::from_pixel(w, h + legend_h, Rgb([255, 255, 255]));
+    let blend = 0.6f32;
+    for (x, y, p) in thumb.enumerate_pixels() {
+        let (lx, ly) = ((x as f64 + 0.5) * downsample, (y as f64 + 0.5) * downsample);
+        let c = match sample(heat, lx, ly) {
+            Some(v) => {
+                let m = viridis(v);
+                [0, 1, 2]
+                    .map(|k| (p.0[k] as f32 * (1.0 - blend) + m[k] as f32 * blend).round() as u8)
+            }
+            None => p.0,
+        };
+        out.put_pixel(x, y, Rgb(c));
+    }
+    // Outline cells at or above the threshold (edges between above and not-above).
+    let above = |x: f64, y: f64| -> bool {
+        let (i, j) = (
+            (x / heat.cell_l0).floor() as i64,
+            (y / heat.cell_l0).floor() as i64,
+        );
+        i >= 0
+            && j >= 0
+            && i < heat.width as i64
+            && j < heat.height as i64
+            && heat.get(i as u32, j as u32).is_some_and(|p| p >= threshold)
+    };
+    for y in 0..h {
+        for x in 0..w {
+            let (lx, ly) = ((x as f64 + 0.5) * downsample, (y as f64 + 0.5) * downsample);
+            let me = above(lx, ly);
+            let right = x + 1 < w && above(lx + downsample, ly) != me;
+            let down = y + 1 < h && above(lx, ly + downsample) != me;
+            if right || down {
+                out.put_pixel(x, y, Rgb([255, 255, 255]));
+            }
+        }
+    }
+    // Legend: a colour bar with ticks and labels at 0, the threshold and 1.
+    let margin = (w / 20).max(8);
+    let bar_w = w.saturating_sub(2 * margin).max(1);
+    let bar_y = h + legend_h / 6;
+    let bar_h = (legend_h / 3).max(6);
+    for dx in 0..bar_w {
+        let c = viridis(dx as f32 / (bar_w.max(2) - 1) as f32);
+        for dy in 0..bar_h {
+            if margin + dx < w && bar_y + dy < h + legend_h {
+                out.put_pixel(margin + dx, bar_y + dy, Rgb(c));
+            }
+        }
+    }
+    let scale = ((legend_h / 18).max(1)) as i64;
+    let label_y = (bar_y + bar_h + 3) as i64;
+    for (v, label) in [
+        (0.0, "0".to_string()),
+        (threshold, format!("{threshold}")),
+        (1.0, "1".to_string()),
+    ] {
+        let x = margin as i64 + (v as f64 * (bar_w.saturating_sub(1)) as f64).round() as i64;
+        for dy in 0..(bar_h + 2) {
+            let py = bar_y - 1 + dy;
+            if (x as u32) < w && py < h + legend_h {
+                out.put_pixel(x as u32, py, Rgb([0, 0, 0]));
+            }
+        }
+        let tw = label.chars().count() as i64 * 4 * scale;
+        text(
+            &mut out,
+            (x - tw / 2).max(0),
+            label_y,
+            &label,
+            scale,
+            [0, 0, 0],
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viridis_ends_and_overlay_size() {
+        assert_eq!(viridis(0.0), [68, 1, 84]);
+        assert_eq!(viridis(1.0), [253, 231, 37]);
+        let heat = Heatmap {
+            width: 2,
+            height: 1,
+            cell_l0: 10.0,
+            values: vec![Some(1.0), None],
+        };
+        let thumb = RgbImage::from_pixel(20, 10, Rgb([200, 200, 200]));
+        let o = overlay(&thumb, 1.0, &heat, 0.5);
+        assert_eq!(o.width(), 20);
+        assert!(o.height() > 10);
+        // Analysed cell coloured, unanalysed cell untouched.
+        assert_ne!(o.get_pixel(4, 4).0, [200, 200, 200]);
+        assert_eq!(o.get_pixel(15, 4).0, [200, 200, 200]);
+    }
+}

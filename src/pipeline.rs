@@ -1,0 +1,542 @@
+//! `tessera analyze`: the one place the stages are chained.
+//!
+//! ```text
+//! Slide ─► tissue::detect ─► TissueMask ─► PatchGrid::plan ─► PatchGrid
+//!       ─► batch::make_batch (rayon, bounded queue) ─► PatchBatch ─► Session::run (workers)
+//!       ─► Predictions (keyed by GridIndex) ─► stitch::Heatmap ─► outputs (atomic folder)
+//! ```
+//!
+//! In: a slide path and an [`AnalyzeConfig`]. Out: `OUT/<slide name>/` holding result.json,
+//! patches.csv, annotations.geojson, heatmap-<class>.png, overlay-<class>.png, tissue-mask.png
+//! and thumbnail.png. The folder is written under a temporary name and renamed when complete,
+//! so it is either complete or absent. Memory is bounded by the queue depth: at most
+//! `queue_depth` batches wait between decoding and inference.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::batch::{make_batch, Preprocess};
+use crate::config::SlideConfig;
+use crate::error::{Error, Result};
+use crate::grid::{read_plan, GridSpec, PatchGrid};
+use crate::model::{self, InferenceChoice, ModelFolder};
+use crate::output::{self, geojson};
+use crate::slide::{Mpp, MppSource, Slide};
+use crate::stitch::{Heatmap, Predictions};
+use crate::tissue::{self, TissueParams};
+
+/// Version of result.json's layout.
+pub const RESULT_SCHEMA_VERSION: u32 = 1;
+
+/// Everything `analyze` needs besides the slide.
+#[derive(Debug, Clone)]
+pub struct AnalyzeConfig {
+    /// Output root; each slide gets `OUT/<slide name>/`.
+    pub out: PathBuf,
+    /// Model folder (`None`: the bundled default, `models/he-cellularity`).
+    pub model: Option<PathBuf>,
+    /// Inference backend.
+    pub inference: InferenceChoice,
+    /// Patches per batch (default 32).
+    pub batch_size: usize,
+    /// Batches waiting between decoding and inference (default 4).
+    pub queue_depth: usize,
+    /// Inference workers, each with its own session (default 1).
+    pub workers: usize,
+    /// Threads each inference session may use (default: all cores / workers).
+    pub inference_threads: usize,
+    /// Stride in model pixels (default: the patch size, no overlap).
+    pub stride_pixels: Option<u32>,
+    /// Minimum tissue fraction of a patch (default 0.5).
+    pub min_tissue: f64,
+    /// Probability threshold for regions and areas (default 0.5).
+    pub threshold: f32,
+    /// MPP to use instead of (or when missing from) the file.
+    pub mpp_override: Option<f64>,
+    /// Fingerprint the whole file instead of its size and first and last MiB.
+    pub hash_full: bool,
+    /// Tissue detector parameters.
+    pub tissue: TissueParams,
+    /// Slide reading.
+    pub slide: SlideConfig,
+}
+
+impl Default for AnalyzeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            out: PathBuf::from("tessera-out"),
+            model: None,
+            inference: InferenceChoice::Auto,
+            batch_size: 32,
+            queue_depth: 4,
+            workers: 1,
+            inference_threads: cores,
+            stride_pixels: None,
+            min_tissue: 0.5,
+            threshold: 0.5,
+            mpp_override: None,
+            hash_full: false,
+            tissue: TissueParams::default(),
+            slide: SlideConfig::default(),
+        }
+    }
+}
+
+/// The default model folder: `models/he-cellularity` beside the executable's source tree, or
+/// `$TESSERA_MODELS/he-cellularity`.
+pub fn default_model_dir() -> PathBuf {
+    let root = std::env::var_os("TESSERA_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    root.join("he-cellularity")
+}
+
+/// What one run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalyzeSummary {
+    /// The slide's output folder.
+    pub folder: PathBuf,
+    /// Patches analysed.
+    pub patches: usize,
+    /// Tissue area in mm².
+    pub tissue_mm2: f64,
+    /// The backend line shown to the user.
+    pub backend_note: String,
+    /// Warnings.
+    pub warnings: Vec<String>,
+}
+
+/// SHA-256 of the file's size and its first and last MiB (or of the whole file).
+pub fn fingerprint(path: &Path, full: bool) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::from_io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut h = Sha256::new();
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| Error::from_io(&f, e))?;
+        let len = file.metadata().map_err(|e| Error::from_io(&f, e))?.len();
+        h.update(len.to_le_bytes());
+        const MIB: u64 = 1 << 20;
+        let io = |e| Error::from_io(&f, e);
+        if full || len <= 2 * MIB {
+            std::io::copy(&mut file, &mut h).map_err(io)?;
+        } else {
+            let mut buf = vec![0u8; MIB as usize];
+            file.read_exact(&mut buf).map_err(io)?;
+            h.update(&buf);
+            file.seek(SeekFrom::Start(len - MIB)).map_err(io)?;
+            file.read_exact(&mut buf).map_err(io)?;
+            h.update(&buf);
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn slide_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "slide".into())
+}
+
+/// Analyses one slide.
+pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
+    let started = Instant::now();
+    let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
+    let slide = Slide::open_with(path, &cfg.slide)?;
+    let mpp = match (cfg.mpp_override, slide.mpp()) {
+        (Some(v), file) => {
+            if let Some(m) = file {
+                warnings.push(format!(
+                    "MPP overridden: the file says {:.4} µm/px ({}), {v} was used",
+                    m.x, m.source
+                ));
+            } else {
+                warnings.push(format!(
+                    "MPP missing from the file; {v} µm/px given by the user"
+                ));
+            }
+            Mpp {
+                x: v,
+                y: v,
+                source: MppSource::User,
+            }
+        }
+        (None, Some(m)) => m.clone(),
+        (None, None) => return Err(Error::MissingMpp { path: path.into() }),
+    };
+    if matches!(mpp.source, MppSource::TiffResolution { .. }) {
+        warnings.push("MPP comes from TIFF resolution tags, which are often placeholders".into());
+    }
+    let mpp_mean = (mpp.x + mpp.y) / 2.0;
+
+    let model_dir = cfg.model.clone().unwrap_or_else(default_model_dir);
+    let folder = ModelFolder::load(&model_dir)?;
+    let chosen = model::choose(cfg.inference)?;
+    let backend = chosen.backend.clone();
+    let loaded = backend.load(&folder, cfg.inference_threads.max(1))?;
+    timings.insert("open_and_load_s", started.elapsed().as_secs_f64());
+
+    // Tissue.
+    let t = Instant::now();
+    let (mask_ds, mask_size) =
+        tissue::mask_geometry(slide.dimensions(), Some(mpp_mean), &cfg.tissue);
+    let mask_thumb = tissue::thumbnail(&slide, mask_ds, mask_size)?;
+    let mask = tissue::mask_from_thumbnail(&mask_thumb, mask_ds, Some(mpp_mean), &cfg.tissue);
+    // A display thumbnail, 1024 pixels on its longest side (or the slide, if smaller).
+    let dims = slide.dimensions();
+    let disp_ds = (dims.width.max(dims.height) as f64 / 1024.0).max(1.0);
+    let disp_size = crate::geom::Size::new(
+        ((dims.width as f64 / disp_ds).ceil() as u64).max(1),
+        ((dims.height as f64 / disp_ds).ceil() as u64).max(1),
+    );
+    let thumb = tissue::thumbnail(&slide, disp_ds, disp_size)?;
+    let tissue_mm2 = mask.area_mm2(mpp.x, mpp.y);
+    if mask.fraction() < 0.01 {
+        warnings.push(format!(
+            "little tissue found ({:.2}% of the slide)",
+            mask.fraction() * 100.0
+        ));
+    }
+    timings.insert("tissue_s", t.elapsed().as_secs_f64());
+
+    // Grid.
+    let c = &folder.config;
+    let spec = GridSpec {
+        patch_pixels: c.patch_size_pixels,
+        spacing_um_px: c.spacing_um_px,
+        stride_pixels: cfg.stride_pixels.unwrap_or(c.patch_size_pixels),
+        min_tissue: cfg.min_tissue,
+    };
+    let grid = PatchGrid::plan(slide.dimensions(), mpp_mean, &spec, &mask);
+    let side_l0 = grid
+        .patches
+        .first()
+        .map_or(grid.side_l0.round() as u64, |p| p.side);
+    let plan = read_plan(slide.levels(), mpp_mean, &spec, side_l0);
+    let pre = Preprocess::from_config(c);
+
+    // Inference: a producer thread makes batches (decoding in parallel), a bounded queue
+    // carries them to the workers, results are keyed by grid index.
+    let t = Instant::now();
+    let predictions = run_inference(&slide, &grid, plan, &pre, cfg, loaded.as_ref(), c)?;
+    timings.insert("inference_s", t.elapsed().as_secs_f64());
+
+    // Outputs, into a temporary folder renamed at the end.
+    let t = Instant::now();
+    let name = slide_name(path);
+    let final_dir = cfg.out.join(&name);
+    let tmp_dir = cfg
+        .out
+        .join(format!(".{name}.tmp-tessera-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::from_io(&tmp_dir, e))?;
+    let result = write_outputs(
+        &tmp_dir,
+        mpp_mean,
+        (&thumb, disp_ds),
+        &mask,
+        &grid,
+        &predictions,
+        &folder,
+        cfg,
+    )
+    .and_then(|stats| Ok((stats, fingerprint(path, cfg.hash_full)?)));
+    let ((class_stats, analysed), fp) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+            return Err(e);
+        }
+    };
+    timings.insert("outputs_s", t.elapsed().as_secs_f64());
+    timings.insert("total_s", started.elapsed().as_secs_f64());
+
+    let dims = slide.dimensions();
+    let doc = json!({
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "tessera_version": crate::VERSION,
+        "disclaimer": "Decision support — findings require review by a pathologist.",
+        "slide": {
+            "path": path,
+            "name": name,
+            "format": slide.format(),
+            "vendor": slide.vendor(),
+            "reader": slide.backend(),
+            "fingerprint": {"sha256": fp, "method": if cfg.hash_full { "full file" } else { "size + first and last MiB" }},
+            "dimensions": {"width": dims.width, "height": dims.height},
+            "mpp": mpp,
+            "objective_power": slide.objective_power(),
+        },
+        "model": {
+            "name": folder.name,
+            "version": c.tessera.version,
+            "sha256": folder.sha256,
+            "config": c,
+        },
+        "inference": {"backend": backend.name(), "version": backend.version(), "note": chosen.note},
+        "parameters": {
+            "patch_size_pixels": c.patch_size_pixels,
+            "spacing_um_px": c.spacing_um_px,
+            "stride_pixels": spec.stride_pixels,
+            "patch_side_level0": side_l0,
+            "read_level": plan.level,
+            "read_side": plan.side,
+            "min_tissue_fraction": cfg.min_tissue,
+            "threshold": cfg.threshold,
+            "batch_size": cfg.batch_size,
+            "tissue": {
+                "method": "HSV saturation, median, Otsu, closing, small objects and holes removed",
+                "mask_um_px": cfg.tissue.mask_um_px,
+                "mask_downsample": mask.downsample,
+                "otsu_threshold": mask.threshold,
+                "median": cfg.tissue.median,
+                "closing": cfg.tissue.closing,
+                "min_object_mm2": cfg.tissue.min_object_mm2,
+                "max_hole_mm2": cfg.tissue.max_hole_mm2,
+            },
+        },
+        "tissue_area_mm2": tissue_mm2,
+        "tissue_fraction": mask.fraction(),
+        "patches_analysed": analysed,
+        "patches_skipped": grid.skipped,
+        "classes": class_stats,
+        "warnings": warnings,
+        "timings_s": timings,
+    });
+    let written = serde_json::to_string_pretty(&doc)
+        .map_err(|e| Error::Encode {
+            path: tmp_dir.join("result.json"),
+            message: e.to_string(),
+        })
+        .and_then(|text| write_text(&tmp_dir.join("result.json"), &text));
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        return Err(e);
+    }
+    // Replace an older result only now that the new one is complete.
+    if final_dir.exists() {
+        let old = cfg
+            .out
+            .join(format!(".{name}.old-tessera-{}", std::process::id()));
+        std::fs::rename(&final_dir, &old).map_err(|e| Error::from_io(&final_dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::from_io(&final_dir, e))?;
+    Ok(AnalyzeSummary {
+        folder: final_dir,
+        patches: analysed,
+        tissue_mm2,
+        backend_note: chosen.note,
+        warnings,
+    })
+}
+
+fn run_inference(
+    slide: &Slide,
+    grid: &PatchGrid,
+    plan: crate::grid::ReadPlan,
+    pre: &Preprocess,
+    cfg: &AnalyzeConfig,
+    model: &dyn model::Model,
+    config: &crate::model::config::ModelConfig,
+) -> Result<Predictions> {
+    let batch_size = cfg.batch_size.max(1);
+    let (tx, rx) = mpsc::sync_channel::<crate::batch::PatchBatch>(cfg.queue_depth.max(1));
+    let rx = Arc::new(Mutex::new(rx));
+    let predictions = Mutex::new(Predictions::new());
+    let mut sessions = Vec::new();
+    for _ in 0..cfg.workers.max(1) {
+        sessions.push(model.session()?);
+    }
+    std::thread::scope(|s| -> Result<()> {
+        let producer = s.spawn(move || -> Result<()> {
+            for chunk in grid.patches.chunks(batch_size) {
+                let batch = make_batch(slide, chunk, plan, pre)?;
+                if tx.send(batch).is_err() {
+                    break; // workers stopped after an error
+                }
+            }
+            Ok(())
+        });
+        let mut workers = Vec::new();
+        for mut session in sessions {
+            let rx = rx.clone();
+            let predictions = &predictions;
+            workers.push(s.spawn(move || -> Result<()> {
+                loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(batch) = next else { return Ok(()) };
+                    let rows = session.run(&batch)?;
+                    let mut p = predictions.lock().unwrap_or_else(|e| e.into_inner());
+                    for (idx, raw) in batch.indices.iter().zip(rows) {
+                        p.insert(*idx, model::to_probabilities(config, raw));
+                    }
+                }
+            }));
+        }
+        let mut first_error = None;
+        for w in workers {
+            match w.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(Error::Inference {
+                        path: slide.path().into(),
+                        backend: "worker".into(),
+                        message: "an inference worker panicked".into(),
+                    });
+                }
+            }
+        }
+        // Dropping the receiver (workers are gone) unblocks a producer stuck on a full queue.
+        drop(rx);
+        match producer.join() {
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(Error::Inference {
+                    path: slide.path().into(),
+                    backend: "reader".into(),
+                    message: "the patch reader panicked".into(),
+                });
+            }
+            Ok(Ok(())) => {}
+        }
+        first_error.map_or(Ok(()), Err)
+    })?;
+    Ok(predictions.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    dir: &Path,
+    mpp: f64,
+    (thumb, thumb_ds): (&image::RgbImage, f64),
+    mask: &tissue::TissueMask,
+    grid: &PatchGrid,
+    predictions: &Predictions,
+    folder: &ModelFolder,
+    cfg: &AnalyzeConfig,
+) -> Result<(Vec<serde_json::Value>, usize)> {
+    let c = &folder.config;
+    mask.write_png(&dir.join("tissue-mask.png"))?;
+    output::write_png(&dir.join("thumbnail.png"), thumb)?;
+
+    // patches.csv: WSInfer's columns plus ours, in grid order.
+    let mut csv = String::from("minx,miny,width,height,col,row,tissue_fraction");
+    for n in &c.class_names {
+        csv.push_str(&format!(",prob_{n}"));
+    }
+    csv.push('\n');
+    let mut analysed = 0;
+    for p in &grid.patches {
+        let Some(probs) = predictions.get(&p.index) else {
+            continue;
+        };
+        analysed += 1;
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{:.4}",
+            p.location.x, p.location.y, p.side, p.side, p.index.col, p.index.row, p.tissue_fraction
+        ));
+        for v in probs {
+            csv.push_str(&format!(",{v:.6}"));
+        }
+        csv.push('\n');
+    }
+    write_text(&dir.join("patches.csv"), &csv)?;
+
+    // Heatmaps, regions and per-class figures.
+    let colors = c.tessera.class_colors.clone().unwrap_or_else(|| {
+        (0..c.num_classes)
+            .map(|i| output::overlay::palette(i, c.num_classes))
+            .collect()
+    });
+    let area_cell_mm2 = (grid.stride_l0 * mpp / 1000.0).powi(2);
+    let mut regions = Vec::new();
+    let mut stats = Vec::new();
+    for (k, name) in c.class_names.iter().enumerate() {
+        let heat = Heatmap::build(grid, predictions, k);
+        let values = heat.to_u8();
+        if heat.width > 0 {
+            let img = image::GrayImage::from_raw(heat.width, heat.height, values)
+                .unwrap_or_default();
+            output::write_gray_png(&dir.join(format!("heatmap-{name}.png")), &img)?;
+            let overlay = output::overlay::overlay(thumb, thumb_ds, &heat, cfg.threshold);
+            output::write_png(&dir.join(format!("overlay-{name}.png")), &overlay)?;
+        }
+        let polys = heat.regions(cfg.threshold);
+        let mut probs: Vec<f32> = predictions
+            .values()
+            .filter_map(|p| p.get(k).copied())
+            .collect();
+        probs.sort_by(f32::total_cmp);
+        let pct = |q: f64| -> f64 {
+            if probs.is_empty() {
+                return f64::NAN;
+            }
+            probs[((probs.len() - 1) as f64 * q).round() as usize] as f64
+        };
+        let cells_above = heat
+            .values
+            .iter()
+            .filter(|v| v.is_some_and(|p| p >= cfg.threshold))
+            .count();
+        let mean = probs.iter().map(|&p| p as f64).sum::<f64>() / probs.len().max(1) as f64;
+        stats.push(json!({
+            "name": name,
+            "mean": if probs.is_empty() { None } else { Some(mean) },
+            "percentiles": {"p5": pct(0.05), "p25": pct(0.25), "p50": pct(0.5), "p75": pct(0.75), "p95": pct(0.95), "max": pct(1.0)},
+            "area_above_threshold_mm2": cells_above as f64 * area_cell_mm2,
+            "regions": polys.len(),
+        }));
+        regions.push(geojson::Region {
+            class: name.clone(),
+            color: colors[k],
+            polygons: polys,
+        });
+    }
+    let positive = c.positive_class();
+    let regions: Vec<geojson::Region> = regions
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| *k == positive)
+        .map(|(_, r)| r)
+        .collect();
+    let fc = geojson::feature_collection(&grid.patches, predictions, &c.class_names, &regions);
+    let text = serde_json::to_string(&fc).map_err(|e| Error::Encode {
+        path: dir.join("annotations.geojson"),
+        message: e.to_string(),
+    })?;
+    write_text(&dir.join("annotations.geojson"), &text)?;
+    Ok((stats, analysed))
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    output::write_atomic(path, |w| {
+        use std::io::Write;
+        w.write_all(text.as_bytes())
+            .map_err(|e| Error::from_io(path, e))
+    })
+}

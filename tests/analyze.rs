@@ -1,0 +1,371 @@
+//! `tessera analyze` end to end: outputs, their formats, determinism, failures.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use tessera::model::InferenceChoice;
+use tessera::pipeline::{analyze, AnalyzeConfig};
+use tessera::Error;
+
+use crate::require;
+use crate::util::*;
+
+const OUTPUTS: [&str; 9] = [
+    "result.json",
+    "patches.csv",
+    "annotations.geojson",
+    "heatmap-other.png",
+    "heatmap-cell-dense.png",
+    "overlay-other.png",
+    "overlay-cell-dense.png",
+    "tissue-mask.png",
+    "thumbnail.png",
+];
+
+fn config(out: &Path, inference: InferenceChoice) -> AnalyzeConfig {
+    AnalyzeConfig {
+        out: out.into(),
+        inference,
+        ..AnalyzeConfig::default()
+    }
+}
+
+/// ONNX Runtime, if Tessera can load it.
+fn onnxruntime() -> Option<()> {
+    match tessera::model::ort_backend::OnnxRuntime::find() {
+        Ok(_) => Some(()),
+        Err(e) => {
+            skip(&format!(
+                "ONNX Runtime not available (pip install onnxruntime): {e}"
+            ));
+            None
+        }
+    }
+}
+
+/// patches.csv as (col,row) -> probabilities.
+fn csv_probs(dir: &Path) -> BTreeMap<(u32, u32), Vec<f64>> {
+    let text = std::fs::read_to_string(dir.join("patches.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(&header[..4], ["minx", "miny", "width", "height"]);
+    let first_prob = header.iter().position(|h| h.starts_with("prob_")).unwrap();
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), header.len(), "{l}");
+            let key = (f[4].parse().unwrap(), f[5].parse().unwrap());
+            (
+                key,
+                f[first_prob..].iter().map(|v| v.parse().unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cmu1_writes_every_output_in_the_formats_lab_tools_read() {
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let s = analyze(&svs, &config(tmp.path(), InferenceChoice::Auto)).unwrap();
+    let dir = tmp.path().join("CMU-1-Small-Region.svs");
+    assert_eq!(s.folder, dir);
+    for f in OUTPUTS {
+        assert!(dir.join(f).is_file(), "missing {f}");
+    }
+    // Nothing else left behind (no temporary folders or files).
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), OUTPUTS.len());
+
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["slide"]["mpp"]["x"], 0.499);
+    assert_eq!(r["slide"]["mpp"]["source"]["kind"], "slide-metadata");
+    assert_eq!(r["model"]["name"], "he-cellularity");
+    assert_eq!(r["model"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        r["slide"]["fingerprint"]["sha256"].as_str().unwrap().len(),
+        64
+    );
+    let fraction = r["tissue_fraction"].as_f64().unwrap();
+    assert!((0.28..=0.45).contains(&fraction), "{fraction}");
+    let analysed = r["patches_analysed"].as_u64().unwrap() as usize;
+    assert!(analysed > 10);
+
+    // One CSV row per analysed patch; softmax probabilities in [0, 1] summing to 1.
+    let probs = csv_probs(&dir);
+    assert_eq!(probs.len(), analysed);
+    for p in probs.values() {
+        assert!(p.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{p:?}");
+    }
+    // A tissue-dense model on tissue: not every patch the same.
+    let dense: Vec<f64> = probs.values().map(|p| p[1]).collect();
+    assert!(
+        dense.iter().cloned().fold(0.0, f64::max) - dense.iter().cloned().fold(1.0, f64::min) > 0.3
+    );
+
+    // GeoJSON as QuPath reads it.
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("annotations.geojson")).unwrap())
+            .unwrap();
+    assert_eq!(g["type"], "FeatureCollection");
+    let features = g["features"].as_array().unwrap();
+    let tiles: Vec<_> = features
+        .iter()
+        .filter(|f| f["properties"]["objectType"] == "tile")
+        .collect();
+    assert_eq!(tiles.len(), analysed);
+    for f in features {
+        assert_eq!(f["type"], "Feature");
+        assert_eq!(f["id"].as_str().unwrap().len(), 36);
+        let geom = &f["geometry"];
+        let polygons: Vec<&serde_json::Value> = match geom["type"].as_str().unwrap() {
+            "Polygon" => vec![&geom["coordinates"]],
+            "MultiPolygon" => geom["coordinates"].as_array().unwrap().iter().collect(),
+            other => panic!("unexpected geometry {other}"),
+        };
+        for poly in polygons {
+            for ring in poly.as_array().unwrap() {
+                let pts = ring.as_array().unwrap();
+                assert!(pts.len() >= 4, "a ring needs 4 points or more");
+                assert_eq!(pts.first(), pts.last(), "rings are closed");
+                for p in pts {
+                    let (x, y) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
+                    assert!((0.0..=2220.0).contains(&x) && (0.0..=2967.0).contains(&y));
+                }
+            }
+        }
+        if f["properties"]["objectType"] == "annotation" {
+            let c = &f["properties"]["classification"];
+            assert_eq!(c["name"], "cell-dense");
+            assert_eq!(c["color"].as_array().unwrap().len(), 3);
+        } else {
+            assert_eq!(f["properties"]["isLocked"], true);
+            assert!(f["properties"]["measurements"]["prob_cell-dense"].is_number());
+        }
+    }
+    // Images open and have the expected shapes.
+    let heat = image::open(dir.join("heatmap-cell-dense.png"))
+        .unwrap()
+        .to_luma8();
+    assert!(heat.width() >= 9 && heat.height() >= 13);
+    let overlay = image::open(dir.join("overlay-cell-dense.png"))
+        .unwrap()
+        .to_rgb8();
+    let thumb = image::open(dir.join("thumbnail.png")).unwrap().to_rgb8();
+    assert_eq!(overlay.width(), thumb.width());
+    assert!(
+        overlay.height() > thumb.height(),
+        "the legend sits below the image"
+    );
+}
+
+/// result.json without its timings.
+fn result_without_timings(dir: &Path) -> serde_json::Value {
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    r.as_object_mut().unwrap().remove("timings_s");
+    r
+}
+
+#[test]
+fn two_runs_write_identical_files() {
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cfg = config(a.path(), InferenceChoice::Tract);
+    analyze(&svs, &cfg).unwrap();
+    // A different batch size and two workers: a different schedule, the same bytes.
+    cfg.out = b.path().into();
+    cfg.batch_size = 5;
+    cfg.workers = 2;
+    analyze(&svs, &cfg).unwrap();
+    let (da, db) = (
+        a.path().join("CMU-1-Small-Region.svs"),
+        b.path().join("CMU-1-Small-Region.svs"),
+    );
+    for f in OUTPUTS.iter().filter(|f| **f != "result.json") {
+        assert!(
+            std::fs::read(da.join(f)).unwrap() == std::fs::read(db.join(f)).unwrap(),
+            "{f} differs between runs"
+        );
+    }
+    let (mut ra, mut rb) = (result_without_timings(&da), result_without_timings(&db));
+    for r in [&mut ra, &mut rb] {
+        r["parameters"]
+            .as_object_mut()
+            .unwrap()
+            .remove("batch_size");
+    }
+    assert_eq!(ra, rb);
+}
+
+#[test]
+fn onnx_runtime_and_tract_agree() {
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    require!(onnxruntime());
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sa = analyze(&svs, &config(a.path(), InferenceChoice::Ort)).unwrap();
+    analyze(&svs, &config(b.path(), InferenceChoice::Tract)).unwrap();
+    assert!(
+        sa.backend_note.contains("ONNX Runtime"),
+        "{}",
+        sa.backend_note
+    );
+    let pa = csv_probs(&a.path().join("CMU-1-Small-Region.svs"));
+    let pb = csv_probs(&b.path().join("CMU-1-Small-Region.svs"));
+    assert_eq!(pa.keys().collect::<Vec<_>>(), pb.keys().collect::<Vec<_>>());
+    for (k, va) in &pa {
+        for (x, y) in va.iter().zip(&pb[k]) {
+            assert!((x - y).abs() <= 1e-4, "patch {k:?}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn a_slide_without_mpp_is_refused_unless_given() {
+    let tcga = require!(data("slides/aperio/TCGA-CR-7395-01A-01-TS1.svs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let e = analyze(&tcga, &config(tmp.path(), InferenceChoice::Tract)).unwrap_err();
+    assert!(matches!(e, Error::MissingMpp { .. }), "{e}");
+    assert!(e.to_string().contains("--mpp"));
+    assert_eq!(
+        std::fs::read_dir(tmp.path())
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+    let out = tessera(
+        &[
+            OsStr::new("analyze"),
+            tcga.as_os_str(),
+            OsStr::new("--out"),
+            tmp.path().as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+
+    let mut cfg = config(tmp.path(), InferenceChoice::Tract);
+    cfg.mpp_override = Some(0.5);
+    let s = analyze(&tcga, &cfg).unwrap();
+    assert!(s.patches > 10);
+    assert!(
+        s.warnings.iter().any(|w| w.contains("given by the user")),
+        "{:?}",
+        s.warnings
+    );
+    let r = result_without_timings(&s.folder);
+    assert_eq!(r["slide"]["mpp"]["source"]["kind"], "user");
+    let f = r["tissue_fraction"].as_f64().unwrap();
+    assert!((0.55..=0.72).contains(&f), "{f}");
+}
+
+/// A model folder holding `onnx` as model.onnx and the default model's config.
+fn model_folder(onnx: &Path) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("broken-model");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(onnx, dir.join("model.onnx")).unwrap();
+    std::fs::copy(
+        tessera::pipeline::default_model_dir().join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    (tmp, dir)
+}
+
+#[test]
+fn malformed_and_mismatched_models_fail_cleanly_leaving_nothing() {
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let malformed = data("models/malformed/missing-opset.onnx").unwrap();
+    let tiny = data("models/tiny/single-conv-random.onnx").unwrap();
+    let mut backends = vec![InferenceChoice::Tract];
+    if tessera::model::ort_backend::OnnxRuntime::find().is_ok() {
+        backends.push(InferenceChoice::Ort);
+    }
+    for onnx in [&malformed, &tiny] {
+        let (_keep, model) = model_folder(onnx);
+        for &b in &backends {
+            let out = tempfile::tempdir().unwrap();
+            let mut cfg = config(out.path(), b);
+            cfg.model = Some(model.clone());
+            let e = analyze(&svs, &cfg).unwrap_err();
+            assert!(
+                matches!(e, Error::Model { .. }),
+                "{b:?} {}: {e}",
+                onnx.display()
+            );
+            assert!(e.to_string().contains("model.onnx"), "{e}");
+            assert_eq!(
+                std::fs::read_dir(out.path())
+                    .map(|d| d.count())
+                    .unwrap_or(0),
+                0
+            );
+        }
+    }
+    // A config that does not parse names itself.
+    let (_keep, model) = model_folder(&tiny);
+    std::fs::write(model.join("config.json"), "{\"spec_version\": \"1.0\"}").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(out.path(), InferenceChoice::Tract);
+    cfg.model = Some(model);
+    let e = analyze(&svs, &cfg).unwrap_err();
+    assert!(
+        matches!(e, Error::ModelConfig { .. }) && e.to_string().contains("config.json"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_run_killed_midway_leaves_no_folder_that_looks_complete() {
+    let src = require!(data("images/tcga-regions/TCGA-HE-7130-01Z-00-DX1.png"));
+    let tmp = tempfile::tempdir().unwrap();
+    let slide = tmp.path().join("big.svs");
+    let gen = tessera(
+        &[
+            OsStr::new("generate"),
+            slide.as_os_str(),
+            OsStr::new("--width"),
+            OsStr::new("12000"),
+            OsStr::new("--source"),
+            src.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&gen), 0, "{}", stderr(&gen));
+    let out = tmp.path().join("out");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            OsStr::new("analyze"),
+            slide.as_os_str(),
+            OsStr::new("--out"),
+            out.as_os_str(),
+        ])
+        .args(["--inference", "tract", "--batch-size", "4"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the run has started writing (its output root exists), then kill it.
+    let t = std::time::Instant::now();
+    while !out.exists() && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let finished_already = child.try_wait().unwrap().is_some();
+    child.kill().ok();
+    child.wait().unwrap();
+    if finished_already {
+        skip("the run finished before it could be killed; nothing to check");
+        return;
+    }
+    assert!(
+        !out.join("big.svs").exists(),
+        "a killed run left a complete-looking folder"
+    );
+    assert!(!out.join("big.svs").join("result.json").exists());
+}
