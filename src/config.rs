@@ -62,6 +62,8 @@ pub struct SlideConfig {
     pub limits: Limits,
     /// Bytes of decoded tiles the native reader keeps per slide (default 256 MiB).
     pub cache_bytes: u64,
+    /// Convert pixels from the slide's ICC profile to sRGB (default off, as OpenSlide).
+    pub apply_icc: bool,
 }
 
 impl Default for SlideConfig {
@@ -71,6 +73,7 @@ impl Default for SlideConfig {
             openslide_library: None,
             limits: Limits::default(),
             cache_bytes: 256 * 1024 * 1024,
+            apply_icc: false,
         }
     }
 }

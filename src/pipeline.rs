@@ -64,6 +64,9 @@ pub struct AnalyzeConfig {
     pub hash_full: bool,
     /// Tissue detector parameters.
     pub tissue: TissueParams,
+    /// An ONNX tissue segmentation model (a `.onnx` file, or a folder holding one) with the
+    /// tissue U-Net's contract, used instead of the classical detector.
+    pub tissue_model: Option<PathBuf>,
     /// Slide reading.
     pub slide: SlideConfig,
 }
@@ -85,6 +88,7 @@ impl Default for AnalyzeConfig {
             mpp_override: None,
             hash_full: false,
             tissue: TissueParams::default(),
+            tissue_model: None,
             slide: SlideConfig::default(),
         }
     }
@@ -97,6 +101,27 @@ pub fn default_model_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
     root.join("he-cellularity")
+}
+
+/// The `.onnx` file itself, or the only `.onnx` file in a folder.
+fn find_onnx(p: &Path) -> Result<PathBuf> {
+    if !p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+        .map_err(|e| Error::from_io(p, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| f.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => Err(Error::Model {
+            path: p.into(),
+            backend: "tract".into(),
+            message: format!("expected one .onnx file in the folder, found {n}"),
+        }),
+    }
 }
 
 /// What one run produced.
@@ -200,7 +225,26 @@ pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
     let (mask_ds, mask_size) =
         tissue::mask_geometry(slide.dimensions(), Some(mpp_mean), &cfg.tissue);
     let mask_thumb = tissue::thumbnail(&slide, mask_ds, mask_size)?;
-    let mask = tissue::mask_from_thumbnail(&mask_thumb, mask_ds, Some(mpp_mean), &cfg.tissue);
+    let classical = tissue::mask_from_thumbnail(&mask_thumb, mask_ds, Some(mpp_mean), &cfg.tissue);
+    let (mask, tissue_method) = match &cfg.tissue_model {
+        None => (
+            classical,
+            "HSV saturation, median, Otsu, closing, small objects and holes removed".to_string(),
+        ),
+        Some(m) => {
+            let onnx = find_onnx(m)?;
+            let mask = tissue::mask_from_model(&onnx, &mask_thumb, mask_ds)?;
+            let (a, b) = (mask.fraction(), classical.fraction());
+            if (a - b).abs() > 0.15 {
+                warnings.push(format!(
+                    "tissue model and classical detector disagree: {:.0}% vs {:.0}% of the slide",
+                    a * 100.0,
+                    b * 100.0
+                ));
+            }
+            (mask, format!("ONNX segmentation model {}", onnx.display()))
+        }
+    };
     // A display thumbnail, 1024 pixels on its longest side (or the slide, if smaller).
     let dims = slide.dimensions();
     let disp_ds = (dims.width.max(dims.height) as f64 / 1024.0).max(1.0);
@@ -304,7 +348,7 @@ pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
             "threshold": cfg.threshold,
             "batch_size": cfg.batch_size,
             "tissue": {
-                "method": "HSV saturation, median, Otsu, closing, small objects and holes removed",
+                "method": tissue_method,
                 "mask_um_px": cfg.tissue.mask_um_px,
                 "mask_downsample": mask.downsample,
                 "otsu_threshold": mask.threshold,
@@ -480,8 +524,8 @@ fn write_outputs(
         let heat = Heatmap::build(grid, predictions, k);
         let values = heat.to_u8();
         if heat.width > 0 {
-            let img = image::GrayImage::from_raw(heat.width, heat.height, values)
-                .unwrap_or_default();
+            let img =
+                image::GrayImage::from_raw(heat.width, heat.height, values).unwrap_or_default();
             output::write_gray_png(&dir.join(format!("heatmap-{name}.png")), &img)?;
             let overlay = output::overlay::overlay(thumb, thumb_ds, &heat, cfg.threshold);
             output::write_png(&dir.join(format!("overlay-{name}.png")), &overlay)?;

@@ -408,6 +408,49 @@ pub fn mask_from_thumbnail(
     }
 }
 
+/// Side of the square input of the tissue U-Net (`../shared/testdata/models/tissue-unet`).
+pub const UNET_SIDE: u32 = 500;
+/// The U-Net's documented threshold on its sigmoid output.
+pub const UNET_THRESHOLD: f32 = 0.6;
+
+/// A tissue mask from an ONNX segmentation model with the tissue U-Net's contract: input NHWC
+/// float `[1, 500, 500, 3]`, RGB in 0–1, the whole thumbnail resized to 500 × 500; output
+/// `[1, 500, 500, 1]` sigmoid, tissue above 0.6. The result is resampled back to the mask grid
+/// of `thumb` (nearest), so it has the same scale as the classical mask.
+pub fn mask_from_model(onnx: &Path, thumb: &RgbImage, downsample: f64) -> Result<TissueMask> {
+    let side = UNET_SIDE;
+    let small = crate::batch::resize(thumb, side, side);
+    let input: Vec<f32> = small.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
+    let out =
+        crate::model::tract_backend::run_once(onnx, input, &[1, side as usize, side as usize, 3])?;
+    if out.len() != (side * side) as usize {
+        return Err(crate::error::Error::Model {
+            path: onnx.into(),
+            backend: "tract".into(),
+            message: format!(
+                "a tissue model must output {side}×{side} values, this one gave {}",
+                out.len()
+            ),
+        });
+    }
+    let (w, h) = (thumb.width() as usize, thumb.height() as usize);
+    let mut pixels = vec![0u8; w * h];
+    for y in 0..h {
+        let sy = ((y as f64 + 0.5) * side as f64 / h as f64) as usize;
+        for x in 0..w {
+            let sx = ((x as f64 + 0.5) * side as f64 / w as f64) as usize;
+            let p = out[sy.min(side as usize - 1) * side as usize + sx.min(side as usize - 1)];
+            pixels[y * w + x] = if p > UNET_THRESHOLD { 255 } else { 0 };
+        }
+    }
+    Ok(TissueMask {
+        pixels,
+        size: Size::new(w as u64, h as u64),
+        downsample,
+        threshold: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -369,3 +369,96 @@ fn a_run_killed_midway_leaves_no_folder_that_looks_complete() {
     );
     assert!(!out.join("big.svs").join("result.json").exists());
 }
+
+#[test]
+fn the_tissue_unet_path_runs_and_agrees_with_the_classical_mask() {
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let unet = data("models/tissue-unet").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), InferenceChoice::Tract);
+    cfg.tissue_model = Some(unet);
+    let s = analyze(&svs, &cfg).unwrap();
+    let r = result_without_timings(&s.folder);
+    assert!(r["parameters"]["tissue"]["method"]
+        .as_str()
+        .unwrap()
+        .contains("best_unet.onnx"));
+    // testdata README: the U-Net finds ~38% tissue on CMU-1.
+    let f = r["tissue_fraction"].as_f64().unwrap();
+    assert!((0.28..=0.48).contains(&f), "{f}");
+    assert!(s.patches > 10);
+}
+
+/// Runs models/he-cellularity/build.py with `args`, if python3 has the onnx package.
+fn build_model(args: &[&std::ffi::OsStr]) -> Option<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/he-cellularity/build.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(()),
+        Ok(o) => {
+            skip(&format!(
+                "build.py needs `pip install onnx`: {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+            None
+        }
+        Err(e) => {
+            skip(&format!("python3: {e}"));
+            None
+        }
+    }
+}
+
+#[test]
+fn the_committed_default_model_is_what_its_script_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model.onnx");
+    require!(build_model(&[OsStr::new("--out"), out.as_os_str()]));
+    let committed = tessera::pipeline::default_model_dir().join("model.onnx");
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&committed).unwrap(),
+        "models/he-cellularity/model.onnx differs from build.py's output: rebuild it"
+    );
+}
+
+#[test]
+fn a_fixed_batch_model_is_fed_padded_batches() {
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (_keep, model) = model_folder(&tessera::pipeline::default_model_dir().join("model.onnx"));
+    require!(build_model(&[
+        OsStr::new("--batch"),
+        OsStr::new("3"),
+        OsStr::new("--out"),
+        model.join("model.onnx").as_os_str(),
+    ]));
+    let mut backends = vec![InferenceChoice::Tract];
+    if tessera::model::ort_backend::OnnxRuntime::find().is_ok() {
+        backends.push(InferenceChoice::Ort);
+    } else {
+        skip("ONNX Runtime not available (pip install onnxruntime)");
+    }
+    let reference = tempfile::tempdir().unwrap();
+    analyze(&svs, &config(reference.path(), InferenceChoice::Tract)).unwrap();
+    let want = csv_probs(&reference.path().join("CMU-1-Small-Region.svs"));
+    for b in backends {
+        let out = tmp.path().join(format!("{b:?}"));
+        let mut cfg = config(&out, b);
+        cfg.model = Some(model.clone());
+        cfg.batch_size = 8; // 8 patches per batch into a batch-of-3 graph: 3 + 3 + 2 padded
+        analyze(&svs, &cfg).unwrap_or_else(|e| panic!("{b:?}: {e}"));
+        let got = csv_probs(&out.join("CMU-1-Small-Region.svs"));
+        assert_eq!(got.len(), want.len());
+        for (k, v) in &got {
+            for (x, y) in v.iter().zip(&want[k]) {
+                assert!((x - y).abs() <= 1e-4, "{b:?} patch {k:?}: {x} vs {y}");
+            }
+        }
+    }
+}

@@ -316,3 +316,35 @@ fn boxes_level_0_matches_openslides_own_rendering() {
         );
     }
 }
+
+#[test]
+fn the_icc_option_converts_to_srgb_and_is_off_by_default() {
+    let tcga = require!(data_and_openslide(
+        "slides/aperio/TCGA-CR-7395-01A-01-TS1.svs"
+    ));
+    let plain = open_as(&tcga, BackendChoice::Native);
+    assert!(!plain.applies_icc());
+    let config = tessera::SlideConfig {
+        backend: BackendChoice::Native,
+        apply_icc: true,
+        ..tessera::SlideConfig::default()
+    };
+    let managed = Slide::open_with(&tcga, &config).unwrap();
+    assert!(managed.applies_icc());
+    let at = (Level0Px::new(1000, 1000), 0, Size::new(128, 128));
+    let a = plain.read_region(at.0, at.1, at.2).unwrap();
+    let b = managed.read_region(at.0, at.1, at.2).unwrap();
+    // The TCGA profile is sRGB ("IEC 61966-2.1"), so sRGB -> sRGB changes pixels by rounding
+    // at most.
+    let max = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    assert!(max <= 2, "{max}");
+    // A slide without a profile reads the same with the option on.
+    let cmu = data("slides/aperio/CMU-1-Small-Region.svs").unwrap();
+    assert!(!Slide::open_with(&cmu, &config).unwrap().applies_icc());
+}

@@ -12,10 +12,13 @@ Ruifrok & Johnston colour deconvolution with scikit-image's H&E-DAB vectors:
 It is a nuclear-density ("cellularity") score, useful to try the pipeline end to end and as
 a rough map of cell-dense regions. It is not a tumour detector and has no diagnostic value.
 
-Usage: python3 build.py   (writes model.onnx beside this script; needs `pip install onnx`)
+Usage: python3 build.py [--batch N] [--out PATH]
+  writes model.onnx beside this script (needs `pip install onnx`). --batch fixes the batch
+  dimension (the committed model's is dynamic, "N"); tests use it to check fixed-batch models.
 The output is deterministic: the same onnx version writes the same bytes.
 """
 
+import argparse
 import os
 
 import numpy as np
@@ -37,7 +40,7 @@ SLOPE = 20.0  # logistic steepness per unit of mean OD
 SIZE = 224
 
 
-def build() -> onnx.ModelProto:
+def build(batch="N") -> onnx.ModelProto:
     h_weights = HED_FROM_RGB[:, 0].reshape(1, 3, 1, 1)
     inits = [
         numpy_helper.from_array(np.array(1.0 / 255.0, dtype=np.float32), "min_i"),
@@ -65,8 +68,8 @@ def build() -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "he_cellularity",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 2])],
         inits,
     )
     model = helper.make_model(
@@ -80,6 +83,12 @@ def build() -> onnx.ModelProto:
 
 
 if __name__ == "__main__":
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model.onnx")
-    onnx.save(build(), out)
-    print(f"wrote {out}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, help="fixed batch size (default: dynamic)")
+    parser.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "model.onnx"),
+    )
+    args = parser.parse_args()
+    onnx.save(build(args.batch if args.batch else "N"), args.out)
+    print(f"wrote {args.out}")

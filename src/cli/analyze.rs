@@ -50,6 +50,10 @@ pub struct AnalyzeArgs {
     /// Inference workers (one session each).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// ONNX tissue segmentation model (file or folder) with the tissue U-Net's contract,
+    /// instead of the classical detector.
+    #[arg(long, value_name = "MODEL")]
+    tissue_model: Option<PathBuf>,
     /// Fingerprint whole files (default: size + first and last MiB).
     #[arg(long)]
     hash_full: bool,
@@ -73,6 +77,7 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         mpp_override: args.mpp,
         workers: args.workers,
         hash_full: args.hash_full,
+        tissue_model: args.tissue_model.clone(),
         slide: args.slide.config(),
         ..AnalyzeConfig::default()
     };

@@ -81,6 +81,9 @@ struct SlideArgs {
     /// Largest level-0 width or height a slide may claim.
     #[arg(long, value_name = "PIXELS", default_value_t = Limits::default().max_level0_width)]
     max_slide_dimension: u64,
+    /// Convert pixels from the slide's ICC profile to sRGB (off by default, as OpenSlide).
+    #[arg(long)]
+    icc: bool,
     /// Decoded-tile cache of the native reader, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     cache_mib: u64,
@@ -102,6 +105,7 @@ impl SlideArgs {
                 ..Limits::default()
             },
             cache_bytes: self.cache_mib.saturating_mul(1024 * 1024),
+            apply_icc: self.icc,
         }
     }
 }

@@ -110,6 +110,8 @@ struct OrtModel {
 struct OrtSessionBox {
     session: Mutex<OrtSession>,
     input: String,
+    /// The graph's fixed batch size, if it has one (batches are split and padded to it).
+    fixed_batch: Option<usize>,
     path: PathBuf,
 }
 
@@ -170,14 +172,15 @@ impl Model for OrtModel {
             backend: "onnxruntime".into(),
             message,
         })?;
-        let input = session
-            .inputs()
-            .first()
-            .map(|i| i.name().to_string())
-            .unwrap_or_default();
+        let first = session.inputs().first();
+        let input = first.map(|i| i.name().to_string()).unwrap_or_default();
+        let fixed_batch = first
+            .and_then(|i| dims(i.dtype()).first().copied().flatten())
+            .filter(|&n| n > 0);
         Ok(Box::new(OrtSessionBox {
             session: Mutex::new(session),
             input,
+            fixed_batch,
             path: self.onnx.clone(),
         }))
     }
@@ -185,6 +188,30 @@ impl Model for OrtModel {
 
 impl Session for OrtSessionBox {
     fn run(&mut self, batch: &PatchBatch) -> Result<Vec<Vec<f32>>> {
+        let Some(fixed) = self.fixed_batch else {
+            return self.run_exact(batch);
+        };
+        // A graph with a fixed batch size: run chunks of that size, zero-padding the last.
+        let per = batch.data.len() / batch.indices.len().max(1);
+        let mut rows = Vec::with_capacity(batch.indices.len());
+        for (k, idx) in batch.indices.chunks(fixed).enumerate() {
+            let start = k * fixed * per;
+            let mut data = batch.data[start..start + idx.len() * per].to_vec();
+            data.resize(fixed * per, 0.0);
+            let padded = PatchBatch {
+                indices: (0..fixed).map(|i| idx[i.min(idx.len() - 1)]).collect(),
+                data,
+                input: batch.input,
+                layout: batch.layout,
+            };
+            rows.extend(self.run_exact(&padded)?.into_iter().take(idx.len()));
+        }
+        Ok(rows)
+    }
+}
+
+impl OrtSessionBox {
+    fn run_exact(&mut self, batch: &PatchBatch) -> Result<Vec<Vec<f32>>> {
         let fail = |message: String| Error::Inference {
             path: self.path.clone(),
             backend: "onnxruntime".into(),

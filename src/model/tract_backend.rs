@@ -141,3 +141,29 @@ impl Session for TractSession {
             .collect())
     }
 }
+
+/// Runs any single-input ONNX graph once on `input` (shape `shape`) with tract and returns its
+/// first output as floats. Used for auxiliary models such as a tissue segmenter.
+pub fn run_once(onnx: &std::path::Path, input: Vec<f32>, shape: &[usize]) -> Result<Vec<f32>> {
+    let fail = |message: String| Error::Model {
+        path: onnx.into(),
+        backend: "tract".into(),
+        message,
+    };
+    let plan = tract_onnx::onnx()
+        .model_for_path(onnx)
+        .and_then(|mut m| {
+            m.set_input_fact(0, f32::fact(shape).into())?;
+            m.into_optimized()?.into_runnable()
+        })
+        .map_err(|e| fail(format!("{e:#}")))?;
+    let x = Tensor::from_shape(shape, &input).map_err(|e| fail(format!("{e:#}")))?;
+    let out = plan
+        .run(tvec!(x.into()))
+        .map_err(|e| fail(format!("{e:#}")))?;
+    let t = out.first().ok_or_else(|| fail("no output".into()))?;
+    t.try_as_plain_ram()
+        .and_then(|r| r.as_slice::<f32>())
+        .map(<[f32]>::to_vec)
+        .map_err(|e| fail(format!("{e:#}")))
+}

@@ -141,6 +141,7 @@ pub struct Slide {
     path: PathBuf,
     opened: PathBuf,
     reader: Box<dyn SlideReader>,
+    icc: Option<std::sync::Arc<moxcms::Transform8BitExecutor>>,
     mpp: Option<Mpp>,
     objective_power: Option<f64>,
     limits: Limits,
@@ -243,6 +244,9 @@ impl Slide {
 
         let mut slide = Slide::from_reader(path, reader, limits)?;
         slide.opened = opened;
+        if config.apply_icc {
+            slide.icc = slide.icc_transform()?;
+        }
         Ok(slide)
     }
 
@@ -273,6 +277,7 @@ impl Slide {
             opened: path.clone(),
             path,
             reader,
+            icc: None,
             mpp,
             objective_power,
             limits: limits.clone(),
@@ -344,6 +349,35 @@ impl Slide {
         self.reader.icc_profile(self.limits.max_icc_bytes)
     }
 
+    /// A transform from the slide's ICC profile to sRGB, or `None` without a profile.
+    fn icc_transform(&self) -> Result<Option<std::sync::Arc<moxcms::Transform8BitExecutor>>> {
+        let Some(profile) = self.icc_profile()? else {
+            return Ok(None);
+        };
+        let bad = |message: String| Error::Corrupt {
+            path: self.path.clone(),
+            format: self.format().into(),
+            backend: "ICC colour management (moxcms)".into(),
+            message,
+        };
+        let src = moxcms::ColorProfile::new_from_slice(&profile)
+            .map_err(|e| bad(format!("the ICC profile cannot be read: {e:?}")))?;
+        let transform = src
+            .create_transform_8bit(
+                moxcms::Layout::Rgb,
+                &moxcms::ColorProfile::new_srgb(),
+                moxcms::Layout::Rgb,
+                moxcms::TransformOptions::default(),
+            )
+            .map_err(|e| bad(format!("the ICC profile cannot be applied: {e:?}")))?;
+        Ok(Some(transform))
+    }
+
+    /// True when pixels are converted from the slide's ICC profile to sRGB.
+    pub fn applies_icc(&self) -> bool {
+        self.icc.is_some()
+    }
+
     /// The level whose downsample is the largest not above `downsample` (OpenSlide's rule:
     /// level 0 when below every level, the last level when above every level).
     pub fn best_level_for_downsample(&self, downsample: f64) -> usize {
@@ -371,6 +405,17 @@ impl Slide {
         let mut buf = vec![0u8; pixels as usize * 3];
         self.reader
             .read_region_rgb(location, level, size, &mut buf)?;
+        if let Some(t) = &self.icc {
+            let mut converted = vec![0u8; buf.len()];
+            t.transform(&buf, &mut converted)
+                .map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    format: self.format().into(),
+                    backend: "ICC colour management (moxcms)".into(),
+                    message: format!("{e:?}"),
+                })?;
+            buf = converted;
+        }
         RgbImage::from_raw(size.width as u32, size.height as u32, buf).ok_or_else(|| {
             Error::InvalidRegion {
                 path: self.path.clone(),
