@@ -187,7 +187,8 @@ fn check_pixels(slide: &Slide) -> Result<PixelCheck> {
     })
 }
 
-fn size_on_disk(path: &Path) -> Result<u64> {
+/// Bytes on disk: the file, or every file of a DICOM series folder.
+pub(crate) fn size_on_disk(path: &Path) -> Result<u64> {
     let meta = std::fs::metadata(path).map_err(|e| Error::from_io(path, e))?;
     if !meta.is_dir() {
         return Ok(meta.len());

@@ -50,8 +50,12 @@ pub struct AnalyzeConfig {
     pub queue_depth: usize,
     /// Inference workers, each with its own session (default 1).
     pub workers: usize,
-    /// Threads each inference session may use (default: all cores / workers).
+    /// Threads each inference session may use (default: all cores).
     pub inference_threads: usize,
+    /// Threads reading and decoding patches (default: half the cores, at least 1). Decoding
+    /// and inference overlap through the queue, so on 2 cores each side gets about one; on 16,
+    /// 8 decode while inference uses its own pool.
+    pub decode_threads: usize,
     /// Stride in model pixels (default: the patch size, no overlap).
     pub stride_pixels: Option<u32>,
     /// Minimum tissue fraction of a patch (default 0.5).
@@ -62,6 +66,9 @@ pub struct AnalyzeConfig {
     pub mpp_override: Option<f64>,
     /// Fingerprint the whole file instead of its size and first and last MiB.
     pub hash_full: bool,
+    /// GeoJSON larger than this many bytes is written gzip-compressed as
+    /// `annotations.geojson.gz` (default 32 MiB).
+    pub geojson_gzip_bytes: usize,
     /// Tissue detector parameters.
     pub tissue: TissueParams,
     /// An ONNX tissue segmentation model (a `.onnx` file, or a folder holding one) with the
@@ -82,11 +89,13 @@ impl Default for AnalyzeConfig {
             queue_depth: 4,
             workers: 1,
             inference_threads: cores,
+            decode_threads: cores.div_ceil(2),
             stride_pixels: None,
             min_tissue: 0.5,
             threshold: 0.5,
             mpp_override: None,
             hash_full: false,
+            geojson_gzip_bytes: 32 << 20,
             tissue: TissueParams::default(),
             tissue_model: None,
             slide: SlideConfig::default(),
@@ -325,6 +334,7 @@ pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
             "format": slide.format(),
             "vendor": slide.vendor(),
             "reader": slide.backend(),
+            "file_size_bytes": crate::info::size_on_disk(path)?,
             "fingerprint": {"sha256": fp, "method": if cfg.hash_full { "full file" } else { "size + first and last MiB" }},
             "dimensions": {"width": dims.width, "height": dims.height},
             "mpp": mpp,
@@ -411,10 +421,19 @@ fn run_inference(
     for _ in 0..cfg.workers.max(1) {
         sessions.push(model.session()?);
     }
+    let decode_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.decode_threads.max(1))
+        .build()
+        .map_err(|e| Error::Inference {
+            path: slide.path().into(),
+            backend: "reader".into(),
+            message: format!("cannot start decoding threads: {e}"),
+        })?;
     std::thread::scope(|s| -> Result<()> {
+        let decode_pool = &decode_pool;
         let producer = s.spawn(move || -> Result<()> {
             for chunk in grid.patches.chunks(batch_size) {
-                let batch = make_batch(slide, chunk, plan, pre)?;
+                let batch = decode_pool.install(|| make_batch(slide, chunk, plan, pre))?;
                 if tx.send(batch).is_err() {
                     break; // workers stopped after an error
                 }
@@ -573,7 +592,16 @@ fn write_outputs(
         path: dir.join("annotations.geojson"),
         message: e.to_string(),
     })?;
-    write_text(&dir.join("annotations.geojson"), &text)?;
+    if text.len() > cfg.geojson_gzip_bytes {
+        let gz = geojson::gzip(text.as_bytes());
+        let path = dir.join("annotations.geojson.gz");
+        output::write_atomic(&path, |w| {
+            use std::io::Write;
+            w.write_all(&gz).map_err(|e| Error::from_io(&path, e))
+        })?;
+    } else {
+        write_text(&dir.join("annotations.geojson"), &text)?;
+    }
     Ok((stats, analysed))
 }
 

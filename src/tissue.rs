@@ -281,6 +281,13 @@ pub fn median_blur(v: &[u8], w: usize, h: usize, k: usize) -> Vec<u8> {
 /// Binary dilation (`grow`) or erosion with a square kernel; outside the image counts as
 /// background for dilation and as foreground for erosion (so closing does not eat borders).
 fn morph(m: &[u8], w: usize, h: usize, k: usize, grow: bool) -> Vec<u8> {
+    // Separable: rows then columns.
+    let rows = morph_pass(m, w, h, k, grow, (1, 0));
+    morph_pass(&rows, w, h, k, grow, (0, 1))
+}
+
+/// One 1-D pass of [`morph`] along `dir` ((1, 0) rows, (0, 1) columns).
+fn morph_pass(m: &[u8], w: usize, h: usize, k: usize, grow: bool, dir: (isize, isize)) -> Vec<u8> {
     let r = (k / 2) as isize;
     let get = |x: isize, y: isize| -> bool {
         if x < 0 || y < 0 || x >= w as isize || y >= h as isize {
@@ -289,25 +296,10 @@ fn morph(m: &[u8], w: usize, h: usize, k: usize, grow: bool) -> Vec<u8> {
             m[y as usize * w + x as usize] > 0
         }
     };
-    // Separable: rows then columns.
-    let mut tmp = vec![0u8; m.len()];
-    for y in 0..h as isize {
-        for x in 0..w as isize {
-            let hit = (-r..=r).any(|d| get(x + d, y) == grow);
-            tmp[y as usize * w + x as usize] = if hit == grow { 255 } else { 0 };
-        }
-    }
-    let get2 = |x: isize, y: isize| -> bool {
-        if x < 0 || y < 0 || x >= w as isize || y >= h as isize {
-            !grow
-        } else {
-            tmp[y as usize * w + x as usize] > 0
-        }
-    };
     let mut out = vec![0u8; m.len()];
     for y in 0..h as isize {
         for x in 0..w as isize {
-            let hit = (-r..=r).any(|d| get2(x, y + d) == grow);
+            let hit = (-r..=r).any(|d| get(x + d * dir.0, y + d * dir.1) == grow);
             out[y as usize * w + x as usize] = if hit == grow { 255 } else { 0 };
         }
     }

@@ -89,6 +89,7 @@ fn cmu1_writes_every_output_in_the_formats_lab_tools_read() {
         r["slide"]["fingerprint"]["sha256"].as_str().unwrap().len(),
         64
     );
+    assert_eq!(r["slide"]["file_size_bytes"], 1938955);
     let fraction = r["tissue_fraction"].as_f64().unwrap();
     assert!((0.28..=0.45).contains(&fraction), "{fraction}");
     let analysed = r["patches_analysed"].as_u64().unwrap() as usize;
@@ -460,5 +461,29 @@ fn a_fixed_batch_model_is_fed_padded_batches() {
                 assert!((x - y).abs() <= 1e-4, "{b:?} patch {k:?}: {x} vs {y}");
             }
         }
+    }
+}
+
+#[test]
+fn large_geojson_is_written_gzip_compressed() {
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), InferenceChoice::Tract);
+    cfg.geojson_gzip_bytes = 1000;
+    let s = analyze(&svs, &cfg).unwrap();
+    assert!(!s.folder.join("annotations.geojson").exists());
+    let gz = std::fs::read(s.folder.join("annotations.geojson.gz")).unwrap();
+    // A standard gzip member: magic, deflate, then the JSON.
+    assert_eq!(&gz[..3], &[0x1f, 0x8b, 8]);
+    let out = std::process::Command::new("gzip")
+        .args([
+            "-dc",
+            s.folder.join("annotations.geojson.gz").to_str().unwrap(),
+        ])
+        .output();
+    if let Ok(o) = out {
+        assert!(o.status.success(), "gzip -t rejects the file");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["type"], "FeatureCollection");
     }
 }

@@ -50,6 +50,12 @@ pub struct AnalyzeArgs {
     /// Inference workers (one session each).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Threads reading and decoding patches (default: half the cores).
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// Threads per inference session (default: all cores, divided among workers).
+    #[arg(long)]
+    inference_threads: Option<usize>,
     /// ONNX tissue segmentation model (file or folder) with the tissue U-Net's contract,
     /// instead of the classical detector.
     #[arg(long, value_name = "MODEL")]
@@ -81,7 +87,12 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         slide: args.slide.config(),
         ..AnalyzeConfig::default()
     };
-    cfg.inference_threads = (cfg.inference_threads / cfg.workers.max(1)).max(1);
+    cfg.inference_threads = args
+        .inference_threads
+        .unwrap_or((cfg.inference_threads / cfg.workers.max(1)).max(1));
+    if let Some(n) = args.decode_threads {
+        cfg.decode_threads = n;
+    }
     let mut ok = 0;
     for path in &args.slides {
         match analyze(path, &cfg) {

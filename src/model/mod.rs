@@ -140,6 +140,17 @@ pub fn choose(choice: InferenceChoice) -> Result<Chosen> {
     }
 }
 
+/// Splits a batch's flat output into one row per patch.
+pub(crate) fn split_rows(values: &[f32], n: usize) -> std::result::Result<Vec<Vec<f32>>, String> {
+    if n == 0 || values.len() % n != 0 {
+        return Err(format!("{} outputs for {n} patches", values.len()));
+    }
+    Ok(values
+        .chunks(values.len() / n)
+        .map(<[f32]>::to_vec)
+        .collect())
+}
+
 /// Turns raw model outputs into probabilities: softmax over several outputs, sigmoid for one
 /// (WSInfer's rule), unless the configuration says the graph already outputs probabilities.
 pub fn to_probabilities(config: &ModelConfig, raw: Vec<f32>) -> Vec<f32> {

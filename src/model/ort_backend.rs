@@ -227,12 +227,6 @@ impl OrtSessionBox {
         let (_, values) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(|e| fail(e.to_string()))?;
-        if n == 0 || values.len() % n != 0 {
-            return Err(fail(format!("{} outputs for {n} patches", values.len())));
-        }
-        Ok(values
-            .chunks(values.len() / n)
-            .map(<[f32]>::to_vec)
-            .collect())
+        super::split_rows(values, n).map_err(fail)
     }
 }

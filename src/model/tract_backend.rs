@@ -132,13 +132,7 @@ impl Session for TractSession {
             .try_as_plain_ram()
             .and_then(|r| r.as_slice::<f32>())
             .map_err(|e| fail(format!("{e:#}")))?;
-        if n == 0 || values.len() % n != 0 {
-            return Err(fail(format!("{} outputs for {n} patches", values.len())));
-        }
-        Ok(values
-            .chunks(values.len() / n)
-            .map(<[f32]>::to_vec)
-            .collect())
+        super::split_rows(values, n).map_err(fail)
     }
 }
 

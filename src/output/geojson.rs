@@ -123,10 +123,49 @@ pub fn feature_collection(
     json!({"type": "FeatureCollection", "features": features})
 }
 
+/// CRC-32 (IEEE, as gzip uses).
+fn crc32(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *t = c;
+    }
+    !data.iter().fold(!0u32, |c, &b| {
+        table[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8)
+    })
+}
+
+/// `data` as a gzip member (RFC 1952), which QuPath reads from files named `*.geojson.gz`.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    out.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
+    out.extend(crc32(data).to_le_bytes());
+    out.extend((data.len() as u32).to_le_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::geom::{GridIndex, Level0Px};
+
+    #[test]
+    fn gzip_round_trips_with_a_valid_checksum() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        let text = b"{\"type\":\"FeatureCollection\",\"features\":[]}".repeat(50);
+        let gz = gzip(&text);
+        assert_eq!(&gz[..3], &[0x1f, 0x8b, 8]);
+        let body = &gz[10..gz.len() - 8];
+        assert_eq!(miniz_oxide::inflate::decompress_to_vec(body).unwrap(), text);
+        assert_eq!(&gz[gz.len() - 8..gz.len() - 4], &crc32(&text).to_le_bytes());
+    }
 
     #[test]
     fn features_follow_qupaths_layout() {
