@@ -26,6 +26,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod cohort;
 pub mod config;
 pub mod error;
 pub mod geom;

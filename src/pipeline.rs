@@ -144,6 +144,10 @@ pub struct AnalyzeSummary {
     pub tissue_mm2: f64,
     /// The backend line shown to the user.
     pub backend_note: String,
+    /// The positive class (heatmaps, slide score).
+    pub positive_class: String,
+    /// Mean probability of the positive class over analysed patches.
+    pub positive_mean: Option<f64>,
     /// Warnings.
     pub warnings: Vec<String>,
 }
@@ -183,14 +187,49 @@ pub fn fingerprint(path: &Path, full: bool) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-fn slide_name(path: &Path) -> String {
+/// The output folder name of a slide: its file (or folder) name.
+pub fn slide_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "slide".into())
 }
 
-/// Analyses one slide.
+/// A key for "same model and parameters": SHA-256 over the model's hash and configuration and
+/// every setting that changes results. Recorded in result.json; cohort runs skip slides whose
+/// finished result carries the same key.
+pub fn run_key(cfg: &AnalyzeConfig) -> Result<String> {
+    let dir = cfg.model.clone().unwrap_or_else(default_model_dir);
+    let folder = ModelFolder::load(&dir)?;
+    let tissue_model = match &cfg.tissue_model {
+        Some(m) => {
+            let onnx = find_onnx(m)?;
+            let bytes = std::fs::read(&onnx).map_err(|e| Error::from_io(&onnx, e))?;
+            format!("{:x}", Sha256::digest(&bytes))
+        }
+        None => String::new(),
+    };
+    let key = json!({
+        "model_sha256": folder.sha256,
+        "model_config": folder.config,
+        "stride": cfg.stride_pixels,
+        "min_tissue": cfg.min_tissue,
+        "threshold": cfg.threshold,
+        "mpp": cfg.mpp_override,
+        "tissue": format!("{:?}", cfg.tissue),
+        "tissue_model": tissue_model,
+        "icc": cfg.slide.apply_icc,
+        "tessera": crate::VERSION,
+    });
+    Ok(format!("{:x}", Sha256::digest(key.to_string().as_bytes())))
+}
+
+/// Analyses one slide into `OUT/<file name>/`.
 pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
+    analyze_as(path, &slide_name(path), cfg)
+}
+
+/// Analyses one slide into `OUT/<name>/`.
+pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
     let started = Instant::now();
     let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
     let mut warnings = Vec::new();
@@ -295,7 +334,7 @@ pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
 
     // Outputs, into a temporary folder renamed at the end.
     let t = Instant::now();
-    let name = slide_name(path);
+    let name = name.to_string();
     let final_dir = cfg.out.join(&name);
     let tmp_dir = cfg
         .out
@@ -326,6 +365,7 @@ pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
     let dims = slide.dimensions();
     let doc = json!({
         "schema_version": RESULT_SCHEMA_VERSION,
+        "run_key": run_key(cfg)?,
         "tessera_version": crate::VERSION,
         "disclaimer": "Decision support — findings require review by a pathologist.",
         "slide": {
@@ -395,11 +435,14 @@ pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
         let _ = std::fs::remove_dir_all(&old);
     }
     std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::from_io(&final_dir, e))?;
+    let positive = c.positive_class();
     Ok(AnalyzeSummary {
         folder: final_dir,
         patches: analysed,
         tissue_mm2,
         backend_note: chosen.note,
+        positive_class: c.class_names[positive].clone(),
+        positive_mean: class_stats.get(positive).and_then(|s| s["mean"].as_f64()),
         warnings,
     })
 }

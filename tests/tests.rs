@@ -7,6 +7,7 @@ mod util;
 
 mod analyze;
 mod cli;
+mod cohort;
 mod hostile;
 mod parity;
 mod slides;

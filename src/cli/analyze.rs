@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use tessera::cohort::{self, CohortOptions, SlideStatus};
 use tessera::model::InferenceChoice;
-use tessera::pipeline::{analyze, AnalyzeConfig};
+use tessera::pipeline::AnalyzeConfig;
 
 use super::{batch_exit_code, SlideArgs};
 
@@ -18,11 +19,44 @@ enum InferenceArg {
     Tract,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 1/4")?;
+    let (i, n): (usize, usize) = (
+        i.parse().map_err(|_| "I is not a number")?,
+        n.parse().map_err(|_| "N is not a number")?,
+    );
+    if n == 0 || i == 0 || i > n {
+        return Err(format!("shard {i}/{n}: need 1 <= I <= N"));
+    }
+    Ok((i, n))
+}
+
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
-    /// Slide files (or DICOM series folders).
-    #[arg(required = true, value_name = "SLIDE")]
+    /// Slide files and folders (searched recursively; a DICOM series folder is one slide).
+    #[arg(required = true, value_name = "PATH")]
     slides: Vec<PathBuf>,
+    /// Redo slides whose results are up to date (same model and parameters).
+    #[arg(long)]
+    force: bool,
+    /// Process shard I of N of the sorted slide list (e.g. 2/8), for job arrays.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Treat another worker's lock as stale after this many hours.
+    #[arg(long, default_value_t = 24.0)]
+    lock_stale_hours: f64,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Per-slide lines as text or as JSON objects (one per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Output folder; each slide gets OUT/<slide name>/.
     #[arg(long, short, default_value = "tessera-out")]
     out: PathBuf,
@@ -93,25 +127,57 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
     if let Some(n) = args.decode_threads {
         cfg.decode_threads = n;
     }
-    let mut ok = 0;
-    for path in &args.slides {
-        match analyze(path, &cfg) {
-            Ok(s) => {
-                ok += 1;
-                println!(
-                    "{}: {} patches, {:.2} mm² tissue -> {} ({})",
-                    path.display(),
-                    s.patches,
-                    s.tissue_mm2,
-                    s.folder.display(),
-                    s.backend_note
-                );
-                for w in &s.warnings {
-                    println!("  warning: {w}");
-                }
+    let opts = CohortOptions {
+        force: args.force,
+        shard: args.shard,
+        stale_after: std::time::Duration::from_secs_f64(args.lock_stale_hours.max(0.0) * 3600.0),
+    };
+    let (quiet, format) = (args.quiet, args.log_format);
+    let report = |s: &SlideStatus, k: usize, total: usize| {
+        if matches!(format, LogFormat::Json) {
+            if let Ok(line) = serde_json::to_string(s) {
+                println!("{line}");
             }
-            Err(e) => eprintln!("error: {e}"),
+            return;
+        }
+        if s.status == "failed" {
+            eprintln!("[{k}/{total}] failed {}: {}", s.path.display(), s.reason);
+        } else if !quiet {
+            let detail = match (s.patches, s.tissue_mm2) {
+                (Some(p), Some(t)) => format!(
+                    ": {p} patches, {t:.2} mm² tissue, mean {} {} -> {}",
+                    s.positive_class.as_deref().unwrap_or(""),
+                    s.positive_mean.map_or("n/a".into(), |m| format!("{m:.3}")),
+                    s.output
+                        .as_ref()
+                        .map(|o| o.display().to_string())
+                        .unwrap_or_default()
+                ),
+                _ => format!(" ({})", s.reason),
+            };
+            println!("[{k}/{total}] {} {}{detail}", s.status, s.path.display());
+        }
+    };
+    match cohort::run(&args.slides, &cfg, &opts, report) {
+        Ok(statuses) if statuses.is_empty() => {
+            eprintln!("error: no slides found in the paths given");
+            super::EXIT_ALL_FAILED
+        }
+        Ok(statuses) => {
+            let failed = statuses.iter().filter(|s| s.status == "failed").count();
+            if !quiet && matches!(format, LogFormat::Text) {
+                println!(
+                    "{} slides: {} failed; summary in {}",
+                    statuses.len(),
+                    failed,
+                    cfg.out.join("summary.csv").display()
+                );
+            }
+            batch_exit_code(statuses.len() - failed, statuses.len())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            super::EXIT_ALL_FAILED
         }
     }
-    batch_exit_code(ok, args.slides.len())
 }

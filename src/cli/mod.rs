@@ -50,6 +50,11 @@ enum Command {
     Region(region::RegionArgs),
     /// Write a synthetic pyramidal JPEG TIFF tiled from real tissue, for benchmarks.
     Generate(generate::GenerateArgs),
+    /// Merge the summaries of (sharded) runs into OUT/summary.csv and OUT/summary.json.
+    Summary {
+        /// The output folder of the runs.
+        out: PathBuf,
+    },
     /// Measure: `bench read` compares the native reader with OpenSlide.
     Bench(bench::BenchArgs),
 }
@@ -125,6 +130,21 @@ pub fn run() -> ExitCode {
         Command::Region(args) => region::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Summary { out } => match tessera::cohort::merge_summaries(&out) {
+            Ok(rows) => {
+                let failed = rows.iter().filter(|s| s.status == "failed").count();
+                println!(
+                    "{} slides, {failed} failed: {}",
+                    rows.len(),
+                    out.join("summary.csv").display()
+                );
+                batch_exit_code(rows.len() - failed, rows.len())
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_ALL_FAILED
+            }
+        },
     };
     ExitCode::from(code)
 }

@@ -1,0 +1,241 @@
+//! Cohort runs: folders, failures, resume, shards, concurrent workers, summaries.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use crate::require;
+use crate::util::*;
+
+/// A folder with two good slides, a corrupt one and an unsupported one (symlinks to the shared
+/// files), plus a non-slide file that the search must ignore.
+fn cohort_folder() -> Option<tempfile::TempDir> {
+    let data = testdata()?;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cohort");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let link = |src: &str, dst: &str| {
+        std::os::unix::fs::symlink(data.join(src), dir.join(dst)).unwrap();
+    };
+    link(
+        "slides/aperio/CMU-1-Small-Region.svs",
+        "CMU-1-Small-Region.svs",
+    );
+    link("slides/generic-tiff/boxes.tiff", "sub/boxes.tiff");
+    link("corrupt/broken.svs", "broken.svs");
+    link("unsupported/kidney-stripped-rgb.tif", "sub/kidney.tif");
+    std::fs::write(dir.join("notes.txt"), "not a slide").unwrap();
+    Some(tmp)
+}
+
+fn run(args: &[&OsStr]) -> (i32, String) {
+    let mut all = vec![OsStr::new("analyze")];
+    all.extend_from_slice(args);
+    all.extend([
+        OsStr::new("--inference"),
+        OsStr::new("tract"),
+        OsStr::new("--log-format"),
+        OsStr::new("json"),
+    ]);
+    let out = tessera(&all, &[]);
+    (
+        code(&out),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// (path file name, status) for each JSON status line.
+fn statuses(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            let p = PathBuf::from(v["path"].as_str().unwrap());
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                v["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn summary(out: &Path) -> Vec<serde_json::Value> {
+    serde_json::from_str::<Vec<serde_json::Value>>(
+        &std::fs::read_to_string(out.join("summary.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_folder_completes_the_good_slides_exits_2_and_a_rerun_skips_everything() {
+    let tmp = require!(cohort_folder());
+    let dir = tmp.path().join("cohort");
+    let out = tmp.path().join("out");
+    // boxes.tiff states 352 µm/px (a 72 dpi placeholder): give an MPP so it is analysable.
+    let (code1, stdout) = run(&[
+        dir.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+        OsStr::new("--mpp"),
+        OsStr::new("0.5"),
+    ]);
+    assert_eq!(code1, 2, "{stdout}");
+    let mut s = statuses(&stdout);
+    s.sort();
+    assert_eq!(
+        s,
+        [
+            ("CMU-1-Small-Region.svs".to_string(), "done".to_string()),
+            ("boxes.tiff".into(), "done".into()),
+            ("broken.svs".into(), "failed".into()),
+            ("kidney.tif".into(), "failed".into()),
+        ]
+    );
+    assert!(out.join("CMU-1-Small-Region.svs/result.json").is_file());
+    assert!(
+        !out.join("broken.svs").exists(),
+        "a failed slide leaves no folder"
+    );
+    let rows = summary(&out);
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0]["status"], "failed", "failures are listed first");
+    assert!(
+        rows[0]["reason"].as_str().unwrap().contains("broken.svs")
+            || rows[0]["reason"].as_str().unwrap().contains("kidney")
+    );
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5);
+    assert!(csv.starts_with("path,name,status,reason"));
+
+    // Rerun: everything done is skipped, the failures fail again.
+    let (code2, stdout) = run(&[
+        dir.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+        OsStr::new("--mpp"),
+        OsStr::new("0.5"),
+    ]);
+    assert_eq!(code2, 2);
+    let s = statuses(&stdout);
+    assert_eq!(
+        s.iter().filter(|(_, st)| st == "skipped").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(!s.iter().any(|(_, st)| st == "done"));
+    // Different parameters are not "the same run": the good slides are redone.
+    let (_, stdout) = run(&[
+        dir.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+        OsStr::new("--mpp"),
+        OsStr::new("0.5"),
+        OsStr::new("--threshold"),
+        OsStr::new("0.7"),
+    ]);
+    assert_eq!(
+        statuses(&stdout)
+            .iter()
+            .filter(|(_, st)| st == "done")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    // --force redoes them too.
+    let (_, stdout) = run(&[
+        dir.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+        OsStr::new("--mpp"),
+        OsStr::new("0.5"),
+        OsStr::new("--threshold"),
+        OsStr::new("0.7"),
+        OsStr::new("--force"),
+    ]);
+    assert_eq!(
+        statuses(&stdout)
+            .iter()
+            .filter(|(_, st)| st == "done")
+            .count(),
+        2,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn shards_cover_every_slide_exactly_once_and_merge() {
+    let tmp = require!(cohort_folder());
+    let dir = tmp.path().join("cohort");
+    let out = tmp.path().join("out");
+    let mut seen = Vec::new();
+    for shard in ["1/2", "2/2"] {
+        let (_, stdout) = run(&[
+            dir.as_os_str(),
+            OsStr::new("--out"),
+            out.as_os_str(),
+            OsStr::new("--mpp"),
+            OsStr::new("0.5"),
+            OsStr::new("--shard"),
+            OsStr::new(shard),
+        ]);
+        seen.extend(statuses(&stdout).into_iter().map(|(name, _)| name));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "CMU-1-Small-Region.svs",
+            "boxes.tiff",
+            "broken.svs",
+            "kidney.tif"
+        ]
+    );
+    // The merged summary lists all four.
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    let merged = tessera(&[OsStr::new("summary"), out.as_os_str()], &[]);
+    assert_eq!(code(&merged), 2, "{}", stderr(&merged));
+    assert_eq!(summary(&out).len(), 4);
+}
+
+#[test]
+fn two_workers_started_together_analyse_each_slide_once() {
+    let tmp = require!(cohort_folder());
+    let dir = tmp.path().join("cohort");
+    let out = tmp.path().join("out");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args([
+                OsStr::new("analyze"),
+                dir.as_os_str(),
+                OsStr::new("--out"),
+                out.as_os_str(),
+            ])
+            .args([
+                "--mpp",
+                "0.5",
+                "--inference",
+                "tract",
+                "--log-format",
+                "json",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outputs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let mut done: Vec<String> = outputs
+        .iter()
+        .flat_map(|o| statuses(&String::from_utf8_lossy(&o.stdout)))
+        .filter(|(_, st)| st == "done")
+        .map(|(name, _)| name)
+        .collect();
+    done.sort();
+    assert_eq!(
+        done,
+        ["CMU-1-Small-Region.svs", "boxes.tiff"],
+        "each good slide analysed exactly once"
+    );
+    // No lock is left behind.
+    assert_eq!(std::fs::read_dir(out.join(".locks")).unwrap().count(), 0);
+}
