@@ -630,21 +630,16 @@ fn write_outputs(
         .filter(|(k, _)| *k == positive)
         .map(|(_, r)| r)
         .collect();
-    let fc = geojson::feature_collection(&grid.patches, predictions, &c.class_names, &regions);
-    let text = serde_json::to_string(&fc).map_err(|e| Error::Encode {
-        path: dir.join("annotations.geojson"),
-        message: e.to_string(),
-    })?;
-    if text.len() > cfg.geojson_gzip_bytes {
-        let gz = geojson::gzip(text.as_bytes());
-        let path = dir.join("annotations.geojson.gz");
-        output::write_atomic(&path, |w| {
-            use std::io::Write;
-            w.write_all(&gz).map_err(|e| Error::from_io(&path, e))
-        })?;
+    let text = geojson::feature_collection(&grid.patches, predictions, &c.class_names, &regions);
+    let (path, bytes) = if text.len() > cfg.geojson_gzip_bytes {
+        (dir.join("annotations.geojson.gz"), geojson::gzip(&text))
     } else {
-        write_text(&dir.join("annotations.geojson"), &text)?;
-    }
+        (dir.join("annotations.geojson"), text)
+    };
+    output::write_atomic(&path, |w| {
+        use std::io::Write;
+        w.write_all(&bytes).map_err(|e| Error::from_io(&path, e))
+    })?;
     Ok((stats, analysed))
 }
 

@@ -10,7 +10,7 @@
 //! morphological closing joins nearby fragments, and connected components smaller than a
 //! minimum area (objects) or holes smaller than a maximum area are removed / filled.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use image::{GrayImage, RgbImage};
@@ -152,9 +152,20 @@ pub fn thumbnail(slide: &Slide, downsample: f64, size: Size) -> Result<RgbImage>
     let l = &slide.levels()[level];
     // Level pixels per mask pixel.
     let ratio = downsample / l.downsample;
-    let n = (size.width * size.height) as usize;
-    let mut sums = vec![[0u32; 3]; n];
-    let mut counts = vec![0u32; n];
+    let w = size.width as usize;
+    let mut out = RgbImage::from_pixel(size.width as u32, size.height as u32, image::Rgb([255; 3]));
+    // Sums (r, g, b, count) only for the mask rows the current band of level rows touches,
+    // so memory stays at a few rows of the mask, not the whole mask in 32-bit sums.
+    let mut rows: BTreeMap<u64, Vec<[u32; 4]>> = BTreeMap::new();
+    let finish = |r: u64, acc: Vec<[u32; 4]>, out: &mut RgbImage| {
+        for (x, a) in acc.iter().enumerate() {
+            if a[3] > 0 {
+                let k = a[3];
+                let px = [0, 1, 2].map(|c| ((a[c] + k / 2) / k) as u8);
+                out.put_pixel(x as u32, r as u32, image::Rgb(px));
+            }
+        }
+    };
     const CHUNK: u64 = 2048;
     let mut cy = 0;
     while cy < l.size.height {
@@ -165,30 +176,29 @@ pub fn thumbnail(slide: &Slide, downsample: f64, size: Size) -> Result<RgbImage>
             let at = LevelPx::new(cx as i64, cy as i64).to_level0(l.downsample);
             let img = slide.read_region(at, level, Size::new(cw, ch))?;
             for (x, y, p) in img.enumerate_pixels() {
-                let mx = (((cx + x as u64) as f64 / ratio) as u64).min(size.width - 1);
+                let mx = (((cx + x as u64) as f64 / ratio) as usize).min(w - 1);
                 let my = (((cy + y as u64) as f64 / ratio) as u64).min(size.height - 1);
-                let i = (my * size.width + mx) as usize;
-                for (sum, v) in sums[i].iter_mut().zip(p.0) {
+                let acc = rows.entry(my).or_insert_with(|| vec![[0; 4]; w]);
+                let a = &mut acc[mx];
+                for (sum, v) in a.iter_mut().zip(p.0) {
                     *sum += v as u32;
                 }
-                counts[i] += 1;
+                a[3] += 1;
             }
             cx += cw;
         }
         cy += ch;
+        // Mask rows whose level rows have all been read are final.
+        while let Some(entry) = rows.first_entry() {
+            if ((*entry.key() + 1) as f64 * ratio).ceil() as u64 > cy && cy < l.size.height {
+                break;
+            }
+            let (r, acc) = entry.remove_entry();
+            finish(r, acc, &mut out);
+        }
     }
-    let mut out = RgbImage::new(size.width as u32, size.height as u32);
-    for (i, p) in out.pixels_mut().enumerate() {
-        let k = counts[i].max(1);
-        p.0 = if counts[i] == 0 {
-            [255, 255, 255]
-        } else {
-            [
-                ((sums[i][0] + k / 2) / k) as u8,
-                ((sums[i][1] + k / 2) / k) as u8,
-                ((sums[i][2] + k / 2) / k) as u8,
-            ]
-        };
+    for (r, acc) in std::mem::take(&mut rows) {
+        finish(r, acc, &mut out);
     }
     Ok(out)
 }

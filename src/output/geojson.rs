@@ -61,14 +61,24 @@ fn ring(points: &[[f64; 2]]) -> Value {
     )
 }
 
-/// Builds the FeatureCollection.
+/// Serialises the FeatureCollection feature by feature (no document tree is held in memory,
+/// which matters for slides with hundreds of thousands of patches).
 pub fn feature_collection(
     patches: &[Patch],
     predictions: &Predictions,
     class_names: &[String],
     regions: &[Region],
-) -> Value {
-    let mut features = Vec::with_capacity(patches.len() + regions.len());
+) -> Vec<u8> {
+    let mut out = br#"{"type":"FeatureCollection","features":["#.to_vec();
+    let mut first = true;
+    let mut push = |feature: Value| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        // Serialising a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &feature);
+    };
     for p in patches {
         let Some(probs) = predictions.get(&p.index) else {
             continue;
@@ -86,7 +96,7 @@ pub fn feature_collection(
             "tissue_fraction".into(),
             json!((p.tissue_fraction * 1e4).round() / 1e4),
         );
-        features.push(json!({
+        push(json!({
             "type": "Feature",
             "id": uuid_from(&format!("tile {} {}", p.index.col, p.index.row)),
             "geometry": {"type": "Polygon", "coordinates": [
@@ -109,7 +119,7 @@ pub fn feature_collection(
         } else {
             json!({"type": "MultiPolygon", "coordinates": polys})
         };
-        features.push(json!({
+        push(json!({
             "type": "Feature",
             "id": uuid_from(&format!("region {k} {}", r.class)),
             "geometry": geometry,
@@ -120,7 +130,8 @@ pub fn feature_collection(
             },
         }));
     }
-    json!({"type": "FeatureCollection", "features": features})
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// CRC-32 (IEEE, as gzip uses).
@@ -183,7 +194,9 @@ mod tests {
             color: [1, 2, 3],
             polygons: vec![vec![vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]]],
         };
-        let fc = feature_collection(&patches, &preds, &names, &[region]);
+        let fc: Value =
+            serde_json::from_slice(&feature_collection(&patches, &preds, &names, &[region]))
+                .unwrap();
         let f = &fc["features"];
         assert_eq!(fc["type"], "FeatureCollection");
         assert_eq!(f[0]["properties"]["objectType"], "tile");
@@ -203,9 +216,8 @@ mod tests {
         let id = f[0]["id"].as_str().unwrap();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
-        assert_eq!(
-            id,
-            feature_collection(&patches, &preds, &names, &[])["features"][0]["id"]
-        );
+        let again: Value =
+            serde_json::from_slice(&feature_collection(&patches, &preds, &names, &[])).unwrap();
+        assert_eq!(id, again["features"][0]["id"]);
     }
 }
