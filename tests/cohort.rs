@@ -43,6 +43,22 @@ fn run(args: &[&OsStr]) -> (i32, String) {
     )
 }
 
+/// `tessera analyze DIR --out OUT --mpp 0.5 EXTRA...` (boxes.tiff states a 72 dpi placeholder
+/// MPP, so an MPP is given for every slide).
+fn run_cohort(dir: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![dir.as_os_str(), OsStr::new("--out"), out.as_os_str()];
+    args.extend(["--mpp", "0.5"].iter().chain(extra).map(OsStr::new));
+    run(&args)
+}
+
+/// How many status lines have `status`.
+fn count(stdout: &str, status: &str) -> usize {
+    statuses(stdout)
+        .iter()
+        .filter(|(_, st)| st == status)
+        .count()
+}
+
 /// (path file name, status) for each JSON status line.
 fn statuses(stdout: &str) -> Vec<(String, String)> {
     stdout
@@ -70,14 +86,7 @@ fn a_folder_completes_the_good_slides_exits_2_and_a_rerun_skips_everything() {
     let tmp = require!(cohort_folder());
     let dir = tmp.path().join("cohort");
     let out = tmp.path().join("out");
-    // boxes.tiff states 352 µm/px (a 72 dpi placeholder): give an MPP so it is analysable.
-    let (code1, stdout) = run(&[
-        dir.as_os_str(),
-        OsStr::new("--out"),
-        out.as_os_str(),
-        OsStr::new("--mpp"),
-        OsStr::new("0.5"),
-    ]);
+    let (code1, stdout) = run_cohort(&dir, &out, &[]);
     assert_eq!(code1, 2, "{stdout}");
     let mut s = statuses(&stdout);
     s.sort();
@@ -107,58 +116,16 @@ fn a_folder_completes_the_good_slides_exits_2_and_a_rerun_skips_everything() {
     assert!(csv.starts_with("path,name,status,reason"));
 
     // Rerun: everything done is skipped, the failures fail again.
-    let (code2, stdout) = run(&[
-        dir.as_os_str(),
-        OsStr::new("--out"),
-        out.as_os_str(),
-        OsStr::new("--mpp"),
-        OsStr::new("0.5"),
-    ]);
+    let (code2, stdout) = run_cohort(&dir, &out, &[]);
     assert_eq!(code2, 2);
-    let s = statuses(&stdout);
-    assert_eq!(
-        s.iter().filter(|(_, st)| st == "skipped").count(),
-        2,
-        "{stdout}"
-    );
-    assert!(!s.iter().any(|(_, st)| st == "done"));
+    assert_eq!(count(&stdout, "skipped"), 2, "{stdout}");
+    assert_eq!(count(&stdout, "done"), 0, "{stdout}");
     // Different parameters are not "the same run": the good slides are redone.
-    let (_, stdout) = run(&[
-        dir.as_os_str(),
-        OsStr::new("--out"),
-        out.as_os_str(),
-        OsStr::new("--mpp"),
-        OsStr::new("0.5"),
-        OsStr::new("--threshold"),
-        OsStr::new("0.7"),
-    ]);
-    assert_eq!(
-        statuses(&stdout)
-            .iter()
-            .filter(|(_, st)| st == "done")
-            .count(),
-        2,
-        "{stdout}"
-    );
+    let (_, stdout) = run_cohort(&dir, &out, &["--threshold", "0.7"]);
+    assert_eq!(count(&stdout, "done"), 2, "{stdout}");
     // --force redoes them too.
-    let (_, stdout) = run(&[
-        dir.as_os_str(),
-        OsStr::new("--out"),
-        out.as_os_str(),
-        OsStr::new("--mpp"),
-        OsStr::new("0.5"),
-        OsStr::new("--threshold"),
-        OsStr::new("0.7"),
-        OsStr::new("--force"),
-    ]);
-    assert_eq!(
-        statuses(&stdout)
-            .iter()
-            .filter(|(_, st)| st == "done")
-            .count(),
-        2,
-        "{stdout}"
-    );
+    let (_, stdout) = run_cohort(&dir, &out, &["--threshold", "0.7", "--force"]);
+    assert_eq!(count(&stdout, "done"), 2, "{stdout}");
 }
 
 #[test]
@@ -168,15 +135,7 @@ fn shards_cover_every_slide_exactly_once_and_merge() {
     let out = tmp.path().join("out");
     let mut seen = Vec::new();
     for shard in ["1/2", "2/2"] {
-        let (_, stdout) = run(&[
-            dir.as_os_str(),
-            OsStr::new("--out"),
-            out.as_os_str(),
-            OsStr::new("--mpp"),
-            OsStr::new("0.5"),
-            OsStr::new("--shard"),
-            OsStr::new(shard),
-        ]);
+        let (_, stdout) = run_cohort(&dir, &out, &["--shard", shard]);
         seen.extend(statuses(&stdout).into_iter().map(|(name, _)| name));
     }
     seen.sort();
