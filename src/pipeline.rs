@@ -199,7 +199,11 @@ pub fn slide_name(path: &Path) -> String {
 /// finished result carries the same key.
 pub fn run_key(cfg: &AnalyzeConfig) -> Result<String> {
     let dir = cfg.model.clone().unwrap_or_else(default_model_dir);
-    let folder = ModelFolder::load(&dir)?;
+    run_key_for(&ModelFolder::load(&dir)?, cfg)
+}
+
+/// [`run_key`] for a model folder already loaded (its hash is not computed again).
+fn run_key_for(folder: &ModelFolder, cfg: &AnalyzeConfig) -> Result<String> {
     let tissue_model = match &cfg.tissue_model {
         Some(m) => {
             let onnx = find_onnx(m)?;
@@ -365,7 +369,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
     let dims = slide.dimensions();
     let doc = json!({
         "schema_version": RESULT_SCHEMA_VERSION,
-        "run_key": run_key(cfg)?,
+        "run_key": run_key_for(&folder, cfg)?,
         "tessera_version": crate::VERSION,
         "disclaimer": "Decision support — findings require review by a pathologist.",
         "slide": {
