@@ -2,7 +2,7 @@
 //!
 //! In: paths (slide files and folders) and an [`AnalyzeConfig`]. Out: one `OUT/<name>/` per
 //! slide (see [`crate::pipeline`]) and `OUT/summary.json` + `OUT/summary.csv` listing every slide
-//! with its status. Folders are searched recursively for known slide extensions; a folder of
+//! with its status, and `OUT/index.html`, the cohort page linking each slide's report. Folders are searched recursively for known slide extensions; a folder of
 //! DICOM files is one slide, and a MIRAX `.mrxs` file stands for its companion folder.
 //! Slides are sorted, so `--shard I/N` (every N-th slide from the I-th) is deterministic
 //! across machines. A lock file per slide (`OUT/.locks/<name>.lock`, created with
@@ -46,6 +46,9 @@ pub struct SlideStatus {
     pub positive_class: Option<String>,
     /// Mean probability of the positive class.
     pub positive_mean: Option<f64>,
+    /// The slide-level score of the positive class (see result.json's `slide_score`).
+    #[serde(default)]
+    pub slide_score: Option<f64>,
     /// The slide's output folder.
     pub output: Option<PathBuf>,
 }
@@ -235,6 +238,30 @@ fn up_to_date(out: &Path, name: &str, key: &str) -> bool {
         .is_some_and(|v| v["run_key"] == key)
 }
 
+/// Marks `s` skipped, with the figures of its finished result.json.
+fn skipped(s: &mut SlideStatus, out: &Path) {
+    s.status = "skipped".into();
+    s.reason = "up to date (same model and parameters)".into();
+    let dir = out.join(&s.name);
+    if let Some(r) = std::fs::read(dir.join("result.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    {
+        s.patches = r["patches_analysed"].as_u64().map(|v| v as usize);
+        s.tissue_mm2 = r["tissue_area_mm2"].as_f64();
+        s.positive_class = r["slide_score"]["class"].as_str().map(String::from);
+        s.slide_score = r["slide_score"]["value"].as_f64();
+        let positive = s.positive_class.clone();
+        s.positive_mean = r["classes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"].as_str() == positive.as_deref())
+            .and_then(|c| c["mean"].as_f64());
+    }
+    s.output = Some(dir);
+}
+
 /// Runs the cohort; `report` is called after each slide (for progress lines).
 pub fn run(
     paths: &[PathBuf],
@@ -262,12 +289,11 @@ pub fn run(
             tissue_mm2: None,
             positive_class: None,
             positive_mean: None,
+            slide_score: None,
             output: None,
         };
         if !opts.force && up_to_date(&cfg.out, &name, &key) {
-            s.status = "skipped".into();
-            s.reason = "up to date (same model and parameters)".into();
-            s.output = Some(cfg.out.join(&name));
+            skipped(&mut s, &cfg.out);
         } else {
             match lock(&cfg.out, &name, opts.stale_after)? {
                 None => {
@@ -277,9 +303,7 @@ pub fn run(
                 Some(_held) => {
                     // Another worker may have finished it while we waited for the lock.
                     if !opts.force && up_to_date(&cfg.out, &name, &key) {
-                        s.status = "skipped".into();
-                        s.reason = "up to date (same model and parameters)".into();
-                        s.output = Some(cfg.out.join(&name));
+                        skipped(&mut s, &cfg.out);
                     } else {
                         match analyze_as(&path, &name, cfg) {
                             Ok(r) => {
@@ -288,6 +312,7 @@ pub fn run(
                                 s.tissue_mm2 = Some(r.tissue_mm2);
                                 s.positive_class = Some(r.positive_class);
                                 s.positive_mean = r.positive_mean;
+                                s.slide_score = r.slide_score;
                                 s.output = Some(r.folder);
                                 s.reason = r.warnings.join("; ");
                             }
@@ -380,7 +405,7 @@ pub fn merge_summaries(out: &Path) -> Result<Vec<SlideStatus>> {
             .map_err(|e| Error::from_io(&json_path, e))
     })?;
     let mut csv = String::from(
-        "path,name,status,reason,patches,tissue_mm2,positive_class,positive_mean,output\n",
+        "path,name,status,reason,patches,tissue_mm2,positive_class,positive_mean,slide_score,output\n",
     );
     for s in &rows {
         let opt = |v: Option<String>| v.unwrap_or_default();
@@ -394,6 +419,7 @@ pub fn merge_summaries(out: &Path) -> Result<Vec<SlideStatus>> {
                 opt(s.tissue_mm2.map(|v| format!("{v:.4}"))),
                 csv_field(&opt(s.positive_class.clone())),
                 opt(s.positive_mean.map(|v| format!("{v:.6}"))),
+                opt(s.slide_score.map(|v| format!("{v:.6}"))),
                 csv_field(&opt(s
                     .output
                     .as_ref()
@@ -408,6 +434,7 @@ pub fn merge_summaries(out: &Path) -> Result<Vec<SlideStatus>> {
         w.write_all(csv.as_bytes())
             .map_err(|e| Error::from_io(&csv_path, e))
     })?;
+    crate::report::write_index(out, &rows)?;
     Ok(rows)
 }
 

@@ -271,6 +271,26 @@ pub enum Error {
         /// The encoder's message.
         message: String,
     },
+
+    /// A finished output folder cannot be turned into a report (a file missing or malformed).
+    #[error("{}: cannot build the report: {message}", path.display())]
+    Report {
+        /// The output folder or the file in it.
+        path: PathBuf,
+        /// What is missing or wrong.
+        message: String,
+    },
+
+    /// An external program the user asked for (Chromium for `--pdf`) is absent or failed.
+    #[error("{}: {tool}: {message}", path.display())]
+    External {
+        /// The file it was working on.
+        path: PathBuf,
+        /// The program.
+        tool: String,
+        /// What happened, and how to fix it.
+        message: String,
+    },
 }
 
 impl Error {
@@ -309,6 +329,8 @@ impl Error {
             Error::Inference { .. } => "inference",
             Error::MissingMpp { .. } => "missing_mpp",
             Error::Encode { .. } => "encode",
+            Error::Report { .. } => "report",
+            Error::External { .. } => "external",
         }
     }
 }

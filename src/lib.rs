@@ -35,6 +35,7 @@ pub mod info;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod report;
 pub mod slide;
 pub mod stitch;
 pub mod synthetic;

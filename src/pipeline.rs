@@ -7,9 +7,10 @@
 //! ```
 //!
 //! In: a slide path and an [`AnalyzeConfig`]. Out: `OUT/<slide name>/` holding result.json,
-//! patches.csv, annotations.geojson, heatmap-<class>.png, overlay-<class>.png, tissue-mask.png
-//! and thumbnail.png. The folder is written under a temporary name and renamed when complete,
-//! so it is either complete or absent. Memory is bounded by the queue depth: at most
+//! patches.csv, annotations.geojson, heatmap-<class>.png, overlay-<class>.png, tissue-mask.png,
+//! thumbnail.png, region-<n>.jpg (crops of the top-scoring regions), report.html (and
+//! report.pdf, label.png and macro.png when asked). The folder is written under a temporary
+//! name and renamed when complete, so it is either complete or absent. Memory is bounded by the queue depth: at most
 //! `queue_depth` batches wait between decoding and inference.
 
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ use crate::grid::{read_plan, GridSpec, PatchGrid};
 use crate::model::{self, InferenceChoice, ModelFolder};
 use crate::output::{self, geojson};
 use crate::slide::{Mpp, MppSource, Slide};
-use crate::stitch::{Heatmap, Predictions};
+use crate::stitch::{top_patches, Heatmap, Predictions, ScoreMethod};
 use crate::tissue::{self, TissueParams};
 
 /// Version of result.json's layout.
@@ -76,6 +77,17 @@ pub struct AnalyzeConfig {
     pub tissue_model: Option<PathBuf>,
     /// Slide reading.
     pub slide: SlideConfig,
+    /// How the slide-level score of the positive class is made (default: mean of the top 10).
+    pub slide_score: ScoreMethod,
+    /// Top-scoring regions cropped for the report (default 6).
+    pub top_regions: usize,
+    /// Side of each region crop in model pixels, i.e. at the model's µm/px (default 512).
+    pub region_pixels: u32,
+    /// Write the slide's label and macro images (patient identifiers) and show them in the
+    /// report. Off by default.
+    pub include_label: bool,
+    /// Also print the report to report.pdf with headless Chromium.
+    pub pdf: bool,
 }
 
 impl Default for AnalyzeConfig {
@@ -99,6 +111,11 @@ impl Default for AnalyzeConfig {
             tissue: TissueParams::default(),
             tissue_model: None,
             slide: SlideConfig::default(),
+            slide_score: ScoreMethod::default(),
+            top_regions: 6,
+            region_pixels: 512,
+            include_label: false,
+            pdf: false,
         }
     }
 }
@@ -148,6 +165,8 @@ pub struct AnalyzeSummary {
     pub positive_class: String,
     /// Mean probability of the positive class over analysed patches.
     pub positive_mean: Option<f64>,
+    /// The slide-level score of the positive class.
+    pub slide_score: Option<f64>,
     /// Warnings.
     pub warnings: Vec<String>,
 }
@@ -222,6 +241,10 @@ fn run_key_for(folder: &ModelFolder, cfg: &AnalyzeConfig) -> Result<String> {
         "tissue": format!("{:?}", cfg.tissue),
         "tissue_model": tissue_model,
         "icc": cfg.slide.apply_icc,
+        "slide_score": cfg.slide_score.to_string(),
+        "top_regions": [cfg.top_regions, cfg.region_pixels],
+        "include_label": cfg.include_label,
+        "pdf": cfg.pdf,
         "tessera": crate::VERSION,
     });
     Ok(format!("{:x}", Sha256::digest(key.to_string().as_bytes())))
@@ -235,6 +258,7 @@ pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
 /// Analyses one slide into `OUT/<name>/`.
 pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
     let started = Instant::now();
+    let analysed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
     let mut warnings = Vec::new();
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
@@ -355,8 +379,24 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         &folder,
         cfg,
     )
-    .and_then(|stats| Ok((stats, fingerprint(path, cfg.hash_full)?)));
-    let ((class_stats, analysed), fp) = match result {
+    .and_then(|stats| {
+        let top = write_top_regions(
+            &tmp_dir,
+            &slide,
+            &grid,
+            &predictions,
+            mpp_mean,
+            &folder,
+            cfg,
+        )?;
+        let identifiers = if cfg.include_label {
+            write_identifier_images(&tmp_dir, &slide)?
+        } else {
+            Vec::new()
+        };
+        Ok((stats, top, identifiers, fingerprint(path, cfg.hash_full)?))
+    });
+    let ((class_stats, analysed), top_regions, identifier_images, fp) = match result {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp_dir);
@@ -365,6 +405,8 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
     };
     timings.insert("outputs_s", t.elapsed().as_secs_f64());
     timings.insert("total_s", started.elapsed().as_secs_f64());
+    let positive = c.positive_class();
+    let slide_score = cfg.slide_score.score(&predictions, positive);
 
     let dims = slide.dimensions();
     let doc = json!({
@@ -372,6 +414,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         "run_key": run_key_for(&folder, cfg)?,
         "tessera_version": crate::VERSION,
         "disclaimer": "Decision support — findings require review by a pathologist.",
+        "analysed_at": analysed_at,
         "slide": {
             "path": path,
             "name": name,
@@ -390,7 +433,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
             "sha256": folder.sha256,
             "config": c,
         },
-        "inference": {"backend": backend.name(), "version": backend.version(), "note": chosen.note},
+        "inference": {"backend": backend.name(), "version": backend.version(), "device": "CPU", "note": chosen.note},
         "parameters": {
             "patch_size_pixels": c.patch_size_pixels,
             "spacing_um_px": c.spacing_um_px,
@@ -401,6 +444,10 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
             "min_tissue_fraction": cfg.min_tissue,
             "threshold": cfg.threshold,
             "batch_size": cfg.batch_size,
+            "slide_score": cfg.slide_score.to_string(),
+            "top_regions": cfg.top_regions,
+            "region_pixels": cfg.region_pixels,
+            "thumbnail_downsample": disp_ds,
             "tissue": {
                 "method": tissue_method,
                 "mask_um_px": cfg.tissue.mask_um_px,
@@ -417,6 +464,17 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         "patches_analysed": analysed,
         "patches_skipped": grid.skipped,
         "classes": class_stats,
+        "slide_score": {
+            "class": c.class_names[positive],
+            "method": cfg.slide_score.to_string(),
+            "description": cfg.slide_score.describe(),
+            "value": slide_score,
+        },
+        "top_regions": top_regions,
+        "identifiers": {
+            "label_included": cfg.include_label,
+            "images": identifier_images,
+        },
         "warnings": warnings,
         "timings_s": timings,
     });
@@ -425,7 +483,18 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
             path: tmp_dir.join("result.json"),
             message: e.to_string(),
         })
-        .and_then(|text| write_text(&tmp_dir.join("result.json"), &text));
+        .and_then(|text| write_text(&tmp_dir.join("result.json"), &text))
+        .and_then(|()| crate::report::write_slide_report(&tmp_dir))
+        .and_then(|()| {
+            if cfg.pdf {
+                crate::report::pdf::print_to_pdf(
+                    &tmp_dir.join("report.html"),
+                    &tmp_dir.join("report.pdf"),
+                )
+            } else {
+                Ok(())
+            }
+        });
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp_dir);
         return Err(e);
@@ -439,7 +508,6 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         let _ = std::fs::remove_dir_all(&old);
     }
     std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::from_io(&final_dir, e))?;
-    let positive = c.positive_class();
     Ok(AnalyzeSummary {
         folder: final_dir,
         patches: analysed,
@@ -447,6 +515,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         backend_note: chosen.note,
         positive_class: c.class_names[positive].clone(),
         positive_mean: class_stats.get(positive).and_then(|s| s["mean"].as_f64()),
+        slide_score,
         warnings,
     })
 }
@@ -645,6 +714,88 @@ fn write_outputs(
         w.write_all(&bytes).map_err(|e| Error::from_io(&path, e))
     })?;
     Ok((stats, analysed))
+}
+
+/// Crops the top-scoring regions of the positive class for the report: `region-<n>.jpg`,
+/// `region_pixels` square at the model's µm/px, centred on each chosen patch. Returns their
+/// descriptions for result.json (rank, score, level-0 box, grid index, file).
+fn write_top_regions(
+    dir: &Path,
+    slide: &Slide,
+    grid: &PatchGrid,
+    predictions: &Predictions,
+    mpp: f64,
+    folder: &ModelFolder,
+    cfg: &AnalyzeConfig,
+) -> Result<Vec<serde_json::Value>> {
+    let c = &folder.config;
+    let side_l0 = cfg.region_pixels as f64 * c.spacing_um_px / mpp;
+    let chosen = top_patches(
+        grid,
+        predictions,
+        c.positive_class(),
+        cfg.top_regions,
+        side_l0,
+    );
+    let level = slide.best_level_for_downsample(side_l0 / cfg.region_pixels.max(1) as f64);
+    let ds = slide.levels()[level].downsample;
+    let read_side = ((side_l0 / ds).round() as u64).max(1);
+    let mut out = Vec::new();
+    for (rank, (patch, score)) in chosen.into_iter().enumerate() {
+        let cx = patch.location.x as f64 + patch.side as f64 / 2.0;
+        let cy = patch.location.y as f64 + patch.side as f64 / 2.0;
+        let at = crate::geom::Level0Px::new(
+            (cx - side_l0 / 2.0).round() as i64,
+            (cy - side_l0 / 2.0).round() as i64,
+        );
+        let img = slide.read_region(at, level, crate::geom::Size::new(read_side, read_side))?;
+        let img = crate::batch::resize(&img, cfg.region_pixels, cfg.region_pixels);
+        let file = format!("region-{}.jpg", rank + 1);
+        let path = dir.join(&file);
+        let mut bytes = Vec::new();
+        jpeg_encoder::Encoder::new(&mut bytes, 90)
+            .encode(
+                img.as_raw(),
+                img.width() as u16,
+                img.height() as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .map_err(|e| Error::Encode {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        output::write_atomic(&path, |w| {
+            use std::io::Write;
+            w.write_all(&bytes).map_err(|e| Error::from_io(&path, e))
+        })?;
+        out.push(json!({
+            "rank": rank + 1,
+            "score": score,
+            "file": file,
+            "patch": {"col": patch.index.col, "row": patch.index.row,
+                      "x": patch.location.x, "y": patch.location.y, "side": patch.side},
+            "crop_level0": {"x": at.x, "y": at.y, "side": side_l0.round() as u64},
+            "centre_level0": {"x": cx.round() as i64, "y": cy.round() as i64},
+            "crop_pixels": cfg.region_pixels,
+            "crop_um_px": c.spacing_um_px,
+        }));
+    }
+    Ok(out)
+}
+
+/// Writes the slide's label and macro images (when it has them) as `label.png` and
+/// `macro.png`. Only on request: they carry patient names and barcodes.
+fn write_identifier_images(dir: &Path, slide: &Slide) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    for name in ["label", "macro"] {
+        if slide.associated_images().iter().any(|a| a.name == name) {
+            let img = slide.read_associated_image(name)?;
+            let file = format!("{name}.png");
+            output::write_png(&dir.join(&file), &img)?;
+            files.push(file);
+        }
+    }
+    Ok(files)
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {

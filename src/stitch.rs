@@ -4,12 +4,14 @@
 //! class at patch-stride resolution — each cell is the mean probability of the analysed patches
 //! covering it (overlaps averaged), `None` where no patch was analysed — and, for a threshold,
 //! the cells at or above it traced into polygons with holes, in level-0 pixel coordinates.
+//! Also the slide-level score ([`ScoreMethod`]) and the top-scoring patches, spaced apart, that
+//! the report shows as crops ([`top_patches`]).
 //! Everything is ordered by grid index, so the output never depends on thread scheduling.
 
 use std::collections::BTreeMap;
 
 use crate::geom::GridIndex;
-use crate::grid::PatchGrid;
+use crate::grid::{Patch, PatchGrid};
 
 /// Probabilities per analysed patch, one value per class.
 pub type Predictions = BTreeMap<GridIndex, Vec<f32>>;
@@ -201,6 +203,114 @@ fn simplify(ring: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
     out
 }
 
+/// How one slide-level score is made from the positive class's patch probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreMethod {
+    /// The highest patch probability.
+    Max,
+    /// The mean of the `k` highest patch probabilities (all of them when fewer).
+    MeanTopK(usize),
+}
+
+impl Default for ScoreMethod {
+    /// The mean of the top 10: one stray patch does not decide the slide.
+    fn default() -> Self {
+        ScoreMethod::MeanTopK(10)
+    }
+}
+
+impl std::fmt::Display for ScoreMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScoreMethod::Max => write!(f, "max"),
+            ScoreMethod::MeanTopK(k) => write!(f, "mean-top-{k}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ScoreMethod {
+    type Err = String;
+    /// `max` or `mean-top-K` with K ≥ 1.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "max" {
+            return Ok(ScoreMethod::Max);
+        }
+        match s.strip_prefix("mean-top-").map(str::parse::<usize>) {
+            Some(Ok(k)) if k >= 1 => Ok(ScoreMethod::MeanTopK(k)),
+            _ => Err(format!(
+                "slide score must be `max` or `mean-top-K` with K ≥ 1 (e.g. mean-top-10), not `{s}`"
+            )),
+        }
+    }
+}
+
+impl ScoreMethod {
+    /// A sentence for the report.
+    pub fn describe(&self) -> String {
+        match self {
+            ScoreMethod::Max => "highest patch probability".into(),
+            ScoreMethod::MeanTopK(k) => format!("mean of the {k} highest patch probabilities"),
+        }
+    }
+
+    /// The score of class `class`, or `None` when no patch was analysed.
+    pub fn score(&self, predictions: &Predictions, class: usize) -> Option<f64> {
+        let mut v: Vec<f32> = predictions
+            .values()
+            .filter_map(|p| p.get(class).copied())
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(|a, b| b.total_cmp(a));
+        let k = match self {
+            ScoreMethod::Max => 1,
+            ScoreMethod::MeanTopK(k) => (*k).min(v.len()),
+        };
+        Some(v[..k].iter().map(|&p| p as f64).sum::<f64>() / k as f64)
+    }
+}
+
+/// Up to `k` analysed patches with the highest probability of `class`, highest first (ties in
+/// grid order), skipping any whose centre lies within `min_distance_l0` (level-0 pixels, on
+/// both axes) of one already chosen, so that crops around them do not overlap.
+pub fn top_patches<'g>(
+    grid: &'g PatchGrid,
+    predictions: &Predictions,
+    class: usize,
+    k: usize,
+    min_distance_l0: f64,
+) -> Vec<(&'g Patch, f32)> {
+    let mut scored: Vec<(&Patch, f32)> = grid
+        .patches
+        .iter()
+        .filter_map(|p| Some((p, *predictions.get(&p.index)?.get(class)?)))
+        .collect();
+    // Stable sort: equal scores keep grid order.
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let centre = |p: &Patch| {
+        (
+            p.location.x as f64 + p.side as f64 / 2.0,
+            p.location.y as f64 + p.side as f64 / 2.0,
+        )
+    };
+    let mut chosen: Vec<(&Patch, f32)> = Vec::new();
+    for (p, s) in scored {
+        if chosen.len() >= k {
+            break;
+        }
+        let c = centre(p);
+        let far = chosen.iter().all(|(q, _)| {
+            let d = centre(q);
+            (c.0 - d.0).abs() >= min_distance_l0 || (c.1 - d.1).abs() >= min_distance_l0
+        });
+        if far {
+            chosen.push((p, s));
+        }
+    }
+    chosen
+}
+
 /// Even-odd point-in-polygon test.
 fn contains(ring: &[(i64, i64)], p: (f64, f64)) -> bool {
     let mut inside = false;
@@ -219,6 +329,63 @@ fn contains(ring: &[(i64, i64)], p: (f64, f64)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slide_scores_and_their_names() {
+        let mut p = Predictions::new();
+        for (i, v) in [0.1f32, 0.9, 0.5, 0.7].iter().enumerate() {
+            p.insert(
+                GridIndex {
+                    col: i as u32,
+                    row: 0,
+                },
+                vec![1.0 - v, *v],
+            );
+        }
+        assert_eq!(ScoreMethod::Max.score(&p, 1), Some(0.9f32 as f64));
+        let top2 = ScoreMethod::MeanTopK(2).score(&p, 1).unwrap();
+        assert!((top2 - 0.8).abs() < 1e-6, "{top2}");
+        // k beyond the number of patches: the mean of all of them.
+        let all = ScoreMethod::MeanTopK(99).score(&p, 1).unwrap();
+        assert!((all - 0.55).abs() < 1e-6, "{all}");
+        assert_eq!(ScoreMethod::Max.score(&Predictions::new(), 1), None);
+        for text in ["max", "mean-top-10"] {
+            assert_eq!(text.parse::<ScoreMethod>().unwrap().to_string(), text);
+        }
+        for bad in ["mean-top-0", "top", "mean-top-x", ""] {
+            assert!(bad.parse::<ScoreMethod>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn top_patches_are_spaced_apart() {
+        use crate::geom::Level0Px;
+        let mut patches = Vec::new();
+        let mut preds = Predictions::new();
+        for col in 0..6u32 {
+            let index = GridIndex { col, row: 0 };
+            patches.push(Patch {
+                index,
+                location: Level0Px::new(col as i64 * 100, 0),
+                side: 100,
+                tissue_fraction: 1.0,
+            });
+            // Scores fall from left to right.
+            preds.insert(index, vec![0.0, 1.0 - col as f32 * 0.1]);
+        }
+        let grid = PatchGrid {
+            cols: 6,
+            rows: 1,
+            side_l0: 100.0,
+            stride_l0: 100.0,
+            patches,
+            skipped: 0,
+        };
+        let cols = |v: Vec<(&Patch, f32)>| v.iter().map(|(p, _)| p.index.col).collect::<Vec<_>>();
+        assert_eq!(cols(top_patches(&grid, &preds, 1, 3, 0.0)), [0, 1, 2]);
+        // Crops of 250 px: centres at least 250 apart.
+        assert_eq!(cols(top_patches(&grid, &preds, 1, 3, 250.0)), [0, 3]);
+    }
 
     fn map(w: u32, h: u32, on: &[(u32, u32)]) -> Heatmap {
         let mut values = vec![Some(0.0); (w * h) as usize];

@@ -11,8 +11,10 @@ use tessera::Error;
 use crate::require;
 use crate::util::*;
 
-const OUTPUTS: [&str; 9] = [
+const OUTPUTS: [&str; 11] = [
     "result.json",
+    "report.html",
+    "region-1.jpg",
     "patches.csv",
     "annotations.geojson",
     "heatmap-other.png",
@@ -76,10 +78,19 @@ fn cmu1_writes_every_output_in_the_formats_lab_tools_read() {
     }
     // Nothing else left behind (no temporary folders or files).
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), OUTPUTS.len());
-
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    // Besides the fixed outputs, one crop per top region (region-1.jpg is among them).
+    let regions = r["top_regions"].as_array().unwrap();
+    assert!((1..=6).contains(&regions.len()));
+    for (k, reg) in regions.iter().enumerate() {
+        assert_eq!(reg["file"], format!("region-{}.jpg", k + 1));
+        assert!(dir.join(format!("region-{}.jpg", k + 1)).is_file());
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        OUTPUTS.len() + regions.len() - 1
+    );
     assert_eq!(r["schema_version"], 1);
     assert_eq!(r["slide"]["mpp"]["x"], 0.499);
     assert_eq!(r["slide"]["mpp"]["source"]["kind"], "slide-metadata");
@@ -107,6 +118,27 @@ fn cmu1_writes_every_output_in_the_formats_lab_tools_read() {
     assert!(
         dense.iter().cloned().fold(0.0, f64::max) - dense.iter().cloned().fold(1.0, f64::min) > 0.3
     );
+    // The slide score is the mean of the 10 highest cell-dense probabilities in the CSV, and
+    // the first top region is the highest-scoring patch.
+    let mut sorted = dense.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let top10 = sorted[..10].iter().sum::<f64>() / 10.0;
+    assert_eq!(r["slide_score"]["method"], "mean-top-10");
+    assert_eq!(r["slide_score"]["class"], "cell-dense");
+    let score = r["slide_score"]["value"].as_f64().unwrap();
+    assert!((score - top10).abs() < 1e-5, "{score} vs {top10}");
+    let first = &regions[0];
+    let key = (
+        first["patch"]["col"].as_u64().unwrap() as u32,
+        first["patch"]["row"].as_u64().unwrap() as u32,
+    );
+    assert!((probs[&key][1] - sorted[0]).abs() < 1e-6);
+    assert!((first["score"].as_f64().unwrap() - sorted[0]).abs() < 1e-5);
+    let scores: Vec<f64> = regions
+        .iter()
+        .map(|g| g["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
 
     // GeoJSON as QuPath reads it.
     let g: serde_json::Value =
@@ -169,6 +201,7 @@ fn result_without_timings(dir: &Path) -> serde_json::Value {
     let mut r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
     r.as_object_mut().unwrap().remove("timings_s");
+    r.as_object_mut().unwrap().remove("analysed_at");
     r
 }
 
@@ -187,7 +220,11 @@ fn two_runs_write_identical_files() {
         a.path().join("CMU-1-Small-Region.svs"),
         b.path().join("CMU-1-Small-Region.svs"),
     );
-    for f in OUTPUTS.iter().filter(|f| **f != "result.json") {
+    // result.json and report.html carry the date and timings; everything else is identical.
+    for f in OUTPUTS
+        .iter()
+        .filter(|f| !["result.json", "report.html"].contains(*f))
+    {
         assert!(
             std::fs::read(da.join(f)).unwrap() == std::fs::read(db.join(f)).unwrap(),
             "{f} differs between runs"

@@ -3,6 +3,7 @@
 //! Real slides come from `../shared/testdata` (or `$TESSERA_TESTDATA`). Tests that need it, or
 //! need OpenSlide, print why they skip when it is absent, and fail when `CI=true`.
 
+mod browser;
 mod util;
 
 mod analyze;
@@ -10,5 +11,6 @@ mod cli;
 mod cohort;
 mod hostile;
 mod parity;
+mod report;
 mod slides;
 mod tissue;

@@ -97,6 +97,24 @@ pub struct AnalyzeArgs {
     /// Fingerprint whole files (default: size + first and last MiB).
     #[arg(long)]
     hash_full: bool,
+    /// Slide-level score of the positive class: `max`, or `mean-top-K` (mean of the K highest
+    /// patch probabilities).
+    #[arg(long, value_name = "METHOD", default_value = "mean-top-10")]
+    slide_score: tessera::stitch::ScoreMethod,
+    /// Top-scoring regions cropped into the report.
+    #[arg(long, value_name = "K", default_value_t = 6)]
+    top_regions: usize,
+    /// Side of each region crop, in pixels at the model's µm/px.
+    #[arg(long, value_name = "PIXELS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(16..=4096))]
+    region_pixels: u32,
+    /// Write the slide's label and macro images (they carry patient identifiers) and show them
+    /// in the report. Off by default.
+    #[arg(long)]
+    include_label: bool,
+    /// Also print each report to report.pdf with headless Chromium.
+    #[arg(long)]
+    pdf: bool,
     #[command(flatten)]
     slide: SlideArgs,
 }
@@ -119,8 +137,20 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         hash_full: args.hash_full,
         tissue_model: args.tissue_model.clone(),
         slide: args.slide.config(),
+        slide_score: args.slide_score,
+        top_regions: args.top_regions,
+        region_pixels: args.region_pixels,
+        include_label: args.include_label,
+        pdf: args.pdf,
         ..AnalyzeConfig::default()
     };
+    if args.pdf && tessera::report::pdf::find_chromium().is_none() {
+        eprintln!(
+            "error: {}",
+            tessera::report::pdf::missing(&args.out.join("report.html"))
+        );
+        return super::EXIT_USAGE;
+    }
     cfg.inference_threads = args
         .inference_threads
         .unwrap_or((cfg.inference_threads / cfg.workers.max(1)).max(1));
@@ -145,9 +175,9 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         } else if !quiet {
             let detail = match (s.patches, s.tissue_mm2) {
                 (Some(p), Some(t)) => format!(
-                    ": {p} patches, {t:.2} mm² tissue, mean {} {} -> {}",
+                    ": {p} patches, {t:.2} mm² tissue, {} score {} -> {}",
                     s.positive_class.as_deref().unwrap_or(""),
-                    s.positive_mean.map_or("n/a".into(), |m| format!("{m:.3}")),
+                    s.slide_score.map_or("n/a".into(), |m| format!("{m:.3}")),
                     s.output
                         .as_ref()
                         .map(|o| o.display().to_string())

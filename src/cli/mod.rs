@@ -6,6 +6,7 @@ mod bench;
 mod generate;
 mod info;
 mod region;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,7 +51,11 @@ enum Command {
     Region(region::RegionArgs),
     /// Write a synthetic pyramidal JPEG TIFF tiled from real tissue, for benchmarks.
     Generate(generate::GenerateArgs),
-    /// Merge the summaries of (sharded) runs into OUT/summary.csv and OUT/summary.json.
+    /// Rebuild report.html from a slide's output folder (or index.html from a cohort folder)
+    /// without rerunning the model.
+    #[command(after_help = EXIT_CODES)]
+    Report(report::ReportArgs),
+    /// Merge the summaries of (sharded) runs into OUT/summary.csv, OUT/summary.json and OUT/index.html.
     Summary {
         /// The output folder of the runs.
         out: PathBuf,
@@ -128,6 +133,7 @@ pub fn run() -> ExitCode {
         Command::Analyze(args) => analyze::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Region(args) => region::run(&args),
+        Command::Report(args) => report::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Summary { out } => match tessera::cohort::merge_summaries(&out) {
