@@ -2,10 +2,12 @@
 //!
 //! In: a slide, the patches of a [`crate::grid::PatchGrid`] (level-0 locations) with their
 //! [`ReadPlan`], and the model's preprocessing. Out: a [`PatchBatch`]: the patches' grid indices
-//! and one float32 tensor, NCHW or NHWC, ready for a model session. Each patch is read from the
-//! planned level and resized to the model's input with area averaging when shrinking (bilinear
-//! when enlarging), then scaled to [0, 1] and normalised per channel (WSInfer's `ToTensor` and
-//! `Normalize`). Patches are decoded in parallel on the caller's rayon pool.
+//! and their RGB8 pixels at the model's input size. Each patch is read from the planned level
+//! and resized to the model's input with area averaging when shrinking (bilinear when
+//! enlarging). The session turns a batch into one float32 tensor, NCHW or NHWC, scaled to
+//! [0, 1] and normalised per channel (WSInfer's `ToTensor` and `Normalize`) right before
+//! running it ([`PatchBatch::tensor`]), so batches waiting in the queue take a quarter of the
+//! memory. Patches are decoded in parallel on the caller's rayon pool.
 
 use image::RgbImage;
 use rayon::prelude::*;
@@ -63,12 +65,17 @@ impl Preprocess {
 
     /// Writes one RGB image (already at the input size) into `out` in the configured layout.
     pub fn pack(&self, img: &RgbImage, out: &mut [f32]) {
+        self.pack_pixels(img.as_raw(), out);
+    }
+
+    /// [`Preprocess::pack`] for raw RGB8 pixels (`h × w × 3`).
+    pub fn pack_pixels(&self, rgb: &[u8], out: &mut [f32]) {
         let (h, w) = (self.input.0 as usize, self.input.1 as usize);
         // torchvision's ToTensor divides by 255.
         let div = if self.to_unit { 255.0 } else { 1.0 };
-        for (i, p) in img.pixels().enumerate() {
-            for c in 0..3 {
-                let v = (p.0[c] as f32 / div - self.mean[c]) / self.std[c];
+        for (i, p) in rgb.chunks_exact(3).enumerate() {
+            for (c, &value) in p.iter().enumerate() {
+                let v = (value as f32 / div - self.mean[c]) / self.std[c];
                 let at = match self.layout {
                     Layout::Nchw => c * h * w + i,
                     Layout::Nhwc => i * 3 + c,
@@ -84,12 +91,10 @@ impl Preprocess {
 pub struct PatchBatch {
     /// Which patches, in order.
     pub indices: Vec<GridIndex>,
-    /// `indices.len() × patch_len` floats.
-    pub data: Vec<f32>,
-    /// Model input (height, width).
-    pub input: (u32, u32),
-    /// Layout of `data`.
-    pub layout: Layout,
+    /// RGB8 pixels, `indices.len() × height × width × 3`, patch after patch.
+    pub pixels: Vec<u8>,
+    /// How the pixels become the model's input tensor.
+    pub pre: Preprocess,
 }
 
 impl PatchBatch {
@@ -97,13 +102,24 @@ impl PatchBatch {
     pub fn shape(&self) -> [usize; 4] {
         let (n, h, w) = (
             self.indices.len(),
-            self.input.0 as usize,
-            self.input.1 as usize,
+            self.pre.input.0 as usize,
+            self.pre.input.1 as usize,
         );
-        match self.layout {
+        match self.pre.layout {
             Layout::Nchw => [n, 3, h, w],
             Layout::Nhwc => [n, h, w, 3],
         }
+    }
+
+    /// The model's input tensor (scaled, normalised, in the model's layout), in shape
+    /// [`PatchBatch::shape`].
+    pub fn tensor(&self) -> Vec<f32> {
+        let len = self.pre.patch_len();
+        let mut out = vec![0f32; self.indices.len() * len];
+        for (px, t) in self.pixels.chunks_exact(len).zip(out.chunks_exact_mut(len)) {
+            self.pre.pack_pixels(px, t);
+        }
+        out
     }
 }
 
@@ -114,22 +130,36 @@ pub fn make_batch(
     plan: ReadPlan,
     pre: &Preprocess,
 ) -> Result<PatchBatch> {
+    make_batch_in(slide, patches, plan, pre, Vec::new())
+}
+
+/// [`make_batch`] into a recycled buffer (the `pixels` of a batch already consumed), so that a
+/// long run reuses a few tensors instead of allocating one per batch: every value is
+/// overwritten, whatever the buffer held.
+pub fn make_batch_in(
+    slide: &Slide,
+    patches: &[Patch],
+    plan: ReadPlan,
+    pre: &Preprocess,
+    mut pixels: Vec<u8>,
+) -> Result<PatchBatch> {
     let len = pre.patch_len();
-    let mut data = vec![0f32; patches.len() * len];
-    data.par_chunks_mut(len)
+    pixels.clear();
+    pixels.resize(patches.len() * len, 0);
+    pixels
+        .par_chunks_mut(len)
         .zip(patches.par_iter())
         .try_for_each(|(out, patch)| -> Result<()> {
             let img =
                 slide.read_region(patch.location, plan.level, Size::new(plan.side, plan.side))?;
             let img = resize(&img, pre.input.1, pre.input.0);
-            pre.pack(&img, out);
+            out.copy_from_slice(img.as_raw());
             Ok(())
         })?;
     Ok(PatchBatch {
         indices: patches.iter().map(|p| p.index).collect(),
-        data,
-        input: pre.input,
-        layout: pre.layout,
+        pixels,
+        pre: pre.clone(),
     })
 }
 

@@ -39,6 +39,7 @@ pub mod report;
 pub mod slide;
 pub mod stitch;
 pub mod synthetic;
+mod sys;
 pub mod tissue;
 
 pub use config::{BackendChoice, Limits, SlideConfig};

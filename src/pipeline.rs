@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::batch::{make_batch, Preprocess};
+use crate::batch::{make_batch_in, Preprocess};
 use crate::config::SlideConfig;
 use crate::error::{Error, Result};
 use crate::grid::{read_plan, GridSpec, PatchGrid};
@@ -110,7 +110,12 @@ impl Default for AnalyzeConfig {
             geojson_gzip_bytes: 32 << 20,
             tissue: TissueParams::default(),
             tissue_model: None,
-            slide: SlideConfig::default(),
+            // Reads walk the slide in narrow strips (see `read_order`): a small tile cache
+            // decodes each tile about once.
+            slide: SlideConfig {
+                cache_bytes: 32 << 20,
+                ..SlideConfig::default()
+            },
             slide_score: ScoreMethod::default(),
             top_regions: 6,
             region_pixels: 512,
@@ -321,6 +326,9 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
             (mask, format!("ONNX segmentation model {}", onnx.display()))
         }
     };
+    // The mask-scale thumbnail is large on a large slide (117 MiB of RGB for 100,000² at
+    // 8 µm/px): release it before inference starts.
+    drop(mask_thumb);
     // A display thumbnail, 1024 pixels on its longest side (or the slide, if smaller).
     let dims = slide.dimensions();
     let disp_ds = (dims.width.max(dims.height) as f64 / 1024.0).max(1.0);
@@ -337,6 +345,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         ));
     }
     timings.insert("tissue_s", t.elapsed().as_secs_f64());
+    crate::sys::release_free_memory();
 
     // Grid.
     let c = &folder.config;
@@ -347,6 +356,13 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         min_tissue: cfg.min_tissue,
     };
     let grid = PatchGrid::plan(slide.dimensions(), mpp_mean, &spec, &mask);
+    // After planning, only the mask's PNG and figures are needed: keep those, not the pixels
+    // (39 MiB on a 100,000² slide), so memory during inference does not grow with the slide.
+    let mask_png = output::encode_gray_png(&mask.to_image())?;
+    let (mask_fraction, mask_downsample, mask_threshold) =
+        (mask.fraction(), mask.downsample, mask.threshold);
+    drop(mask);
+    crate::sys::release_free_memory();
     let side_l0 = grid
         .patches
         .first()
@@ -373,7 +389,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         &tmp_dir,
         mpp_mean,
         (&thumb, disp_ds),
-        &mask,
+        &mask_png,
         &grid,
         &predictions,
         &folder,
@@ -451,8 +467,8 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
             "tissue": {
                 "method": tissue_method,
                 "mask_um_px": cfg.tissue.mask_um_px,
-                "mask_downsample": mask.downsample,
-                "otsu_threshold": mask.threshold,
+                "mask_downsample": mask_downsample,
+                "otsu_threshold": mask_threshold,
                 "median": cfg.tissue.median,
                 "closing": cfg.tissue.closing,
                 "min_object_mm2": cfg.tissue.min_object_mm2,
@@ -460,7 +476,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
             },
         },
         "tissue_area_mm2": tissue_mm2,
-        "tissue_fraction": mask.fraction(),
+        "tissue_fraction": mask_fraction,
         "patches_analysed": analysed,
         "patches_skipped": grid.skipped,
         "classes": class_stats,
@@ -532,6 +548,10 @@ fn run_inference(
     let batch_size = cfg.batch_size.max(1);
     let (tx, rx) = mpsc::sync_channel::<crate::batch::PatchBatch>(cfg.queue_depth.max(1));
     let rx = Arc::new(Mutex::new(rx));
+    // Consumed batch buffers go back to the producer: a run allocates about queue depth +
+    // workers + 1 of them in all, not one per batch.
+    let (recycle_tx, recycle_rx) =
+        mpsc::sync_channel::<Vec<u8>>(cfg.queue_depth.max(1) + cfg.workers.max(1) + 1);
     let predictions = Mutex::new(Predictions::new());
     let mut sessions = Vec::new();
     for _ in 0..cfg.workers.max(1) {
@@ -548,8 +568,13 @@ fn run_inference(
     std::thread::scope(|s| -> Result<()> {
         let decode_pool = &decode_pool;
         let producer = s.spawn(move || -> Result<()> {
-            for chunk in grid.patches.chunks(batch_size) {
-                let batch = decode_pool.install(|| make_batch(slide, chunk, plan, pre))?;
+            for chunk in read_order(grid, plan).chunks(batch_size) {
+                let chunk: Vec<crate::grid::Patch> =
+                    chunk.iter().map(|&i| grid.patches[i].clone()).collect();
+                let chunk = chunk.as_slice();
+                let buffer = recycle_rx.try_recv().unwrap_or_default();
+                let batch =
+                    decode_pool.install(|| make_batch_in(slide, chunk, plan, pre, buffer))?;
                 if tx.send(batch).is_err() {
                     break; // workers stopped after an error
                 }
@@ -559,16 +584,21 @@ fn run_inference(
         let mut workers = Vec::new();
         for mut session in sessions {
             let rx = rx.clone();
+            let recycle = recycle_tx.clone();
             let predictions = &predictions;
             workers.push(s.spawn(move || -> Result<()> {
                 loop {
                     let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok(batch) = next else { return Ok(()) };
                     let rows = session.run(&batch)?;
-                    let mut p = predictions.lock().unwrap_or_else(|e| e.into_inner());
-                    for (idx, raw) in batch.indices.iter().zip(rows) {
-                        p.insert(*idx, model::to_probabilities(config, raw));
+                    {
+                        let mut p = predictions.lock().unwrap_or_else(|e| e.into_inner());
+                        for (idx, raw) in batch.indices.iter().zip(rows) {
+                            p.insert(*idx, model::to_probabilities(config, raw));
+                        }
                     }
+                    // A full recycling queue just drops the buffer.
+                    let _ = recycle.try_send(batch.pixels);
                 }
             }));
         }
@@ -608,19 +638,39 @@ fn run_inference(
     Ok(predictions.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
+/// The patches in the order they are read: vertical strips about 2048 read-level pixels wide,
+/// each top to bottom. Consecutive patches then share tiles, and the tiles a strip needs at any
+/// moment (two tile rows of one strip) fit a small cache, so each tile is decoded about once
+/// without holding whole rows of a wide slide. Results are keyed by grid index, so the order
+/// changes no output.
+fn read_order(grid: &PatchGrid, plan: crate::grid::ReadPlan) -> Vec<usize> {
+    let per_strip = (2048 / plan.side.max(1)).max(1) as u32;
+    let mut order: Vec<usize> = (0..grid.patches.len()).collect();
+    order.sort_by_key(|&i| {
+        let p = &grid.patches[i].index;
+        (p.col / per_strip, p.row, p.col)
+    });
+    order
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_outputs(
     dir: &Path,
     mpp: f64,
     (thumb, thumb_ds): (&image::RgbImage, f64),
-    mask: &tissue::TissueMask,
+    mask_png: &[u8],
     grid: &PatchGrid,
     predictions: &Predictions,
     folder: &ModelFolder,
     cfg: &AnalyzeConfig,
 ) -> Result<(Vec<serde_json::Value>, usize)> {
     let c = &folder.config;
-    mask.write_png(&dir.join("tissue-mask.png"))?;
+    let mask_path = dir.join("tissue-mask.png");
+    output::write_atomic(&mask_path, |w| {
+        use std::io::Write;
+        w.write_all(mask_png)
+            .map_err(|e| Error::from_io(&mask_path, e))
+    })?;
     output::write_png(&dir.join("thumbnail.png"), thumb)?;
 
     // patches.csv: WSInfer's columns plus ours, in grid order.

@@ -136,7 +136,7 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         workers: args.workers,
         hash_full: args.hash_full,
         tissue_model: args.tissue_model.clone(),
-        slide: args.slide.config(),
+        slide: args.slide.config_with_cache(32),
         slide_score: args.slide_score,
         top_regions: args.top_regions,
         region_pixels: args.region_pixels,

@@ -94,13 +94,19 @@ struct SlideArgs {
     /// Convert pixels from the slide's ICC profile to sRGB (off by default, as OpenSlide).
     #[arg(long)]
     icc: bool,
-    /// Decoded-tile cache of the native reader, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
-    cache_mib: u64,
+    /// Decoded-tile cache of the native reader, in MiB (default: 32 for analyze, whose reads
+    /// walk the slide in narrow strips, 256 otherwise).
+    #[arg(long, value_name = "MIB")]
+    cache_mib: Option<u64>,
 }
 
 impl SlideArgs {
     fn config(&self) -> SlideConfig {
+        self.config_with_cache(256)
+    }
+
+    /// The configuration, with `default_mib` of tile cache unless `--cache-mib` says otherwise.
+    fn config_with_cache(&self, default_mib: u64) -> SlideConfig {
         SlideConfig {
             backend: match self.backend {
                 BackendArg::Auto => BackendChoice::Auto,
@@ -114,7 +120,10 @@ impl SlideArgs {
                 max_level0_height: self.max_slide_dimension,
                 ..Limits::default()
             },
-            cache_bytes: self.cache_mib.saturating_mul(1024 * 1024),
+            cache_bytes: self
+                .cache_mib
+                .unwrap_or(default_mib)
+                .saturating_mul(1024 * 1024),
             apply_icc: self.icc,
         }
     }

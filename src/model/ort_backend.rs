@@ -191,18 +191,18 @@ impl Session for OrtSessionBox {
         let Some(fixed) = self.fixed_batch else {
             return self.run_exact(batch);
         };
-        // A graph with a fixed batch size: run chunks of that size, zero-padding the last.
-        let per = batch.data.len() / batch.indices.len().max(1);
+        // A graph with a fixed batch size: run chunks of that size, padding the last with
+        // black patches whose rows are dropped.
+        let per = batch.pre.patch_len();
         let mut rows = Vec::with_capacity(batch.indices.len());
         for (k, idx) in batch.indices.chunks(fixed).enumerate() {
             let start = k * fixed * per;
-            let mut data = batch.data[start..start + idx.len() * per].to_vec();
-            data.resize(fixed * per, 0.0);
+            let mut pixels = batch.pixels[start..start + idx.len() * per].to_vec();
+            pixels.resize(fixed * per, 0);
             let padded = PatchBatch {
                 indices: (0..fixed).map(|i| idx[i.min(idx.len() - 1)]).collect(),
-                data,
-                input: batch.input,
-                layout: batch.layout,
+                pixels,
+                pre: batch.pre.clone(),
             };
             rows.extend(self.run_exact(&padded)?.into_iter().take(idx.len()));
         }
@@ -218,8 +218,8 @@ impl OrtSessionBox {
             message,
         };
         let n = batch.indices.len();
-        let tensor = Tensor::from_array((batch.shape(), batch.data.clone()))
-            .map_err(|e| fail(e.to_string()))?;
+        let tensor =
+            Tensor::from_array((batch.shape(), batch.tensor())).map_err(|e| fail(e.to_string()))?;
         let session = self.session.get_mut().unwrap_or_else(|e| e.into_inner());
         let outputs = session
             .run(ort::inputs![self.input.as_str() => tensor])

@@ -121,8 +121,9 @@ impl Session for TractSession {
             message,
         };
         let n = batch.indices.len();
-        let x =
-            Tensor::from_shape(&batch.shape(), &batch.data).map_err(|e| fail(format!("{e:#}")))?;
+        let x = tract_ndarray::Array4::from_shape_vec(batch.shape(), batch.tensor())
+            .map_err(|e| fail(e.to_string()))?
+            .into_tensor();
         let out = self
             .plan
             .run(tvec!(x.into()))

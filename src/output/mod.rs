@@ -77,6 +77,24 @@ pub fn write_gray_png(path: &Path, image: &image::GrayImage) -> Result<()> {
     )
 }
 
+/// A greyscale image encoded as PNG bytes (to hold a large image compactly until written).
+pub fn encode_gray_png(image: &image::GrayImage) -> Result<Vec<u8>> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::L8,
+        )
+        .map_err(|e| Error::Encode {
+            path: "tissue-mask.png".into(),
+            message: e.to_string(),
+        })?;
+    Ok(out)
+}
+
 fn write_png_raw(
     path: &Path,
     raw: &[u8],
