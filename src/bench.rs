@@ -1,4 +1,6 @@
-//! `tessera bench read`: the native reader against OpenSlide on the same regions, in one run.
+//! `tessera bench read`: the native reader against OpenSlide on the same regions, in one run;
+//! `tessera bench inference`: the model alone on pre-decoded batches (the ceiling `analyze`
+//! is measured against).
 //!
 //! In: a slide, a region count, size and seed. Out: regions per second for each backend at one
 //! thread and at all threads (median of several cold-cache runs) and the native/OpenSlide
@@ -147,4 +149,117 @@ pub fn bench_read(
         }
     }
     Ok(rows)
+}
+
+/// What `bench inference` measures: the model alone, on batches decoded beforehand.
+#[derive(Debug, Clone)]
+pub struct InferenceBench {
+    /// Model folder (`None`: the default model).
+    pub model: Option<std::path::PathBuf>,
+    /// Inference runtime.
+    pub inference: crate::model::InferenceChoice,
+    /// Patches per batch.
+    pub batch_size: usize,
+    /// Threads of the inference session.
+    pub threads: usize,
+    /// Batches decoded and held in memory (tissue patches spread over the slide).
+    pub batches: usize,
+    /// Passes over the batches; the median is reported.
+    pub repeats: usize,
+    /// µm/px of level 0 when the file lacks it.
+    pub mpp: Option<f64>,
+}
+
+/// The model's own throughput.
+#[derive(Debug, Clone)]
+pub struct InferenceBenchResult {
+    /// The runtime's line (name, version, library).
+    pub backend: String,
+    /// Patches per pass.
+    pub patches: usize,
+    /// Patches per second of each pass.
+    pub runs: Vec<f64>,
+    /// Median of `runs`.
+    pub patches_per_s: f64,
+}
+
+/// Pure inference throughput on pre-decoded batches of real tissue patches of `slide`, with
+/// the same model, batch size and session threads as `analyze` would use. Dividing `analyze`'s
+/// patches/s by this gives the engine's overhead (1.0: the model is the only cost).
+pub fn bench_inference(
+    slide_path: &Path,
+    spec: &InferenceBench,
+    config: &SlideConfig,
+) -> Result<InferenceBenchResult> {
+    use crate::batch::{make_batch, Preprocess};
+    use crate::grid::{read_plan, GridSpec, PatchGrid};
+    use crate::model::{self, ModelFolder};
+
+    let slide = Slide::open_with(slide_path, config)?;
+    let mpp = match (spec.mpp, slide.mpp()) {
+        (Some(v), _) => v,
+        (None, Some(m)) => (m.x + m.y) / 2.0,
+        (None, None) => {
+            return Err(Error::MissingMpp {
+                path: slide_path.into(),
+            })
+        }
+    };
+    let dir = spec
+        .model
+        .clone()
+        .unwrap_or_else(crate::pipeline::default_model_dir);
+    let folder = ModelFolder::load(&dir)?;
+    let chosen = model::choose(spec.inference)?;
+    let loaded = chosen.backend.load(&folder, spec.threads.max(1))?;
+    let c = &folder.config;
+    let params = crate::tissue::TissueParams::default();
+    let (ds, size) = crate::tissue::mask_geometry(slide.dimensions(), Some(mpp), &params);
+    let thumb = crate::tissue::thumbnail(&slide, ds, size)?;
+    let mask = crate::tissue::mask_from_thumbnail(&thumb, ds, Some(mpp), &params);
+    let grid_spec = GridSpec {
+        patch_pixels: c.patch_size_pixels,
+        spacing_um_px: c.spacing_um_px,
+        stride_pixels: c.patch_size_pixels,
+        min_tissue: 0.5,
+    };
+    let grid = PatchGrid::plan(slide.dimensions(), mpp, &grid_spec, &mask);
+    let wanted = spec.batches.max(1) * spec.batch_size.max(1);
+    if grid.patches.is_empty() {
+        return Err(Error::Inference {
+            path: slide_path.into(),
+            backend: "bench".into(),
+            message: "no tissue patch to benchmark with".into(),
+        });
+    }
+    // Patches spread evenly over the grid (repeating when the slide has fewer).
+    let step = (grid.patches.len() as f64 / wanted as f64).max(f64::MIN_POSITIVE);
+    let picked: Vec<_> = (0..wanted)
+        .map(|i| grid.patches[((i as f64 * step) as usize) % grid.patches.len()].clone())
+        .collect();
+    let side_l0 = picked[0].side;
+    let plan = read_plan(slide.levels(), mpp, &grid_spec, side_l0);
+    let pre = Preprocess::from_config(c);
+    let batches: Vec<_> = picked
+        .chunks(spec.batch_size.max(1))
+        .map(|chunk| make_batch(&slide, chunk, plan, &pre))
+        .collect::<Result<_>>()?;
+    let mut session = loaded.session()?;
+    session.run(&batches[0])?; // warm-up
+    let mut runs = Vec::new();
+    for _ in 0..spec.repeats.max(1) {
+        let t = Instant::now();
+        for b in &batches {
+            std::hint::black_box(session.run(b)?);
+        }
+        runs.push(wanted as f64 / t.elapsed().as_secs_f64());
+    }
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(InferenceBenchResult {
+        backend: chosen.note,
+        patches: wanted,
+        patches_per_s: sorted[sorted.len() / 2],
+        runs,
+    })
 }

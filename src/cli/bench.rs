@@ -17,6 +17,82 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Regions/s of 256 × 256 level-0 reads, native vs OpenSlide, 1 thread and all threads.
     Read(ReadArgs),
+    /// Patches/s of the model alone on batches of the slide's tissue decoded beforehand.
+    Inference(InferenceArgs),
+}
+
+#[derive(Debug, Args)]
+struct InferenceArgs {
+    /// The slide whose tissue patches feed the model.
+    #[arg(value_name = "SLIDE")]
+    slide_path: PathBuf,
+    /// Model folder (default: models/he-cellularity).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Inference runtime: auto, ort or tract.
+    #[arg(long, default_value = "auto")]
+    inference: String,
+    /// Patches per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Threads of the inference session (default: all cores, as analyze).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Batches held in memory.
+    #[arg(long, default_value_t = 16)]
+    batches: usize,
+    /// Passes over the batches (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// µm/px of level 0 when the file lacks it.
+    #[arg(long)]
+    mpp: Option<f64>,
+    #[command(flatten)]
+    slide: SlideArgs,
+}
+
+fn run_inference(a: &InferenceArgs) -> u8 {
+    use tessera::model::InferenceChoice;
+    let inference = match a.inference.as_str() {
+        "auto" => InferenceChoice::Auto,
+        "ort" => InferenceChoice::Ort,
+        "tract" => InferenceChoice::Tract,
+        other => {
+            eprintln!("error: --inference must be auto, ort or tract, not {other}");
+            return super::EXIT_USAGE;
+        }
+    };
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spec = tessera::bench::InferenceBench {
+        model: a.model.clone(),
+        inference,
+        batch_size: a.batch_size,
+        threads: a.threads.unwrap_or(all),
+        batches: a.batches,
+        repeats: a.repeats,
+        mpp: a.mpp,
+    };
+    match tessera::bench::bench_inference(&a.slide_path, &spec, &a.slide.config()) {
+        Ok(r) => {
+            let runs: Vec<String> = r.runs.iter().map(|v| format!("{v:.1}")).collect();
+            println!(
+                "pure inference: {:.1} patches/s (median of {} passes over {} pre-decoded \
+                 patches; batch {}, {} threads; runs {}) — {}",
+                r.patches_per_s,
+                r.runs.len(),
+                r.patches,
+                spec.batch_size,
+                spec.threads,
+                runs.join(" "),
+                r.backend
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_ALL_FAILED
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +126,10 @@ struct ReadArgs {
 }
 
 pub fn run(args: &BenchArgs) -> u8 {
-    let BenchWhat::Read(a) = &args.what;
+    let a = match &args.what {
+        BenchWhat::Read(a) => a,
+        BenchWhat::Inference(a) => return run_inference(a),
+    };
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = if a.threads.is_empty() {
         if all > 1 {
