@@ -280,6 +280,12 @@ pub fn run(
     let total = pairs.len();
     let mut statuses = Vec::with_capacity(total);
     for (k, (path, name)) in pairs.into_iter().enumerate() {
+        cfg.progress
+            .emit(crate::pipeline::ProgressEvent::SlideStarted {
+                index: k + 1,
+                total,
+                name: name.clone(),
+            });
         let mut s = SlideStatus {
             path: path.clone(),
             name: name.clone(),

@@ -36,6 +36,61 @@ use crate::tissue::{self, TissueParams};
 /// Version of result.json's layout.
 pub const RESULT_SCHEMA_VERSION: u32 = 1;
 
+/// What a run reports while it works (for progress bars and logs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProgressEvent {
+    /// A cohort run starts slide `index` (1-based) of `total`.
+    SlideStarted {
+        /// 1-based position in the run.
+        index: usize,
+        /// Slides in the run (this shard).
+        total: usize,
+        /// The slide's output name.
+        name: String,
+    },
+    /// Inference on a slide starts: `total` patches to analyse.
+    PatchesPlanned {
+        /// Patches in the grid.
+        total: usize,
+    },
+    /// `done` of the slide's patches have been analysed.
+    PatchesDone {
+        /// Patches analysed so far.
+        done: usize,
+    },
+}
+
+/// The callback type behind [`Progress`].
+pub type ProgressFn = dyn Fn(&ProgressEvent) + Send + Sync;
+
+/// A progress callback; called from worker threads, so it must be cheap.
+#[derive(Clone, Default)]
+pub struct Progress(Option<Arc<ProgressFn>>);
+
+impl Progress {
+    /// A callback receiving every event.
+    pub fn new(f: impl Fn(&ProgressEvent) + Send + Sync + 'static) -> Self {
+        Progress(Some(Arc::new(f)))
+    }
+
+    /// Sends `event` to the callback, if there is one.
+    pub fn emit(&self, event: ProgressEvent) {
+        if let Some(f) = &self.0 {
+            f(&event);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress(callback)"
+        } else {
+            "Progress(none)"
+        })
+    }
+}
+
 /// Everything `analyze` needs besides the slide.
 #[derive(Debug, Clone)]
 pub struct AnalyzeConfig {
@@ -88,6 +143,8 @@ pub struct AnalyzeConfig {
     pub include_label: bool,
     /// Also print the report to report.pdf with headless Chromium.
     pub pdf: bool,
+    /// Progress callback (none by default).
+    pub progress: Progress,
 }
 
 impl Default for AnalyzeConfig {
@@ -121,6 +178,7 @@ impl Default for AnalyzeConfig {
             region_pixels: 512,
             include_label: false,
             pdf: false,
+            progress: Progress::default(),
         }
     }
 }
@@ -553,6 +611,9 @@ fn run_inference(
     let (recycle_tx, recycle_rx) =
         mpsc::sync_channel::<Vec<u8>>(cfg.queue_depth.max(1) + cfg.workers.max(1) + 1);
     let predictions = Mutex::new(Predictions::new());
+    cfg.progress.emit(ProgressEvent::PatchesPlanned {
+        total: grid.patches.len(),
+    });
     let mut sessions = Vec::new();
     for _ in 0..cfg.workers.max(1) {
         sessions.push(model.session()?);
@@ -596,6 +657,9 @@ fn run_inference(
                         for (idx, raw) in batch.indices.iter().zip(rows) {
                             p.insert(*idx, model::to_probabilities(config, raw));
                         }
+                        // Under the lock, so counts arrive in order.
+                        cfg.progress
+                            .emit(ProgressEvent::PatchesDone { done: p.len() });
                     }
                     // A full recycling queue just drops the buffer.
                     let _ = recycle.try_send(batch.pixels);

@@ -524,3 +524,34 @@ fn large_geojson_is_written_gzip_compressed() {
         assert_eq!(v["type"], "FeatureCollection");
     }
 }
+
+#[test]
+fn progress_events_count_every_patch_once() {
+    use std::sync::{Arc, Mutex};
+    use tessera::pipeline::{Progress, ProgressEvent};
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let mut cfg = config(tmp.path(), InferenceChoice::Tract);
+    cfg.batch_size = 8;
+    cfg.workers = 2;
+    cfg.progress = Progress::new(move |e| sink.lock().unwrap().push(e.clone()));
+    let s = analyze(&svs, &cfg).unwrap();
+    let events = events.lock().unwrap();
+    assert_eq!(
+        events[0],
+        ProgressEvent::PatchesPlanned { total: s.patches }
+    );
+    let done: Vec<usize> = events[1..]
+        .iter()
+        .map(|e| match e {
+            ProgressEvent::PatchesDone { done } => *done,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    // One event per batch of 8, counts rising to the total.
+    assert_eq!(done.len(), s.patches.div_ceil(8));
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "{done:?}");
+    assert_eq!(done.last(), Some(&s.patches));
+}

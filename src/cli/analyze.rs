@@ -163,7 +163,69 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         stale_after: std::time::Duration::from_secs_f64(args.lock_stale_hours.max(0.0) * 3600.0),
     };
     let (quiet, format) = (args.quiet, args.log_format);
+    // On a terminal: a bar for the cohort (slides, ETA) and one for the current slide
+    // (patches, patches/s); in a pipe or a log, plain lines only.
+    use std::io::IsTerminal;
+    let bars = !quiet && matches!(format, LogFormat::Text) && std::io::stderr().is_terminal();
+    let multi = indicatif::MultiProgress::new();
+    let (cohort_bar, slide_bar) = if bars {
+        let c = multi.add(indicatif::ProgressBar::new(0));
+        c.set_style(
+            indicatif::ProgressStyle::with_template(
+                "slides  [{bar:30.cyan/blue}] {pos}/{len}  elapsed {elapsed}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        let p = multi.add(indicatif::ProgressBar::new(0));
+        p.set_style(
+            indicatif::ProgressStyle::with_template(
+                "patches [{bar:30.green/white}] {pos}/{len}  {rate}  {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} patches/s", st.per_sec());
+                },
+            )
+            .progress_chars("=> "),
+        );
+        let (c2, p2) = (c.clone(), p.clone());
+        cfg.progress = tessera::pipeline::Progress::new(move |e| {
+            use tessera::pipeline::ProgressEvent as E;
+            match e {
+                E::SlideStarted { index, total, name } => {
+                    c2.set_length(*total as u64);
+                    c2.set_position(*index as u64 - 1);
+                    p2.reset();
+                    p2.set_length(0);
+                    p2.set_message(name.clone());
+                }
+                E::PatchesPlanned { total } => {
+                    p2.reset();
+                    p2.set_length(*total as u64);
+                }
+                E::PatchesDone { done } => p2.set_position(*done as u64),
+            }
+        });
+        (Some(c), Some(p))
+    } else {
+        (None, None)
+    };
+    let say = |line: String, err: bool| {
+        if bars {
+            let _ = multi.println(line);
+        } else if err {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let report = |s: &SlideStatus, k: usize, total: usize| {
+        if let Some(c) = &cohort_bar {
+            c.set_position(k as u64);
+        }
         if matches!(format, LogFormat::Json) {
             if let Ok(line) = serde_json::to_string(s) {
                 println!("{line}");
@@ -171,7 +233,10 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
             return;
         }
         if s.status == "failed" {
-            eprintln!("[{k}/{total}] failed {}: {}", s.path.display(), s.reason);
+            say(
+                format!("[{k}/{total}] failed {}: {}", s.path.display(), s.reason),
+                true,
+            );
         } else if !quiet {
             let detail = match (s.patches, s.tissue_mm2) {
                 (Some(p), Some(t)) => format!(
@@ -185,10 +250,17 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
                 ),
                 _ => format!(" ({})", s.reason),
             };
-            println!("[{k}/{total}] {} {}{detail}", s.status, s.path.display());
+            say(
+                format!("[{k}/{total}] {} {}{detail}", s.status, s.path.display()),
+                false,
+            );
         }
     };
-    match cohort::run(&args.slides, &cfg, &opts, report) {
+    let outcome = cohort::run(&args.slides, &cfg, &opts, report);
+    for bar in [&cohort_bar, &slide_bar].into_iter().flatten() {
+        bar.finish_and_clear();
+    }
+    match outcome {
         Ok(statuses) if statuses.is_empty() => {
             eprintln!("error: no slides found in the paths given");
             super::EXIT_ALL_FAILED

@@ -196,7 +196,8 @@ impl Folder {
         let class_names: Vec<String> = result["model"]["config"]["class_names"]
             .as_array()
             .map(|a| a.iter().map(text).collect())
-            .ok_or_else(|| report_err(&rpath, "model.config.class_names missing"))?;
+            .filter(|names: &Vec<String>| !names.is_empty())
+            .ok_or_else(|| report_err(&rpath, "model.config.class_names missing or empty"))?;
         let cpath = dir.join("patches.csv");
         let csv =
             String::from_utf8(read(&cpath)?).map_err(|_| report_err(&cpath, "not UTF-8 text"))?;
