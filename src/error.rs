@@ -281,6 +281,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The watch service's queue or lock.
+    #[error("{}: {message}", path.display())]
+    Queue {
+        /// The queue database or lock file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
     /// An external program the user asked for (Chromium for `--pdf`) is absent or failed.
     #[error("{}: {tool}: {message}", path.display())]
     External {
@@ -331,6 +340,7 @@ impl Error {
             Error::Encode { .. } => "encode",
             Error::Report { .. } => "report",
             Error::External { .. } => "external",
+            Error::Queue { .. } => "queue",
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod stitch;
 pub mod synthetic;
 mod sys;
 pub mod tissue;
+pub mod watch;
 
 pub use config::{BackendChoice, Limits, SlideConfig};
 pub use error::{Error, Result};

@@ -14,3 +14,4 @@ mod parity;
 mod report;
 mod slides;
 mod tissue;
+mod watch;

@@ -7,6 +7,7 @@ mod generate;
 mod info;
 mod region;
 mod report;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,11 @@ enum Command {
     /// without rerunning the model.
     #[command(after_help = EXIT_CODES)]
     Report(report::ReportArgs),
+    /// Watch an inbox and analyse every slide once it is completely written, exactly once,
+    /// through crashes and restarts (queue in OUT/.watch/).
+    Watch(watch::WatchArgs),
+    /// Inspect or repair the watch service's queue.
+    Queue(watch::QueueArgs),
     /// Merge the summaries of (sharded) runs into OUT/summary.csv, OUT/summary.json and OUT/index.html.
     Summary {
         /// The output folder of the runs.
@@ -143,6 +149,8 @@ pub fn run() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Region(args) => region::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Watch(args) => watch::run(&args),
+        Command::Queue(args) => watch::run_queue(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Summary { out } => match tessera::cohort::merge_summaries(&out) {

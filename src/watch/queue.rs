@@ -1,0 +1,365 @@
+//! The watch service's durable queue: an SQLite database in the results folder.
+//!
+//! In: observations of slide files (path, size, modification time) and analysis outcomes. Out:
+//! each slide version's state — `stable` (settled, waiting), `running`, `done`, `failed`
+//! (waiting for a retry), `quarantined` — with its fingerprint, attempts, times and last
+//! error. Every change is one transaction, so a process killed at any moment leaves the queue
+//! consistent; [`Queue::recover`] turns the `running` rows of a dead process back into work.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+
+/// One slide version in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Row id (`tessera queue retry ID`).
+    pub id: i64,
+    /// The slide in the inbox.
+    pub path: PathBuf,
+    /// Its content fingerprint (a changed file is a new version, a new row).
+    pub fingerprint: String,
+    /// stable, running, done, failed or quarantined.
+    pub state: String,
+    /// Analysis attempts so far.
+    pub attempts: u32,
+    /// The last error, if any.
+    pub last_error: String,
+    /// The output folder name under the results folder.
+    pub output: String,
+    /// Seconds since the epoch of the last change.
+    pub updated: f64,
+}
+
+/// The queue database.
+pub struct Queue {
+    db: Connection,
+    path: PathBuf,
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Queue {
+    /// Opens (creating if needed) `DIR/queue.sqlite`.
+    pub fn open(dir: &Path) -> Result<Queue> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::from_io(dir, e))?;
+        let path = dir.join("queue.sqlite");
+        let db = Connection::open(&path).map_err(|e| qerr(&path, e))?;
+        db.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| qerr(&path, e))?;
+        db.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS observed(
+                 path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                 since REAL NOT NULL);
+             CREATE TABLE IF NOT EXISTS slides(
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 path TEXT NOT NULL, fingerprint TEXT NOT NULL, state TEXT NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0,
+                 last_error TEXT NOT NULL DEFAULT '', output TEXT NOT NULL,
+                 discovered REAL NOT NULL, updated REAL NOT NULL,
+                 UNIQUE(path, fingerprint));",
+        )
+        .map_err(|e| qerr(&path, e))?;
+        Ok(Queue { db, path })
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        qerr(&self.path, e)
+    }
+
+    /// Records a file's size and modification time; returns how long (seconds) they have been
+    /// unchanged.
+    pub fn observe(&self, path: &Path, size: u64, mtime_ns: i64) -> Result<f64> {
+        let p = path.to_string_lossy();
+        let t = now();
+        let old: Option<(i64, i64, f64)> = self
+            .db
+            .query_row(
+                "SELECT size, mtime_ns, since FROM observed WHERE path = ?1",
+                params![p],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match old {
+            Some((s, m, since)) if s == size as i64 && m == mtime_ns => Ok(t - since),
+            _ => {
+                self.db
+                    .execute(
+                        "INSERT INTO observed(path, size, mtime_ns, since) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(path) DO UPDATE SET size = ?2, mtime_ns = ?3, since = ?4",
+                        params![p, size as i64, mtime_ns, t],
+                    )
+                    .map_err(|e| self.err(e))?;
+                Ok(0.0)
+            }
+        }
+    }
+
+    /// Adds a settled slide version unless it is known; returns true when it was new.
+    pub fn add(&self, path: &Path, fingerprint: &str, output: &str) -> Result<bool> {
+        let t = now();
+        let n = self
+            .db
+            .execute(
+                "INSERT OR IGNORE INTO slides(path, fingerprint, state, output, discovered, updated)
+                 VALUES (?1, ?2, 'stable', ?3, ?4, ?4)",
+                params![path.to_string_lossy(), fingerprint, output, t],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// Is this version of `path` already queued (in any state)?
+    pub fn known(&self, path: &Path, fingerprint: &str) -> Result<bool> {
+        self.db
+            .query_row(
+                "SELECT 1 FROM slides WHERE path = ?1 AND fingerprint = ?2",
+                params![path.to_string_lossy(), fingerprint],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Claims the oldest slide that is ready (stable, or failed and due for a retry): marks it
+    /// running and counts the attempt, in one transaction.
+    pub fn claim(&mut self) -> Result<Option<Entry>> {
+        let t = now();
+        let tx = self.db.transaction().map_err(|e| qerr(&self.path, e))?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM slides WHERE state = 'stable' OR (state = 'failed' AND next_try <= ?1)
+                 ORDER BY id LIMIT 1",
+                params![t],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| qerr(&self.path, e))?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE slides SET state = 'running', attempts = attempts + 1, updated = ?2 WHERE id = ?1",
+            params![id, t],
+        )
+        .map_err(|e| qerr(&self.path, e))?;
+        tx.commit().map_err(|e| qerr(&self.path, e))?;
+        self.get(id)
+    }
+
+    /// One row.
+    pub fn get(&self, id: i64) -> Result<Option<Entry>> {
+        self.db
+            .query_row(
+                "SELECT id, path, fingerprint, state, attempts, last_error, output, updated
+                 FROM slides WHERE id = ?1",
+                params![id],
+                row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every row, oldest first.
+    pub fn list(&self) -> Result<Vec<Entry>> {
+        let mut st = self
+            .db
+            .prepare(
+                "SELECT id, path, fingerprint, state, attempts, last_error, output, updated
+                 FROM slides ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], row)
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Marks a slide done.
+    pub fn done(&self, id: i64) -> Result<()> {
+        self.set(id, "done", "", 0.0)
+    }
+
+    /// Records a failure: a retry after `backoff`, or quarantine after `max_attempts`.
+    pub fn failed(&self, id: i64, error: &str, max_attempts: u32, backoff_s: f64) -> Result<()> {
+        let attempts = self.get(id)?.map_or(0, |e| e.attempts);
+        if attempts >= max_attempts {
+            self.set(id, "quarantined", error, 0.0)
+        } else {
+            let wait = backoff_s * 2f64.powi(attempts.saturating_sub(1) as i32);
+            self.set(id, "failed", error, now() + wait)
+        }
+    }
+
+    fn set(&self, id: i64, state: &str, error: &str, next_try: f64) -> Result<()> {
+        self.db
+            .execute(
+                "UPDATE slides SET state = ?2, last_error = ?3, next_try = ?4, updated = ?5
+                 WHERE id = ?1",
+                params![id, state, error, next_try, now()],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Rows left `running` by a process that died: each becomes `done` when `finished(entry)`
+    /// says its output is complete (the process died after writing it but before recording
+    /// it), and goes back to `stable` otherwise. The interrupted attempt is not counted: the
+    /// service was stopped, the slide did not fail. Returns the rows changed.
+    pub fn recover(&self, finished: impl Fn(&Entry) -> bool) -> Result<Vec<(Entry, &'static str)>> {
+        let mut changed = Vec::new();
+        for e in self.list()?.into_iter().filter(|e| e.state == "running") {
+            let to = if finished(&e) { "done" } else { "stable" };
+            self.db
+                .execute(
+                    "UPDATE slides SET state = ?2, attempts = MAX(attempts - 1, 0), next_try = 0,
+                     updated = ?3 WHERE id = ?1",
+                    params![e.id, to, now()],
+                )
+                .map_err(|err| self.err(err))?;
+            changed.push((e, to));
+        }
+        Ok(changed)
+    }
+
+    /// `tessera queue retry ID`: back to stable with a fresh attempt count.
+    pub fn retry(&self, id: i64) -> Result<bool> {
+        self.db
+            .execute(
+                "UPDATE slides SET state = 'stable', attempts = 0, last_error = '', next_try = 0,
+                 updated = ?2 WHERE id = ?1",
+                params![id, now()],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
+    /// `tessera queue forget ID`: removes the row (the slide will be queued again if still
+    /// present).
+    pub fn forget(&self, id: i64) -> Result<bool> {
+        let path: Option<String> = self
+            .db
+            .query_row("SELECT path FROM slides WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let n = self
+            .db
+            .execute("DELETE FROM slides WHERE id = ?1", params![id])
+            .map_err(|e| self.err(e))?;
+        if let Some(p) = path {
+            self.db
+                .execute("DELETE FROM observed WHERE path = ?1", params![p])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(n == 1)
+    }
+
+    /// Rows per state.
+    pub fn counts(&self) -> Result<Vec<(String, u64)>> {
+        let mut st = self
+            .db
+            .prepare("SELECT state, COUNT(*) FROM slides GROUP BY state ORDER BY state")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get(0)?,
+        path: PathBuf::from(r.get::<_, String>(1)?),
+        fingerprint: r.get(2)?,
+        state: r.get(3)?,
+        attempts: r.get::<_, i64>(4)? as u32,
+        last_error: r.get(5)?,
+        output: r.get(6)?,
+        updated: r.get(7)?,
+    })
+}
+
+fn qerr(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Queue {
+        path: path.into(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slide_goes_through_retries_to_quarantine_and_back() {
+        let t = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(t.path()).unwrap();
+        let p = Path::new("/inbox/a.svs");
+        assert!(q.add(p, "f1", "a.svs-f1").unwrap());
+        assert!(
+            !q.add(p, "f1", "a.svs-f1").unwrap(),
+            "a known version is not added twice"
+        );
+        for attempt in 1..=3 {
+            let e = q.claim().unwrap().expect("ready");
+            assert_eq!((e.state.as_str(), e.attempts), ("running", attempt));
+            q.failed(e.id, "bad", 3, 0.0).unwrap();
+        }
+        assert_eq!(q.get(1).unwrap().unwrap().state, "quarantined");
+        assert!(q.claim().unwrap().is_none());
+        assert!(q.retry(1).unwrap());
+        let e = q.claim().unwrap().unwrap();
+        q.done(e.id).unwrap();
+        assert_eq!(q.counts().unwrap(), [("done".to_string(), 1)]);
+    }
+
+    #[test]
+    fn running_rows_of_a_dead_process_are_recovered() {
+        let t = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(t.path()).unwrap();
+        q.add(Path::new("/a"), "x", "a").unwrap();
+        q.add(Path::new("/b"), "y", "b").unwrap();
+        q.claim().unwrap();
+        q.claim().unwrap();
+        // /a's output was written before the crash, /b's was not.
+        let changed = q.recover(|e| e.output == "a").unwrap();
+        let to: Vec<&str> = changed.iter().map(|(_, s)| *s).collect();
+        assert_eq!(to, ["done", "stable"]);
+        // The interrupted attempt does not count against /b.
+        assert_eq!(q.get(2).unwrap().unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn observations_measure_how_long_a_file_is_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let q = Queue::open(t.path()).unwrap();
+        let p = Path::new("/a");
+        assert_eq!(q.observe(p, 10, 1).unwrap(), 0.0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(q.observe(p, 10, 1).unwrap() > 0.0);
+        assert_eq!(
+            q.observe(p, 11, 1).unwrap(),
+            0.0,
+            "growing restarts the clock"
+        );
+    }
+}

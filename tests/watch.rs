@@ -1,0 +1,397 @@
+//! `tessera watch`: a real service process on real files — growing files, corrupt and replaced
+//! slides, a second service, SIGTERM, and SIGKILL at random moments.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::require;
+use crate::util::*;
+
+fn spawn(inbox: &Path, out: &Path, extra: &[&str]) -> Child {
+    spawn_env(inbox, out, extra, &[])
+}
+
+fn spawn_env(inbox: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .envs(env.iter().copied())
+        .arg("watch")
+        .arg(inbox)
+        .arg("--out")
+        .arg(out)
+        .args(["--inference", "tract", "--rescan", "0.2", "-q"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tessera watch")
+}
+
+/// Runs a `--once` service to the end; returns its exit code and stderr.
+fn once(inbox: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["--once", "--settle", "0"];
+    args.extend_from_slice(extra);
+    let o = spawn(inbox, out, &args).wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn events(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join(".watch/events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind).count()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn queue_states(out: &Path) -> Vec<(String, String)> {
+    let o = tessera_str(&["queue", "--out", out.to_str().unwrap(), "list"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].to_string(), f[3].to_string())
+        })
+        .collect()
+}
+
+/// Every file under `dir` with its size and modification time (the inbox must not change).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = std::fs::metadata(&p).unwrap();
+        v.push((p, m.len(), m.modified().unwrap()));
+    }
+    v.sort();
+    v
+}
+
+/// A complete, valid output folder for `name`-<fingerprint>: result.json parses and
+/// patches.csv has one row per analysed patch.
+fn valid_outputs(out: &Path, name: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(out).unwrap() {
+        let p = e.unwrap().path();
+        let f = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !f.starts_with(&format!("{name}-")) {
+            continue;
+        }
+        let r: Value =
+            serde_json::from_slice(&std::fs::read(p.join("result.json")).unwrap()).unwrap();
+        let rows = std::fs::read_to_string(p.join("patches.csv"))
+            .unwrap()
+            .lines()
+            .count()
+            - 1;
+        assert_eq!(rows as u64, r["patches_analysed"].as_u64().unwrap(), "{f}");
+        assert!(p.join("report.html").is_file());
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn a_slide_copied_in_chunks_is_analysed_once_after_it_stops_growing() {
+    let src = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    let mut service = spawn(&inbox, &out, &["--settle", "1.5"]);
+    // Six chunks, 0.4 s apart: the file grows for 2 s, each pause shorter than the settle.
+    let bytes = std::fs::read(&src).unwrap();
+    let dst = inbox.join("scan.svs");
+    let mut f = std::fs::File::create(&dst).unwrap();
+    for chunk in bytes.chunks(bytes.len().div_ceil(6)) {
+        use std::io::Write;
+        f.write_all(chunk).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    drop(f);
+    wait_for("the analysis", Duration::from_secs(300), || {
+        count(&events(&out), "analysed") == 1
+    });
+    sigterm(&service);
+    let status = service.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let ev = events(&out);
+    // Never taken while growing: one version queued, analysed once, nothing failed.
+    assert_eq!(count(&ev, "queued"), 1, "{ev:#?}");
+    assert_eq!(count(&ev, "analysed"), 1);
+    assert_eq!(
+        count(&ev, "failed") + count(&ev, "quarantined"),
+        0,
+        "{ev:#?}"
+    );
+    assert_eq!(count(&ev, "stopped"), 1, "SIGTERM stops it cleanly");
+    assert_eq!(valid_outputs(&out, "scan.svs"), 1);
+    assert_eq!(
+        queue_states(&out),
+        [("done".into(), dst.display().to_string())]
+    );
+}
+
+#[test]
+fn a_corrupt_slide_is_retried_then_quarantined_while_the_others_finish() {
+    let good = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let bad = require!(data("corrupt/broken.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(&good, inbox.join("good.svs")).unwrap();
+    std::fs::copy(&bad, inbox.join("bad.svs")).unwrap();
+    let before = snapshot(&inbox);
+    let (rc, err) = once(&inbox, &out, &["--attempts", "3", "--backoff", "0.1"]);
+    assert_eq!(rc, 0, "{err}");
+    let ev = events(&out);
+    assert_eq!(count(&ev, "failed"), 2, "two retries: {ev:#?}");
+    assert_eq!(count(&ev, "quarantined"), 1);
+    assert!(err.contains("bad.svs"), "failures are reported: {err}");
+    let mut states = queue_states(&out);
+    states.sort();
+    assert_eq!(states[0].0, "done");
+    assert!(states[0].1.ends_with("good.svs"));
+    assert_eq!(states[1].0, "quarantined");
+    assert_eq!(valid_outputs(&out, "good.svs"), 1);
+    assert_eq!(
+        valid_outputs(&out, "bad.svs"),
+        0,
+        "no output for a failed slide"
+    );
+    assert_eq!(snapshot(&inbox), before, "the inbox is never modified");
+
+    // An operator puts it back; it fails the same way, and `forget` removes it.
+    let list = tessera_str(&["queue", "--out", out.to_str().unwrap(), "list"]);
+    let id = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .find(|l| l.contains("bad.svs"))
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap();
+    let o = tessera_str(&["queue", "--out", out.to_str().unwrap(), "retry", &id]);
+    assert_eq!(code(&o), 0);
+    assert!(queue_states(&out).iter().any(|(s, _)| s == "stable"));
+    let o = tessera_str(&["queue", "--out", out.to_str().unwrap(), "forget", &id]);
+    assert_eq!(code(&o), 0);
+    assert_eq!(queue_states(&out).len(), 1);
+    let o = tessera_str(&["queue", "--out", out.to_str().unwrap(), "forget", "999"]);
+    assert_eq!(code(&o), 3, "an unknown id is an error");
+}
+
+#[test]
+fn a_replaced_slide_is_analysed_again_and_both_results_are_kept() {
+    let a = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let b = require!(data("slides/aperio/small.svs"));
+    let t = tempfile::tempdir().unwrap();
+    // Spaces and non-ASCII characters in the inbox path.
+    let (inbox, out) = (
+        t.path().join("scanner inbox/Ölfeld ü"),
+        t.path().join("out"),
+    );
+    std::fs::create_dir_all(&inbox).unwrap();
+    let slide = inbox.join("case 1.svs");
+    std::fs::copy(&b, &slide).unwrap();
+    assert_eq!(once(&inbox, &out, &[]).0, 0);
+    // A second pass with nothing new analyses nothing.
+    assert_eq!(once(&inbox, &out, &[]).0, 0);
+    assert_eq!(count(&events(&out), "analysed"), 1);
+    // The scanner rewrites the file: a new version, analysed; the first result stays.
+    std::fs::copy(&a, &slide).unwrap();
+    assert_eq!(once(&inbox, &out, &[]).0, 0);
+    assert_eq!(count(&events(&out), "analysed"), 2);
+    assert_eq!(valid_outputs(&out, "case 1.svs"), 2);
+    let states = queue_states(&out);
+    assert_eq!(states.len(), 2);
+    assert!(states.iter().all(|(s, _)| s == "done"));
+}
+
+#[test]
+fn a_second_service_on_the_same_results_folder_refuses_to_start() {
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    let mut first = spawn(&inbox, &out, &[]);
+    wait_for("the first service", Duration::from_secs(60), || {
+        count(&events(&out), "started") == 1
+    });
+    let (rc, err) = once(&inbox, &out, &[]);
+    assert_eq!(rc, 3);
+    assert!(err.contains("another tessera watch"), "{err}");
+    sigterm(&first);
+    assert!(first.wait().unwrap().success());
+    // Once the first has stopped, a new one may start.
+    assert_eq!(once(&inbox, &out, &[]).0, 0);
+}
+
+#[test]
+fn sigterm_during_a_slide_finishes_it_and_leaves_a_consistent_queue() {
+    let src = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    for n in ["a.svs", "b.svs"] {
+        std::fs::copy(&src, inbox.join(n)).unwrap();
+    }
+    let mut service = spawn(&inbox, &out, &["--settle", "0"]);
+    wait_for("a slide to start", Duration::from_secs(120), || {
+        count(&events(&out), "running") == 1
+    });
+    sigterm(&service);
+    assert!(service.wait().unwrap().success());
+    let ev = events(&out);
+    assert_eq!(
+        count(&ev, "analysed"),
+        1,
+        "the slide under way is finished: {ev:#?}"
+    );
+    let states: Vec<String> = queue_states(&out).into_iter().map(|(s, _)| s).collect();
+    assert!(!states.contains(&"running".to_string()), "{states:?}");
+    assert!(states.contains(&"done".to_string()), "{states:?}");
+    // A restart finishes the rest.
+    assert_eq!(once(&inbox, &out, &[]).0, 0);
+    assert_eq!(count(&events(&out), "analysed"), 2);
+}
+
+#[test]
+fn killed_at_random_moments_fifty_times_every_slide_is_done_exactly_once() {
+    let src = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let tiny = require!(data("slides/aperio/small.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(inbox.join("sub")).unwrap();
+    // Three quick slides first in the queue, then eight that take seconds each, so that most
+    // rounds find work under way.
+    for n in ["a.svs", "b.svs", "c.svs"] {
+        std::fs::copy(&tiny, inbox.join(n)).unwrap();
+    }
+    for n in [
+        "d.svs",
+        "e.svs",
+        "f.svs",
+        "g.svs",
+        "h.svs",
+        "sub/i.svs",
+        "sub/j.svs",
+        "sub/k.svs",
+    ] {
+        std::fs::copy(&src, inbox.join(n)).unwrap();
+    }
+    let names = [
+        "a.svs", "b.svs", "c.svs", "d.svs", "e.svs", "f.svs", "g.svs", "h.svs", "i.svs", "j.svs",
+        "k.svs",
+    ];
+    // A fixed pseudo-random schedule (xorshift), so a failure can be replayed.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let rounds = 50;
+    let mut killed_while_running = 0;
+    for _ in 0..rounds {
+        // Each finished analysis pauses 500 ms before the queue records it, so that some kills
+        // land between the output appearing and the queue knowing.
+        let mut service = spawn_env(
+            &inbox,
+            &out,
+            &["--once", "--settle", "0"],
+            &[("TESSERA_WATCH_TEST_PAUSE_MS", "500")],
+        );
+        let delay = Duration::from_millis(next() % 6000);
+        let t0 = Instant::now();
+        while t0.elapsed() < delay && service.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = service.kill(); // SIGKILL
+        let _ = service.wait();
+        let ev = events(&out);
+        if ev.last().is_some_and(|e| e["event"] == "running") {
+            killed_while_running += 1;
+        }
+    }
+    let during = events(&out);
+    let (analysed_during, recovered_done) = (
+        count(&during, "analysed"),
+        during
+            .iter()
+            .filter(|e| e["event"] == "recovered" && e["state"] == "done")
+            .count(),
+    );
+    // Then let it finish.
+    let (rc, err) = once(&inbox, &out, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let ev = events(&out);
+    let mut lost = 0;
+    let mut duplicated = 0;
+    for n in names {
+        let analysed = ev
+            .iter()
+            .filter(|e| e["event"] == "analysed" && e["path"].as_str().unwrap().ends_with(n))
+            .count();
+        let recovered = ev
+            .iter()
+            .filter(|e| {
+                e["event"] == "recovered"
+                    && e["state"] == "done"
+                    && e["path"].as_str().unwrap().ends_with(n)
+            })
+            .count();
+        if analysed > 1 {
+            duplicated += 1;
+        }
+        if analysed + recovered == 0 || valid_outputs(&out, n) != 1 {
+            lost += 1;
+        }
+    }
+    let states = queue_states(&out);
+    eprintln!(
+        "fault injection: {rounds} SIGKILL rounds ({killed_while_running} during an analysis), \
+         {} slides, {lost} lost, {duplicated} analysed twice; {analysed_during} analyses \
+         completed between kills, {recovered_done} found complete after a kill, {} starts",
+        names.len(),
+        count(&ev, "started")
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(states.len(), names.len());
+    assert!(states.iter().all(|(s, _)| s == "done"), "{states:?}");
+    // No temporary folder of a killed run is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp-tessera"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(
+        killed_while_running > 0,
+        "the schedule never hit an analysis"
+    );
+}
