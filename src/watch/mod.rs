@@ -243,8 +243,15 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -
                 unsettled += 1;
                 continue;
             }
-            let Ok(fp) = fingerprint(&p, cfg.analyze.hash_full) else {
-                continue;
+            let fp = match q.cached_fingerprint(&p)? {
+                Some(fp) => fp,
+                None => {
+                    let Ok(fp) = fingerprint(&p, cfg.analyze.hash_full) else {
+                        continue;
+                    };
+                    q.set_fingerprint(&p, &fp)?;
+                    fp
+                }
             };
             if q.known(&p, &fp)? {
                 continue;

@@ -58,7 +58,7 @@ impl Queue {
              PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS observed(
                  path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-                 since REAL NOT NULL);
+                 since REAL NOT NULL, fingerprint TEXT);
              CREATE TABLE IF NOT EXISTS slides(
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  path TEXT NOT NULL, fingerprint TEXT NOT NULL, state TEXT NOT NULL,
@@ -95,13 +95,39 @@ impl Queue {
                 self.db
                     .execute(
                         "INSERT INTO observed(path, size, mtime_ns, since) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT(path) DO UPDATE SET size = ?2, mtime_ns = ?3, since = ?4",
+                         ON CONFLICT(path) DO UPDATE SET size = ?2, mtime_ns = ?3, since = ?4,
+                         fingerprint = NULL",
                         params![p, size as i64, mtime_ns, t],
                     )
                     .map_err(|e| self.err(e))?;
                 Ok(0.0)
             }
         }
+    }
+
+    /// The fingerprint computed for `path` since its size and modification time last changed
+    /// (so a rescan of an inbox full of finished slides reads none of them again).
+    pub fn cached_fingerprint(&self, path: &Path) -> Result<Option<String>> {
+        self.db
+            .query_row(
+                "SELECT fingerprint FROM observed WHERE path = ?1",
+                params![path.to_string_lossy()],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Remembers `path`'s fingerprint until its size or modification time changes.
+    pub fn set_fingerprint(&self, path: &Path, fingerprint: &str) -> Result<()> {
+        self.db
+            .execute(
+                "UPDATE observed SET fingerprint = ?2 WHERE path = ?1",
+                params![path.to_string_lossy(), fingerprint],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     /// Adds a settled slide version unless it is known; returns true when it was new.
@@ -360,6 +386,14 @@ mod tests {
             q.observe(p, 11, 1).unwrap(),
             0.0,
             "growing restarts the clock"
+        );
+        q.set_fingerprint(p, "f").unwrap();
+        assert_eq!(q.cached_fingerprint(p).unwrap().as_deref(), Some("f"));
+        assert_eq!(q.observe(p, 12, 1).unwrap(), 0.0);
+        assert_eq!(
+            q.cached_fingerprint(p).unwrap(),
+            None,
+            "a change forgets it"
         );
     }
 }
