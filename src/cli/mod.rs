@@ -66,7 +66,7 @@ enum Command {
         /// The output folder of the runs.
         out: PathBuf,
     },
-    /// Measure: `bench read` compares the native reader with OpenSlide.
+    /// Measure: `bench read` (native reader vs OpenSlide), `bench inference` (the model alone).
     Bench(bench::BenchArgs),
 }
 
