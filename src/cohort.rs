@@ -11,7 +11,6 @@
 //! same run key (model and parameters) is skipped unless forced.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -169,29 +168,12 @@ pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-/// A held lock file, removed on drop.
-struct Lock(PathBuf);
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// Is the lock at `path` stale: its process gone (same host) or older than `stale_after`?
 fn stale(path: &Path, stale_after: Duration) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    if std::fs::read_to_string(path).is_err() {
         return false;
-    };
-    let mut fields = text.split_whitespace();
-    let (pid, lock_host) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-    if lock_host == host() && !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+    }
+    if crate::lockfile::holder_gone(path) {
         return true;
     }
     std::fs::metadata(path)
@@ -202,31 +184,10 @@ fn stale(path: &Path, stale_after: Duration) -> bool {
 }
 
 /// Takes the lock for `name`, or `None` when a live worker holds it.
-fn lock(out: &Path, name: &str, stale_after: Duration) -> Result<Option<Lock>> {
+fn lock(out: &Path, name: &str, stale_after: Duration) -> Result<Option<crate::lockfile::Lock>> {
     let dir = out.join(".locks");
     std::fs::create_dir_all(&dir).map_err(|e| Error::from_io(&dir, e))?;
-    let path = dir.join(format!("{name}.lock"));
-    for _ in 0..2 {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                let _ = writeln!(f, "{} {}", std::process::id(), host());
-                return Ok(Some(Lock(path)));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if !stale(&path, stale_after) {
-                    return Ok(None);
-                }
-                // Take over a stale lock: remove it and race for a fresh one.
-                let _ = std::fs::remove_file(&path);
-            }
-            Err(e) => return Err(Error::from_io(&path, e)),
-        }
-    }
-    Ok(None)
+    crate::lockfile::try_take(&dir.join(format!("{name}.lock")), |p| stale(p, stale_after))
 }
 
 /// Is `OUT/<name>/result.json` complete and made with `key`?
@@ -348,14 +309,7 @@ fn write_run_summary(out: &Path, tag: &str, statuses: &[SlideStatus]) -> Result<
     let dir = out.join(".runs");
     std::fs::create_dir_all(&dir).map_err(|e| Error::from_io(&dir, e))?;
     let path = dir.join(format!("summary-{tag}-{}.json", std::process::id()));
-    let text = serde_json::to_string_pretty(statuses).map_err(|e| Error::Encode {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    crate::output::write_atomic(&path, |w| {
-        w.write_all(text.as_bytes())
-            .map_err(|e| Error::from_io(&path, e))
-    })
+    crate::output::write_json(&path, &statuses)
 }
 
 fn csv_field(s: &str) -> String {
@@ -401,15 +355,7 @@ pub fn merge_summaries(out: &Path) -> Result<Vec<SlideStatus>> {
     }
     let mut rows: Vec<SlideStatus> = by_slide.into_values().collect();
     rows.sort_by_key(|s| (s.status != "failed", s.path.clone()));
-    let json_path = out.join("summary.json");
-    let text = serde_json::to_string_pretty(&rows).map_err(|e| Error::Encode {
-        path: json_path.clone(),
-        message: e.to_string(),
-    })?;
-    crate::output::write_atomic(&json_path, |w| {
-        w.write_all(text.as_bytes())
-            .map_err(|e| Error::from_io(&json_path, e))
-    })?;
+    crate::output::write_json(&out.join("summary.json"), &rows)?;
     let mut csv = String::from(
         "path,name,status,reason,patches,tissue_mm2,positive_class,positive_mean,slide_score,output\n",
     );
@@ -435,11 +381,7 @@ pub fn merge_summaries(out: &Path) -> Result<Vec<SlideStatus>> {
         );
         csv.push('\n');
     }
-    let csv_path = out.join("summary.csv");
-    crate::output::write_atomic(&csv_path, |w| {
-        w.write_all(csv.as_bytes())
-            .map_err(|e| Error::from_io(&csv_path, e))
-    })?;
+    crate::output::write_bytes(&out.join("summary.csv"), csv.as_bytes())?;
     crate::report::write_index(out, &rows)?;
     Ok(rows)
 }

@@ -32,6 +32,7 @@ pub mod error;
 pub mod geom;
 pub mod grid;
 pub mod info;
+pub mod lockfile;
 pub mod model;
 pub mod output;
 pub mod pipeline;

@@ -552,12 +552,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         "warnings": warnings,
         "timings_s": timings,
     });
-    let written = serde_json::to_string_pretty(&doc)
-        .map_err(|e| Error::Encode {
-            path: tmp_dir.join("result.json"),
-            message: e.to_string(),
-        })
-        .and_then(|text| write_text(&tmp_dir.join("result.json"), &text))
+    let written = output::write_json(&tmp_dir.join("result.json"), &doc)
         .and_then(|()| crate::report::write_slide_report(&tmp_dir))
         .and_then(|()| {
             if cfg.pdf {
@@ -729,12 +724,7 @@ fn write_outputs(
     cfg: &AnalyzeConfig,
 ) -> Result<(Vec<serde_json::Value>, usize)> {
     let c = &folder.config;
-    let mask_path = dir.join("tissue-mask.png");
-    output::write_atomic(&mask_path, |w| {
-        use std::io::Write;
-        w.write_all(mask_png)
-            .map_err(|e| Error::from_io(&mask_path, e))
-    })?;
+    output::write_bytes(&dir.join("tissue-mask.png"), mask_png)?;
     output::write_png(&dir.join("thumbnail.png"), thumb)?;
 
     // patches.csv: WSInfer's columns plus ours, in grid order.
@@ -758,7 +748,7 @@ fn write_outputs(
         }
         csv.push('\n');
     }
-    write_text(&dir.join("patches.csv"), &csv)?;
+    output::write_bytes(&dir.join("patches.csv"), csv.as_bytes())?;
 
     // Heatmaps, regions and per-class figures.
     let colors = c.tessera.class_colors.clone().unwrap_or_else(|| {
@@ -823,10 +813,7 @@ fn write_outputs(
     } else {
         (dir.join("annotations.geojson"), text)
     };
-    output::write_atomic(&path, |w| {
-        use std::io::Write;
-        w.write_all(&bytes).map_err(|e| Error::from_io(&path, e))
-    })?;
+    output::write_bytes(&path, &bytes)?;
     Ok((stats, analysed))
 }
 
@@ -878,10 +865,7 @@ fn write_top_regions(
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        output::write_atomic(&path, |w| {
-            use std::io::Write;
-            w.write_all(&bytes).map_err(|e| Error::from_io(&path, e))
-        })?;
+        output::write_bytes(&path, &bytes)?;
         out.push(json!({
             "rank": rank + 1,
             "score": score,
@@ -898,8 +882,9 @@ fn write_top_regions(
 }
 
 /// Writes the slide's label and macro images (when it has them) as `label.png` and
-/// `macro.png`. Only on request: they carry patient names and barcodes.
-fn write_identifier_images(dir: &Path, slide: &Slide) -> Result<Vec<String>> {
+/// `macro.png` in `dir`, and returns the file names. Only on request: they carry patient names
+/// and barcodes.
+pub fn write_identifier_images(dir: &Path, slide: &Slide) -> Result<Vec<String>> {
     let mut files = Vec::new();
     for name in ["label", "macro"] {
         if slide.associated_images().iter().any(|a| a.name == name) {
@@ -910,12 +895,4 @@ fn write_identifier_images(dir: &Path, slide: &Slide) -> Result<Vec<String>> {
         }
     }
     Ok(files)
-}
-
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    output::write_atomic(path, |w| {
-        use std::io::Write;
-        w.write_all(text.as_bytes())
-            .map_err(|e| Error::from_io(path, e))
-    })
 }

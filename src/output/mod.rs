@@ -55,6 +55,22 @@ pub fn write_atomic(
     result
 }
 
+/// Writes `bytes` to `path`, atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |w| {
+        w.write_all(bytes).map_err(|e| Error::from_io(path, e))
+    })
+}
+
+/// Writes `value` as pretty-printed JSON, atomically.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Encode {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    write_bytes(path, text.as_bytes())
+}
+
 /// Writes an RGB image as a PNG, atomically.
 pub fn write_png(path: &Path, image: &RgbImage) -> Result<()> {
     write_png_raw(

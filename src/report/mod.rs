@@ -642,12 +642,7 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
 /// Writes `report.html` in the slide output folder `dir` (atomically).
 pub fn write_slide_report(dir: &Path) -> Result<()> {
     let page = slide_report_html(dir)?;
-    let path = dir.join("report.html");
-    crate::output::write_atomic(&path, |w| {
-        use std::io::Write;
-        w.write_all(page.as_bytes())
-            .map_err(|e| Error::from_io(&path, e))
-    })
+    crate::output::write_bytes(&dir.join("report.html"), page.as_bytes())
 }
 
 /// Builds the cohort page for the summary rows of `out`.
@@ -751,12 +746,7 @@ fn url_component(name: &str) -> String {
 /// Writes `OUT/index.html` (atomically).
 pub fn write_index(out: &Path, rows: &[SlideStatus]) -> Result<()> {
     let page = index_html(out, rows);
-    let path = out.join("index.html");
-    crate::output::write_atomic(&path, |w| {
-        use std::io::Write;
-        w.write_all(page.as_bytes())
-            .map_err(|e| Error::from_io(&path, e))
-    })
+    crate::output::write_bytes(&out.join("index.html"), page.as_bytes())
 }
 
 /// `tessera report --include-label` on a folder analysed without it: reads the label and macro
@@ -775,25 +765,9 @@ pub fn add_identifier_images(dir: &Path, slide: &crate::config::SlideConfig) -> 
             format!("--include-label needs the slide, which cannot be opened: {e}"),
         )
     })?;
-    let mut files = Vec::new();
-    for name in ["label", "macro"] {
-        if opened.associated_images().iter().any(|a| a.name == name) {
-            let img = opened.read_associated_image(name)?;
-            let file = format!("{name}.png");
-            crate::output::write_png(&dir.join(&file), &img)?;
-            files.push(Value::String(file));
-        }
-    }
+    let files = crate::pipeline::write_identifier_images(dir, &opened)?;
     result["identifiers"] = serde_json::json!({"label_included": true, "images": files});
-    let text = serde_json::to_string_pretty(&result).map_err(|e| Error::Encode {
-        path: rpath.clone(),
-        message: e.to_string(),
-    })?;
-    crate::output::write_atomic(&rpath, |w| {
-        use std::io::Write;
-        w.write_all(text.as_bytes())
-            .map_err(|e| Error::from_io(&rpath, e))
-    })
+    crate::output::write_json(&rpath, &result)
 }
 
 #[cfg(test)]

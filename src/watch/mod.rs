@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::lockfile::{self, Lock};
 use crate::pipeline::{analyze_as, fingerprint, slide_name, AnalyzeConfig};
 use queue::{Entry, Queue};
 
@@ -70,60 +71,25 @@ pub fn state_dir(out: &Path) -> PathBuf {
     out.join(".watch")
 }
 
-/// The lock that keeps a second service off the same results folder; removed on drop.
-pub struct ServiceLock(PathBuf);
-
-impl Drop for ServiceLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Takes the service lock of `out`, or explains who holds it. A lock left by a process that
-/// no longer runs on this host is taken over.
-pub fn lock(out: &Path) -> Result<ServiceLock> {
+/// Takes the service lock of `out` (`OUT/.watch/service.lock`), or explains who holds it. A
+/// lock left by a process that no longer runs on this host is taken over.
+pub fn lock(out: &Path) -> Result<Lock> {
     let dir = state_dir(out);
     std::fs::create_dir_all(&dir).map_err(|e| Error::from_io(&dir, e))?;
     let path = dir.join("service.lock");
-    for _ in 0..2 {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                let _ = writeln!(f, "{} {}", std::process::id(), host());
-                return Ok(ServiceLock(path));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let mut it = text.split_whitespace();
-                let (pid, h) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
-                let dead = h == host() && !pid.is_empty() && !Path::new("/proc").join(pid).exists();
-                if !dead {
-                    return Err(Error::Queue {
-                        path: path.clone(),
-                        message: format!(
-                            "another tessera watch (pid {pid} on {h}) is using this results \
-                             folder; stop it first, or remove the lock if that process is gone"
-                        ),
-                    });
-                }
-                let _ = std::fs::remove_file(&path);
-            }
-            Err(e) => return Err(Error::from_io(&path, e)),
+    match lockfile::try_take(&path, lockfile::holder_gone)? {
+        Some(lock) => Ok(lock),
+        None => {
+            let (pid, h) = lockfile::holder(&path);
+            Err(Error::Queue {
+                path,
+                message: format!(
+                    "another tessera watch (pid {pid} on {h}) is using this results folder; \
+                     stop it first, or remove the lock if that process is gone"
+                ),
+            })
         }
     }
-    Err(Error::Queue {
-        path,
-        message: "cannot take the service lock".into(),
-    })
 }
 
 /// What the service reports, one per line in `events.jsonl` and to the caller.
@@ -152,11 +118,6 @@ fn stat_slide(p: &Path) -> Result<(u64, i64)> {
     Ok((size, newest))
 }
 
-/// The slides in the inbox; a MIRAX file's companion folder counts with it.
-fn inbox_slides(inbox: &Path) -> Result<Vec<PathBuf>> {
-    crate::cohort::collect(&[inbox.to_path_buf()])
-}
-
 /// Is `e`'s output folder complete, for this version?
 fn output_complete(out: &Path, e: &Entry) -> bool {
     std::fs::read(out.join(&e.output).join("result.json"))
@@ -177,7 +138,7 @@ fn clean_stale_temporaries(out: &Path) {
             .or_else(|| name.rsplit_once(".old-tessera-"))
             .map(|(_, pid)| pid.to_string());
         if let Some(pid) = pid {
-            if name.starts_with('.') && !Path::new("/proc").join(&pid).exists() {
+            if name.starts_with('.') && lockfile::process_gone(&pid) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -201,12 +162,6 @@ impl Journal {
     }
 }
 
-fn now_s() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// Runs the service until `stop` is set (or, with `once`, until the inbox is processed).
 /// `sink` receives every event (also written to `events.jsonl`).
 pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -> Result<()> {
@@ -224,18 +179,18 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -
     for (e, to) in q.recover(|e| output_complete(out, e))? {
         journal.write(
             &json!({"event": "recovered", "id": e.id, "path": e.path, "fingerprint": e.fingerprint,
-                    "state": to, "time": now_s()}),
+                    "state": to, "time": queue::now()}),
             &mut sink,
         );
     }
     journal.write(
-        &json!({"event": "started", "pid": std::process::id(), "inbox": cfg.inbox, "time": now_s()}),
+        &json!({"event": "started", "pid": std::process::id(), "inbox": cfg.inbox, "time": queue::now()}),
         &mut sink,
     );
     loop {
         // Scan: observe every slide; queue the settled versions not seen before.
         let mut unsettled = 0;
-        for p in inbox_slides(&cfg.inbox)? {
+        for p in crate::cohort::collect(std::slice::from_ref(&cfg.inbox))? {
             let Ok((size, mtime)) = stat_slide(&p) else {
                 continue; // vanished between listing and stat
             };
@@ -260,7 +215,7 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -
             if q.add(&p, &fp, &output)? {
                 journal.write(
                     &json!({"event": "queued", "path": p, "fingerprint": fp, "output": output,
-                            "time": now_s()}),
+                            "time": queue::now()}),
                     &mut sink,
                 );
             }
@@ -271,7 +226,7 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -
             let started = Instant::now();
             journal.write(
                 &json!({"event": "running", "id": e.id, "path": e.path, "attempt": e.attempts,
-                        "time": now_s()}),
+                        "time": queue::now()}),
                 &mut sink,
             );
             // A panic inside the analysis is a failure of this slide, not of the service.
@@ -299,7 +254,7 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -
                         &json!({"event": "analysed", "id": e.id, "path": e.path,
                                 "fingerprint": e.fingerprint, "output": s.folder,
                                 "patches": s.patches, "seconds": started.elapsed().as_secs_f64(),
-                                "time": now_s()}),
+                                "time": queue::now()}),
                         &mut sink,
                     );
                     q.done(e.id)?;
@@ -315,7 +270,7 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -
                     journal.write(
                         &json!({"event": state, "id": e.id, "path": e.path,
                                 "attempt": e.attempts, "error": err.to_string(),
-                                "time": now_s()}),
+                                "time": queue::now()}),
                         &mut sink,
                     );
                 }
@@ -340,7 +295,7 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -
         }
     }
     journal.write(
-        &json!({"event": "stopped", "pid": std::process::id(), "time": now_s()}),
+        &json!({"event": "stopped", "pid": std::process::id(), "time": queue::now()}),
         &mut sink,
     );
     Ok(())

@@ -39,7 +39,8 @@ pub struct Queue {
     path: PathBuf,
 }
 
-fn now() -> f64 {
+/// Seconds since the epoch.
+pub(crate) fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
