@@ -54,13 +54,8 @@ impl Browser {
     pub fn start(exe: &Path) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let child = Command::new(exe)
+            .args(tessera::report::pdf::HEADLESS_FLAGS)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-extensions",
                 "--host-resolver-rules=MAP * ~NOTFOUND",
                 "--remote-debugging-port=0",
             ])

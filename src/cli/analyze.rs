@@ -4,20 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use tessera::cohort::{self, CohortOptions, SlideStatus};
-use tessera::model::InferenceChoice;
 use tessera::pipeline::AnalyzeConfig;
 
-use super::{batch_exit_code, SlideArgs};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum InferenceArg {
-    /// ONNX Runtime when installed (pip install onnxruntime), tract otherwise.
-    Auto,
-    /// ONNX Runtime, loaded at run time.
-    Ort,
-    /// tract: pure Rust, always available.
-    Tract,
-}
+use super::{batch_exit_code, InferenceArg, SlideArgs};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -123,11 +112,7 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
     let mut cfg = AnalyzeConfig {
         out: args.out.clone(),
         model: args.model.clone(),
-        inference: match args.inference {
-            InferenceArg::Auto => InferenceChoice::Auto,
-            InferenceArg::Ort => InferenceChoice::Ort,
-            InferenceArg::Tract => InferenceChoice::Tract,
-        },
+        inference: args.inference.choice(),
         batch_size: args.batch_size,
         stride_pixels: args.stride,
         min_tissue: args.min_tissue,
@@ -144,11 +129,7 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         pdf: args.pdf,
         ..AnalyzeConfig::default()
     };
-    if args.pdf && tessera::report::pdf::find_chromium().is_none() {
-        eprintln!(
-            "error: {}",
-            tessera::report::pdf::missing(&args.out.join("report.html"))
-        );
+    if args.pdf && !super::chromium_found(&args.out.join("report.html")) {
         return super::EXIT_USAGE;
     }
     cfg.inference_threads = args

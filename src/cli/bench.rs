@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use tessera::bench::{bench_read, ReadBench};
 
-use super::{SlideArgs, EXIT_ALL_FAILED, EXIT_OK};
+use super::{InferenceArg, SlideArgs, EXIT_ALL_FAILED, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -29,9 +29,9 @@ struct InferenceArgs {
     /// Model folder (default: models/he-cellularity).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Inference runtime: auto, ort or tract.
-    #[arg(long, default_value = "auto")]
-    inference: String,
+    /// Inference runtime.
+    #[arg(long, value_enum, default_value_t = InferenceArg::Auto)]
+    inference: InferenceArg,
     /// Patches per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -52,16 +52,7 @@ struct InferenceArgs {
 }
 
 fn run_inference(a: &InferenceArgs) -> u8 {
-    use tessera::model::InferenceChoice;
-    let inference = match a.inference.as_str() {
-        "auto" => InferenceChoice::Auto,
-        "ort" => InferenceChoice::Ort,
-        "tract" => InferenceChoice::Tract,
-        other => {
-            eprintln!("error: --inference must be auto, ort or tract, not {other}");
-            return super::EXIT_USAGE;
-        }
-    };
+    let inference = a.inference.choice();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     let spec = tessera::bench::InferenceBench {
         model: a.model.clone(),

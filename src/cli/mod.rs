@@ -70,6 +70,28 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Which inference runtime to use (analyze, watch, bench inference).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum InferenceArg {
+    /// ONNX Runtime when installed (pip install onnxruntime), tract otherwise.
+    Auto,
+    /// ONNX Runtime, loaded at run time.
+    Ort,
+    /// tract: pure Rust, always available.
+    Tract,
+}
+
+impl InferenceArg {
+    fn choice(self) -> tessera::model::InferenceChoice {
+        use tessera::model::InferenceChoice;
+        match self {
+            InferenceArg::Auto => InferenceChoice::Auto,
+            InferenceArg::Ort => InferenceChoice::Ort,
+            InferenceArg::Tract => InferenceChoice::Tract,
+        }
+    }
+}
+
 /// Which slide reader to use.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BackendArg {
@@ -170,6 +192,16 @@ pub fn run() -> ExitCode {
         },
     };
     ExitCode::from(code)
+}
+
+/// For `--pdf`: is Chromium installed? If not, says so (naming `report`) and how to fix it,
+/// before any work is done.
+fn chromium_found(report: &std::path::Path) -> bool {
+    let found = tessera::report::pdf::find_chromium().is_some();
+    if !found {
+        eprintln!("error: {}", tessera::report::pdf::missing(report));
+    }
+    found
 }
 
 /// The exit code for a batch with `ok` successes out of `total` inputs.

@@ -25,11 +25,7 @@ pub struct ReportArgs {
 }
 
 pub fn run(args: &ReportArgs) -> u8 {
-    if args.pdf && tessera::report::pdf::find_chromium().is_none() {
-        eprintln!(
-            "error: {}",
-            tessera::report::pdf::missing(&args.folders[0].join("report.html"))
-        );
+    if args.pdf && !super::chromium_found(&args.folders[0].join("report.html")) {
         return super::EXIT_USAGE;
     }
     let mut ok = 0;

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use tessera::model::InferenceChoice;
 use tessera::pipeline::AnalyzeConfig;
 use tessera::watch::{self, queue::Queue, WatchConfig};
 
-use super::{SlideArgs, EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE};
+use super::{InferenceArg, SlideArgs, EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE};
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -42,9 +41,9 @@ pub struct WatchArgs {
     /// Model folder (default: models/he-cellularity).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Inference runtime: auto, ort or tract.
-    #[arg(long, default_value = "auto")]
-    inference: String,
+    /// Inference runtime.
+    #[arg(long, value_enum, default_value_t = InferenceArg::Auto)]
+    inference: InferenceArg,
     /// µm per pixel of level 0 for slides that lack it.
     #[arg(long)]
     mpp: Option<f64>,
@@ -82,15 +81,7 @@ enum QueueWhat {
 }
 
 pub fn run(a: &WatchArgs) -> u8 {
-    let inference = match a.inference.as_str() {
-        "auto" => InferenceChoice::Auto,
-        "ort" => InferenceChoice::Ort,
-        "tract" => InferenceChoice::Tract,
-        other => {
-            eprintln!("error: --inference must be auto, ort or tract, not {other}");
-            return EXIT_USAGE;
-        }
-    };
+    let inference = a.inference.choice();
     if !(a.settle >= 0.0 && a.rescan > 0.0 && a.backoff >= 0.0) || a.attempts == 0 {
         eprintln!("error: --settle and --backoff must be ≥ 0, --rescan > 0, --attempts ≥ 1");
         return EXIT_USAGE;

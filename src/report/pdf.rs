@@ -16,6 +16,19 @@ use crate::error::{Error, Result};
 /// How long Chromium may take to print one report.
 const PRINT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How Tessera runs Chromium (printing here, the report tests too): headless, with no
+/// sandbox (CI runs as root; the pages run no script), no GPU, no first-run, background
+/// networking, extensions or sync.
+pub const HEADLESS_FLAGS: [&str; 7] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-extensions",
+    "--disable-sync",
+];
+
 /// The Chromium executable, if one is installed.
 pub fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("TESSERA_CHROMIUM") {
@@ -83,16 +96,8 @@ pub fn print_to_pdf(html: &Path, pdf: &Path) -> Result<()> {
         message,
     };
     let mut child = Command::new(&exe)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-extensions",
-            "--disable-sync",
-            "--no-pdf-header-footer",
-        ])
+        .args(HEADLESS_FLAGS)
+        .arg("--no-pdf-header-footer")
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--print-to-pdf={}", tmp.display()))
         .arg(&url)
