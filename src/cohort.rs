@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::pipeline::{analyze_as, run_key, slide_name, AnalyzeConfig};
+use crate::pipeline::{analyze_cached, run_key, slide_name, AnalyzeConfig};
 
 /// Extensions of slide files found when searching folders.
 pub const SLIDE_EXTENSIONS: [&str; 11] = [
@@ -240,6 +240,8 @@ pub fn run(
     let key = run_key(cfg)?;
     let total = pairs.len();
     let mut statuses = Vec::with_capacity(total);
+    // The model is loaded once, for the first slide that needs it.
+    let mut model = None;
     for (k, (path, name)) in pairs.into_iter().enumerate() {
         cfg.progress
             .emit(crate::pipeline::ProgressEvent::SlideStarted {
@@ -272,7 +274,7 @@ pub fn run(
                     if !opts.force && up_to_date(&cfg.out, &name, &key) {
                         skipped(&mut s, &cfg.out);
                     } else {
-                        match analyze_as(&path, &name, cfg) {
+                        match analyze_cached(&path, &name, cfg, &mut model) {
                             Ok(r) => {
                                 s.status = "done".into();
                                 s.patches = Some(r.patches);

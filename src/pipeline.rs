@@ -318,8 +318,59 @@ pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
     analyze_as(path, &slide_name(path), cfg)
 }
 
+/// A model read, hashed and loaded once, for analysing many slides (cohort runs, the watch
+/// service's workers) without loading it again for each.
+pub struct LoadedModel {
+    /// The model folder (configuration and hash).
+    pub folder: ModelFolder,
+    /// The inference backend and why it was chosen.
+    pub chosen: model::Chosen,
+    /// The loaded model; each analysis opens its own sessions.
+    pub model: Arc<dyn model::Model>,
+}
+
+/// Loads the model `cfg` names (or the default one) on the backend `cfg` asks for.
+pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
+    let model_dir = cfg.model.clone().unwrap_or_else(default_model_dir);
+    let folder = ModelFolder::load(&model_dir)?;
+    let chosen = model::choose(cfg.inference)?;
+    let model = chosen.backend.load(&folder, cfg.inference_threads.max(1))?;
+    Ok(LoadedModel {
+        folder,
+        chosen,
+        model,
+    })
+}
+
 /// Analyses one slide into `OUT/<name>/`.
 pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
+    analyze_cached(path, name, cfg, &mut None)
+}
+
+/// Analyses one slide into `OUT/<name>/`, loading the model into `cache` the first time it is
+/// needed and reusing it afterwards (a slide that does not open fails before any loading).
+pub fn analyze_cached(
+    path: &Path,
+    name: &str,
+    cfg: &AnalyzeConfig,
+    cache: &mut Option<LoadedModel>,
+) -> Result<AnalyzeSummary> {
+    Slide::open_with(path, &cfg.slide)?;
+    let lm = match cache {
+        Some(lm) => lm,
+        None => cache.insert(load_model(cfg)?),
+    };
+    analyze_with(path, name, cfg, lm)
+}
+
+/// Analyses one slide into `OUT/<name>/` with a model already loaded (`cfg.model` and
+/// `cfg.inference` are not looked at again).
+pub fn analyze_with(
+    path: &Path,
+    name: &str,
+    cfg: &AnalyzeConfig,
+    lm: &LoadedModel,
+) -> Result<AnalyzeSummary> {
     let started = Instant::now();
     let analysed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
@@ -352,11 +403,8 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
     }
     let mpp_mean = (mpp.x + mpp.y) / 2.0;
 
-    let model_dir = cfg.model.clone().unwrap_or_else(default_model_dir);
-    let folder = ModelFolder::load(&model_dir)?;
-    let chosen = model::choose(cfg.inference)?;
+    let (folder, chosen, loaded) = (&lm.folder, &lm.chosen, &lm.model);
     let backend = chosen.backend.clone();
-    let loaded = backend.load(&folder, cfg.inference_threads.max(1))?;
     timings.insert("open_and_load_s", started.elapsed().as_secs_f64());
 
     // Tissue.
@@ -450,19 +498,11 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         &mask_png,
         &grid,
         &predictions,
-        &folder,
+        folder,
         cfg,
     )
     .and_then(|stats| {
-        let top = write_top_regions(
-            &tmp_dir,
-            &slide,
-            &grid,
-            &predictions,
-            mpp_mean,
-            &folder,
-            cfg,
-        )?;
+        let top = write_top_regions(&tmp_dir, &slide, &grid, &predictions, mpp_mean, folder, cfg)?;
         let identifiers = if cfg.include_label {
             write_identifier_images(&tmp_dir, &slide)?
         } else {
@@ -485,7 +525,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
     let dims = slide.dimensions();
     let doc = json!({
         "schema_version": RESULT_SCHEMA_VERSION,
-        "run_key": run_key_for(&folder, cfg)?,
+        "run_key": run_key_for(folder, cfg)?,
         "tessera_version": crate::VERSION,
         "disclaimer": "Decision support — findings require review by a pathologist.",
         "analysed_at": analysed_at,
@@ -581,7 +621,7 @@ pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<Analyz
         folder: final_dir,
         patches: analysed,
         tissue_mm2,
-        backend_note: chosen.note,
+        backend_note: chosen.note.clone(),
         positive_class: c.class_names[positive].clone(),
         positive_mean: class_stats.get(positive).and_then(|s| s["mean"].as_f64()),
         slide_score,

@@ -1,9 +1,13 @@
-//! The one call into the C library outside OpenSlide's FFI: handing freed heap memory back to
-//! the operating system between pipeline stages.
+//! The calls into the C library outside OpenSlide's FFI.
 //!
-//! In: nothing. Out: nothing (resident memory shrinks). glibc keeps freed memory in its
-//! arenas; after the tissue stage of a large slide that is tens of MiB that inference never
-//! reuses, so the peak of the whole run would grow with the slide. Elsewhere it does nothing.
+//! - [`release_free_memory`]: in nothing, out nothing (resident memory shrinks). glibc keeps
+//!   freed memory in its arenas; after the tissue stage of a large slide that is tens of MiB
+//!   that inference never reuses, so the peak of the whole run would grow with the slide.
+//! - [`die_with_parent`]: a watch worker process is killed by the kernel when the service that
+//!   started it dies, even by SIGKILL, so no orphan keeps analysing a slide the restarted
+//!   service has queued again.
+//!
+//! Elsewhere than Linux both do nothing.
 
 /// Returns free heap memory to the operating system (glibc's `malloc_trim(0)`).
 pub fn release_free_memory() {
@@ -17,5 +21,34 @@ pub fn release_free_memory() {
         unsafe {
             malloc_trim(0);
         }
+    }
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that spawned it exits (Linux's
+/// `PR_SET_PDEATHSIG`). Returns false where that is not available, or when the parent has
+/// already gone (`expected_parent` is not the parent any more).
+pub fn die_with_parent(expected_parent: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn prctl(option: i32, ...) -> i32;
+            fn getppid() -> i32;
+        }
+        const PR_SET_PDEATHSIG: i32 = 1;
+        const SIGKILL: u64 = 9;
+        // SAFETY: PR_SET_PDEATHSIG takes one integer argument (the signal) and touches no
+        // memory of ours; getppid has no arguments and cannot fail.
+        unsafe {
+            if prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 {
+                return false;
+            }
+            // The parent may have died before the call: then the signal never comes.
+            getppid() as u32 == expected_parent
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = expected_parent;
+        false
     }
 }

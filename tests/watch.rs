@@ -21,7 +21,14 @@ fn spawn_env(inbox: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> 
         .arg(inbox)
         .arg("--out")
         .arg(out)
-        .args(["--inference", "tract", "--rescan", "0.2", "-q"])
+        .args(["--inference", "tract", "-q"])
+        // Defaults for the tests, unless the test gives its own.
+        .args(
+            [["--rescan", "0.2"], ["--http", "off"]]
+                .into_iter()
+                .filter(|[flag, _]| !extra.contains(flag))
+                .flatten(),
+        )
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -80,6 +87,42 @@ fn queue_states(out: &Path) -> Vec<(String, String)> {
             (f[1].to_string(), f[3].to_string())
         })
         .collect()
+}
+
+/// Live `watch-worker` processes started for the results folder `out` (read from /proc).
+fn workers_of(out: &Path) -> Vec<u32> {
+    let needle = out.to_string_lossy().into_owned();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.iter().any(|a| a == "watch-worker") && args.contains(&needle)
+        })
+        .collect()
+}
+
+/// GET `path` from `addr`; returns the status code and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
 }
 
 /// Every file under `dir` with its size and modification time (the inbox must not change).
@@ -317,6 +360,7 @@ fn killed_at_random_moments_fifty_times_every_slide_is_done_exactly_once() {
     };
     let rounds = 50;
     let mut killed_while_running = 0;
+    let mut orphans = 0;
     for _ in 0..rounds {
         // Each finished analysis pauses 500 ms before the queue records it, so that some kills
         // land between the output appearing and the queue knowing.
@@ -333,6 +377,13 @@ fn killed_at_random_moments_fifty_times_every_slide_is_done_exactly_once() {
         }
         let _ = service.kill(); // SIGKILL
         let _ = service.wait();
+        // Its worker process dies with it (the kernel kills it), so no orphan goes on
+        // writing outputs for a slide the next start queues again.
+        let t1 = Instant::now();
+        while !workers_of(&out).is_empty() && t1.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        orphans += workers_of(&out).len();
         let ev = events(&out);
         if ev.last().is_some_and(|e| e["event"] == "running") {
             killed_while_running += 1;
@@ -375,12 +426,12 @@ fn killed_at_random_moments_fifty_times_every_slide_is_done_exactly_once() {
     let states = queue_states(&out);
     eprintln!(
         "fault injection: {rounds} SIGKILL rounds ({killed_while_running} during an analysis), \
-         {} slides, {lost} lost, {duplicated} analysed twice; {analysed_during} analyses \
+         {} slides, {lost} lost, {duplicated} analysed twice, {orphans} orphaned workers; {analysed_during} analyses \
          completed between kills, {recovered_done} found complete after a kill, {} starts",
         names.len(),
         count(&ev, "started")
     );
-    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!((lost, duplicated, orphans), (0, 0, 0));
     assert_eq!(states.len(), names.len());
     assert!(states.iter().all(|(s, _)| s == "done"), "{states:?}");
     // No temporary folder of a killed run is left behind.
@@ -393,5 +444,235 @@ fn killed_at_random_moments_fifty_times_every_slide_is_done_exactly_once() {
     assert!(
         killed_while_running > 0,
         "the schedule never hit an analysis"
+    );
+}
+
+#[test]
+fn a_slide_that_crashes_its_worker_is_quarantined_and_the_service_goes_on() {
+    let src = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(&src, inbox.join("crashes.svs")).unwrap();
+    std::fs::copy(&src, inbox.join("fine.svs")).unwrap();
+    // The worker process aborts (SIGABRT, as a native crash would) on the first slide.
+    let o = spawn_env(
+        &inbox,
+        &out,
+        &[
+            "--once",
+            "--settle",
+            "0",
+            "--backoff",
+            "0",
+            "--attempts",
+            "2",
+        ],
+        &[("TESSERA_WATCH_TEST_CRASH", "crashes")],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ev = events(&out);
+    let failures: Vec<&Value> = ev
+        .iter()
+        .filter(|e| matches!(e["event"].as_str(), Some("failed" | "quarantined")))
+        .collect();
+    assert_eq!(failures.len(), 2, "{ev:#?}");
+    assert_eq!(failures[1]["event"], "quarantined");
+    for f in &failures {
+        let msg = f["error"].as_str().unwrap();
+        assert!(msg.contains("crashes.svs"), "{msg}");
+        assert!(msg.contains("worker process died"), "{msg}");
+        assert!(msg.contains("signal 6"), "{msg}");
+    }
+    assert_eq!(
+        count(&ev, "started"),
+        1,
+        "the service itself never restarted"
+    );
+    assert_eq!(valid_outputs(&out, "fine.svs"), 1);
+    assert_eq!(valid_outputs(&out, "crashes.svs"), 0);
+    let mut states = queue_states(&out);
+    states.sort();
+    assert_eq!(
+        states.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+        ["done", "quarantined"]
+    );
+}
+
+#[test]
+fn filesystem_events_find_a_new_slide_without_waiting_for_the_rescan() {
+    let src = require!(data("slides/aperio/small.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(inbox.join("deeper/still")).unwrap();
+    // An hour between rescans: after the first (empty) scan only an event can find the slide.
+    let mut service = spawn(&inbox, &out, &["--settle", "0.5", "--rescan", "3600"]);
+    wait_for("the service to start", Duration::from_secs(60), || {
+        count(&events(&out), "started") == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::copy(&src, inbox.join("deeper/still/new.svs")).unwrap();
+    wait_for("the slide to be analysed", Duration::from_secs(120), || {
+        count(&events(&out), "analysed") == 1
+    });
+    sigterm(&service);
+    assert!(service.wait().unwrap().success());
+    let started = events(&out)
+        .into_iter()
+        .find(|e| e["event"] == "started")
+        .unwrap();
+    assert_eq!(started["events"], "on");
+    assert_eq!(valid_outputs(&out, "new.svs"), 1);
+}
+
+#[test]
+fn with_events_off_the_rescan_still_finds_new_slides() {
+    let src = require!(data("slides/aperio/small.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    let mut service = spawn(&inbox, &out, &["--settle", "0.3", "--events", "off"]);
+    wait_for("the service to start", Duration::from_secs(60), || {
+        count(&events(&out), "started") == 1
+    });
+    std::fs::copy(&src, inbox.join("later.svs")).unwrap();
+    wait_for("the slide to be analysed", Duration::from_secs(120), || {
+        count(&events(&out), "analysed") == 1
+    });
+    sigterm(&service);
+    assert!(service.wait().unwrap().success());
+    let started = events(&out)
+        .into_iter()
+        .find(|e| e["event"] == "started")
+        .unwrap();
+    assert_eq!(started["events"], "off");
+}
+
+#[test]
+fn a_done_marker_glob_holds_a_slide_until_the_scanner_writes_it() {
+    let src = require!(data("slides/aperio/small.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(&src, inbox.join("scan 1.svs")).unwrap();
+    let marker = ["--done-marker", "{stem}.done"];
+    let (rc, err) = once(&inbox, &out, &marker);
+    assert_eq!(rc, 0, "{err}");
+    let ev = events(&out);
+    assert_eq!(count(&ev, "queued"), 0, "{ev:#?}");
+    let waiting = ev.iter().find(|e| e["event"] == "waiting").unwrap();
+    assert!(waiting["reason"].as_str().unwrap().contains("done-marker"));
+    // A marker for another slide does not count; this slide's does.
+    std::fs::write(inbox.join("scan 2.done"), b"").unwrap();
+    assert_eq!(once(&inbox, &out, &marker).0, 0);
+    assert_eq!(count(&events(&out), "analysed"), 0);
+    std::fs::write(inbox.join("scan 1.done"), b"").unwrap();
+    assert_eq!(once(&inbox, &out, &marker).0, 0);
+    assert_eq!(count(&events(&out), "analysed"), 1);
+    assert_eq!(valid_outputs(&out, "scan 1.svs"), 1);
+    // A glob that cannot be valid is refused before anything starts.
+    let (rc, err) = once(&inbox, &out, &["--done-marker", "../x"]);
+    assert_eq!(rc, 3, "{err}");
+    assert!(err.contains("done-marker"), "{err}");
+}
+
+#[test]
+fn metrics_and_health_are_served_on_loopback_while_several_workers_run() {
+    let src = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    for n in ["a.svs", "b.svs", "c.svs", "d.svs"] {
+        std::fs::copy(&src, inbox.join(n)).unwrap();
+    }
+    std::fs::write(inbox.join("broken.svs"), b"not a slide at all").unwrap();
+    let mut service = spawn(
+        &inbox,
+        &out,
+        &[
+            "--settle",
+            "0",
+            "--workers",
+            "3",
+            "--http",
+            "127.0.0.1:0",
+            "--backoff",
+            "0",
+            "--attempts",
+            "1",
+        ],
+    );
+    let mut addr = String::new();
+    wait_for("the service to start", Duration::from_secs(60), || {
+        let ev = events(&out);
+        match ev.iter().find(|e| e["event"] == "started") {
+            Some(e) => {
+                addr = e["http"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".into()));
+    wait_for(
+        "every slide to be settled",
+        Duration::from_secs(300),
+        || {
+            let ev = events(&out);
+            count(&ev, "analysed") == 4 && count(&ev, "quarantined") == 1
+        },
+    );
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "tessera_watch_queue_slides{state=\"done\"} 4",
+        "tessera_watch_queue_slides{state=\"quarantined\"} 1",
+        "tessera_watch_queue_slides{state=\"running\"} 0",
+        "tessera_watch_slides_done_total 4",
+        "tessera_watch_slides_failed_total 1",
+        "tessera_watch_slides_quarantined_total 1",
+        "tessera_watch_workers 3",
+        "# TYPE tessera_watch_patches_total counter",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "{line} missing from:\n{body}"
+        );
+    }
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("tessera_watch_patches_total"), 4.0 * 43.0);
+    assert!(value("tessera_watch_patches_per_second") > 0.0);
+    assert!(value("tessera_watch_last_success_timestamp_seconds") > 1.7e9);
+    assert_eq!(http_get(&addr, "/nothing").0, 404);
+    sigterm(&service);
+    assert!(service.wait().unwrap().success());
+    // Each slide was analysed once, and more than one worker took part.
+    let ev = events(&out);
+    let workers: std::collections::BTreeSet<u64> = ev
+        .iter()
+        .filter(|e| e["event"] == "running")
+        .map(|e| e["worker"].as_u64().unwrap())
+        .collect();
+    assert!(workers.len() > 1, "{workers:?}");
+    for n in ["a.svs", "b.svs", "c.svs", "d.svs"] {
+        assert_eq!(valid_outputs(&out, n), 1, "{n}");
+    }
+    assert!(
+        workers_of(&out).is_empty(),
+        "worker processes left after the service stopped"
     );
 }

@@ -58,9 +58,17 @@ enum Command {
     Report(report::ReportArgs),
     /// Watch an inbox and analyse every slide once it is completely written, exactly once,
     /// through crashes and restarts (queue in OUT/.watch/).
+    #[command(
+        after_help = "Exit codes:\n  0   stopped cleanly (SIGTERM/Ctrl-C, or --once \
+        finished)\n  3   the service could not run (inbox missing, results folder in use, queue \
+        unreadable, metrics address taken)\n  64  invalid command line\n\nSee docs/watch.md."
+    )]
     Watch(watch::WatchArgs),
     /// Inspect or repair the watch service's queue.
     Queue(watch::QueueArgs),
+    /// Internal: the watch service's isolated analysis worker (reads requests on stdin).
+    #[command(hide = true)]
+    WatchWorker(watch::WatchArgs),
     /// Merge the summaries of (sharded) runs into OUT/summary.csv, OUT/summary.json and OUT/index.html.
     Summary {
         /// The output folder of the runs.
@@ -173,6 +181,7 @@ pub fn run() -> ExitCode {
         Command::Report(args) => report::run(&args),
         Command::Watch(args) => watch::run(&args),
         Command::Queue(args) => watch::run_queue(&args),
+        Command::WatchWorker(args) => watch::run_worker(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Summary { out } => match tessera::cohort::merge_summaries(&out) {

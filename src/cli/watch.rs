@@ -1,13 +1,15 @@
 //! `tessera watch INBOX --out RESULTS` and `tessera queue list|retry|forget`.
 
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use tessera::pipeline::AnalyzeConfig;
-use tessera::watch::{self, queue::Queue, WatchConfig};
+use tessera::watch::{self, queue::Queue, worker::WorkerCommand, WatchConfig};
 
 use super::{InferenceArg, SlideArgs, EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE};
 
@@ -35,6 +37,28 @@ pub struct WatchArgs {
     /// Seconds before the first retry (doubled for each further one).
     #[arg(long, default_value_t = 30.0)]
     backoff: f64,
+    /// Slides analysed at the same time (each in its own worker process; each analysis is
+    /// parallel inside, so more than 1 helps mainly when slides are small or I/O-bound).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Filesystem events (inotify) to notice new slides at once; `off` leaves only the rescan.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    events: Switch,
+    /// Take a slide only once a file matching this glob exists beside it; `{name}` is the
+    /// slide's file name and `{stem}` the name without its extension, e.g. '{stem}.done'.
+    #[arg(long, value_name = "GLOB")]
+    done_marker: Option<String>,
+    /// Serve /healthz and /metrics (Prometheus) on this address, or `off`. No authentication:
+    /// keep it on 127.0.0.1 or a management network.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9187")]
+    http: String,
+    /// Log lines: `text` (time, event, key=value) or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Analyse in this process instead of worker processes (a native crash then stops the
+    /// service).
+    #[arg(long, hide = true)]
+    in_process: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
@@ -53,6 +77,18 @@ pub struct WatchArgs {
     hash_full: bool,
     #[command(flatten)]
     slide: SlideArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -80,44 +116,139 @@ enum QueueWhat {
     },
 }
 
-pub fn run(a: &WatchArgs) -> u8 {
-    let inference = a.inference.choice();
-    if !(a.settle >= 0.0 && a.rescan > 0.0 && a.backoff >= 0.0) || a.attempts == 0 {
-        eprintln!("error: --settle and --backoff must be ≥ 0, --rescan > 0, --attempts ≥ 1");
-        return EXIT_USAGE;
-    }
-    let analyze = AnalyzeConfig {
+fn analyze_config(a: &WatchArgs) -> AnalyzeConfig {
+    AnalyzeConfig {
         out: a.out.clone(),
         model: a.model.clone(),
-        inference,
+        inference: a.inference.choice(),
         mpp_override: a.mpp,
         hash_full: a.hash_full,
         slide: a.slide.config_with_cache(32),
         ..AnalyzeConfig::default()
+    }
+}
+
+/// The worker command: this executable, `watch-worker`, and the arguments this process was
+/// given after `watch` (so the worker parses exactly the same analysis settings).
+fn worker_command() -> Option<WorkerCommand> {
+    let program = std::env::current_exe().ok()?;
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let at = args.iter().position(|a| a == "watch")?;
+    let mut rest = vec![OsString::from("watch-worker")];
+    rest.extend(args[at + 1..].iter().cloned());
+    Some(WorkerCommand {
+        program,
+        args: rest,
+    })
+}
+
+/// One event as a log line.
+fn log_line(e: &watch::Event, format: LogFormat) -> String {
+    if format == LogFormat::Json {
+        return e.to_string();
+    }
+    let time = e["time"]
+        .as_f64()
+        .and_then(|t| std::time::UNIX_EPOCH.checked_add(Duration::from_secs_f64(t.max(0.0))))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default();
+    let mut line = format!("{time} {}", e["event"].as_str().unwrap_or("event"));
+    if let Some(map) = e.as_object() {
+        for (k, v) in map {
+            if k == "time" || k == "event" || v.is_null() {
+                continue;
+            }
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if text.is_empty() || text.contains([' ', '"', '=']) {
+                line.push_str(&format!(" {k}={text:?}"));
+            } else {
+                line.push_str(&format!(" {k}={text}"));
+            }
+        }
+    }
+    line
+}
+
+pub fn run(a: &WatchArgs) -> u8 {
+    if !(a.settle >= 0.0 && a.rescan > 0.0 && a.backoff >= 0.0) || a.attempts == 0 {
+        eprintln!("error: --settle and --backoff must be ≥ 0, --rescan > 0, --attempts ≥ 1");
+        return EXIT_USAGE;
+    }
+    let http = match a.http.as_str() {
+        "off" => None,
+        addr => match addr.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    eprintln!(
+                        "warning: /metrics and /healthz on {addr} are reachable from other                          machines and have no authentication"
+                    );
+                }
+                Some(addr)
+            }
+            Err(e) => {
+                eprintln!("error: --http {addr}: {e} (expected e.g. 127.0.0.1:9187, or off)");
+                return EXIT_USAGE;
+            }
+        },
     };
-    let mut cfg = WatchConfig::new(a.inbox.clone(), analyze);
+    let mut cfg = WatchConfig::new(a.inbox.clone(), analyze_config(a));
     cfg.settle = Duration::from_secs_f64(a.settle);
     cfg.rescan = Duration::from_secs_f64(a.rescan);
     cfg.once = a.once;
     cfg.max_attempts = a.attempts;
     cfg.backoff = Duration::from_secs_f64(a.backoff);
-    // SIGINT / SIGTERM: finish the current slide, then stop.
+    cfg.workers = usize::from(a.workers);
+    cfg.events = a.events == Switch::On;
+    cfg.done_marker = a.done_marker.clone();
+    cfg.http = http;
+    cfg.worker_command = if a.in_process {
+        None
+    } else {
+        match worker_command() {
+            Some(c) => Some(c),
+            None => {
+                eprintln!("error: cannot find this executable to start worker processes");
+                return EXIT_ALL_FAILED;
+            }
+        }
+    };
+    // SIGINT / SIGTERM: finish the current slides, then stop.
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
         eprintln!("error: cannot install the signal handler: {e}");
         return EXIT_ALL_FAILED;
     }
-    let quiet = a.quiet;
+    let (quiet, format) = (a.quiet, a.log_format);
     let result = watch::run(&cfg, &stop, |e| {
         let failed = matches!(e["event"].as_str(), Some("failed" | "quarantined"));
         if failed {
-            eprintln!("{e}");
+            eprintln!("{}", log_line(e, format));
         } else if !quiet {
-            println!("{e}");
+            println!("{}", log_line(e, format));
         }
     });
     match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_ALL_FAILED
+        }
+    }
+}
+
+/// The hidden `watch-worker` command: analyses the slides the service sends on stdin.
+pub fn run_worker(a: &WatchArgs) -> u8 {
+    // SIGINT and SIGTERM reach the whole process group: the service decides when its workers
+    // stop (by closing their input), so they ignore both and finish the slide they hold.
+    let _ = ctrlc::set_handler(|| {});
+    let cfg = analyze_config(a);
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::stdout().lock();
+    match watch::worker::serve(&cfg, stdin, stdout) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("error: {e}");

@@ -5,32 +5,45 @@
 //! [`AnalyzeConfig`] whose `out` is the results folder. Out: one `OUT/<slide>-<fingerprint>/`
 //! per slide version (the normal analyze outputs, written atomically) and, in `OUT/.watch/`,
 //! the durable queue (`queue.sqlite`, see [`queue`]), an append-only `events.jsonl` and the
-//! service lock.
+//! service lock; optionally `/healthz` and `/metrics` over HTTP ([`http`]).
 //!
-//! Each pass rescans the inbox (folders recursively, known extensions; a DICOM series folder
-//! and a MIRAX file count as one slide), records every slide's size and modification time, and
-//! queues a slide once both have been unchanged for the settle period; its fingerprint names the
-//! version, so a file replaced later is analysed again and both results are kept. Queued slides
-//! are claimed one at a time (analysis is parallel inside); a failure is retried with
-//! exponential backoff and quarantined after the last attempt; a panic inside the analysis is
-//! such a failure. After a crash or kill, rows left `running` are settled first: `done` if
-//! their output folder is complete (the process died after writing it), back to the queue
-//! otherwise, without counting the interrupted attempt. (A native crash inside OpenSlide takes
-//! the process down with it; analyses are not isolated in worker processes yet.)
+//! Discovery: filesystem events (inotify through the notify crate) wake the scanner early, and
+//! a periodic rescan finds what events miss (SMB/NFS shares deliver none). Each scan lists the
+//! inbox (folders recursively, known extensions; a DICOM series folder and a MIRAX file count
+//! as one slide) and records every slide's size and modification time. A slide is queued once
+//! both have been unchanged for the settle period, the scanner's done-marker exists (if one is
+//! configured) and it opens (a settled slide that does not open is given one more settle period,
+//! then queued so that its failure is recorded). Its fingerprint names the version, so a file
+//! replaced later is analysed again and both results are kept.
+//!
+//! Work: `workers` threads claim queued slides; each hands its slide to a [`worker::Worker`],
+//! normally a child process holding the loaded model, so that a native crash costs one attempt
+//! of one slide. A failure is retried with exponential backoff and quarantined after the last
+//! attempt. After a crash or kill of the service, rows left `running` are settled first: `done`
+//! if their output folder is complete (the process died after writing it), back to the queue
+//! otherwise, without counting the interrupted attempt.
 
+pub mod http;
 pub mod queue;
+pub mod worker;
 
+use std::collections::HashSet;
 use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use notify::Watcher as _;
 use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::lockfile::{self, Lock};
-use crate::pipeline::{analyze_as, fingerprint, slide_name, AnalyzeConfig};
+use crate::pipeline::{fingerprint, slide_name, AnalyzeConfig};
+use crate::slide::Slide;
 use queue::{Entry, Queue};
+use worker::{Outcome, Worker};
 
 /// Everything the service needs.
 #[derive(Debug, Clone)]
@@ -43,12 +56,23 @@ pub struct WatchConfig {
     pub settle: Duration,
     /// Time between inbox scans (default 30 s).
     pub rescan: Duration,
+    /// Watch filesystem events as well as rescanning (default true).
+    pub events: bool,
+    /// A glob naming the scanner's done-marker file beside each slide, with `{name}` (the
+    /// slide's file name) and `{stem}` (without its extension) filled in, e.g. `{stem}.done`.
+    pub done_marker: Option<String>,
     /// Process what is there (waiting for unsettled files and due retries), then return.
     pub once: bool,
     /// Attempts before quarantine (default 3).
     pub max_attempts: u32,
     /// First retry delay, doubled for each further attempt (default 30 s).
     pub backoff: Duration,
+    /// Slides analysed at the same time (default 1; each analysis is parallel inside).
+    pub workers: usize,
+    /// How to start an isolated worker process (`None`: analyse in this process).
+    pub worker_command: Option<worker::WorkerCommand>,
+    /// Where to serve `/healthz` and `/metrics` (`None`: nowhere).
+    pub http: Option<SocketAddr>,
 }
 
 impl WatchConfig {
@@ -59,9 +83,14 @@ impl WatchConfig {
             analyze,
             settle: Duration::from_secs(60),
             rescan: Duration::from_secs(30),
+            events: true,
+            done_marker: None,
             once: false,
             max_attempts: 3,
             backoff: Duration::from_secs(30),
+            workers: 1,
+            worker_command: None,
+            http: None,
         }
     }
 }
@@ -145,103 +174,121 @@ fn clean_stale_temporaries(out: &Path) {
     }
 }
 
-struct Journal(PathBuf);
+/// The event log: every event goes to `events.jsonl` and to the caller's sink.
+struct Journal<F> {
+    path: PathBuf,
+    sink: Mutex<F>,
+}
 
-impl Journal {
-    fn write(&self, event: &Event, sink: &mut dyn FnMut(&Event)) {
-        sink(event);
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.0)
-        {
-            // One write per line: appends of a line are not interleaved or torn by a crash
-            // of this process.
-            let _ = f.write_all(format!("{event}\n").as_bytes());
+impl<F: FnMut(&Event)> Journal<F> {
+    fn write(&self, event: Event) {
+        if let Ok(mut sink) = self.sink.lock() {
+            sink(&event);
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+            {
+                // One write per line: appends of a line are not interleaved or torn by a crash
+                // of this process.
+                let _ = f.write_all(format!("{event}\n").as_bytes());
+            }
         }
     }
 }
 
-/// Runs the service until `stop` is set (or, with `once`, until the inbox is processed).
-/// `sink` receives every event (also written to `events.jsonl`).
-pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -> Result<()> {
-    let out = &cfg.analyze.out;
+/// Does the scanner's done-marker for `slide` exist beside it?
+fn marker_present(slide: &Path, pattern: &str) -> bool {
+    let (Some(dir), Some(name)) = (slide.parent(), slide.file_name()) else {
+        return false;
+    };
+    let name = name.to_string_lossy();
+    let stem = slide
+        .file_stem()
+        .map_or(name.to_string(), |s| s.to_string_lossy().into_owned());
+    let filled = pattern
+        .replace("{name}", &glob::Pattern::escape(&name))
+        .replace("{stem}", &glob::Pattern::escape(&stem));
+    let Ok(pat) = glob::Pattern::new(&filled) else {
+        return false;
+    };
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.path() != slide && pat.matches(&e.file_name().to_string_lossy()))
+    })
+}
+
+/// Checks what can be checked before the service starts.
+fn validate(cfg: &WatchConfig) -> Result<()> {
+    let bad = |message: String| Error::Queue {
+        path: cfg.inbox.clone(),
+        message,
+    };
     if !cfg.inbox.is_dir() {
         return Err(Error::NotFound {
             path: cfg.inbox.clone(),
         });
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::from_io(out, e))?;
-    let _lock = lock(out)?;
-    let journal = Journal(state_dir(out).join("events.jsonl"));
-    let mut q = Queue::open(&state_dir(out))?;
-    clean_stale_temporaries(out);
-    for (e, to) in q.recover(|e| output_complete(out, e))? {
-        journal.write(
-            &json!({"event": "recovered", "id": e.id, "path": e.path, "fingerprint": e.fingerprint,
-                    "state": to, "time": queue::now()}),
-            &mut sink,
-        );
-    }
-    journal.write(
-        &json!({"event": "started", "pid": std::process::id(), "inbox": cfg.inbox, "time": queue::now()}),
-        &mut sink,
-    );
-    loop {
-        // Scan: observe every slide; queue the settled versions not seen before.
-        let mut unsettled = 0;
-        for p in crate::cohort::collect(std::slice::from_ref(&cfg.inbox))? {
-            let Ok((size, mtime)) = stat_slide(&p) else {
-                continue; // vanished between listing and stat
-            };
-            if q.observe(&p, size, mtime)? < cfg.settle.as_secs_f64() {
-                unsettled += 1;
-                continue;
-            }
-            let fp = match q.cached_fingerprint(&p)? {
-                Some(fp) => fp,
-                None => {
-                    let Ok(fp) = fingerprint(&p, cfg.analyze.hash_full) else {
-                        continue;
-                    };
-                    q.set_fingerprint(&p, &fp)?;
-                    fp
-                }
-            };
-            if q.known(&p, &fp)? {
-                continue;
-            }
-            let output = format!("{}-{}", slide_name(&p), &fp[..12]);
-            if q.add(&p, &fp, &output)? {
-                journal.write(
-                    &json!({"event": "queued", "path": p, "fingerprint": fp, "output": output,
-                            "time": queue::now()}),
-                    &mut sink,
-                );
-            }
+    if let Some(p) = &cfg.done_marker {
+        let filled = p.replace("{name}", "x").replace("{stem}", "x");
+        if let Err(e) = glob::Pattern::new(&filled) {
+            return Err(bad(format!("invalid done-marker glob {p:?}: {e}")));
         }
-        // Work: every ready slide, one at a time.
-        while !stop.load(Ordering::SeqCst) {
-            let Some(e) = q.claim()? else { break };
+        if p.contains('/') {
+            return Err(bad(format!(
+                "the done-marker glob {p:?} names a file beside the slide; it cannot contain '/'"
+            )));
+        }
+    }
+    if cfg.workers == 0 {
+        return Err(bad("at least one worker is needed".into()));
+    }
+    Ok(())
+}
+
+/// Shared between the scanner, the workers and the HTTP thread.
+struct Shared<'a, F> {
+    cfg: &'a WatchConfig,
+    journal: Journal<F>,
+    metrics: http::Metrics,
+    /// Set when the service must stop: the caller's stop, `--once` finished, or a fatal error.
+    halt: AtomicBool,
+    stop: &'a AtomicBool,
+    fatal: Mutex<Option<Error>>,
+}
+
+impl<F: FnMut(&Event) + Send> Shared<'_, F> {
+    fn stopping(&self) -> bool {
+        self.halt.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, e: Error) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(e);
+        }
+        self.halt.store(true, Ordering::SeqCst);
+    }
+
+    /// One worker thread: claims and analyses slides until the service stops.
+    fn work(&self, index: usize) -> Result<()> {
+        let out = &self.cfg.analyze.out;
+        let mut q = Queue::open(&state_dir(out))?;
+        let mut worker = Worker::new(&self.cfg.analyze, self.cfg.worker_command.as_ref());
+        while !self.stopping() {
+            let Some(e) = q.claim()? else {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            self.metrics.busy.fetch_add(1, Ordering::SeqCst);
             let started = Instant::now();
-            journal.write(
-                &json!({"event": "running", "id": e.id, "path": e.path, "attempt": e.attempts,
-                        "time": queue::now()}),
-                &mut sink,
-            );
-            // A panic inside the analysis is a failure of this slide, not of the service.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                analyze_as(&e.path, &e.output, &cfg.analyze)
-            }))
-            .unwrap_or_else(|_| {
-                Err(Error::Inference {
-                    path: e.path.clone(),
-                    backend: "watch".into(),
-                    message: "the analysis panicked".into(),
-                })
-            });
-            match result {
-                Ok(s) => {
+            self.journal
+                .write(json!({"event": "running", "id": e.id, "path": e.path,
+                "attempt": e.attempts, "worker": index, "time": queue::now()}));
+            let outcome = worker.analyze(&e.path, &e.output);
+            self.metrics.busy.fetch_sub(1, Ordering::SeqCst);
+            match outcome {
+                Outcome::Done { folder, patches } => {
                     // Fault-injection hook for the tests: widen the window between the output
                     // folder appearing and the queue recording it, so that kills land there.
                     if let Some(ms) = std::env::var("TESSERA_WATCH_TEST_PAUSE_MS")
@@ -250,53 +297,266 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, mut sink: impl FnMut(&Event)) -
                     {
                         std::thread::sleep(Duration::from_millis(ms));
                     }
-                    journal.write(
-                        &json!({"event": "analysed", "id": e.id, "path": e.path,
-                                "fingerprint": e.fingerprint, "output": s.folder,
-                                "patches": s.patches, "seconds": started.elapsed().as_secs_f64(),
-                                "time": queue::now()}),
-                        &mut sink,
-                    );
+                    let seconds = started.elapsed().as_secs_f64();
+                    self.journal
+                        .write(json!({"event": "analysed", "id": e.id, "path": e.path,
+                        "fingerprint": e.fingerprint, "output": folder, "patches": patches,
+                        "seconds": seconds, "time": queue::now()}));
                     q.done(e.id)?;
+                    let m = &self.metrics;
+                    m.done.fetch_add(1, Ordering::SeqCst);
+                    m.patches.fetch_add(patches as u64, Ordering::SeqCst);
+                    http::add_f64(&m.analysis_seconds, seconds);
+                    m.last_success
+                        .store(queue::now().to_bits(), Ordering::SeqCst);
                 }
-                Err(err) => {
-                    q.failed(
-                        e.id,
-                        &err.to_string(),
-                        cfg.max_attempts,
-                        cfg.backoff.as_secs_f64(),
-                    )?;
+                Outcome::Failed(err) => {
+                    let c = self.cfg;
+                    q.failed(e.id, &err, c.max_attempts, c.backoff.as_secs_f64())?;
                     let state = q.get(e.id)?.map(|r| r.state).unwrap_or_default();
-                    journal.write(
-                        &json!({"event": state, "id": e.id, "path": e.path,
-                                "attempt": e.attempts, "error": err.to_string(),
-                                "time": queue::now()}),
-                        &mut sink,
-                    );
+                    self.metrics.failed.fetch_add(1, Ordering::SeqCst);
+                    if state == "quarantined" {
+                        self.metrics.quarantined.fetch_add(1, Ordering::SeqCst);
+                    }
+                    self.journal
+                        .write(json!({"event": state, "id": e.id, "path": e.path,
+                        "attempt": e.attempts, "error": err, "time": queue::now()}));
                 }
             }
         }
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        if cfg.once {
-            let waiting = q.list()?.iter().any(|e| e.state == "failed");
-            if unsettled == 0 && !waiting {
-                break;
+        Ok(())
+    }
+}
+
+/// What one scan found.
+struct Scan {
+    /// Slides not yet taken that `--once` must wait for.
+    pending: usize,
+    /// When the soonest of them can be taken.
+    soonest: Option<Duration>,
+}
+
+/// Runs the service until `stop` is set (or, with `once`, until the inbox is processed).
+/// `sink` receives every event (also written to `events.jsonl`).
+pub fn run(cfg: &WatchConfig, stop: &AtomicBool, sink: impl FnMut(&Event) + Send) -> Result<()> {
+    validate(cfg)?;
+    let out = &cfg.analyze.out;
+    std::fs::create_dir_all(out).map_err(|e| Error::from_io(out, e))?;
+    let _lock = lock(out)?;
+    let listener = match cfg.http {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|e| Error::Queue {
+            path: state_dir(out),
+            message: format!("cannot serve /metrics on {addr}: {e}"),
+        })?),
+        None => None,
+    };
+    let shared = Shared {
+        cfg,
+        journal: Journal {
+            path: state_dir(out).join("events.jsonl"),
+            sink: Mutex::new(sink),
+        },
+        metrics: http::Metrics::default(),
+        halt: AtomicBool::new(false),
+        stop,
+        fatal: Mutex::new(None),
+    };
+    let m = &shared.metrics;
+    m.workers.store(cfg.workers as u64, Ordering::SeqCst);
+    m.rescan_s
+        .store(cfg.rescan.as_secs_f64().to_bits(), Ordering::SeqCst);
+    m.last_scan.store(queue::now().to_bits(), Ordering::SeqCst);
+
+    let q = Queue::open(&state_dir(out))?;
+    clean_stale_temporaries(out);
+    for (e, to) in q.recover(|e| output_complete(out, e))? {
+        shared
+            .journal
+            .write(json!({"event": "recovered", "id": e.id, "path": e.path,
+            "fingerprint": e.fingerprint, "state": to, "time": queue::now()}));
+    }
+
+    // Filesystem events only wake the scanner; what they mean is found by scanning.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut watcher = None;
+    let mut events_note = "off".to_string();
+    if cfg.events {
+        let out_abs = out.canonicalize().unwrap_or_else(|_| out.clone());
+        let handler = move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                // Our own outputs (a results folder inside the inbox) are not news.
+                if ev.paths.iter().any(|p| !p.starts_with(&out_abs)) {
+                    let _ = tx.send(());
+                }
             }
-        }
-        // Sleep until the next scan, waking early to stop.
-        let until = Instant::now() + cfg.rescan;
-        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(50).min(cfg.rescan));
-        }
-        if stop.load(Ordering::SeqCst) {
-            break;
+        };
+        match notify::recommended_watcher(handler).and_then(|mut w| {
+            w.watch(&cfg.inbox, notify::RecursiveMode::Recursive)
+                .map(|_| w)
+        }) {
+            Ok(w) => {
+                watcher = Some(w);
+                events_note = "on".into();
+            }
+            Err(e) => events_note = format!("unavailable ({e}); rescanning only"),
         }
     }
-    journal.write(
-        &json!({"event": "stopped", "pid": std::process::id(), "time": queue::now()}),
-        &mut sink,
-    );
-    Ok(())
+    shared
+        .journal
+        .write(json!({"event": "started", "pid": std::process::id(),
+        "inbox": cfg.inbox, "workers": cfg.workers, "events": events_note,
+        "isolated": cfg.worker_command.is_some(),
+        "http": listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+        "time": queue::now()}));
+
+    std::thread::scope(|scope| {
+        if let Some(l) = listener {
+            let sh = &shared;
+            scope.spawn(move || http::serve(l, &sh.halt, &sh.metrics, &state_dir(out)));
+        }
+        for index in 1..=cfg.workers {
+            let sh = &shared;
+            scope.spawn(move || {
+                if let Err(e) = sh.work(index) {
+                    sh.fail(e);
+                }
+            });
+        }
+        if let Err(e) = scan_loop(&shared, q, &rx) {
+            shared.fail(e);
+        }
+        // Workers finish the slide they hold, then return; the HTTP thread stops with them.
+        shared.halt.store(true, Ordering::SeqCst);
+    });
+    drop(watcher);
+    shared
+        .journal
+        .write(json!({"event": "stopped", "pid": std::process::id(),
+        "time": queue::now()}));
+    match shared.fatal.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Scans the inbox whenever it is due (periodically, after filesystem events, and when an
+/// unsettled slide's settle period ends) until the service stops.
+fn scan_loop<F: FnMut(&Event) + Send>(
+    sh: &Shared<'_, F>,
+    q: Queue,
+    events: &std::sync::mpsc::Receiver<()>,
+) -> Result<()> {
+    let cfg = sh.cfg;
+    let mut waiting_noted: HashSet<(PathBuf, String)> = HashSet::new();
+    let mut next = Instant::now();
+    loop {
+        // Wait for the next scan; an event brings it forward (after a short quiet time, so
+        // that a copy in progress is not rescanned for every write).
+        while Instant::now() < next && !sh.stopping() {
+            let left = next.saturating_duration_since(Instant::now());
+            if events
+                .recv_timeout(left.min(Duration::from_millis(100)))
+                .is_ok()
+            {
+                while events.try_recv().is_ok() {}
+                next = next.min(Instant::now() + Duration::from_millis(500));
+            }
+        }
+        if sh.stopping() {
+            return Ok(());
+        }
+        let scan = scan(sh, &q, &mut waiting_noted)?;
+        sh.metrics
+            .last_scan
+            .store(queue::now().to_bits(), Ordering::SeqCst);
+        if cfg.once && scan.pending == 0 {
+            let busy = q
+                .counts()?
+                .iter()
+                .any(|(st, n)| *n > 0 && matches!(st.as_str(), "stable" | "running" | "failed"));
+            if !busy {
+                return Ok(());
+            }
+        }
+        next = Instant::now() + cfg.rescan;
+        if let Some(s) = scan.soonest {
+            next = next.min(Instant::now() + s + Duration::from_millis(50));
+        }
+        if cfg.once {
+            // Also poll for the workers' progress and due retries.
+            next = next.min(Instant::now() + Duration::from_millis(500));
+        }
+    }
+}
+
+/// One pass over the inbox: observe every slide; queue the complete versions not seen before.
+fn scan<F: FnMut(&Event) + Send>(
+    sh: &Shared<'_, F>,
+    q: &Queue,
+    waiting_noted: &mut HashSet<(PathBuf, String)>,
+) -> Result<Scan> {
+    let cfg = sh.cfg;
+    let settle = cfg.settle.as_secs_f64();
+    let mut result = Scan {
+        pending: 0,
+        soonest: None,
+    };
+    let wait = |result: &mut Scan, seconds: f64| {
+        result.pending += 1;
+        let d = Duration::from_secs_f64(seconds.max(0.0));
+        result.soonest = Some(result.soonest.map_or(d, |s| s.min(d)));
+    };
+    for p in crate::cohort::collect(std::slice::from_ref(&cfg.inbox))? {
+        let Ok((size, mtime)) = stat_slide(&p) else {
+            continue; // vanished between listing and stat
+        };
+        let age = q.observe(&p, size, mtime)?;
+        if age < settle {
+            wait(&mut result, settle - age);
+            continue;
+        }
+        let fp = match q.cached_fingerprint(&p)? {
+            Some(fp) => fp,
+            None => {
+                let Ok(fp) = fingerprint(&p, cfg.analyze.hash_full) else {
+                    continue;
+                };
+                q.set_fingerprint(&p, &fp)?;
+                fp
+            }
+        };
+        if q.known(&p, &fp)? {
+            continue;
+        }
+        let mut note = |why: String| {
+            if waiting_noted.insert((p.clone(), why.clone())) {
+                sh.journal
+                    .write(json!({"event": "waiting", "path": p, "fingerprint": fp,
+                    "reason": why, "time": queue::now()}));
+            }
+        };
+        if let Some(pattern) = &cfg.done_marker {
+            if !marker_present(&p, pattern) {
+                // Not pending for --once: the marker may never come; the next run looks again.
+                note(format!("no done-marker matching {pattern:?} beside it"));
+                continue;
+            }
+        }
+        if let Err(e) = Slide::open_with(&p, &cfg.analyze.slide) {
+            // Perhaps still being written in place; after one more settle period it is queued
+            // anyway, so that the failure is recorded, retried and quarantined.
+            if age < 2.0 * settle {
+                note(format!("does not open yet: {e}"));
+                wait(&mut result, 2.0 * settle - age);
+                continue;
+            }
+        }
+        let output = format!("{}-{}", slide_name(&p), &fp[..12]);
+        if q.add(&p, &fp, &output)? {
+            sh.journal
+                .write(json!({"event": "queued", "path": p, "fingerprint": fp,
+                "output": output, "time": queue::now()}));
+        }
+    }
+    Ok(result)
 }

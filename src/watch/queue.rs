@@ -162,7 +162,12 @@ impl Queue {
     /// running and counts the attempt, in one transaction.
     pub fn claim(&mut self) -> Result<Option<Entry>> {
         let t = now();
-        let tx = self.db.transaction().map_err(|e| qerr(&self.path, e))?;
+        // IMMEDIATE: the write lock is taken before reading, so two workers (connections) never
+        // claim the same row, and neither fails upgrading a read snapshot to a write.
+        let tx = self
+            .db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| qerr(&self.path, e))?;
         let id: Option<i64> = tx
             .query_row(
                 "SELECT id FROM slides WHERE state = 'stable' OR (state = 'failed' AND next_try <= ?1)

@@ -1,0 +1,276 @@
+//! The watch service's analysis workers: one slide at a time each, in a child process, so that
+//! a crash in native code (OpenSlide, a decoder, the inference runtime) costs one attempt of one
+//! slide instead of the service.
+//!
+//! In: `(slide path, output folder name)` requests. Out: an [`Outcome`] per request; the
+//! outputs themselves are written by [`crate::pipeline`] into the results folder.
+//!
+//! A [`Worker`] is either in this process (library use, no isolation) or a child process (the
+//! `tessera` binary's hidden `watch-worker` command, running [`serve`]) that loads the model
+//! once and then answers one JSON line per request on its standard output. A child that dies
+//! while analysing (a signal, an abort, an exit) is reported as a failure of that slide and is
+//! started again for the next one. The child is killed by the kernel when the service dies
+//! (`PR_SET_PDEATHSIG`), so no orphan finishes a slide the restarted service queued again.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::pipeline::{analyze_cached, AnalyzeConfig, LoadedModel};
+
+/// The environment variable that carries the service's pid to its workers.
+const PARENT_ENV: &str = "TESSERA_WATCH_PARENT";
+
+/// How to start a worker process: the program and its arguments (the analysis settings).
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// The executable (normally the running `tessera`).
+    pub program: PathBuf,
+    /// Its arguments, e.g. `watch-worker` followed by the analysis flags.
+    pub args: Vec<OsString>,
+}
+
+/// One request to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    path: PathBuf,
+    output: String,
+}
+
+/// A worker's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The outputs are complete in this folder.
+    Done {
+        /// The slide's output folder.
+        folder: PathBuf,
+        /// Patches analysed.
+        patches: usize,
+    },
+    /// The analysis failed; the reason names the file.
+    Failed(String),
+}
+
+struct Process {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// One analysis worker (one per worker thread, so the size difference of the variants does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Worker<'a> {
+    /// In this process: no isolation from native crashes.
+    InProcess {
+        /// The analysis settings.
+        cfg: &'a AnalyzeConfig,
+        /// The model, loaded on first use.
+        model: Option<LoadedModel>,
+    },
+    /// In a child process, started on first use and again after it dies.
+    Process {
+        /// How to start it.
+        command: &'a WorkerCommand,
+        /// The running child, if any.
+        running: Option<ProcessHandle>,
+    },
+}
+
+/// A running worker process (opaque).
+pub struct ProcessHandle(Process);
+
+impl<'a> Worker<'a> {
+    /// A worker for `cfg`: a child process when `command` is given, in-process otherwise.
+    pub fn new(cfg: &'a AnalyzeConfig, command: Option<&'a WorkerCommand>) -> Worker<'a> {
+        match command {
+            Some(command) => Worker::Process {
+                command,
+                running: None,
+            },
+            None => Worker::InProcess { cfg, model: None },
+        }
+    }
+
+    /// Analyses `path` into the results folder's `output`.
+    pub fn analyze(&mut self, path: &Path, output: &str) -> Outcome {
+        match self {
+            Worker::InProcess { cfg, model } => analyze_one(cfg, model, path, output),
+            Worker::Process { command, running } => {
+                // A child that died while idle is replaced before it is given a slide, so its
+                // death is not blamed on that slide.
+                if let Some(ProcessHandle(p)) = running {
+                    if !matches!(p.child.try_wait(), Ok(None)) {
+                        *running = None;
+                    }
+                }
+                if running.is_none() {
+                    match spawn(command) {
+                        Ok(p) => *running = Some(ProcessHandle(p)),
+                        Err(e) => {
+                            return Outcome::Failed(format!(
+                                "cannot start a worker process ({}): {e}",
+                                command.program.display()
+                            ))
+                        }
+                    }
+                }
+                let Some(ProcessHandle(p)) = running else {
+                    return Outcome::Failed("no worker process".into());
+                };
+                match ask(p, path, output) {
+                    Some(outcome) => outcome,
+                    None => {
+                        // The child died mid-analysis: reap it and blame this slide.
+                        let _ = p.child.kill();
+                        let status = p
+                            .child
+                            .wait()
+                            .map(describe_exit)
+                            .unwrap_or_else(|e| e.to_string());
+                        *running = None;
+                        Outcome::Failed(format!(
+                            "{}: the worker process died while analysing this slide ({status})",
+                            path.display()
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ProcessHandle {
+    fn drop(&mut self) {
+        // End of its input: an idle worker exits at once; one that does not within a few
+        // seconds is killed.
+        let p = &mut self.0;
+        drop(p.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}
+
+fn describe_exit(s: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = s.signal() {
+            return format!("killed by signal {sig}");
+        }
+    }
+    match s.code() {
+        Some(c) => format!("exit code {c}"),
+        None => s.to_string(),
+    }
+}
+
+fn spawn(command: &WorkerCommand) -> std::io::Result<Process> {
+    let mut child = Command::new(&command.program)
+        .args(&command.args)
+        .env(PARENT_ENV, std::process::id().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdin = child.stdin.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
+    let stdout = child.stdout.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
+    Ok(Process {
+        child,
+        stdin: Some(stdin),
+        stdout: BufReader::new(stdout),
+    })
+}
+
+/// Sends one request; `None` when the child died before answering.
+fn ask(p: &mut Process, path: &Path, output: &str) -> Option<Outcome> {
+    let req = Request {
+        path: path.to_path_buf(),
+        output: output.to_string(),
+    };
+    let line = serde_json::to_string(&req).ok()? + "\n";
+    let stdin = p.stdin.as_mut()?;
+    stdin.write_all(line.as_bytes()).ok()?;
+    stdin.flush().ok()?;
+    let mut answer = String::new();
+    match p.stdout.read_line(&mut answer) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(serde_json::from_str(&answer).unwrap_or_else(|e| {
+            Outcome::Failed(format!(
+                "{}: unreadable answer from the worker process ({e})",
+                path.display()
+            ))
+        })),
+    }
+}
+
+fn analyze_one(
+    cfg: &AnalyzeConfig,
+    model: &mut Option<LoadedModel>,
+    path: &Path,
+    output: &str,
+) -> Outcome {
+    // A panic inside the analysis is a failure of this slide, not of the worker.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        analyze_cached(path, output, cfg, model)
+    }));
+    match result {
+        Ok(Ok(s)) => Outcome::Done {
+            folder: s.folder,
+            patches: s.patches,
+        },
+        Ok(Err(e)) => Outcome::Failed(e.to_string()),
+        Err(_) => Outcome::Failed(format!("{}: the analysis panicked", path.display())),
+    }
+}
+
+/// The worker process's loop: one request per line on `input`, one answer per line on
+/// `output`, until an empty line or the end of input. The model is loaded once, on the
+/// first request.
+pub fn serve(cfg: &AnalyzeConfig, input: impl BufRead, mut output: impl Write) -> Result<()> {
+    if let Some(parent) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        if !crate::sys::die_with_parent(parent) && cfg!(target_os = "linux") {
+            // The service is already gone: nobody will read our answers.
+            return Ok(());
+        }
+    }
+    let mut model = None;
+    for line in input.lines() {
+        let line = line.map_err(|e| crate::error::Error::from_io(Path::new("<stdin>"), e))?;
+        if line.trim().is_empty() {
+            break;
+        }
+        let outcome = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                // Fault-injection hook for the tests: a native crash while analysing a slide
+                // whose path contains this text.
+                if let Ok(text) = std::env::var("TESSERA_WATCH_TEST_CRASH") {
+                    if !text.is_empty() && req.path.to_string_lossy().contains(&text) {
+                        std::process::abort();
+                    }
+                }
+                analyze_one(cfg, &mut model, &req.path, &req.output)
+            }
+            Err(e) => Outcome::Failed(format!("unreadable request: {e}")),
+        };
+        let answer = serde_json::to_string(&outcome).unwrap_or_default();
+        writeln!(output, "{answer}")
+            .and_then(|_| output.flush())
+            .map_err(|e| crate::error::Error::from_io(Path::new("<stdout>"), e))?;
+    }
+    Ok(())
+}
