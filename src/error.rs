@@ -281,6 +281,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The viewer (`tessera serve`) cannot start: no analysed slide, address in use…
+    #[error("{}: {message}", path.display())]
+    Serve {
+        /// The results folder (or the file concerned).
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
     /// The watch service's queue or lock.
     #[error("{}: {message}", path.display())]
     Queue {
@@ -341,6 +350,7 @@ impl Error {
             Error::Report { .. } => "report",
             Error::External { .. } => "external",
             Error::Queue { .. } => "queue",
+            Error::Serve { .. } => "serve",
         }
     }
 }

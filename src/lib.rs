@@ -13,7 +13,11 @@
 //!                                                                            (`tessera region`)
 //! ```
 //!
-//! Later stages (tissue mask, patch grid, inference, heatmaps) build on [`slide::Slide`].
+//! Analysis (`tessera analyze`) chains the stages in [`pipeline`]: Slide → tissue::TissueMask →
+//! grid::PatchGrid → batch::PatchBatch → predictions → stitch::Heatmap → outputs and
+//! [`report`]. [`cohort`] runs it over many slides, [`watch`] beside a scanner (durable queue,
+//! worker processes, metrics), and [`serve`] shows the results in a teaching viewer (Deep Zoom,
+//! heatmap tiles, quiz).
 //!
 //! # Coordinate spaces
 //!
@@ -37,6 +41,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod report;
+pub mod serve;
 pub mod slide;
 pub mod stitch;
 pub mod synthetic;

@@ -1,4 +1,4 @@
-//! A small headless-Chromium driver over the DevTools protocol, for the report tests: it
+//! A small headless-Chromium driver over the DevTools protocol, for the report and viewer tests: it
 //! records every request a page makes, every console error, exception and failed load, and
 //! takes full-page screenshots.
 
@@ -49,14 +49,15 @@ impl Drop for Browser {
 }
 
 impl Browser {
-    /// Starts Chromium with a fresh profile, no network services, and every host name
-    /// unresolvable (nothing can leave the machine even if a page tried).
+    /// Starts Chromium with a fresh profile, no network services, and every host name but
+    /// 127.0.0.1 (the viewer tests' server) unresolvable (nothing can leave the machine even if
+    /// a page tried).
     pub fn start(exe: &Path) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let child = Command::new(exe)
             .args(tessera::report::pdf::HEADLESS_FLAGS)
             .args([
-                "--host-resolver-rules=MAP * ~NOTFOUND",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -167,15 +168,19 @@ impl Browser {
         self.wait_event(&session, "Page.loadEventFired");
         // Let late events (errors logged after load) arrive.
         self.eval(&session, "new Promise(r => setTimeout(() => r(true), 300))");
-        let mine: Vec<Value> = self
-            .events
-            .iter()
-            .filter(|e| e["sessionId"] == session.as_str())
-            .cloned()
-            .collect();
+        let (requests, errors) = self.seen(&session);
+        Visit {
+            session,
+            requests,
+            errors,
+        }
+    }
+
+    /// Every request and every error of `session` since its navigation (events read so far).
+    pub fn seen(&self, session: &str) -> (Vec<String>, Vec<String>) {
         let mut requests = Vec::new();
         let mut errors = Vec::new();
-        for e in mine {
+        for e in self.events.iter().filter(|e| e["sessionId"] == session) {
             let p = &e["params"];
             match e["method"].as_str().unwrap_or("") {
                 "Network.requestWillBeSent" => {
@@ -194,11 +199,7 @@ impl Browser {
                 _ => {}
             }
         }
-        Visit {
-            session,
-            requests,
-            errors,
-        }
+        (requests, errors)
     }
 
     /// Evaluates `expr` (awaiting promises) in the page and returns its value.

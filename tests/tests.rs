@@ -12,6 +12,7 @@ mod cohort;
 mod hostile;
 mod parity;
 mod report;
+mod serve;
 mod slides;
 mod tissue;
 mod watch;

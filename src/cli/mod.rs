@@ -7,6 +7,7 @@ mod generate;
 mod info;
 mod region;
 mod report;
+mod serve;
 mod watch;
 
 use std::path::PathBuf;
@@ -66,6 +67,13 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Inspect or repair the watch service's queue.
     Queue(watch::QueueArgs),
+    /// A web viewer over analysed slides for teaching: the slide and its AI heatmap, and a quiz
+    /// mode that scores a trainee's marks.
+    #[command(
+        after_help = "Exit codes:\n  0   stopped (SIGTERM/Ctrl-C)\n  3   could not start \
+        (no analysed slide, address in use, short token)\n  64  invalid command line"
+    )]
+    Serve(serve::ServeArgs),
     /// Internal: the watch service's isolated analysis worker (reads requests on stdin).
     #[command(hide = true)]
     WatchWorker(watch::WatchArgs),
@@ -181,6 +189,7 @@ pub fn run() -> ExitCode {
         Command::Report(args) => report::run(&args),
         Command::Watch(args) => watch::run(&args),
         Command::Queue(args) => watch::run_queue(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::WatchWorker(args) => watch::run_worker(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),

@@ -95,17 +95,46 @@ pub fn write_gray_png(path: &Path, image: &image::GrayImage) -> Result<()> {
 
 /// A greyscale image encoded as PNG bytes (to hold a large image compactly until written).
 pub fn encode_gray_png(image: &image::GrayImage) -> Result<Vec<u8>> {
+    encode_png(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        image::ExtendedColorType::L8,
+    )
+}
+
+/// An RGB image encoded as PNG bytes.
+pub fn encode_rgb_png(image: &RgbImage) -> Result<Vec<u8>> {
+    encode_png(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        image::ExtendedColorType::Rgb8,
+    )
+}
+
+/// An RGBA image encoded as PNG bytes.
+pub fn encode_rgba_png(image: &image::RgbaImage) -> Result<Vec<u8>> {
+    encode_png(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        image::ExtendedColorType::Rgba8,
+    )
+}
+
+fn encode_png(
+    raw: &[u8],
+    width: u32,
+    height: u32,
+    colour: image::ExtendedColorType,
+) -> Result<Vec<u8>> {
     use image::ImageEncoder;
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            image::ExtendedColorType::L8,
-        )
+        .write_image(raw, width, height, colour)
         .map_err(|e| Error::Encode {
-            path: "tissue-mask.png".into(),
+            path: "(PNG in memory)".into(),
             message: e.to_string(),
         })?;
     Ok(out)

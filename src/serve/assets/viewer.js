@@ -1,0 +1,201 @@
+// The viewer page (/view/{id}, quiz mode with ?quiz=1): OpenSeadragon with the slide's Deep Zoom
+// tiles and the AI heatmap as a second tiled layer. Coordinates sent to the server are level-0
+// pixels of the slide. Nothing is loaded from outside this server.
+'use strict';
+const id = decodeURIComponent(location.pathname.split('/').pop());
+const quiz = new URLSearchParams(location.search).get('quiz') === '1';
+const $ = (s) => document.getElementById(s);
+const state = { result: null, overlay: null, marks: [], revealed: false, mpp: null };
+
+const viewer = OpenSeadragon({
+  id: 'osd',
+  tileSources: '/slides/' + encodeURIComponent(id) + '.dzi',
+  drawer: 'canvas',
+  showNavigationControl: false,
+  showNavigator: true,
+  navigatorPosition: 'TOP_RIGHT',
+  gestureSettingsMouse: { clickToZoom: false },
+  crossOriginPolicy: false,
+  maxZoomPixelRatio: 2,
+});
+window.tesseraViewer = viewer; // for tests and the curious
+
+function slideItem() { return viewer.world.getItemAt(0); }
+
+function overlaySource() {
+  const r = state.result, dims = r.slide.dimensions;
+  const levels = Math.ceil(Math.log2(Math.max(dims.width, dims.height))) + 1;
+  const q = '?class=' + encodeURIComponent($('class').value) + '&cmap=' + $('cmap').value +
+    '&threshold=' + $('threshold').value;
+  return {
+    width: dims.width, height: dims.height, tileSize: 254, tileOverlap: 1,
+    minLevel: 0, maxLevel: levels - 1,
+    getTileUrl: (level, x, y) => '/overlay/' + encodeURIComponent(id) + '_files/' + level + '/' + x + '_' + y + '.png' + q,
+  };
+}
+
+function refreshOverlay() {
+  const gen = state.gen = (state.gen || 0) + 1;
+  if (state.overlay) { viewer.world.removeItem(state.overlay); state.overlay = null; }
+  if (!$('show').checked || (quiz && !state.revealed)) return;
+  viewer.addTiledImage({
+    tileSource: overlaySource(), opacity: parseFloat($('opacity').value),
+    // A newer refresh may have started meanwhile: only the latest layer stays.
+    success: (e) => { if (gen === state.gen) state.overlay = e.item; else viewer.world.removeItem(e.item); },
+  });
+}
+
+function legend() {
+  const stops = [];
+  for (let i = 0; i <= 10; i++) stops.push(colour($('cmap').value, i / 10));
+  $('legend').style.background = 'linear-gradient(to right,' + stops.join(',') + ')';
+  $('thresholdv').textContent = $('threshold').value;
+}
+
+function colour(map, p) {
+  const lerp = (a, b, t) => a.map((v, i) => Math.round(v + (b[i] - v) * t));
+  if (map === 'jet') {
+    const f = (x) => Math.max(0, Math.min(1, 1.5 - Math.abs(4 * p - x)));
+    return 'rgb(' + [f(3), f(2), f(1)].map((v) => Math.round(v * 255)).join(',') + ')';
+  }
+  if (map === 'coolwarm') {
+    const c = p < 0.5 ? lerp([59, 76, 192], [221, 221, 221], p * 2) : lerp([221, 221, 221], [180, 4, 38], (p - 0.5) * 2);
+    return 'rgb(' + c.join(',') + ')';
+  }
+  const v = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141], [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]];
+  const x = p * 8, i = Math.min(7, Math.floor(x));
+  return 'rgb(' + lerp(v[i], v[i + 1], x - i).join(',') + ')';
+}
+
+function scalebar() {
+  if (!state.mpp || !slideItem()) return;
+  const zoom = slideItem().viewportToImageZoom(viewer.viewport.getZoom(true)); // screen px per image px
+  const umPerPx = state.mpp / zoom;
+  let um = umPerPx * 120;
+  const p = Math.pow(10, Math.floor(Math.log10(um)));
+  um = [1, 2, 5, 10].map((m) => m * p).filter((v) => v <= um).pop() || p;
+  $('scalebar-bar').style.width = (um / umPerPx) + 'px';
+  $('scalebar-text').textContent = um >= 1000 ? (um / 1000) + ' mm' : um + ' µm';
+}
+
+function goTo(box) {
+  const rect = slideItem().imageToViewportRectangle(box.x, box.y, box.side, box.side);
+  viewer.viewport.fitBounds(rect);
+}
+
+function imagePoint(e) { return slideItem().viewerElementToImageCoordinates(e.position); }
+
+async function showPatch(pt) {
+  const r = await fetch('/api/slides/' + encodeURIComponent(id) + '/patch?x=' + Math.round(pt.x) + '&y=' + Math.round(pt.y));
+  const box = $('patch');
+  if (!r.ok) { box.textContent = 'No analysed patch at (' + Math.round(pt.x) + ', ' + Math.round(pt.y) + ').'; return; }
+  const d = await r.json();
+  box.textContent = '';
+  const t = document.createElement('table');
+  const row = (a, b) => { const tr = t.insertRow(); tr.insertCell().textContent = a; tr.insertCell().textContent = b; };
+  row('patch', 'col ' + d.patch.col + ', row ' + d.patch.row);
+  row('level-0 box', d.patch.x + ', ' + d.patch.y + ' (' + d.patch.width + ' px)');
+  for (const [k, v] of Object.entries(d.probabilities)) row('P(' + k + ')', v.toFixed(3));
+  box.appendChild(t);
+}
+
+function addMark(pt) {
+  const el = document.createElement('div');
+  el.className = 'mark';
+  const mark = { x: pt.x, y: pt.y, el };
+  el.addEventListener('click', (ev) => {
+    ev.stopPropagation();
+    if (state.revealed) return;
+    viewer.removeOverlay(el);
+    state.marks = state.marks.filter((m) => m !== mark);
+    $('markcount').textContent = state.marks.length;
+  });
+  new OpenSeadragon.MouseTracker({ element: el, clickHandler: (e) => { e.preventDefaultAction = true; } });
+  viewer.addOverlay({ element: el, location: slideItem().imageToViewportCoordinates(pt.x, pt.y), placement: OpenSeadragon.Placement.CENTER });
+  state.marks.push(mark);
+  $('markcount').textContent = state.marks.length;
+}
+
+function drawRegions(regions, colour) {
+  for (const region of regions) {
+    const pts = region.polygons.flat(2);
+    const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
+    const x0 = Math.min(...xs), y0 = Math.min(...ys), w = Math.max(...xs) - x0 || 1, h = Math.max(...ys) - y0 || 1;
+    const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+    svg.setAttribute('viewBox', x0 + ' ' + y0 + ' ' + w + ' ' + h);
+    svg.setAttribute('preserveAspectRatio', 'none');
+    svg.style.pointerEvents = 'none';
+    svg.style.overflow = 'visible';
+    const path = document.createElementNS('http://www.w3.org/2000/svg', 'path');
+    path.setAttribute('d', region.polygons.map((rings) => rings.map((ring) => 'M' + ring.map((p) => p[0] + ' ' + p[1]).join('L') + 'Z').join('')).join(''));
+    path.setAttribute('fill', 'none');
+    path.setAttribute('fill-rule', 'evenodd');
+    path.setAttribute('stroke', colour);
+    path.setAttribute('stroke-width', '3');
+    path.setAttribute('vector-effect', 'non-scaling-stroke');
+    svg.appendChild(path);
+    viewer.addOverlay({ element: svg, location: slideItem().imageToViewportRectangle(x0, y0, w, h) });
+  }
+}
+
+async function reveal() {
+  const trainee = $('trainee').value.trim();
+  if (!trainee) { $('trainee').focus(); return; }
+  localStorage.setItem('tessera-trainee', trainee);
+  const body = { trainee, marks: state.marks.map((m) => ({ x: m.x, y: m.y })), class: $('class').value };
+  const r = await fetch('/api/quiz/' + encodeURIComponent(id), { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+  const out = $('score');
+  out.hidden = false;
+  if (!r.ok) { out.textContent = 'Not scored: ' + await r.text(); return; }
+  const d = await r.json(), s = d.score;
+  state.revealed = true;
+  $('reveal').disabled = true;
+  $('ai').hidden = false;
+  s.marks.forEach((hit, i) => state.marks[i].el.classList.add(hit === null ? 'false' : 'hit'));
+  drawRegions(d.reference.regions, d.reference.kind === 'expert' ? '#00b4ff' : '#ff2fd0');
+  refreshOverlay();
+  out.innerHTML = '';
+  const p = (t) => { const e = document.createElement('p'); e.textContent = t; out.appendChild(e); return e; };
+  p('Scored against ' + s.reference_description + '.').className = 'reference';
+  p('Regions found: ' + s.hits + ' of ' + s.regions + ' · missed: ' + s.misses + ' · false marks: ' + s.false_marks);
+  p('Saved as ' + d.saved + '.');
+}
+
+async function init() {
+  const r = await fetch('/api/slides/' + encodeURIComponent(id));
+  if (!r.ok) { $('title').textContent = await r.text(); return; }
+  state.result = await r.json();
+  const res = state.result, cfg = res.model.config;
+  state.mpp = res.slide.mpp ? res.slide.mpp.x : null;
+  $('title').textContent = (res.slide.path || id).split('/').pop();
+  document.title = $('title').textContent + ' — Tessera viewer';
+  for (const c of cfg.class_names) {
+    const o = document.createElement('option'); o.textContent = c; $('class').appendChild(o);
+  }
+  $('class').value = cfg.tessera.positive_class || cfg.class_names[cfg.class_names.length - 1];
+  for (const t of res.top_regions || []) {
+    const li = document.createElement('li');
+    li.textContent = 'score ' + t.score.toFixed(3) + ' at (' + t.centre_level0.x + ', ' + t.centre_level0.y + ')';
+    li.addEventListener('click', () => goTo(t.crop_level0));
+    $('regions').appendChild(li);
+  }
+  const list = await (await fetch('/api/slides')).json();
+  $('trainee').value = localStorage.getItem('tessera-trainee') || list.trainee || '';
+  if (quiz) { $('quiz').hidden = false; $('ai').hidden = true; }
+  legend();
+  for (const el of ['show', 'class', 'cmap']) $(el).addEventListener('change', refreshOverlay);
+  $('threshold').addEventListener('change', refreshOverlay);
+  $('threshold').addEventListener('input', legend);
+  $('cmap').addEventListener('change', legend);
+  $('opacity').addEventListener('input', () => { if (state.overlay) state.overlay.setOpacity(parseFloat($('opacity').value)); });
+  $('reveal').addEventListener('click', reveal);
+  viewer.addHandler('open', () => { refreshOverlay(); scalebar(); });
+  viewer.addHandler('animation', scalebar);
+  viewer.addHandler('canvas-click', (e) => {
+    if (!e.quick || !slideItem()) return;
+    const pt = imagePoint(e);
+    if (quiz && !state.revealed) addMark(pt); else showPatch(pt);
+  });
+  if (viewer.world.getItemCount() > 0) { refreshOverlay(); scalebar(); }
+}
+init();

@@ -1,0 +1,368 @@
+//! The viewer's catalogue: which analysed slides exist, and where each one's slide file is.
+//!
+//! In: the results folder (one `<id>/result.json` per analysed slide, as `tessera analyze` and
+//! `tessera watch` write them) and the folders slides may be read from. Out: [`Case`]s keyed
+//! by id (the output folder's name) and, per case, its probability grid ([`ProbGrid`], from
+//! `patches.csv`, in level-0 pixels).
+//!
+//! Ids are looked up in this map and never joined to a path, so no request can name a file.
+//! A slide file is served only if its canonical path lies inside one of the slide folders
+//! (`--slides`), or, when none is given, is exactly the file the result names; its
+//! fingerprint must match the result's (a replaced slide is not shown under an old heatmap).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One analysed slide.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The id: the output folder's name.
+    pub id: String,
+    /// The output folder.
+    pub dir: PathBuf,
+    /// Its result.json.
+    pub result: Value,
+    /// The slide file (or DICOM folder), if it was found where slides may be read.
+    pub slide: Option<PathBuf>,
+    /// Why no slide file, when there is none.
+    pub missing: Option<String>,
+}
+
+/// Reads every case under `results` (the folder itself, or its sub-folders).
+pub fn load(results: &Path, slide_dirs: &[PathBuf], hash_full: bool) -> Result<Vec<Case>> {
+    let mut dirs = Vec::new();
+    if results.join("result.json").is_file() {
+        dirs.push(results.to_path_buf());
+    } else {
+        let rd = std::fs::read_dir(results).map_err(|e| Error::from_io(results, e))?;
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path();
+            let hidden = e.file_name().to_string_lossy().starts_with('.');
+            if !hidden && p.join("result.json").is_file() {
+                dirs.push(p);
+            }
+        }
+    }
+    dirs.sort();
+    let allowed: Vec<PathBuf> = slide_dirs
+        .iter()
+        .filter_map(|d| d.canonicalize().ok())
+        .collect();
+    let mut cases = Vec::new();
+    for dir in dirs {
+        let Ok(bytes) = std::fs::read(dir.join("result.json")) else {
+            continue;
+        };
+        let Ok(result) = serde_json::from_slice::<Value>(&bytes) else {
+            continue;
+        };
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (slide, missing) = match find_slide(&result, &allowed, hash_full) {
+            Ok(p) => (Some(p), None),
+            Err(why) => (None, Some(why)),
+        };
+        cases.push(Case {
+            id,
+            dir,
+            result,
+            slide,
+            missing,
+        });
+    }
+    Ok(cases)
+}
+
+/// The slide file of a result, inside the allowed folders, with the same fingerprint.
+fn find_slide(
+    result: &Value,
+    allowed: &[PathBuf],
+    hash_full: bool,
+) -> std::result::Result<PathBuf, String> {
+    let recorded = PathBuf::from(result["slide"]["path"].as_str().unwrap_or_default());
+    let want = result["slide"]["fingerprint"]["sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let full = result["slide"]["fingerprint"]["method"] == "full file" || hash_full;
+    let name = recorded.file_name().map(|n| n.to_os_string());
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if allowed.is_empty() {
+        candidates.push(recorded.clone());
+    } else if let Some(name) = &name {
+        for dir in allowed {
+            find_named(dir, name, 0, &mut candidates);
+        }
+    }
+    for c in candidates {
+        let Ok(canon) = c.canonicalize() else {
+            continue;
+        };
+        let inside = if allowed.is_empty() {
+            // Only the very file the result names (and the link, if it is one, must stay
+            // where the result says).
+            recorded.canonicalize().ok().as_ref() == Some(&canon)
+        } else {
+            allowed.iter().any(|d| canon.starts_with(d))
+        };
+        if !inside {
+            continue;
+        }
+        if crate::pipeline::fingerprint(&canon, full).ok().as_deref() == Some(want.as_str()) {
+            return Ok(canon);
+        }
+    }
+    Err(format!(
+        "slide file {} not found{} with fingerprint {}",
+        recorded.display(),
+        if allowed.is_empty() {
+            " (give --slides FOLDER)".to_string()
+        } else {
+            " in the slide folders".to_string()
+        },
+        want.get(..12).unwrap_or(&want)
+    ))
+}
+
+fn find_named(dir: &Path, name: &std::ffi::OsStr, depth: usize, out: &mut Vec<PathBuf>) {
+    if depth > 8 || out.len() > 64 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if e.file_name() == name {
+            out.push(p);
+        } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+            find_named(&p, name, depth + 1, out);
+        }
+    }
+}
+
+/// The per-patch probabilities of a case, for overlays, clicks and scoring.
+#[derive(Debug, Clone)]
+pub struct ProbGrid {
+    /// Class names, in the model's order.
+    pub classes: Vec<String>,
+    /// Patches: level-0 box (x, y, width, height), grid column and row, probabilities.
+    pub patches: Vec<Patch>,
+    /// Index into `patches` by (column, row).
+    pub by_cell: BTreeMap<(i64, i64), usize>,
+    /// Level-0 origin of cell (0, 0) and the step between cells.
+    pub origin: (f64, f64),
+    /// Level-0 pixels between neighbouring cells.
+    pub step: (f64, f64),
+}
+
+/// One analysed patch.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Patch {
+    /// Level-0 left edge.
+    pub x: i64,
+    /// Level-0 top edge.
+    pub y: i64,
+    /// Level-0 width.
+    pub width: i64,
+    /// Level-0 height.
+    pub height: i64,
+    /// Grid column.
+    pub col: i64,
+    /// Grid row.
+    pub row: i64,
+    /// Probability per class.
+    pub probs: Vec<f32>,
+}
+
+impl ProbGrid {
+    /// Reads `patches.csv` of a case folder.
+    pub fn load(dir: &Path) -> Result<ProbGrid> {
+        let path = dir.join("patches.csv");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::from_io(&path, e))?;
+        let bad = |m: String| Error::Serve {
+            path: path.clone(),
+            message: m,
+        };
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        let col = |name: &str| header.iter().position(|h| *h == name);
+        let (Some(ix), Some(iy), Some(iw), Some(ih), Some(ic), Some(ir)) = (
+            col("minx"),
+            col("miny"),
+            col("width"),
+            col("height"),
+            col("col"),
+            col("row"),
+        ) else {
+            return Err(bad(
+                "patches.csv lacks minx, miny, width, height, col or row".into(),
+            ));
+        };
+        let prob_cols: Vec<(usize, String)> = header
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.strip_prefix("prob_").map(|c| (i, c.to_string())))
+            .collect();
+        let mut patches = Vec::new();
+        for (n, line) in lines.enumerate() {
+            let f: Vec<&str> = line.split(',').collect();
+            let int = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+            let (Some(x), Some(y), Some(width), Some(height), Some(c), Some(r)) =
+                (int(ix), int(iy), int(iw), int(ih), int(ic), int(ir))
+            else {
+                return Err(bad(format!("row {} is malformed", n + 2)));
+            };
+            let probs = prob_cols
+                .iter()
+                .map(|(i, _)| {
+                    f.get(*i)
+                        .and_then(|v| v.parse::<f32>().ok())
+                        .unwrap_or(f32::NAN)
+                })
+                .collect();
+            patches.push(Patch {
+                x,
+                y,
+                width,
+                height,
+                col: c,
+                row: r,
+                probs,
+            });
+        }
+        let by_cell = patches
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ((p.col, p.row), i))
+            .collect();
+        // The step from any two patches in different columns (rows); the patch side if the
+        // grid has one column (row).
+        let step_of = |pos: fn(&Patch) -> (i64, i64)| -> f64 {
+            let first = patches.first().map(pos);
+            patches
+                .iter()
+                .map(pos)
+                .find_map(|(v, k)| {
+                    let (v0, k0) = first?;
+                    (k != k0).then(|| (v - v0) as f64 / (k - k0) as f64)
+                })
+                .unwrap_or(0.0)
+        };
+        let mut step = (step_of(|p| (p.x, p.col)), step_of(|p| (p.y, p.row)));
+        if let Some(p) = patches.first() {
+            if step.0 <= 0.0 {
+                step.0 = p.width as f64;
+            }
+            if step.1 <= 0.0 {
+                step.1 = p.height as f64;
+            }
+        }
+        let origin = patches.first().map_or((0.0, 0.0), |p| {
+            (
+                p.x as f64 - p.col as f64 * step.0,
+                p.y as f64 - p.row as f64 * step.1,
+            )
+        });
+        Ok(ProbGrid {
+            classes: prob_cols.into_iter().map(|(_, c)| c).collect(),
+            patches,
+            by_cell,
+            origin,
+            step,
+        })
+    }
+
+    /// The patch whose cell holds the level-0 point (x, y).
+    pub fn at(&self, x: f64, y: f64) -> Option<&Patch> {
+        if self.step.0 <= 0.0 || self.step.1 <= 0.0 {
+            return None;
+        }
+        let c = ((x - self.origin.0) / self.step.0).floor() as i64;
+        let r = ((y - self.origin.1) / self.step.1).floor() as i64;
+        let p = &self.patches[*self.by_cell.get(&(c, r))?];
+        let inside = x >= p.x as f64
+            && y >= p.y as f64
+            && x < (p.x + p.width) as f64
+            && y < (p.y + p.height) as f64;
+        inside.then_some(p)
+    }
+}
+
+/// The colour maps an overlay tile may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColourMap {
+    /// matplotlib's viridis.
+    Viridis,
+    /// MATLAB's jet.
+    Jet,
+    /// Moreland's cool-warm diverging map.
+    Coolwarm,
+}
+
+impl ColourMap {
+    /// By name.
+    pub fn parse(s: &str) -> Option<ColourMap> {
+        match s {
+            "viridis" => Some(ColourMap::Viridis),
+            "jet" => Some(ColourMap::Jet),
+            "coolwarm" => Some(ColourMap::Coolwarm),
+            _ => None,
+        }
+    }
+
+    /// The colour of `p` in [0, 1].
+    pub fn colour(self, p: f32) -> [u8; 3] {
+        let p = p.clamp(0.0, 1.0);
+        match self {
+            ColourMap::Viridis => crate::output::overlay::viridis(p),
+            ColourMap::Jet => {
+                let f = |x: f32| (1.5 - (4.0 * p - x).abs()).clamp(0.0, 1.0);
+                [f(3.0), f(2.0), f(1.0)].map(|v| (v * 255.0).round() as u8)
+            }
+            ColourMap::Coolwarm => {
+                // Moreland (2009): blue (59, 76, 192) → light grey (221, 221, 221) → red
+                // (180, 4, 38), linear in RGB between the three stops.
+                let (a, b, t) = if p < 0.5 {
+                    ([59.0, 76.0, 192.0], [221.0, 221.0, 221.0], p * 2.0)
+                } else {
+                    ([221.0, 221.0, 221.0], [180.0, 4.0, 38.0], (p - 0.5) * 2.0)
+                };
+                [0, 1, 2].map(|c: usize| (a[c] + (b[c] - a[c]) * t).round() as u8)
+            }
+        }
+    }
+}
+
+/// A heatmap tile: `out` pixels, each `downsample` level-0 pixels wide starting at `origin`;
+/// colour-mapped probability of `class` where a patch was analysed and the probability is at
+/// least `threshold`, transparent elsewhere.
+pub fn overlay_tile(
+    grid: &ProbGrid,
+    origin: crate::geom::Level0Px,
+    downsample: f64,
+    out: crate::geom::Size,
+    class: usize,
+    threshold: f32,
+    map: ColourMap,
+) -> image::RgbaImage {
+    let mut img = image::RgbaImage::new(out.width as u32, out.height as u32);
+    for (px, py, pixel) in img.enumerate_pixels_mut() {
+        let x = origin.x as f64 + (px as f64 + 0.5) * downsample;
+        let y = origin.y as f64 + (py as f64 + 0.5) * downsample;
+        if let Some(p) = grid.at(x, y) {
+            let v = p.probs.get(class).copied().unwrap_or(f32::NAN);
+            if v.is_finite() && v >= threshold {
+                let [r, g, b] = map.colour(v);
+                *pixel = image::Rgba([r, g, b, 255]);
+            }
+        }
+    }
+    img
+}

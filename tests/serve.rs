@@ -1,0 +1,921 @@
+//! `tessera serve`: every route over HTTP against a real server process, traversal attempts,
+//! tokens, label images, quiz rounds, and the viewer and a quiz round in headless Chromium.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::browser::{chromium, Browser};
+use crate::require;
+use crate::util::*;
+
+/// A running `tessera serve`.
+struct Server {
+    child: Child,
+    /// host:port
+    addr: String,
+    /// The URL it printed.
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(results: &Path, extra: &[&OsStr]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("serve")
+        .arg(results)
+        .args(extra)
+        .env_remove("TESSERA_SERVE_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tessera serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("Tessera viewer on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let addr = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    Server { child, addr, url }
+}
+
+struct Reply {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request with a raw target (sent as given, so encoded traversal attempts reach
+/// the server unchanged).
+fn request(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<BTreeMap<_, _>>();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..end]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[end + 2..end + 2 + n]);
+        b = &b[end + 2 + n + 2..];
+    }
+}
+
+/// Decodes a JPEG tile (the image crate here is built without JPEG).
+fn jpeg(bytes: &[u8]) -> image::RgbImage {
+    let mut d = zune_jpeg::JpegDecoder::new(std::io::Cursor::new(bytes));
+    let px = d.decode().unwrap();
+    let (w, h) = d.dimensions().unwrap();
+    image::RgbImage::from_raw(w as u32, h as u32, px).unwrap()
+}
+
+fn get(addr: &str, target: &str) -> Reply {
+    request(addr, "GET", target, &[], &[])
+}
+
+/// CMU-1-Small-Region analysed once into a temporary results folder (shared by the tests of
+/// this module through a lock, as analysing takes seconds).
+fn results() -> Option<(tempfile::TempDir, PathBuf, String)> {
+    let slide = data("slides/aperio/CMU-1-Small-Region.svs")?;
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("results");
+    let o = tessera(
+        &[
+            OsStr::new("analyze"),
+            slide.as_os_str(),
+            OsStr::new("--out"),
+            out.as_os_str(),
+            OsStr::new("--inference"),
+            OsStr::new("tract"),
+            OsStr::new("-q"),
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    Some((t, out, "CMU-1-Small-Region.svs".to_string()))
+}
+
+fn slide_dir() -> PathBuf {
+    data("slides/aperio/CMU-1-Small-Region.svs")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// patches.csv as (x, y, side, p(cell-dense)).
+fn patches(case: &Path) -> Vec<(i64, i64, i64, f32)> {
+    let text = std::fs::read_to_string(case.join("patches.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let i = |n: &str| header.iter().position(|h| *h == n).unwrap();
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[i("minx")].parse().unwrap(),
+                f[i("miny")].parse().unwrap(),
+                f[i("width")].parse().unwrap(),
+                f[i("prob_cell-dense")].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_route_answers_and_tiles_match_the_slide() {
+    let (_t, out, id) = require!(results());
+    let dir = slide_dir();
+    let srv = serve(
+        &out,
+        &[
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--slides"),
+            dir.as_os_str(),
+        ],
+    );
+    let a = srv.addr.as_str();
+    assert_eq!(srv.url, format!("http://{a}/"));
+
+    for page in ["/", "/progress", &format!("/view/{id}")] {
+        let r = get(a, page);
+        assert_eq!(r.status, 200, "{page}");
+        assert!(r.headers["content-type"].starts_with("text/html"));
+        assert!(r.headers["content-security-policy"].contains("default-src 'self'"));
+        assert!(
+            !r.text().contains("http://") && !r.text().contains("https://"),
+            "{page} names an outside address"
+        );
+    }
+    let osd = get(a, "/static/openseadragon.min.js");
+    assert_eq!(osd.status, 200);
+    assert!(osd.text().starts_with("//! openseadragon 6.1.1"));
+    assert_eq!(get(a, "/static/../Cargo.toml").status, 404);
+    assert_eq!(get(a, "/view/nothing").status, 404);
+
+    let list = get(a, "/api/slides").json();
+    let s = &list["slides"][0];
+    assert_eq!(list["slides"].as_array().unwrap().len(), 1);
+    assert_eq!(s["id"], id.as_str());
+    assert_eq!(s["viewable"], true, "{s}");
+    let case = out.join(&id);
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(case.join("result.json")).unwrap()).unwrap();
+    assert_eq!(get(a, &format!("/api/slides/{id}")).json(), stored);
+    let gj = get(a, &format!("/api/slides/{id}/geojson"));
+    assert_eq!(gj.status, 200);
+    assert_eq!(gj.json()["type"], "FeatureCollection");
+
+    // A click inside a patch gives that patch's probabilities; outside any patch, 404.
+    let ps = patches(&case);
+    let (x, y, side, p) = ps[ps.len() / 2];
+    let hit = get(
+        a,
+        &format!(
+            "/api/slides/{id}/patch?x={}&y={}",
+            x + side / 2,
+            y + side / 2
+        ),
+    )
+    .json();
+    assert_eq!(hit["patch"]["x"], x);
+    assert!((hit["probabilities"]["cell-dense"].as_f64().unwrap() - p as f64).abs() < 1e-6);
+    assert_eq!(
+        get(a, &format!("/api/slides/{id}/patch?x=1&y=1")).status,
+        404
+    );
+    assert_eq!(
+        get(a, &format!("/api/slides/{id}/patch?x=a&y=1")).status,
+        400
+    );
+
+    // Deep Zoom: the descriptor, tiles with their overlap, the pixels of the slide.
+    let dzi = get(a, &format!("/slides/{id}.dzi")).text();
+    assert!(
+        dzi.contains("TileSize=\"254\"") && dzi.contains("Overlap=\"1\""),
+        "{dzi}"
+    );
+    assert!(dzi.contains("Height=\"2967\" Width=\"2220\""), "{dzi}");
+    let t00 = get(a, &format!("/slides/{id}_files/12/0_0.jpeg"));
+    assert_eq!(t00.status, 200);
+    assert_eq!(t00.headers["content-type"], "image/jpeg");
+    let img = jpeg(&t00.body);
+    assert_eq!(img.dimensions(), (255, 255));
+    let slide =
+        tessera::Slide::open(data("slides/aperio/CMU-1-Small-Region.svs").unwrap()).unwrap();
+    let want = slide
+        .read_region(
+            tessera::geom::Level0Px { x: 0, y: 0 },
+            0,
+            tessera::geom::Size::new(255, 255),
+        )
+        .unwrap();
+    let mad = img
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .sum::<f64>()
+        / want.as_raw().len() as f64;
+    assert!(mad < 4.0, "tile differs from the slide by {mad} on average");
+    let inner = jpeg(&get(a, &format!("/slides/{id}_files/11/1_1.jpeg")).body);
+    assert_eq!(inner.dimensions(), (256, 256));
+    for missing in [
+        format!("/slides/{id}_files/12/9_0.jpeg"),
+        format!("/slides/{id}_files/13/0_0.jpeg"),
+        format!("/slides/{id}_files/12/0_0.png"),
+        format!("/slides/{id}_files/x/0_0.jpeg"),
+        format!("/slides/{id}_files/12/-1_0.jpeg"),
+    ] {
+        assert_eq!(get(a, &missing).status, 404, "{missing}");
+    }
+    // Cached tiles carry an ETag; asking again with it gives 304.
+    let etag = t00.headers["etag"].clone();
+    assert!(t00.headers["cache-control"].contains("max-age"));
+    let again = request(
+        a,
+        "GET",
+        &format!("/slides/{id}_files/12/0_0.jpeg"),
+        &[("If-None-Match", &etag)],
+        &[],
+    );
+    assert_eq!(again.status, 304);
+
+    // Heatmap tiles: the colour of the probability inside analysed patches, transparent
+    // elsewhere; above the threshold only.
+    let (x, y, side, p) = ps
+        .iter()
+        .copied()
+        .max_by(|a, b| a.3.total_cmp(&b.3))
+        .unwrap();
+    let (cx, cy) = (x + side / 2, y + side / 2);
+    let (col, row) = (cx / 254, cy / 254);
+    let ov = get(
+        a,
+        &format!("/overlay/{id}_files/12/{col}_{row}.png?cmap=viridis"),
+    );
+    assert_eq!(ov.status, 200);
+    assert_eq!(ov.headers["content-type"], "image/png");
+    let ov = image::load_from_memory(&ov.body).unwrap().to_rgba8();
+    let off = |c: i64| if c > 0 { 1 } else { 0 };
+    let px = ov.get_pixel(
+        (cx - col * 254 + off(col)) as u32,
+        (cy - row * 254 + off(row)) as u32,
+    );
+    let v = tessera::output::overlay::viridis(p);
+    assert_eq!(px.0, [v[0], v[1], v[2], 255]);
+    let corner = image::load_from_memory(&get(a, &format!("/overlay/{id}_files/12/0_0.png")).body)
+        .unwrap()
+        .to_rgba8();
+    assert_eq!(
+        corner.get_pixel(0, 0).0[3],
+        0,
+        "no patch at the slide's corner"
+    );
+    let high = image::load_from_memory(
+        &get(
+            a,
+            &format!(
+                "/overlay/{id}_files/12/{col}_{row}.png?threshold={}",
+                p + 0.001
+            ),
+        )
+        .body,
+    )
+    .unwrap()
+    .to_rgba8();
+    assert!(
+        high.pixels().all(|p| p.0[3] == 0),
+        "nothing is above a threshold above the maximum"
+    );
+    assert_eq!(
+        get(a, &format!("/overlay/{id}_files/12/0_0.png?cmap=rainbow")).status,
+        400
+    );
+    assert_eq!(
+        get(a, &format!("/overlay/{id}_files/12/0_0.png?class=tumour")).status,
+        400
+    );
+    assert_eq!(
+        get(a, &format!("/overlay/{id}_files/12/0_0.png?threshold=2")).status,
+        400
+    );
+    for cmap in ["jet", "coolwarm"] {
+        assert_eq!(
+            get(a, &format!("/overlay/{id}_files/10/0_0.png?cmap={cmap}")).status,
+            200
+        );
+    }
+}
+
+#[test]
+fn ids_cannot_reach_anything_outside_the_configured_folders() {
+    let (t, out, id) = require!(results());
+    let dir = slide_dir();
+    // A second case whose slide is a symbolic link in the slide folder pointing out of it.
+    let links = t.path().join("linked-slides");
+    std::fs::create_dir_all(&links).unwrap();
+    let real = data("slides/aperio/CMU-1-Small-Region.svs").unwrap();
+    std::os::unix::fs::symlink(&real, links.join("linked.svs")).unwrap();
+    let o = tessera(
+        &[
+            OsStr::new("analyze"),
+            links.join("linked.svs").as_os_str(),
+            OsStr::new("--out"),
+            out.as_os_str(),
+            OsStr::new("--inference"),
+            OsStr::new("tract"),
+            OsStr::new("-q"),
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let srv = serve(
+        &out,
+        &[
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--slides"),
+            links.as_os_str(),
+        ],
+    );
+    let a = srv.addr.as_str();
+    let list = get(a, "/api/slides").json();
+    let linked = list["slides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "linked.svs")
+        .unwrap()
+        .clone();
+    assert_eq!(linked["viewable"], false, "{linked}");
+    assert_eq!(get(a, "/slides/linked.svs.dzi").status, 404);
+    assert_eq!(get(a, "/slides/linked.svs_files/12/0_0.jpeg").status, 404);
+    // The other case's slide is outside --slides too.
+    assert_eq!(get(a, &format!("/slides/{id}.dzi")).status, 404);
+    let passwd = std::fs::read("/etc/passwd").unwrap_or_default();
+    for target in [
+        "/slides/..%2F..%2F..%2F..%2Fetc%2Fpasswd.dzi",
+        "/slides/%2e%2e.dzi",
+        "/slides/%2e%2e%2f%2e%2e%2fetc%2fpasswd_files/12/0_0.jpeg",
+        "/slides/%2Fetc%2Fpasswd.dzi",
+        "/slides//etc/passwd.dzi",
+        "/slides/../../etc/passwd.dzi",
+        "/api/slides/..",
+        "/api/slides/..%2Flinked.svs",
+        "/api/slides/%2e%2e%2f%2e%2e%2fetc%2fpasswd/geojson",
+        &format!("/api/slides/{}/geojson", dir.join("x").display()),
+        "/overlay/..%2F..%2Fresults_files/12/0_0.png",
+        "/static/..%2F..%2F..%2FCargo.toml",
+        "/static/%2Fetc%2Fpasswd",
+        "/view/..%2F..%2Fetc%2Fpasswd",
+        "/api/progress?trainee=..%2F..%2Fetc",
+    ] {
+        let r = get(a, target);
+        assert!(
+            matches!(r.status, 400 | 404),
+            "{target}: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(
+            passwd.is_empty()
+                || !r
+                    .body
+                    .windows(passwd.len().min(16))
+                    .any(|w| w == &passwd[..passwd.len().min(16)]),
+            "{target}"
+        );
+    }
+    // Without --slides only the exact file a result names is read: the linked case's file is
+    // the link itself, which resolves where the result says, so it is viewable; the first one
+    // is too.
+    drop(srv);
+    let srv = serve(&out, &[OsStr::new("--bind"), OsStr::new("127.0.0.1:0")]);
+    assert_eq!(get(&srv.addr, &format!("/slides/{id}.dzi")).status, 200);
+    // With the real folder given, the first case is viewable, the link is not.
+    drop(srv);
+    let srv = serve(
+        &out,
+        &[
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--slides"),
+            dir.as_os_str(),
+        ],
+    );
+    assert_eq!(get(&srv.addr, &format!("/slides/{id}.dzi")).status, 200);
+}
+
+#[test]
+fn off_loopback_every_request_needs_the_token() {
+    let (_t, out, id) = require!(results());
+    let dir = slide_dir();
+    // 127.0.0.2 is not 127.0.0.1: a token is generated and printed.
+    let srv = serve(
+        &out,
+        &[
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.2:0"),
+            OsStr::new("--slides"),
+            dir.as_os_str(),
+        ],
+    );
+    let a = srv.addr.as_str();
+    let token = srv
+        .url
+        .split("?token=")
+        .nth(1)
+        .expect("a token in the printed URL")
+        .to_string();
+    assert!(token.len() >= 32, "{token}");
+    for target in [
+        "/",
+        "/api/slides",
+        &format!("/slides/{id}.dzi"),
+        "/static/viewer.js",
+        "/nothing",
+    ] {
+        let r = get(a, target);
+        assert_eq!(r.status, 401, "{target}");
+        assert!(r.text().contains("token"), "{}", r.text());
+        let wrong = request(
+            a,
+            "GET",
+            target,
+            &[("Authorization", "Bearer 0123456789abcdef0123456789abcdef")],
+            &[],
+        );
+        assert_eq!(wrong.status, 401, "{target}");
+        assert!(wrong.text().contains("wrong token"));
+    }
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        request(a, "GET", "/api/slides", &[("Authorization", &bearer)], &[]).status,
+        200
+    );
+    let first = get(a, &format!("/?token={token}"));
+    assert_eq!(first.status, 200);
+    let cookie = first.headers["set-cookie"]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(first.headers["set-cookie"].contains("HttpOnly"));
+    assert_eq!(
+        request(
+            a,
+            "GET",
+            &format!("/slides/{id}.dzi"),
+            &[("Cookie", &cookie)],
+            &[]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        request(
+            a,
+            "GET",
+            "/api/slides",
+            &[("Cookie", "tessera_token=nope")],
+            &[]
+        )
+        .status,
+        401
+    );
+    drop(srv);
+    // A token given on the command line must not be trivially short.
+    let o = tessera_str(&[
+        "serve",
+        out.to_str().unwrap(),
+        "--bind",
+        "127.0.0.2:0",
+        "--token",
+        "short",
+    ]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("16 characters"));
+}
+
+#[test]
+fn label_images_are_served_only_with_allow_label() {
+    let (_t, out, id) = require!(results());
+    let dir = slide_dir();
+    let target = format!("/api/slides/{id}/label");
+    let with = serve(
+        &out,
+        &[
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--slides"),
+            dir.as_os_str(),
+            OsStr::new("--allow-label"),
+        ],
+    );
+    let r = get(&with.addr, &target);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "image/png");
+    // The label as the slide stores it.
+    let slide =
+        tessera::Slide::open(data("slides/aperio/CMU-1-Small-Region.svs").unwrap()).unwrap();
+    let want = slide.read_associated_image("label").unwrap();
+    assert_eq!(image::load_from_memory(&r.body).unwrap().to_rgb8(), want);
+    assert_eq!(get(&with.addr, "/api/slides/nothing/label").status, 404);
+    let without = serve(
+        &out,
+        &[
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--slides"),
+            dir.as_os_str(),
+        ],
+    );
+    let r = get(&without.addr, &target);
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("--allow-label"), "{}", r.text());
+    // The page never links to it then.
+    let list = get(&without.addr, "/api/slides").json();
+    assert_eq!(list["allow_label"], false);
+}
+
+#[test]
+fn quiz_rounds_are_scored_against_the_expert_or_the_ai_and_saved() {
+    let (_t, out, id) = require!(results());
+    let dir = slide_dir();
+    let srv = serve(
+        &out,
+        &[
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--slides"),
+            dir.as_os_str(),
+        ],
+    );
+    let a = srv.addr.as_str();
+    let case = out.join(&id);
+    let ps = patches(&case);
+    // Expected from patches.csv: regions are 4-connected patches with p ≥ 0.5.
+    let positive: Vec<_> = ps.iter().filter(|p| p.3 >= 0.5).collect();
+    let best = ps
+        .iter()
+        .copied()
+        .max_by(|a, b| a.3.total_cmp(&b.3))
+        .unwrap();
+    let marks = json!([
+        {"x": best.0 + best.2 / 2, "y": best.1 + best.2 / 2},
+        {"x": 5, "y": 5},
+    ]);
+    let post = |body: &Value| {
+        request(
+            a,
+            "POST",
+            &format!("/api/quiz/{id}"),
+            &[],
+            body.to_string().as_bytes(),
+        )
+    };
+    let r = post(&json!({"trainee": "Ana María", "marks": marks}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = &r.json()["score"];
+    assert_eq!(s["reference"], "ai");
+    assert!(s["reference_description"]
+        .as_str()
+        .unwrap()
+        .contains("no expert annotation"));
+    assert_eq!(s["hits"], 1);
+    assert_eq!(s["false_marks"], 1);
+    let regions = s["regions"].as_u64().unwrap();
+    assert!(
+        regions >= 1 && regions <= positive.len() as u64,
+        "{regions} regions of {} positive patches",
+        positive.len()
+    );
+    assert_eq!(s["misses"].as_u64().unwrap(), regions - 1);
+    let saved = out.join(r.json()["saved"].as_str().unwrap());
+    assert!(
+        saved.starts_with(out.join(".quiz").join("Ana María").join(&id)),
+        "{}",
+        saved.display()
+    );
+    let record: Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(&record["score"], s);
+    assert_eq!(
+        record["slide_fingerprint"],
+        get(a, &format!("/api/slides/{id}")).json()["slide"]["fingerprint"]["sha256"]
+    );
+
+    // An expert annotation (QuPath export) in the case folder takes precedence.
+    let poly = |x0: i64, y0: i64, s: i64| {
+        json!({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s], [x0, y0]]]},
+               "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}})
+    };
+    let expert = json!({"type": "FeatureCollection", "features": [poly(100, 100, 200), poly(1000, 1000, 300), poly(1800, 2500, 100)]});
+    std::fs::write(case.join("expert.geojson"), expert.to_string()).unwrap();
+    let r = post(
+        &json!({"trainee": "Ana María", "marks": [{"x": 150, "y": 150}, {"x": 1100, "y": 1290}, {"x": 1200, "y": 1200}, {"x": 900, "y": 900}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = &r.json()["score"];
+    assert_eq!(s["reference"], "expert");
+    assert_eq!(
+        (
+            s["regions"].as_u64(),
+            s["hits"].as_u64(),
+            s["misses"].as_u64(),
+            s["false_marks"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1), Some(1))
+    );
+    assert_eq!(s["marks"], json!([0, 1, 1, null]));
+
+    // Progress lists both rounds, oldest first.
+    let p = get(a, "/api/progress?trainee=Ana%20Mar%C3%ADa").json();
+    let rounds = p["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    assert_eq!(rounds[0]["score"]["reference"], "ai");
+    assert_eq!(rounds[1]["score"]["reference"], "expert");
+    // Bad rounds are refused and nothing is saved.
+    for bad in [
+        json!({"trainee": "../../etc", "marks": []}),
+        json!({"trainee": ".hidden", "marks": []}),
+        json!({"marks": []}),
+        json!({"trainee": "x", "marks": "no"}),
+    ] {
+        let r = post(&bad);
+        assert!(matches!(r.status, 400 | 422), "{bad}: {}", r.status);
+    }
+    assert_eq!(
+        request(
+            a,
+            "POST",
+            "/api/quiz/nothing",
+            &[],
+            b"{\"trainee\":\"x\",\"marks\":[]}"
+        )
+        .status,
+        404
+    );
+    let trainees: Vec<_> = std::fs::read_dir(out.join(".quiz"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(trainees, vec![std::ffi::OsString::from("Ana María")]);
+}
+
+/// Waits until `expr` is true in the page.
+fn wait_true(b: &mut Browser, session: &str, expr: &str, what: &str) {
+    let t = Instant::now();
+    while b.eval(session, expr) != Value::Bool(true) {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Distinct colours in an image (sampled).
+fn colours(img: &image::RgbImage) -> usize {
+    img.pixels()
+        .step_by(5)
+        .map(|p| p.0)
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+#[test]
+fn the_viewer_and_a_quiz_round_in_chromium() {
+    let (_t, out, id) = require!(results());
+    let Some(exe) = chromium() else { return };
+    let dir = slide_dir();
+    let srv = serve(
+        &out,
+        &[
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--slides"),
+            dir.as_os_str(),
+        ],
+    );
+    let origin = format!("http://{}/", srv.addr);
+    let mut b = Browser::start(&exe);
+
+    // The viewer: slide tiles, then the heatmap layer; toggling removes the layer.
+    let v = b.visit(&format!("{origin}view/{id}"), 1400);
+    assert!(v.errors.is_empty(), "{:#?}", v.errors);
+    let s = v.session.clone();
+    let loaded = "(() => { const w = tesseraViewer.world; if (w.getItemCount() < 2) return false; \
+                  for (let i = 0; i < w.getItemCount(); i++) if (!w.getItemAt(i).getFullyLoaded()) return false; return true; })()";
+    wait_true(&mut b, &s, loaded, "slide and heatmap tiles");
+    let with = b.screenshot(&s, "viewer-heatmap");
+    assert!(b
+        .eval(&s, "document.getElementById('scalebar-text').textContent")
+        .as_str()
+        .unwrap()
+        .contains("µm"));
+    assert_eq!(
+        b.eval(&s, "document.querySelectorAll('#regions li').length"),
+        json!(5)
+    );
+    b.eval(&s, "document.getElementById('show').click()");
+    wait_true(&mut b, &s, "tesseraViewer.world.getItemCount() === 1 && tesseraViewer.world.getItemAt(0).getFullyLoaded()", "the heatmap to go");
+    b.eval(&s, "new Promise(r => setTimeout(() => r(true), 500))");
+    let without = b.screenshot(&s, "viewer-slide-only");
+    assert!(
+        colours(&with) > 500 && colours(&without) > 500,
+        "tiles drawn"
+    );
+    let changed = with
+        .pixels()
+        .zip(without.pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        changed > (with.width() * with.height() / 20) as usize,
+        "the heatmap changed only {changed} pixels"
+    );
+    // Clicking a patch shows its probabilities.
+    b.eval(&s, "document.getElementById('show').click()");
+    let (requests, errors) = b.seen(&s);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let elsewhere: Vec<_> = requests
+        .iter()
+        .filter(|u| !u.starts_with(&origin) && !u.starts_with("data:"))
+        .collect();
+    assert!(elsewhere.is_empty(), "{elsewhere:#?}");
+    assert!(requests
+        .iter()
+        .any(|u| u.contains("_files/") && u.ends_with(".jpeg")));
+    assert!(requests
+        .iter()
+        .any(|u| u.starts_with(&format!("{origin}overlay/"))));
+
+    // A quiz round: the AI layer is hidden, the trainee clicks two points, reveals.
+    let q = b.visit(&format!("{origin}view/{id}?quiz=1"), 1400);
+    let s = q.session.clone();
+    wait_true(&mut b, &s, "tesseraViewer.world.getItemCount() === 1 && tesseraViewer.world.getItemAt(0).getFullyLoaded()", "slide tiles");
+    assert_eq!(
+        b.eval(&s, "document.getElementById('ai').hidden"),
+        json!(true)
+    );
+    b.eval(
+        &s,
+        "document.getElementById('trainee').value = 'Quiz Tester'",
+    );
+    let ps = patches(&out.join(&id));
+    let best = ps
+        .iter()
+        .copied()
+        .max_by(|a, b| a.3.total_cmp(&b.3))
+        .unwrap();
+    for (x, y) in [(best.0 + best.2 / 2, best.1 + best.2 / 2), (60, 60)] {
+        let at = b.eval(&s, &format!(
+            "(() => {{ const p = tesseraViewer.world.getItemAt(0).imageToViewerElementCoordinates(new OpenSeadragon.Point({x}, {y})); \
+               const r = document.getElementById('osd').getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }})()"
+        ));
+        let (cx, cy) = (at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
+        for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+            b.call(
+                Some(&s),
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": cx, "y": cy, "button": "left", "clickCount": 1}),
+            );
+        }
+        b.eval(&s, "new Promise(r => setTimeout(() => r(true), 300))");
+    }
+    assert_eq!(
+        b.eval(&s, "document.getElementById('markcount').textContent"),
+        json!("2")
+    );
+    b.eval(&s, "document.getElementById('reveal').click()");
+    wait_true(&mut b, &s, "!document.getElementById('score').hidden && tesseraViewer.world.getItemCount() === 2 && tesseraViewer.world.getItemAt(1).getFullyLoaded()", "the score and the heatmap");
+    b.eval(&s, "new Promise(r => setTimeout(() => r(true), 500))");
+    b.screenshot(&s, "quiz-revealed");
+    let text = b
+        .eval(&s, "document.getElementById('score').textContent")
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains("Scored against the AI's regions"), "{text}");
+    assert!(text.contains("false marks: 1"), "{text}");
+    assert_eq!(
+        b.eval(&s, "document.querySelectorAll('.mark.hit').length"),
+        json!(1)
+    );
+    assert_eq!(
+        b.eval(&s, "document.querySelectorAll('.mark.false').length"),
+        json!(1)
+    );
+    let (_, errors) = b.seen(&s);
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The saved answer is the one shown.
+    let saved = std::fs::read_dir(out.join(".quiz/Quiz Tester").join(&id))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let record: Value = serde_json::from_slice(&std::fs::read(saved).unwrap()).unwrap();
+    assert_eq!(record["score"]["hits"], 1);
+    assert_eq!(record["score"]["false_marks"], 1);
+    assert_eq!(record["marks"].as_array().unwrap().len(), 2);
+    // The progress page lists it.
+    let pg = b.visit(&format!("{origin}progress?trainee=Quiz%20Tester"), 1000);
+    wait_true(
+        &mut b,
+        &pg.session,
+        "document.querySelectorAll('#rounds tbody tr').length === 1",
+        "the progress table",
+    );
+    b.screenshot(&pg.session, "quiz-progress");
+    let list = b.visit(&origin, 1000);
+    wait_true(
+        &mut b,
+        &list.session,
+        "document.querySelectorAll('#cases tbody tr').length === 1",
+        "the slide list",
+    );
+    b.screenshot(&list.session, "viewer-index");
+}
