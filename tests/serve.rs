@@ -390,6 +390,31 @@ fn every_route_answers_and_tiles_match_the_slide() {
 }
 
 #[test]
+fn sigterm_stops_the_server_cleanly() {
+    let (_t, out, _id) = require!(results());
+    let mut srv = serve(&out, &[OsStr::new("--bind"), OsStr::new("127.0.0.1:0")]);
+    assert_eq!(get(&srv.addr, "/api/slides").status, 200);
+    let ok = Command::new("kill")
+        .args(["-TERM", &srv.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = srv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(TcpStream::connect(&srv.addr).is_err(), "still listening");
+}
+
+#[test]
 fn ids_cannot_reach_anything_outside_the_configured_folders() {
     let (t, out, id) = require!(results());
     let dir = slide_dir();
@@ -756,6 +781,26 @@ fn wait_true(b: &mut Browser, session: &str, expr: &str, what: &str) {
     }
 }
 
+/// A real mouse click (DevTools input events) on the slide at a level-0 point.
+fn click_image_point(b: &mut Browser, session: &str, x: i64, y: i64) {
+    let at = b.eval(
+        session,
+        &format!(
+            "(() => {{ const p = tesseraViewer.world.getItemAt(0).imageToViewerElementCoordinates(new OpenSeadragon.Point({x}, {y})); \
+               const r = document.getElementById('osd').getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }})()"
+        ),
+    );
+    let (cx, cy) = (at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
+    for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+        b.call(
+            Some(session),
+            "Input.dispatchMouseEvent",
+            json!({"type": kind, "x": cx, "y": cy, "button": "left", "clickCount": 1}),
+        );
+    }
+    b.eval(session, "new Promise(r => setTimeout(() => r(true), 300))");
+}
+
 /// Distinct colours in an image (sampled).
 fn colours(img: &image::RgbImage) -> usize {
     img.pixels()
@@ -816,8 +861,50 @@ fn the_viewer_and_a_quiz_round_in_chromium() {
         changed > (with.width() * with.height() / 20) as usize,
         "the heatmap changed only {changed} pixels"
     );
-    // Clicking a patch shows its probabilities.
+    // Clicking a patch shows its probabilities; a top region jumps there.
     b.eval(&s, "document.getElementById('show').click()");
+    let ps = patches(&out.join(&id));
+    let best = ps
+        .iter()
+        .copied()
+        .max_by(|a, b| a.3.total_cmp(&b.3))
+        .unwrap();
+    click_image_point(&mut b, &s, best.0 + best.2 / 2, best.1 + best.2 / 2);
+    wait_true(
+        &mut b,
+        &s,
+        "document.querySelector('#patch table') !== null",
+        "the patch's probabilities",
+    );
+    let shown = b
+        .eval(&s, "document.getElementById('patch').textContent")
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        shown.contains(&format!("P(cell-dense){:.3}", best.3)),
+        "{shown}"
+    );
+    let zoom = "tesseraViewer.viewport.getZoom(true)";
+    let before = b.eval(&s, zoom).as_f64().unwrap();
+    b.eval(&s, "document.querySelector('#regions li').click()");
+    b.eval(&s, "new Promise(r => setTimeout(() => r(true), 2500))");
+    let after = b.eval(&s, zoom).as_f64().unwrap();
+    assert!(
+        after > 2.0 * before,
+        "the top region did not zoom in: {before} → {after}"
+    );
+    let centre = b.eval(&s, "(() => { const c = tesseraViewer.world.getItemAt(0).viewportToImageCoordinates(tesseraViewer.viewport.getCenter(true)); return [c.x, c.y]; })()");
+    let top =
+        &get(&srv.addr, &format!("/api/slides/{id}")).json()["top_regions"][0]["centre_level0"];
+    assert!(
+        (centre[0].as_f64().unwrap() - top["x"].as_f64().unwrap()).abs() < 10.0,
+        "{centre} vs {top}"
+    );
+    assert!(
+        (centre[1].as_f64().unwrap() - top["y"].as_f64().unwrap()).abs() < 10.0,
+        "{centre} vs {top}"
+    );
     let (requests, errors) = b.seen(&s);
     assert!(errors.is_empty(), "{errors:#?}");
     let elsewhere: Vec<_> = requests
@@ -851,19 +938,7 @@ fn the_viewer_and_a_quiz_round_in_chromium() {
         .max_by(|a, b| a.3.total_cmp(&b.3))
         .unwrap();
     for (x, y) in [(best.0 + best.2 / 2, best.1 + best.2 / 2), (60, 60)] {
-        let at = b.eval(&s, &format!(
-            "(() => {{ const p = tesseraViewer.world.getItemAt(0).imageToViewerElementCoordinates(new OpenSeadragon.Point({x}, {y})); \
-               const r = document.getElementById('osd').getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }})()"
-        ));
-        let (cx, cy) = (at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
-        for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
-            b.call(
-                Some(&s),
-                "Input.dispatchMouseEvent",
-                json!({"type": kind, "x": cx, "y": cy, "button": "left", "clickCount": 1}),
-            );
-        }
-        b.eval(&s, "new Promise(r => setTimeout(() => r(true), 300))");
+        click_image_point(&mut b, &s, x, y);
     }
     assert_eq!(
         b.eval(&s, "document.getElementById('markcount').textContent"),
