@@ -158,6 +158,8 @@ pub struct InferenceBench {
     pub model: Option<std::path::PathBuf>,
     /// Inference runtime.
     pub inference: crate::model::InferenceChoice,
+    /// Where it runs.
+    pub device: crate::model::DeviceOptions,
     /// Patches per batch.
     pub batch_size: usize,
     /// Threads of the inference session.
@@ -211,7 +213,9 @@ pub fn bench_inference(
         .unwrap_or_else(crate::pipeline::default_model_dir);
     let folder = ModelFolder::load(&dir)?;
     let chosen = model::choose(spec.inference)?;
-    let loaded = chosen.backend.load(&folder, spec.threads.max(1))?;
+    let loaded = chosen
+        .backend
+        .load(&folder, spec.threads.max(1), &spec.device)?;
     let c = &folder.config;
     let params = crate::tissue::TissueParams::default();
     let (ds, size) = crate::tissue::mask_geometry(slide.dimensions(), Some(mpp), &params);

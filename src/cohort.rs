@@ -79,12 +79,28 @@ fn is_slide_file(p: &Path) -> bool {
         .is_some_and(|e| SLIDE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+/// `unreadable`: where sub-folders that cannot be listed go (skipped) instead of failing the
+/// walk (the watch service: a root-only `lost+found`, a folder deleted mid-scan).
+fn walk(
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    mut unreadable: Option<&mut Unreadable>,
+) -> Result<()> {
     if depth > MAX_DEPTH {
         return Ok(());
     }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::from_io(dir, e))?
+    let listing = match std::fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) => match unreadable {
+            Some(u) if depth > 0 => {
+                u.push((dir.to_path_buf(), e.to_string()));
+                return Ok(());
+            }
+            _ => return Err(Error::from_io(dir, e)),
+        },
+    };
+    let mut entries: Vec<PathBuf> = listing
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             !p.file_name()
@@ -105,7 +121,7 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
     for p in entries {
         if p.is_dir() {
             if !mirax.contains(&p) {
-                walk(&p, depth + 1, out)?;
+                walk(&p, depth + 1, out, unreadable.as_deref_mut())?;
             }
         } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("dcm")) {
             dicom_here = true;
@@ -120,13 +136,26 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Folders that could not be listed, with the reason.
+pub type Unreadable = Vec<(PathBuf, String)>;
+
+/// The sorted slides under the folder `dir`, skipping sub-folders that cannot be listed
+/// (returned with the reason); only `dir` itself being unreadable is an error.
+pub fn collect_skipping(dir: &Path) -> Result<(Vec<PathBuf>, Unreadable)> {
+    let (mut out, mut unreadable) = (Vec::new(), Vec::new());
+    walk(dir, 0, &mut out, Some(&mut unreadable))?;
+    out.sort();
+    out.dedup();
+    Ok((out, unreadable))
+}
+
 /// The sorted, de-duplicated slides named by `paths` (files as given, folders searched).
 pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|e| Error::from_io(p, e))?;
         if meta.is_dir() {
-            walk(p, 0, &mut out)?;
+            walk(p, 0, &mut out, None)?;
         } else {
             out.push(p.clone());
         }

@@ -281,6 +281,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The inference device the user named cannot be used.
+    #[error("--device {device}: {message}")]
+    Device {
+        /// The device asked for.
+        device: String,
+        /// What was found instead, and how to get it.
+        message: String,
+    },
+
     /// The viewer (`tessera serve`) cannot start: no analysed slide, address in use…
     #[error("{}: {message}", path.display())]
     Serve {
@@ -351,6 +360,7 @@ impl Error {
             Error::External { .. } => "external",
             Error::Queue { .. } => "queue",
             Error::Serve { .. } => "serve",
+            Error::Device { .. } => "device",
         }
     }
 }

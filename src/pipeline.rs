@@ -58,6 +58,12 @@ pub enum ProgressEvent {
         /// Patches analysed so far.
         done: usize,
     },
+    /// The model was loaded: which runtime, on which device, and (for `--device auto`) why
+    /// each faster device was not used.
+    ModelLoaded {
+        /// One line for the user.
+        note: String,
+    },
 }
 
 /// The callback type behind [`Progress`].
@@ -100,6 +106,8 @@ pub struct AnalyzeConfig {
     pub model: Option<PathBuf>,
     /// Inference backend.
     pub inference: InferenceChoice,
+    /// Where inference runs (`--device`, default auto), FP16 and the TensorRT engine cache.
+    pub device: crate::model::DeviceOptions,
     /// Patches per batch (default 32).
     pub batch_size: usize,
     /// Batches waiting between decoding and inference (default 4).
@@ -154,6 +162,7 @@ impl Default for AnalyzeConfig {
             out: PathBuf::from("tessera-out"),
             model: None,
             inference: InferenceChoice::Auto,
+            device: crate::model::DeviceOptions::default(),
             batch_size: 32,
             queue_depth: 4,
             workers: 1,
@@ -234,20 +243,37 @@ pub struct AnalyzeSummary {
     pub warnings: Vec<String>,
 }
 
-/// SHA-256 of the file's size and its first and last MiB (or of the whole file).
-pub fn fingerprint(path: &Path, full: bool) -> Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let files: Vec<PathBuf> = if path.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::from_io(path, e))?
+/// Every file a slide consists of, sorted: a folder (a DICOM series) is its files; a MIRAX
+/// `.mrxs` is the file and the files of its same-named data folder; anything else is itself.
+pub fn slide_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let list = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::from_io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file())
             .collect();
         v.sort();
-        v
-    } else {
-        vec![path.to_path_buf()]
+        Ok(v)
     };
+    if path.is_dir() {
+        return list(path);
+    }
+    let mut files = vec![path.to_path_buf()];
+    let data = path.with_extension("");
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("mrxs"))
+        && data.is_dir()
+    {
+        files.extend(list(&data)?);
+    }
+    Ok(files)
+}
+
+/// SHA-256 of the file's size and its first and last MiB (or of the whole file).
+pub fn fingerprint(path: &Path, full: bool) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let files = slide_files(path)?;
     let mut h = Sha256::new();
     for f in files {
         let mut file = std::fs::File::open(&f).map_err(|e| Error::from_io(&f, e))?;
@@ -334,7 +360,15 @@ pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
     let model_dir = cfg.model.clone().unwrap_or_else(default_model_dir);
     let folder = ModelFolder::load(&model_dir)?;
     let chosen = model::choose(cfg.inference)?;
-    let model = chosen.backend.load(&folder, cfg.inference_threads.max(1))?;
+    let model = chosen
+        .backend
+        .load(&folder, cfg.inference_threads.max(1), &cfg.device)?;
+    let placement = model.placement();
+    let mut note = format!("{} on {}", chosen.note, placement.device);
+    for f in &placement.fallbacks {
+        note.push_str(&format!("\n  not used: {f}"));
+    }
+    cfg.progress.emit(ProgressEvent::ModelLoaded { note });
     Ok(LoadedModel {
         folder,
         chosen,
@@ -547,7 +581,9 @@ pub fn analyze_with(
             "sha256": folder.sha256,
             "config": c,
         },
-        "inference": {"backend": backend.name(), "version": backend.version(), "device": "CPU", "note": chosen.note},
+        "inference": {"backend": backend.name(), "version": backend.version(),
+            "device": loaded.placement().device, "device_requested": cfg.device.device.label(),
+            "fallbacks": loaded.placement().fallbacks, "fp16": cfg.device.fp16, "note": chosen.note},
         "parameters": {
             "patch_size_pixels": c.patch_size_pixels,
             "spacing_um_px": c.spacing_um_px,

@@ -6,8 +6,10 @@
 //! - [`die_with_parent`]: a watch worker process is killed by the kernel when the service that
 //!   started it dies, even by SIGKILL, so no orphan keeps analysing a slide the restarted
 //!   service has queued again.
+//! - [`private_stdout`]: the watch worker answers on a private copy of stdout, and fd 1 goes
+//!   to stderr.
 //!
-//! Elsewhere than Linux both do nothing.
+//! Elsewhere than Linux (Unix for `private_stdout`) they do nothing.
 
 /// Returns free heap memory to the operating system (glibc's `malloc_trim(0)`).
 pub fn release_free_memory() {
@@ -50,5 +52,36 @@ pub fn die_with_parent(expected_parent: u32) -> bool {
     {
         let _ = expected_parent;
         false
+    }
+}
+
+/// Moves this process's standard output aside for a private channel: returns a file on the
+/// original stdout and points fd 1 at stderr, so that anything a native library prints goes
+/// to the log instead of corrupting the channel (the watch worker's answers). `None` where
+/// that is not possible.
+pub fn private_stdout() -> Option<std::fs::File> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::FromRawFd;
+        extern "C" {
+            fn dup(fd: i32) -> i32;
+            fn dup2(old: i32, new: i32) -> i32;
+        }
+        // SAFETY: dup and dup2 take plain descriptors; the duplicate is owned by the File
+        // returned, and fd 1 stays open (now on stderr's file).
+        unsafe {
+            let fd = dup(1);
+            if fd < 0 {
+                return None;
+            }
+            // If fd 1 cannot be redirected the channel still works; stray prints would then
+            // be caught as unreadable answers.
+            let _ = dup2(2, 1);
+            Some(std::fs::File::from_raw_fd(fd))
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }

@@ -321,3 +321,118 @@ fn generate_then_bench_read_runs_both_readers_on_the_same_regions() {
         "{text}"
     );
 }
+
+#[test]
+fn an_explicit_gpu_device_that_cannot_be_used_is_an_error_and_auto_records_why() {
+    let slide = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let s = slide.to_str().unwrap();
+    let out = |n: &str| t.path().join(n).to_string_lossy().into_owned();
+    // tract has no GPU: a named GPU is refused, naming what runs instead.
+    let o = tessera_str(&[
+        "analyze",
+        s,
+        "--out",
+        &out("a"),
+        "--inference",
+        "tract",
+        "--device",
+        "cuda:1",
+        "-q",
+    ]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--device CUDA:1") && stderr(&o).contains("tract"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !t.path().join("a/CMU-1-Small-Region.svs").exists(),
+        "no output for a refused device"
+    );
+    // An unknown device is a usage error.
+    let o = tessera_str(&["analyze", s, "--out", &out("b"), "--device", "gpu"]);
+    assert_eq!(code(&o), 64);
+    // auto on tract: the CPU, with the reason recorded.
+    let o = tessera_str(&[
+        "analyze",
+        s,
+        "--out",
+        &out("c"),
+        "--inference",
+        "tract",
+        "-q",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(t.path().join("c/CMU-1-Small-Region.svs/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["inference"]["device"], "CPU");
+    assert_eq!(r["inference"]["device_requested"], "auto");
+    assert_eq!(r["inference"]["fallbacks"].as_array().unwrap().len(), 1);
+    // ONNX Runtime: the CPU package has neither provider. Asked for explicitly: an error that
+    // names the library found; auto: TensorRT and CUDA recorded as not used, and why.
+    if tessera::model::ort_backend::OnnxRuntime::find().is_err() {
+        skip("ONNX Runtime not available (pip install onnxruntime)");
+        return;
+    }
+    let o = tessera_str(&[
+        "analyze",
+        s,
+        "--out",
+        &out("d"),
+        "--inference",
+        "ort",
+        "--device",
+        "tensorrt",
+        "-q",
+    ]);
+    let gpu_package = code(&o) == 0;
+    if gpu_package {
+        skip("this ONNX Runtime has TensorRT: the CPU-only checks do not apply");
+        return;
+    }
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no TensorRT execution provider"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("libonnxruntime"), "{}", stderr(&o));
+    let o = tessera_str(&["analyze", s, "--out", &out("e"), "--inference", "ort"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("on CPU") && stderr(&o).contains("not used: TensorRT:0"),
+        "{}",
+        stderr(&o)
+    );
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(t.path().join("e/CMU-1-Small-Region.svs/result.json")).unwrap(),
+    )
+    .unwrap();
+    let f = r["inference"]["fallbacks"].as_array().unwrap();
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(
+        f[0].as_str().unwrap().starts_with("TensorRT:0: ")
+            && f[1].as_str().unwrap().starts_with("CUDA:0: "),
+        "{f:?}"
+    );
+    let o = tessera_str(&[
+        "analyze",
+        s,
+        "--out",
+        &out("f"),
+        "--inference",
+        "ort",
+        "--device",
+        "cpu",
+        "-q",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(t.path().join("f/CMU-1-Small-Region.svs/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["inference"]["fallbacks"], serde_json::json!([]));
+}

@@ -82,7 +82,10 @@ impl Reply {
 fn request(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -493,12 +496,20 @@ fn ids_cannot_reach_anything_outside_the_configured_folders() {
             "{target}"
         );
     }
-    // Without --slides only the exact file a result names is read: the linked case's file is
-    // the link itself, which resolves where the result says, so it is viewable; the first one
-    // is too.
+    // Without --slides no slide file is read at all (results only), and the list says why.
     drop(srv);
     let srv = serve(&out, &[OsStr::new("--bind"), OsStr::new("127.0.0.1:0")]);
-    assert_eq!(get(&srv.addr, &format!("/slides/{id}.dzi")).status, 200);
+    assert_eq!(get(&srv.addr, &format!("/slides/{id}.dzi")).status, 404);
+    let list = get(&srv.addr, "/api/slides").json();
+    assert!(
+        list["slides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["viewable"] == false && s["why_not"].as_str().unwrap().contains("--slides")),
+        "{list}"
+    );
+    assert_eq!(get(&srv.addr, &format!("/api/slides/{id}")).status, 200);
     // With the real folder given, the first case is viewable, the link is not.
     drop(srv);
     let srv = serve(

@@ -676,3 +676,47 @@ fn metrics_and_health_are_served_on_loopback_while_several_workers_run() {
         "worker processes left after the service stopped"
     );
 }
+
+#[test]
+fn a_hung_analysis_is_stopped_at_the_slide_timeout_and_quarantined() {
+    let src = require!(data("slides/aperio/small.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out) = (t.path().join("inbox"), t.path().join("out"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(&src, inbox.join("hangs.svs")).unwrap();
+    std::fs::copy(&src, inbox.join("fine.svs")).unwrap();
+    let o = spawn_env(
+        &inbox,
+        &out,
+        &[
+            "--once",
+            "--settle",
+            "0",
+            "--attempts",
+            "1",
+            "--slide-timeout",
+            "3",
+        ],
+        &[("TESSERA_WATCH_TEST_HANG", "hangs")],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ev = events(&out);
+    let q = ev
+        .iter()
+        .find(|e| e["event"] == "quarantined")
+        .expect("quarantined");
+    let msg = q["error"].as_str().unwrap();
+    assert!(
+        msg.contains("hangs.svs") && msg.contains("longer than 3 s"),
+        "{msg}"
+    );
+    assert_eq!(valid_outputs(&out, "fine.svs"), 1);
+    assert!(workers_of(&out).is_empty(), "the hung worker was stopped");
+}

@@ -55,6 +55,8 @@ pub struct AnalyzeArgs {
     /// Inference runtime.
     #[arg(long, value_enum, default_value_t = InferenceArg::Auto)]
     inference: InferenceArg,
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Patches per inference batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -113,6 +115,7 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         out: args.out.clone(),
         model: args.model.clone(),
         inference: args.inference.choice(),
+        device: args.device.options(),
         batch_size: args.batch_size,
         stride_pixels: args.stride,
         min_tissue: args.min_tissue,
@@ -173,9 +176,13 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
             .progress_chars("=> "),
         );
         let (c2, p2) = (c.clone(), p.clone());
+        let m2 = multi.clone();
         cfg.progress = tessera::pipeline::Progress::new(move |e| {
             use tessera::pipeline::ProgressEvent as E;
             match e {
+                E::ModelLoaded { note } => {
+                    let _ = m2.println(note);
+                }
                 E::SlideStarted { index, total, name } => {
                     c2.set_length(*total as u64);
                     c2.set_position(*index as u64 - 1);
@@ -192,6 +199,14 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         });
         (Some(c), Some(p))
     } else {
+        // Without bars: only the line saying where inference runs (and why not on a GPU).
+        if !quiet && matches!(format, LogFormat::Text) {
+            cfg.progress = tessera::pipeline::Progress::new(|e| {
+                if let tessera::pipeline::ProgressEvent::ModelLoaded { note } = e {
+                    eprintln!("{note}");
+                }
+            });
+        }
         (None, None)
     };
     let say = |line: String, err: bool| {

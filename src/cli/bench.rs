@@ -48,6 +48,8 @@ struct InferenceArgs {
     #[arg(long)]
     mpp: Option<f64>,
     #[command(flatten)]
+    device: super::DeviceArgs,
+    #[command(flatten)]
     slide: SlideArgs,
 }
 
@@ -57,6 +59,7 @@ fn run_inference(a: &InferenceArgs) -> u8 {
     let spec = tessera::bench::InferenceBench {
         model: a.model.clone(),
         inference,
+        device: a.device.options(),
         batch_size: a.batch_size,
         threads: a.threads.unwrap_or(all),
         batches: a.batches,

@@ -108,6 +108,36 @@ impl InferenceArg {
     }
 }
 
+/// Where inference runs (analyze, watch, bench inference).
+#[derive(Debug, Clone, Args)]
+struct DeviceArgs {
+    /// auto (TensorRT, then CUDA, then CPU: each fallback is recorded in result.json), cpu,
+    /// cuda[:N] or tensorrt[:N]. A GPU named explicitly that cannot be used is an error.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: tessera::model::Device,
+    /// TensorRT in FP16.
+    #[arg(long)]
+    fp16: bool,
+    /// Folder for TensorRT's built engines, so that the next run starts fast.
+    #[arg(long, value_name = "DIR")]
+    trt_cache: Option<PathBuf>,
+}
+
+fn parse_device(s: &str) -> Result<tessera::model::Device, String> {
+    tessera::model::Device::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected auto, cpu, cuda, cuda:N, tensorrt or tensorrt:N"))
+}
+
+impl DeviceArgs {
+    fn options(&self) -> tessera::model::DeviceOptions {
+        tessera::model::DeviceOptions {
+            device: self.device,
+            fp16: self.fp16,
+            trt_cache: self.trt_cache.clone(),
+        }
+    }
+}
+
 /// Which slide reader to use.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BackendArg {

@@ -14,7 +14,7 @@ pub struct ServeArgs {
     #[arg(value_name = "RESULTS")]
     results: PathBuf,
     /// Folder the slide files may be read from (searched recursively; repeat for several).
-    /// Without it, only the exact files the results name are read.
+    /// Only slides inside these folders are read (without any, the viewer shows no slide).
     #[arg(long, value_name = "DIR")]
     slides: Vec<PathBuf>,
     /// Address to listen on. Anything but 127.0.0.1 or [::1] requires a token.

@@ -31,6 +31,10 @@ pub struct WatchArgs {
     /// Process what is in the inbox, then exit (for cron).
     #[arg(long)]
     once: bool,
+    /// Longest one slide's analysis may take, in seconds; the worker is then stopped and the
+    /// attempt counts as failed (a hung read on a network share, a deadlock in native code).
+    #[arg(long, default_value_t = 14400.0)]
+    slide_timeout: f64,
     /// Attempts before a failing slide is quarantined.
     #[arg(long, default_value_t = 3)]
     attempts: u32,
@@ -68,6 +72,8 @@ pub struct WatchArgs {
     /// Inference runtime.
     #[arg(long, value_enum, default_value_t = InferenceArg::Auto)]
     inference: InferenceArg,
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// µm per pixel of level 0 for slides that lack it.
     #[arg(long)]
     mpp: Option<f64>,
@@ -121,6 +127,7 @@ fn analyze_config(a: &WatchArgs) -> AnalyzeConfig {
         out: a.out.clone(),
         model: a.model.clone(),
         inference: a.inference.choice(),
+        device: a.device.options(),
         mpp_override: a.mpp,
         hash_full: a.hash_full,
         slide: a.slide.config_with_cache(32),
@@ -130,7 +137,7 @@ fn analyze_config(a: &WatchArgs) -> AnalyzeConfig {
 
 /// The worker command: this executable, `watch-worker`, and the arguments this process was
 /// given after `watch` (so the worker parses exactly the same analysis settings).
-fn worker_command() -> Option<WorkerCommand> {
+fn worker_command(timeout: Duration) -> Option<WorkerCommand> {
     let program = std::env::current_exe().ok()?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let at = args.iter().position(|a| a == "watch")?;
@@ -139,6 +146,7 @@ fn worker_command() -> Option<WorkerCommand> {
     Some(WorkerCommand {
         program,
         args: rest,
+        timeout,
     })
 }
 
@@ -172,9 +180,19 @@ fn log_line(e: &watch::Event, format: LogFormat) -> String {
     line
 }
 
+/// Seconds from the command line, capped at about 30 years (a larger value would overflow).
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.clamp(0.0, 1e9))
+}
+
 pub fn run(a: &WatchArgs) -> u8 {
-    if !(a.settle >= 0.0 && a.rescan > 0.0 && a.backoff >= 0.0) || a.attempts == 0 {
-        eprintln!("error: --settle and --backoff must be ≥ 0, --rescan > 0, --attempts ≥ 1");
+    if !(a.settle >= 0.0 && a.rescan > 0.0 && a.backoff >= 0.0 && a.slide_timeout > 0.0)
+        || a.attempts == 0
+    {
+        eprintln!(
+            "error: --settle and --backoff must be ≥ 0, --rescan and --slide-timeout > 0, \
+             --attempts ≥ 1"
+        );
         return EXIT_USAGE;
     }
     let http = match a.http.as_str() {
@@ -195,11 +213,11 @@ pub fn run(a: &WatchArgs) -> u8 {
         },
     };
     let mut cfg = WatchConfig::new(a.inbox.clone(), analyze_config(a));
-    cfg.settle = Duration::from_secs_f64(a.settle);
-    cfg.rescan = Duration::from_secs_f64(a.rescan);
+    cfg.settle = secs(a.settle);
+    cfg.rescan = secs(a.rescan);
     cfg.once = a.once;
     cfg.max_attempts = a.attempts;
-    cfg.backoff = Duration::from_secs_f64(a.backoff);
+    cfg.backoff = secs(a.backoff);
     cfg.workers = usize::from(a.workers);
     cfg.events = a.events == Switch::On;
     cfg.done_marker = a.done_marker.clone();
@@ -207,7 +225,7 @@ pub fn run(a: &WatchArgs) -> u8 {
     cfg.worker_command = if a.in_process {
         None
     } else {
-        match worker_command() {
+        match worker_command(secs(a.slide_timeout)) {
             Some(c) => Some(c),
             None => {
                 eprintln!("error: cannot find this executable to start worker processes");
@@ -246,9 +264,7 @@ pub fn run_worker(a: &WatchArgs) -> u8 {
     // stop (by closing their input), so they ignore both and finish the slide they hold.
     let _ = ctrlc::set_handler(|| {});
     let cfg = analyze_config(a);
-    let stdin = std::io::stdin().lock();
-    let stdout = std::io::stdout().lock();
-    match watch::worker::serve(&cfg, stdin, stdout) {
+    match watch::worker::serve_stdio(&cfg) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("error: {e}");
@@ -294,7 +310,7 @@ pub fn run_queue(a: &QueueArgs) -> u8 {
     match done {
         Ok(true) => EXIT_OK,
         Ok(false) => {
-            eprintln!("error: no such queue entry");
+            eprintln!("error: no such queue entry, or it is being analysed now (running)");
             EXIT_ALL_FAILED
         }
         Err(e) => {

@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use serde::Serialize;
+
 use crate::batch::PatchBatch;
 use crate::error::{Error, Result};
 use config::ModelConfig;
@@ -72,20 +74,89 @@ pub enum InferenceChoice {
     Tract,
 }
 
+/// Where inference runs (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// TensorRT, then CUDA, then the CPU: the first that works; each fallback is recorded.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// ONNX Runtime's CUDA execution provider on GPU N.
+    Cuda(u32),
+    /// ONNX Runtime's TensorRT execution provider on GPU N.
+    TensorRt(u32),
+}
+
+impl Device {
+    /// `auto`, `cpu`, `cuda`, `cuda:N`, `tensorrt`, `tensorrt:N`.
+    pub fn parse(s: &str) -> Option<Device> {
+        let (kind, n) = match s.split_once(':') {
+            Some((k, n)) => (k, Some(n.parse::<u32>().ok()?)),
+            None => (s, None),
+        };
+        match (kind, n) {
+            ("auto", None) => Some(Device::Auto),
+            ("cpu", None) => Some(Device::Cpu),
+            ("cuda", n) => Some(Device::Cuda(n.unwrap_or(0))),
+            ("tensorrt", n) => Some(Device::TensorRt(n.unwrap_or(0))),
+            _ => None,
+        }
+    }
+
+    /// "CPU", "CUDA:0", "TensorRT:1", "auto".
+    pub fn label(self) -> String {
+        match self {
+            Device::Auto => "auto".into(),
+            Device::Cpu => "CPU".into(),
+            Device::Cuda(n) => format!("CUDA:{n}"),
+            Device::TensorRt(n) => format!("TensorRT:{n}"),
+        }
+    }
+}
+
+/// The device asked for, and its options.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceOptions {
+    /// The device.
+    pub device: Device,
+    /// TensorRT in FP16.
+    pub fp16: bool,
+    /// Where TensorRT keeps built engines, so that the next run starts fast.
+    pub trt_cache: Option<PathBuf>,
+}
+
+/// Where a loaded model runs, and why not elsewhere.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Placement {
+    /// "CPU", "CUDA:0", "TensorRT:0".
+    pub device: String,
+    /// For `auto`: each device tried before, with the reason it was not used.
+    pub fallbacks: Vec<String>,
+}
+
 /// An inference runtime.
 pub trait Backend: Send + Sync {
     /// "onnxruntime" or "tract".
     fn name(&self) -> &'static str;
     /// The runtime's version.
     fn version(&self) -> String;
-    /// Loads a model; `threads` bounds the runtime's own parallelism per session.
-    fn load(&self, model: &ModelFolder, threads: usize) -> Result<Arc<dyn Model>>;
+    /// Loads a model on `device`; `threads` bounds the runtime's own parallelism per session.
+    /// A device named explicitly that cannot be used is an [`Error::Device`].
+    fn load(
+        &self,
+        model: &ModelFolder,
+        threads: usize,
+        device: &DeviceOptions,
+    ) -> Result<Arc<dyn Model>>;
 }
 
 /// A loaded model, shared by workers.
 pub trait Model: Send + Sync {
     /// A session for one worker.
     fn session(&self) -> Result<Box<dyn Session>>;
+    /// Where its sessions run.
+    fn placement(&self) -> Placement;
 }
 
 /// One worker's inference session.

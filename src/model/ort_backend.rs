@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ort::session::Session as OrtSession;
 use ort::value::{Tensor, ValueType};
 
-use super::{check_shapes, Backend, Model, ModelFolder, Session};
+use super::{check_shapes, Backend, Device, DeviceOptions, Model, ModelFolder, Placement, Session};
 use crate::batch::PatchBatch;
 use crate::error::{Error, Result};
 
@@ -105,6 +105,9 @@ impl OnnxRuntime {
 struct OrtModel {
     onnx: PathBuf,
     threads: usize,
+    device: Device,
+    options: DeviceOptions,
+    fallbacks: Vec<String>,
 }
 
 struct OrtSessionBox {
@@ -125,16 +128,124 @@ fn dims(t: &ValueType) -> Vec<Option<usize>> {
     }
 }
 
-fn open_session(onnx: &Path, threads: usize) -> std::result::Result<OrtSession, String> {
-    let Some(Ok((_, env))) = ENV.get() else {
+/// The libraries ONNX Runtime's CUDA and TensorRT providers need, from the `nvidia-*` and
+/// `tensorrt-*` Python packages beside the `onnxruntime-gpu` one, loaded once with RTLD_GLOBAL so
+/// that the providers find them without LD_LIBRARY_PATH. Returns the libraries not found
+/// (the system's loader may still have them).
+fn preload_gpu_libraries() -> &'static Vec<String> {
+    static MISSING: OnceLock<Vec<String>> = OnceLock::new();
+    MISSING.get_or_init(|| {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        if let Ok(ort_dir) = crate::slide::openslide::python_package_dir("onnxruntime") {
+            if let Some(site) = ort_dir.parent() {
+                // nvidia/<component>/lib (CUDA 12 layout) and nvidia/cu13/lib (CUDA 13).
+                for root in [site.join("nvidia"), site.join("tensorrt_libs")] {
+                    dirs.push(root.clone());
+                    if let Ok(rd) = std::fs::read_dir(&root) {
+                        for e in rd.filter_map(|e| e.ok()) {
+                            dirs.push(e.path().join("lib"));
+                        }
+                    }
+                }
+            }
+        }
+        let wanted = ort::ep::cuda::CUDA_DYLIBS
+            .iter()
+            .chain(ort::ep::cuda::CUDNN_DYLIBS)
+            .chain(&[
+                "libnvinfer.so.10",
+                "libnvinfer_plugin.so.10",
+                "libnvonnxparser.so.10",
+            ]);
+        let mut missing = Vec::new();
+        for name in wanted {
+            let Some(path) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) else {
+                missing.push(name.to_string());
+                continue;
+            };
+            // SAFETY: these are the vendor's shared libraries, loaded for their symbols only
+            // (their initialisers are what the providers would run anyway); the handle is
+            // kept for the life of the process.
+            let lib = unsafe {
+                libloading::os::unix::Library::open(
+                    Some(&path),
+                    libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                )
+            };
+            match lib {
+                Ok(l) => std::mem::forget(l),
+                Err(_) => missing.push(name.to_string()),
+            }
+        }
+        missing
+    })
+}
+
+/// Opens a session on `device` (never silently elsewhere).
+fn open_session(
+    onnx: &Path,
+    threads: usize,
+    device: Device,
+    options: &DeviceOptions,
+) -> std::result::Result<OrtSession, String> {
+    let Some(Ok((lib, env))) = ENV.get() else {
         return Err("ONNX Runtime is not initialised".into());
     };
-    OrtSession::builder(env)
+    let mut builder = OrtSession::builder(env)
         .map_err(|e| e.to_string())?
         .with_intra_threads(threads.max(1))
-        .map_err(|e| e.to_string())?
-        .commit_from_file(onnx)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let gpu_hint = |what: &str| {
+        format!(
+            "{} has no {what} execution provider (it is the CPU-only package); install the GPU \
+             one: pip install onnxruntime-gpu plus the nvidia-* packages (see the README)",
+            lib.display()
+        )
+    };
+    let ep = match device {
+        Device::Cpu | Device::Auto => None,
+        Device::Cuda(n) => {
+            use ort::ep::ExecutionProvider;
+            if !ort::ep::CUDA::is_available().unwrap_or(false) {
+                return Err(gpu_hint("CUDA"));
+            }
+            let _ = preload_gpu_libraries();
+            Some(ort::ep::CUDA::default().with_device_id(n as i32).build())
+        }
+        Device::TensorRt(n) => {
+            use ort::ep::ExecutionProvider;
+            if !ort::ep::TensorRT::is_available().unwrap_or(false) {
+                return Err(gpu_hint("TensorRT"));
+            }
+            let _ = preload_gpu_libraries();
+            let mut trt = ort::ep::TensorRT::default()
+                .with_device_id(n as i32)
+                .with_fp16(options.fp16);
+            if let Some(dir) = &options.trt_cache {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                trt = trt
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(dir.display());
+            }
+            Some(trt.build())
+        }
+    };
+    if let Some(ep) = ep {
+        builder = builder
+            .with_execution_providers([ep.error_on_failure()])
+            .map_err(|e| {
+                let missing = preload_gpu_libraries();
+                if missing.is_empty() {
+                    e.to_string()
+                } else {
+                    format!(
+                        "{e} (not found in the Python packages: {})",
+                        missing.join(", ")
+                    )
+                }
+            })?;
+    }
+    builder.commit_from_file(onnx).map_err(|e| e.to_string())
 }
 
 impl Backend for OnnxRuntime {
@@ -146,32 +257,71 @@ impl Backend for OnnxRuntime {
         self.version.clone()
     }
 
-    fn load(&self, model: &ModelFolder, threads: usize) -> Result<Arc<dyn Model>> {
+    fn load(
+        &self,
+        model: &ModelFolder,
+        threads: usize,
+        options: &DeviceOptions,
+    ) -> Result<Arc<dyn Model>> {
         let fail = |message: String| Error::Model {
             path: model.onnx.clone(),
             backend: "onnxruntime".into(),
             message,
         };
-        // Open once to check the graph against the configuration.
-        let s = open_session(&model.onnx, 1).map_err(fail)?;
-        let (Some(i), Some(o)) = (s.inputs().first(), s.outputs().first()) else {
-            return Err(fail("the graph has no input or no output".into()));
+        // `auto`: the first device that opens the model; each one skipped is recorded.
+        let tries = match options.device {
+            Device::Auto => vec![Device::TensorRt(0), Device::Cuda(0), Device::Cpu],
+            d => vec![d],
         };
-        check_shapes(model, "onnxruntime", &dims(i.dtype()), &dims(o.dtype()))?;
-        Ok(Arc::new(OrtModel {
-            onnx: model.onnx.clone(),
-            threads,
-        }))
+        let mut fallbacks = Vec::new();
+        for device in tries {
+            // Open once to check the graph against the configuration.
+            let s = match open_session(&model.onnx, 1, device, options) {
+                Ok(s) => s,
+                Err(why) if device == Device::Cpu => return Err(fail(why)),
+                Err(why) if options.device == Device::Auto => {
+                    fallbacks.push(format!("{}: {why}", device.label()));
+                    continue;
+                }
+                Err(why) => {
+                    return Err(Error::Device {
+                        device: device.label(),
+                        message: why,
+                    })
+                }
+            };
+            let (Some(i), Some(o)) = (s.inputs().first(), s.outputs().first()) else {
+                return Err(fail("the graph has no input or no output".into()));
+            };
+            check_shapes(model, "onnxruntime", &dims(i.dtype()), &dims(o.dtype()))?;
+            return Ok(Arc::new(OrtModel {
+                onnx: model.onnx.clone(),
+                threads,
+                device,
+                options: options.clone(),
+                fallbacks,
+            }));
+        }
+        Err(fail("no device could run the model".into()))
     }
 }
 
 impl Model for OrtModel {
+    fn placement(&self) -> Placement {
+        Placement {
+            device: self.device.label(),
+            fallbacks: self.fallbacks.clone(),
+        }
+    }
+
     fn session(&self) -> Result<Box<dyn Session>> {
-        let session = open_session(&self.onnx, self.threads).map_err(|message| Error::Model {
-            path: self.onnx.clone(),
-            backend: "onnxruntime".into(),
-            message,
-        })?;
+        let session = open_session(&self.onnx, self.threads, self.device, &self.options).map_err(
+            |message| Error::Model {
+                path: self.onnx.clone(),
+                backend: "onnxruntime".into(),
+                message,
+            },
+        )?;
         let first = session.inputs().first();
         let input = first.map(|i| i.name().to_string()).unwrap_or_default();
         let fixed_batch = first

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::{check_shapes, Backend, Model, ModelFolder, Session};
+use super::{check_shapes, Backend, Device, DeviceOptions, Model, ModelFolder, Placement, Session};
 use crate::batch::PatchBatch;
 use crate::error::{Error, Result};
 
@@ -18,6 +18,7 @@ pub struct Tract;
 struct TractModel {
     plan: Arc<TypedRunnableModel>,
     path: std::path::PathBuf,
+    fallbacks: Vec<String>,
 }
 
 struct TractSession {
@@ -49,7 +50,29 @@ impl Backend for Tract {
         "0.23".into()
     }
 
-    fn load(&self, model: &ModelFolder, _threads: usize) -> Result<Arc<dyn Model>> {
+    fn load(
+        &self,
+        model: &ModelFolder,
+        _threads: usize,
+        device: &DeviceOptions,
+    ) -> Result<Arc<dyn Model>> {
+        let fallbacks = match device.device {
+            Device::Cpu => Vec::new(),
+            Device::Auto => vec![
+                "TensorRT, CUDA: not tried: tract runs on the CPU only (ONNX Runtime, which has \
+                 the GPU providers, is not in use)"
+                    .to_string(),
+            ],
+            d => {
+                return Err(Error::Device {
+                    device: d.label(),
+                    message: "inference runs on tract, which has no GPU support; ONNX Runtime \
+                              with CUDA is needed (see the README: pip install onnxruntime-gpu \
+                              and the nvidia-* packages, then --inference ort)"
+                        .into(),
+                })
+            }
+        };
         let fail = |message: String| Error::Model {
             path: model.onnx.clone(),
             backend: "tract".into(),
@@ -100,11 +123,19 @@ impl Backend for Tract {
         Ok(Arc::new(TractModel {
             plan,
             path: model.onnx.clone(),
+            fallbacks,
         }))
     }
 }
 
 impl Model for TractModel {
+    fn placement(&self) -> Placement {
+        Placement {
+            device: "CPU".into(),
+            fallbacks: self.fallbacks.clone(),
+        }
+    }
+
     fn session(&self) -> Result<Box<dyn Session>> {
         Ok(Box::new(TractSession {
             plan: self.plan.clone(),

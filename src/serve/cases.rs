@@ -7,8 +7,8 @@
 //!
 //! Ids are looked up in this map and never joined to a path, so no request can name a file.
 //! A slide file is served only if its canonical path lies inside one of the slide folders
-//! (`--slides`), or, when none is given, is exactly the file the result names; its
-//! fingerprint must match the result's (a replaced slide is not shown under an old heatmap).
+//! (`--slides`; without any, no slide is read, only results) and its fingerprint matches the
+//! result's (a replaced slide is not shown under an old heatmap).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,10 @@ pub struct Case {
 
 /// Reads every case under `results` (the folder itself, or its sub-folders).
 pub fn load(results: &Path, slide_dirs: &[PathBuf], hash_full: bool) -> Result<Vec<Case>> {
+    // Canonical, so that `serve .` inside one slide's folder still names the case.
+    let results = &results
+        .canonicalize()
+        .map_err(|e| Error::from_io(results, e))?;
     let mut dirs = Vec::new();
     if results.join("result.json").is_file() {
         dirs.push(results.to_path_buf());
@@ -92,10 +96,16 @@ fn find_slide(
         .to_string();
     let full = result["slide"]["fingerprint"]["method"] == "full file" || hash_full;
     let name = recorded.file_name().map(|n| n.to_os_string());
-    let mut candidates: Vec<PathBuf> = Vec::new();
     if allowed.is_empty() {
-        candidates.push(recorded.clone());
-    } else if let Some(name) = &name {
+        return Err(format!(
+            "no slide folder given: start the viewer with --slides FOLDER (the one holding {})",
+            recorded
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        ));
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(name) = &name {
         for dir in allowed {
             find_named(dir, name, 0, &mut candidates);
         }
@@ -104,14 +114,7 @@ fn find_slide(
         let Ok(canon) = c.canonicalize() else {
             continue;
         };
-        let inside = if allowed.is_empty() {
-            // Only the very file the result names (and the link, if it is one, must stay
-            // where the result says).
-            recorded.canonicalize().ok().as_ref() == Some(&canon)
-        } else {
-            allowed.iter().any(|d| canon.starts_with(d))
-        };
-        if !inside {
+        if !allowed.iter().any(|d| canon.starts_with(d)) {
             continue;
         }
         if crate::pipeline::fingerprint(&canon, full).ok().as_deref() == Some(want.as_str()) {
@@ -119,13 +122,8 @@ fn find_slide(
         }
     }
     Err(format!(
-        "slide file {} not found{} with fingerprint {}",
+        "slide file {} not found in the slide folders with fingerprint {}",
         recorded.display(),
-        if allowed.is_empty() {
-            " (give --slides FOLDER)".to_string()
-        } else {
-            " in the slide folders".to_string()
-        },
         want.get(..12).unwrap_or(&want)
     ))
 }

@@ -50,7 +50,7 @@ use deepzoom::DeepZoom;
 pub struct ServeConfig {
     /// The results folder.
     pub results: PathBuf,
-    /// Folders slides may be read from (empty: only the files the results name).
+    /// Folders slides may be read from (empty: no slide is read; results only).
     pub slides: Vec<PathBuf>,
     /// Where to listen (default 127.0.0.1:8080).
     pub bind: SocketAddr,
@@ -151,15 +151,18 @@ impl TileCache {
     }
 }
 
+type OnceSlide = std::sync::OnceLock<std::result::Result<Arc<Slide>, String>>;
+
 struct Shared {
     cfg: ServeConfig,
     token: Option<String>,
     cases: BTreeMap<String, Case>,
-    slides: Mutex<HashMap<String, Arc<Slide>>>,
+    /// Opened slides; one open per slide even when many requests ask at once.
+    slides: Mutex<HashMap<String, Arc<OnceSlide>>>,
     grids: Mutex<HashMap<String, Arc<ProbGrid>>>,
     cache: Mutex<TileCache>,
     /// Bounds the tiles rendered at once (memory and CPU).
-    render: tokio::sync::Semaphore,
+    render: Arc<tokio::sync::Semaphore>,
 }
 
 type St = Arc<Shared>;
@@ -187,22 +190,23 @@ impl Shared {
         self.cases.get(id).ok_or_else(|| not_found("no such slide"))
     }
 
+    /// The opened slide of a case (blocking: call from the blocking pool, see [`slide_of`]).
     fn slide(&self, id: &str) -> std::result::Result<Arc<Slide>, Fail> {
         let case = self.case(id)?;
-        if let Some(s) = self.slides.lock().ok().and_then(|m| m.get(id).cloned()) {
-            return Ok(s);
-        }
         let Some(path) = &case.slide else {
             return Err(not_found(case.missing.as_deref().unwrap_or("slide file")));
         };
-        let s = Arc::new(
+        let once = match self.slides.lock() {
+            Ok(mut m) => m.entry(id.to_string()).or_default().clone(),
+            Err(_) => Arc::new(OnceSlide::new()),
+        };
+        once.get_or_init(|| {
             Slide::open_with(path, &self.cfg.slide)
-                .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-        );
-        if let Ok(mut m) = self.slides.lock() {
-            m.insert(id.to_string(), s.clone());
-        }
-        Ok(s)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e))
     }
 
     fn grid(&self, id: &str) -> std::result::Result<Arc<ProbGrid>, Fail> {
@@ -230,6 +234,14 @@ impl Shared {
         };
         Ok(DeepZoom::new(crate::geom::Size::new(w, h), TILE, OVERLAP))
     }
+}
+
+/// A case's slide, opened in the blocking pool (opening reads the file's header).
+async fn slide_of(st: &St, id: &str) -> std::result::Result<Arc<Slide>, Fail> {
+    let (st, id) = (st.clone(), id.to_string());
+    tokio::task::spawn_blocking(move || st.slide(&id))
+        .await
+        .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
 /// Serves until `shutdown` completes. `ready` gets the address actually bound (port 0 picks
@@ -269,7 +281,7 @@ pub fn run(
             tick: 0,
             map: HashMap::new(),
         }),
-        render: tokio::sync::Semaphore::new(threads * 2),
+        render: Arc::new(tokio::sync::Semaphore::new(threads * 2)),
         cfg,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -328,6 +340,26 @@ fn router(shared: St) -> Router {
 /// from loading anything from elsewhere.
 async fn guard(State(st): State<St>, req: Request, next: Next) -> Response {
     let mut set_cookie = None;
+    if st.token.is_none() {
+        // Loopback without a token: only requests addressed to loopback, so that a web page
+        // whose domain is rebound to 127.0.0.1 (DNS rebinding) cannot read the slides.
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let name = match host.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => host,
+        };
+        if !matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
+            return Fail(
+                StatusCode::FORBIDDEN,
+                format!("requests must be addressed to 127.0.0.1, not {host:?}"),
+            )
+            .into_response();
+        }
+    }
     if let Some(token) = &st.token {
         let bearer = req
             .headers()
@@ -518,7 +550,7 @@ async fn label(State(st): State<St>, UrlPath(id): UrlPath<String>) -> Response {
         return not_found("label images are not served (start the viewer with --allow-label)")
             .into_response();
     }
-    let slide = match st.slide(&id) {
+    let slide = match slide_of(&st, &id).await {
         Ok(s) => s,
         Err(f) => return f.into_response(),
     };
@@ -539,7 +571,7 @@ async fn dzi(State(st): State<St>, UrlPath(name): UrlPath<String>) -> Response {
     let Some(id) = name.strip_suffix(".dzi") else {
         return not_found("no such slide").into_response();
     };
-    if let Err(f) = st.slide(id) {
+    if let Err(f) = slide_of(&st, id).await {
         return f.into_response();
     }
     match st.deepzoom(id) {
@@ -603,10 +635,17 @@ async fn cached_tile(
     if let Some(b) = st.cache.lock().ok().and_then(|mut c| c.get(&key)) {
         return tile_response(b, ctype, &etag);
     }
-    let Ok(_permit) = st.render.acquire().await else {
+    let Ok(permit) = st.render.clone().acquire_owned().await else {
         return Fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()).into_response();
     };
-    match tokio::task::spawn_blocking(render).await {
+    // The permit moves into the render: a client that disconnects does not free it while the
+    // render still runs.
+    let job = move || {
+        let r = render();
+        drop(permit);
+        r
+    };
+    match tokio::task::spawn_blocking(job).await {
         Ok(Ok(bytes)) => {
             let bytes = Bytes::from(bytes);
             if let Ok(mut c) = st.cache.lock() {
@@ -627,7 +666,11 @@ async fn slide_tile(
     let Some((id, level, col, row)) = tile_address(&name, &level, &tile, ".jpeg") else {
         return not_found("no such tile").into_response();
     };
-    let (dz, slide) = match st.deepzoom(id).and_then(|dz| Ok((dz, st.slide(id)?))) {
+    let dz = match st.deepzoom(id) {
+        Ok(v) => v,
+        Err(f) => return f.into_response(),
+    };
+    let slide = match slide_of(&st, id).await {
         Ok(v) => v,
         Err(f) => return f.into_response(),
     };
@@ -721,7 +764,15 @@ async fn overlay_tile(
     let Some(src) = dz.source(&full, |_| 0, level, col, row) else {
         return not_found("no such tile").into_response();
     };
-    let key = format!("overlay/{id}/{level}/{col}/{row}/{class}/{cmap_name}/{threshold}");
+    let r = &st.cases[id].result;
+    let key = format!(
+        "overlay/{id}/{}/{}/{}/{level}/{col}/{row}/{class}/{cmap_name}/{threshold}",
+        r["slide"]["fingerprint"]["sha256"]
+            .as_str()
+            .unwrap_or_default(),
+        r["model"]["sha256"].as_str().unwrap_or_default(),
+        r["analysed_at"].as_str().unwrap_or_default(),
+    );
     cached_tile(st, &headers, key, "image/png", move || {
         let img = cases::overlay_tile(
             &grid,

@@ -1,9 +1,10 @@
 //! The watch service's health and metrics endpoint: `GET /healthz` and `GET /metrics`
-//! (Prometheus text format 0.0.4), plain HTTP/1.1 on one thread.
+//! (Prometheus text format 0.0.4), plain HTTP/1.1 on one thread, one client at a time.
 //!
 //! In: a bound listener, the service's [`Metrics`] and its queue folder. Out: answers to
-//! scrapes. It serves nothing else (404), reads at most 8 KiB of request, gives each client 5 s,
-//! and has no authentication: bind it to 127.0.0.1 (the default) or a management network.
+//! scrapes. It serves nothing else (404), reads at most 8 KiB of request, gives each client 5 s
+//! in all, and has no authentication: bind it to 127.0.0.1 (the default) or a management
+//! network.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -70,11 +71,26 @@ pub fn serve(listener: TcpListener, stop: &AtomicBool, metrics: &Metrics, queue_
     }
 }
 
+/// Reads from a stream until an overall deadline, however slowly the client sends.
+struct Deadline<'a>(&'a TcpStream, std::time::Instant);
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.1.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.0.set_read_timeout(Some(left))?;
+        self.0.read(buf)
+    }
+}
+
 fn answer(stream: TcpStream, metrics: &Metrics, q: Option<&Queue>) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new((&stream).take(8192));
+    // One client at a time, each given 5 s in all to send its request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut reader = BufReader::new(Deadline(&stream, deadline).take(8192));
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     // Read (and ignore) the headers, to the blank line or the size limit.

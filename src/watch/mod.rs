@@ -124,23 +124,29 @@ pub fn lock(out: &Path) -> Result<Lock> {
 /// What the service reports, one per line in `events.jsonl` and to the caller.
 pub type Event = serde_json::Value;
 
-/// Size and newest modification time of a slide (a folder: all its files).
+/// Total size and newest modification time of a slide's files (a DICOM folder: all its files;
+/// a MIRAX file: with its data folder, which may still be arriving after the `.mrxs`).
 fn stat_slide(p: &Path) -> Result<(u64, i64)> {
-    let meta = std::fs::metadata(p).map_err(|e| Error::from_io(p, e))?;
     let mtime = |m: &std::fs::Metadata| {
         m.modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as i64)
     };
-    if !meta.is_dir() {
-        return Ok((meta.len(), mtime(&meta)));
-    }
+    let meta = std::fs::metadata(p).map_err(|e| Error::from_io(p, e))?;
     let (mut size, mut newest) = (0u64, mtime(&meta));
-    for e in std::fs::read_dir(p).map_err(|e| Error::from_io(p, e))? {
-        let e = e.map_err(|e| Error::from_io(p, e))?;
-        if let Ok(m) = e.metadata() {
+    for f in crate::pipeline::slide_files(p)? {
+        if let Ok(m) = std::fs::metadata(&f) {
             size += m.len();
+            newest = newest.max(mtime(&m));
+        }
+    }
+    // A MIRAX data folder's own time changes when files are added or removed.
+    let data = p.with_extension("");
+    if p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("mrxs"))
+    {
+        if let Ok(m) = std::fs::metadata(&data) {
             newest = newest.max(mtime(&m));
         }
     }
@@ -287,6 +293,21 @@ impl<F: FnMut(&Event) + Send> Shared<'_, F> {
                 "attempt": e.attempts, "worker": index, "time": queue::now()}));
             let outcome = worker.analyze(&e.path, &e.output);
             self.metrics.busy.fetch_sub(1, Ordering::SeqCst);
+            // No worker could be started: the service stops (exit 3); the slide stays
+            // `running` and is queued again, uncounted, at the next start.
+            let outcome = match outcome? {
+                // The worker died after its output was complete (before it could answer):
+                // the slide is done; analysing it again would duplicate it.
+                Outcome::Failed(_) if output_complete(out, &e) => Outcome::Done {
+                    folder: out.join(&e.output),
+                    patches: std::fs::read(out.join(&e.output).join("result.json"))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|r| r["patches_analysed"].as_u64())
+                        .unwrap_or(0) as usize,
+                },
+                o => o,
+            };
             match outcome {
                 Outcome::Done { folder, patches } => {
                     // Fault-injection hook for the tests: widen the window between the output
@@ -340,8 +361,21 @@ struct Scan {
 /// `sink` receives every event (also written to `events.jsonl`).
 pub fn run(cfg: &WatchConfig, stop: &AtomicBool, sink: impl FnMut(&Event) + Send) -> Result<()> {
     validate(cfg)?;
+    // Absolute, canonical paths: the queue is keyed by slide path, so `watch ./inbox` and
+    // `watch /data/inbox` must name the same rows.
+    let mut canonical = cfg.clone();
+    std::fs::create_dir_all(&cfg.analyze.out).map_err(|e| Error::from_io(&cfg.analyze.out, e))?;
+    canonical.inbox = cfg
+        .inbox
+        .canonicalize()
+        .map_err(|e| Error::from_io(&cfg.inbox, e))?;
+    canonical.analyze.out = cfg
+        .analyze
+        .out
+        .canonicalize()
+        .map_err(|e| Error::from_io(&cfg.analyze.out, e))?;
+    let cfg = &canonical;
     let out = &cfg.analyze.out;
-    std::fs::create_dir_all(out).map_err(|e| Error::from_io(out, e))?;
     let _lock = lock(out)?;
     let listener = match cfg.http {
         Some(addr) => Some(TcpListener::bind(addr).map_err(|e| Error::Queue {
@@ -506,7 +540,15 @@ fn scan<F: FnMut(&Event) + Send>(
         let d = Duration::from_secs_f64(seconds.max(0.0));
         result.soonest = Some(result.soonest.map_or(d, |s| s.min(d)));
     };
-    for p in crate::cohort::collect(std::slice::from_ref(&cfg.inbox))? {
+    let (slides, unreadable) = crate::cohort::collect_skipping(&cfg.inbox)?;
+    for (dir, why) in unreadable {
+        if waiting_noted.insert((dir.clone(), why.clone())) {
+            sh.journal
+                .write(json!({"event": "unreadable", "path": dir, "reason": why,
+                "time": queue::now()}));
+        }
+    }
+    for p in slides {
         let Ok((size, mtime)) = stat_slide(&p) else {
             continue; // vanished between listing and stat
         };
@@ -559,4 +601,41 @@ fn scan<F: FnMut(&Event) + Send>(
         }
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirax_slide_changes_while_its_data_folder_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mrxs = dir.path().join("s.mrxs");
+        std::fs::write(&mrxs, b"[GENERAL]").unwrap();
+        std::fs::create_dir(dir.path().join("s")).unwrap();
+        std::fs::write(dir.path().join("s/Slidedat.ini"), b"x").unwrap();
+        let before = stat_slide(&mrxs).unwrap();
+        std::fs::write(dir.path().join("s/Data0000.dat"), vec![0u8; 1000]).unwrap();
+        let after = stat_slide(&mrxs).unwrap();
+        assert_eq!(after.0, before.0 + 1000);
+        // The fingerprint covers the data too.
+        let f1 = fingerprint(&mrxs, false).unwrap();
+        std::fs::write(dir.path().join("s/Data0001.dat"), b"more").unwrap();
+        assert_ne!(f1, fingerprint(&mrxs, false).unwrap());
+    }
+
+    #[test]
+    fn done_markers_match_beside_the_slide_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let slide = dir.path().join("case [1].svs");
+        std::fs::write(&slide, b"x").unwrap();
+        assert!(!marker_present(&slide, "{stem}.done"));
+        std::fs::write(dir.path().join("case [1].done"), b"").unwrap();
+        // Glob characters in the slide's name are taken literally.
+        assert!(marker_present(&slide, "{stem}.done"));
+        assert!(!marker_present(&slide, "{name}.done"));
+        assert!(marker_present(&slide, "*.done"));
+        // The slide itself is never its own marker.
+        assert!(!marker_present(&slide, "*.svs"));
+    }
 }

@@ -271,7 +271,7 @@ impl Queue {
         self.db
             .execute(
                 "UPDATE slides SET state = 'stable', attempts = 0, last_error = '', next_try = 0,
-                 updated = ?2 WHERE id = ?1",
+                 updated = ?2 WHERE id = ?1 AND state <> 'running'",
                 params![id, now()],
             )
             .map(|n| n == 1)
@@ -283,14 +283,19 @@ impl Queue {
     pub fn forget(&self, id: i64) -> Result<bool> {
         let path: Option<String> = self
             .db
-            .query_row("SELECT path FROM slides WHERE id = ?1", params![id], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT path FROM slides WHERE id = ?1 AND state <> 'running'",
+                params![id],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))?;
         let n = self
             .db
-            .execute("DELETE FROM slides WHERE id = ?1", params![id])
+            .execute(
+                "DELETE FROM slides WHERE id = ?1 AND state <> 'running'",
+                params![id],
+            )
             .map_err(|e| self.err(e))?;
         if let Some(p) = path {
             self.db

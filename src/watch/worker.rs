@@ -32,13 +32,23 @@ pub struct WorkerCommand {
     pub program: PathBuf,
     /// Its arguments, e.g. `watch-worker` followed by the analysis flags.
     pub args: Vec<OsString>,
+    /// Longest one slide may take; the worker is then killed and the attempt fails.
+    pub timeout: std::time::Duration,
 }
 
 /// One request to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
+    id: u64,
     path: PathBuf,
     output: String,
+}
+
+/// A worker's answer to request `id`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Answer {
+    id: u64,
+    outcome: Outcome,
 }
 
 /// A worker's answer.
@@ -58,7 +68,10 @@ pub enum Outcome {
 struct Process {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    /// Lines the child answered, read by a thread (so that waiting can time out); `None` at
+    /// the end of its output.
+    lines: std::sync::mpsc::Receiver<Option<String>>,
+    next_id: u64,
 }
 
 /// One analysis worker (one per worker thread, so the size difference of the variants does not
@@ -96,10 +109,11 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Analyses `path` into the results folder's `output`.
-    pub fn analyze(&mut self, path: &Path, output: &str) -> Outcome {
+    /// Analyses `path` into the results folder's `output`. An error means no worker could be
+    /// started (a problem of the installation, not of the slide).
+    pub fn analyze(&mut self, path: &Path, output: &str) -> Result<Outcome> {
         match self {
-            Worker::InProcess { cfg, model } => analyze_one(cfg, model, path, output),
+            Worker::InProcess { cfg, model } => Ok(analyze_one(cfg, model, path, output)),
             Worker::Process { command, running } => {
                 // A child that died while idle is replaced before it is given a slide, so its
                 // death is not blamed on that slide.
@@ -108,37 +122,32 @@ impl<'a> Worker<'a> {
                         *running = None;
                     }
                 }
-                if running.is_none() {
-                    match spawn(command) {
-                        Ok(p) => *running = Some(ProcessHandle(p)),
-                        Err(e) => {
-                            return Outcome::Failed(format!(
-                                "cannot start a worker process ({}): {e}",
-                                command.program.display()
-                            ))
-                        }
-                    }
-                }
-                let Some(ProcessHandle(p)) = running else {
-                    return Outcome::Failed("no worker process".into());
-                };
-                match ask(p, path, output) {
-                    Some(outcome) => outcome,
+                let p = match running {
+                    Some(ProcessHandle(p)) => p,
                     None => {
-                        // The child died mid-analysis: reap it and blame this slide.
-                        let _ = p.child.kill();
-                        let status = p
-                            .child
-                            .wait()
-                            .map(describe_exit)
-                            .unwrap_or_else(|e| e.to_string());
-                        *running = None;
-                        Outcome::Failed(format!(
-                            "{}: the worker process died while analysing this slide ({status})",
-                            path.display()
-                        ))
+                        let p = spawn(command).map_err(|e| crate::error::Error::Queue {
+                            path: command.program.clone(),
+                            message: format!("cannot start a worker process: {e}"),
+                        })?;
+                        &mut running.insert(ProcessHandle(p)).0
                     }
-                }
+                };
+                let outcome = match ask(p, path, output, command.timeout) {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(why) => why,
+                };
+                // The child died or hung mid-analysis: stop it, reap it, blame this slide.
+                let _ = p.child.kill();
+                let status = p
+                    .child
+                    .wait()
+                    .map(describe_exit)
+                    .unwrap_or_else(|e| e.to_string());
+                *running = None;
+                Ok(Outcome::Failed(format!(
+                    "{}: {outcome} ({status})",
+                    path.display()
+                )))
             }
         }
     }
@@ -185,33 +194,73 @@ fn spawn(command: &WorkerCommand) -> std::io::Result<Process> {
         .stderr(Stdio::inherit())
         .spawn()?;
     let stdin = child.stdin.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
-    let stdout = child.stdout.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
+    let stdout: ChildStdout = child.stdout.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(Some(l)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(None);
+    });
     Ok(Process {
         child,
         stdin: Some(stdin),
-        stdout: BufReader::new(stdout),
+        lines,
+        next_id: 0,
     })
 }
 
-/// Sends one request; `None` when the child died before answering.
-fn ask(p: &mut Process, path: &Path, output: &str) -> Option<Outcome> {
+/// Sends one request and waits for its answer; `Err(why)` when the child died or did not
+/// answer within `timeout`.
+fn ask(
+    p: &mut Process,
+    path: &Path,
+    output: &str,
+    timeout: std::time::Duration,
+) -> std::result::Result<Outcome, String> {
+    p.next_id += 1;
+    let id = p.next_id;
     let req = Request {
+        id,
         path: path.to_path_buf(),
         output: output.to_string(),
     };
-    let line = serde_json::to_string(&req).ok()? + "\n";
-    let stdin = p.stdin.as_mut()?;
-    stdin.write_all(line.as_bytes()).ok()?;
-    stdin.flush().ok()?;
-    let mut answer = String::new();
-    match p.stdout.read_line(&mut answer) {
-        Ok(0) | Err(_) => None,
-        Ok(_) => Some(serde_json::from_str(&answer).unwrap_or_else(|e| {
-            Outcome::Failed(format!(
-                "{}: unreadable answer from the worker process ({e})",
-                path.display()
-            ))
-        })),
+    let died = || "the worker process died while analysing this slide".to_string();
+    let line = serde_json::to_string(&req).map_err(|e| e.to_string())? + "\n";
+    let stdin = p.stdin.as_mut().ok_or_else(died)?;
+    stdin.write_all(line.as_bytes()).map_err(|_| died())?;
+    stdin.flush().map_err(|_| died())?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match p.lines.recv_timeout(left) {
+            Ok(Some(answer)) => match serde_json::from_str::<Answer>(&answer) {
+                Ok(a) if a.id == id => return Ok(a.outcome),
+                // An answer to an earlier request (cannot happen unless the channel was
+                // corrupted): skip it.
+                Ok(_) => continue,
+                Err(e) => {
+                    return Ok(Outcome::Failed(format!(
+                        "{}: unreadable answer from the worker process ({e})",
+                        path.display()
+                    )))
+                }
+            },
+            Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(died()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "the analysis took longer than {} s; the worker process was stopped",
+                    timeout.as_secs()
+                ))
+            }
+        }
     }
 }
 
@@ -235,6 +284,16 @@ fn analyze_one(
     }
 }
 
+/// [`serve`] on this process's stdin, answering on a private copy of stdout (fd 1 itself is
+/// pointed at stderr, so that nothing a native library prints can corrupt the answers).
+pub fn serve_stdio(cfg: &AnalyzeConfig) -> Result<()> {
+    let input = std::io::stdin().lock();
+    match crate::sys::private_stdout() {
+        Some(f) => serve(cfg, input, std::io::BufWriter::new(f)),
+        None => serve(cfg, input, std::io::stdout().lock()),
+    }
+}
+
 /// The worker process's loop: one request per line on `input`, one answer per line on
 /// `output`, until an empty line or the end of input. The model is loaded once, on the
 /// first request.
@@ -254,20 +313,31 @@ pub fn serve(cfg: &AnalyzeConfig, input: impl BufRead, mut output: impl Write) -
         if line.trim().is_empty() {
             break;
         }
-        let outcome = match serde_json::from_str::<Request>(&line) {
+        let answer = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
-                // Fault-injection hook for the tests: a native crash while analysing a slide
-                // whose path contains this text.
-                if let Ok(text) = std::env::var("TESSERA_WATCH_TEST_CRASH") {
-                    if !text.is_empty() && req.path.to_string_lossy().contains(&text) {
-                        std::process::abort();
-                    }
+                // Fault-injection hooks for the tests: a native crash, or a hang, while
+                // analysing a slide whose path contains this text.
+                let hook = |var: &str| {
+                    std::env::var(var)
+                        .is_ok_and(|t| !t.is_empty() && req.path.to_string_lossy().contains(&t))
+                };
+                if hook("TESSERA_WATCH_TEST_CRASH") {
+                    std::process::abort();
                 }
-                analyze_one(cfg, &mut model, &req.path, &req.output)
+                if hook("TESSERA_WATCH_TEST_HANG") {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+                Answer {
+                    id: req.id,
+                    outcome: analyze_one(cfg, &mut model, &req.path, &req.output),
+                }
             }
-            Err(e) => Outcome::Failed(format!("unreadable request: {e}")),
+            Err(e) => Answer {
+                id: 0,
+                outcome: Outcome::Failed(format!("unreadable request: {e}")),
+            },
         };
-        let answer = serde_json::to_string(&outcome).unwrap_or_default();
+        let answer = serde_json::to_string(&answer).unwrap_or_default();
         writeln!(output, "{answer}")
             .and_then(|_| output.flush())
             .map_err(|e| crate::error::Error::from_io(Path::new("<stdout>"), e))?;
