@@ -31,6 +31,10 @@ pub struct Preprocess {
     pub to_unit: bool,
     /// Tensor layout.
     pub layout: Layout,
+    /// Resize on the GPU: the batch's pixels stay at the read size, (height, width), and
+    /// [`PatchBatch::tensor`] resizes and normalises them in one wgpu dispatch
+    /// ([`crate::gpu`]). `None`: pixels are resized on the CPU while decoding.
+    pub gpu_from: Option<(u32, u32)>,
 }
 
 impl Preprocess {
@@ -42,6 +46,7 @@ impl Preprocess {
             std: [1.0; 3],
             to_unit: false,
             layout: c.tessera.layout,
+            gpu_from: None,
         };
         for t in &c.transform {
             match t {
@@ -61,6 +66,14 @@ impl Preprocess {
     /// Floats per patch.
     pub fn patch_len(&self) -> usize {
         self.input.0 as usize * self.input.1 as usize * 3
+    }
+
+    /// Bytes per patch in a batch's pixels (the read size when the GPU resizes).
+    pub fn pixel_len(&self) -> usize {
+        match self.gpu_from {
+            Some((h, w)) => h as usize * w as usize * 3,
+            None => self.patch_len(),
+        }
     }
 
     /// Writes one RGB image (already at the input size) into `out` in the configured layout.
@@ -114,6 +127,13 @@ impl PatchBatch {
     /// The model's input tensor (scaled, normalised, in the model's layout), in shape
     /// [`PatchBatch::shape`].
     pub fn tensor(&self) -> Vec<f32> {
+        if let Some(from) = self.pre.gpu_from {
+            let n = self.indices.len();
+            // The GPU, or its CPU twin (same values) if the device fails mid-run.
+            return crate::gpu::Gpu::shared()
+                .and_then(|g| g.preprocess(&self.pixels, n, from, &self.pre))
+                .unwrap_or_else(|_| crate::gpu::preprocess_cpu(&self.pixels, n, from, &self.pre));
+        }
         let len = self.pre.patch_len();
         let mut out = vec![0f32; self.indices.len() * len];
         for (px, t) in self.pixels.chunks_exact(len).zip(out.chunks_exact_mut(len)) {
@@ -143,7 +163,7 @@ pub fn make_batch_in(
     pre: &Preprocess,
     mut pixels: Vec<u8>,
 ) -> Result<PatchBatch> {
-    let len = pre.patch_len();
+    let len = pre.pixel_len();
     pixels.clear();
     pixels.resize(patches.len() * len, 0);
     pixels
@@ -152,7 +172,11 @@ pub fn make_batch_in(
         .try_for_each(|(out, patch)| -> Result<()> {
             let img =
                 slide.read_region(patch.location, plan.level, Size::new(plan.side, plan.side))?;
-            let img = resize(&img, pre.input.1, pre.input.0);
+            let img = match pre.gpu_from {
+                // Resized later, with the whole batch, on the GPU.
+                Some(_) => img,
+                None => resize(&img, pre.input.1, pre.input.0),
+            };
             out.copy_from_slice(img.as_raw());
             Ok(())
         })?;
@@ -264,6 +288,7 @@ mod tests {
             std: [0.5, 1.0, 1.0],
             to_unit: true,
             layout: Layout::Nchw,
+            gpu_from: None,
         };
         let mut out = vec![0f32; 6];
         pre.pack(&img, &mut out);

@@ -282,9 +282,9 @@ pub enum Error {
     },
 
     /// The inference device the user named cannot be used.
-    #[error("--device {device}: {message}")]
+    #[error("{device}: {message}")]
     Device {
-        /// The device asked for.
+        /// The option and device asked for, e.g. "--device CUDA:1".
         device: String,
         /// What was found instead, and how to get it.
         message: String,

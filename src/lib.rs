@@ -34,6 +34,7 @@ pub mod cohort;
 pub mod config;
 pub mod error;
 pub mod geom;
+pub mod gpu;
 pub mod grid;
 pub mod info;
 pub mod lockfile;

@@ -108,6 +108,8 @@ pub struct AnalyzeConfig {
     pub inference: InferenceChoice,
     /// Where inference runs (`--device`, default auto), FP16 and the TensorRT engine cache.
     pub device: crate::model::DeviceOptions,
+    /// Where patches are resized and normalised (`--gpu-preprocess`, default auto).
+    pub gpu_preprocess: crate::gpu::GpuPreprocess,
     /// Patches per batch (default 32).
     pub batch_size: usize,
     /// Batches waiting between decoding and inference (default 4).
@@ -163,6 +165,7 @@ impl Default for AnalyzeConfig {
             model: None,
             inference: InferenceChoice::Auto,
             device: crate::model::DeviceOptions::default(),
+            gpu_preprocess: crate::gpu::GpuPreprocess::Auto,
             batch_size: 32,
             queue_depth: 4,
             workers: 1,
@@ -508,7 +511,17 @@ pub fn analyze_with(
         .first()
         .map_or(grid.side_l0.round() as u64, |p| p.side);
     let plan = read_plan(slide.levels(), mpp_mean, &spec, side_l0);
-    let pre = Preprocess::from_config(c);
+    let mut pre = Preprocess::from_config(c);
+    let gpu = cfg
+        .gpu_preprocess
+        .resolve()
+        .map_err(|message| Error::Device {
+            device: "--gpu-preprocess on".into(),
+            message,
+        })?;
+    if gpu.is_some() {
+        pre.gpu_from = Some((plan.side as u32, plan.side as u32));
+    }
 
     // Inference: a producer thread makes batches (decoding in parallel), a bounded queue
     // carries them to the workers, results are keyed by grid index.
@@ -585,6 +598,7 @@ pub fn analyze_with(
             "device": loaded.placement().device, "device_requested": cfg.device.device.label(),
             "fallbacks": loaded.placement().fallbacks, "fp16": cfg.device.fp16, "note": chosen.note},
         "parameters": {
+            "gpu_preprocess": gpu.map(|g| g.adapter.clone()),
             "patch_size_pixels": c.patch_size_pixels,
             "spacing_um_px": c.spacing_um_px,
             "stride_pixels": spec.stride_pixels,

@@ -539,11 +539,16 @@ fn progress_events_count_every_patch_once() {
     cfg.progress = Progress::new(move |e| sink.lock().unwrap().push(e.clone()));
     let s = analyze(&svs, &cfg).unwrap();
     let events = events.lock().unwrap();
+    // First where inference runs, then the plan, then one event per batch.
+    match &events[0] {
+        ProgressEvent::ModelLoaded { note } => assert!(note.contains("tract"), "{note}"),
+        other => panic!("unexpected {other:?}"),
+    }
     assert_eq!(
-        events[0],
+        events[1],
         ProgressEvent::PatchesPlanned { total: s.patches }
     );
-    let done: Vec<usize> = events[1..]
+    let done: Vec<usize> = events[2..]
         .iter()
         .map(|e| match e {
             ProgressEvent::PatchesDone { done } => *done,

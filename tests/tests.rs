@@ -9,6 +9,7 @@ mod util;
 mod analyze;
 mod cli;
 mod cohort;
+mod gpu;
 mod hostile;
 mod parity;
 mod report;

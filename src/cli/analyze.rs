@@ -116,6 +116,7 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         model: args.model.clone(),
         inference: args.inference.choice(),
         device: args.device.options(),
+        gpu_preprocess: args.device.gpu_preprocess(),
         batch_size: args.batch_size,
         stride_pixels: args.stride,
         min_tissue: args.min_tissue,

@@ -121,6 +121,17 @@ struct DeviceArgs {
     /// Folder for TensorRT's built engines, so that the next run starts fast.
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
+    /// Resize and normalise patches with a wgpu compute shader: auto (on a real GPU when
+    /// there is one), on (any adapter, Mesa's lavapipe included; an error if none), off.
+    #[arg(long, value_enum, default_value_t = GpuPreprocessArg::Auto)]
+    gpu_preprocess: GpuPreprocessArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GpuPreprocessArg {
+    Auto,
+    On,
+    Off,
 }
 
 fn parse_device(s: &str) -> Result<tessera::model::Device, String> {
@@ -129,6 +140,15 @@ fn parse_device(s: &str) -> Result<tessera::model::Device, String> {
 }
 
 impl DeviceArgs {
+    fn gpu_preprocess(&self) -> tessera::gpu::GpuPreprocess {
+        use tessera::gpu::GpuPreprocess as G;
+        match self.gpu_preprocess {
+            GpuPreprocessArg::Auto => G::Auto,
+            GpuPreprocessArg::On => G::On,
+            GpuPreprocessArg::Off => G::Off,
+        }
+    }
+
     fn options(&self) -> tessera::model::DeviceOptions {
         tessera::model::DeviceOptions {
             device: self.device,

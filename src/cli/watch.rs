@@ -128,6 +128,7 @@ fn analyze_config(a: &WatchArgs) -> AnalyzeConfig {
         model: a.model.clone(),
         inference: a.inference.choice(),
         device: a.device.options(),
+        gpu_preprocess: a.device.gpu_preprocess(),
         mpp_override: a.mpp,
         hash_full: a.hash_full,
         slide: a.slide.config_with_cache(32),

@@ -285,7 +285,7 @@ impl Backend for OnnxRuntime {
                 }
                 Err(why) => {
                     return Err(Error::Device {
-                        device: device.label(),
+                        device: format!("--device {}", device.label()),
                         message: why,
                     })
                 }
@@ -343,7 +343,7 @@ impl Session for OrtSessionBox {
         };
         // A graph with a fixed batch size: run chunks of that size, padding the last with
         // black patches whose rows are dropped.
-        let per = batch.pre.patch_len();
+        let per = batch.pre.pixel_len();
         let mut rows = Vec::with_capacity(batch.indices.len());
         for (k, idx) in batch.indices.chunks(fixed).enumerate() {
             let start = k * fixed * per;

@@ -65,7 +65,7 @@ impl Backend for Tract {
             ],
             d => {
                 return Err(Error::Device {
-                    device: d.label(),
+                    device: format!("--device {}", d.label()),
                     message: "inference runs on tract, which has no GPU support; ONNX Runtime \
                               with CUDA is needed (see the README: pip install onnxruntime-gpu \
                               and the nvidia-* packages, then --inference ort)"

@@ -1,0 +1,532 @@
+//! wgpu compute shaders (`shaders/*.wgsl`) for patch preprocessing and heatmap overlays, each
+//! with a CPU twin in Rust that computes the same values; the CPU twin runs where no adapter
+//! exists.
+//!
+//! - [`Gpu::preprocess`] / [`preprocess_cpu`]: a batch of RGB8 patches (`n × sh × sw × 3`) →
+//!   float32 model input (`n × 3 × dh × dw` or `n × dh × dw × 3`): resized (area averaging when
+//!   shrinking an axis, bilinear when enlarging, as [`crate::batch::resize`] but without rounding
+//!   to 8 bits in between), scaled to [0, 1] if the model asks, normalised per channel. One
+//!   dispatch per batch.
+//! - [`Gpu::overlay`] / [`overlay_cpu`]: a probability grid (cells of `cell` image pixels;
+//!   negative = no patch) upsampled bilinearly onto an RGB image, colour-mapped, thresholded
+//!   and alpha-blended; 8-bit output rounded with `floor(x + 0.5)`.
+//!
+//! Coordinates: image pixels of the patch (preprocess) or of the base image (overlay).
+//! The adapter is wgpu's choice on this machine: a GPU when there is one, Mesa's lavapipe
+//! (Vulkan on the CPU) otherwise when installed; [`Gpu::shared`] finds it once per process.
+
+use std::sync::OnceLock;
+
+use image::RgbImage;
+use wgpu::util::DeviceExt;
+
+use crate::batch::Preprocess;
+use crate::model::config::Layout;
+
+/// A colour map of the overlay shader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmap {
+    /// matplotlib's viridis (9 stops, linear between them).
+    Viridis = 0,
+    /// MATLAB's jet.
+    Jet = 1,
+    /// Moreland's cool-warm (blue, light grey, red; linear in RGB).
+    Coolwarm = 2,
+}
+
+/// A wgpu device with the two pipelines.
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    preprocess: wgpu::ComputePipeline,
+    overlay: wgpu::ComputePipeline,
+    /// The adapter: name, backend, device type.
+    pub adapter: String,
+    /// A software adapter (lavapipe): correct, but slower than Tessera's own CPU code.
+    pub is_cpu: bool,
+}
+
+/// Is there a GPU device node (NVIDIA's, or a DRM render node)? Elsewhere than Linux: assume so.
+fn gpu_device_present() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    std::path::Path::new("/dev/nvidia0").exists()
+        || std::fs::read_dir("/dev/dri").is_ok_and(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+        })
+}
+
+/// `--gpu-preprocess`: where patches are resized and normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuPreprocess {
+    /// On a real GPU when there is one; on the CPU otherwise (a software Vulkan adapter such
+    /// as lavapipe is not used: it is slower than the CPU code).
+    #[default]
+    Auto,
+    /// On whatever adapter wgpu finds, lavapipe included; an error if there is none.
+    On,
+    /// On the CPU.
+    Off,
+}
+
+impl GpuPreprocess {
+    /// The adapter to preprocess on, or `None` for the CPU; `Err` when `On` finds none.
+    pub fn resolve(self) -> Result<Option<&'static Gpu>, String> {
+        match self {
+            GpuPreprocess::Off => Ok(None),
+            // Without a GPU device node there is no GPU to find: skip probing (which would
+            // only find a software adapter, and makes Mesa print warnings).
+            GpuPreprocess::Auto if !gpu_device_present() => Ok(None),
+            GpuPreprocess::Auto => Ok(Gpu::shared().ok().filter(|g| !g.is_cpu)),
+            GpuPreprocess::On => Gpu::shared().map(Some),
+        }
+    }
+}
+
+const WORKGROUP: u32 = 64;
+const MAX_GROUPS: u32 = 65535;
+
+fn dispatch_size(items: u32) -> (u32, u32) {
+    let groups = items.div_ceil(WORKGROUP).max(1);
+    (groups.min(MAX_GROUPS), groups.div_ceil(MAX_GROUPS))
+}
+
+impl Gpu {
+    /// The process's GPU context, created on first use; `Err` says why there is none.
+    pub fn shared() -> Result<&'static Gpu, String> {
+        static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+        GPU.get_or_init(Gpu::new).as_ref().map_err(Clone::clone)
+    }
+
+    /// Finds an adapter (a GPU, or a software Vulkan such as lavapipe) and builds the
+    /// pipelines.
+    pub fn new() -> Result<Gpu, String> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            ..Default::default()
+        }))
+        .map_err(|e| {
+            format!(
+                "no GPU adapter ({e}); without a GPU, Mesa's lavapipe provides one: \
+                 apt-get install mesa-vulkan-drivers libvulkan1"
+            )
+        })?;
+        let info = adapter.get_info();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("tessera"),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| format!("{}: cannot open the device: {e}", info.name))?;
+        // Validation errors become values, not panics: the pipelines are checked here, and
+        // every dispatch in `run`.
+        device.on_uncaptured_error(std::sync::Arc::new(|_e: wgpu::Error| {}));
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let make = |name: &str, source: &str| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let preprocess = make("preprocess", include_str!("../../shaders/preprocess.wgsl"));
+        let overlay = make("overlay", include_str!("../../shaders/overlay.wgsl"));
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(format!(
+                "{}: the shaders do not build: {}",
+                info.name,
+                describe(&e)
+            ));
+        }
+        Ok(Gpu {
+            adapter: format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
+            is_cpu: info.device_type == wgpu::DeviceType::Cpu,
+            device,
+            queue,
+            preprocess,
+            overlay,
+        })
+    }
+
+    /// Runs `pipeline` over `items` invocations with `buffers` bound in order (binding 0 the
+    /// uniform), and reads back the last one (`out_bytes` long).
+    fn run(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        uniform: &[u8],
+        inputs: &[&[u8]],
+        out_bytes: u64,
+        items: u32,
+    ) -> Result<Vec<u8>, String> {
+        let d = &self.device;
+        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = self.dispatch(pipeline, uniform, inputs, out_bytes, items);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(format!("GPU validation: {}", describe(&e)));
+        }
+        result
+    }
+
+    fn dispatch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        uniform: &[u8],
+        inputs: &[&[u8]],
+        out_bytes: u64,
+        items: u32,
+    ) -> Result<Vec<u8>, String> {
+        let d = &self.device;
+        let limit = d.limits().max_storage_buffer_binding_size;
+        if out_bytes > limit || inputs.iter().any(|b| b.len() as u64 > limit) {
+            return Err(format!(
+                "a buffer exceeds the device's limit of {limit} bytes"
+            ));
+        }
+        let u = d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: uniform,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let ins: Vec<wgpu::Buffer> = inputs
+            .iter()
+            .map(|b| {
+                // Storage buffers are read as 32-bit words: pad to a multiple of 4.
+                let mut v = b.to_vec();
+                v.resize(v.len().div_ceil(4).max(1) * 4, 0);
+                d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents: &v,
+                    usage: wgpu::BufferUsages::STORAGE,
+                })
+            })
+            .collect();
+        let out = d.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: out_bytes.max(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = d.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: out_bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: u.as_entire_binding(),
+        }];
+        for (i, b) in ins.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
+        entries.push(wgpu::BindGroupEntry {
+            binding: ins.len() as u32 + 1,
+            resource: out.as_entire_binding(),
+        });
+        let group = d.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut enc = d.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            let (x, y) = dispatch_size(items);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        enc.copy_buffer_to_buffer(&out, 0, &read, 0, out_bytes.max(4));
+        self.queue.submit([enc.finish()]);
+        let slice = read.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        d.poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| e.to_string())?;
+        rx.recv()
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let bytes =
+            slice.get_mapped_range().map_err(|e| e.to_string())?[..out_bytes as usize].to_vec();
+        read.unmap();
+        Ok(bytes)
+    }
+
+    /// [`preprocess_cpu`] on the GPU: one dispatch for the batch.
+    pub fn preprocess(
+        &self,
+        pixels: &[u8],
+        n: usize,
+        src: (u32, u32),
+        pre: &Preprocess,
+    ) -> Result<Vec<f32>, String> {
+        let (sh, sw) = src;
+        let (dh, dw) = pre.input;
+        if pixels.len() != n * (sh * sw * 3) as usize || n == 0 || dh == 0 || dw == 0 {
+            return Err("pixels do not match the batch size".into());
+        }
+        let mut u = Vec::with_capacity(64);
+        for v in [
+            n as u32,
+            sw,
+            sh,
+            dw,
+            dh,
+            (pre.layout == Layout::Nchw) as u32,
+            pre.to_unit as u32,
+            0,
+        ] {
+            u.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in pre.mean.iter().chain([&0.0]).chain(&pre.std).chain([&1.0]) {
+            u.extend_from_slice(&v.to_le_bytes());
+        }
+        let values = n as u64 * (dh * dw * 3) as u64;
+        let items = u32::try_from(n as u64 * (dh * dw) as u64).map_err(|e| e.to_string())?;
+        let bytes = self.run(&self.preprocess, &u, &[pixels], values * 4, items)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    /// [`overlay_cpu`] on the GPU.
+    #[allow(clippy::too_many_arguments)]
+    pub fn overlay(
+        &self,
+        base: &RgbImage,
+        grid: &[f32],
+        grid_size: (u32, u32),
+        cell: f32,
+        threshold: f32,
+        alpha: f32,
+        cmap: Cmap,
+    ) -> Result<RgbImage, String> {
+        let (w, h) = base.dimensions();
+        let (gw, gh) = grid_size;
+        if grid.len() != (gw * gh) as usize || cell.is_nan() || cell <= 0.0 {
+            return Err("the grid does not match its size".into());
+        }
+        let mut u = Vec::with_capacity(32);
+        for v in [w, h, gw, gh] {
+            u.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [cell, threshold, alpha] {
+            u.extend_from_slice(&v.to_le_bytes());
+        }
+        u.extend_from_slice(&(cmap as u32).to_le_bytes());
+        let rgba: Vec<u8> = base
+            .pixels()
+            .flat_map(|p| [p.0[0], p.0[1], p.0[2], 255])
+            .collect();
+        let g: Vec<u8> = grid.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = self.run(
+            &self.overlay,
+            &u,
+            &[&rgba, &g],
+            w as u64 * h as u64 * 4,
+            w * h,
+        )?;
+        let rgb: Vec<u8> = bytes
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect();
+        RgbImage::from_raw(w, h, rgb).ok_or_else(|| "bad output size".into())
+    }
+}
+
+/// Tap `k` of output position `o` on an axis of `len` source pixels (the shader's `tap`).
+fn tap(o: u32, len: u32, out_len: u32, k: u32) -> (u32, f32) {
+    let scale = len as f32 / out_len as f32;
+    if scale >= 1.0 {
+        let a = o as f32 * scale;
+        let b = (o + 1) as f32 * scale;
+        let i = a.floor() as u32 + k;
+        if i as f32 >= b || i >= len {
+            return (0, 0.0);
+        }
+        let overlap = (b.min(i as f32 + 1.0) - a.max(i as f32)).max(0.0);
+        return (i, overlap / scale);
+    }
+    let x = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+    let i = (x.floor() as u32).min(len - 1);
+    let j = (i + 1).min(len - 1);
+    let f = x - i as f32;
+    match k {
+        0 if i == j => (i, 1.0),
+        0 => (i, 1.0 - f),
+        1 if i != j => (j, f),
+        _ => (0, 0.0),
+    }
+}
+
+fn taps(len: u32, out_len: u32) -> u32 {
+    let scale = len as f32 / out_len as f32;
+    if scale >= 1.0 {
+        scale.ceil() as u32 + 1
+    } else {
+        2
+    }
+}
+
+/// Resizes and normalises a batch of RGB8 patches (`n × sh × sw × 3`, `src` = (sh, sw)) into
+/// the model's float32 input, in the model's layout — the CPU twin of the preprocess shader.
+pub fn preprocess_cpu(pixels: &[u8], n: usize, src: (u32, u32), pre: &Preprocess) -> Vec<f32> {
+    let (sh, sw) = src;
+    let (dh, dw) = pre.input;
+    let per = (dh * dw) as usize;
+    let mut out = vec![0f32; n * per * 3];
+    let div = if pre.to_unit { 255.0 } else { 1.0 };
+    let (ky, kx) = (taps(sh, dh), taps(sw, dw));
+    for patch in 0..n {
+        let base = patch * (sh * sw * 3) as usize;
+        for oy in 0..dh {
+            for ox in 0..dw {
+                let mut acc = [0f32; 3];
+                for l in 0..ky {
+                    let (iy, wy) = tap(oy, sh, dh, l);
+                    if wy == 0.0 {
+                        continue;
+                    }
+                    for k in 0..kx {
+                        let (ix, wx) = tap(ox, sw, dw, k);
+                        if wx == 0.0 {
+                            continue;
+                        }
+                        let w = wx * wy;
+                        let at = base + ((iy * sw + ix) * 3) as usize;
+                        for (c, a) in acc.iter_mut().enumerate() {
+                            *a += w * pixels[at + c] as f32;
+                        }
+                    }
+                }
+                let pix = (oy * dw + ox) as usize;
+                for (c, a) in acc.iter().enumerate() {
+                    let v = (a / div - pre.mean[c]) / pre.std[c];
+                    let at = match pre.layout {
+                        Layout::Nchw => patch * per * 3 + c * per + pix,
+                        Layout::Nhwc => patch * per * 3 + pix * 3 + c,
+                    };
+                    out[at] = v;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
+    [0, 1, 2].map(|c| a[c] * (1.0 - t) + b[c] * t)
+}
+
+/// The colour of `v` in [0, 1], 0–255 as floats (the shader's `colour`).
+pub fn colour(cmap: Cmap, v: f32) -> [f32; 3] {
+    const VIRIDIS: [[f32; 3]; 9] = [
+        [68.0, 1.0, 84.0],
+        [71.0, 44.0, 122.0],
+        [59.0, 81.0, 139.0],
+        [44.0, 113.0, 142.0],
+        [33.0, 144.0, 141.0],
+        [39.0, 173.0, 129.0],
+        [92.0, 200.0, 99.0],
+        [170.0, 220.0, 50.0],
+        [253.0, 231.0, 37.0],
+    ];
+    let x = v.clamp(0.0, 1.0);
+    match cmap {
+        Cmap::Jet => {
+            let f = |m: f32| (1.5 - (4.0 * x - m).abs()).clamp(0.0, 1.0) * 255.0;
+            [f(3.0), f(2.0), f(1.0)]
+        }
+        Cmap::Coolwarm => {
+            if x < 0.5 {
+                mix([59.0, 76.0, 192.0], [221.0, 221.0, 221.0], x * 2.0)
+            } else {
+                mix([221.0, 221.0, 221.0], [180.0, 4.0, 38.0], (x - 0.5) * 2.0)
+            }
+        }
+        Cmap::Viridis => {
+            let s = x * 8.0;
+            let i = (s.floor() as usize).min(7);
+            mix(VIRIDIS[i], VIRIDIS[i + 1], s - i as f32)
+        }
+    }
+}
+
+/// Blends a probability grid onto `base` — the CPU twin of the overlay shader. `grid` holds
+/// `grid_size.0 × grid_size.1` values, row by row, negative where no patch was analysed; a
+/// cell spans `cell` pixels of `base`.
+pub fn overlay_cpu(
+    base: &RgbImage,
+    grid: &[f32],
+    grid_size: (u32, u32),
+    cell: f32,
+    threshold: f32,
+    alpha: f32,
+    cmap: Cmap,
+) -> RgbImage {
+    let (gw, gh) = grid_size;
+    let at = |cx: i32, cy: i32| -> f32 {
+        if cx < 0 || cy < 0 || cx >= gw as i32 || cy >= gh as i32 {
+            -1.0
+        } else {
+            grid[(cy as u32 * gw + cx as u32) as usize]
+        }
+    };
+    let mut out = base.clone();
+    for (x, y, px) in out.enumerate_pixels_mut() {
+        let rgb = px.0.map(|v| v as f32);
+        let gx = (x as f32 + 0.5) / cell - 0.5;
+        let gy = (y as f32 + 0.5) / cell - 0.5;
+        let (x0, y0) = (gx.floor() as i32, gy.floor() as i32);
+        let (fx, fy) = (gx - x0 as f32, gy - y0 as f32);
+        let (mut sum, mut wsum) = (0f32, 0f32);
+        for j in 0..2 {
+            for i in 0..2 {
+                let v = at(x0 + i, y0 + j);
+                let wx = if i == 1 { fx } else { 1.0 - fx };
+                let wy = if j == 1 { fy } else { 1.0 - fy };
+                let w = wx * wy;
+                if v >= 0.0 && w > 0.0 {
+                    sum += w * v;
+                    wsum += w;
+                }
+            }
+        }
+        let mut o = rgb;
+        if wsum > 0.0 {
+            let v = sum / wsum;
+            if v >= threshold {
+                let c = colour(cmap, v);
+                o = [0, 1, 2].map(|k| rgb[k] * (1.0 - alpha) + c[k] * alpha);
+            }
+        }
+        px.0 = o.map(|v| (v.clamp(0.0, 255.0) + 0.5).floor() as u8);
+    }
+    out
+}
+
+/// wgpu's error with its details (its `Display` is only "Validation Error").
+fn describe(e: &wgpu::Error) -> String {
+    match e {
+        wgpu::Error::Validation { description, .. } => description.trim().to_string(),
+        other => other.to_string(),
+    }
+}
