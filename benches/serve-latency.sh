@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Deep Zoom tile latency of `tessera serve` under 16 concurrent clients (wrk) on 127.0.0.1:
-# cached tiles (the server's tile cache warm) and uncached ones (tile cache and the reader's
-# decoded-tile cache both off, so every request reads, decodes, resizes and encodes).
+# cached tiles (the server's tile cache warm), uncached ones (tile cache and the reader's
+# decoded-tile cache both off, so every request reads, decodes, resizes and encodes), and
+# uncached heatmap tiles (rendered from the probability grid and PNG-encoded each time).
 #
 #   bash benches/serve-latency.sh
 #
@@ -28,9 +29,13 @@ trap 'rm -f "$script"; kill $(jobs -p) 2>/dev/null || true' EXIT
 cat >"$script" <<LUA
 -- Walks N distinct full-resolution tiles (a fresh random start per thread).
 local n, cols = tonumber(os.getenv("TILES")), $COLS
+local kind = os.getenv("KIND")
 local i = math.random(0, n - 1)
 request = function()
   i = (i + 1) % n
+  if kind == "overlay" then
+    return wrk.format("GET", string.format("/overlay/${ID}_files/$LEVEL/%d_%d.png?cmap=viridis", 8 + i % 24, 8 + math.floor(i / 24)))
+  end
   return wrk.format("GET", string.format("/slides/${ID}_files/$LEVEL/%d_%d.jpeg", 8 + i % 24, 8 + math.floor(i / 24)))
 end
 LUA
@@ -47,13 +52,14 @@ run() { # name, tiles, serve flags...
     done
   fi
   echo "== $name: $tiles distinct 254² tiles (+1 px overlap), 16 connections, $DUR" >&2
-  TILES=$tiles wrk -t2 -c16 -d"$DUR" --latency -s "$script" http://127.0.0.1:18181/ | tee /dev/stderr \
+  KIND=${KIND:-slide} TILES=$tiles wrk -t2 -c16 -d"$DUR" --latency -s "$script" http://127.0.0.1:18181/ | tee /dev/stderr \
     | awk -v n="$name" '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /Requests\/sec/{rps=$2} /Non-2xx/{bad=$NF}
         END{printf "| %s | %s | %s | %s | %s |\n", n, p50, p99, rps, (bad==""?0:bad)}'
   kill $pid; wait $pid 2>/dev/null || true
 }
 
-rows=$(run cached 256; run uncached 576 --tile-cache-mib 0 --cache-mib 0)
+rows=$(run cached 256; run uncached 576 --tile-cache-mib 0 --cache-mib 0
+       KIND=overlay run "heatmap uncached" 576 --tile-cache-mib 0)
 echo
 echo "| tiles | p50 | p99 | requests/s | non-2xx |"
 echo "|---|---|---|---|---|"
