@@ -1005,3 +1005,58 @@ fn the_viewer_and_a_quiz_round_in_chromium() {
     );
     b.screenshot(&list.session, "viewer-index");
 }
+
+#[test]
+fn slides_analysed_while_the_viewer_runs_appear_in_the_list() {
+    let (_t, out, id) = require!(results());
+    let dir = slide_dir();
+    let srv = serve(
+        &out,
+        &[
+            OsStr::new("--bind"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--slides"),
+            dir.as_os_str(),
+        ],
+    );
+    let a = srv.addr.as_str();
+    assert_eq!(
+        get(a, "/api/slides").json()["slides"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let small = data("slides/aperio/small.svs").unwrap();
+    let o = tessera(
+        &[
+            OsStr::new("analyze"),
+            small.as_os_str(),
+            OsStr::new("--out"),
+            out.as_os_str(),
+            OsStr::new("--inference"),
+            OsStr::new("tract"),
+            OsStr::new("-q"),
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // The list is refreshed at most every 5 s.
+    let t = Instant::now();
+    let ids = loop {
+        let list = get(a, "/api/slides").json();
+        let ids: Vec<String> = list["slides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        if ids.len() == 2 || t.elapsed() > Duration::from_secs(60) {
+            break ids;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(ids, vec![id.clone(), "small.svs".to_string()]);
+    assert_eq!(get(a, "/slides/small.svs.dzi").status, 200);
+    assert_eq!(get(a, &format!("/slides/{id}.dzi")).status, 200);
+}

@@ -34,6 +34,17 @@ pub struct Case {
 
 /// Reads every case under `results` (the folder itself, or its sub-folders).
 pub fn load(results: &Path, slide_dirs: &[PathBuf], hash_full: bool) -> Result<Vec<Case>> {
+    load_new(results, slide_dirs, hash_full, |_| false)
+}
+
+/// [`load`], skipping the cases whose id `known` says are loaded already (a refresh reads only
+/// the folders that appeared since).
+pub fn load_new(
+    results: &Path,
+    slide_dirs: &[PathBuf],
+    hash_full: bool,
+    known: impl Fn(&str) -> bool,
+) -> Result<Vec<Case>> {
     // Canonical, so that `serve .` inside one slide's folder still names the case.
     let results = &results
         .canonicalize()
@@ -58,16 +69,19 @@ pub fn load(results: &Path, slide_dirs: &[PathBuf], hash_full: bool) -> Result<V
         .collect();
     let mut cases = Vec::new();
     for dir in dirs {
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if known(&id) {
+            continue;
+        }
         let Ok(bytes) = std::fs::read(dir.join("result.json")) else {
             continue;
         };
         let Ok(result) = serde_json::from_slice::<Value>(&bytes) else {
             continue;
         };
-        let id = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let (slide, missing) = match find_slide(&result, &allowed, hash_full) {
             Ok(p) => (Some(p), None),
             Err(why) => (None, Some(why)),

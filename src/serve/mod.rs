@@ -151,12 +151,17 @@ impl TileCache {
     }
 }
 
+type Catalogue = BTreeMap<String, Arc<Case>>;
+
 type OnceSlide = std::sync::OnceLock<std::result::Result<Arc<Slide>, String>>;
 
 struct Shared {
     cfg: ServeConfig,
     token: Option<String>,
-    cases: BTreeMap<String, Case>,
+    /// The catalogue; new output folders are added when the slide list is asked for.
+    cases: std::sync::RwLock<Arc<Catalogue>>,
+    /// When the results folder was last listed.
+    listed: Mutex<std::time::Instant>,
     /// Opened slides; one open per slide even when many requests ask at once.
     slides: Mutex<HashMap<String, Arc<OnceSlide>>>,
     grids: Mutex<HashMap<String, Arc<ProbGrid>>>,
@@ -186,8 +191,48 @@ fn not_found(what: &str) -> Fail {
 }
 
 impl Shared {
-    fn case(&self, id: &str) -> std::result::Result<&Case, Fail> {
-        self.cases.get(id).ok_or_else(|| not_found("no such slide"))
+    fn catalogue(&self) -> Arc<Catalogue> {
+        match self.cases.read() {
+            Ok(c) => c.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
+    fn case(&self, id: &str) -> std::result::Result<Arc<Case>, Fail> {
+        self.catalogue()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found("no such slide"))
+    }
+
+    /// Adds output folders that appeared since the last listing (at most every 5 s), so that
+    /// slides analysed while the viewer runs (by `tessera watch`, say) show up. Blocking.
+    fn refresh(&self) {
+        {
+            let Ok(mut last) = self.listed.lock() else {
+                return;
+            };
+            if last.elapsed() < std::time::Duration::from_secs(5) {
+                return;
+            }
+            *last = std::time::Instant::now();
+        }
+        let known = self.catalogue();
+        let Ok(new) = cases::load_new(&self.cfg.results, &self.cfg.slides, false, |id| {
+            known.contains_key(id)
+        }) else {
+            return;
+        };
+        if new.is_empty() {
+            return;
+        }
+        if let Ok(mut c) = self.cases.write() {
+            let mut next = (**c).clone();
+            for case in new {
+                next.insert(case.id.clone(), Arc::new(case));
+            }
+            *c = Arc::new(next);
+        }
     }
 
     /// The opened slide of a case (blocking: call from the blocking pool, see [`slide_of`]).
@@ -272,7 +317,13 @@ pub fn run(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let shared = Arc::new(Shared {
         token,
-        cases: cases.into_iter().map(|c| (c.id.clone(), c)).collect(),
+        cases: std::sync::RwLock::new(Arc::new(
+            cases
+                .into_iter()
+                .map(|c| (c.id.clone(), Arc::new(c)))
+                .collect(),
+        )),
+        listed: Mutex::new(std::time::Instant::now()),
         slides: Mutex::new(HashMap::new()),
         grids: Mutex::new(HashMap::new()),
         cache: Mutex::new(TileCache {
@@ -472,8 +523,10 @@ async fn static_file(UrlPath(file): UrlPath<String>) -> Response {
 }
 
 async fn list(State(st): State<St>) -> Json<Value> {
+    let st2 = st.clone();
+    let _ = tokio::task::spawn_blocking(move || st2.refresh()).await;
     let slides: Vec<Value> = st
-        .cases
+        .catalogue()
         .values()
         .map(|c| {
             let r = &c.result;
@@ -683,7 +736,10 @@ async fn slide_tile(
     ) else {
         return not_found("no such tile").into_response();
     };
-    let fp = st.cases[id].result["slide"]["fingerprint"]["sha256"]
+    let Ok(case) = st.case(id) else {
+        return not_found("no such slide").into_response();
+    };
+    let fp = case.result["slide"]["fingerprint"]["sha256"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -726,7 +782,10 @@ async fn overlay_tile(
         Ok(v) => v,
         Err(f) => return f.into_response(),
     };
-    let positive = st.cases[id].result["model"]["config"]["tessera"]["positive_class"]
+    let Ok(case) = st.case(id) else {
+        return not_found("no such slide").into_response();
+    };
+    let positive = case.result["model"]["config"]["tessera"]["positive_class"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -764,7 +823,7 @@ async fn overlay_tile(
     let Some(src) = dz.source(&full, |_| 0, level, col, row) else {
         return not_found("no such tile").into_response();
     };
-    let r = &st.cases[id].result;
+    let r = &case.result;
     let key = format!(
         "overlay/{id}/{}/{}/{}/{level}/{col}/{row}/{class}/{cmap_name}/{threshold}",
         r["slide"]["fingerprint"]["sha256"]
