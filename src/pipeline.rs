@@ -392,28 +392,29 @@ pub fn analyze_cached(
     cfg: &AnalyzeConfig,
     cache: &mut Option<LoadedModel>,
 ) -> Result<AnalyzeSummary> {
-    Slide::open_with(path, &cfg.slide)?;
+    let started = Instant::now();
+    let slide = Slide::open_with(path, &cfg.slide)?;
     let lm = match cache {
         Some(lm) => lm,
         None => cache.insert(load_model(cfg)?),
     };
-    analyze_with(path, name, cfg, lm)
+    analyze_opened(slide, started, path, name, cfg, lm)
 }
 
-/// Analyses one slide into `OUT/<name>/` with a model already loaded (`cfg.model` and
-/// `cfg.inference` are not looked at again).
-pub fn analyze_with(
+/// The analysis of a slide already opened with a model already loaded (`cfg.model` and
+/// `cfg.inference` are not looked at again); `started`: when opening began, for the timings.
+fn analyze_opened(
+    slide: Slide,
+    started: Instant,
     path: &Path,
     name: &str,
     cfg: &AnalyzeConfig,
     lm: &LoadedModel,
 ) -> Result<AnalyzeSummary> {
-    let started = Instant::now();
     let analysed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
     let mut warnings = Vec::new();
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
-    let slide = Slide::open_with(path, &cfg.slide)?;
     let mpp = match (cfg.mpp_override, slide.mpp()) {
         (Some(v), file) => {
             if let Some(m) = file {
