@@ -23,7 +23,7 @@ use wgpu::util::DeviceExt;
 use crate::batch::Preprocess;
 use crate::model::config::Layout;
 
-/// A colour map of the overlay shader.
+/// A colour map of the overlay shader and of the viewer's heatmap tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cmap {
     /// matplotlib's viridis (9 stops, linear between them).
@@ -91,6 +91,27 @@ const MAX_GROUPS: u32 = 65535;
 fn dispatch_size(items: u32) -> (u32, u32) {
     let groups = items.div_ceil(WORKGROUP).max(1);
     (groups.min(MAX_GROUPS), groups.div_ceil(MAX_GROUPS))
+}
+
+impl Cmap {
+    /// By name: `viridis`, `jet` or `coolwarm`.
+    pub fn parse(s: &str) -> Option<Cmap> {
+        match s {
+            "viridis" => Some(Cmap::Viridis),
+            "jet" => Some(Cmap::Jet),
+            "coolwarm" => Some(Cmap::Coolwarm),
+            _ => None,
+        }
+    }
+
+    /// The 8-bit colour of `v` in [0, 1]: viridis exactly as the report's overlays
+    /// ([`crate::output::overlay::viridis`]), the others as the shader computes them, rounded.
+    pub fn rgb8(self, v: f32) -> [u8; 3] {
+        match self {
+            Cmap::Viridis => crate::output::overlay::viridis(v),
+            _ => colour(self, v).map(|c| c.round() as u8),
+        }
+    }
 }
 
 impl Gpu {
@@ -438,17 +459,7 @@ fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
 
 /// The colour of `v` in [0, 1], 0–255 as floats (the shader's `colour`).
 pub fn colour(cmap: Cmap, v: f32) -> [f32; 3] {
-    const VIRIDIS: [[f32; 3]; 9] = [
-        [68.0, 1.0, 84.0],
-        [71.0, 44.0, 122.0],
-        [59.0, 81.0, 139.0],
-        [44.0, 113.0, 142.0],
-        [33.0, 144.0, 141.0],
-        [39.0, 173.0, 129.0],
-        [92.0, 200.0, 99.0],
-        [170.0, 220.0, 50.0],
-        [253.0, 231.0, 37.0],
-    ];
+    use crate::output::overlay::VIRIDIS;
     let x = v.clamp(0.0, 1.0);
     match cmap {
         Cmap::Jet => {

@@ -11,8 +11,8 @@ use image::{Rgb, RgbImage};
 
 use crate::stitch::Heatmap;
 
-/// Viridis at 9 stops (matplotlib's), interpolated linearly.
-const VIRIDIS: [[f32; 3]; 9] = [
+/// Viridis at 9 stops (matplotlib's), interpolated linearly (also the overlay shader's).
+pub(crate) const VIRIDIS: [[f32; 3]; 9] = [
     [68.0, 1.0, 84.0],
     [71.0, 44.0, 122.0],
     [59.0, 81.0, 139.0],

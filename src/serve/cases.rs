@@ -307,51 +307,6 @@ impl ProbGrid {
     }
 }
 
-/// The colour maps an overlay tile may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColourMap {
-    /// matplotlib's viridis.
-    Viridis,
-    /// MATLAB's jet.
-    Jet,
-    /// Moreland's cool-warm diverging map.
-    Coolwarm,
-}
-
-impl ColourMap {
-    /// By name.
-    pub fn parse(s: &str) -> Option<ColourMap> {
-        match s {
-            "viridis" => Some(ColourMap::Viridis),
-            "jet" => Some(ColourMap::Jet),
-            "coolwarm" => Some(ColourMap::Coolwarm),
-            _ => None,
-        }
-    }
-
-    /// The colour of `p` in [0, 1].
-    pub fn colour(self, p: f32) -> [u8; 3] {
-        let p = p.clamp(0.0, 1.0);
-        match self {
-            ColourMap::Viridis => crate::output::overlay::viridis(p),
-            ColourMap::Jet => {
-                let f = |x: f32| (1.5 - (4.0 * p - x).abs()).clamp(0.0, 1.0);
-                [f(3.0), f(2.0), f(1.0)].map(|v| (v * 255.0).round() as u8)
-            }
-            ColourMap::Coolwarm => {
-                // Moreland (2009): blue (59, 76, 192) → light grey (221, 221, 221) → red
-                // (180, 4, 38), linear in RGB between the three stops.
-                let (a, b, t) = if p < 0.5 {
-                    ([59.0, 76.0, 192.0], [221.0, 221.0, 221.0], p * 2.0)
-                } else {
-                    ([221.0, 221.0, 221.0], [180.0, 4.0, 38.0], (p - 0.5) * 2.0)
-                };
-                [0, 1, 2].map(|c: usize| (a[c] + (b[c] - a[c]) * t).round() as u8)
-            }
-        }
-    }
-}
-
 /// A heatmap tile: `out` pixels, each `downsample` level-0 pixels wide starting at `origin`;
 /// colour-mapped probability of `class` where a patch was analysed and the probability is at
 /// least `threshold`, transparent elsewhere.
@@ -362,7 +317,7 @@ pub fn overlay_tile(
     out: crate::geom::Size,
     class: usize,
     threshold: f32,
-    map: ColourMap,
+    map: crate::gpu::Cmap,
 ) -> image::RgbaImage {
     let mut img = image::RgbaImage::new(out.width as u32, out.height as u32);
     for (px, py, pixel) in img.enumerate_pixels_mut() {
@@ -371,7 +326,7 @@ pub fn overlay_tile(
         if let Some(p) = grid.at(x, y) {
             let v = p.probs.get(class).copied().unwrap_or(f32::NAN);
             if v.is_finite() && v >= threshold {
-                let [r, g, b] = map.colour(v);
+                let [r, g, b] = map.rgb8(v);
                 *pixel = image::Rgba([r, g, b, 255]);
             }
         }

@@ -41,8 +41,9 @@ use serde_json::{json, Value};
 
 use crate::config::SlideConfig;
 use crate::error::{Error, Result};
+use crate::gpu::Cmap;
 use crate::slide::Slide;
-use cases::{Case, ColourMap, ProbGrid};
+use cases::{Case, ProbGrid};
 use deepzoom::DeepZoom;
 
 /// Everything the viewer needs.
@@ -794,7 +795,7 @@ async fn overlay_tile(
         return Fail(StatusCode::BAD_REQUEST, format!("no class {class_name:?}")).into_response();
     };
     let cmap_name = q.cmap.unwrap_or_else(|| "viridis".into());
-    let Some(cmap) = ColourMap::parse(&cmap_name) else {
+    let Some(cmap) = Cmap::parse(&cmap_name) else {
         return Fail(
             StatusCode::BAD_REQUEST,
             "cmap must be viridis, jet or coolwarm".into(),

@@ -153,12 +153,17 @@ fn stat_slide(p: &Path) -> Result<(u64, i64)> {
     Ok((size, newest))
 }
 
-/// Is `e`'s output folder complete, for this version?
-fn output_complete(out: &Path, e: &Entry) -> bool {
+/// `e`'s result.json, if its output folder is complete for this version.
+fn complete_result(out: &Path, e: &Entry) -> Option<serde_json::Value> {
     std::fs::read(out.join(&e.output).join("result.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|r| r["slide"]["fingerprint"]["sha256"] == e.fingerprint.as_str())
+        .filter(|r| r["slide"]["fingerprint"]["sha256"] == e.fingerprint.as_str())
+}
+
+/// Is `e`'s output folder complete, for this version?
+fn output_complete(out: &Path, e: &Entry) -> bool {
+    complete_result(out, e).is_some()
 }
 
 /// Removes temporary output folders of processes that no longer run (a crash mid-write).
@@ -298,13 +303,12 @@ impl<F: FnMut(&Event) + Send> Shared<'_, F> {
             let outcome = match outcome? {
                 // The worker died after its output was complete (before it could answer):
                 // the slide is done; analysing it again would duplicate it.
-                Outcome::Failed(_) if output_complete(out, &e) => Outcome::Done {
-                    folder: out.join(&e.output),
-                    patches: std::fs::read(out.join(&e.output).join("result.json"))
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                        .and_then(|r| r["patches_analysed"].as_u64())
-                        .unwrap_or(0) as usize,
+                Outcome::Failed(why) => match complete_result(out, &e) {
+                    Some(r) => Outcome::Done {
+                        folder: out.join(&e.output),
+                        patches: r["patches_analysed"].as_u64().unwrap_or(0) as usize,
+                    },
+                    None => Outcome::Failed(why),
                 },
                 o => o,
             };
