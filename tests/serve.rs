@@ -156,12 +156,8 @@ fn get(addr: &str, target: &str) -> Reply {
     request(addr, "GET", target, &[], &[])
 }
 
-/// CMU-1-Small-Region analysed once into a temporary results folder (shared by the tests of
-/// this module through a lock, as analysing takes seconds).
-fn results() -> Option<(tempfile::TempDir, PathBuf, String)> {
-    let slide = data("slides/aperio/CMU-1-Small-Region.svs")?;
-    let t = tempfile::tempdir().unwrap();
-    let out = t.path().join("results");
+/// `tessera analyze SLIDE --out OUT --inference tract`, which must succeed.
+fn analyze_into(slide: &Path, out: &Path) {
     let o = tessera(
         &[
             OsStr::new("analyze"),
@@ -175,6 +171,24 @@ fn results() -> Option<(tempfile::TempDir, PathBuf, String)> {
         &[],
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+/// `tessera serve OUT` on 127.0.0.1 (a free port), reading slides from `slides` if given.
+fn serve_local(out: &Path, slides: Option<&Path>, extra: &[&OsStr]) -> Server {
+    let mut args = vec![OsStr::new("--bind"), OsStr::new("127.0.0.1:0")];
+    if let Some(d) = slides {
+        args.extend([OsStr::new("--slides"), d.as_os_str()]);
+    }
+    args.extend_from_slice(extra);
+    serve(out, &args)
+}
+
+/// CMU-1-Small-Region analysed into a fresh temporary results folder (each test its own).
+fn results() -> Option<(tempfile::TempDir, PathBuf, String)> {
+    let slide = data("slides/aperio/CMU-1-Small-Region.svs")?;
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("results");
+    analyze_into(&slide, &out);
     Some((t, out, "CMU-1-Small-Region.svs".to_string()))
 }
 
@@ -209,15 +223,7 @@ fn patches(case: &Path) -> Vec<(i64, i64, i64, f32)> {
 fn every_route_answers_and_tiles_match_the_slide() {
     let (_t, out, id) = require!(results());
     let dir = slide_dir();
-    let srv = serve(
-        &out,
-        &[
-            OsStr::new("--bind"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--slides"),
-            dir.as_os_str(),
-        ],
-    );
+    let srv = serve_local(&out, Some(&dir), &[]);
     let a = srv.addr.as_str();
     assert_eq!(srv.url, format!("http://{a}/"));
 
@@ -395,7 +401,7 @@ fn every_route_answers_and_tiles_match_the_slide() {
 #[test]
 fn sigterm_stops_the_server_cleanly() {
     let (_t, out, _id) = require!(results());
-    let mut srv = serve(&out, &[OsStr::new("--bind"), OsStr::new("127.0.0.1:0")]);
+    let mut srv = serve_local(&out, None, &[]);
     assert_eq!(get(&srv.addr, "/api/slides").status, 200);
     let ok = Command::new("kill")
         .args(["-TERM", &srv.child.id().to_string()])
@@ -426,28 +432,8 @@ fn ids_cannot_reach_anything_outside_the_configured_folders() {
     std::fs::create_dir_all(&links).unwrap();
     let real = data("slides/aperio/CMU-1-Small-Region.svs").unwrap();
     std::os::unix::fs::symlink(&real, links.join("linked.svs")).unwrap();
-    let o = tessera(
-        &[
-            OsStr::new("analyze"),
-            links.join("linked.svs").as_os_str(),
-            OsStr::new("--out"),
-            out.as_os_str(),
-            OsStr::new("--inference"),
-            OsStr::new("tract"),
-            OsStr::new("-q"),
-        ],
-        &[],
-    );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let srv = serve(
-        &out,
-        &[
-            OsStr::new("--bind"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--slides"),
-            links.as_os_str(),
-        ],
-    );
+    analyze_into(&links.join("linked.svs"), &out);
+    let srv = serve_local(&out, Some(&links), &[]);
     let a = srv.addr.as_str();
     let list = get(a, "/api/slides").json();
     let linked = list["slides"]
@@ -498,7 +484,7 @@ fn ids_cannot_reach_anything_outside_the_configured_folders() {
     }
     // Without --slides no slide file is read at all (results only), and the list says why.
     drop(srv);
-    let srv = serve(&out, &[OsStr::new("--bind"), OsStr::new("127.0.0.1:0")]);
+    let srv = serve_local(&out, None, &[]);
     assert_eq!(get(&srv.addr, &format!("/slides/{id}.dzi")).status, 404);
     let list = get(&srv.addr, "/api/slides").json();
     assert!(
@@ -512,15 +498,7 @@ fn ids_cannot_reach_anything_outside_the_configured_folders() {
     assert_eq!(get(&srv.addr, &format!("/api/slides/{id}")).status, 200);
     // With the real folder given, the first case is viewable, the link is not.
     drop(srv);
-    let srv = serve(
-        &out,
-        &[
-            OsStr::new("--bind"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--slides"),
-            dir.as_os_str(),
-        ],
-    );
+    let srv = serve_local(&out, Some(&dir), &[]);
     assert_eq!(get(&srv.addr, &format!("/slides/{id}.dzi")).status, 200);
 }
 
@@ -620,16 +598,7 @@ fn label_images_are_served_only_with_allow_label() {
     let (_t, out, id) = require!(results());
     let dir = slide_dir();
     let target = format!("/api/slides/{id}/label");
-    let with = serve(
-        &out,
-        &[
-            OsStr::new("--bind"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--slides"),
-            dir.as_os_str(),
-            OsStr::new("--allow-label"),
-        ],
-    );
+    let with = serve_local(&out, Some(&dir), &[OsStr::new("--allow-label")]);
     let r = get(&with.addr, &target);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.headers["content-type"], "image/png");
@@ -639,15 +608,7 @@ fn label_images_are_served_only_with_allow_label() {
     let want = slide.read_associated_image("label").unwrap();
     assert_eq!(image::load_from_memory(&r.body).unwrap().to_rgb8(), want);
     assert_eq!(get(&with.addr, "/api/slides/nothing/label").status, 404);
-    let without = serve(
-        &out,
-        &[
-            OsStr::new("--bind"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--slides"),
-            dir.as_os_str(),
-        ],
-    );
+    let without = serve_local(&out, Some(&dir), &[]);
     let r = get(&without.addr, &target);
     assert_eq!(r.status, 404);
     assert!(r.text().contains("--allow-label"), "{}", r.text());
@@ -660,15 +621,7 @@ fn label_images_are_served_only_with_allow_label() {
 fn quiz_rounds_are_scored_against_the_expert_or_the_ai_and_saved() {
     let (_t, out, id) = require!(results());
     let dir = slide_dir();
-    let srv = serve(
-        &out,
-        &[
-            OsStr::new("--bind"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--slides"),
-            dir.as_os_str(),
-        ],
-    );
+    let srv = serve_local(&out, Some(&dir), &[]);
     let a = srv.addr.as_str();
     let case = out.join(&id);
     let ps = patches(&case);
@@ -826,15 +779,7 @@ fn the_viewer_and_a_quiz_round_in_chromium() {
     let (_t, out, id) = require!(results());
     let Some(exe) = chromium() else { return };
     let dir = slide_dir();
-    let srv = serve(
-        &out,
-        &[
-            OsStr::new("--bind"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--slides"),
-            dir.as_os_str(),
-        ],
-    );
+    let srv = serve_local(&out, Some(&dir), &[]);
     let origin = format!("http://{}/", srv.addr);
     let mut b = Browser::start(&exe);
 
@@ -1010,15 +955,7 @@ fn the_viewer_and_a_quiz_round_in_chromium() {
 fn slides_analysed_while_the_viewer_runs_appear_in_the_list() {
     let (_t, out, id) = require!(results());
     let dir = slide_dir();
-    let srv = serve(
-        &out,
-        &[
-            OsStr::new("--bind"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--slides"),
-            dir.as_os_str(),
-        ],
-    );
+    let srv = serve_local(&out, Some(&dir), &[]);
     let a = srv.addr.as_str();
     assert_eq!(
         get(a, "/api/slides").json()["slides"]
@@ -1028,19 +965,7 @@ fn slides_analysed_while_the_viewer_runs_appear_in_the_list() {
         1
     );
     let small = data("slides/aperio/small.svs").unwrap();
-    let o = tessera(
-        &[
-            OsStr::new("analyze"),
-            small.as_os_str(),
-            OsStr::new("--out"),
-            out.as_os_str(),
-            OsStr::new("--inference"),
-            OsStr::new("tract"),
-            OsStr::new("-q"),
-        ],
-        &[],
-    );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    analyze_into(&small, &out);
     // The list is refreshed at most every 5 s.
     let t = Instant::now();
     let ids = loop {
