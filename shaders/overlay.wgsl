@@ -1,6 +1,7 @@
 // Heatmap overlay: a probability grid (one value per patch cell; negative where no patch was
 // analysed) upsampled bilinearly onto an RGB image, colour-mapped (viridis, jet, coolwarm),
-// thresholded and alpha-blended. One invocation per output pixel; the CPU twin is
+// thresholded and alpha-blended. Only pixels whose own cell was analysed are coloured; the
+// bilinear weights use the analysed neighbours only. One invocation per output pixel; the CPU twin is
 // gpu::overlay_cpu (same maths, rounding with floor(x + 0.5)).
 
 struct Params {
@@ -98,7 +99,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         }
     }
     var out = rgb;
-    if (wsum > 0.0) {
+    let own = cell(i32(floor((f32(x) + 0.5) / p.cell)), i32(floor((f32(y) + 0.5) / p.cell)));
+    if (wsum > 0.0 && own >= 0.0) {
         let v = sum / wsum;
         if (v >= p.threshold) {
             out = rgb * (1.0 - p.alpha) + colour(v) * p.alpha;

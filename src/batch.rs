@@ -31,10 +31,15 @@ pub struct Preprocess {
     pub to_unit: bool,
     /// Tensor layout.
     pub layout: Layout,
-    /// Resize on the GPU: the batch's pixels stay at the read size, (height, width), and
-    /// [`PatchBatch::tensor`] resizes and normalises them in one wgpu dispatch
-    /// ([`crate::gpu`]). `None`: pixels are resized on the CPU while decoding.
-    pub gpu_from: Option<(u32, u32)>,
+    /// Resize later: the batch's pixels stay at the read size, (height, width), and
+    /// [`PatchBatch::tensor`] stain-normalises, resizes and normalises them in one go, with the
+    /// wgpu shader when `on_gpu` ([`crate::gpu`]) or its CPU twin otherwise. `None`: pixels are
+    /// resized on the CPU while decoding (needs `stain` to be `None`).
+    pub deferred: Option<(u32, u32)>,
+    /// Run the deferred step on the GPU.
+    pub on_gpu: bool,
+    /// Reinhard stain normalisation of each patch at its read size, before resizing.
+    pub stain: Option<crate::stain::Reinhard>,
 }
 
 impl Preprocess {
@@ -46,7 +51,9 @@ impl Preprocess {
             std: [1.0; 3],
             to_unit: false,
             layout: c.tessera.layout,
-            gpu_from: None,
+            deferred: None,
+            on_gpu: false,
+            stain: None,
         };
         for t in &c.transform {
             match t {
@@ -68,9 +75,9 @@ impl Preprocess {
         self.input.0 as usize * self.input.1 as usize * 3
     }
 
-    /// Bytes per patch in a batch's pixels (the read size when the GPU resizes).
+    /// Bytes per patch in a batch's pixels (the read size when resizing is deferred).
     pub fn pixel_len(&self) -> usize {
-        match self.gpu_from {
+        match self.deferred {
             Some((h, w)) => h as usize * w as usize * 3,
             None => self.patch_len(),
         }
@@ -127,12 +134,16 @@ impl PatchBatch {
     /// The model's input tensor (scaled, normalised, in the model's layout), in shape
     /// [`PatchBatch::shape`].
     pub fn tensor(&self) -> Vec<f32> {
-        if let Some(from) = self.pre.gpu_from {
+        if let Some(from) = self.pre.deferred {
             let n = self.indices.len();
+            let cpu = || crate::gpu::preprocess_cpu(&self.pixels, n, from, &self.pre);
+            if !self.pre.on_gpu {
+                return cpu();
+            }
             // The GPU, or its CPU twin (same values) if the device fails mid-run.
             return crate::gpu::Gpu::shared()
                 .and_then(|g| g.preprocess(&self.pixels, n, from, &self.pre))
-                .unwrap_or_else(|_| crate::gpu::preprocess_cpu(&self.pixels, n, from, &self.pre));
+                .unwrap_or_else(|_| cpu());
         }
         let len = self.pre.patch_len();
         let mut out = vec![0f32; self.indices.len() * len];
@@ -172,8 +183,8 @@ pub fn make_batch_in(
         .try_for_each(|(out, patch)| -> Result<()> {
             let img =
                 slide.read_region(patch.location, plan.level, Size::new(plan.side, plan.side))?;
-            let img = match pre.gpu_from {
-                // Resized later, with the whole batch, on the GPU.
+            let img = match pre.deferred {
+                // Resized later, with the whole batch.
                 Some(_) => img,
                 None => resize(&img, pre.input.1, pre.input.0),
             };
@@ -288,7 +299,9 @@ mod tests {
             std: [0.5, 1.0, 1.0],
             to_unit: true,
             layout: Layout::Nchw,
-            gpu_from: None,
+            deferred: None,
+            on_gpu: false,
+            stain: None,
         };
         let mut out = vec![0f32; 6];
         pre.pack(&img, &mut out);

@@ -44,6 +44,7 @@ pub mod pipeline;
 pub mod report;
 pub mod serve;
 pub mod slide;
+pub mod stain;
 pub mod stitch;
 pub mod synthetic;
 mod sys;

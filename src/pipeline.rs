@@ -110,6 +110,9 @@ pub struct AnalyzeConfig {
     pub device: crate::model::DeviceOptions,
     /// Where patches are resized and normalised (`--gpu-preprocess`, default auto).
     pub gpu_preprocess: crate::gpu::GpuPreprocess,
+    /// Reinhard stain normalisation of every patch towards this target (`--reinhard`; off by
+    /// default).
+    pub stain: Option<crate::stain::Reinhard>,
     /// Patches per batch (default 32).
     pub batch_size: usize,
     /// Batches waiting between decoding and inference (default 4).
@@ -166,6 +169,7 @@ impl Default for AnalyzeConfig {
             inference: InferenceChoice::Auto,
             device: crate::model::DeviceOptions::default(),
             gpu_preprocess: crate::gpu::GpuPreprocess::Auto,
+            stain: None,
             batch_size: 32,
             queue_depth: 4,
             workers: 1,
@@ -323,7 +327,7 @@ fn run_key_for(folder: &ModelFolder, cfg: &AnalyzeConfig) -> Result<String> {
         }
         None => String::new(),
     };
-    let key = json!({
+    let mut key = json!({
         "model_sha256": folder.sha256,
         "model_config": folder.config,
         "stride": cfg.stride_pixels,
@@ -339,6 +343,10 @@ fn run_key_for(folder: &ModelFolder, cfg: &AnalyzeConfig) -> Result<String> {
         "pdf": cfg.pdf,
         "tessera": crate::VERSION,
     });
+    // Only when set, so that results made before the option existed keep their key.
+    if let Some(t) = cfg.stain {
+        key["stain_reinhard"] = json!(t);
+    }
     Ok(format!("{:x}", Sha256::digest(key.to_string().as_bytes())))
 }
 
@@ -363,9 +371,12 @@ pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
     let model_dir = cfg.model.clone().unwrap_or_else(default_model_dir);
     let folder = ModelFolder::load(&model_dir)?;
     let chosen = model::choose(cfg.inference)?;
-    let model = chosen
-        .backend
-        .load(&folder, cfg.inference_threads.max(1), &cfg.device)?;
+    let model = model::load_on_devices(
+        chosen.backend.as_ref(),
+        &folder,
+        cfg.inference_threads.max(1),
+        &cfg.device,
+    )?;
     let placement = model.placement();
     let mut note = format!("{} on {}", chosen.note, placement.device);
     for f in &placement.fallbacks {
@@ -520,8 +531,10 @@ fn analyze_opened(
             device: "--gpu-preprocess on".into(),
             message,
         })?;
-    if gpu.is_some() {
-        pre.gpu_from = Some((plan.side as u32, plan.side as u32));
+    pre.stain = cfg.stain;
+    if gpu.is_some() || pre.stain.is_some() {
+        pre.deferred = Some((plan.side as u32, plan.side as u32));
+        pre.on_gpu = gpu.is_some();
     }
 
     // Inference: a producer thread makes batches (decoding in parallel), a bounded queue
@@ -548,6 +561,7 @@ fn analyze_opened(
         &predictions,
         folder,
         cfg,
+        gpu,
     )
     .and_then(|stats| {
         let top = write_top_regions(&tmp_dir, &slide, &grid, &predictions, mpp_mean, folder, cfg)?;
@@ -596,10 +610,16 @@ fn analyze_opened(
             "config": c,
         },
         "inference": {"backend": backend.name(), "version": backend.version(),
-            "device": loaded.placement().device, "device_requested": cfg.device.device.label(),
+            "device": loaded.placement().device, "device_requested": std::iter::once(&cfg.device.device).chain(&cfg.device.more).map(|d| d.label()).collect::<Vec<_>>().join(","),
             "fallbacks": loaded.placement().fallbacks, "fp16": cfg.device.fp16, "note": chosen.note},
         "parameters": {
             "gpu_preprocess": gpu.map(|g| g.adapter.clone()),
+            "stain_normalisation": cfg.stain.map(|t| json!({
+                "method": "reinhard",
+                "lab_mean": t.mean,
+                "lab_std": t.std,
+                "space": "CIE Lab (OpenCV RGB2Lab, sRGB, D65), L 0-100; per patch at the read size",
+            })),
             "patch_size_pixels": c.patch_size_pixels,
             "spacing_um_px": c.spacing_um_px,
             "stride_pixels": spec.stride_pixels,
@@ -694,14 +714,16 @@ fn run_inference(
     let rx = Arc::new(Mutex::new(rx));
     // Consumed batch buffers go back to the producer: a run allocates about queue depth +
     // workers + 1 of them in all, not one per batch.
+    // At least one worker per device (several GPUs share the slide's patches).
+    let workers = cfg.workers.max(model.devices()).max(1);
     let (recycle_tx, recycle_rx) =
-        mpsc::sync_channel::<Vec<u8>>(cfg.queue_depth.max(1) + cfg.workers.max(1) + 1);
+        mpsc::sync_channel::<Vec<u8>>(cfg.queue_depth.max(1) + workers + 1);
     let predictions = Mutex::new(Predictions::new());
     cfg.progress.emit(ProgressEvent::PatchesPlanned {
         total: grid.patches.len(),
     });
     let mut sessions = Vec::new();
-    for _ in 0..cfg.workers.max(1) {
+    for _ in 0..workers {
         sessions.push(model.session()?);
     }
     let decode_pool = rayon::ThreadPoolBuilder::new()
@@ -813,6 +835,7 @@ fn write_outputs(
     predictions: &Predictions,
     folder: &ModelFolder,
     cfg: &AnalyzeConfig,
+    gpu: Option<&crate::gpu::Gpu>,
 ) -> Result<(Vec<serde_json::Value>, usize)> {
     let c = &folder.config;
     output::write_bytes(&dir.join("tissue-mask.png"), mask_png)?;
@@ -857,7 +880,7 @@ fn write_outputs(
             let img =
                 image::GrayImage::from_raw(heat.width, heat.height, values).unwrap_or_default();
             output::write_gray_png(&dir.join(format!("heatmap-{name}.png")), &img)?;
-            let overlay = output::overlay::overlay(thumb, thumb_ds, &heat, cfg.threshold);
+            let overlay = output::overlay::overlay(thumb, thumb_ds, &heat, cfg.threshold, gpu);
             output::write_png(&dir.join(format!("overlay-{name}.png")), &overlay)?;
         }
         let polys = heat.regions(cfg.threshold);

@@ -560,3 +560,29 @@ fn progress_events_count_every_patch_once() {
     assert!(done.windows(2).all(|w| w[0] < w[1]), "{done:?}");
     assert_eq!(done.last(), Some(&s.patches));
 }
+
+#[test]
+fn patches_shared_between_two_devices_give_the_same_results_as_one() {
+    // Two copies of the model (here both on the CPU, which only the library allows: the CLI
+    // takes lists of GPUs) with a session each; the queue hands batches to whichever is free.
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let one = config(&tmp.path().join("one"), InferenceChoice::Tract);
+    let mut two = config(&tmp.path().join("two"), InferenceChoice::Tract);
+    two.batch_size = 4; // ~11 batches, so both sessions get some
+    two.device.device = tessera::model::Device::Cpu;
+    two.device.more = vec![tessera::model::Device::Cpu];
+    analyze(&svs, &one).unwrap();
+    analyze(&svs, &two).unwrap();
+    let (a, b) = (
+        tmp.path().join("one/CMU-1-Small-Region.svs"),
+        tmp.path().join("two/CMU-1-Small-Region.svs"),
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["inference"]["device"], "CPU + CPU");
+    assert_eq!(r["inference"]["device_requested"], "CPU,CPU");
+    let (pa, pb) = (csv_probs(&a), csv_probs(&b));
+    assert!(pa.len() > 20);
+    assert_eq!(pa, pb);
+}

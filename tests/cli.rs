@@ -350,9 +350,25 @@ fn an_explicit_gpu_device_that_cannot_be_used_is_an_error_and_auto_records_why()
         !t.path().join("a/CMU-1-Small-Region.svs").exists(),
         "no output for a refused device"
     );
-    // An unknown device is a usage error.
-    let o = tessera_str(&["analyze", s, "--out", &out("b"), "--device", "gpu"]);
-    assert_eq!(code(&o), 64);
+    // An unknown device, or a list that repeats a GPU or names the CPU, is a usage error.
+    for bad in ["gpu", "cuda:0,0", "cpu:0,1"] {
+        let o = tessera_str(&["analyze", s, "--out", &out("b"), "--device", bad]);
+        assert_eq!(code(&o), 64, "{bad}");
+    }
+    // Several GPUs: each is loaded, so the first that cannot be used is the error.
+    let o = tessera_str(&[
+        "analyze",
+        s,
+        "--out",
+        &out("b"),
+        "--inference",
+        "tract",
+        "--device",
+        "cuda:0,1",
+        "-q",
+    ]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--device CUDA:0"), "{}", stderr(&o));
     // auto on tract: the CPU, with the reason recorded.
     let o = tessera_str(&[
         "analyze",

@@ -40,7 +40,9 @@ fn pre(input: (u32, u32), layout: Layout) -> Preprocess {
         std: [0.229, 0.224, 0.225],
         to_unit: true,
         layout,
-        gpu_from: None,
+        deferred: None,
+        on_gpu: false,
+        stain: None,
     }
 }
 
@@ -67,6 +69,60 @@ fn the_preprocess_shader_matches_its_cpu_twin_within_1e_5() {
             .fold(0f32, f32::max);
         eprintln!("preprocess {src:?} -> {dst:?} {layout:?}: max |gpu - cpu| = {worst:e}");
         assert!(worst <= 1e-5, "{src:?} -> {dst:?}: {worst}");
+    }
+}
+
+/// An H&E-like patch: pink and purple noise (so the stain statistics are not degenerate).
+fn he_like(n: usize, seed: u64) -> Vec<u8> {
+    noise(n, seed)
+        .chunks(3)
+        .flat_map(|c| {
+            let t = c[0] as u32;
+            [
+                150 + (t * 90 / 255) as u8,
+                60 + (c[1] as u32 * 100 / 255) as u8,
+                130 + (c[2] as u32 * 80 / 255) as u8,
+            ]
+        })
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn the_stain_normalising_shader_matches_its_cpu_twin_within_1e_5() {
+    let Some(g) = gpu() else { return };
+    let target = tessera::stain::Reinhard::new([60.0, 25.0, -15.0], [12.0, 6.0, 5.0]).unwrap();
+    for (src, dst, layout, n) in [
+        ((224, 224), (224, 224), Layout::Nchw, 3),
+        ((448, 448), (224, 224), Layout::Nhwc, 2),
+        ((50, 70), (64, 64), Layout::Nchw, 2),
+        ((1, 1), (2, 2), Layout::Nchw, 1),
+    ] {
+        let mut p = pre(dst, layout);
+        p.stain = Some(target);
+        let px = he_like(n * (src.0 * src.1 * 3) as usize, 0x5eed ^ src.1 as u64);
+        let want = preprocess_cpu(&px, n, src, &p);
+        let got = g.preprocess(&px, n, src, &p).unwrap();
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("reinhard {src:?} -> {dst:?} {layout:?}: max |gpu - cpu| = {worst:e}");
+        assert!(worst <= 1e-5, "{src:?} -> {dst:?}: {worst}");
+        // Normalisation did something: the same patches unnormalised differ.
+        p.stain = None;
+        let plain = preprocess_cpu(&px, n, src, &p);
+        let moved = plain
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            moved > 0.1,
+            "{src:?}: normalisation changed at most {moved}"
+        );
     }
 }
 
@@ -214,4 +270,94 @@ fn analyze_with_gpu_preprocessing_gives_the_cpus_probabilities() {
         a.len()
     );
     assert!(worst <= 5e-3, "{worst}");
+}
+
+#[test]
+fn analyze_with_reinhard_normalisation_records_it_and_agrees_on_gpu_and_cpu() {
+    let Some(slide) = crate::util::data("slides/aperio/CMU-1-Small-Region.svs") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = t.path().join(name);
+        let mut args = vec![
+            "analyze",
+            slide.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--inference",
+            "tract",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let o = crate::util::tessera_str(&args);
+        assert_eq!(crate::util::code(&o), 0, "{}", crate::util::stderr(&o));
+        let dir = out.join("CMU-1-Small-Region.svs");
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+        let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        assert_eq!(
+            report.contains("Stain normalisation"),
+            extra.contains(&"--reinhard"),
+            "the report states the normalisation when there is one"
+        );
+        let csv = std::fs::read_to_string(dir.join("patches.csv")).unwrap();
+        let probs: Vec<f64> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+            .collect();
+        (r, probs)
+    };
+    // A pale, low-contrast target: far from this slide's own staining.
+    let target = "80,12,-6,6,3,2";
+    let (plain, p0) = run("plain", &["--gpu-preprocess", "off"]);
+    let (cpu, p1) = run("cpu", &["--gpu-preprocess", "off", "--reinhard", target]);
+    assert!(plain["parameters"]["stain_normalisation"].is_null());
+    let s = &cpu["parameters"]["stain_normalisation"];
+    assert_eq!(s["method"], "reinhard");
+    assert_eq!(s["lab_mean"], serde_json::json!([80.0, 12.0, -6.0]));
+    assert_eq!(s["lab_std"], serde_json::json!([6.0, 3.0, 2.0]));
+    assert_ne!(
+        plain["run_key"], cpu["run_key"],
+        "the target is part of the run key"
+    );
+    assert_eq!(p0.len(), p1.len());
+    assert!(!p0.is_empty());
+    let moved = p0
+        .iter()
+        .zip(&p1)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    eprintln!(
+        "reinhard vs none: max |Δp| = {moved:e} over {} patches",
+        p0.len()
+    );
+    assert!(
+        moved > 1e-3,
+        "normalisation changed no probability: {moved}"
+    );
+    // A bad target is a usage error naming it.
+    let o = crate::util::tessera_str(&[
+        "analyze",
+        slide.to_str().unwrap(),
+        "--out",
+        t.path().join("bad").to_str().unwrap(),
+        "--reinhard",
+        "80,12,-6,6,3,0",
+    ]);
+    assert_eq!(crate::util::code(&o), 64, "a usage error (EX_USAGE)");
+    assert!(crate::util::stderr(&o).contains("standard deviations above 0"));
+    if gpu().is_none() {
+        return;
+    }
+    let (gpu_run, p2) = run("gpu", &["--gpu-preprocess", "on", "--reinhard", target]);
+    assert!(gpu_run["parameters"]["gpu_preprocess"].is_string());
+    let worst = p1
+        .iter()
+        .zip(&p2)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    eprintln!("reinhard on gpu vs cpu: max |Δp| = {worst:e}");
+    assert!(worst <= 1e-4, "{worst}");
 }

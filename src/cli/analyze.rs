@@ -57,6 +57,11 @@ pub struct AnalyzeArgs {
     inference: InferenceArg,
     #[command(flatten)]
     device: super::DeviceArgs,
+    /// Reinhard stain normalisation of every patch towards TARGET: the Lab means and standard
+    /// deviations `L,a,b,sL,sa,sb` (L 0-100), or a reference image whose statistics become the
+    /// target. Runs in the preprocessing shader on a GPU, on the CPU otherwise. Off by default.
+    #[arg(long, value_name = "TARGET", value_parser = tessera::stain::Reinhard::parse)]
+    reinhard: Option<tessera::stain::Reinhard>,
     /// Patches per inference batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -117,6 +122,7 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         inference: args.inference.choice(),
         device: args.device.options(),
         gpu_preprocess: args.device.gpu_preprocess(),
+        stain: args.reinhard,
         batch_size: args.batch_size,
         stride_pixels: args.stride,
         min_tissue: args.min_tissue,

@@ -56,6 +56,10 @@ struct InferenceArgs {
 fn run_inference(a: &InferenceArgs) -> u8 {
     let inference = a.inference.choice();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if !a.device.options().more.is_empty() {
+        eprintln!("tessera bench inference: one device at a time (measures one session)");
+        return super::EXIT_USAGE;
+    }
     let spec = tessera::bench::InferenceBench {
         model: a.model.clone(),
         inference,

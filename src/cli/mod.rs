@@ -112,17 +112,20 @@ impl InferenceArg {
 #[derive(Debug, Clone, Args)]
 struct DeviceArgs {
     /// auto (TensorRT, then CUDA, then CPU: each fallback is recorded in result.json), cpu,
-    /// cuda[:N] or tensorrt[:N]. A GPU named explicitly that cannot be used is an error.
+    /// cuda[:N] or tensorrt[:N]; several GPUs share a slide's patches with cuda:0,1 (one copy
+    /// of the model and at least one session per GPU). A GPU named explicitly that cannot be
+    /// used is an error.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
-    device: tessera::model::Device,
+    device: DeviceList,
     /// TensorRT in FP16.
     #[arg(long)]
     fp16: bool,
     /// Folder for TensorRT's built engines, so that the next run starts fast.
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
-    /// Resize and normalise patches with a wgpu compute shader: auto (on a real GPU when
-    /// there is one), on (any adapter, Mesa's lavapipe included; an error if none), off.
+    /// Resize, stain-normalise and normalise patches, and blend the overlay PNGs, with wgpu
+    /// compute shaders: auto (on a real GPU when there is one), on (any adapter, Mesa's
+    /// lavapipe included; an error if none), off (the CPU code, same results).
     #[arg(long, value_enum, default_value_t = GpuPreprocessArg::Auto)]
     gpu_preprocess: GpuPreprocessArg,
 }
@@ -134,9 +137,19 @@ enum GpuPreprocessArg {
     Off,
 }
 
-fn parse_device(s: &str) -> Result<tessera::model::Device, String> {
-    tessera::model::Device::parse(s)
-        .ok_or_else(|| format!("{s:?}: expected auto, cpu, cuda, cuda:N, tensorrt or tensorrt:N"))
+/// `--device`'s devices, in order.
+#[derive(Debug, Clone)]
+struct DeviceList(Vec<tessera::model::Device>);
+
+fn parse_device(s: &str) -> Result<DeviceList, String> {
+    tessera::model::Device::parse_list(s)
+        .map(DeviceList)
+        .ok_or_else(|| {
+            format!(
+                "{s:?}: expected auto, cpu, cuda, cuda:N, tensorrt or tensorrt:N, \
+             or several different GPUs as cuda:0,1 or tensorrt:0,1"
+            )
+        })
 }
 
 impl DeviceArgs {
@@ -151,7 +164,8 @@ impl DeviceArgs {
 
     fn options(&self) -> tessera::model::DeviceOptions {
         tessera::model::DeviceOptions {
-            device: self.device,
+            device: self.device.0.first().copied().unwrap_or_default(),
+            more: self.device.0.iter().skip(1).copied().collect(),
             fp16: self.fp16,
             trt_cache: self.trt_cache.clone(),
         }

@@ -74,6 +74,11 @@ pub struct WatchArgs {
     inference: InferenceArg,
     #[command(flatten)]
     device: super::DeviceArgs,
+    /// Reinhard stain normalisation of every patch towards TARGET: the Lab means and standard
+    /// deviations `L,a,b,sL,sa,sb` (L 0-100), or a reference image whose statistics become the
+    /// target. Runs in the preprocessing shader on a GPU, on the CPU otherwise. Off by default.
+    #[arg(long, value_name = "TARGET", value_parser = tessera::stain::Reinhard::parse)]
+    reinhard: Option<tessera::stain::Reinhard>,
     /// µm per pixel of level 0 for slides that lack it.
     #[arg(long)]
     mpp: Option<f64>,
@@ -129,6 +134,7 @@ fn analyze_config(a: &WatchArgs) -> AnalyzeConfig {
         inference: a.inference.choice(),
         device: a.device.options(),
         gpu_preprocess: a.device.gpu_preprocess(),
+        stain: a.reinhard,
         mpp_override: a.mpp,
         hash_full: a.hash_full,
         slide: a.slide.config_with_cache(32),

@@ -5,11 +5,13 @@
 //! - [`Gpu::preprocess`] / [`preprocess_cpu`]: a batch of RGB8 patches (`n × sh × sw × 3`) →
 //!   float32 model input (`n × 3 × dh × dw` or `n × dh × dw × 3`): resized (area averaging when
 //!   shrinking an axis, bilinear when enlarging, as [`crate::batch::resize`] but without rounding
-//!   to 8 bits in between), scaled to [0, 1] if the model asks, normalised per channel. One
-//!   dispatch per batch.
+//!   to 8 bits in between), optionally Reinhard stain-normalised first ([`crate::stain`]),
+//!   scaled to [0, 1] if the model asks, normalised per channel. One submission per batch.
 //! - [`Gpu::overlay`] / [`overlay_cpu`]: a probability grid (cells of `cell` image pixels;
 //!   negative = no patch) upsampled bilinearly onto an RGB image, colour-mapped, thresholded
-//!   and alpha-blended; 8-bit output rounded with `floor(x + 0.5)`.
+//!   and alpha-blended where the pixel's own cell was analysed; 8-bit output rounded with
+//!   `floor(x + 0.5)`. The report's overlay PNGs are made this way
+//!   ([`crate::output::overlay::overlay`]).
 //!
 //! Coordinates: image pixels of the patch (preprocess) or of the base image (overlay).
 //! The adapter is wgpu's choice on this machine: a GPU when there is one, Mesa's lavapipe
@@ -22,6 +24,7 @@ use wgpu::util::DeviceExt;
 
 use crate::batch::Preprocess;
 use crate::model::config::Layout;
+use crate::stain::Reinhard;
 
 /// A colour map of the overlay shader and of the viewer's heatmap tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,7 @@ pub struct Gpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
     preprocess: wgpu::ComputePipeline,
+    stats: wgpu::ComputePipeline,
     overlay: wgpu::ComputePipeline,
     /// The adapter: name, backend, device type.
     pub adapter: String,
@@ -148,7 +152,7 @@ impl Gpu {
         // every dispatch in `run`.
         device.on_uncaptured_error(std::sync::Arc::new(|_e: wgpu::Error| {}));
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let make = |name: &str, source: &str| {
+        let make = |name: &str, source: &str, entry: &str| {
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(name),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -157,13 +161,19 @@ impl Gpu {
                 label: Some(name),
                 layout: None,
                 module: &module,
-                entry_point: Some("main"),
+                entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
             })
         };
-        let preprocess = make("preprocess", include_str!("../../shaders/preprocess.wgsl"));
-        let overlay = make("overlay", include_str!("../../shaders/overlay.wgsl"));
+        let pre_src = include_str!("../../shaders/preprocess.wgsl");
+        let preprocess = make("preprocess", pre_src, "main");
+        let stats = make("stain statistics", pre_src, "stats_main");
+        let overlay = make(
+            "overlay",
+            include_str!("../../shaders/overlay.wgsl"),
+            "main",
+        );
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(format!(
                 "{}: the shaders do not build: {}",
@@ -177,6 +187,7 @@ impl Gpu {
             device,
             queue,
             preprocess,
+            stats,
             overlay,
         })
     }
@@ -209,42 +220,12 @@ impl Gpu {
         items: u32,
     ) -> Result<Vec<u8>, String> {
         let d = &self.device;
-        let limit = d.limits().max_storage_buffer_binding_size;
-        if out_bytes > limit || inputs.iter().any(|b| b.len() as u64 > limit) {
-            return Err(format!(
-                "a buffer exceeds the device's limit of {limit} bytes"
-            ));
-        }
-        let u = d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: uniform,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let ins: Vec<wgpu::Buffer> = inputs
+        let u = self.buffer(uniform, wgpu::BufferUsages::UNIFORM)?;
+        let ins = inputs
             .iter()
-            .map(|b| {
-                // Storage buffers are read as 32-bit words: pad to a multiple of 4.
-                let mut v = b.to_vec();
-                v.resize(v.len().div_ceil(4).max(1) * 4, 0);
-                d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: None,
-                    contents: &v,
-                    usage: wgpu::BufferUsages::STORAGE,
-                })
-            })
-            .collect();
-        let out = d.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: out_bytes.max(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let read = d.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: out_bytes.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+            .map(|b| self.buffer(b, wgpu::BufferUsages::STORAGE))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self.scratch(out_bytes)?;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: u.as_entire_binding(),
@@ -272,22 +253,7 @@ impl Gpu {
             let (x, y) = dispatch_size(items);
             pass.dispatch_workgroups(x, y, 1);
         }
-        enc.copy_buffer_to_buffer(&out, 0, &read, 0, out_bytes.max(4));
-        self.queue.submit([enc.finish()]);
-        let slice = read.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        d.poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| e.to_string())?;
-        rx.recv()
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let bytes =
-            slice.get_mapped_range().map_err(|e| e.to_string())?[..out_bytes as usize].to_vec();
-        read.unmap();
-        Ok(bytes)
+        self.read_back(enc, &out, out_bytes)
     }
 
     /// [`preprocess_cpu`] on the GPU: one dispatch for the batch.
@@ -303,7 +269,7 @@ impl Gpu {
         if pixels.len() != n * (sh * sw * 3) as usize || n == 0 || dh == 0 || dw == 0 {
             return Err("pixels do not match the batch size".into());
         }
-        let mut u = Vec::with_capacity(64);
+        let mut u = Vec::with_capacity(96);
         for v in [
             n as u32,
             sw,
@@ -312,20 +278,152 @@ impl Gpu {
             dh,
             (pre.layout == Layout::Nchw) as u32,
             pre.to_unit as u32,
-            0,
+            pre.stain.is_some() as u32,
         ] {
             u.extend_from_slice(&v.to_le_bytes());
         }
-        for v in pre.mean.iter().chain([&0.0]).chain(&pre.std).chain([&1.0]) {
-            u.extend_from_slice(&v.to_le_bytes());
+        let target = pre.stain.unwrap_or(Reinhard {
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        });
+        for v in [pre.mean, pre.std, target.mean, target.std] {
+            for x in v.iter().chain([&0.0]) {
+                u.extend_from_slice(&x.to_le_bytes());
+            }
         }
         let values = n as u64 * (dh * dw * 3) as u64;
         let items = u32::try_from(n as u64 * (dh * dw) as u64).map_err(|e| e.to_string())?;
-        let bytes = self.run(&self.preprocess, &u, &[pixels], values * 4, items)?;
-        Ok(bytes
+        if pre.stain.is_some() && n > MAX_GROUPS as usize {
+            return Err(format!("{n} patches: at most {MAX_GROUPS} per batch"));
+        }
+        let d = &self.device;
+        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = self.preprocess_passes(&u, pixels, n as u32, values * 4, items);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(format!("GPU validation: {}", describe(&e)));
+        }
+        Ok(result?
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
+    }
+
+    /// The preprocess submission: the stain statistics pass when the uniform asks for it, then
+    /// the resize/normalise pass; returns the output buffer's bytes.
+    fn preprocess_passes(
+        &self,
+        uniform: &[u8],
+        pixels: &[u8],
+        n: u32,
+        out_bytes: u64,
+        items: u32,
+    ) -> Result<Vec<u8>, String> {
+        let d = &self.device;
+        let stain = uniform[28] != 0;
+        let u = self.buffer(uniform, wgpu::BufferUsages::UNIFORM)?;
+        let src = self.buffer(pixels, wgpu::BufferUsages::STORAGE)?;
+        let stats = self.scratch(if stain { n as u64 * 32 } else { 32 })?;
+        let out = self.scratch(out_bytes)?;
+        let group = |pipeline: &wgpu::ComputePipeline, bindings: &[(u32, &wgpu::Buffer)]| {
+            let entries: Vec<wgpu::BindGroupEntry> = bindings
+                .iter()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: *i,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            d.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
+        };
+        let mut enc = d.create_command_encoder(&Default::default());
+        if stain {
+            let g = group(&self.stats, &[(0, &u), (1, &src), (3, &stats)]);
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&self.stats);
+            pass.set_bind_group(0, &g, &[]);
+            pass.dispatch_workgroups(n, 1, 1);
+        }
+        {
+            let g = group(
+                &self.preprocess,
+                &[(0, &u), (1, &src), (2, &out), (3, &stats)],
+            );
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&self.preprocess);
+            pass.set_bind_group(0, &g, &[]);
+            let (x, y) = dispatch_size(items);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        self.read_back(enc, &out, out_bytes)
+    }
+
+    /// A buffer holding `bytes` (padded to whole 32-bit words, as shaders read them).
+    fn buffer(&self, bytes: &[u8], usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, String> {
+        let limit = self.device.limits().max_storage_buffer_binding_size;
+        if bytes.len() as u64 > limit {
+            return Err(format!(
+                "a buffer exceeds the device's limit of {limit} bytes"
+            ));
+        }
+        let mut v = bytes.to_vec();
+        v.resize(v.len().div_ceil(4).max(1) * 4, 0);
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: &v,
+                usage,
+            }))
+    }
+
+    /// A storage buffer of `bytes` that shaders write and that can be copied out.
+    fn scratch(&self, bytes: u64) -> Result<wgpu::Buffer, String> {
+        let limit = self.device.limits().max_storage_buffer_binding_size;
+        if bytes > limit {
+            return Err(format!(
+                "a buffer exceeds the device's limit of {limit} bytes"
+            ));
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// Submits `enc` with a copy of `out` appended, waits, and returns its first `bytes`.
+    fn read_back(
+        &self,
+        mut enc: wgpu::CommandEncoder,
+        out: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<u8>, String> {
+        let d = &self.device;
+        let read = d.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        enc.copy_buffer_to_buffer(out, 0, &read, 0, bytes.max(4));
+        self.queue.submit([enc.finish()]);
+        let slice = read.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        d.poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| e.to_string())?;
+        rx.recv()
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let data = slice.get_mapped_range().map_err(|e| e.to_string())?[..bytes as usize].to_vec();
+        read.unmap();
+        Ok(data)
     }
 
     /// [`overlay_cpu`] on the GPU.
@@ -416,8 +514,17 @@ pub fn preprocess_cpu(pixels: &[u8], n: usize, src: (u32, u32), pre: &Preprocess
     let mut out = vec![0f32; n * per * 3];
     let div = if pre.to_unit { 255.0 } else { 1.0 };
     let (ky, kx) = (taps(sh, dh), taps(sw, dw));
+    let plen = (sh * sw * 3) as usize;
     for patch in 0..n {
-        let base = patch * (sh * sw * 3) as usize;
+        let base = patch * plen;
+        // Each source pixel, stain-normalised when asked (the shader's `source`).
+        let src: Vec<f32> = match &pre.stain {
+            Some(t) => t.normalise(&pixels[base..base + plen]),
+            None => pixels[base..base + plen]
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
+        };
         for oy in 0..dh {
             for ox in 0..dw {
                 let mut acc = [0f32; 3];
@@ -432,9 +539,9 @@ pub fn preprocess_cpu(pixels: &[u8], n: usize, src: (u32, u32), pre: &Preprocess
                             continue;
                         }
                         let w = wx * wy;
-                        let at = base + ((iy * sw + ix) * 3) as usize;
+                        let at = ((iy * sw + ix) * 3) as usize;
                         for (c, a) in acc.iter_mut().enumerate() {
-                            *a += w * pixels[at + c] as f32;
+                            *a += w * src[at + c];
                         }
                     }
                 }
@@ -522,7 +629,11 @@ pub fn overlay_cpu(
             }
         }
         let mut o = rgb;
-        if wsum > 0.0 {
+        let own = at(
+            ((x as f32 + 0.5) / cell).floor() as i32,
+            ((y as f32 + 0.5) / cell).floor() as i32,
+        );
+        if wsum > 0.0 && own >= 0.0 {
             let v = sum / wsum;
             if v >= threshold {
                 let c = colour(cmap, v);

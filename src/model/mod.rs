@@ -113,13 +113,34 @@ impl Device {
             Device::TensorRt(n) => format!("TensorRT:{n}"),
         }
     }
+
+    /// `--device`: one device, or several GPUs of one kind, `cuda:0,1` or `tensorrt:0,2`
+    /// (each holds its own copy of the model; patches are shared among them).
+    pub fn parse_list(s: &str) -> Option<Vec<Device>> {
+        let Some((kind, ids)) = s.split_once(':').filter(|(_, ids)| ids.contains(',')) else {
+            return Device::parse(s).map(|d| vec![d]);
+        };
+        let devices = ids
+            .split(',')
+            .map(|n| Device::parse(&format!("{kind}:{}", n.trim())))
+            .collect::<Option<Vec<_>>>()?;
+        let mut seen = std::collections::BTreeSet::new();
+        let gpus = devices
+            .iter()
+            .all(|d| matches!(d, Device::Cuda(_) | Device::TensorRt(_)));
+        (gpus && devices.iter().all(|d| seen.insert(d.label()))).then_some(devices)
+    }
 }
 
 /// The device asked for, and its options.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceOptions {
-    /// The device.
+    /// The device (the first, when there are several).
     pub device: Device,
+    /// Further devices, each with its own copy of the model and its own sessions; the
+    /// workers' sessions alternate between the devices, so the patches of a slide are shared
+    /// among them (`--device cuda:0,1`). Usually empty.
+    pub more: Vec<Device>,
     /// TensorRT in FP16.
     pub fp16: bool,
     /// Where TensorRT keeps built engines, so that the next run starts fast.
@@ -157,6 +178,67 @@ pub trait Model: Send + Sync {
     fn session(&self) -> Result<Box<dyn Session>>;
     /// Where its sessions run.
     fn placement(&self) -> Placement;
+    /// Devices it runs on: a run opens at least this many sessions, so that each is used.
+    fn devices(&self) -> usize {
+        1
+    }
+}
+
+/// Loads `model` on the device of `opts` and on each of `opts.more` (an error for any that
+/// cannot be used); with several, sessions are opened on the devices in turn.
+pub fn load_on_devices(
+    backend: &dyn Backend,
+    model: &ModelFolder,
+    threads: usize,
+    opts: &DeviceOptions,
+) -> Result<Arc<dyn Model>> {
+    if opts.more.is_empty() {
+        return backend.load(model, threads, opts);
+    }
+    let models = std::iter::once(opts.device)
+        .chain(opts.more.iter().copied())
+        .map(|device| {
+            let one = DeviceOptions {
+                device,
+                more: Vec::new(),
+                ..opts.clone()
+            };
+            backend.load(model, threads, &one)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Devices {
+        models,
+        next: std::sync::atomic::AtomicUsize::new(0),
+    }))
+}
+
+/// A model loaded on several devices: sessions are opened on each in turn.
+struct Devices {
+    models: Vec<Arc<dyn Model>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Model for Devices {
+    fn session(&self) -> Result<Box<dyn Session>> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.models[i % self.models.len()].session()
+    }
+
+    fn placement(&self) -> Placement {
+        let all: Vec<Placement> = self.models.iter().map(|m| m.placement()).collect();
+        Placement {
+            device: all
+                .iter()
+                .map(|p| p.device.as_str())
+                .collect::<Vec<_>>()
+                .join(" + "),
+            fallbacks: all.into_iter().flat_map(|p| p.fallbacks).collect(),
+        }
+    }
+
+    fn devices(&self) -> usize {
+        self.models.len()
+    }
 }
 
 /// One worker's inference session.
@@ -298,5 +380,24 @@ mod tests {
         let p = to_probabilities(&c, vec![0.0, 1000.0]);
         assert_eq!(p, vec![0.0, 1.0]);
         assert_eq!(to_probabilities(&c, vec![0.0]), vec![0.5]);
+    }
+
+    #[test]
+    fn device_lists_name_distinct_gpus_of_one_kind() {
+        assert_eq!(
+            Device::parse_list("cuda:0,1"),
+            Some(vec![Device::Cuda(0), Device::Cuda(1)])
+        );
+        assert_eq!(
+            Device::parse_list("tensorrt:2, 0"),
+            Some(vec![Device::TensorRt(2), Device::TensorRt(0)])
+        );
+        assert_eq!(Device::parse_list("cuda:1"), Some(vec![Device::Cuda(1)]));
+        assert_eq!(Device::parse_list("auto"), Some(vec![Device::Auto]));
+        for bad in [
+            "cuda:0,0", "cpu:0,1", "auto:0,1", "cuda:0,x", "cuda:0,", "cuda,1",
+        ] {
+            assert_eq!(Device::parse_list(bad), None, "{bad}");
+        }
     }
 }

@@ -4,11 +4,13 @@
 //! In: an RGB thumbnail and its downsample (level-0 pixels per thumbnail pixel), a
 //! [`Heatmap`] (cells of `cell_l0` level-0 pixels) and the threshold. Out: an RGB image: the
 //! thumbnail with viridis colours blended in where patches were analysed (bilinear between cell
-//! centres), cells at or above the threshold outlined in white, and below it a legend strip
-//! (colour bar from 0 to 1 with ticks and labels at 0, the threshold and 1).
+//! centres; the overlay shader on a GPU, its CPU twin otherwise, [`crate::gpu`]), cells at or
+//! above the threshold outlined in white, and below it a legend strip (colour bar from 0 to 1
+//! with ticks and labels at 0, the threshold and 1).
 
 use image::{Rgb, RgbImage};
 
+use crate::gpu::{overlay_cpu, Cmap, Gpu};
 use crate::stitch::Heatmap;
 
 /// Viridis at 9 stops (matplotlib's), interpolated linearly (also the overlay shader's).
@@ -85,60 +87,27 @@ fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, scale: i64, color: [u8; 3])
     }
 }
 
-/// Bilinear value of the heatmap at level-0 position `(x, y)`, over analysed cells only.
-fn sample(heat: &Heatmap, x: f64, y: f64) -> Option<f32> {
-    let u = x / heat.cell_l0 - 0.5;
-    let v = y / heat.cell_l0 - 0.5;
-    let (i0, j0) = (u.floor() as i64, v.floor() as i64);
-    let (fu, fv) = (u - i0 as f64, v - j0 as f64);
-    let mut acc = 0.0;
-    let mut wsum = 0.0;
-    for (di, dj, w) in [
-        (0, 0, (1.0 - fu) * (1.0 - fv)),
-        (1, 0, fu * (1.0 - fv)),
-        (0, 1, (1.0 - fu) * fv),
-        (1, 1, fu * fv),
-    ] {
-        let (i, j) = (i0 + di, j0 + dj);
-        if i < 0 || j < 0 || i >= heat.width as i64 || j >= heat.height as i64 || w <= 0.0 {
-            continue;
-        }
-        if let Some(p) = heat.get(i as u32, j as u32) {
-            acc += p as f64 * w;
-            wsum += w;
-        }
-    }
-    // Only inside the analysed area: the cell under the point must have been analysed.
-    let (ci, cj) = (
-        (x / heat.cell_l0).floor() as i64,
-        (y / heat.cell_l0).floor() as i64,
-    );
-    let inside = ci >= 0
-        && cj >= 0
-        && ci < heat.width as i64
-        && cj < heat.height as i64
-        && heat.get(ci as u32, cj as u32).is_some();
-    (inside && wsum > 0.0).then(|| (acc / wsum) as f32)
-}
-
-/// The overlay image (thumbnail plus a legend strip below it).
-pub fn overlay(thumb: &RgbImage, downsample: f64, heat: &Heatmap, threshold: f32) -> RgbImage {
+/// The overlay image (thumbnail plus a legend strip below it), blended on `gpu` when given
+/// (its CPU twin if that fails, or without one).
+pub fn overlay(
+    thumb: &RgbImage,
+    downsample: f64,
+    heat: &Heatmap,
+    threshold: f32,
+    gpu: Option<&Gpu>,
+) -> RgbImage {
     let (w, h) = thumb.dimensions();
     let legend_h = 36u32.max(h / 12);
     let mut out = RgbImage::from_pixel(w, h + legend_h, Rgb([255, 255, 255]));
-    let blend = 0.6f32;
-    for (x, y, p) in thumb.enumerate_pixels() {
-        let (lx, ly) = ((x as f64 + 0.5) * downsample, (y as f64 + 0.5) * downsample);
-        let c = match sample(heat, lx, ly) {
-            Some(v) => {
-                let m = viridis(v);
-                [0, 1, 2]
-                    .map(|k| (p.0[k] as f32 * (1.0 - blend) + m[k] as f32 * blend).round() as u8)
-            }
-            None => p.0,
-        };
-        out.put_pixel(x, y, Rgb(c));
-    }
+    // Every analysed cell is coloured (threshold 0): the threshold shows as outlines.
+    let grid: Vec<f32> = heat.values.iter().map(|v| v.unwrap_or(-1.0)).collect();
+    let size = (heat.width, heat.height);
+    let cell = (heat.cell_l0 / downsample) as f32;
+    let (blend, cmap) = (0.6, Cmap::Viridis);
+    let blended = gpu
+        .and_then(|g| g.overlay(thumb, &grid, size, cell, 0.0, blend, cmap).ok())
+        .unwrap_or_else(|| overlay_cpu(thumb, &grid, size, cell, 0.0, blend, cmap));
+    image::imageops::replace(&mut out, &blended, 0, 0);
     // Outline cells at or above the threshold (edges between above and not-above).
     let above = |x: f64, y: f64| -> bool {
         let (i, j) = (
@@ -217,7 +186,7 @@ mod tests {
             values: vec![Some(1.0), None],
         };
         let thumb = RgbImage::from_pixel(20, 10, Rgb([200, 200, 200]));
-        let o = overlay(&thumb, 1.0, &heat, 0.5);
+        let o = overlay(&thumb, 1.0, &heat, 0.5, None);
         assert_eq!(o.width(), 20);
         assert!(o.height() > 10);
         // Analysed cell coloured, unanalysed cell untouched.

@@ -603,6 +603,11 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                             (patch_px) " × " (patch_px) " px at " (spacing) " µm/px (" (format!("{:.0}", patch_px as f64 * spacing)) " µm); stride "
                             (stride_px) " px; kept when ≥ " (format!("{:.0}", 100.0 * params["min_tissue_fraction"].as_f64().unwrap_or(0.0))) " % tissue; read at level "
                             (text(&params["read_level"])) " (" (text(&params["read_side"])) " px, " (text(&params["patch_side_level0"])) " level-0 px)" } }
+                        @let stain = &params["stain_normalisation"];
+                        @if stain.is_object() {
+                            tr { th { "Stain normalisation" } td {
+                                "Reinhard, per patch, to Lab mean " (text(&stain["lab_mean"])) " and standard deviation " (text(&stain["lab_std"])) } }
+                        }
                         tr { th { "Threshold" } td { (threshold) " (areas, outlines, regions)" } }
                         tr { th { "Slide score" } td { (text(&score["method"])) ": " (text(&score["description"])) " of " (pos_name) } }
                         tr { th { "Slide reader" } td { (text(&reader["name"])) " " (text(&reader["version"])) @if let Some(l) = reader["library"].as_str() { span.mono { " (" (l) ")" } } } }
