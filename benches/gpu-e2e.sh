@@ -17,15 +17,17 @@ B=${BENCH_DIR:-/tmp/tessera-bench}
 mkdir -p "$B"
 cargo build --release --quiet
 T=target/release/tessera
-SRC=(--source ../shared/testdata/images/tcga-regions/TCGA-HE-7130-01Z-00-DX1.png
-     --source ../shared/testdata/images/tcga-regions/target_image.png)
-for w in 10000 50000; do
+DATA=${TESSERA_TESTDATA:-../shared/testdata}
+SRC=(--source "$DATA/images/tcga-regions/TCGA-HE-7130-01Z-00-DX1.png"
+     --source "$DATA/images/tcga-regions/target_image.png")
+if [ -n "${QUICK:-}" ]; then SIZES=(10000); BATCHES=(64); else SIZES=(10000 50000); BATCHES=(64 128); fi
+for w in "${SIZES[@]}"; do
   [ -f "$B/synth-$((w / 1000))k.svs" ] || $T generate "$B/synth-$((w / 1000))k.svs" --width $w "${SRC[@]}" >/dev/null
 done
+SLIDE=$B/synth-$((${SIZES[-1]} / 1000))k.svs
+CPU_SLIDE=$B/synth-10k.svs # ResNet-50 on a CPU: ~1,000 patches are enough for a rate
 M=$B/models/resnet50
 [ -f "$M/model.onnx" ] || python3 models/random/build_random.py resnet50 "$M" >/dev/null
-if [ -n "${QUICK:-}" ]; then SLIDE=$B/synth-10k.svs; BATCHES=(64); else SLIDE=$B/synth-50k.svs; BATCHES=(64 128); fi
-CPU_SLIDE=$B/synth-10k.svs # ResNet-50 on a CPU: ~1,000 patches are enough for a rate
 
 have_gpu=""
 command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && have_gpu=1
@@ -45,7 +47,8 @@ run() {
   rm -rf "$out"; mkdir -p "$B/o-gpu"
   local smi=""
   if [ -n "$have_gpu" ]; then
-    nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 100 >"$log" 2>/dev/null &
+    # GPU 0 only (the rows run on cuda:0 / tensorrt:0).
+    nvidia-smi --id=0 --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 100 >"$log" 2>/dev/null &
     smi=$!
   fi
   local err=0
@@ -58,7 +61,9 @@ run() {
   fi
   local r=$out/$(basename "$slide")/result.json
   local busy="n/a"
-  [ -s "$log" ] && busy=$(python3 -c "import sys; v=[float(x) for x in open(sys.argv[1]) if x.strip()]; print(f'{sum(v)/len(v):.0f} %' if v else 'n/a')" "$log")
+  if [ -s "$log" ]; then # numeric samples only ("[N/A]" under MIG)
+    busy=$(python3 -c "import sys; v=[float(x) for x in open(sys.argv[1]) if x.strip().replace('.', '', 1).isdigit()]; print(f'{sum(v)/len(v):.0f} %' if v else 'n/a')" "$log")
+  fi
   python3 - "$r" "$busy" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1])); t = d["timings_s"]
@@ -78,15 +83,20 @@ add() { # device precision batch preprocess result
 echo "== CPU" >&2
 add cpu fp32 64 off "$(run cpu-64 "$CPU_SLIDE" --device cpu --batch-size 64 --gpu-preprocess off)"
 for b in "${BATCHES[@]}"; do
+  for fp in fp32 fp16; do
+    f=(); [ $fp = fp16 ] && f=(--fp16)
+    # Build TensorRT's engines (full and last, partial batch) into the cache on the measured
+    # slide itself, so that no measured run builds one.
+    echo "== TensorRT $fp batch $b: engine build (not measured)" >&2
+    run "trt-warm-$fp-$b" "$SLIDE" --device tensorrt --trt-cache "$B/trt-cache" ${f[@]+"${f[@]}"} --batch-size "$b" >/dev/null
+  done
   for pre in off on; do
     echo "== CUDA batch $b preprocess $pre" >&2
     add cuda fp32 "$b" "$pre" "$(run "cuda-$b-$pre" "$SLIDE" --device cuda --batch-size "$b" --gpu-preprocess "$pre")"
     for fp in fp32 fp16; do
       f=(); [ $fp = fp16 ] && f=(--fp16)
-      echo "== TensorRT $fp batch $b preprocess $pre (engine build first, cached)" >&2
-      # The first run builds the engine into the cache; the second is the measurement.
-      run "trt-warm-$fp-$b" "$B/synth-10k.svs" --device tensorrt --trt-cache "$B/trt-cache" "${f[@]}" --batch-size "$b" >/dev/null
-      add tensorrt "$fp" "$b" "$pre" "$(run "trt-$fp-$b-$pre" "$SLIDE" --device tensorrt --trt-cache "$B/trt-cache" "${f[@]}" --batch-size "$b" --gpu-preprocess "$pre")"
+      echo "== TensorRT $fp batch $b preprocess $pre" >&2
+      add tensorrt "$fp" "$b" "$pre" "$(run "trt-$fp-$b-$pre" "$SLIDE" --device tensorrt --trt-cache "$B/trt-cache" ${f[@]+"${f[@]}"} --batch-size "$b" --gpu-preprocess "$pre")"
     done
   done
 done

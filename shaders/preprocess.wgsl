@@ -1,5 +1,5 @@
 // Patch preprocessing for a whole batch in one submission: optionally Reinhard stain
-// normalisation (entry point `stats`: each patch's Lab means and standard deviations, one
+// normalisation (entry point `stats_main`: each patch's Lab means and standard deviations, one
 // workgroup per patch), then (`main`) resize each RGB8 patch to the model's input (area
 // averaging when shrinking an axis, bilinear when enlarging it, as batch::resize), each source
 // pixel moved to the stain target first, scale to [0, 1] if asked, normalise per channel, and
@@ -163,7 +163,8 @@ fn source(at: u32, pidx: u32) -> vec3<f32> {
     var out: vec3<f32>;
     for (var c = 0u; c < 3u; c = c + 1u) {
         var ratio = 1.0;
-        if (sd[c] > 1e-6) {
+        // stain::FLAT: a flat channel is shifted, not scaled.
+        if (sd[c] > 0.01) {
             ratio = p.tstd[c] / sd[c];
         }
         out[c] = (lab[c] - m[c]) * ratio + p.tmean[c];

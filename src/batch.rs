@@ -145,6 +145,10 @@ impl PatchBatch {
                 .and_then(|g| g.preprocess(&self.pixels, n, from, &self.pre))
                 .unwrap_or_else(|_| cpu());
         }
+        debug_assert!(
+            self.pre.stain.is_none(),
+            "stain normalisation needs deferred resizing"
+        );
         let len = self.pre.patch_len();
         let mut out = vec![0f32; self.indices.len() * len];
         for (px, t) in self.pixels.chunks_exact(len).zip(out.chunks_exact_mut(len)) {

@@ -27,6 +27,11 @@ pub struct Reinhard {
 /// and the lanes are added as a tree (32, 16, … 1), as the shader's reduction does.
 pub const LANES: usize = 64;
 
+/// A standard deviation at or below this (Lab units) counts as a flat channel, which is shifted
+/// to the target mean but not scaled. It is far above the float error of a uniform patch's
+/// statistics (≈ 1e-3) and below what one 8-bit step in one pixel of a patch gives.
+pub const FLAT: f32 = 0.01;
+
 fn to_linear(c: f32) -> f32 {
     if c <= 0.04045 {
         c / 12.92
@@ -114,14 +119,19 @@ fn tree(mut lanes: [[f32; 3]; LANES]) -> [f32; 3] {
 /// Lab means and (population) standard deviations of one patch's RGB8 pixels, summed as the
 /// shader sums them.
 pub fn patch_stats(pixels: &[u8]) -> ([f32; 3], [f32; 3]) {
-    let n = pixels.len() / 3;
+    let labs: Vec<[f32; 3]> = (0..pixels.len() / 3).map(|i| lab_at(pixels, i)).collect();
+    lab_stats(&labs)
+}
+
+/// [`patch_stats`] of Lab values already converted.
+fn lab_stats(labs: &[[f32; 3]]) -> ([f32; 3], [f32; 3]) {
+    let n = labs.len();
     if n == 0 {
         return ([0.0; 3], [0.0; 3]);
     }
     let mut lanes = [[0f32; 3]; LANES];
     for (t, lane) in lanes.iter_mut().enumerate() {
-        for i in (t..n).step_by(LANES) {
-            let v = lab_at(pixels, i);
+        for v in labs.iter().skip(t).step_by(LANES) {
             for c in 0..3 {
                 lane[c] += v[c];
             }
@@ -130,8 +140,7 @@ pub fn patch_stats(pixels: &[u8]) -> ([f32; 3], [f32; 3]) {
     let mean = tree(lanes).map(|s| s / n as f32);
     let mut lanes = [[0f32; 3]; LANES];
     for (t, lane) in lanes.iter_mut().enumerate() {
-        for i in (t..n).step_by(LANES) {
-            let v = lab_at(pixels, i);
+        for v in labs.iter().skip(t).step_by(LANES) {
             for c in 0..3 {
                 let d = v[c] - mean[c];
                 lane[c] += d * d;
@@ -145,9 +154,12 @@ pub fn patch_stats(pixels: &[u8]) -> ([f32; 3], [f32; 3]) {
 impl Reinhard {
     /// One pixel (RGB 0–255) of a patch with Lab statistics `src` moved to the target.
     pub fn apply(&self, rgb: [f32; 3], src: ([f32; 3], [f32; 3])) -> [f32; 3] {
-        let lab = rgb_to_lab(rgb);
+        self.apply_lab(rgb_to_lab(rgb), src)
+    }
+
+    fn apply_lab(&self, lab: [f32; 3], src: ([f32; 3], [f32; 3])) -> [f32; 3] {
         let out = [0, 1, 2].map(|c| {
-            let ratio = if src.1[c] > 1e-6 {
+            let ratio = if src.1[c] > FLAT {
                 self.std[c] / src.1[c]
             } else {
                 1.0
@@ -159,31 +171,29 @@ impl Reinhard {
 
     /// A patch's RGB8 pixels normalised (floats 0–255), as the shader computes them.
     pub fn normalise(&self, pixels: &[u8]) -> Vec<f32> {
-        let stats = patch_stats(pixels);
-        pixels
-            .chunks_exact(3)
-            .flat_map(|p| self.apply([p[0] as f32, p[1] as f32, p[2] as f32], stats))
+        let labs: Vec<[f32; 3]> = (0..pixels.len() / 3).map(|i| lab_at(pixels, i)).collect();
+        let stats = lab_stats(&labs);
+        labs.iter()
+            .flat_map(|&lab| self.apply_lab(lab, stats))
             .collect()
     }
 
-    /// The target of a reference image: its Lab means and standard deviations (in f64).
+    /// The target of a reference image: its Lab means and standard deviations (in f64, two
+    /// passes over the pixels, nothing stored per pixel).
     pub fn fit(img: &image::RgbImage) -> Option<Reinhard> {
         let n = (img.width() as f64) * (img.height() as f64);
         if n == 0.0 {
             return None;
         }
-        let labs: Vec<[f32; 3]> = img
-            .pixels()
-            .map(|p| rgb_to_lab(p.0.map(|v| v as f32)))
-            .collect();
+        let lab = |p: &image::Rgb<u8>| rgb_to_lab(p.0.map(|v| v as f32));
         let mut mean = [0f64; 3];
-        for v in &labs {
+        for v in img.pixels().map(lab) {
             for c in 0..3 {
                 mean[c] += v[c] as f64 / n;
             }
         }
         let mut var = [0f64; 3];
-        for v in &labs {
+        for v in img.pixels().map(lab) {
             for c in 0..3 {
                 var[c] += (v[c] as f64 - mean[c]).powi(2) / n;
             }
@@ -223,7 +233,7 @@ impl Reinhard {
         let mut r = image::ImageReader::open(path)
             .and_then(|r| r.with_guessed_format())
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        // A reference tile, not a slide: a 1 GiB decode limit keeps a wrong file harmless.
+        // A reference tile, not a slide: a 1 GiB decode limit bounds what a wrong file costs.
         let mut limits = image::Limits::default();
         limits.max_alloc = Some(1 << 30);
         r.limits(limits);
@@ -283,6 +293,21 @@ mod tests {
         let same = Reinhard::new(m, s).unwrap().normalise(&px);
         for (a, b) in same.iter().zip(&px) {
             assert!((a - *b as f32).abs() < 0.05);
+        }
+    }
+
+    #[test]
+    fn a_uniform_patch_moves_to_the_target_mean_without_blowing_up() {
+        let px = [200u8, 180, 210].repeat(224 * 224);
+        let t = Reinhard::new([60.0, 20.0, -10.0], [12.0, 6.0, 5.0]).unwrap();
+        let (_, sd) = patch_stats(&px);
+        assert!(sd.iter().all(|&s| s < FLAT), "float noise only: {sd:?}");
+        let out = t.normalise(&px);
+        let want = lab_to_rgb(t.mean);
+        for p in out.chunks(3) {
+            for c in 0..3 {
+                assert!((p[c] - want[c]).abs() < 0.05, "{p:?} vs {want:?}");
+            }
         }
     }
 

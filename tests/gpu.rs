@@ -124,6 +124,25 @@ fn the_stain_normalising_shader_matches_its_cpu_twin_within_1e_5() {
             "{src:?}: normalisation changed at most {moved}"
         );
     }
+    // A uniform patch (glass): its standard deviations are float noise, not structure. It is
+    // shifted to the target's mean colour, uniformly, on both sides alike.
+    let mut p = pre((64, 64), Layout::Nchw);
+    p.stain = Some(target);
+    let flat: Vec<u8> = [232u8, 226, 238].repeat(2 * 100 * 100);
+    let want = preprocess_cpu(&flat, 2, (100, 100), &p);
+    let got = g.preprocess(&flat, 2, (100, 100), &p).unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-5, "uniform patch: {worst}");
+    for plane in want.chunks(64 * 64) {
+        let (lo, hi) = plane
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+        assert!(hi - lo < 1e-4, "a uniform patch stays uniform: {lo}..{hi}");
+    }
 }
 
 #[test]

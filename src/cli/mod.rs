@@ -125,7 +125,8 @@ struct DeviceArgs {
     trt_cache: Option<PathBuf>,
     /// Resize, stain-normalise and normalise patches, and blend the overlay PNGs, with wgpu
     /// compute shaders: auto (on a real GPU when there is one), on (any adapter, Mesa's
-    /// lavapipe included; an error if none), off (the CPU code, same results).
+    /// lavapipe included; an error if none), off (the CPU code; the same within
+    /// rounding).
     #[arg(long, value_enum, default_value_t = GpuPreprocessArg::Auto)]
     gpu_preprocess: GpuPreprocessArg,
 }

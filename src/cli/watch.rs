@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use tessera::pipeline::AnalyzeConfig;
+use tessera::stain::Reinhard;
 use tessera::watch::{self, queue::Queue, worker::WorkerCommand, WatchConfig};
 
 use super::{InferenceArg, SlideArgs, EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE};
@@ -143,18 +144,39 @@ fn analyze_config(a: &WatchArgs) -> AnalyzeConfig {
 }
 
 /// The worker command: this executable, `watch-worker`, and the arguments this process was
-/// given after `watch` (so the worker parses exactly the same analysis settings).
-fn worker_command(timeout: Duration) -> Option<WorkerCommand> {
+/// given after `watch` (so the worker parses exactly the same analysis settings). A
+/// `--reinhard` reference image is replaced by the target read from it at start, so that every
+/// worker, restarted or not, uses that target even if the image changes.
+fn worker_command(timeout: Duration, stain: Option<Reinhard>) -> Option<WorkerCommand> {
     let program = std::env::current_exe().ok()?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let at = args.iter().position(|a| a == "watch")?;
-    let mut rest = vec![OsString::from("watch-worker")];
-    rest.extend(args[at + 1..].iter().cloned());
     Some(WorkerCommand {
         program,
-        args: rest,
+        args: worker_args(&args, stain)?,
         timeout,
     })
+}
+
+/// `watch-worker` and the arguments given after `watch` in `args`, with `--reinhard`'s value
+/// replaced by the target's six numbers; `None` without `watch`.
+fn worker_args(args: &[OsString], stain: Option<Reinhard>) -> Option<Vec<OsString>> {
+    let at = args.iter().position(|a| a == "watch")?;
+    let mut rest = vec![OsString::from("watch-worker")];
+    let mut given = args[at + 1..].iter();
+    while let Some(a) = given.next() {
+        if a == "--reinhard" {
+            given.next();
+        } else if !a.to_string_lossy().starts_with("--reinhard=") {
+            rest.push(a.clone());
+        }
+    }
+    if let Some(t) = stain {
+        // Shortest round-trip decimals: the worker parses back the same f32s.
+        let v: Vec<String> = t.mean.iter().chain(&t.std).map(f32::to_string).collect();
+        rest.push("--reinhard".into());
+        rest.push(v.join(",").into());
+    }
+    Some(rest)
 }
 
 /// One event as a log line.
@@ -232,7 +254,7 @@ pub fn run(a: &WatchArgs) -> u8 {
     cfg.worker_command = if a.in_process {
         None
     } else {
-        match worker_command(secs(a.slide_timeout)) {
+        match worker_command(secs(a.slide_timeout), a.reinhard) {
             Some(c) => Some(c),
             None => {
                 eprintln!("error: cannot find this executable to start worker processes");
@@ -324,5 +346,40 @@ pub fn run_queue(a: &QueueArgs) -> u8 {
             eprintln!("error: {e}");
             EXIT_ALL_FAILED
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_get_the_target_not_the_reference_image() {
+        let t = Reinhard::new([61.23456, 20.1, -9.9], [12.5, 6.0, 4.75]).unwrap();
+        let given: Vec<OsString> = [
+            "-v",
+            "watch",
+            "in",
+            "--reinhard",
+            "ref.png",
+            "--out",
+            "o",
+            "--reinhard=x.png",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let args = worker_args(&given, Some(t)).unwrap();
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(text[..4], ["watch-worker", "in", "--out", "o"]);
+        assert_eq!(text[4], "--reinhard");
+        assert_eq!(Reinhard::parse(&text[5]).unwrap(), t);
+        assert_eq!(text.len(), 6);
+        // Without normalisation nothing is added.
+        let plain: Vec<OsString> = ["watch", "in"].iter().map(OsString::from).collect();
+        assert_eq!(worker_args(&plain, None).unwrap().len(), 2);
     }
 }

@@ -20,6 +20,7 @@
 use std::sync::OnceLock;
 
 use image::RgbImage;
+use rayon::prelude::*;
 use wgpu::util::DeviceExt;
 
 use crate::batch::Preprocess;
@@ -256,7 +257,8 @@ impl Gpu {
         self.read_back(enc, &out, out_bytes)
     }
 
-    /// [`preprocess_cpu`] on the GPU: one dispatch for the batch.
+    /// [`preprocess_cpu`] on the GPU: one submission for the batch (one dispatch, two with
+    /// stain normalisation).
     pub fn preprocess(
         &self,
         pixels: &[u8],
@@ -515,48 +517,51 @@ pub fn preprocess_cpu(pixels: &[u8], n: usize, src: (u32, u32), pre: &Preprocess
     let div = if pre.to_unit { 255.0 } else { 1.0 };
     let (ky, kx) = (taps(sh, dh), taps(sw, dw));
     let plen = (sh * sw * 3) as usize;
-    for patch in 0..n {
-        let base = patch * plen;
-        // Each source pixel, stain-normalised when asked (the shader's `source`).
-        let src: Vec<f32> = match &pre.stain {
-            Some(t) => t.normalise(&pixels[base..base + plen]),
-            None => pixels[base..base + plen]
-                .iter()
-                .map(|&v| v as f32)
-                .collect(),
-        };
-        for oy in 0..dh {
-            for ox in 0..dw {
-                let mut acc = [0f32; 3];
-                for l in 0..ky {
-                    let (iy, wy) = tap(oy, sh, dh, l);
-                    if wy == 0.0 {
-                        continue;
-                    }
-                    for k in 0..kx {
-                        let (ix, wx) = tap(ox, sw, dw, k);
-                        if wx == 0.0 {
+    // Patches are independent: one rayon task each (the caller's pool, or the global one).
+    out.par_chunks_mut(per * 3)
+        .enumerate()
+        .for_each(|(patch, o)| {
+            let base = patch * plen;
+            // Each source pixel, stain-normalised when asked (the shader's `source`).
+            let src: Vec<f32> = match &pre.stain {
+                Some(t) => t.normalise(&pixels[base..base + plen]),
+                None => pixels[base..base + plen]
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect(),
+            };
+            for oy in 0..dh {
+                for ox in 0..dw {
+                    let mut acc = [0f32; 3];
+                    for l in 0..ky {
+                        let (iy, wy) = tap(oy, sh, dh, l);
+                        if wy == 0.0 {
                             continue;
                         }
-                        let w = wx * wy;
-                        let at = ((iy * sw + ix) * 3) as usize;
-                        for (c, a) in acc.iter_mut().enumerate() {
-                            *a += w * src[at + c];
+                        for k in 0..kx {
+                            let (ix, wx) = tap(ox, sw, dw, k);
+                            if wx == 0.0 {
+                                continue;
+                            }
+                            let w = wx * wy;
+                            let at = ((iy * sw + ix) * 3) as usize;
+                            for (c, a) in acc.iter_mut().enumerate() {
+                                *a += w * src[at + c];
+                            }
                         }
                     }
-                }
-                let pix = (oy * dw + ox) as usize;
-                for (c, a) in acc.iter().enumerate() {
-                    let v = (a / div - pre.mean[c]) / pre.std[c];
-                    let at = match pre.layout {
-                        Layout::Nchw => patch * per * 3 + c * per + pix,
-                        Layout::Nhwc => patch * per * 3 + pix * 3 + c,
-                    };
-                    out[at] = v;
+                    let pix = (oy * dw + ox) as usize;
+                    for (c, a) in acc.iter().enumerate() {
+                        let v = (a / div - pre.mean[c]) / pre.std[c];
+                        let at = match pre.layout {
+                            Layout::Nchw => c * per + pix,
+                            Layout::Nhwc => pix * 3 + c,
+                        };
+                        o[at] = v;
+                    }
                 }
             }
-        }
-    }
+        });
     out
 }
 
