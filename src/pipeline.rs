@@ -616,8 +616,8 @@ fn analyze_opened(
             "gpu_preprocess": gpu.map(|g| g.adapter.clone()),
             "stain_normalisation": cfg.stain.map(|t| json!({
                 "method": "reinhard",
-                "lab_mean": t.mean,
-                "lab_std": t.std,
+                "lab_mean": t.mean.map(decimal),
+                "lab_std": t.std.map(decimal),
                 "space": "CIE Lab (OpenCV RGB2Lab, sRGB, D65), L 0-100; per patch at the read size",
             })),
             "patch_size_pixels": c.patch_size_pixels,
@@ -627,7 +627,7 @@ fn analyze_opened(
             "read_level": plan.level,
             "read_side": plan.side,
             "min_tissue_fraction": cfg.min_tissue,
-            "threshold": cfg.threshold,
+            "threshold": decimal(cfg.threshold),
             "batch_size": cfg.batch_size,
             "slide_score": cfg.slide_score.to_string(),
             "top_regions": cfg.top_regions,
@@ -698,6 +698,11 @@ fn analyze_opened(
         slide_score,
         warnings,
     })
+}
+
+/// An f32 setting as the decimal it was given as (0.7, not 0.699999988079071).
+fn decimal(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
 }
 
 fn run_inference(

@@ -158,18 +158,22 @@ fn get(addr: &str, target: &str) -> Reply {
 
 /// `tessera analyze SLIDE --out OUT --inference tract`, which must succeed.
 fn analyze_into(slide: &Path, out: &Path) {
-    let o = tessera(
-        &[
-            OsStr::new("analyze"),
-            slide.as_os_str(),
-            OsStr::new("--out"),
-            out.as_os_str(),
-            OsStr::new("--inference"),
-            OsStr::new("tract"),
-            OsStr::new("-q"),
-        ],
-        &[],
-    );
+    analyze_into_with(slide, out, &[]);
+}
+
+/// [`analyze_into`] with more analysis flags.
+fn analyze_into_with(slide: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        OsStr::new("analyze"),
+        slide.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+        OsStr::new("--inference"),
+        OsStr::new("tract"),
+        OsStr::new("-q"),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    let o = tessera(&args, &[]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
@@ -984,4 +988,61 @@ fn slides_analysed_while_the_viewer_runs_appear_in_the_list() {
     assert_eq!(ids, vec![id.clone(), "small.svs".to_string()]);
     assert_eq!(get(a, "/slides/small.svs.dzi").status, 200);
     assert_eq!(get(a, &format!("/slides/{id}.dzi")).status, 200);
+
+    // A slide analysed again into its folder (another threshold, another stride): the viewer
+    // shows the new result and the new patches, without a restart.
+    let before = get(a, &format!("/api/slides/{id}")).json();
+    assert_eq!(before["parameters"]["threshold"], 0.5);
+    let cmu = data("slides/aperio/CMU-1-Small-Region.svs").unwrap();
+    analyze_into_with(&cmu, &out, &["--threshold", "0.75", "--stride", "112"]);
+    let t = Instant::now();
+    let after = loop {
+        let _ = get(a, "/api/slides"); // the listing is what refreshes the catalogue
+        let r = get(a, &format!("/api/slides/{id}")).json();
+        if r["parameters"]["threshold"] == 0.75 || t.elapsed() > Duration::from_secs(60) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        after["parameters"]["threshold"], 0.75,
+        "the new result.json is served"
+    );
+    assert_eq!(after["parameters"]["stride_pixels"], 112);
+    assert!(
+        after["patches_analysed"].as_u64().unwrap() > before["patches_analysed"].as_u64().unwrap(),
+        "half the stride, more patches"
+    );
+    // The patch under a point comes from the new patches.csv: take a patch that starts where
+    // no patch of the first analysis started (half a stride away).
+    let csv = std::fs::read_to_string(out.join(&id).join("patches.csv")).unwrap();
+    let rows: Vec<Vec<i64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').take(2).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let step = rows
+        .iter()
+        .map(|r| r[0])
+        .filter(|&x| x > rows[0][0])
+        .min()
+        .unwrap()
+        - rows[0][0];
+    let new = rows
+        .iter()
+        .find(|r| ((r[0] - rows[0][0]) / step) % 2 == 1)
+        .expect("a patch at an odd step");
+    let p = get(
+        a,
+        &format!("/api/slides/{id}/patch?x={}&y={}", new[0] + 2, new[1] + 2),
+    )
+    .json();
+    assert_eq!(
+        [
+            p["patch"]["x"].as_i64().unwrap(),
+            p["patch"]["y"].as_i64().unwrap()
+        ],
+        [new[0], new[1]],
+        "{p}"
+    );
 }

@@ -30,20 +30,31 @@ pub struct Case {
     pub slide: Option<PathBuf>,
     /// Why no slide file, when there is none.
     pub missing: Option<String>,
+    /// result.json's modification time and size when it was read: a folder whose result.json
+    /// changes (the slide was analysed again) is read again.
+    pub stamp: Option<Stamp>,
+}
+
+/// A file's modification time and size.
+pub type Stamp = (std::time::SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 /// Reads every case under `results` (the folder itself, or its sub-folders).
 pub fn load(results: &Path, slide_dirs: &[PathBuf], hash_full: bool) -> Result<Vec<Case>> {
-    load_new(results, slide_dirs, hash_full, |_| false)
+    load_new(results, slide_dirs, hash_full, |_, _| false)
 }
 
-/// [`load`], skipping the cases whose id `known` says are loaded already (a refresh reads only
-/// the folders that appeared since).
+/// [`load`], skipping the cases that `known(id, stamp)` says are loaded already with that
+/// result.json (a refresh reads only the folders that appeared or changed since).
 pub fn load_new(
     results: &Path,
     slide_dirs: &[PathBuf],
     hash_full: bool,
-    known: impl Fn(&str) -> bool,
+    known: impl Fn(&str, Option<Stamp>) -> bool,
 ) -> Result<Vec<Case>> {
     // Canonical, so that `serve .` inside one slide's folder still names the case.
     let results = &results
@@ -73,7 +84,8 @@ pub fn load_new(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if known(&id) {
+        let stamp = stamp(&dir.join("result.json"));
+        if known(&id, stamp) {
             continue;
         }
         let Ok(bytes) = std::fs::read(dir.join("result.json")) else {
@@ -92,6 +104,7 @@ pub fn load_new(
             result,
             slide,
             missing,
+            stamp,
         });
     }
     Ok(cases)

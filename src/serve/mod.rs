@@ -173,6 +173,11 @@ struct Shared {
 
 type St = Arc<Shared>;
 
+/// A case's id and result version (`id#stamp`): the key of its opened slide and its grid.
+fn version_key(case: &Case) -> String {
+    format!("{}#{:?}", case.id, case.stamp)
+}
+
 /// An HTTP error with a plain-text reason.
 struct Fail(StatusCode, String);
 
@@ -206,8 +211,11 @@ impl Shared {
             .ok_or_else(|| not_found("no such slide"))
     }
 
-    /// Adds output folders that appeared since the last listing (at most every 5 s), so that
-    /// slides analysed while the viewer runs (by `tessera watch`, say) show up. Blocking.
+    /// Adds output folders that appeared since the last listing (at most every 5 s), and reads
+    /// again those whose result.json changed, so that slides analysed while the viewer runs
+    /// (by `tessera watch`, say) show up, and a slide analysed again shows its new results.
+    /// Cached tiles need no purge: their keys carry the fingerprint and analysis time.
+    /// Blocking.
     fn refresh(&self) {
         {
             let Ok(mut last) = self.listed.lock() else {
@@ -219,20 +227,31 @@ impl Shared {
             *last = std::time::Instant::now();
         }
         let known = self.catalogue();
-        let Ok(new) = cases::load_new(&self.cfg.results, &self.cfg.slides, false, |id| {
-            known.contains_key(id)
+        let Ok(new) = cases::load_new(&self.cfg.results, &self.cfg.slides, false, |id, st| {
+            known.get(id).is_some_and(|c| c.stamp == st)
         }) else {
             return;
         };
         if new.is_empty() {
             return;
         }
+        let changed: Vec<String> = new.iter().map(|c| format!("{}#", c.id)).collect();
         if let Ok(mut c) = self.cases.write() {
             let mut next = (**c).clone();
             for case in new {
                 next.insert(case.id.clone(), Arc::new(case));
             }
             *c = Arc::new(next);
+        }
+        // The opened slide and grid of a changed case's old version are not needed any more
+        // (they are keyed by version, so a request still holding the old case is not mixed
+        // up with the new one).
+        let stale = |k: &String| changed.iter().any(|p| k.starts_with(p.as_str()));
+        if let Ok(mut m) = self.slides.lock() {
+            m.retain(|k, _| !stale(k));
+        }
+        if let Ok(mut m) = self.grids.lock() {
+            m.retain(|k, _| !stale(k));
         }
     }
 
@@ -243,7 +262,7 @@ impl Shared {
             return Err(not_found(case.missing.as_deref().unwrap_or("slide file")));
         };
         let once = match self.slides.lock() {
-            Ok(mut m) => m.entry(id.to_string()).or_default().clone(),
+            Ok(mut m) => m.entry(version_key(&case)).or_default().clone(),
             Err(_) => Arc::new(OnceSlide::new()),
         };
         once.get_or_init(|| {
@@ -257,7 +276,8 @@ impl Shared {
 
     fn grid(&self, id: &str) -> std::result::Result<Arc<ProbGrid>, Fail> {
         let case = self.case(id)?;
-        if let Some(g) = self.grids.lock().ok().and_then(|m| m.get(id).cloned()) {
+        let key = version_key(&case);
+        if let Some(g) = self.grids.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(g);
         }
         let g = Arc::new(
@@ -265,7 +285,7 @@ impl Shared {
                 .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
         );
         if let Ok(mut m) = self.grids.lock() {
-            m.insert(id.to_string(), g.clone());
+            m.insert(key, g.clone());
         }
         Ok(g)
     }
