@@ -515,7 +515,18 @@ pub fn preprocess_cpu(pixels: &[u8], n: usize, src: (u32, u32), pre: &Preprocess
     let per = (dh * dw) as usize;
     let mut out = vec![0f32; n * per * 3];
     let div = if pre.to_unit { 255.0 } else { 1.0 };
-    let (ky, kx) = (taps(sh, dh), taps(sw, dw));
+    // The taps of each output row and column (the shader's, computed once), zeros dropped.
+    let axis = |len: u32, out: u32| -> Vec<Vec<(u32, f32)>> {
+        (0..out)
+            .map(|o| {
+                (0..taps(len, out))
+                    .map(|k| tap(o, len, out, k))
+                    .filter(|t| t.1 != 0.0)
+                    .collect()
+            })
+            .collect()
+    };
+    let (ytaps, xtaps) = (axis(sh, dh), axis(sw, dw));
     let plen = (sh * sw * 3) as usize;
     // Patches are independent: one rayon task each (the caller's pool, or the global one).
     out.par_chunks_mut(per * 3)
@@ -533,16 +544,8 @@ pub fn preprocess_cpu(pixels: &[u8], n: usize, src: (u32, u32), pre: &Preprocess
             for oy in 0..dh {
                 for ox in 0..dw {
                     let mut acc = [0f32; 3];
-                    for l in 0..ky {
-                        let (iy, wy) = tap(oy, sh, dh, l);
-                        if wy == 0.0 {
-                            continue;
-                        }
-                        for k in 0..kx {
-                            let (ix, wx) = tap(ox, sw, dw, k);
-                            if wx == 0.0 {
-                                continue;
-                            }
+                    for &(iy, wy) in &ytaps[oy as usize] {
+                        for &(ix, wx) in &xtaps[ox as usize] {
                             let w = wx * wy;
                             let at = ((iy * sw + ix) * 3) as usize;
                             for (c, a) in acc.iter_mut().enumerate() {
