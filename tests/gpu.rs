@@ -21,6 +21,18 @@ fn gpu() -> Option<&'static Gpu> {
     }
 }
 
+/// The largest |a − b| over two equally long slices (NaNs ignored, as `f32::max` does).
+fn max_diff<T: Copy + std::ops::Sub<Output = T> + PartialOrd + Default>(a: &[T], b: &[T]) -> T {
+    a.iter().zip(b).fold(T::default(), |worst, (&x, &y)| {
+        let d = if x > y { x - y } else { y - x };
+        if d > worst {
+            d
+        } else {
+            worst
+        }
+    })
+}
+
 /// Deterministic pseudo-random bytes (xorshift).
 fn noise(n: usize, mut x: u64) -> Vec<u8> {
     (0..n)
@@ -62,11 +74,7 @@ fn the_preprocess_shader_matches_its_cpu_twin_within_1e_5() {
         let want = preprocess_cpu(&px, n, src, &p);
         let got = g.preprocess(&px, n, src, &p).unwrap();
         assert_eq!(got.len(), want.len());
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_diff(&got, &want);
         eprintln!("preprocess {src:?} -> {dst:?} {layout:?}: max |gpu - cpu| = {worst:e}");
         assert!(worst <= 1e-5, "{src:?} -> {dst:?}: {worst}");
     }
@@ -104,21 +112,13 @@ fn the_stain_normalising_shader_matches_its_cpu_twin_within_1e_5() {
         let want = preprocess_cpu(&px, n, src, &p);
         let got = g.preprocess(&px, n, src, &p).unwrap();
         assert_eq!(got.len(), want.len());
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_diff(&got, &want);
         eprintln!("reinhard {src:?} -> {dst:?} {layout:?}: max |gpu - cpu| = {worst:e}");
         assert!(worst <= 1e-5, "{src:?} -> {dst:?}: {worst}");
         // Normalisation did something: the same patches unnormalised differ.
         p.stain = None;
         let plain = preprocess_cpu(&px, n, src, &p);
-        let moved = plain
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let moved = max_diff(&plain, &want);
         assert!(
             moved > 0.1,
             "{src:?}: normalisation changed at most {moved}"
@@ -131,11 +131,7 @@ fn the_stain_normalising_shader_matches_its_cpu_twin_within_1e_5() {
     let flat: Vec<u8> = [232u8, 226, 238].repeat(2 * 100 * 100);
     let want = preprocess_cpu(&flat, 2, (100, 100), &p);
     let got = g.preprocess(&flat, 2, (100, 100), &p).unwrap();
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = max_diff(&got, &want);
     assert!(worst <= 1e-5, "uniform patch: {worst}");
     for plane in want.chunks(64 * 64) {
         let (lo, hi) = plane
@@ -158,11 +154,7 @@ fn the_cpu_twin_resizes_as_the_pipeline_does() {
     p.pack(&resized, &mut pipeline);
     let twin = preprocess_cpu(&px, 1, src, &p);
     let bound = 0.5 / 255.0 / 0.224 + 1e-4;
-    let worst = pipeline
-        .iter()
-        .zip(&twin)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = max_diff(&pipeline, &twin);
     assert!(worst <= bound, "{worst} > {bound}");
 }
 
@@ -343,11 +335,7 @@ fn analyze_with_reinhard_normalisation_records_it_and_agrees_on_gpu_and_cpu() {
     );
     assert_eq!(p0.len(), p1.len());
     assert!(!p0.is_empty());
-    let moved = p0
-        .iter()
-        .zip(&p1)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f64, f64::max);
+    let moved = max_diff(&p0, &p1);
     eprintln!(
         "reinhard vs none: max |Δp| = {moved:e} over {} patches",
         p0.len()
@@ -372,11 +360,7 @@ fn analyze_with_reinhard_normalisation_records_it_and_agrees_on_gpu_and_cpu() {
     }
     let (gpu_run, p2) = run("gpu", &["--gpu-preprocess", "on", "--reinhard", target]);
     assert!(gpu_run["parameters"]["gpu_preprocess"].is_string());
-    let worst = p1
-        .iter()
-        .zip(&p2)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f64, f64::max);
+    let worst = max_diff(&p1, &p2);
     eprintln!("reinhard on gpu vs cpu: max |Δp| = {worst:e}");
     assert!(worst <= 1e-4, "{worst}");
 }
