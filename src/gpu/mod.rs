@@ -193,25 +193,52 @@ impl Gpu {
         })
     }
 
-    /// Runs `pipeline` over `items` invocations with `buffers` bound in order (binding 0 the
-    /// uniform), and reads back the last one (`out_bytes` long).
-    fn run(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        uniform: &[u8],
-        inputs: &[&[u8]],
-        out_bytes: u64,
-        items: u32,
-    ) -> Result<Vec<u8>, String> {
-        let d = &self.device;
-        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = self.dispatch(pipeline, uniform, inputs, out_bytes, items);
+    /// Runs `f` with wgpu's validation errors turned into an `Err` (they would otherwise be
+    /// reported only to the device's error handler).
+    fn validated<T>(&self, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(format!("GPU validation: {}", describe(&e)));
         }
         result
     }
 
+    /// A bind group of `pipeline`'s group 0 with each (binding, buffer).
+    fn bind(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        bindings: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = bindings
+            .iter()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: *i,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Records one compute pass of `pipeline` over `groups` workgroups (x, y).
+    fn record(
+        enc: &mut wgpu::CommandEncoder,
+        pipeline: &wgpu::ComputePipeline,
+        group: &wgpu::BindGroup,
+        (x, y): (u32, u32),
+    ) {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+
+    /// Runs `pipeline` over `items` invocations with the uniform at binding 0, `inputs` at the
+    /// next bindings and the output after them, and reads the output back (`out_bytes` long).
     fn dispatch(
         &self,
         pipeline: &wgpu::ComputePipeline,
@@ -220,40 +247,21 @@ impl Gpu {
         out_bytes: u64,
         items: u32,
     ) -> Result<Vec<u8>, String> {
-        let d = &self.device;
         let u = self.buffer(uniform, wgpu::BufferUsages::UNIFORM)?;
         let ins = inputs
             .iter()
             .map(|b| self.buffer(b, wgpu::BufferUsages::STORAGE))
             .collect::<Result<Vec<_>, _>>()?;
         let out = self.scratch(out_bytes)?;
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: u.as_entire_binding(),
-        }];
-        for (i, b) in ins.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: b.as_entire_binding(),
-            });
-        }
-        entries.push(wgpu::BindGroupEntry {
-            binding: ins.len() as u32 + 1,
-            resource: out.as_entire_binding(),
-        });
-        let group = d.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        let mut enc = d.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            let (x, y) = dispatch_size(items);
-            pass.dispatch_workgroups(x, y, 1);
-        }
+        let bindings: Vec<(u32, &wgpu::Buffer)> = std::iter::once(&u)
+            .chain(&ins)
+            .chain([&out])
+            .enumerate()
+            .map(|(i, b)| (i as u32, b))
+            .collect();
+        let group = self.bind(pipeline, &bindings);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        Self::record(&mut enc, pipeline, &group, dispatch_size(items));
         self.read_back(enc, &out, out_bytes)
     }
 
@@ -298,78 +306,55 @@ impl Gpu {
         if pre.stain.is_some() && n > MAX_GROUPS as usize {
             return Err(format!("{n} patches: at most {MAX_GROUPS} per batch"));
         }
-        let d = &self.device;
-        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = self.preprocess_passes(&u, pixels, n as u32, values * 4, items);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(format!("GPU validation: {}", describe(&e)));
-        }
-        Ok(result?
+        let stain = pre.stain.is_some();
+        let bytes = self
+            .validated(|| self.preprocess_passes(&u, pixels, n as u32, stain, values * 4, items))?;
+        Ok(bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
     }
 
-    /// The preprocess submission: the stain statistics pass when the uniform asks for it, then
-    /// the resize/normalise pass; returns the output buffer's bytes.
+    /// The preprocess submission: the stain statistics pass when `stain`, then the
+    /// resize/normalise pass; returns the output buffer's bytes.
     fn preprocess_passes(
         &self,
         uniform: &[u8],
         pixels: &[u8],
         n: u32,
+        stain: bool,
         out_bytes: u64,
         items: u32,
     ) -> Result<Vec<u8>, String> {
-        let d = &self.device;
-        let stain = uniform[28] != 0;
         let u = self.buffer(uniform, wgpu::BufferUsages::UNIFORM)?;
         let src = self.buffer(pixels, wgpu::BufferUsages::STORAGE)?;
         let stats = self.scratch(if stain { n as u64 * 32 } else { 32 })?;
         let out = self.scratch(out_bytes)?;
-        let group = |pipeline: &wgpu::ComputePipeline, bindings: &[(u32, &wgpu::Buffer)]| {
-            let entries: Vec<wgpu::BindGroupEntry> = bindings
-                .iter()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: *i,
-                    resource: b.as_entire_binding(),
-                })
-                .collect();
-            d.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            })
-        };
-        let mut enc = d.create_command_encoder(&Default::default());
+        let mut enc = self.device.create_command_encoder(&Default::default());
         if stain {
-            let g = group(&self.stats, &[(0, &u), (1, &src), (3, &stats)]);
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&self.stats);
-            pass.set_bind_group(0, &g, &[]);
-            pass.dispatch_workgroups(n, 1, 1);
+            let g = self.bind(&self.stats, &[(0, &u), (1, &src), (3, &stats)]);
+            Self::record(&mut enc, &self.stats, &g, (n, 1));
         }
-        {
-            let g = group(
-                &self.preprocess,
-                &[(0, &u), (1, &src), (2, &out), (3, &stats)],
-            );
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&self.preprocess);
-            pass.set_bind_group(0, &g, &[]);
-            let (x, y) = dispatch_size(items);
-            pass.dispatch_workgroups(x, y, 1);
-        }
+        let bindings = [(0, &u), (1, &src), (2, &out), (3, &stats)];
+        let g = self.bind(&self.preprocess, &bindings);
+        Self::record(&mut enc, &self.preprocess, &g, dispatch_size(items));
         self.read_back(enc, &out, out_bytes)
     }
 
-    /// A buffer holding `bytes` (padded to whole 32-bit words, as shaders read them).
-    fn buffer(&self, bytes: &[u8], usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, String> {
+    /// `Err` when a buffer of `bytes` exceeds what the device binds.
+    fn fits(&self, bytes: u64) -> Result<(), String> {
         let limit = self.device.limits().max_storage_buffer_binding_size;
-        if bytes.len() as u64 > limit {
+        if bytes > limit {
             return Err(format!(
                 "a buffer exceeds the device's limit of {limit} bytes"
             ));
         }
+        Ok(())
+    }
+
+    /// A buffer holding `bytes` (padded to whole 32-bit words, as shaders read them).
+    fn buffer(&self, bytes: &[u8], usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, String> {
+        self.fits(bytes.len() as u64)?;
         let mut v = bytes.to_vec();
         v.resize(v.len().div_ceil(4).max(1) * 4, 0);
         Ok(self
@@ -383,12 +368,7 @@ impl Gpu {
 
     /// A storage buffer of `bytes` that shaders write and that can be copied out.
     fn scratch(&self, bytes: u64) -> Result<wgpu::Buffer, String> {
-        let limit = self.device.limits().max_storage_buffer_binding_size;
-        if bytes > limit {
-            return Err(format!(
-                "a buffer exceeds the device's limit of {limit} bytes"
-            ));
-        }
+        self.fits(bytes)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes.max(4),
@@ -458,13 +438,15 @@ impl Gpu {
             .flat_map(|p| [p.0[0], p.0[1], p.0[2], 255])
             .collect();
         let g: Vec<u8> = grid.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let bytes = self.run(
-            &self.overlay,
-            &u,
-            &[&rgba, &g],
-            w as u64 * h as u64 * 4,
-            w * h,
-        )?;
+        let bytes = self.validated(|| {
+            self.dispatch(
+                &self.overlay,
+                &u,
+                &[&rgba, &g],
+                w as u64 * h as u64 * 4,
+                w * h,
+            )
+        })?;
         let rgb: Vec<u8> = bytes
             .chunks_exact(4)
             .flat_map(|p| [p[0], p[1], p[2]])
