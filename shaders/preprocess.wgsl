@@ -151,7 +151,7 @@ fn stats_main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     }
 }
 
-// Source pixel `at` of patch `pidx`, stain-normalised when asked (stain::Reinhard::apply).
+// Source pixel `at` of patch `pidx`, stain-normalised when asked (stain::Reinhard::normalise).
 fn source(at: u32, pidx: u32) -> vec3<f32> {
     let rgb = pixel(at);
     if (p.stain == 0u) {

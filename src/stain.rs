@@ -176,11 +176,7 @@ fn lab_stats(labs: &[[f32; 3]]) -> ([f32; 3], [f32; 3]) {
 }
 
 impl Reinhard {
-    /// One pixel (RGB 0–255) of a patch with Lab statistics `src` moved to the target.
-    pub fn apply(&self, rgb: [f32; 3], src: ([f32; 3], [f32; 3])) -> [f32; 3] {
-        self.apply_lab(rgb_to_lab(rgb), src)
-    }
-
+    /// One pixel (Lab) of a patch with Lab statistics `src` moved to the target, as RGB 0–255.
     fn apply_lab(&self, lab: [f32; 3], src: ([f32; 3], [f32; 3])) -> [f32; 3] {
         let out = [0, 1, 2].map(|c| {
             let ratio = if src.1[c] > FLAT {
