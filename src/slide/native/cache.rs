@@ -14,7 +14,7 @@ use crate::geom::TileIndex;
 pub type TileKey = (usize, TileIndex);
 
 struct State {
-    map: HashMap<TileKey, (Arc<[u8]>, u64)>,
+    map: HashMap<TileKey, (Arc<Vec<u8>>, u64)>,
     order: BTreeMap<u64, TileKey>,
     bytes: u64,
     tick: u64,
@@ -47,7 +47,7 @@ impl TileCache {
     }
 
     /// The tile, if cached; marks it as recently used.
-    pub fn get(&self, key: &TileKey) -> Option<Arc<[u8]>> {
+    pub fn get(&self, key: &TileKey) -> Option<Arc<Vec<u8>>> {
         let mut s = self.lock();
         s.tick += 1;
         let tick = s.tick;
@@ -63,7 +63,7 @@ impl TileCache {
     }
 
     /// Stores a tile, evicting the least recently used ones to stay within the budget.
-    pub fn insert(&self, key: TileKey, tile: Arc<[u8]>) {
+    pub fn insert(&self, key: TileKey, tile: Arc<Vec<u8>>) {
         let size = tile.len() as u64;
         if size > self.capacity {
             return;

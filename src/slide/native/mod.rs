@@ -244,7 +244,7 @@ impl NativeReader {
     }
 
     /// The decoded tile, from the cache or the file; `None` for a missing tile (no bytes).
-    fn tile(&self, level: usize, t: TileIndex) -> Result<Option<Arc<[u8]>>> {
+    fn tile(&self, level: usize, t: TileIndex) -> Result<Option<Arc<Vec<u8>>>> {
         if let Some(tile) = self.cache.get(&(level, t)) {
             return Ok(Some(tile));
         }
@@ -254,7 +254,8 @@ impl NativeReader {
         if !self.decode_tile_into(level, t, &mut buf)? {
             return Ok(None);
         }
-        let tile: Arc<[u8]> = buf.into();
+        // Arc::new moves the buffer; `Arc<[u8]>::from(Vec)` would copy every tile once more.
+        let tile = Arc::new(buf);
         self.cache.insert((level, t), tile.clone());
         Ok(Some(tile))
     }
@@ -293,7 +294,7 @@ impl NativeReader {
         &self,
         level: usize,
         tiles: Vec<TileIndex>,
-    ) -> Result<HashMap<TileIndex, Option<Arc<[u8]>>>> {
+    ) -> Result<HashMap<TileIndex, Option<Arc<Vec<u8>>>>> {
         tiles
             .into_par_iter()
             .map(|t| self.tile(level, t).map(|tile| (t, tile)))
@@ -668,9 +669,6 @@ impl SlideReader for NativeReader {
                 return Ok(());
             }
         }
-        // Everything not painted below (outside the image, missing tiles) is white.
-        out.fill(255);
-
         let mut wanted = Vec::new();
         for row in t0.row..=t1.row {
             for col in t0.col..=t1.col {
@@ -681,6 +679,16 @@ impl SlideReader for NativeReader {
         let (tw, th) = (l.tile.width, l.tile.height);
 
         if wx == 0 && wy == 0 {
+            // Everything not painted below (outside the image, missing tiles) is white; when
+            // present tiles cover the whole region, every byte is painted and the fill is moot.
+            let covered = skip_x == 0
+                && skip_y == 0
+                && x1 - x0 == w
+                && y1 - y0 == h
+                && tiles.values().all(Option::is_some);
+            if !covered {
+                out.fill(255);
+            }
             // Whole-pixel start: copy rows of tiles into place.
             for (t, tile) in &tiles {
                 let Some(tile) = tile else { continue };
@@ -706,7 +714,11 @@ impl SlideReader for NativeReader {
         }
 
         // Fractional start: bilinear resampling over a stitched window of source pixels
-        // (RGBA, alpha 0 outside the image and in missing tiles), composited onto white.
+        // (RGBA, alpha 0 outside the image and in missing tiles), composited onto white. The
+        // loop below writes every pixel after the cut-off margins; those are white.
+        if skip_x > 0 || skip_y > 0 {
+            out.fill(255);
+        }
         let (swu, shu) = (sw as usize, sh as usize);
         let mut win = vec![0u8; swu * shu * 4];
         for (t, tile) in &tiles {
