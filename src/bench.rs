@@ -31,9 +31,23 @@ pub struct ReadBench {
     pub repeats: usize,
     /// The native reader's tile cache for the runs (OpenSlide's default is 32 MiB).
     pub cache_bytes: u64,
-    /// Snap region locations to multiples of the side (whole-tile reads when the side equals
-    /// the tile size), as a patch grid at the slide's own tiling reads them.
-    pub aligned: bool,
+    /// Where the regions are.
+    pub pattern: ReadPattern,
+}
+
+/// Where `bench read` puts its regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPattern {
+    /// Seeded random level-0 locations: each 256² region spans about four tiles, and tiles
+    /// are rarely reused (random access, as in patch sampling).
+    Random,
+    /// Seeded random locations snapped to multiples of the side (whole-tile reads when the
+    /// side equals the tile size).
+    Aligned,
+    /// A patch grid at stride = side read in `analyze`'s order (vertical strips about 2048
+    /// px wide, each top to bottom), starting at a seeded strip: neighbouring patches share
+    /// tiles, which the caches serve, as in an analysis.
+    Walk,
 }
 
 /// One measured configuration.
@@ -61,9 +75,33 @@ fn locations(slide: &Slide, spec: &ReadBench) -> Vec<Level0Px> {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) % n.max(1)
     };
+    let side = spec.side.max(1);
+    if spec.pattern == ReadPattern::Walk {
+        let (cols, rows) = ((d.width / side) as u32, (d.height / side) as u32);
+        if cols == 0 || rows == 0 {
+            return Vec::new();
+        }
+        let tile = slide.levels()[0].tile_size.map(|t| t.width);
+        let per_strip = crate::pipeline::strip_patches(side as f64, tile);
+        let first = next(u64::from(cols)) as u32 / per_strip;
+        let strips = cols.div_ceil(per_strip);
+        // From the top of a seeded strip, strip after strip (wrapping round), each top to
+        // bottom, left to right within a row: the order `analyze` reads its patches in.
+        return (0..strips)
+            .map(|s| (first + s) % strips)
+            .flat_map(|s| {
+                let c0 = s * per_strip;
+                let c1 = (c0 + per_strip).min(cols);
+                (0..rows).flat_map(move |r| (c0..c1).map(move |c| (c, r)))
+            })
+            .cycle()
+            .take(spec.regions)
+            .map(|(c, r)| Level0Px::new((u64::from(c) * side) as i64, (u64::from(r) * side) as i64))
+            .collect();
+    }
     let snap = |v: u64| {
-        if spec.aligned {
-            v / spec.side * spec.side
+        if spec.pattern == ReadPattern::Aligned {
+            v / side * side
         } else {
             v
         }
@@ -71,8 +109,8 @@ fn locations(slide: &Slide, spec: &ReadBench) -> Vec<Level0Px> {
     (0..spec.regions)
         .map(|_| {
             Level0Px::new(
-                snap(next(d.width.saturating_sub(spec.side) + 1)) as i64,
-                snap(next(d.height.saturating_sub(spec.side) + 1)) as i64,
+                snap(next(d.width.saturating_sub(side) + 1)) as i64,
+                snap(next(d.height.saturating_sub(side) + 1)) as i64,
             )
         })
         .collect()
@@ -110,7 +148,8 @@ fn run_once(slide: &Slide, at: &[Level0Px], side: u64, threads: usize) -> Result
     Ok((at.len() as f64 / secs, total))
 }
 
-/// Runs the benchmark on `path`. `config` supplies the OpenSlide location and limits.
+/// Runs the benchmark on `path`. `config` supplies the OpenSlide location and limits, and its
+/// backend: `Auto` measures both readers, `Native` or `OpenSlide` only that one.
 pub fn bench_read(
     path: &Path,
     spec: &ReadBench,
@@ -118,10 +157,15 @@ pub fn bench_read(
 ) -> Result<Vec<ReadBenchRow>> {
     let mut rows = Vec::new();
     for &threads in &spec.threads {
-        for (backend, name) in [
+        // `--backend auto` (the default) measures both readers; naming one measures only it.
+        let both = [
             (BackendChoice::Native, "native"),
             (BackendChoice::OpenSlide, "openslide"),
-        ] {
+        ];
+        for (backend, name) in both
+            .into_iter()
+            .filter(|(b, _)| config.backend == BackendChoice::Auto || config.backend == *b)
+        {
             let config = SlideConfig {
                 backend,
                 cache_bytes: spec.cache_bytes,

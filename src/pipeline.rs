@@ -742,7 +742,7 @@ fn run_inference(
     std::thread::scope(|s| -> Result<()> {
         let decode_pool = &decode_pool;
         let producer = s.spawn(move || -> Result<()> {
-            for chunk in read_order(grid, plan).chunks(batch_size) {
+            for chunk in read_order(slide, grid, plan).chunks(batch_size) {
                 let chunk: Vec<crate::grid::Patch> =
                     chunk.iter().map(|&i| grid.patches[i].clone()).collect();
                 let chunk = chunk.as_slice();
@@ -820,14 +820,38 @@ fn run_inference(
 /// moment (two tile rows of one strip) fit a small cache, so each tile is decoded about once
 /// without holding whole rows of a wide slide. Results are keyed by grid index, so the order
 /// changes no output.
-fn read_order(grid: &PatchGrid, plan: crate::grid::ReadPlan) -> Vec<usize> {
-    let per_strip = (2048 / plan.side.max(1)).max(1) as u32;
+fn read_order(slide: &Slide, grid: &PatchGrid, plan: crate::grid::ReadPlan) -> Vec<usize> {
+    let level = &slide.levels()[plan.level];
+    let per_strip = strip_patches(
+        grid.stride_l0 / level.downsample,
+        level.tile_size.map(|t| t.width),
+    );
     let mut order: Vec<usize> = (0..grid.patches.len()).collect();
     order.sort_by_key(|&i| {
         let p = &grid.patches[i].index;
         (p.col / per_strip, p.row, p.col)
     });
     order
+}
+
+/// Patches per read strip, for patches `stride` read-level pixels apart on a level with
+/// `tile_width`-pixel tiles: about 2048 pixels; and where some k patches span whole tiles
+/// within 4096 pixels, a multiple of k, so that strips meet on tile boundaries and no tile
+/// is decoded once for each of two strips (224-pixel patches on 256-pixel tiles: 8, not 9).
+/// `bench read --walk` reads in the same order.
+pub(crate) fn strip_patches(stride: f64, tile_width: Option<u64>) -> u32 {
+    let stride = stride.max(1.0);
+    let about = ((2048.0 / stride) as u32).max(1);
+    let Some(tile) = tile_width.filter(|&t| t > 0).map(|t| t as f64) else {
+        return about;
+    };
+    let most = ((4096.0 / stride) as u32).max(1);
+    (1..=most)
+        .find(|&k| {
+            let tiles = k as f64 * stride / tile;
+            tiles >= 1.0 && (tiles - tiles.round()).abs() < 1e-9
+        })
+        .map_or(about, |k| k * (about / k).max(1))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1014,4 +1038,25 @@ pub fn write_identifier_images(dir: &Path, slide: &Slide) -> Result<Vec<String>>
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_patches;
+
+    #[test]
+    fn read_strips_end_on_tile_boundaries_where_the_stride_allows() {
+        // 8 × 224 = 1792 = 7 × 256: strips of 8, not the 9 that 2048 px alone would give.
+        assert_eq!(strip_patches(224.0, Some(256)), 8);
+        assert_eq!(strip_patches(256.0, Some(256)), 8);
+        // Aperio's 240-pixel tiles: 15 × 224 = 3360 = 14 × 240.
+        assert_eq!(strip_patches(224.0, Some(240)), 15);
+        assert_eq!(strip_patches(128.0, Some(512)), 16);
+        // No tile size, or no whole-tile span within 4096 px: about 2048 px.
+        assert_eq!(strip_patches(224.0, None), 9);
+        assert_eq!(strip_patches(512.0, Some(240)), 4);
+        assert_eq!(strip_patches(223.5, Some(256)), 9);
+        // Patches wider than the strip target still make strips of one.
+        assert_eq!(strip_patches(5000.0, Some(256)), 1);
+    }
 }

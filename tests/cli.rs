@@ -320,6 +320,52 @@ fn generate_then_bench_read_runs_both_readers_on_the_same_regions() {
         text.contains("ratio native/openslide at 2 thread(s)"),
         "{text}"
     );
+
+    // Analysis order: both readers read the same patches (the same mean pixel value, up to
+    // JPEG decoders' rounding); naming a backend measures only that one.
+    let walk = |backend: &str| {
+        let out = tessera_str(&[
+            "bench",
+            "read",
+            slide.to_str().unwrap(),
+            "--walk",
+            "--side",
+            "224",
+            "--regions",
+            "200",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--backend",
+            backend,
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = walk("auto");
+    assert!(
+        text.contains("200 analysis-order regions of 224²"),
+        "{text}"
+    );
+    let means = text
+        .split_once("(mean pixel value ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(m, _)| {
+            m.split(" vs ")
+                .map(|v| v.parse::<f64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_else(|| panic!("no mean pixel values in {text}"));
+    assert!(
+        means.len() == 2 && means[0] > 100.0 && (means[0] - means[1]).abs() < 0.5,
+        "{text}"
+    );
+    let text = walk("native");
+    assert!(
+        text.contains(" native ") && !text.contains("openslide ") && !text.contains("ratio"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use tessera::bench::{bench_read, ReadBench};
+use tessera::bench::{bench_read, ReadBench, ReadBenchRow, ReadPattern};
 
 use super::{InferenceArg, SlideArgs, EXIT_ALL_FAILED, EXIT_OK};
 
@@ -114,8 +114,12 @@ struct ReadArgs {
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
     /// Snap locations to multiples of the side (whole-tile reads when side = tile size).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "walk")]
     aligned: bool,
+    /// Read a patch grid (stride = side) in analyze's order, vertical strips about 2048 px
+    /// wide, each top to bottom, from a seeded strip: neighbouring patches share tiles.
+    #[arg(long)]
+    walk: bool,
     /// Native tile cache for the runs, in MiB (OpenSlide's default cache is 32 MiB).
     #[arg(long, default_value_t = 32)]
     bench_cache_mib: u64,
@@ -145,7 +149,13 @@ pub fn run(args: &BenchArgs) -> u8 {
         threads,
         repeats: a.repeats,
         cache_bytes: a.bench_cache_mib * 1024 * 1024,
-        aligned: a.aligned,
+        pattern: if a.walk {
+            ReadPattern::Walk
+        } else if a.aligned {
+            ReadPattern::Aligned
+        } else {
+            ReadPattern::Random
+        },
     };
     match bench_read(&a.slide_path, &spec, &a.slide.config()) {
         Ok(rows) => {
@@ -153,7 +163,11 @@ pub fn run(args: &BenchArgs) -> u8 {
                 "slide {}; {} {}regions of {}² at level 0, seed {}, median of {} runs, cores {all}",
                 a.slide_path.display(),
                 spec.regions,
-                if spec.aligned { "aligned " } else { "" },
+                match spec.pattern {
+                    ReadPattern::Random => "random ",
+                    ReadPattern::Aligned => "aligned ",
+                    ReadPattern::Walk => "analysis-order ",
+                },
                 spec.side,
                 spec.seed,
                 spec.repeats
@@ -173,8 +187,9 @@ pub fn run(args: &BenchArgs) -> u8 {
                 );
             }
             let bytes = (spec.regions as u64 * spec.side * spec.side * 3).div_ceil(61) as f64;
-            for pair in rows.chunks(2) {
-                if let [n, o] = pair {
+            for n in rows.iter().filter(|r| r.backend == "native") {
+                let same = |o: &&ReadBenchRow| o.backend == "openslide" && o.threads == n.threads;
+                if let Some(o) = rows.iter().find(same) {
                     println!(
                         "ratio native/openslide at {} thread(s): {:.2}× (mean pixel value {:.3} \
                          vs {:.3})",
