@@ -225,7 +225,10 @@ fn jpeg(
     } else {
         ColorSpace::RGB
     };
+    // Strict: zune-jpeg otherwise pads a tile whose scan ends early with grey and reports
+    // success; OpenSlide makes every libjpeg warning fatal, and so do we.
     let options = DecoderOptions::default()
+        .set_strict_mode(true)
         .jpeg_set_out_colorspace(out_cs)
         .set_max_width(width.max(1))
         .set_max_height(height.max(1));
@@ -325,6 +328,34 @@ mod tests {
         let z = miniz_oxide::deflate::compress_to_vec_zlib(&diff, 6);
         decode(&enc(Codec::Deflate, 2), &z, 4, 2, &mut out).unwrap();
         assert_eq!(out, pixels);
+    }
+
+    /// A JPEG tile cut short inside its entropy-coded data, or with its scan damaged, is an
+    /// error (as OpenSlide makes libjpeg's warnings fatal), never a tile padded with grey.
+    /// Not caught: a scan cut short and then closed with a fresh end-of-image marker, which
+    /// zune-jpeg decodes by padding the scan with zero bits (a valid code in most tables).
+    #[test]
+    fn a_truncated_or_damaged_jpeg_tile_is_an_error() {
+        let (w, h) = (64usize, 64usize);
+        let pixels: Vec<u8> = (0..w * h * 3).map(|i| ((i * 37) % 251) as u8).collect();
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 90)
+            .encode(&pixels, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let mut e = enc(Codec::Jpeg, 1);
+        e.photometric = 6;
+        let mut out = vec![0; w * h * 3];
+        decode(&e, &jpeg, w, h, &mut out).unwrap();
+        // Cut inside the scan, with and without an end-of-image marker after the cut.
+        let cut = &jpeg[..jpeg.len() * 2 / 3];
+        let err = decode(&e, cut, w, h, &mut out).unwrap_err();
+        assert!(err.starts_with("JPEG"), "{err}");
+        // Damage: a stray marker in the middle of the scan.
+        let mut damaged = jpeg.clone();
+        let mid = damaged.len() / 2;
+        damaged[mid..mid + 2].copy_from_slice(&[0xFF, 0xC4]);
+        let err = decode(&e, &damaged, w, h, &mut out).unwrap_err();
+        assert!(err.starts_with("JPEG"), "{err}");
     }
 
     #[test]
