@@ -116,7 +116,16 @@ fn locations(slide: &Slide, spec: &ReadBench) -> Vec<Level0Px> {
         .collect()
 }
 
-fn run_once(slide: &Slide, at: &[Level0Px], side: u64, threads: usize) -> Result<(f64, u64)> {
+/// Patches per parallel step of a walk: `analyze`'s default batch size.
+const WALK_BATCH: usize = 32;
+
+fn run_once(
+    slide: &Slide,
+    at: &[Level0Px],
+    side: u64,
+    threads: usize,
+    pattern: ReadPattern,
+) -> Result<(f64, u64)> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -124,24 +133,30 @@ fn run_once(slide: &Slide, at: &[Level0Px], side: u64, threads: usize) -> Result
             path: slide.path().into(),
             reason: format!("cannot start {threads} threads: {e}"),
         })?;
+    let read = |p: &Level0Px| -> Result<u64> {
+        let img = slide.read_region(*p, 0, Size::new(side, side))?;
+        // A sparse checksum keeps the reads observable without adding a full pass over
+        // every pixel to both readers' times.
+        Ok(img
+            .as_raw()
+            .iter()
+            .step_by(61)
+            .map(|&b| b as u64)
+            .sum::<u64>())
+    };
     let start = Instant::now();
     // The regions are shared out over the pool's threads; the native reader's own parallel
-    // tile decoding runs on the same pool, so `threads` bounds all the work.
+    // tile decoding runs on the same pool, so `threads` bounds all the work. A walk reads as
+    // `analyze` does: batch after batch, the patches of one batch in parallel.
     let total: Result<u64> = pool.install(|| {
         use rayon::prelude::*;
-        at.par_iter()
-            .map(|p| {
-                let img = slide.read_region(*p, 0, Size::new(side, side))?;
-                // A sparse checksum keeps the reads observable without adding a full pass
-                // over every pixel to both readers' times.
-                Ok(img
-                    .as_raw()
-                    .iter()
-                    .step_by(61)
-                    .map(|&b| b as u64)
-                    .sum::<u64>())
-            })
-            .sum()
+        if pattern == ReadPattern::Walk {
+            at.chunks(WALK_BATCH)
+                .map(|batch| batch.par_iter().map(read).sum::<Result<u64>>())
+                .sum()
+        } else {
+            at.par_iter().map(read).sum()
+        }
     });
     let secs = start.elapsed().as_secs_f64();
     let total = total?;
@@ -177,7 +192,7 @@ pub fn bench_read(
                 // A fresh handle per run: cold caches for both readers.
                 let slide = Slide::open_with(path, &config)?;
                 let at = locations(&slide, spec);
-                let (rate, sum) = run_once(&slide, &at, spec.side, threads)?;
+                let (rate, sum) = run_once(&slide, &at, spec.side, threads, spec.pattern)?;
                 runs.push(rate);
                 checksum = sum;
             }

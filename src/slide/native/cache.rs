@@ -4,9 +4,13 @@
 //! In: decoded RGB8 tiles keyed by (level, [`TileIndex`]). Out: shared references to them.
 //! The cache never holds more than its byte budget (a tile larger than the whole budget is
 //! simply not kept); eviction drops the least recently used tiles first.
+//!
+//! [`TileCache::get_or_decode`] also decodes each missing tile once however many threads ask
+//! for it at the same moment (neighbouring patches of one batch share tiles): the first
+//! decodes, the others wait for its result.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::geom::TileIndex;
 
@@ -24,6 +28,53 @@ struct State {
 pub struct TileCache {
     capacity: u64,
     state: Mutex<State>,
+    in_flight: Mutex<HashMap<TileKey, Arc<Flight>>>,
+}
+
+/// A decode in progress: `None` until it ends, then `Some(tile)` (`Some(None)` when it
+/// failed or found no tile; waiters then decode for themselves and get their own error).
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<Option<Arc<Vec<u8>>>>>,
+    done: Condvar,
+}
+
+impl Flight {
+    fn finish(&self, tile: Option<Arc<Vec<u8>>>) {
+        let mut r = self.result.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(tile);
+        }
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> Option<Arc<Vec<u8>>> {
+        let mut r = self.result.lock().unwrap_or_else(|e| e.into_inner());
+        while r.is_none() {
+            r = self.done.wait(r).unwrap_or_else(|e| e.into_inner());
+        }
+        r.clone().flatten()
+    }
+}
+
+/// Ends a flight however the decode ends (an error, or a panic unwinding through it), so that
+/// no waiter waits forever.
+struct Landing<'a> {
+    cache: &'a TileCache,
+    key: TileKey,
+    flight: Arc<Flight>,
+    tile: Option<Arc<Vec<u8>>>,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.cache
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+        self.flight.finish(self.tile.take());
+    }
 }
 
 impl TileCache {
@@ -37,7 +88,61 @@ impl TileCache {
                 bytes: 0,
                 tick: 0,
             }),
+            in_flight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The tile from the cache, or from `decode` (`Ok(None)`: no tile there), which runs once
+    /// for concurrent requests of the same key: later callers wait for the first one's tile.
+    /// A decoded tile is cached before anyone else sees it.
+    pub fn get_or_decode<E>(
+        &self,
+        key: TileKey,
+        decode: impl FnOnce() -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<Option<Arc<Vec<u8>>>, E> {
+        if let Some(tile) = self.get(&key) {
+            return Ok(Some(tile));
+        }
+        let (flight, first) = {
+            let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match f.get(&key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = Arc::new(Flight::default());
+                    f.insert(key, flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if !first {
+            if let Some(tile) = flight.wait() {
+                return Ok(Some(tile));
+            }
+            // The first decode failed (or found nothing): decode here, for this caller's own
+            // result or error.
+            return Ok(decode()?.map(|buf| self.keep(key, buf)));
+        }
+        let mut landing = Landing {
+            cache: self,
+            key,
+            flight,
+            tile: None,
+        };
+        // Another thread may have cached it between the first look and taking the flight.
+        if let Some(tile) = self.get(&key) {
+            landing.tile = Some(tile.clone());
+            return Ok(Some(tile));
+        }
+        let tile = decode()?.map(|buf| self.keep(key, buf));
+        landing.tile = tile.clone();
+        Ok(tile)
+    }
+
+    /// Caches a freshly decoded tile and returns it (moved into the Arc, not copied).
+    fn keep(&self, key: TileKey, buf: Vec<u8>) -> Arc<Vec<u8>> {
+        let tile = Arc::new(buf);
+        self.insert(key, tile.clone());
+        tile
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -117,5 +222,55 @@ mod tests {
         assert!(c.get(&key(9)).is_none());
         c.insert(key(2), vec![2; 50].into()); // replacing updates the byte count
         assert_eq!(c.bytes(), 250);
+    }
+
+    #[test]
+    fn concurrent_requests_for_one_tile_decode_it_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let c = TileCache::new(1 << 20);
+        let decodes = AtomicUsize::new(0);
+        let barrier = std::sync::Barrier::new(8);
+        let tiles: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        c.get_or_decode(key(7), || -> Result<_, ()> {
+                            decodes.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Ok(Some(vec![7u8; 64]))
+                        })
+                        .unwrap()
+                        .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(decodes.load(Ordering::SeqCst), 1);
+        assert!(tiles
+            .iter()
+            .all(|t| Arc::ptr_eq(t, &tiles[0]) && t[..] == [7u8; 64]));
+        assert!(c.in_flight.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_or_panicking_decode_releases_its_waiters() {
+        let c = TileCache::new(1 << 20);
+        // An error: nothing cached, nothing left in flight, the next caller decodes again.
+        let r: Result<_, &str> = c.get_or_decode(key(1), || Err("bad tile"));
+        assert_eq!(r.unwrap_err(), "bad tile");
+        assert!(c.in_flight.lock().unwrap().is_empty());
+        // A panic inside the decode unwinds through the flight and still lands it.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = c.get_or_decode(key(2), || -> Result<Option<Vec<u8>>, ()> { panic!("boom") });
+        }));
+        assert!(caught.is_err());
+        assert!(c.in_flight.lock().unwrap().is_empty());
+        let t = c.get_or_decode(key(2), || -> Result<_, ()> { Ok(Some(vec![2u8; 4])) });
+        assert_eq!(t.unwrap().unwrap()[..], [2u8; 4]);
+        // A missing tile (no bytes) is not cached and not an error.
+        let none = c.get_or_decode(key(3), || -> Result<_, ()> { Ok(None) });
+        assert!(none.unwrap().is_none());
     }
 }

@@ -244,20 +244,13 @@ impl NativeReader {
     }
 
     /// The decoded tile, from the cache or the file; `None` for a missing tile (no bytes).
+    /// Threads asking for the same uncached tile at once share one decode.
     fn tile(&self, level: usize, t: TileIndex) -> Result<Option<Arc<Vec<u8>>>> {
-        if let Some(tile) = self.cache.get(&(level, t)) {
-            return Ok(Some(tile));
-        }
-        let l = &self.levels[level];
-        let n = (l.tile.width * l.tile.height * 3) as usize;
-        let mut buf = vec![0u8; n];
-        if !self.decode_tile_into(level, t, &mut buf)? {
-            return Ok(None);
-        }
-        // Arc::new moves the buffer; `Arc<[u8]>::from(Vec)` would copy every tile once more.
-        let tile = Arc::new(buf);
-        self.cache.insert((level, t), tile.clone());
-        Ok(Some(tile))
+        self.cache.get_or_decode((level, t), || {
+            let l = &self.levels[level];
+            let mut buf = vec![0u8; (l.tile.width * l.tile.height * 3) as usize];
+            Ok(self.decode_tile_into(level, t, &mut buf)?.then_some(buf))
+        })
     }
 
     /// Decodes a tile into `out`; false for a missing tile.
