@@ -28,12 +28,17 @@ rows=()
 row() { rows+=("$(printf '| %s | %s | %s | %s |' "$1" "$2" "$3" "$4")"); }
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
 
-echo "== 1. reader: native vs OpenSlide, 256² regions on the 50,000² slide" >&2
-for mode in "" "--aligned"; do
-  out=$($T bench read "$S50" --regions $REGIONS --repeats 3 $mode)
+echo "== 1. reader: native vs OpenSlide on the 50,000² slide (random, tile-aligned, analysis order)" >&2
+for mode in "random" "aligned" "walk"; do
+  case $mode in
+    random) args=(--regions $REGIONS); what="random 256² regions"; target="≥ 6×" ;;
+    aligned) args=(--regions $REGIONS --aligned); what="tile-aligned 256² regions"; target="≥ 6×" ;;
+    walk) args=(--regions $((REGIONS * 2)) --walk --side 224); what="224² patches in analyze's order"; target="(none)" ;;
+  esac
+  out=$($T bench read "$S50" --repeats 3 "${args[@]}")
   echo "$out" >&2
   while read -r t r; do
-    row "reader, $([ -n "$mode" ] && echo tile-aligned || echo random) 256² regions, $t thread(s)" "native / OpenSlide regions/s" "≥ 6×" "${r}×"
+    row "reader, $what, $t thread(s)" "native / OpenSlide regions/s" "$target" "${r}×"
   done < <(echo "$out" | sed -n 's/^ratio native\/openslide at \([0-9]*\) thread(s): \([0-9.]*\)×.*/\1 \2/p')
 done
 
