@@ -60,8 +60,8 @@ base=$(python3 benches/baseline/wsinfer_baseline.py "$S_E2E" "$d")
 echo "$base" >&2
 row "vs Python, default model" "Tessera ÷ baseline patches/s" "≥ 3×" "$(json /dev/stdin "f\"{d['tessera_patches_per_s']} / {d['baseline_patches_per_s']} = {d['ratio']}×\"" <<<"$base")"
 same=$(python3 benches/baseline/wsinfer_baseline.py "$S_E2E" "$B/o-def-os/$(basename "$S_E2E")" --limit 2048)
-row "probabilities, same pixels (Tessera on OpenSlide)" "max |Δp|" "≤ 1e-4" "$(json /dev/stdin "d['max_abs_prob_diff']" <<<"$same")"
-row "probabilities, native reader" "max |Δp|" "(JPEG rounding)" "$(json /dev/stdin "d['max_abs_prob_diff']" <<<"$base")"
+row "probabilities, same pixels (Tessera on OpenSlide)" "max \\|Δp\\|" "≤ 1e-4" "$(json /dev/stdin "d['max_abs_prob_diff']" <<<"$same")"
+row "probabilities, native reader" "max \\|Δp\\|" "(JPEG rounding)" "$(json /dev/stdin "d['max_abs_prob_diff']" <<<"$base")"
 r18=$(python3 benches/baseline/wsinfer_baseline.py "$S_E2E" "$B/o-e2e/$(basename "$S_E2E")" --model "$B/models/resnet18" --limit $LIMIT)
 echo "$r18" >&2
 row "vs Python, ResNet-18 (first $LIMIT patches)" "Tessera ÷ baseline patches/s" "report" "$(json /dev/stdin "f\"{d['tessera_patches_per_s']} / {d['baseline_patches_per_s']} = {d['ratio']}×\"" <<<"$r18")"

@@ -4,7 +4,8 @@
 //!
 //! In: a slide, a region count, size and seed. Out: regions per second for each backend at one
 //! thread and at all threads (median of several cold-cache runs) and the native/OpenSlide
-//! ratio. Regions are level-0 squares at seeded random locations inside the slide; both
+//! ratio. Regions are level-0 squares at seeded random locations inside the slide (snapped to
+//! the side with `Aligned`, or a patch grid in `analyze`'s read order with `Walk`); both
 //! backends read exactly the same list, and a checksum of the pixels proves the work was done.
 //! Timings are measurements, never test assertions.
 
@@ -44,9 +45,10 @@ pub enum ReadPattern {
     /// Seeded random locations snapped to multiples of the side (whole-tile reads when the
     /// side equals the tile size).
     Aligned,
-    /// A patch grid at stride = side read in `analyze`'s order (vertical strips about 2048
-    /// px wide, each top to bottom), starting at a seeded strip: neighbouring patches share
-    /// tiles, which the caches serve, as in an analysis.
+    /// A patch grid at stride = side read in `analyze`'s order (vertical strips of about
+    /// 2048 px that end on tile boundaries, each top to bottom, batches of 32 patches read in
+    /// parallel), starting at a seeded strip: neighbouring patches share tiles, which the
+    /// caches serve, as in an analysis.
     Walk,
 }
 

@@ -116,8 +116,9 @@ struct ReadArgs {
     /// Snap locations to multiples of the side (whole-tile reads when side = tile size).
     #[arg(long, conflicts_with = "walk")]
     aligned: bool,
-    /// Read a patch grid (stride = side) in analyze's order, vertical strips about 2048 px
-    /// wide, each top to bottom, from a seeded strip: neighbouring patches share tiles.
+    /// Read a patch grid (stride = side) in analyze's order, vertical strips of about 2048 px
+    /// ending on tile boundaries, each top to bottom, 32 patches at a time in parallel, from a
+    /// seeded strip: neighbouring patches share tiles.
     #[arg(long)]
     walk: bool,
     /// Native tile cache for the runs, in MiB (OpenSlide's default cache is 32 MiB).
