@@ -193,6 +193,64 @@ fn stream_says_rgb(stream: &[u8]) -> bool {
     adobe_rgb
 }
 
+/// Rejects a single-scan sequential JPEG whose entropy-coded data holds a marker other than
+/// stuffing, restarts and the final EOI. zune-jpeg, even in strict mode, takes a DHT, DQT, DRI,
+/// COM or APPn marker there for one between scans, looks for the next scan, meets EOI and
+/// reports success with the rest of the tile never written; libjpeg warns ("Corrupt JPEG
+/// data"), which OpenSlide makes fatal. Progressive or multi-scan streams are left to the
+/// decoder: markers between their scans are legal.
+fn check_scan_markers(stream: &[u8]) -> Result<(), String> {
+    let mut i = 2;
+    let mut components = None;
+    // Walk the header segments to the (first) start of scan.
+    let data_start = loop {
+        if i + 4 > stream.len() || stream[i] != 0xFF {
+            return Ok(()); // malformed headers: the decoder reports them
+        }
+        let marker = stream[i + 1];
+        if marker == 0xFF {
+            i += 1;
+            continue;
+        }
+        let len = u16::from_be_bytes([stream[i + 2], stream[i + 3]]) as usize;
+        if len < 2 || i + 2 + len > stream.len() {
+            return Ok(());
+        }
+        let seg = &stream[i + 4..i + 2 + len];
+        match marker {
+            0xC0 | 0xC1 => components = seg.get(5).copied(),
+            0xC2..=0xCF if marker != 0xC4 && marker != 0xC8 && marker != 0xCC => return Ok(()),
+            0xDA => {
+                if components.is_none() || seg.first().copied() != components {
+                    return Ok(());
+                }
+                break i + 2 + len;
+            }
+            _ => {}
+        }
+        i += 2 + len;
+    };
+    let data = &stream[data_start..];
+    let mut at = 0;
+    while let Some(p) = memchr::memchr(0xFF, &data[at..]) {
+        let mut q = at + p + 1;
+        while data.get(q) == Some(&0xFF) {
+            q += 1;
+        }
+        match data.get(q) {
+            None | Some(0xD9) => return Ok(()),
+            Some(0x00) | Some(0xD0..=0xD7) => at = q + 1,
+            Some(m) => {
+                return Err(format!(
+                    "JPEG: marker FF{m:02X} inside the scan data at byte {}",
+                    data_start + at + p
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 fn jpeg(
     enc: &Encoding,
     data: &[u8],
@@ -213,6 +271,7 @@ fn jpeg(
         }
         _ => data,
     };
+    check_scan_markers(stream)?;
     let says_rgb = stream_says_rgb(stream);
     let want_ycbcr = enc.photometric == 6;
     // Ask for the samples as stored whenever the decoder's guess disagrees with the TIFF.
@@ -330,8 +389,9 @@ mod tests {
         assert_eq!(out, pixels);
     }
 
-    /// A JPEG tile cut short inside its entropy-coded data, or with its scan damaged, is an
-    /// error (as OpenSlide makes libjpeg's warnings fatal), never a tile padded with grey.
+    /// A JPEG tile cut short inside its entropy-coded data, or with a stray marker in its scan,
+    /// is an error (as OpenSlide makes libjpeg's warnings fatal), never a tile padded with grey
+    /// or left partly unwritten.
     /// Not caught: a scan cut short and then closed with a fresh end-of-image marker, which
     /// zune-jpeg decodes by padding the scan with zero bits (a valid code in most tables).
     #[test]
@@ -346,16 +406,36 @@ mod tests {
         e.photometric = 6;
         let mut out = vec![0; w * h * 3];
         decode(&e, &jpeg, w, h, &mut out).unwrap();
-        // Cut inside the scan, with and without an end-of-image marker after the cut.
+        // Cut inside the scan.
         let cut = &jpeg[..jpeg.len() * 2 / 3];
         let err = decode(&e, cut, w, h, &mut out).unwrap_err();
         assert!(err.starts_with("JPEG"), "{err}");
-        // Damage: a stray marker in the middle of the scan.
-        let mut damaged = jpeg.clone();
-        let mid = damaged.len() / 2;
-        damaged[mid..mid + 2].copy_from_slice(&[0xFF, 0xC4]);
-        let err = decode(&e, &damaged, w, h, &mut out).unwrap_err();
-        assert!(err.starts_with("JPEG"), "{err}");
+        // Damage: a stray marker in the middle of the scan. A COM or APPn segment there is
+        // taken by zune-jpeg for one between scans: it then meets EOI and reports success with
+        // the rest of the tile unwritten, so the scan is checked before decoding.
+        for marker in [[0xFF, 0xC4], [0xFF, 0xFE], [0xFF, 0xE1]] {
+            let mid = jpeg.len() / 2;
+            let damaged = [
+                &jpeg[..mid],
+                &marker[..],
+                &[0x00, 0x04, 0x00, 0x00],
+                &jpeg[mid..],
+            ]
+            .concat();
+            let err = decode(&e, &damaged, w, h, &mut out).unwrap_err();
+            assert!(err.starts_with("JPEG"), "{marker:02X?}: {err}");
+        }
+        // Stuffed bytes, fill bytes and restart markers are not damage.
+        assert!(check_scan_markers(&jpeg).is_ok());
+        let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let scan = sos + 2 + u16::from_be_bytes([jpeg[sos + 2], jpeg[sos + 3]]) as usize;
+        let fine = [
+            &jpeg[..scan],
+            &[0x12, 0xFF, 0x00, 0xFF, 0xFF, 0xD3, 0x34],
+            &jpeg[scan..],
+        ]
+        .concat();
+        assert!(check_scan_markers(&fine).is_ok());
     }
 
     #[test]
