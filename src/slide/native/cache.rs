@@ -95,6 +95,10 @@ impl TileCache {
     /// The tile from the cache, or from `decode` (`Ok(None)`: no tile there), which runs once
     /// for concurrent requests of the same key: later callers wait for the first one's tile.
     /// A decoded tile is cached before anyone else sees it.
+    ///
+    /// Waiters block their thread. That is safe because `decode` never hands work to the
+    /// thread pool its callers run on; a decoder that did (rayon jobs on the same pool) could
+    /// have a waiting thread pick up the job for its own tile and wait for itself.
     pub fn get_or_decode<E>(
         &self,
         key: TileKey,
