@@ -21,6 +21,22 @@ fn gpu() -> Option<&'static Gpu> {
     }
 }
 
+/// The preprocess shader and its CPU twin on the same patches: the twin's output and the
+/// largest difference between the two (which must be equally long).
+fn shader_vs_twin(
+    g: &Gpu,
+    px: &[u8],
+    n: usize,
+    src: (u32, u32),
+    p: &Preprocess,
+) -> (Vec<f32>, f32) {
+    let want = preprocess_cpu(px, n, src, p);
+    let got = g.preprocess(px, n, src, p).unwrap();
+    assert_eq!(got.len(), want.len());
+    let worst = max_diff(&got, &want);
+    (want, worst)
+}
+
 /// The largest |a − b| over two equally long slices (NaNs ignored, as `f32::max` does).
 fn max_diff<T: Copy + std::ops::Sub<Output = T> + PartialOrd + Default>(a: &[T], b: &[T]) -> T {
     a.iter().zip(b).fold(T::default(), |worst, (&x, &y)| {
@@ -71,10 +87,7 @@ fn the_preprocess_shader_matches_its_cpu_twin_within_1e_5() {
     ] {
         let p = pre(dst, layout);
         let px = noise(n * (src.0 * src.1 * 3) as usize, 0x9e37_79b9 ^ src.0 as u64);
-        let want = preprocess_cpu(&px, n, src, &p);
-        let got = g.preprocess(&px, n, src, &p).unwrap();
-        assert_eq!(got.len(), want.len());
-        let worst = max_diff(&got, &want);
+        let (_, worst) = shader_vs_twin(g, &px, n, src, &p);
         eprintln!("preprocess {src:?} -> {dst:?} {layout:?}: max |gpu - cpu| = {worst:e}");
         assert!(worst <= 1e-5, "{src:?} -> {dst:?}: {worst}");
     }
@@ -109,10 +122,7 @@ fn the_stain_normalising_shader_matches_its_cpu_twin_within_1e_5() {
         let mut p = pre(dst, layout);
         p.stain = Some(target);
         let px = he_like(n * (src.0 * src.1 * 3) as usize, 0x5eed ^ src.1 as u64);
-        let want = preprocess_cpu(&px, n, src, &p);
-        let got = g.preprocess(&px, n, src, &p).unwrap();
-        assert_eq!(got.len(), want.len());
-        let worst = max_diff(&got, &want);
+        let (want, worst) = shader_vs_twin(g, &px, n, src, &p);
         eprintln!("reinhard {src:?} -> {dst:?} {layout:?}: max |gpu - cpu| = {worst:e}");
         assert!(worst <= 1e-5, "{src:?} -> {dst:?}: {worst}");
         // Normalisation did something: the same patches unnormalised differ.
@@ -129,9 +139,7 @@ fn the_stain_normalising_shader_matches_its_cpu_twin_within_1e_5() {
     let mut p = pre((64, 64), Layout::Nchw);
     p.stain = Some(target);
     let flat: Vec<u8> = [232u8, 226, 238].repeat(2 * 100 * 100);
-    let want = preprocess_cpu(&flat, 2, (100, 100), &p);
-    let got = g.preprocess(&flat, 2, (100, 100), &p).unwrap();
-    let worst = max_diff(&got, &want);
+    let (want, worst) = shader_vs_twin(g, &flat, 2, (100, 100), &p);
     assert!(worst <= 1e-5, "uniform patch: {worst}");
     for plane in want.chunks(64 * 64) {
         let (lo, hi) = plane
