@@ -159,14 +159,21 @@ fn ycbcr_to_rgb(buf: &mut [u8]) {
     }
 }
 
-/// Does the JPEG decoder believe this 3-component stream is RGB (and so will not convert it)?
-/// Mirrors zune-jpeg: an Adobe APP14 marker with transform 0, or component ids 'R','G','B'.
-fn stream_says_rgb(stream: &[u8]) -> bool {
+/// A JPEG stream's marker segments after SOI, in order, up to and including the first SOS:
+/// (marker, payload cut at the end of the data, offset just past the segment). Fill bytes are
+/// skipped. Ends at the end of the data or at a length field under 2 (a segment length counts
+/// its own two bytes; less is malformed, and the decoder will say so); `Err(())` at a byte
+/// where a marker should be.
+fn segments(stream: &[u8]) -> impl Iterator<Item = Result<(u8, &[u8], usize), ()>> + '_ {
     let mut i = 2;
-    let mut adobe_rgb = false;
-    while i + 4 <= stream.len() {
+    let mut done = false;
+    std::iter::from_fn(move || loop {
+        if done || i + 4 > stream.len() {
+            return None;
+        }
         if stream[i] != 0xFF {
-            return false;
+            done = true;
+            return Some(Err(()));
         }
         let marker = stream[i + 1];
         if marker == 0xFF {
@@ -174,21 +181,33 @@ fn stream_says_rgb(stream: &[u8]) -> bool {
             continue;
         }
         let len = u16::from_be_bytes([stream[i + 2], stream[i + 3]]) as usize;
-        // A segment length counts its own two bytes; less is malformed (the decoder will say so).
         if len < 2 {
-            return adobe_rgb;
+            return None;
         }
-        let seg = &stream[i + 4..(i + 2 + len).min(stream.len())];
+        let end = i + 2 + len;
+        let payload = &stream[i + 4..end.min(stream.len())];
+        i = end;
+        done = marker == 0xDA;
+        return Some(Ok((marker, payload, end)));
+    })
+}
+
+/// Does the JPEG decoder believe this 3-component stream is RGB (and so will not convert it)?
+/// Mirrors zune-jpeg: an Adobe APP14 marker with transform 0, or component ids 'R','G','B'.
+fn stream_says_rgb(stream: &[u8]) -> bool {
+    let mut adobe_rgb = false;
+    for segment in segments(stream) {
+        let Ok((marker, seg, _)) = segment else {
+            return false;
+        };
         match marker {
             0xEE if seg.starts_with(b"Adobe") && seg.len() >= 12 => adobe_rgb = seg[11] == 0,
             0xC0..=0xC2 if seg.len() >= 15 && seg[5] == 3 => {
                 let ids = [seg[6], seg[9], seg[12]];
                 return adobe_rgb || ids == [b'R', b'G', b'B'];
             }
-            0xDA => return adobe_rgb,
             _ => {}
         }
-        i += 2 + len;
     }
     adobe_rgb
 }
@@ -198,37 +217,26 @@ fn stream_says_rgb(stream: &[u8]) -> bool {
 /// COM or APPn marker there for one between scans, looks for the next scan, meets EOI and
 /// reports success with the rest of the tile never written; libjpeg warns ("Corrupt JPEG
 /// data"), which OpenSlide makes fatal. Progressive or multi-scan streams are left to the
-/// decoder: markers between their scans are legal.
+/// decoder: markers between their scans are legal. Malformed headers are the decoder's to
+/// report.
 fn check_scan_markers(stream: &[u8]) -> Result<(), String> {
-    let mut i = 2;
     let mut components = None;
-    // Walk the header segments to the (first) start of scan.
-    let data_start = loop {
-        if i + 4 > stream.len() || stream[i] != 0xFF {
-            return Ok(()); // malformed headers: the decoder reports them
-        }
-        let marker = stream[i + 1];
-        if marker == 0xFF {
-            i += 1;
-            continue;
-        }
-        let len = u16::from_be_bytes([stream[i + 2], stream[i + 3]]) as usize;
-        if len < 2 || i + 2 + len > stream.len() {
+    let mut data_start = None;
+    for segment in segments(stream) {
+        let Ok((marker, seg, end)) = segment else {
             return Ok(());
-        }
-        let seg = &stream[i + 4..i + 2 + len];
+        };
         match marker {
             0xC0 | 0xC1 => components = seg.get(5).copied(),
             0xC2..=0xCF if marker != 0xC4 && marker != 0xC8 && marker != 0xCC => return Ok(()),
-            0xDA => {
-                if components.is_none() || seg.first().copied() != components {
-                    return Ok(());
-                }
-                break i + 2 + len;
+            0xDA if components.is_some() && seg.first().copied() == components => {
+                data_start = Some(end)
             }
             _ => {}
         }
-        i += 2 + len;
+    }
+    let Some(data_start) = data_start.filter(|&end| end <= stream.len()) else {
+        return Ok(());
     };
     let data = &stream[data_start..];
     let mut at = 0;
