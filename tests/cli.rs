@@ -299,19 +299,15 @@ fn generate_then_bench_read_runs_both_readers_on_the_same_regions() {
         text.contains("Aperio SVS") && text.contains("4000 × 3000"),
         "{text}"
     );
-    let out = tessera_str(&[
-        "bench",
-        "read",
-        slide.to_str().unwrap(),
-        "--regions",
-        "40",
-        "--repeats",
-        "1",
-        "--threads",
-        "1,2",
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    // `bench read SLIDE ARGS…`: exits 0; its report.
+    let bench = |args: &[&str]| {
+        let mut all = vec!["bench", "read", slide.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = tessera_str(&all);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = bench(&["--regions", "40", "--repeats", "1", "--threads", "1,2"]);
     assert!(
         text.contains("ratio native/openslide at 1 thread(s)"),
         "{text}"
@@ -324,10 +320,7 @@ fn generate_then_bench_read_runs_both_readers_on_the_same_regions() {
     // Analysis order: both readers read the same patches (the same mean pixel value, up to
     // JPEG decoders' rounding); naming a backend measures only that one.
     let walk = |backend: &str| {
-        let out = tessera_str(&[
-            "bench",
-            "read",
-            slide.to_str().unwrap(),
+        bench(&[
             "--walk",
             "--side",
             "224",
@@ -339,9 +332,7 @@ fn generate_then_bench_read_runs_both_readers_on_the_same_regions() {
             "1",
             "--backend",
             backend,
-        ]);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        ])
     };
     let text = walk("auto");
     assert!(
