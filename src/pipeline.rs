@@ -815,8 +815,8 @@ fn run_inference(
     Ok(predictions.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// The patches in the order they are read: vertical strips about 2048 read-level pixels wide,
-/// each top to bottom. Consecutive patches then share tiles, and the tiles a strip needs at any
+/// The patches in the order they are read: vertical strips about 2048 read-level pixels wide
+/// (ending on tile boundaries where the stride allows: [`strip_patches`]), each top to bottom. Consecutive patches then share tiles, and the tiles a strip needs at any
 /// moment (two tile rows of one strip) fit a small cache, so each tile is decoded about once
 /// without holding whole rows of a wide slide. Results are keyed by grid index, so the order
 /// changes no output.
