@@ -164,7 +164,7 @@ fn ycbcr_to_rgb(buf: &mut [u8]) {
 /// skipped. Ends at the end of the data or at a length field under 2 (a segment length counts
 /// its own two bytes; less is malformed, and the decoder will say so); `Err(())` at a byte
 /// where a marker should be.
-fn segments(stream: &[u8]) -> impl Iterator<Item = Result<(u8, &[u8], usize), ()>> + '_ {
+pub(super) fn segments(stream: &[u8]) -> impl Iterator<Item = Result<(u8, &[u8], usize), ()>> + '_ {
     let mut i = 2;
     let mut done = false;
     std::iter::from_fn(move || loop {
@@ -259,6 +259,40 @@ fn check_scan_markers(stream: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The tile's JPEG stream with the level's JPEGTables (without its EOI) spliced in before the
+/// tile (without its SOI).
+fn spliced<'a>(enc: &Encoding, data: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    match &enc.jpeg_tables {
+        Some(t) if t.len() >= 4 && data.len() >= 2 && data.starts_with(&[0xFF, 0xD8]) => {
+            let body = t.strip_suffix(&[0xFF, 0xD9]).unwrap_or(t);
+            [body, &data[2..]].concat().into()
+        }
+        _ => data.into(),
+    }
+}
+
+/// Decodes only `rect` of a tile into `out` (rows `stride` bytes apart), for a read that needs
+/// part of a tile it will not reuse. `Ok(false)` when the tile is not one the partial decoder
+/// takes (see [`baseline`](super::baseline)); the caller then decodes the whole tile.
+pub fn decode_part(
+    enc: &Encoding,
+    data: &[u8],
+    (width, height): (usize, usize),
+    rect: super::baseline::Rect,
+    out: &mut [u8],
+    stride: usize,
+) -> Result<bool, String> {
+    if enc.codec != Codec::Jpeg {
+        return Ok(false);
+    }
+    let stream = spliced(enc, data);
+    let ycbcr = enc.photometric == 6;
+    catch_unwind(AssertUnwindSafe(|| {
+        super::baseline::decode(&stream, width, height, rect, ycbcr, out, stride)
+    }))
+    .unwrap_or_else(|_| Err("the decoder panicked on this data".into()))
+}
+
 fn jpeg(
     enc: &Encoding,
     data: &[u8],
@@ -269,16 +303,29 @@ fn jpeg(
     use zune_jpeg::zune_core::{
         bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
     };
-    // Splice JPEGTables (without its EOI) before the tile (without its SOI).
-    let spliced;
-    let stream: &[u8] = match &enc.jpeg_tables {
-        Some(t) if t.len() >= 4 && data.len() >= 2 && data.starts_with(&[0xFF, 0xD8]) => {
-            let body = t.strip_suffix(&[0xFF, 0xD9]).unwrap_or(t);
-            spliced = [body, &data[2..]].concat();
-            &spliced
-        }
-        _ => data,
+    let stream = &*spliced(enc, data);
+    // The common tile (baseline, 3 components, no restarts) with libjpeg's arithmetic; the
+    // rest with zune-jpeg.
+    let whole = super::baseline::Rect {
+        x: 0,
+        y: 0,
+        w: width,
+        h: height,
     };
+    if width > 0
+        && height > 0
+        && super::baseline::decode(
+            stream,
+            width,
+            height,
+            whole,
+            enc.photometric == 6,
+            out,
+            width * 3,
+        )?
+    {
+        return Ok(());
+    }
     check_scan_markers(stream)?;
     let says_rgb = stream_says_rgb(stream);
     let want_ycbcr = enc.photometric == 6;

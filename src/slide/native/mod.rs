@@ -13,13 +13,15 @@
 //! and the tiles a region still needs are decoded in parallel on the caller's rayon pool; a
 //! region that is exactly one whole tile is decoded straight into the caller's buffer.
 
+pub mod baseline;
 pub mod cache;
 pub mod decode;
 pub mod tiff;
 
+use std::collections::VecDeque;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -70,7 +72,12 @@ pub struct NativeReader {
     properties: BTreeMap<String, String>,
     icc: Option<Vec<u8>>,
     cache: TileCache,
+    /// The tiles of the last reads, newest last: tells scattered reads from sweeps.
+    recent: Mutex<VecDeque<(usize, TileIndex)>>,
 }
+
+/// How many recently read tiles [`NativeReader::scattered`] remembers.
+const RECENT_TILES: usize = 64;
 
 /// OpenSlide-style formatting of a double property (`%g`-like, without trailing zeros).
 fn g(v: f64) -> String {
@@ -240,6 +247,7 @@ impl NativeReader {
             properties,
             icc,
             cache: TileCache::new(cache_bytes),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_TILES + 16)),
         })
     }
 
@@ -256,21 +264,9 @@ impl NativeReader {
     /// Decodes a tile into `out`; false for a missing tile.
     fn decode_tile_into(&self, level: usize, t: TileIndex, out: &mut [u8]) -> Result<bool> {
         let l = &self.levels[level];
-        let i = (t.row * l.tiles_across + t.col) as usize;
-        let fail = |message: String| Error::TileDecode {
-            path: self.path.clone(),
-            level,
-            tile: t,
-            message,
-        };
-        let (offset, count) = (l.offsets[i], l.counts[i]);
-        if count == 0 {
+        let Some(data) = self.tile_bytes(level, t)? else {
             return Ok(false);
-        }
-        if count > MAX_TILE_BYTES {
-            return Err(fail(format!("{count} compressed bytes")));
-        }
-        let data = self.tiff.read_at(offset, count).map_err(fail)?;
+        };
         decode::decode(
             &l.enc,
             &data,
@@ -278,8 +274,84 @@ impl NativeReader {
             l.tile.height as usize,
             out,
         )
-        .map_err(fail)?;
+        .map_err(|m| self.tile_error(level, t, m))?;
         Ok(true)
+    }
+
+    fn tile_error(&self, level: usize, t: TileIndex, message: String) -> Error {
+        Error::TileDecode {
+            path: self.path.clone(),
+            level,
+            tile: t,
+            message,
+        }
+    }
+
+    /// A tile's compressed bytes; `None` for a missing tile.
+    fn tile_bytes(&self, level: usize, t: TileIndex) -> Result<Option<Vec<u8>>> {
+        let l = &self.levels[level];
+        let i = (t.row * l.tiles_across + t.col) as usize;
+        let (offset, count) = (l.offsets[i], l.counts[i]);
+        if count == 0 {
+            return Ok(None);
+        }
+        if count > MAX_TILE_BYTES {
+            return Err(self.tile_error(level, t, format!("{count} compressed bytes")));
+        }
+        let data = self.tiff.read_at(offset, count);
+        data.map(Some).map_err(|m| self.tile_error(level, t, m))
+    }
+
+    /// The tiles of `wanted` (one region's) to decode only in part: those not cached and with
+    /// no neighbour (nor themselves) among the tiles of recent reads. Reads that sweep the
+    /// slide (analysis, the viewer's panning) come back for the rest of a tile and its
+    /// neighbours, so those tiles are decoded whole and cached; scattered reads would decode
+    /// whole tiles and never reuse them. Either way the pixels are the same.
+    fn scattered(&self, level: usize, wanted: &[TileIndex]) -> Vec<TileIndex> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let near = |t: &TileIndex| {
+            recent
+                .iter()
+                .any(|&(l, r)| l == level && r.col.abs_diff(t.col) + r.row.abs_diff(t.row) <= 1)
+        };
+        let crop: Vec<TileIndex> = wanted
+            .iter()
+            .filter(|t| !near(t) && self.cache.get(&(level, **t)).is_none())
+            .copied()
+            .collect();
+        for &t in wanted {
+            if recent.len() == RECENT_TILES {
+                recent.pop_front();
+            }
+            recent.push_back((level, t));
+        }
+        crop
+    }
+
+    /// Decodes the part `[x0, x1) × [y0, y1)` (level pixels) of tile `t` into `out`, rows
+    /// `stride` bytes apart. False when the tile is missing or not one the partial decoder
+    /// takes (nothing written).
+    fn tile_part(
+        &self,
+        level: usize,
+        t: TileIndex,
+        (x0, x1, y0, y1): (u64, u64, u64, u64),
+        out: &mut [u8],
+        stride: usize,
+    ) -> Result<bool> {
+        let l = &self.levels[level];
+        let Some(data) = self.tile_bytes(level, t)? else {
+            return Ok(false);
+        };
+        let rect = baseline::Rect {
+            x: (x0 - t.col * l.tile.width) as usize,
+            y: (y0 - t.row * l.tile.height) as usize,
+            w: (x1 - x0) as usize,
+            h: (y1 - y0) as usize,
+        };
+        let size = (l.tile.width as usize, l.tile.height as usize);
+        decode::decode_part(&l.enc, &data, size, rect, out, stride)
+            .map_err(|m| self.tile_error(level, t, m))
     }
 
     /// Fetches every tile in `tiles` (cache first, the rest decoded in parallel).
@@ -668,43 +740,85 @@ impl SlideReader for NativeReader {
                 wanted.push(TileIndex { col, row });
             }
         }
-        let tiles = self.tiles(level, wanted)?;
         let (tw, th) = (l.tile.width, l.tile.height);
+        // The part of tile `t` inside the source window, in level pixels.
+        let clip = |t: &TileIndex| {
+            let (ox, oy) = (t.col * tw, t.row * th);
+            (ox.max(x0), (ox + tw).min(x1), oy.max(y0), (oy + th).min(y1))
+        };
 
         if wx == 0 && wy == 0 {
+            // Whole-pixel start. Tiles the region covers in part, in a scattered read, are
+            // decoded in part straight into `out`; the rest come whole from the cache.
+            let crop: Vec<TileIndex> = self
+                .scattered(level, &wanted)
+                .into_iter()
+                .filter(|t| clip(t) != (t.col * tw, (t.col + 1) * tw, t.row * th, (t.row + 1) * th))
+                .collect();
+            let whole: Vec<TileIndex> = wanted
+                .iter()
+                .filter(|t| !crop.contains(t))
+                .copied()
+                .collect();
+            let tiles = self.tiles(level, whole)?;
             // Everything not painted below (outside the image, missing tiles) is white; when
             // present tiles cover the whole region, every byte is painted and the fill is moot.
+            let present = |t: &TileIndex| match tiles.get(t) {
+                Some(tile) => tile.is_some(),
+                None => l.counts[(t.row * l.tiles_across + t.col) as usize] != 0,
+            };
             let covered = skip_x == 0
                 && skip_y == 0
                 && x1 - x0 == w
                 && y1 - y0 == h
-                && tiles.values().all(Option::is_some);
+                && wanted.iter().all(present);
             if !covered {
                 out.fill(255);
             }
-            // Whole-pixel start: copy rows of tiles into place.
-            for (t, tile) in &tiles {
-                let Some(tile) = tile else { continue };
-                let ox = t.col * tw;
-                let oy = t.row * th;
-                let cx0 = ox.max(x0);
-                let cx1 = (ox + tw).min(x1);
-                let cy0 = oy.max(y0);
-                let cy1 = (oy + th).min(y1);
-                if cx0 >= cx1 || cy0 >= cy1 {
-                    continue;
-                }
-                let n = ((cx1 - cx0) * 3) as usize;
-                for y in cy0..cy1 {
-                    let src = (((y - oy) * tw + (cx0 - ox)) * 3) as usize;
-                    let dy = (y as i64 - iy) as u64 + skip_y;
-                    let dx = (cx0 as i64 - ix) as u64 + skip_x;
-                    let dst = dy as usize * row_bytes + dx as usize * 3;
-                    out[dst..dst + n].copy_from_slice(&tile[src..src + n]);
-                }
+            // The output rows of each row of tiles, painted in parallel.
+            let mut bands = Vec::new();
+            let mut rest = &mut out[..];
+            let mut taken = 0;
+            for row in t0.row..=t1.row {
+                let (band_y0, band_y1) = ((row * th).max(y0), ((row + 1) * th).min(y1));
+                let first = ((band_y0 as i64 - iy) as u64 + skip_y) as usize;
+                let last = ((band_y1 as i64 - iy) as u64 + skip_y) as usize;
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut((first - taken) * row_bytes);
+                let (band, tail) = tail.split_at_mut((last - first) * row_bytes);
+                rest = tail;
+                taken = last;
+                bands.push((row, band));
             }
-            return Ok(());
+            return bands
+                .into_par_iter()
+                .try_for_each(|(row, band)| -> Result<()> {
+                    for col in t0.col..=t1.col {
+                        let t = TileIndex { col, row };
+                        let (cx0, cx1, cy0, cy1) = clip(&t);
+                        let dx = ((cx0 as i64 - ix) as u64 + skip_x) as usize;
+                        let at = &mut band[dx * 3..];
+                        if crop.contains(&t)
+                            && self.tile_part(level, t, (cx0, cx1, cy0, cy1), at, row_bytes)?
+                        {
+                            continue;
+                        }
+                        let tile = match tiles.get(&t) {
+                            Some(tile) => tile.clone(),
+                            None => self.tile(level, t)?,
+                        };
+                        let Some(tile) = tile else { continue };
+                        let (ox, oy) = (t.col * tw, t.row * th);
+                        let n = ((cx1 - cx0) * 3) as usize;
+                        for (i, y) in (cy0..cy1).enumerate() {
+                            let src = (((y - oy) * tw + (cx0 - ox)) * 3) as usize;
+                            at[i * row_bytes..i * row_bytes + n]
+                                .copy_from_slice(&tile[src..src + n]);
+                        }
+                    }
+                    Ok(())
+                });
         }
+        let tiles = self.tiles(level, wanted)?;
 
         // Fractional start: bilinear resampling over a stitched window of source pixels
         // (RGBA, alpha 0 outside the image and in missing tiles), composited onto white. The

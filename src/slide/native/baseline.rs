@@ -1,0 +1,1168 @@
+//! A baseline JPEG decoder for the common slide tile, able to decode part of a tile.
+//!
+//! In: one JPEG stream (JPEGTables already spliced in), the tile size the TIFF promises, and a
+//! rectangle of the tile in level pixels. Out: that rectangle's pixels, RGB8 or the raw samples,
+//! written into the caller's buffer at the caller's row stride.
+//!
+//! It decodes what most slide tiles are: 8-bit sequential Huffman JPEG, three components in one
+//! interleaved scan, luma sampled 1×1, 2×1 or 2×2 and both chroma components 1×1, no restart
+//! markers. Anything else returns `Ok(false)` and is left to the general decoder.
+//!
+//! The arithmetic is libjpeg's defaults, which OpenSlide uses: the accurate integer IDCT
+//! (`jpeg_idct_islow`), "fancy" triangle upsampling (`h2v1`/`h2v2_fancy_upsample`) and the
+//! fixed-point YCbCr conversion of `jdcolor.c`, samples saturated to 0–255 as libjpeg-turbo's
+//! SIMD code does. Part of a tile costs less than all of it: entropy decoding stops after the
+//! last needed MCU row, blocks outside the rectangle are parsed without being stored, and only
+//! the needed blocks go through the IDCT (with one MCU of margin where chroma upsampling reads
+//! its neighbours, so a rectangle's pixels equal the same pixels of a whole-tile decode).
+//!
+//! Strictness follows OpenSlide, which makes every libjpeg warning fatal: a scan that needs bits
+//! past its data, a missing EOI, and (when the whole tile is decoded) leftover bytes after the
+//! last MCU are errors. Sizes are checked against the TIFF before anything is allocated.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// A rectangle of a tile, in the tile's pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    /// Left column.
+    pub x: usize,
+    /// Top row.
+    pub y: usize,
+    /// Width.
+    pub w: usize,
+    /// Height.
+    pub h: usize,
+}
+
+const FAST_BITS: u32 = 10;
+/// The run field of an end-of-block entry in [`Huffman::fast_ac`].
+const EOB_RUN: i32 = 255;
+
+/// One Huffman table: a lookahead table and the canonical decoding tables behind it.
+struct Huffman {
+    /// `len << 8 | symbol` for codes of up to `FAST_BITS` bits, 0 for longer ones.
+    fast: [u16; 1 << FAST_BITS],
+    /// For AC tables: `value << 16 | run << 8 | total length` when the code and its extra bits
+    /// fit in the lookahead, [`EOB_RUN`]` << 8 | length` for end-of-block, else 0.
+    fast_ac: [i32; 1 << FAST_BITS],
+    maxcode: [i32; 18],
+    valoff: [i32; 17],
+    vals: [u8; 256],
+}
+
+impl Huffman {
+    fn new(counts: &[u8], vals: &[u8]) -> Result<Huffman, String> {
+        let mut h = Huffman {
+            fast: [0; 1 << FAST_BITS],
+            fast_ac: [0; 1 << FAST_BITS],
+            maxcode: [-1; 18],
+            valoff: [0; 17],
+            vals: [0; 256],
+        };
+        let total: usize = counts.iter().map(|&c| c as usize).sum();
+        if total > 256 || total != vals.len() {
+            return Err("JPEG: malformed Huffman table".into());
+        }
+        h.vals[..total].copy_from_slice(vals);
+        let mut code = 0i32;
+        let mut k = 0usize;
+        for l in 1..=16usize {
+            let n = counts[l - 1] as i32;
+            h.valoff[l] = k as i32 - code;
+            if code + n > (1 << l) {
+                return Err("JPEG: Huffman table with more codes than bits".into());
+            }
+            for _ in 0..n {
+                if l as u32 <= FAST_BITS {
+                    let shift = FAST_BITS - l as u32;
+                    let first = (code as usize) << shift;
+                    let entry = ((l as u16) << 8) | u16::from(vals[k]);
+                    h.fast[first..first + (1 << shift)].fill(entry);
+                }
+                code += 1;
+                k += 1;
+            }
+            h.maxcode[l] = if n > 0 { code - 1 } else { -1 };
+            code <<= 1;
+        }
+        // Reachable only with all 16 bits read: a sentinel that ends the search.
+        h.maxcode[17] = i32::MAX;
+        for (i, &f) in h.fast.iter().enumerate() {
+            if f == 0 {
+                continue;
+            }
+            let len = u32::from(f >> 8);
+            let (run, size) = (u32::from(f as u8 >> 4), u32::from(f as u8 & 15));
+            if size == 0 && run == 0 {
+                h.fast_ac[i] = (EOB_RUN << 8) | len as i32;
+                continue;
+            }
+            if size == 0 || len + size > FAST_BITS {
+                continue;
+            }
+            let bits = (i as u32 >> (FAST_BITS - len - size)) & ((1 << size) - 1);
+            h.fast_ac[i] = (extend(bits, size) << 16) | (run << 8) as i32 | (len + size) as i32;
+        }
+        Ok(h)
+    }
+}
+
+/// JPEG's sign extension of an `s`-bit magnitude category value.
+#[inline(always)]
+fn extend(v: u32, s: u32) -> i32 {
+    if s == 0 {
+        0
+    } else if v < (1 << (s - 1)) {
+        v as i32 - (1 << s) + 1
+    } else {
+        v as i32
+    }
+}
+
+/// MSB-first bit reader over unstuffed scan data followed by zero padding. `fetched` bits have
+/// been loaded; `n` of them are still in `buf`.
+struct Bits<'a> {
+    data: &'a [u8],
+    pos: usize,
+    buf: u64,
+    n: u32,
+}
+
+impl Bits<'_> {
+    /// At least 56 bits in `buf` afterwards.
+    #[inline(always)]
+    fn refill(&mut self) {
+        let v = match self.data.get(self.pos..self.pos + 8) {
+            Some(b) => u64::from_be_bytes(b.try_into().unwrap_or([0; 8])),
+            None => {
+                let mut b = [0u8; 8];
+                for (i, x) in b.iter_mut().enumerate() {
+                    *x = self.data.get(self.pos + i).copied().unwrap_or(0);
+                }
+                u64::from_be_bytes(b)
+            }
+        };
+        self.buf |= v >> self.n;
+        self.pos += ((63 - self.n) >> 3) as usize;
+        self.n |= 56;
+    }
+
+    #[inline(always)]
+    fn peek(&self, k: u32) -> u32 {
+        (self.buf >> (64 - k)) as u32
+    }
+
+    #[inline(always)]
+    fn consume(&mut self, k: u32) {
+        self.buf <<= k;
+        self.n -= k;
+    }
+
+    /// Bits consumed so far.
+    fn consumed(&self) -> usize {
+        self.pos * 8 - self.n as usize
+    }
+
+    /// One Huffman symbol; needs 16 bits in `buf`.
+    #[inline(always)]
+    fn symbol(&mut self, h: &Huffman) -> Result<u8, String> {
+        let f = h.fast[self.peek(FAST_BITS) as usize];
+        if f != 0 {
+            self.consume(u32::from(f >> 8));
+            return Ok(f as u8);
+        }
+        let bits = self.peek(16) as i32;
+        for l in FAST_BITS + 1..=16 {
+            let code = bits >> (16 - l);
+            if code <= h.maxcode[l as usize] {
+                self.consume(l);
+                return Ok(h.vals[(h.valoff[l as usize] + code) as usize & 255]);
+            }
+        }
+        Err("JPEG: bad Huffman code".into())
+    }
+
+    /// An `s`-bit extended value; needs `s` bits in `buf`.
+    #[inline(always)]
+    fn value(&mut self, s: u32) -> i32 {
+        if s == 0 {
+            return 0;
+        }
+        let v = self.peek(s);
+        self.consume(s);
+        extend(v, s)
+    }
+}
+
+/// Natural-order index of each zig-zag position (and 15 more, for corrupt runs past 63).
+static ZIGZAG: [u8; 80] = [
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63,
+    63, 63, 63, 63, 63, 63,
+];
+
+/// Decodes one block's coefficients into `coef` (dequantized, natural order), or only parses
+/// them when `coef` is `None`. Returns whether any AC coefficient is nonzero.
+#[inline(always)]
+fn block(
+    b: &mut Bits,
+    dc: &Huffman,
+    ac: &Huffman,
+    pred: &mut i32,
+    q: &[i32; 64],
+    coef: Option<&mut [i32; 64]>,
+) -> Result<bool, String> {
+    b.refill();
+    let s = u32::from(b.symbol(dc)?);
+    if s > 15 {
+        return Err("JPEG: DC difference category past 15".into());
+    }
+    *pred = pred.wrapping_add(b.value(s));
+    let mut k = 1usize;
+    let mut any_ac = false;
+    match coef {
+        Some(c) => {
+            *c = [0; 64];
+            c[0] = i32::from(*pred as i16).wrapping_mul(q[0]);
+            while k < 64 {
+                if b.n < 32 {
+                    b.refill();
+                }
+                let f = ac.fast_ac[b.peek(FAST_BITS) as usize];
+                if f != 0 {
+                    b.consume((f & 255) as u32);
+                    let run = (f >> 8) & 255;
+                    if run == EOB_RUN {
+                        break;
+                    }
+                    k += run as usize;
+                    let z = ZIGZAG[k.min(79)] as usize;
+                    c[z] = (f >> 16).wrapping_mul(q[z]);
+                    any_ac = true;
+                    k += 1;
+                    continue;
+                }
+                let sym = u32::from(b.symbol(ac)?);
+                let (r, s) = (sym >> 4, sym & 15);
+                if s == 0 {
+                    if r < 15 {
+                        break;
+                    }
+                    k += 16;
+                    continue;
+                }
+                k += r as usize;
+                let v = b.value(s);
+                let z = ZIGZAG[k.min(79)] as usize;
+                c[z] = v.wrapping_mul(q[z]);
+                any_ac = true;
+                k += 1;
+            }
+        }
+        None => {
+            while k < 64 {
+                if b.n < 32 {
+                    b.refill();
+                }
+                let f = ac.fast_ac[b.peek(FAST_BITS) as usize];
+                if f != 0 {
+                    b.consume((f & 255) as u32);
+                    let run = (f >> 8) & 255;
+                    if run == EOB_RUN {
+                        break;
+                    }
+                    k += run as usize + 1;
+                    continue;
+                }
+                let sym = u32::from(b.symbol(ac)?);
+                let (r, s) = (sym >> 4, sym & 15);
+                if s == 0 {
+                    if r < 15 {
+                        break;
+                    }
+                    k += 16;
+                    continue;
+                }
+                k += r as usize + 1;
+                b.consume(s);
+            }
+        }
+    }
+    if k > 64 {
+        return Err("JPEG: AC coefficients run past the block".into());
+    }
+    Ok(any_ac)
+}
+
+/// What the headers say.
+struct Frame {
+    width: usize,
+    height: usize,
+    /// Luma sampling (h, v); chroma is 1×1.
+    hv: (usize, usize),
+    /// Quantization table per component, natural order.
+    quant: [[i32; 64]; 3],
+    /// Huffman tables per component.
+    dc: [Rc<Huffman>; 3],
+    ac: [Rc<Huffman>; 3],
+    /// Offset of the entropy-coded data.
+    data: usize,
+}
+
+/// A frame component: id, horizontal and vertical sampling, quantization table.
+type Component = (u8, usize, usize, usize);
+
+fn parse(stream: &[u8]) -> Result<Option<Frame>, String> {
+    if !stream.starts_with(&[0xFF, 0xD8]) {
+        return Err("JPEG: no SOI".into());
+    }
+    let mut qt: [Option<[i32; 64]>; 4] = [None; 4];
+    let mut tables_dc: [Option<Rc<Huffman>>; 4] = Default::default();
+    let mut tables_ac: [Option<Rc<Huffman>>; 4] = Default::default();
+    let mut sof: Option<(usize, usize, [Component; 3])> = None;
+    for segment in super::decode::segments(stream) {
+        let Ok((marker, seg, end)) = segment else {
+            return Err("JPEG: bytes where a marker should be".into());
+        };
+        if end > stream.len() {
+            return Err("JPEG: a marker segment runs past the data".into());
+        }
+        match marker {
+            0xDB => {
+                let mut s = seg;
+                while let Some(&pq_tq) = s.first() {
+                    let (precision, id) = (pq_tq >> 4, (pq_tq & 15) as usize);
+                    let size = if precision == 0 { 64 } else { 128 };
+                    if precision > 1 || id > 3 || s.len() < 1 + size {
+                        return Err("JPEG: malformed quantization table".into());
+                    }
+                    let mut t = [0i32; 64];
+                    for (k, &z) in ZIGZAG[..64].iter().enumerate() {
+                        t[z as usize] = if precision == 0 {
+                            i32::from(s[1 + k])
+                        } else {
+                            i32::from(u16::from_be_bytes([s[1 + 2 * k], s[2 + 2 * k]]))
+                        };
+                    }
+                    qt[id] = Some(t);
+                    s = &s[1 + size..];
+                }
+            }
+            0xC4 => {
+                let mut s = seg;
+                while let Some(&tc_th) = s.first() {
+                    let (class, id) = (tc_th >> 4, (tc_th & 15) as usize);
+                    if class > 1 || id > 3 || s.len() < 17 {
+                        return Err("JPEG: malformed Huffman table".into());
+                    }
+                    let n: usize = s[1..17].iter().map(|&c| c as usize).sum();
+                    let bytes = s.get(1..17 + n).ok_or("JPEG: malformed Huffman table")?;
+                    let table = huffman_cached(bytes)?;
+                    if class == 0 {
+                        tables_dc[id] = Some(table);
+                    } else {
+                        tables_ac[id] = Some(table);
+                    }
+                    s = &s[17 + n..];
+                }
+            }
+            0xC0 | 0xC1 => {
+                if seg.len() < 6 || seg[0] != 8 || seg[5] != 3 || seg.len() < 15 {
+                    return Ok(None);
+                }
+                let height = u16::from_be_bytes([seg[1], seg[2]]) as usize;
+                let width = u16::from_be_bytes([seg[3], seg[4]]) as usize;
+                let mut comps = [(0u8, 0usize, 0usize, 0usize); 3];
+                for (i, c) in comps.iter_mut().enumerate() {
+                    let b = &seg[6 + 3 * i..9 + 3 * i];
+                    *c = (
+                        b[0],
+                        (b[1] >> 4) as usize,
+                        (b[1] & 15) as usize,
+                        b[2] as usize,
+                    );
+                }
+                sof = Some((width, height, comps));
+            }
+            // Progressive, lossless, arithmetic, hierarchical: the general decoder's.
+            0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => return Ok(None),
+            0xDD if seg.len() >= 2 && u16::from_be_bytes([seg[0], seg[1]]) != 0 => return Ok(None),
+            0xDA => {
+                let Some((width, height, comps)) = sof else {
+                    return Err("JPEG: scan before frame header".into());
+                };
+                let hv = (comps[0].1, comps[0].2);
+                if !matches!(hv, (1, 1) | (2, 1) | (2, 2))
+                    || comps[1..].iter().any(|c| (c.1, c.2) != (1, 1))
+                    || width == 0
+                    || height == 0
+                {
+                    return Ok(None);
+                }
+                if seg.len() != 10 || seg[0] != 3 || seg[7] != 0 || seg[8] != 63 || seg[9] != 0 {
+                    return Ok(None);
+                }
+                let mut quant = [[0i32; 64]; 3];
+                let mut dc: [Option<Rc<Huffman>>; 3] = Default::default();
+                let mut ac: [Option<Rc<Huffman>>; 3] = Default::default();
+                for i in 0..3 {
+                    if seg[1 + 2 * i] != comps[i].0 {
+                        return Ok(None);
+                    }
+                    let t = seg[2 + 2 * i];
+                    let (d, a) = ((t >> 4) as usize, (t & 15) as usize);
+                    dc[i] = tables_dc.get(d).cloned().flatten();
+                    ac[i] = tables_ac.get(a).cloned().flatten();
+                    quant[i] = qt
+                        .get(comps[i].3)
+                        .copied()
+                        .flatten()
+                        .ok_or("JPEG: component uses an undefined quantization table")?;
+                }
+                let (Some(dc), Some(ac)) = (all(dc), all(ac)) else {
+                    return Err("JPEG: scan uses an undefined Huffman table".into());
+                };
+                return Ok(Some(Frame {
+                    width,
+                    height,
+                    hv,
+                    quant,
+                    dc,
+                    ac,
+                    data: end,
+                }));
+            }
+            _ => {}
+        }
+    }
+    Err("JPEG: no scan".into())
+}
+
+/// All three, or `None` when one is missing.
+fn all<T>([a, b, c]: [Option<T>; 3]) -> Option<[T; 3]> {
+    Some([a?, b?, c?])
+}
+
+/// Copies the entropy-coded data without its stuffing into `out` (cleared first) and returns
+/// whether it ended at EOI. Restart and other markers end it too (the caller makes that an
+/// error: this decoder takes only streams without restart intervals).
+fn unstuff(data: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let mut at = 0;
+    while let Some(p) = memchr::memchr(0xFF, &data[at..]) {
+        out.extend_from_slice(&data[at..at + p + 1]);
+        let mut q = at + p + 1;
+        match data.get(q) {
+            Some(0x00) => at = q + 1,
+            _ => {
+                out.pop();
+                while data.get(q) == Some(&0xFF) {
+                    q += 1;
+                }
+                return data.get(q) == Some(&0xD9);
+            }
+        }
+    }
+    out.extend_from_slice(&data[at..]);
+    false
+}
+
+/// One component's decoded samples over a range of whole blocks.
+struct Plane {
+    /// First block column and row covered.
+    bx: usize,
+    by: usize,
+    /// Width in samples (a multiple of 8) and rows.
+    w: usize,
+    samples: Vec<u8>,
+}
+
+impl Plane {
+    #[inline(always)]
+    fn row(&self, y: usize) -> &[u8] {
+        let start = (y - self.by * 8) * self.w;
+        &self.samples[start..start + self.w]
+    }
+}
+
+/// How many Huffman tables each thread keeps built (a slide's tiles share a few).
+const TABLE_CACHE: usize = 8;
+
+thread_local! {
+    static TABLES: RefCell<Vec<(Vec<u8>, Rc<Huffman>)>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Buffers reused from tile to tile on one thread.
+#[derive(Default)]
+struct Scratch {
+    scan: Vec<u8>,
+    planes: [Vec<u8>; 3],
+}
+
+/// The Huffman table for `bytes` (16 counts, then the symbols), built once per thread: the
+/// tiles of a slide repeat the same few tables, and building one costs more than decoding a
+/// background tile.
+fn huffman_cached(bytes: &[u8]) -> Result<Rc<Huffman>, String> {
+    TABLES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((_, t)) = cache.iter().find(|(k, _)| k == bytes) {
+            return Ok(t.clone());
+        }
+        let t = Rc::new(Huffman::new(&bytes[..16], &bytes[16..])?);
+        if cache.len() == TABLE_CACHE {
+            cache.remove(0);
+        }
+        cache.push((bytes.to_vec(), t.clone()));
+        Ok(t)
+    })
+}
+
+/// Decodes `rect` of `stream` into `out` (rows `stride` bytes apart; 3 bytes per pixel). The
+/// samples are converted from YCbCr to RGB when `ycbcr` is set and written as stored otherwise.
+/// `Ok(false)`: a stream this decoder does not take (nothing written).
+pub fn decode(
+    stream: &[u8],
+    width: usize,
+    height: usize,
+    rect: Rect,
+    ycbcr: bool,
+    out: &mut [u8],
+    stride: usize,
+) -> Result<bool, String> {
+    let Some(f) = parse(stream)? else {
+        return Ok(false);
+    };
+    if (f.width, f.height) != (width, height) {
+        return Err(format!(
+            "JPEG is {} × {}, the tile is {width} × {height}",
+            f.width, f.height
+        ));
+    }
+    if rect.w == 0
+        || rect.h == 0
+        || rect.x + rect.w > width
+        || rect.y + rect.h > height
+        || out.len() < (rect.h - 1) * stride + rect.w * 3
+    {
+        return Err(format!(
+            "JPEG: region {rect:?} is outside the tile or the buffer"
+        ));
+    }
+    SCRATCH.with(|scratch| {
+        let Scratch { scan, planes } = &mut *scratch.borrow_mut();
+        if !unstuff(&stream[f.data..], scan) {
+            return Err("JPEG: the scan does not end at EOI (truncated or restart markers)".into());
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("bmi2") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { decode_avx2(&f, scan, planes, rect, ycbcr, out, stride) };
+        }
+        decode_frame(&f, scan, planes, rect, ycbcr, out, stride)
+    })?;
+    Ok(true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi2")]
+unsafe fn decode_avx2(
+    f: &Frame,
+    scan: &[u8],
+    buffers: &mut [Vec<u8>; 3],
+    rect: Rect,
+    ycbcr: bool,
+    out: &mut [u8],
+    stride: usize,
+) -> Result<(), String> {
+    decode_frame(f, scan, buffers, rect, ycbcr, out, stride)
+}
+
+#[inline(always)]
+fn decode_frame(
+    f: &Frame,
+    scan: &[u8],
+    buffers: &mut [Vec<u8>; 3],
+    rect: Rect,
+    ycbcr: bool,
+    out: &mut [u8],
+    stride: usize,
+) -> Result<(), String> {
+    let (hs, vs) = f.hv;
+    let (mcu_w, mcu_h) = (8 * hs, 8 * vs);
+    let mcus_across = f.width.div_ceil(mcu_w);
+    let mcus_down = f.height.div_ceil(mcu_h);
+    // MCUs holding the rectangle's luma, and those holding the chroma samples its
+    // upsampling reads: an even output column (row) reads the chroma column (row) before its
+    // own, an odd one the one after, clamped to the image.
+    let (mx0, mx1) = (rect.x / mcu_w, (rect.x + rect.w - 1) / mcu_w);
+    let (my0, my1) = (rect.y / mcu_h, (rect.y + rect.h - 1) / mcu_h);
+    let (chroma_w, chroma_h) = (f.width.div_ceil(hs), f.height.div_ceil(vs));
+    let reads = |first: usize, last: usize, factor: usize, size: usize| {
+        if factor == 1 {
+            return (first / 8, last / 8);
+        }
+        let lo = if first % 2 == 0 {
+            (first / 2).saturating_sub(1)
+        } else {
+            first / 2
+        };
+        let hi = if last % 2 == 1 {
+            (last / 2 + 1).min(size - 1)
+        } else {
+            last / 2
+        };
+        (lo / 8, hi / 8)
+    };
+    let (cx0, cx1) = reads(rect.x, rect.x + rect.w - 1, hs, chroma_w);
+    let (cy0, cy1) = reads(rect.y, rect.y + rect.h - 1, vs, chroma_h);
+    let whole = rect.x == 0 && rect.y == 0 && rect.w == f.width && rect.h == f.height;
+
+    // Every block of a plane is written by the IDCT below, so reused buffers need no clearing.
+    let [b0, b1, b2] = buffers;
+    let take = |buf: &mut Vec<u8>, bx: usize, by: usize, blocks_w: usize, blocks_h: usize| {
+        let mut samples = std::mem::take(buf);
+        samples.resize(blocks_w * 8 * blocks_h * 8, 0);
+        Plane {
+            bx,
+            by,
+            w: blocks_w * 8,
+            samples,
+        }
+    };
+    let mut planes = [
+        take(
+            b0,
+            mx0 * hs,
+            my0 * vs,
+            (mx1 - mx0 + 1) * hs,
+            (my1 - my0 + 1) * vs,
+        ),
+        take(b1, cx0, cy0, cx1 - cx0 + 1, cy1 - cy0 + 1),
+        take(b2, cx0, cy0, cx1 - cx0 + 1, cy1 - cy0 + 1),
+    ];
+    let mut b = Bits {
+        data: scan,
+        pos: 0,
+        buf: 0,
+        n: 0,
+    };
+    let dc: [&Huffman; 3] = std::array::from_fn(|i| &*f.dc[i]);
+    let ac: [&Huffman; 3] = std::array::from_fn(|i| &*f.ac[i]);
+    let mut pred = [0i32; 3];
+    let mut coef = [0i32; 64];
+    let last_row = my1.max(cy1);
+    for my in 0..=last_row {
+        let luma_row = (my0..=my1).contains(&my);
+        let chroma_row = (cy0..=cy1).contains(&my);
+        for mx in 0..mcus_across {
+            let luma = luma_row && (mx0..=mx1).contains(&mx);
+            for v in 0..vs {
+                for h in 0..hs {
+                    if luma {
+                        let any = block(
+                            &mut b,
+                            dc[0],
+                            ac[0],
+                            &mut pred[0],
+                            &f.quant[0],
+                            Some(&mut coef),
+                        )?;
+                        let p = &mut planes[0];
+                        let x = (mx * hs + h - p.bx) * 8;
+                        let y = (my * vs + v - p.by) * 8;
+                        idct(&coef, any, &mut p.samples[y * p.w + x..], p.w);
+                    } else {
+                        block(&mut b, dc[0], ac[0], &mut pred[0], &f.quant[0], None)?;
+                    }
+                }
+            }
+            let chroma = chroma_row && (cx0..=cx1).contains(&mx);
+            for c in 1..3 {
+                if chroma {
+                    let any = block(
+                        &mut b,
+                        dc[c],
+                        ac[c],
+                        &mut pred[c],
+                        &f.quant[c],
+                        Some(&mut coef),
+                    )?;
+                    let p = &mut planes[c];
+                    let x = (mx - p.bx) * 8;
+                    let y = (my - p.by) * 8;
+                    idct(&coef, any, &mut p.samples[y * p.w + x..], p.w);
+                } else {
+                    block(&mut b, dc[c], ac[c], &mut pred[c], &f.quant[c], None)?;
+                }
+            }
+        }
+        if b.consumed() > scan.len() * 8 {
+            return Err(
+                "JPEG: the scan ends before its last MCU (corrupt or truncated data)".into(),
+            );
+        }
+    }
+    if whole && last_row + 1 == mcus_down && scan.len() * 8 - b.consumed() >= 8 {
+        return Err(format!(
+            "JPEG: {} bytes of scan data after the last MCU",
+            (scan.len() * 8 - b.consumed()) / 8
+        ));
+    }
+
+    // Upsample and convert, one output row at a time.
+    let n = rect.w;
+    let mut cb = vec![0u8; n];
+    let mut cr = vec![0u8; n];
+    let mut ext = Vec::with_capacity(n / 2 + 4);
+    let mut up = Vec::with_capacity(n + 4);
+    for (row, y) in (rect.y..rect.y + rect.h).enumerate() {
+        let luma = &planes[0].row(y)[rect.x - planes[0].bx * 8..][..n];
+        for (c, dst) in [(1, &mut cb), (2, &mut cr)] {
+            let p = &planes[c];
+            match (hs, vs) {
+                (1, 1) => dst.copy_from_slice(&p.row(y)[rect.x - p.bx * 8..][..n]),
+                (2, 1) => {
+                    let r = p.row(y);
+                    upsample_across(r, None, p.bx * 8, chroma_w, rect.x, dst, &mut ext, &mut up);
+                }
+                _ => {
+                    let cy = y / 2;
+                    let far = if y % 2 == 0 {
+                        cy.saturating_sub(1)
+                    } else {
+                        (cy + 1).min(chroma_h - 1)
+                    };
+                    let (a, b) = (p.row(cy), Some(p.row(far)));
+                    upsample_across(a, b, p.bx * 8, chroma_w, rect.x, dst, &mut ext, &mut up);
+                }
+            }
+        }
+        let o = &mut out[row * stride..row * stride + n * 3];
+        if ycbcr {
+            ycc_to_rgb(luma, &cb, &cr, o);
+        } else {
+            for (((px, &y), &b), &r) in o.chunks_exact_mut(3).zip(luma).zip(&cb).zip(&cr) {
+                px.copy_from_slice(&[y, b, r]);
+            }
+        }
+    }
+    for (buf, p) in [b0, b1, b2].into_iter().zip(planes) {
+        *buf = p.samples;
+    }
+    Ok(())
+}
+
+/// libjpeg's fancy upsampling by 2 across (`h2v1_fancy_upsample`, or `h2v2_fancy_upsample` when
+/// `far` is given), for output columns `x0..x0 + dst.len()`. `near` is the output row's chroma
+/// row and `far` the one above (even rows) or below (odd rows); both start at chroma column
+/// `first`; `cw` is the image's chroma width. The columns past the image edges replicate the
+/// edge column, which turns libjpeg's first- and last-column cases into the general formula.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn upsample_across(
+    near: &[u8],
+    far: Option<&[u8]>,
+    first: usize,
+    cw: usize,
+    x0: usize,
+    dst: &mut [u8],
+    ext: &mut Vec<i32>,
+    up: &mut Vec<u8>,
+) {
+    let c0 = x0 / 2;
+    let last = x0 + dst.len() - 1;
+    let c1 = last / 2;
+    let sum = |c: usize| match far {
+        Some(b) => i32::from(near[c - first]) * 3 + i32::from(b[c - first]),
+        None => i32::from(near[c - first]),
+    };
+    // The chroma columns either side are read only where an output column needs them (and
+    // exist); elsewhere the edge column stands in.
+    ext.clear();
+    ext.push(sum(if x0 % 2 == 0 && c0 > 0 { c0 - 1 } else { c0 }));
+    let a = &near[c0 - first..=c1 - first];
+    match far {
+        Some(b) => {
+            let b = &b[c0 - first..=c1 - first];
+            ext.extend(
+                a.iter()
+                    .zip(b)
+                    .map(|(&a, &b)| i32::from(a) * 3 + i32::from(b)),
+            );
+        }
+        None => ext.extend(a.iter().map(|&a| i32::from(a))),
+    }
+    ext.push(sum(if last % 2 == 1 && c1 + 1 < cw {
+        c1 + 1
+    } else {
+        c1
+    }));
+    let (shift, even, odd) = if far.is_some() { (4, 8, 7) } else { (2, 1, 2) };
+    up.clear();
+    up.resize(2 * (c1 - c0 + 1), 0);
+    for (o, w) in up.chunks_exact_mut(2).zip(ext.windows(3)) {
+        o[0] = ((w[1] * 3 + w[0] + even) >> shift) as u8;
+        o[1] = ((w[1] * 3 + w[2] + odd) >> shift) as u8;
+    }
+    dst.copy_from_slice(&up[x0 - 2 * c0..][..dst.len()]);
+}
+
+/// `jdcolor.c`'s `ycc_rgb_convert` arithmetic, saturated.
+#[inline(always)]
+fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
+    const ONE_HALF: i32 = 1 << 15;
+    for (((px, &y), &cb), &cr) in out.chunks_exact_mut(3).zip(y).zip(cb).zip(cr) {
+        let (y, cb, cr) = (i32::from(y), i32::from(cb) - 128, i32::from(cr) - 128);
+        let r = y + ((91881 * cr + ONE_HALF) >> 16);
+        let g = y + ((-22554 * cb + ONE_HALF - 46802 * cr) >> 16);
+        let b = y + ((116130 * cb + ONE_HALF) >> 16);
+        px[0] = r.clamp(0, 255) as u8;
+        px[1] = g.clamp(0, 255) as u8;
+        px[2] = b.clamp(0, 255) as u8;
+    }
+}
+
+/// `jpeg_idct_islow` of one dequantized block into 8 rows of `out`, `stride` apart.
+#[inline(always)]
+fn idct(c: &[i32; 64], any_ac: bool, out: &mut [u8], stride: usize) {
+    if !any_ac {
+        let v = ((c[0].wrapping_shl(2).wrapping_add(16)) >> 5)
+            .wrapping_add(128)
+            .clamp(0, 255) as u8;
+        for r in 0..8 {
+            out[r * stride..r * stride + 8].fill(v);
+        }
+        return;
+    }
+    const CB: u32 = 13;
+    const P1: u32 = 2;
+    // Pass 1: columns, all eight at once (lane = column).
+    let col = |k: usize| -> [i32; 8] { std::array::from_fn(|l| c[k * 8 + l]) };
+    let ws = idct_1d(
+        [
+            col(0),
+            col(1),
+            col(2),
+            col(3),
+            col(4),
+            col(5),
+            col(6),
+            col(7),
+        ],
+        0,
+        CB - P1,
+    );
+    // Transpose: lane = row.
+    let t: [[i32; 8]; 8] = std::array::from_fn(|k| std::array::from_fn(|l| ws[l][k]));
+    let res = idct_1d(t, 1 << (P1 + 2), CB + P1 + 3);
+    // res[k][l]: row l, column k.
+    for r in 0..8 {
+        let o = &mut out[r * stride..r * stride + 8];
+        for (k, px) in o.iter_mut().enumerate() {
+            *px = res[k][r].wrapping_add(128).clamp(0, 255) as u8;
+        }
+    }
+}
+
+/// One 1-D pass of the islow IDCT over 8 lanes: `v[k]` is coefficient k of each lane. `bias` is
+/// added to the DC term (pass 2's rounding), and the results are shifted right by `shift`
+/// (pass 1 rounds with DESCALE; pass 2's rounding is the bias).
+#[inline(always)]
+fn idct_1d(v: [[i32; 8]; 8], bias: i32, shift: u32) -> [[i32; 8]; 8] {
+    const F0_298: i32 = 2446;
+    const F0_390: i32 = 3196;
+    const F0_541: i32 = 4433;
+    const F0_765: i32 = 6270;
+    const F0_899: i32 = 7373;
+    const F1_175: i32 = 9633;
+    const F1_501: i32 = 12299;
+    const F1_847: i32 = 15137;
+    const F1_961: i32 = 16069;
+    const F2_053: i32 = 16819;
+    const F2_562: i32 = 20995;
+    const F3_072: i32 = 25172;
+    let round = if bias == 0 { 1 << (shift - 1) } else { 0 };
+    let mut out = [[0i32; 8]; 8];
+    for l in 0..8 {
+        let z2 = v[2][l];
+        let z3 = v[6][l];
+        let z1 = z2.wrapping_add(z3).wrapping_mul(F0_541);
+        let tmp2 = z1.wrapping_add(z3.wrapping_mul(-F1_847));
+        let tmp3 = z1.wrapping_add(z2.wrapping_mul(F0_765));
+        let z2 = v[0][l].wrapping_add(bias);
+        let z3 = v[4][l];
+        let tmp0 = z2.wrapping_add(z3).wrapping_shl(13);
+        let tmp1 = z2.wrapping_sub(z3).wrapping_shl(13);
+        let tmp10 = tmp0.wrapping_add(tmp3);
+        let tmp13 = tmp0.wrapping_sub(tmp3);
+        let tmp11 = tmp1.wrapping_add(tmp2);
+        let tmp12 = tmp1.wrapping_sub(tmp2);
+
+        let (t0, t1, t2, t3) = (v[7][l], v[5][l], v[3][l], v[1][l]);
+        let z1 = t0.wrapping_add(t3);
+        let z2 = t1.wrapping_add(t2);
+        let z3 = t0.wrapping_add(t2);
+        let z4 = t1.wrapping_add(t3);
+        let z5 = z3.wrapping_add(z4).wrapping_mul(F1_175);
+        let t0 = t0.wrapping_mul(F0_298);
+        let t1 = t1.wrapping_mul(F2_053);
+        let t2 = t2.wrapping_mul(F3_072);
+        let t3 = t3.wrapping_mul(F1_501);
+        let z1 = z1.wrapping_mul(-F0_899);
+        let z2 = z2.wrapping_mul(-F2_562);
+        let z3 = z3.wrapping_mul(-F1_961).wrapping_add(z5);
+        let z4 = z4.wrapping_mul(-F0_390).wrapping_add(z5);
+        let t0 = t0.wrapping_add(z1).wrapping_add(z3);
+        let t1 = t1.wrapping_add(z2).wrapping_add(z4);
+        let t2 = t2.wrapping_add(z2).wrapping_add(z3);
+        let t3 = t3.wrapping_add(z1).wrapping_add(z4);
+
+        let d = |x: i32| x.wrapping_add(round) >> shift;
+        out[0][l] = d(tmp10.wrapping_add(t3));
+        out[7][l] = d(tmp10.wrapping_sub(t3));
+        out[1][l] = d(tmp11.wrapping_add(t2));
+        out[6][l] = d(tmp11.wrapping_sub(t2));
+        out[2][l] = d(tmp12.wrapping_add(t1));
+        out[5][l] = d(tmp12.wrapping_sub(t1));
+        out[3][l] = d(tmp13.wrapping_add(t0));
+        out[4][l] = d(tmp13.wrapping_sub(t0));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+
+    /// A deterministic test image with edges, gradients and colour.
+    fn image(w: usize, h: usize) -> Vec<u8> {
+        (0..w * h)
+            .flat_map(|i| {
+                let (x, y) = (i % w, i / w);
+                let r = if (x / 9 + y / 7) % 2 == 0 { 230 } else { 40 };
+                [r, (x * 255 / w) as u8, ((x * 7 + y * 13) % 256) as u8]
+            })
+            .collect()
+    }
+
+    fn encode(
+        w: usize,
+        h: usize,
+        sampling: SamplingFactor,
+        setup: impl Fn(&mut Encoder<&mut Vec<u8>>),
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut e = Encoder::new(&mut out, 85);
+        e.set_sampling_factor(sampling);
+        setup(&mut e);
+        e.encode(&image(w, h), w as u16, h as u16, ColorType::Rgb)
+            .expect("encodes");
+        out
+    }
+
+    fn whole(stream: &[u8], w: usize, h: usize) -> Result<Option<Vec<u8>>, String> {
+        let mut out = vec![0u8; w * h * 3];
+        let rect = Rect { x: 0, y: 0, w, h };
+        Ok(decode(stream, w, h, rect, true, &mut out, w * 3)?.then_some(out))
+    }
+
+    fn zune(stream: &[u8]) -> Vec<u8> {
+        use zune_jpeg::zune_core::{bytestream::ZCursor, options::DecoderOptions};
+        let mut d = zune_jpeg::JpegDecoder::new_with_options(
+            ZCursor::new(stream),
+            DecoderOptions::default().set_strict_mode(true),
+        );
+        d.decode().expect("zune decodes the test image")
+    }
+
+    #[test]
+    fn matches_the_general_decoder_and_every_crop_equals_the_whole() {
+        for (w, h) in [(256, 256), (100, 75), (33, 200)] {
+            for sampling in [
+                SamplingFactor::R_4_2_0,
+                SamplingFactor::R_4_2_2,
+                SamplingFactor::R_4_4_4,
+            ] {
+                let j = encode(w, h, sampling, |_| {});
+                let full = whole(&j, w, h)
+                    .unwrap()
+                    .expect("a baseline stream is taken");
+                // zune-jpeg rounds a little differently from libjpeg, and where the size is not
+                // a whole number of MCUs it upsamples the last column and row from the padding
+                // (libjpeg, and this decoder, replicate the last real ones; checked against
+                // libjpeg-turbo 2.1.5 on such images): compare the rest.
+                let z = zune(&j);
+                let max = (0..w * h)
+                    .filter(|i| i % w < w - 1 && i / w < h - 1)
+                    .flat_map(|i| (0..3).map(move |c| 3 * i + c))
+                    .map(|i| full[i].abs_diff(z[i]))
+                    .max();
+                assert!(
+                    max.is_some_and(|m| m <= 8),
+                    "{w}×{h} {sampling:?}: max difference {max:?}"
+                );
+                let rects = [
+                    Rect {
+                        x: 0,
+                        y: 0,
+                        w: 1,
+                        h: 1,
+                    },
+                    Rect {
+                        x: w - 1,
+                        y: h - 1,
+                        w: 1,
+                        h: 1,
+                    },
+                    Rect {
+                        x: 17,
+                        y: 3,
+                        w: w - 17,
+                        h: 9,
+                    },
+                    Rect {
+                        x: 0,
+                        y: h / 2,
+                        w,
+                        h: h - h / 2,
+                    },
+                    Rect {
+                        x: w / 3,
+                        y: h / 3,
+                        w: w / 3,
+                        h: h / 3,
+                    },
+                    Rect {
+                        x: 15,
+                        y: 15,
+                        w: 2,
+                        h: 2,
+                    },
+                    Rect {
+                        x: 16,
+                        y: 16,
+                        w: w - 16,
+                        h: h - 16,
+                    },
+                ];
+                for r in rects {
+                    // Rows farther apart than the rectangle is wide.
+                    let stride = r.w * 3 + 6;
+                    let mut part = vec![7u8; (r.h - 1) * stride + r.w * 3];
+                    assert!(decode(&j, w, h, r, true, &mut part, stride).unwrap());
+                    for row in 0..r.h {
+                        let src = ((r.y + row) * w + r.x) * 3;
+                        assert_eq!(
+                            &part[row * stride..row * stride + r.w * 3],
+                            &full[src..src + r.w * 3],
+                            "{w}×{h} {sampling:?} {r:?} row {row}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streams_it_does_not_take_are_left_to_the_general_decoder() {
+        let progressive = encode(64, 64, SamplingFactor::R_4_2_0, |e| e.set_progressive(true));
+        assert_eq!(whole(&progressive, 64, 64), Ok(None));
+        let restarts = encode(64, 64, SamplingFactor::R_4_2_0, |e| {
+            e.set_restart_interval(2)
+        });
+        assert_eq!(whole(&restarts, 64, 64), Ok(None));
+    }
+
+    /// Where the scan data starts: just past the SOS segment.
+    fn scan_start(j: &[u8]) -> usize {
+        let sos = j
+            .windows(2)
+            .position(|w| w == [0xFF, 0xDA])
+            .expect("has SOS");
+        sos + 2 + u16::from_be_bytes([j[sos + 2], j[sos + 3]]) as usize
+    }
+
+    #[test]
+    fn a_scan_cut_short_or_with_bytes_left_over_is_an_error() {
+        let j = encode(128, 128, SamplingFactor::R_4_2_0, |_| {});
+        let start = scan_start(&j);
+        let data_end = j.len() - 2;
+        // Cut in the middle and closed with a fresh EOI: libjpeg warns, OpenSlide fails.
+        let mut cut = j[..start + (data_end - start) / 2].to_vec();
+        if cut.last() == Some(&0xFF) {
+            cut.pop();
+        }
+        cut.extend_from_slice(&[0xFF, 0xD9]);
+        let err = whole(&cut, 128, 128).unwrap_err();
+        assert!(err.contains("ends before its last MCU"), "{err}");
+        // The rows before the cut are still readable in part.
+        let mut top = vec![0u8; 128 * 3];
+        let r = Rect {
+            x: 0,
+            y: 0,
+            w: 128,
+            h: 1,
+        };
+        assert_eq!(decode(&cut, 128, 128, r, true, &mut top, 128 * 3), Ok(true));
+        // No EOI at all.
+        let err = whole(&j[..data_end], 128, 128).unwrap_err();
+        assert!(err.contains("EOI"), "{err}");
+        // Bytes between the last MCU and EOI.
+        let mut extra = j[..data_end].to_vec();
+        extra.extend_from_slice(&[0x12, 0x34, 0x56, 0xFF, 0xD9]);
+        let err = whole(&extra, 128, 128).unwrap_err();
+        assert!(err.contains("after the last MCU"), "{err}");
+        // A marker inside the scan.
+        let mut marker = j.clone();
+        marker.splice(start + 10..start + 10, [0xFF, 0xFE, 0x00, 0x02]);
+        assert!(whole(&marker, 128, 128).is_err());
+    }
+
+    #[test]
+    fn wrong_sizes_and_regions_are_errors() {
+        let j = encode(64, 48, SamplingFactor::R_4_2_0, |_| {});
+        assert!(whole(&j, 64, 64).unwrap_err().contains("64 × 48"));
+        let mut out = vec![0u8; 64 * 48 * 3];
+        for r in [
+            Rect {
+                x: 0,
+                y: 0,
+                w: 0,
+                h: 1,
+            },
+            Rect {
+                x: 60,
+                y: 0,
+                w: 5,
+                h: 1,
+            },
+            Rect {
+                x: 0,
+                y: 47,
+                w: 1,
+                h: 2,
+            },
+        ] {
+            assert!(
+                decode(&j, 64, 48, r, true, &mut out, 64 * 3).is_err(),
+                "{r:?}"
+            );
+        }
+        let r = Rect {
+            x: 0,
+            y: 0,
+            w: 64,
+            h: 48,
+        };
+        assert!(decode(&j, 64, 48, r, true, &mut out[..100], 64 * 3).is_err());
+        // Every prefix of the stream fails cleanly or is left to the general decoder.
+        for n in 0..j.len() {
+            let _ = whole(&j[..n], 64, 48);
+        }
+    }
+}
