@@ -205,7 +205,8 @@ static ZIGZAG: [u8; 80] = [
 ];
 
 /// Decodes one block's coefficients into `coef` (dequantized, natural order), or only parses
-/// them when `coef` is `None`. Returns whether any AC coefficient is nonzero.
+/// them when `coef` is `None`. Returns the zig-zag index of the last coefficient written (0:
+/// only DC).
 #[inline(always)]
 fn block(
     b: &mut Bits,
@@ -214,7 +215,7 @@ fn block(
     pred: &mut i32,
     q: &[i32; 64],
     coef: Option<&mut [i32; 64]>,
-) -> Result<bool, String> {
+) -> Result<usize, String> {
     b.refill();
     let s = u32::from(b.symbol(dc)?);
     if s > 15 {
@@ -222,7 +223,7 @@ fn block(
     }
     *pred = pred.wrapping_add(b.value(s));
     let mut k = 1usize;
-    let mut any_ac = false;
+    let mut last = 0;
     match coef {
         Some(c) => {
             *c = [0; 64];
@@ -241,7 +242,7 @@ fn block(
                     k += run as usize;
                     let z = ZIGZAG[k.min(79)] as usize;
                     c[z] = (f >> 16).wrapping_mul(q[z]);
-                    any_ac = true;
+                    last = k;
                     k += 1;
                     continue;
                 }
@@ -258,7 +259,7 @@ fn block(
                 let v = b.value(s);
                 let z = ZIGZAG[k.min(79)] as usize;
                 c[z] = v.wrapping_mul(q[z]);
-                any_ac = true;
+                last = k;
                 k += 1;
             }
         }
@@ -294,7 +295,7 @@ fn block(
     if k > 64 {
         return Err("JPEG: AC coefficients run past the block".into());
     }
-    Ok(any_ac)
+    Ok(last)
 }
 
 /// What the headers say.
@@ -562,7 +563,7 @@ pub fn decode(
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { decode_avx2(&f, scan, planes, rect, ycbcr, out, stride) };
         }
-        decode_frame(&f, scan, planes, rect, ycbcr, out, stride)
+        decode_frame::<false>(&f, scan, planes, rect, ycbcr, out, stride)
     })?;
     Ok(true)
 }
@@ -578,11 +579,12 @@ unsafe fn decode_avx2(
     out: &mut [u8],
     stride: usize,
 ) -> Result<(), String> {
-    decode_frame(f, scan, buffers, rect, ycbcr, out, stride)
+    decode_frame::<true>(f, scan, buffers, rect, ycbcr, out, stride)
 }
 
+/// `AVX2`: compiled into [`decode_avx2`], where the CPU has AVX2.
 #[inline(always)]
-fn decode_frame(
+fn decode_frame<const AVX2: bool>(
     f: &Frame,
     scan: &[u8],
     buffers: &mut [Vec<u8>; 3],
@@ -743,6 +745,12 @@ fn decode_frame(
         }
         let o = &mut out[row * stride..row * stride + n * 3];
         if ycbcr {
+            #[cfg(target_arch = "x86_64")]
+            if AVX2 {
+                // SAFETY: AVX2 is set only in `decode_avx2`, called where the CPU has AVX2.
+                unsafe { simd::ycc_to_rgb(luma, &cb, &cr, o) };
+                continue;
+            }
             ycc_to_rgb(luma, &cb, &cr, o);
         } else {
             for (((px, &y), &b), &r) in o.chunks_exact_mut(3).zip(luma).zip(&cb).zip(&cr) {
@@ -826,10 +834,102 @@ fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
     }
 }
 
-/// `jpeg_idct_islow` of one dequantized block into 8 rows of `out`, `stride` apart.
+/// AVX2 versions of the per-pixel loops, with the same arithmetic as the scalar ones.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// `pshufb` masks that interleave 16 R, 16 G and 16 B bytes into 48 RGB bytes: for each
+    /// 16-byte output block, one mask per channel (0x80 writes 0).
+    const fn interleave_masks() -> [[[u8; 16]; 3]; 3] {
+        let mut m = [[[0x80u8; 16]; 3]; 3];
+        let mut j = 0;
+        while j < 48 {
+            m[j / 16][j % 3][j % 16] = (j / 3) as u8;
+            j += 1;
+        }
+        m
+    }
+    const MASKS: [[[u8; 16]; 3]; 3] = interleave_masks();
+
+    /// Eight i32 lanes of `v * m + add`, shifted right by 16.
+    #[target_feature(enable = "avx2")]
+    fn fix(v: __m256i, m: i32, add: __m256i) -> __m256i {
+        _mm256_srai_epi32::<16>(_mm256_add_epi32(
+            _mm256_mullo_epi32(v, _mm256_set1_epi32(m)),
+            add,
+        ))
+    }
+
+    /// Sixteen i32 lanes (two registers) to sixteen saturated u8.
+    #[target_feature(enable = "avx2")]
+    fn to_u8(lo: __m256i, hi: __m256i) -> __m128i {
+        let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
+        _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
+    }
+
+    /// [`super::ycc_to_rgb`] sixteen pixels at a time.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
+        let n = y.len().min(cb.len()).min(cr.len()).min(out.len() / 3);
+        let half = _mm256_set1_epi32(1 << 15);
+        let c128 = _mm256_set1_epi32(128);
+        let masks: [[__m128i; 3]; 3] = std::array::from_fn(|b| {
+            // SAFETY: reads 16 bytes of a 16-byte array.
+            std::array::from_fn(|c| unsafe { _mm_loadu_si128(MASKS[b][c].as_ptr().cast()) })
+        });
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, and every slice holds at least n (out 3n) bytes.
+            unsafe {
+                let load = |s: &[u8]| _mm_loadu_si128(s.as_ptr().add(i).cast());
+                let widen = |v: __m128i| {
+                    (
+                        _mm256_cvtepu8_epi32(v),
+                        _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v)),
+                    )
+                };
+                let (y0, y1) = widen(load(y));
+                let (b0, b1) = widen(load(cb));
+                let (r0, r1) = widen(load(cr));
+                let (b0, b1) = (_mm256_sub_epi32(b0, c128), _mm256_sub_epi32(b1, c128));
+                let (r0, r1) = (_mm256_sub_epi32(r0, c128), _mm256_sub_epi32(r1, c128));
+                let red = |y, cr| _mm256_add_epi32(y, fix(cr, 91881, half));
+                let green = |y, cb, cr| {
+                    let t = _mm256_add_epi32(
+                        _mm256_mullo_epi32(cb, _mm256_set1_epi32(-22554)),
+                        _mm256_mullo_epi32(cr, _mm256_set1_epi32(-46802)),
+                    );
+                    _mm256_add_epi32(y, _mm256_srai_epi32::<16>(_mm256_add_epi32(t, half)))
+                };
+                let blue = |y, cb| _mm256_add_epi32(y, fix(cb, 116130, half));
+                let ch = [
+                    to_u8(red(y0, r0), red(y1, r1)),
+                    to_u8(green(y0, b0, r0), green(y1, b1, r1)),
+                    to_u8(blue(y0, b0), blue(y1, b1)),
+                ];
+                let o = out.as_mut_ptr().add(3 * i);
+                for (k, m) in masks.iter().enumerate() {
+                    let v = _mm_or_si128(
+                        _mm_or_si128(_mm_shuffle_epi8(ch[0], m[0]), _mm_shuffle_epi8(ch[1], m[1])),
+                        _mm_shuffle_epi8(ch[2], m[2]),
+                    );
+                    _mm_storeu_si128(o.add(16 * k).cast(), v);
+                }
+            }
+            i += 16;
+        }
+        super::ycc_to_rgb(&y[i..n], &cb[i..n], &cr[i..n], &mut out[3 * i..3 * n]);
+    }
+}
+
+/// `jpeg_idct_islow` of one dequantized block into 8 rows of `out`, `stride` apart. `last` is
+/// the zig-zag index of the last nonzero coefficient: blocks whose coefficients all lie in the
+/// top-left 2×2 or 4×4 corner (most of a slide's) take the same arithmetic with the zero terms
+/// left out.
 #[inline(always)]
-fn idct(c: &[i32; 64], any_ac: bool, out: &mut [u8], stride: usize) {
-    if !any_ac {
+fn idct(c: &[i32; 64], last: usize, out: &mut [u8], stride: usize) {
+    if last == 0 {
         let v = ((c[0].wrapping_shl(2).wrapping_add(16)) >> 5)
             .wrapping_add(128)
             .clamp(0, 255) as u8;
@@ -838,26 +938,30 @@ fn idct(c: &[i32; 64], any_ac: bool, out: &mut [u8], stride: usize) {
         }
         return;
     }
+    // Zig-zag positions 0..=2 lie in rows and columns 0..2, 0..=9 in 0..4.
+    if last <= 2 {
+        idct_corner::<2>(c, out, stride)
+    } else if last <= 9 {
+        idct_corner::<4>(c, out, stride)
+    } else {
+        idct_corner::<8>(c, out, stride)
+    }
+}
+
+/// The islow IDCT of a block whose nonzero coefficients lie in rows and columns `0..N`.
+#[inline(always)]
+fn idct_corner<const N: usize>(c: &[i32; 64], out: &mut [u8], stride: usize) {
     const CB: u32 = 13;
     const P1: u32 = 2;
-    // Pass 1: columns, all eight at once (lane = column).
-    let col = |k: usize| -> [i32; 8] { std::array::from_fn(|l| c[k * 8 + l]) };
+    // Pass 1: columns, all eight at once (lane = column); rows from N on are zero.
     let ws = idct_1d(
-        [
-            col(0),
-            col(1),
-            col(2),
-            col(3),
-            col(4),
-            col(5),
-            col(6),
-            col(7),
-        ],
+        std::array::from_fn(|k| std::array::from_fn(|l| if k < N { c[k * 8 + l] } else { 0 })),
         0,
         CB - P1,
     );
-    // Transpose: lane = row.
-    let t: [[i32; 8]; 8] = std::array::from_fn(|k| std::array::from_fn(|l| ws[l][k]));
+    // Transpose: lane = row; columns from N on are zero.
+    let t: [[i32; 8]; 8] =
+        std::array::from_fn(|k| std::array::from_fn(|l| if k < N { ws[l][k] } else { 0 }));
     let res = idct_1d(t, 1 << (P1 + 2), CB + P1 + 3);
     // res[k][l]: row l, column k.
     for r in 0..8 {
@@ -1064,6 +1168,32 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_colour_conversion_equals_the_scalar_one() {
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        // Every (Cb, Cr) pair, with luma sweeping its range; 37 pixels a row: two SIMD blocks
+        // and a scalar tail.
+        let n = 37;
+        let (mut a, mut b) = (vec![0u8; n * 3], vec![0u8; n * 3]);
+        for cb in 0..=255u8 {
+            for cr in 0..=255u8 {
+                let y: Vec<u8> = (0..n)
+                    .map(|i| (i * 7 + cb as usize * 3 + cr as usize) as u8)
+                    .collect();
+                let cbs: Vec<u8> = (0..n).map(|i| cb.wrapping_add(i as u8 / 16)).collect();
+                let crs: Vec<u8> = (0..n).map(|i| cr.wrapping_sub(i as u8 / 16)).collect();
+                ycc_to_rgb(&y, &cbs, &crs, &mut a);
+                // SAFETY: checked above that the CPU has AVX2.
+                unsafe { simd::ycc_to_rgb(&y, &cbs, &crs, &mut b) };
+                assert_eq!(a, b, "Cb {cb}, Cr {cr}");
             }
         }
     }
