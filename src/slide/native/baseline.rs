@@ -660,7 +660,15 @@ fn decode_frame<const AVX2: bool>(
     for my in 0..=last_row {
         let luma_row = (my0..=my1).contains(&my);
         let chroma_row = (cy0..=cy1).contains(&my);
-        for mx in 0..mcus_across {
+        // The last row stops after the last MCU it needs.
+        let across = if my == last_row {
+            let luma_end = if luma_row { mx1 + 1 } else { 0 };
+            let chroma_end = if chroma_row { cx1 + 1 } else { 0 };
+            luma_end.max(chroma_end)
+        } else {
+            mcus_across
+        };
+        for mx in 0..across {
             let luma = luma_row && (mx0..=mx1).contains(&mx);
             for v in 0..vs {
                 for h in 0..hs {

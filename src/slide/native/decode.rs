@@ -5,6 +5,9 @@
 //! caller's buffer. Output sizes are fixed before decoding, so a hostile tile can never make a
 //! decoder allocate more than one tile; a decoder panic is caught and reported as an error.
 //!
+//! JPEG tiles of the common kind go to Tessera's own decoder (`baseline.rs`, libjpeg's
+//! arithmetic, so OpenSlide's pixels), the rest to zune-jpeg.
+//!
 //! Colour follows OpenSlide: for JPEG the TIFF Photometric tag decides whether the samples are
 //! RGB or YCbCr, whatever the JPEG stream's own markers say (Aperio writes RGB JPEGs without
 //! Adobe markers); JPEG 2000 compression 33003 is YCbCr without MCT, 33005 RGB with MCT.
