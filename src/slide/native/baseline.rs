@@ -18,7 +18,10 @@
 //!
 //! Strictness follows OpenSlide, which makes every libjpeg warning fatal: a scan that needs bits
 //! past its data, a missing EOI, and (when the whole tile is decoded) leftover bytes after the
-//! last MCU are errors. Sizes are checked against the TIFF before anything is allocated.
+//! last MCU are errors. Sizes are checked against the TIFF before anything is allocated. One
+//! difference remains by design: a partial decode stops at the last row it needs, so on a tile
+//! whose data is damaged further down it returns the (correct) rows before the damage, where a
+//! whole-tile decode, and OpenSlide, report the tile as corrupt.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -71,7 +74,8 @@ impl Huffman {
         for l in 1..=16usize {
             let n = counts[l - 1] as i32;
             h.valoff[l] = k as i32 - code;
-            if code + n > (1 << l) {
+            // As libjpeg: the codes of each length must fit, and none may be all ones.
+            if code + n >= (1 << l) {
                 return Err("JPEG: Huffman table with more codes than bits".into());
             }
             for _ in 0..n {
@@ -292,9 +296,8 @@ fn block(
             }
         }
     }
-    if k > 64 {
-        return Err("JPEG: AC coefficients run past the block".into());
-    }
+    // A run past coefficient 63 (corrupt data) wrote to 63 and ended the block, as in libjpeg,
+    // which neither stops nor warns.
     Ok(last)
 }
 
@@ -345,7 +348,8 @@ fn parse(stream: &[u8]) -> Result<Option<Frame>, String> {
                         t[z as usize] = if precision == 0 {
                             i32::from(s[1 + k])
                         } else {
-                            i32::from(u16::from_be_bytes([s[1 + 2 * k], s[2 + 2 * k]]))
+                            // libjpeg-turbo's SIMD IDCT multiplies by 16-bit signed values.
+                            i32::from(i16::from_be_bytes([s[1 + 2 * k], s[2 + 2 * k]]))
                         };
                     }
                     qt[id] = Some(t);
@@ -396,7 +400,10 @@ fn parse(stream: &[u8]) -> Result<Option<Frame>, String> {
                     return Err("JPEG: scan before frame header".into());
                 };
                 let hv = (comps[0].1, comps[0].2);
+                // libjpeg upsamples a chroma plane of 2 columns or fewer by replication, not
+                // the triangle filter this decoder implements: such images are the other's.
                 if !matches!(hv, (1, 1) | (2, 1) | (2, 2))
+                    || hv.0 == 2 && width.div_ceil(2) <= 2
                     || comps[1..].iter().any(|c| (c.1, c.2) != (1, 1))
                     || width == 0
                     || height == 0
@@ -455,15 +462,16 @@ fn unstuff(data: &[u8], out: &mut Vec<u8>) -> bool {
     let mut at = 0;
     while let Some(p) = memchr::memchr(0xFF, &data[at..]) {
         out.extend_from_slice(&data[at..at + p + 1]);
+        // Fill bytes (0xFF) may precede the 0x00 of stuffing or a marker, as libjpeg reads it.
         let mut q = at + p + 1;
+        while data.get(q) == Some(&0xFF) {
+            q += 1;
+        }
         match data.get(q) {
             Some(0x00) => at = q + 1,
-            _ => {
+            next => {
                 out.pop();
-                while data.get(q) == Some(&0xFF) {
-                    q += 1;
-                }
-                return data.get(q) == Some(&0xD9);
+                return next == Some(&0xD9);
             }
         }
     }
@@ -543,11 +551,15 @@ pub fn decode(
             f.width, f.height
         ));
     }
-    if rect.w == 0
-        || rect.h == 0
-        || rect.x + rect.w > width
-        || rect.y + rect.h > height
-        || out.len() < (rect.h - 1) * stride + rect.w * 3
+    let fits = |start: usize, len: usize, size: usize| {
+        len > 0 && start.checked_add(len).is_some_and(|end| end <= size)
+    };
+    let needed = (rect.h.saturating_sub(1))
+        .checked_mul(stride)
+        .and_then(|v| v.checked_add(rect.w.saturating_mul(3)));
+    if !fits(rect.x, rect.w, width)
+        || !fits(rect.y, rect.h, height)
+        || needed.is_none_or(|n| out.len() < n)
     {
         return Err(format!(
             "JPEG: region {rect:?} is outside the tile or the buffer"
@@ -860,49 +872,50 @@ mod simd {
     }
     const MASKS: [[[u8; 16]; 3]; 3] = interleave_masks();
 
-    /// Eight i32 lanes of `v * m + add`, shifted right by 16.
-    #[target_feature(enable = "avx2")]
-    fn fix(v: __m256i, m: i32, add: __m256i) -> __m256i {
-        _mm256_srai_epi32::<16>(_mm256_add_epi32(
-            _mm256_mullo_epi32(v, _mm256_set1_epi32(m)),
-            add,
-        ))
-    }
-
-    /// Sixteen i32 lanes (two registers) to sixteen saturated u8.
-    #[target_feature(enable = "avx2")]
-    fn to_u8(lo: __m256i, hi: __m256i) -> __m128i {
-        let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
-        _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
-    }
-
     /// [`super::ycc_to_rgb`] sixteen pixels at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
+    pub(super) unsafe fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
         let n = y.len().min(cb.len()).min(cr.len()).min(out.len() / 3);
-        let half = _mm256_set1_epi32(1 << 15);
-        let c128 = _mm256_set1_epi32(128);
-        let masks: [[__m128i; 3]; 3] = std::array::from_fn(|b| {
-            // SAFETY: reads 16 bytes of a 16-byte array.
-            std::array::from_fn(|c| unsafe { _mm_loadu_si128(MASKS[b][c].as_ptr().cast()) })
-        });
         let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 <= n, and every slice holds at least n (out 3n) bytes.
-            unsafe {
-                let load = |s: &[u8]| _mm_loadu_si128(s.as_ptr().add(i).cast());
-                let widen = |v: __m128i| {
-                    (
-                        _mm256_cvtepu8_epi32(v),
-                        _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v)),
-                    )
-                };
-                let (y0, y1) = widen(load(y));
-                let (b0, b1) = widen(load(cb));
-                let (r0, r1) = widen(load(cr));
+        // SAFETY: the caller guarantees AVX2; every load reads 16 bytes at `i` of slices
+        // holding at least `n >= i + 16` bytes, and every store writes 48 bytes at `3 * i` of
+        // `out`, which holds at least `3 * n` bytes; the masks are 16-byte arrays.
+        unsafe {
+            let half = _mm256_set1_epi32(1 << 15);
+            let c128 = _mm256_set1_epi32(128);
+            let mask = |b: usize, c: usize| _mm_loadu_si128(MASKS[b][c].as_ptr().cast());
+            let masks = [
+                [mask(0, 0), mask(0, 1), mask(0, 2)],
+                [mask(1, 0), mask(1, 1), mask(1, 2)],
+                [mask(2, 0), mask(2, 1), mask(2, 2)],
+            ];
+            // Eight i32 lanes of `v * m + add`, shifted right by 16.
+            let fix = |v: __m256i, m: i32| {
+                let p = _mm256_mullo_epi32(v, _mm256_set1_epi32(m));
+                _mm256_srai_epi32::<16>(_mm256_add_epi32(p, half))
+            };
+            // Sixteen i32 lanes (two registers) to sixteen saturated u8.
+            let to_u8 = |lo: __m256i, hi: __m256i| {
+                let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
+                _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
+            };
+            let widen = |s: &[u8], at: usize| {
+                let v = _mm_loadu_si128(s.as_ptr().add(at).cast());
+                (
+                    _mm256_cvtepu8_epi32(v),
+                    _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v)),
+                )
+            };
+            while i + 16 <= n {
+                let (y0, y1) = widen(y, i);
+                let (b0, b1) = widen(cb, i);
+                let (r0, r1) = widen(cr, i);
                 let (b0, b1) = (_mm256_sub_epi32(b0, c128), _mm256_sub_epi32(b1, c128));
                 let (r0, r1) = (_mm256_sub_epi32(r0, c128), _mm256_sub_epi32(r1, c128));
-                let red = |y, cr| _mm256_add_epi32(y, fix(cr, 91881, half));
+                let red = |y, cr| _mm256_add_epi32(y, fix(cr, 91881));
                 let green = |y, cb, cr| {
                     let t = _mm256_add_epi32(
                         _mm256_mullo_epi32(cb, _mm256_set1_epi32(-22554)),
@@ -910,7 +923,7 @@ mod simd {
                     );
                     _mm256_add_epi32(y, _mm256_srai_epi32::<16>(_mm256_add_epi32(t, half)))
                 };
-                let blue = |y, cb| _mm256_add_epi32(y, fix(cb, 116130, half));
+                let blue = |y, cb| _mm256_add_epi32(y, fix(cb, 116130));
                 let ch = [
                     to_u8(red(y0, r0), red(y1, r1)),
                     to_u8(green(y0, b0, r0), green(y1, b1, r1)),
@@ -924,8 +937,8 @@ mod simd {
                     );
                     _mm_storeu_si128(o.add(16 * k).cast(), v);
                 }
+                i += 16;
             }
-            i += 16;
         }
         super::ycc_to_rgb(&y[i..n], &cb[i..n], &cr[i..n], &mut out[3 * i..3 * n]);
     }
@@ -1262,6 +1275,46 @@ mod tests {
     }
 
     #[test]
+    fn fill_bytes_before_stuffing_are_read_as_libjpeg_reads_them() {
+        let j = encode(96, 64, SamplingFactor::R_4_2_0, |_| {});
+        let start = scan_start(&j);
+        let stuffed = start
+            + j[start..]
+                .windows(2)
+                .position(|w| w == [0xFF, 0x00])
+                .expect("the scan has a stuffed 0xFF");
+        let mut filled = j.clone();
+        filled.insert(stuffed, 0xFF);
+        assert_eq!(whole(&filled, 96, 64), whole(&j, 96, 64));
+    }
+
+    #[test]
+    fn huffman_tables_with_an_all_ones_code_or_too_many_codes_are_errors() {
+        let mut counts = [0u8; 16];
+        counts[0] = 2; // codes 0 and 1: "1" is all ones
+        assert!(Huffman::new(&counts, &[0, 1]).is_err());
+        counts[0] = 1;
+        counts[1] = 2; // 0, 10, 11: "11" is all ones
+        assert!(Huffman::new(&counts, &[0, 1, 2]).is_err());
+        counts[1] = 1; // 0, 10
+        assert!(Huffman::new(&counts, &[0, 1]).is_ok());
+        assert!(
+            Huffman::new(&counts, &[0]).is_err(),
+            "fewer symbols than codes"
+        );
+    }
+
+    #[test]
+    fn images_libjpeg_upsamples_by_replication_are_left_to_the_general_decoder() {
+        for w in [1, 3, 4] {
+            let j = encode(w, 16, SamplingFactor::R_4_2_0, |_| {});
+            assert_eq!(whole(&j, w, 16), Ok(None), "width {w}");
+        }
+        let j = encode(5, 16, SamplingFactor::R_4_2_0, |_| {});
+        assert!(whole(&j, 5, 16).unwrap().is_some());
+    }
+
+    #[test]
     fn wrong_sizes_and_regions_are_errors() {
         let j = encode(64, 48, SamplingFactor::R_4_2_0, |_| {});
         assert!(whole(&j, 64, 64).unwrap_err().contains("64 × 48"));
@@ -1298,6 +1351,15 @@ mod tests {
             h: 48,
         };
         assert!(decode(&j, 64, 48, r, true, &mut out[..100], 64 * 3).is_err());
+        // Sizes that overflow are errors, not panics.
+        let huge = Rect {
+            x: usize::MAX,
+            y: 0,
+            w: 2,
+            h: 1,
+        };
+        assert!(decode(&j, 64, 48, huge, true, &mut out, 64 * 3).is_err());
+        assert!(decode(&j, 64, 48, r, true, &mut out, usize::MAX).is_err());
         // Every prefix of the stream fails cleanly or is left to the general decoder.
         for n in 0..j.len() {
             let _ = whole(&j[..n], 64, 48);

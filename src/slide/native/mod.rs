@@ -13,8 +13,8 @@
 //! and the tiles a region still needs are decoded in parallel on the caller's rayon pool; a
 //! region that is exactly one whole tile is decoded straight into the caller's buffer. In a
 //! scattered read (no tile near the region read recently), the JPEG tiles a whole-pixel region
-//! covers only in part are decoded only in part, straight into the caller's buffer, and not
-//! cached (`baseline.rs`); the pixels are the same either way.
+//! covers only in part are decoded only in part and not cached (`baseline.rs`); the pixels of an
+//! intact tile are the same either way.
 
 pub mod baseline;
 pub mod cache;
@@ -751,25 +751,39 @@ impl SlideReader for NativeReader {
         };
 
         if wx == 0 && wy == 0 {
-            // Whole-pixel start. Tiles the region covers in part, in a scattered read, are
-            // decoded in part straight into `out`; the rest come whole from the cache.
-            let crop: Vec<TileIndex> = self
-                .scattered(level, &wanted)
+            // Whole-pixel start. In a scattered read, the JPEG tiles the region covers only in
+            // part are decoded in part (in parallel); the rest come whole from the cache.
+            let scattered = self.scattered(level, &wanted);
+            let crop: Vec<TileIndex> = scattered
                 .into_iter()
-                .filter(|t| clip(t) != (t.col * tw, (t.col + 1) * tw, t.row * th, (t.row + 1) * th))
+                .filter(|t| {
+                    l.enc.codec == Codec::Jpeg
+                        && clip(t) != (t.col * tw, (t.col + 1) * tw, t.row * th, (t.row + 1) * th)
+                })
+                .collect();
+            let parts: HashMap<TileIndex, Vec<u8>> = crop
+                .into_par_iter()
+                .map(|t| {
+                    let (cx0, cx1, cy0, cy1) = clip(&t);
+                    let row = ((cx1 - cx0) * 3) as usize;
+                    let mut px = vec![0u8; row * (cy1 - cy0) as usize];
+                    let done = self.tile_part(level, t, clip(&t), &mut px, row)?;
+                    Ok(done.then_some((t, px)))
+                })
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
                 .collect();
             let whole: Vec<TileIndex> = wanted
                 .iter()
-                .filter(|t| !crop.contains(t))
+                .filter(|t| !parts.contains_key(t))
                 .copied()
                 .collect();
             let tiles = self.tiles(level, whole)?;
             // Everything not painted below (outside the image, missing tiles) is white; when
             // present tiles cover the whole region, every byte is painted and the fill is moot.
-            let present = |t: &TileIndex| match tiles.get(t) {
-                Some(tile) => tile.is_some(),
-                None => l.counts[(t.row * l.tiles_across + t.col) as usize] != 0,
-            };
+            let present =
+                |t: &TileIndex| parts.contains_key(t) || tiles.get(t).is_some_and(Option::is_some);
             let covered = skip_x == 0
                 && skip_y == 0
                 && x1 - x0 == w
@@ -792,34 +806,26 @@ impl SlideReader for NativeReader {
                 taken = last;
                 bands.push((row, band));
             }
-            return bands
-                .into_par_iter()
-                .try_for_each(|(row, band)| -> Result<()> {
-                    for col in t0.col..=t1.col {
-                        let t = TileIndex { col, row };
-                        let (cx0, cx1, cy0, cy1) = clip(&t);
-                        let dx = ((cx0 as i64 - ix) as u64 + skip_x) as usize;
-                        let at = &mut band[dx * 3..];
-                        if crop.contains(&t)
-                            && self.tile_part(level, t, (cx0, cx1, cy0, cy1), at, row_bytes)?
-                        {
-                            continue;
-                        }
-                        let tile = match tiles.get(&t) {
-                            Some(tile) => tile.clone(),
-                            None => self.tile(level, t)?,
-                        };
-                        let Some(tile) = tile else { continue };
-                        let (ox, oy) = (t.col * tw, t.row * th);
-                        let n = ((cx1 - cx0) * 3) as usize;
-                        for (i, y) in (cy0..cy1).enumerate() {
-                            let src = (((y - oy) * tw + (cx0 - ox)) * 3) as usize;
-                            at[i * row_bytes..i * row_bytes + n]
-                                .copy_from_slice(&tile[src..src + n]);
-                        }
+            bands.into_par_iter().for_each(|(row, band)| {
+                for col in t0.col..=t1.col {
+                    let t = TileIndex { col, row };
+                    let (cx0, cx1, cy0, cy1) = clip(&t);
+                    // The source rows: the part alone, or the whole tile from its origin.
+                    let (src, src_w, sx, sy) = match (parts.get(&t), tiles.get(&t)) {
+                        (Some(px), _) => (&px[..], cx1 - cx0, cx0, cy0),
+                        (None, Some(Some(tile))) => (&tile[..], tw, t.col * tw, t.row * th),
+                        _ => continue,
+                    };
+                    let dx = ((cx0 as i64 - ix) as u64 + skip_x) as usize;
+                    let n = ((cx1 - cx0) * 3) as usize;
+                    for (i, y) in (cy0..cy1).enumerate() {
+                        let from = (((y - sy) * src_w + (cx0 - sx)) * 3) as usize;
+                        let to = i * row_bytes + dx * 3;
+                        band[to..to + n].copy_from_slice(&src[from..from + n]);
                     }
-                    Ok(())
-                });
+                }
+            });
+            return Ok(());
         }
         let tiles = self.tiles(level, wanted)?;
 
