@@ -749,7 +749,16 @@ fn decode_frame<const AVX2: bool>(
                 (1, 1) => dst.copy_from_slice(&p.row(y)[rect.x - p.bx * 8..][..n]),
                 (2, 1) => {
                     let r = p.row(y);
-                    upsample_across(r, None, p.bx * 8, chroma_w, rect.x, dst, &mut ext, &mut up);
+                    upsample_across::<AVX2>(
+                        r,
+                        None,
+                        p.bx * 8,
+                        chroma_w,
+                        rect.x,
+                        dst,
+                        &mut ext,
+                        &mut up,
+                    );
                 }
                 _ => {
                     let cy = y / 2;
@@ -759,7 +768,16 @@ fn decode_frame<const AVX2: bool>(
                         (cy + 1).min(chroma_h - 1)
                     };
                     let (a, b) = (p.row(cy), Some(p.row(far)));
-                    upsample_across(a, b, p.bx * 8, chroma_w, rect.x, dst, &mut ext, &mut up);
+                    upsample_across::<AVX2>(
+                        a,
+                        b,
+                        p.bx * 8,
+                        chroma_w,
+                        rect.x,
+                        dst,
+                        &mut ext,
+                        &mut up,
+                    );
                 }
             }
         }
@@ -791,22 +809,23 @@ fn decode_frame<const AVX2: bool>(
 /// edge column, which turns libjpeg's first- and last-column cases into the general formula.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn upsample_across(
+fn upsample_across<const AVX2: bool>(
     near: &[u8],
     far: Option<&[u8]>,
     first: usize,
     cw: usize,
     x0: usize,
     dst: &mut [u8],
-    ext: &mut Vec<i32>,
+    ext: &mut Vec<i16>,
     up: &mut Vec<u8>,
 ) {
     let c0 = x0 / 2;
     let last = x0 + dst.len() - 1;
     let c1 = last / 2;
+    // At most 4 × 255: the sums and the filter below fit in 16 bits.
     let sum = |c: usize| match far {
-        Some(b) => i32::from(near[c - first]) * 3 + i32::from(b[c - first]),
-        None => i32::from(near[c - first]),
+        Some(b) => i16::from(near[c - first]) * 3 + i16::from(b[c - first]),
+        None => i16::from(near[c - first]),
     };
     // The chroma columns either side are read only where an output column needs them (and
     // exist); elsewhere the edge column stands in.
@@ -819,10 +838,10 @@ fn upsample_across(
             ext.extend(
                 a.iter()
                     .zip(b)
-                    .map(|(&a, &b)| i32::from(a) * 3 + i32::from(b)),
+                    .map(|(&a, &b)| i16::from(a) * 3 + i16::from(b)),
             );
         }
-        None => ext.extend(a.iter().map(|&a| i32::from(a))),
+        None => ext.extend(a.iter().map(|&a| i16::from(a))),
     }
     ext.push(sum(if last % 2 == 1 && c1 + 1 < cw {
         c1 + 1
@@ -832,11 +851,25 @@ fn upsample_across(
     let (shift, even, odd) = if far.is_some() { (4, 8, 7) } else { (2, 1, 2) };
     up.clear();
     up.resize(2 * (c1 - c0 + 1), 0);
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: AVX2 is set only in `decode_avx2`, called where the CPU has AVX2.
+        unsafe { simd::pairs(ext, up, shift, even, odd) };
+        dst.copy_from_slice(&up[x0 - 2 * c0..][..dst.len()]);
+        return;
+    }
+    pairs(ext, up, shift, even, odd);
+    dst.copy_from_slice(&up[x0 - 2 * c0..][..dst.len()]);
+}
+
+/// The filter of [`upsample_across`]: for each window `w` of three column values, the even
+/// output `(3 w[1] + w[0] + even) >> shift` and the odd one `(3 w[1] + w[2] + odd) >> shift`.
+#[inline(always)]
+fn pairs(ext: &[i16], up: &mut [u8], shift: u32, even: i16, odd: i16) {
     for (o, w) in up.chunks_exact_mut(2).zip(ext.windows(3)) {
         o[0] = ((w[1] * 3 + w[0] + even) >> shift) as u8;
         o[1] = ((w[1] * 3 + w[2] + odd) >> shift) as u8;
     }
-    dst.copy_from_slice(&up[x0 - 2 * c0..][..dst.len()]);
 }
 
 /// `jdcolor.c`'s `ycc_rgb_convert` arithmetic, saturated.
@@ -871,6 +904,39 @@ mod simd {
         m
     }
     const MASKS: [[[u8; 16]; 3]; 3] = interleave_masks();
+
+    /// [`super::pairs`] sixteen columns (32 output bytes) at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pairs(ext: &[i16], up: &mut [u8], shift: u32, even: i16, odd: i16) {
+        let m = (up.len() / 2).min(ext.len().saturating_sub(2));
+        let mut i = 0;
+        // SAFETY: the caller guarantees AVX2; the loads read 16 values at `i`, `i + 1` and
+        // `i + 2` of `ext`, which holds at least `m + 2 >= i + 18`; the store writes 32 bytes
+        // at `2 * i` of `up`, which holds at least `2 * m >= 2 * i + 32`.
+        unsafe {
+            let (e, o) = (_mm256_set1_epi16(even), _mm256_set1_epi16(odd));
+            let count = _mm_cvtsi32_si128(shift as i32);
+            while i + 16 <= m {
+                let at = |k: usize| _mm256_loadu_si256(ext.as_ptr().add(i + k).cast());
+                let (w0, w1, w2) = (at(0), at(1), at(2));
+                let t = _mm256_add_epi16(_mm256_add_epi16(w1, w1), w1);
+                let ev = _mm256_srl_epi16(_mm256_add_epi16(_mm256_add_epi16(t, w0), e), count);
+                let od = _mm256_srl_epi16(_mm256_add_epi16(_mm256_add_epi16(t, w2), o), count);
+                // Per 128-bit lane, unpack and pack keep the columns in order.
+                let lo = _mm256_unpacklo_epi16(ev, od);
+                let hi = _mm256_unpackhi_epi16(ev, od);
+                _mm256_storeu_si256(
+                    up.as_mut_ptr().add(2 * i).cast(),
+                    _mm256_packus_epi16(lo, hi),
+                );
+                i += 16;
+            }
+        }
+        super::pairs(&ext[i..], &mut up[2 * i..2 * m], shift, even, odd);
+    }
 
     /// [`super::ycc_to_rgb`] sixteen pixels at a time.
     ///
@@ -1215,6 +1281,34 @@ mod tests {
                 // SAFETY: checked above that the CPU has AVX2.
                 unsafe { simd::ycc_to_rgb(&y, &cbs, &crs, &mut b) };
                 assert_eq!(a, b, "Cb {cb}, Cr {cr}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_upsampling_filter_equals_the_scalar_one() {
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let mut seed = 7u64;
+        for len in [1usize, 15, 16, 17, 31, 32, 33, 130] {
+            for _ in 0..200 {
+                // Values over the whole range of each filter: 0..=1020 (h2v2), 0..=255 (h2v1).
+                for (max, shift, even, odd) in [(1020, 4, 8, 7), (255, 2, 1, 2)] {
+                    let ext: Vec<i16> = (0..len + 2)
+                        .map(|_| {
+                            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                            ((seed >> 33) % (max + 1)) as i16
+                        })
+                        .collect();
+                    let (mut a, mut b) = (vec![0u8; 2 * len], vec![0u8; 2 * len]);
+                    pairs(&ext, &mut a, shift, even, odd);
+                    // SAFETY: checked above that the CPU has AVX2.
+                    unsafe { simd::pairs(&ext, &mut b, shift, even, odd) };
+                    assert_eq!(a, b, "{len} columns, shift {shift}");
+                }
             }
         }
     }
