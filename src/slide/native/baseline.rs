@@ -208,17 +208,17 @@ static ZIGZAG: [u8; 80] = [
     63, 63, 63, 63, 63, 63,
 ];
 
-/// Decodes one block's coefficients into `coef` (dequantized, natural order), or only parses
-/// them when `coef` is `None`. Returns the zig-zag index of the last coefficient written (0:
-/// only DC).
+/// Decodes one block's coefficients into `coef` (dequantized, natural order) when `STORE`, or
+/// only parses them (leaving `coef` alone) otherwise. Returns the zig-zag index of the last
+/// coefficient written (0: only DC).
 #[inline(always)]
-fn block(
+fn block<const STORE: bool>(
     b: &mut Bits,
     dc: &Huffman,
     ac: &Huffman,
     pred: &mut i32,
     q: &[i32; 64],
-    coef: Option<&mut [i32; 64]>,
+    coef: &mut [i32; 64],
 ) -> Result<usize, String> {
     b.refill();
     let s = u32::from(b.symbol(dc)?);
@@ -226,30 +226,19 @@ fn block(
         return Err("JPEG: DC difference category past 15".into());
     }
     *pred = pred.wrapping_add(b.value(s));
+    if STORE {
+        *coef = [0; 64];
+        coef[0] = i32::from(*pred as i16).wrapping_mul(q[0]);
+    }
     let mut k = 1usize;
     let mut last = 0;
-    match coef {
-        Some(c) => {
-            *c = [0; 64];
-            c[0] = i32::from(*pred as i16).wrapping_mul(q[0]);
-            while k < 64 {
-                if b.n < 32 {
-                    b.refill();
-                }
-                let f = ac.fast_ac[b.peek(FAST_BITS) as usize];
-                if f != 0 {
-                    b.consume((f & 255) as u32);
-                    let run = (f >> 8) & 255;
-                    if run == EOB_RUN {
-                        break;
-                    }
-                    k += run as usize;
-                    let z = ZIGZAG[k.min(79)] as usize;
-                    c[z] = (f >> 16).wrapping_mul(q[z]);
-                    last = k;
-                    k += 1;
-                    continue;
-                }
+    while k < 64 {
+        if b.n < 32 {
+            b.refill();
+        }
+        // The run before the next coefficient and its value (zero when not stored).
+        let (run, v) = match ac.fast_ac[b.peek(FAST_BITS) as usize] {
+            0 => {
                 let sym = u32::from(b.symbol(ac)?);
                 let (r, s) = (sym >> 4, sym & 15);
                 if s == 0 {
@@ -259,42 +248,29 @@ fn block(
                     k += 16;
                     continue;
                 }
-                k += r as usize;
-                let v = b.value(s);
-                let z = ZIGZAG[k.min(79)] as usize;
-                c[z] = v.wrapping_mul(q[z]);
-                last = k;
-                k += 1;
+                if STORE {
+                    (r as usize, b.value(s))
+                } else {
+                    b.consume(s);
+                    (r as usize, 0)
+                }
             }
-        }
-        None => {
-            while k < 64 {
-                if b.n < 32 {
-                    b.refill();
+            f => {
+                b.consume((f & 255) as u32);
+                let run = (f >> 8) & 255;
+                if run == EOB_RUN {
+                    break;
                 }
-                let f = ac.fast_ac[b.peek(FAST_BITS) as usize];
-                if f != 0 {
-                    b.consume((f & 255) as u32);
-                    let run = (f >> 8) & 255;
-                    if run == EOB_RUN {
-                        break;
-                    }
-                    k += run as usize + 1;
-                    continue;
-                }
-                let sym = u32::from(b.symbol(ac)?);
-                let (r, s) = (sym >> 4, sym & 15);
-                if s == 0 {
-                    if r < 15 {
-                        break;
-                    }
-                    k += 16;
-                    continue;
-                }
-                k += r as usize + 1;
-                b.consume(s);
+                (run as usize, f >> 16)
             }
+        };
+        k += run;
+        if STORE {
+            let z = ZIGZAG[k.min(79)] as usize;
+            coef[z] = v.wrapping_mul(q[z]);
+            last = k;
         }
+        k += 1;
     }
     // A run past coefficient 63 (corrupt data) wrote to 63 and ended the block, as in libjpeg,
     // which neither stops nor warns.
@@ -685,40 +661,34 @@ fn decode_frame<const AVX2: bool>(
             for v in 0..vs {
                 for h in 0..hs {
                     if luma {
-                        let any = block(
+                        let any = block::<true>(
                             &mut b,
                             dc[0],
                             ac[0],
                             &mut pred[0],
                             &f.quant[0],
-                            Some(&mut coef),
+                            &mut coef,
                         )?;
                         let p = &mut planes[0];
                         let x = (mx * hs + h - p.bx) * 8;
                         let y = (my * vs + v - p.by) * 8;
                         idct(&coef, any, &mut p.samples[y * p.w + x..], p.w);
                     } else {
-                        block(&mut b, dc[0], ac[0], &mut pred[0], &f.quant[0], None)?;
+                        block::<false>(&mut b, dc[0], ac[0], &mut pred[0], &f.quant[0], &mut coef)?;
                     }
                 }
             }
             let chroma = chroma_row && (cx0..=cx1).contains(&mx);
             for c in 1..3 {
                 if chroma {
-                    let any = block(
-                        &mut b,
-                        dc[c],
-                        ac[c],
-                        &mut pred[c],
-                        &f.quant[c],
-                        Some(&mut coef),
-                    )?;
+                    let any =
+                        block::<true>(&mut b, dc[c], ac[c], &mut pred[c], &f.quant[c], &mut coef)?;
                     let p = &mut planes[c];
                     let x = (mx - p.bx) * 8;
                     let y = (my - p.by) * 8;
                     idct(&coef, any, &mut p.samples[y * p.w + x..], p.w);
                 } else {
-                    block(&mut b, dc[c], ac[c], &mut pred[c], &f.quant[c], None)?;
+                    block::<false>(&mut b, dc[c], ac[c], &mut pred[c], &f.quant[c], &mut coef)?;
                 }
             }
         }

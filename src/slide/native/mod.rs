@@ -764,10 +764,11 @@ impl SlideReader for NativeReader {
             let parts: HashMap<TileIndex, Vec<u8>> = crop
                 .into_par_iter()
                 .map(|t| {
-                    let (cx0, cx1, cy0, cy1) = clip(&t);
+                    let part = clip(&t);
+                    let (cx0, cx1, cy0, cy1) = part;
                     let row = ((cx1 - cx0) * 3) as usize;
                     let mut px = vec![0u8; row * (cy1 - cy0) as usize];
-                    let done = self.tile_part(level, t, clip(&t), &mut px, row)?;
+                    let done = self.tile_part(level, t, part, &mut px, row)?;
                     Ok(done.then_some((t, px)))
                 })
                 .collect::<Result<Vec<_>>>()?
