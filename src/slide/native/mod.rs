@@ -305,12 +305,17 @@ impl NativeReader {
         data.map(Some).map_err(|m| self.tile_error(level, t, m))
     }
 
-    /// The tiles of `wanted` (one region's) to decode only in part: those not cached and with
-    /// no neighbour (nor themselves) among the tiles of recent reads. Reads that sweep the
-    /// slide (analysis, the viewer's panning) come back for the rest of a tile and its
-    /// neighbours, so those tiles are decoded whole and cached; scattered reads would decode
-    /// whole tiles and never reuse them. Either way the pixels are the same.
-    fn scattered(&self, level: usize, wanted: &[TileIndex]) -> Vec<TileIndex> {
+    /// The tiles of `wanted` (one region's) to decode only in part: those `may_crop` accepts,
+    /// with no neighbour (nor themselves) among the tiles of recent reads, and not cached.
+    /// Reads that sweep the slide (analysis, the viewer's panning) come back for the rest of a
+    /// tile and its neighbours, so those tiles are decoded whole and cached; scattered reads
+    /// would decode whole tiles and never reuse them. Every wanted tile joins the recent ones.
+    fn scattered(
+        &self,
+        level: usize,
+        wanted: &[TileIndex],
+        may_crop: impl Fn(&TileIndex) -> bool,
+    ) -> Vec<TileIndex> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let near = |t: &TileIndex| {
             recent
@@ -319,7 +324,7 @@ impl NativeReader {
         };
         let crop: Vec<TileIndex> = wanted
             .iter()
-            .filter(|t| !near(t) && self.cache.get(&(level, **t)).is_none())
+            .filter(|t| may_crop(t) && !near(t) && self.cache.get(&(level, **t)).is_none())
             .copied()
             .collect();
         for &t in wanted {
@@ -753,14 +758,10 @@ impl SlideReader for NativeReader {
         if wx == 0 && wy == 0 {
             // Whole-pixel start. In a scattered read, the JPEG tiles the region covers only in
             // part are decoded in part (in parallel); the rest come whole from the cache.
-            let scattered = self.scattered(level, &wanted);
-            let crop: Vec<TileIndex> = scattered
-                .into_iter()
-                .filter(|t| {
-                    l.enc.codec == Codec::Jpeg
-                        && clip(t) != (t.col * tw, (t.col + 1) * tw, t.row * th, (t.row + 1) * th)
-                })
-                .collect();
+            let crop = self.scattered(level, &wanted, |t| {
+                l.enc.codec == Codec::Jpeg
+                    && clip(t) != (t.col * tw, (t.col + 1) * tw, t.row * th, (t.row + 1) * th)
+            });
             let parts: HashMap<TileIndex, Vec<u8>> = crop
                 .into_par_iter()
                 .map(|t| {
