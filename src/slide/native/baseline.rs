@@ -42,6 +42,10 @@ pub struct Rect {
 const FAST_BITS: u32 = 10;
 /// The run field of an end-of-block entry in [`Huffman::fast_ac`].
 const EOB_RUN: i32 = 255;
+/// Bits of lookahead in [`Huffman::skip`].
+const SKIP_BITS: u32 = 13;
+/// The end-of-block flag of a [`Huffman::skip`] entry.
+const SKIP_EOB: u16 = 1 << 11;
 
 /// One Huffman table: a lookahead table and the canonical decoding tables behind it.
 struct Huffman {
@@ -53,6 +57,14 @@ struct Huffman {
     maxcode: [i32; 18],
     valoff: [i32; 17],
     vals: [u8; 256],
+    /// Set when the table is taken from the per-thread cache: [`Huffman::skip`] pays off only
+    /// for tables that come back.
+    reused: std::cell::Cell<bool>,
+    /// For AC tables that are reused, built when first needed: for each `SKIP_BITS`-bit lookahead, the whole
+    /// coefficients (code and extra bits) that fit in it, for blocks that are parsed only:
+    /// `bits | advance << 4`, where `advance` is how far they move the zig-zag index, with
+    /// [`SKIP_EOB`] set when they end with end-of-block; 0 when not even one fits.
+    skip: std::cell::OnceCell<Box<[u16; 1 << SKIP_BITS]>>,
 }
 
 impl Huffman {
@@ -63,6 +75,8 @@ impl Huffman {
             maxcode: [-1; 18],
             valoff: [0; 17],
             vals: [0; 256],
+            reused: std::cell::Cell::new(false),
+            skip: std::cell::OnceCell::new(),
         };
         let total: usize = counts.iter().map(|&c| c as usize).sum();
         if total > 256 || total != vals.len() {
@@ -110,6 +124,65 @@ impl Huffman {
             h.fast_ac[i] = (extend(bits, size) << 16) | (run << 8) as i32 | (len + size) as i32;
         }
         Ok(h)
+    }
+}
+
+impl Huffman {
+    /// The symbol whose code starts `window` (left-aligned in 16 bits), if that code has at
+    /// most `avail` bits; and its length.
+    fn code_within(&self, window: u32, avail: u32) -> Option<(u32, u8)> {
+        let f = self.fast[(window >> (16 - FAST_BITS)) as usize];
+        if f != 0 {
+            let l = u32::from(f >> 8);
+            return (l <= avail).then_some((l, f as u8));
+        }
+        (FAST_BITS + 1..=avail.min(16)).find_map(|l| {
+            let code = (window >> (16 - l)) as i32;
+            (code <= self.maxcode[l as usize]).then(|| {
+                (
+                    l,
+                    self.vals[(self.valoff[l as usize] + code) as usize & 255],
+                )
+            })
+        })
+    }
+
+    /// [`Huffman::skip`], built on first use (whole-tile decodes never need it), for tables
+    /// that have been reused: building it costs about as much as parsing a tile, which tiles
+    /// that carry their own tables would pay each time.
+    fn skip_table(&self) -> Option<&[u16; 1 << SKIP_BITS]> {
+        if !self.reused.get() {
+            return None;
+        }
+        Some(self.skip.get_or_init(|| {
+            let mut t = Box::new([0u16; 1 << SKIP_BITS]);
+            for (i, e) in t.iter_mut().enumerate() {
+                let window = (i as u32) << (16 - SKIP_BITS);
+                let (mut used, mut advance) = (0u32, 0u32);
+                while let Some((l, sym)) =
+                    self.code_within(window << used & 0xffff, SKIP_BITS - used)
+                {
+                    let (run, size) = (u32::from(sym >> 4), u32::from(sym & 15));
+                    if size == 0 && run < 15 {
+                        *e = (used + l) as u16 | (advance << 4) as u16 | SKIP_EOB;
+                        break;
+                    }
+                    let (bits, step) = if size == 0 {
+                        (l, 16)
+                    } else {
+                        (l + size, run + 1)
+                    };
+                    // Past 62 the entry could never be taken (it must leave the index below 64).
+                    if used + bits > SKIP_BITS || advance + step > 62 {
+                        break;
+                    }
+                    used += bits;
+                    advance += step;
+                    *e = used as u16 | (advance << 4) as u16;
+                }
+            }
+            t
+        }))
     }
 }
 
@@ -232,9 +305,24 @@ fn block<const STORE: bool>(
     }
     let mut k = 1usize;
     let mut last = 0;
+    let skip = if STORE { None } else { ac.skip_table() };
     while k < 64 {
         if b.n < 32 {
             b.refill();
+        }
+        // Parsing only: as many coefficients as one lookup covers, unless they could take
+        // the index to 64 or past (then one at a time, as below).
+        if let Some(skip) = skip {
+            let e = skip[b.peek(SKIP_BITS) as usize];
+            let advance = usize::from(e >> 4 & 127);
+            if e != 0 && k + advance < 64 {
+                b.consume(u32::from(e & 15));
+                k += advance;
+                if e & SKIP_EOB != 0 {
+                    break;
+                }
+                continue;
+            }
         }
         // The run before the next coefficient and its value (zero when not stored).
         let (run, v) = match ac.fast_ac[b.peek(FAST_BITS) as usize] {
@@ -495,6 +583,7 @@ fn huffman_cached(bytes: &[u8]) -> Result<Rc<Huffman>, String> {
     TABLES.with(|cache| {
         let mut cache = cache.borrow_mut();
         if let Some((_, t)) = cache.iter().find(|(k, _)| k == bytes) {
+            t.reused.set(true);
             return Ok(t.clone());
         }
         let t = Rc::new(Huffman::new(&bytes[..16], &bytes[16..])?);
@@ -643,7 +732,11 @@ fn decode_frame<const AVX2: bool>(
     let dc: [&Huffman; 3] = std::array::from_fn(|i| &*f.dc[i]);
     let ac: [&Huffman; 3] = std::array::from_fn(|i| &*f.ac[i]);
     let mut pred = [0i32; 3];
-    let mut coef = [0i32; 64];
+    // One MCU's stored blocks (at most 4 luma and 2 chroma): all of them are entropy decoded
+    // before any goes through the IDCT, whose vector loads would otherwise wait for the
+    // coefficient stores just made.
+    let mut coefs = [[0i32; 64]; 6];
+    let mut lasts = [0usize; 6];
     let last_row = my1.max(cy1);
     for my in 0..=last_row {
         let luma_row = (my0..=my1).contains(&my);
@@ -658,37 +751,70 @@ fn decode_frame<const AVX2: bool>(
         };
         for mx in 0..across {
             let luma = luma_row && (mx0..=mx1).contains(&mx);
-            for v in 0..vs {
-                for h in 0..hs {
-                    if luma {
-                        let any = block::<true>(
-                            &mut b,
-                            dc[0],
-                            ac[0],
-                            &mut pred[0],
-                            &f.quant[0],
-                            &mut coef,
-                        )?;
-                        let p = &mut planes[0];
+            let chroma = chroma_row && (cx0..=cx1).contains(&mx);
+            let mut n = 0;
+            for _ in 0..vs * hs {
+                if luma {
+                    lasts[n] = block::<true>(
+                        &mut b,
+                        dc[0],
+                        ac[0],
+                        &mut pred[0],
+                        &f.quant[0],
+                        &mut coefs[n],
+                    )?;
+                    n += 1;
+                } else {
+                    block::<false>(
+                        &mut b,
+                        dc[0],
+                        ac[0],
+                        &mut pred[0],
+                        &f.quant[0],
+                        &mut coefs[0],
+                    )?;
+                }
+            }
+            for c in 1..3 {
+                if chroma {
+                    lasts[n] = block::<true>(
+                        &mut b,
+                        dc[c],
+                        ac[c],
+                        &mut pred[c],
+                        &f.quant[c],
+                        &mut coefs[n],
+                    )?;
+                    n += 1;
+                } else {
+                    block::<false>(
+                        &mut b,
+                        dc[c],
+                        ac[c],
+                        &mut pred[c],
+                        &f.quant[c],
+                        &mut coefs[0],
+                    )?;
+                }
+            }
+            let mut n = 0;
+            if luma {
+                let p = &mut planes[0];
+                for v in 0..vs {
+                    for h in 0..hs {
                         let x = (mx * hs + h - p.bx) * 8;
                         let y = (my * vs + v - p.by) * 8;
-                        idct(&coef, any, &mut p.samples[y * p.w + x..], p.w);
-                    } else {
-                        block::<false>(&mut b, dc[0], ac[0], &mut pred[0], &f.quant[0], &mut coef)?;
+                        idct::<AVX2>(&coefs[n], lasts[n], &mut p.samples[y * p.w + x..], p.w);
+                        n += 1;
                     }
                 }
             }
-            let chroma = chroma_row && (cx0..=cx1).contains(&mx);
-            for c in 1..3 {
-                if chroma {
-                    let any =
-                        block::<true>(&mut b, dc[c], ac[c], &mut pred[c], &f.quant[c], &mut coef)?;
-                    let p = &mut planes[c];
+            if chroma {
+                for p in &mut planes[1..] {
                     let x = (mx - p.bx) * 8;
                     let y = (my - p.by) * 8;
-                    idct(&coef, any, &mut p.samples[y * p.w + x..], p.w);
-                } else {
-                    block::<false>(&mut b, dc[c], ac[c], &mut pred[c], &f.quant[c], &mut coef)?;
+                    idct::<AVX2>(&coefs[n], lasts[n], &mut p.samples[y * p.w + x..], p.w);
+                    n += 1;
                 }
             }
         }
@@ -908,6 +1034,136 @@ mod simd {
         super::pairs(&ext[i..], &mut up[2 * i..2 * m], shift, even, odd);
     }
 
+    /// Transposes eight rows of eight i32.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    // Intrinsics need `unsafe` before Rust 1.87 (the declared MSRV is 1.85).
+    #[allow(unused_unsafe)]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn transpose(r: [__m256i; 8]) -> [__m256i; 8] {
+        // SAFETY: register-only AVX2 operations; the caller guarantees AVX2.
+        unsafe {
+            let t: [__m256i; 8] = std::array::from_fn(|i| {
+                let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+                if i % 2 == 0 {
+                    _mm256_unpacklo_epi32(a, b)
+                } else {
+                    _mm256_unpackhi_epi32(a, b)
+                }
+            });
+            // u[4h + j]: column j (and j + 4 in the high half) of rows 4h..4h + 4.
+            let u: [__m256i; 8] = std::array::from_fn(|i| {
+                let (h, j) = (i / 4, i % 4);
+                let (a, b) = (t[4 * h + j / 2], t[4 * h + 2 + j / 2]);
+                if j % 2 == 0 {
+                    _mm256_unpacklo_epi64(a, b)
+                } else {
+                    _mm256_unpackhi_epi64(a, b)
+                }
+            });
+            std::array::from_fn(|c| {
+                if c < 4 {
+                    _mm256_permute2x128_si256::<0x20>(u[c], u[4 + c])
+                } else {
+                    _mm256_permute2x128_si256::<0x31>(u[c - 4], u[c])
+                }
+            })
+        }
+    }
+
+    /// [`super::idct_1d`] on eight lanes of i32, with wrapping arithmetic as there.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    // Intrinsics need `unsafe` before Rust 1.87 (the declared MSRV is 1.85).
+    #[allow(unused_unsafe)]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn idct_1d(v: [__m256i; 8], bias: i32, round: i32, shift: i32) -> [__m256i; 8] {
+        // SAFETY: register-only AVX2 operations; the caller guarantees AVX2.
+        unsafe {
+            let add = |a, b| _mm256_add_epi32(a, b);
+            let sub = |a, b| _mm256_sub_epi32(a, b);
+            let mul = |a, m: i32| _mm256_mullo_epi32(a, _mm256_set1_epi32(m));
+            let z1 = mul(add(v[2], v[6]), 4433);
+            let tmp2 = add(z1, mul(v[6], -15137));
+            let tmp3 = add(z1, mul(v[2], 6270));
+            let z2 = add(v[0], _mm256_set1_epi32(bias));
+            let tmp0 = _mm256_slli_epi32::<13>(add(z2, v[4]));
+            let tmp1 = _mm256_slli_epi32::<13>(sub(z2, v[4]));
+            let (tmp10, tmp13) = (add(tmp0, tmp3), sub(tmp0, tmp3));
+            let (tmp11, tmp12) = (add(tmp1, tmp2), sub(tmp1, tmp2));
+
+            let (t0, t1, t2, t3) = (v[7], v[5], v[3], v[1]);
+            let z5 = mul(add(add(t0, t2), add(t1, t3)), 9633);
+            let z1 = mul(add(t0, t3), -7373);
+            let z2 = mul(add(t1, t2), -20995);
+            let z3 = add(mul(add(t0, t2), -16069), z5);
+            let z4 = add(mul(add(t1, t3), -3196), z5);
+            let t0 = add(add(mul(t0, 2446), z1), z3);
+            let t1 = add(add(mul(t1, 16819), z2), z4);
+            let t2 = add(add(mul(t2, 25172), z2), z3);
+            let t3 = add(add(mul(t3, 12299), z1), z4);
+
+            let r = _mm256_set1_epi32(round);
+            let count = _mm_cvtsi32_si128(shift);
+            let d = |x| _mm256_sra_epi32(add(x, r), count);
+            [
+                d(add(tmp10, t3)),
+                d(add(tmp11, t2)),
+                d(add(tmp12, t1)),
+                d(add(tmp13, t0)),
+                d(sub(tmp13, t0)),
+                d(sub(tmp12, t1)),
+                d(sub(tmp11, t2)),
+                d(sub(tmp10, t3)),
+            ]
+        }
+    }
+
+    /// [`super::idct_corner`]`::<8>` (the islow IDCT of a whole block) in AVX2 registers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn idct(c: &[i32; 64], out: &mut [u8], stride: usize) {
+        let out = &mut out[..7 * stride + 8];
+        // SAFETY: the caller guarantees AVX2; each load reads row k (8 values) of `c`.
+        unsafe {
+            let rows: [__m256i; 8] =
+                std::array::from_fn(|k| _mm256_loadu_si256(c.as_ptr().add(8 * k).cast()));
+            // Pass 1 on the columns (lane = column), then pass 2 on the rows (lane = row).
+            let ws = idct_1d(rows, 0, 1 << 10, 11);
+            let px = transpose(idct_1d(transpose(ws), 1 << 4, 0, 18));
+            // +128 and saturation to 0..=255, as the scalar clamp (the values are far inside
+            // i16 after the shift by 18).
+            let c128 = _mm256_set1_epi16(128);
+            let pair = |a, b| {
+                let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+                _mm256_adds_epi16(w, c128)
+            };
+            for h in 0..2 {
+                // Rows 4h, 4h + 2 in the low lane, 4h + 1, 4h + 3 in the high one.
+                let v = _mm256_packus_epi16(
+                    pair(px[4 * h], px[4 * h + 1]),
+                    pair(px[4 * h + 2], px[4 * h + 3]),
+                );
+                let lanes = [
+                    _mm256_extract_epi64::<0>(v),
+                    _mm256_extract_epi64::<2>(v),
+                    _mm256_extract_epi64::<1>(v),
+                    _mm256_extract_epi64::<3>(v),
+                ];
+                for (i, q) in lanes.into_iter().enumerate() {
+                    let r = 4 * h + i;
+                    out[r * stride..r * stride + 8].copy_from_slice(&q.to_le_bytes());
+                }
+            }
+        }
+    }
+
     /// [`super::ycc_to_rgb`] sixteen pixels at a time.
     ///
     /// # Safety
@@ -921,50 +1177,53 @@ mod simd {
         // `out`, which holds at least `3 * n` bytes; the masks are 16-byte arrays.
         unsafe {
             let half = _mm256_set1_epi32(1 << 15);
-            let c128 = _mm256_set1_epi32(128);
             let mask = |b: usize, c: usize| _mm_loadu_si128(MASKS[b][c].as_ptr().cast());
             let masks = [
                 [mask(0, 0), mask(0, 1), mask(0, 2)],
                 [mask(1, 0), mask(1, 1), mask(1, 2)],
                 [mask(2, 0), mask(2, 1), mask(2, 2)],
             ];
-            // Eight i32 lanes of `v * m + add`, shifted right by 16.
-            let fix = |v: __m256i, m: i32| {
-                let p = _mm256_mullo_epi32(v, _mm256_set1_epi32(m));
-                _mm256_srai_epi32::<16>(_mm256_add_epi32(p, half))
-            };
-            // Sixteen i32 lanes (two registers) to sixteen saturated u8.
-            let to_u8 = |lo: __m256i, hi: __m256i| {
-                let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
-                _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w))
-            };
-            let widen = |s: &[u8], at: usize| {
-                let v = _mm_loadu_si128(s.as_ptr().add(at).cast());
-                (
-                    _mm256_cvtepu8_epi32(v),
-                    _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v)),
+            // `(v * m + 32768) >> 16` exactly, in 16-bit lanes: the high half of the product
+            // plus the rounding bit, bit 15 of the low half.
+            let fix = |v: __m256i, m: i16| {
+                let m = _mm256_set1_epi16(m);
+                _mm256_add_epi16(
+                    _mm256_mulhi_epi16(v, m),
+                    _mm256_srli_epi16::<15>(_mm256_mullo_epi16(v, m)),
                 )
             };
+            let c128 = _mm256_set1_epi16(128);
+            let widen = |s: &[u8], at: usize| {
+                _mm256_cvtepu8_epi16(_mm_loadu_si128(s.as_ptr().add(at).cast()))
+            };
+            // Sixteen i16 lanes to sixteen saturated u8.
+            let to_u8 = |v: __m256i| {
+                _mm_packus_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v))
+            };
+            // Green's two products go to 32 bits as pairs (Cb, Cr) · (-22554, 18734).
+            let g_mul = _mm256_set1_epi32((18734 << 16) | (-22554i32 & 0xffff));
             while i + 16 <= n {
-                let (y0, y1) = widen(y, i);
-                let (b0, b1) = widen(cb, i);
-                let (r0, r1) = widen(cr, i);
-                let (b0, b1) = (_mm256_sub_epi32(b0, c128), _mm256_sub_epi32(b1, c128));
-                let (r0, r1) = (_mm256_sub_epi32(r0, c128), _mm256_sub_epi32(r1, c128));
-                let red = |y, cr| _mm256_add_epi32(y, fix(cr, 91881));
-                let green = |y, cb, cr| {
-                    let t = _mm256_add_epi32(
-                        _mm256_mullo_epi32(cb, _mm256_set1_epi32(-22554)),
-                        _mm256_mullo_epi32(cr, _mm256_set1_epi32(-46802)),
-                    );
-                    _mm256_add_epi32(y, _mm256_srai_epi32::<16>(_mm256_add_epi32(t, half)))
+                let y = widen(y, i);
+                let cb = _mm256_sub_epi16(widen(cb, i), c128);
+                let cr = _mm256_sub_epi16(widen(cr, i), c128);
+                // 91881 = 65536 + 26345, 116130 = 2 * 65536 - 14942 and
+                // -46802 = -65536 + 18734: the whole multiples of 65536 are exact, so only
+                // the rest is rounded, as in the 32-bit formulas.
+                let red = _mm256_add_epi16(_mm256_add_epi16(y, cr), fix(cr, 26345));
+                let blue = _mm256_add_epi16(
+                    _mm256_add_epi16(y, _mm256_add_epi16(cb, cb)),
+                    fix(cb, -14942),
+                );
+                let g = |pairs: __m256i| {
+                    _mm256_srai_epi32::<16>(_mm256_add_epi32(_mm256_madd_epi16(pairs, g_mul), half))
                 };
-                let blue = |y, cb| _mm256_add_epi32(y, fix(cb, 116130));
-                let ch = [
-                    to_u8(red(y0, r0), red(y1, r1)),
-                    to_u8(green(y0, b0, r0), green(y1, b1, r1)),
-                    to_u8(blue(y0, b0), blue(y1, b1)),
-                ];
+                // Unpacking and packing both work per 128-bit lane, so the order comes back.
+                let green = _mm256_packs_epi32(
+                    g(_mm256_unpacklo_epi16(cb, cr)),
+                    g(_mm256_unpackhi_epi16(cb, cr)),
+                );
+                let green = _mm256_add_epi16(_mm256_sub_epi16(y, cr), green);
+                let ch = [to_u8(red), to_u8(green), to_u8(blue)];
                 let o = out.as_mut_ptr().add(3 * i);
                 for (k, m) in masks.iter().enumerate() {
                     let v = _mm_or_si128(
@@ -985,7 +1244,12 @@ mod simd {
 /// top-left 2×2 or 4×4 corner (most of a slide's) take the same arithmetic with the zero terms
 /// left out.
 #[inline(always)]
-fn idct(c: &[i32; 64], last: usize, out: &mut [u8], stride: usize) {
+fn idct<const AVX2: bool>(c: &[i32; 64], last: usize, out: &mut [u8], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 && last > 0 {
+        // SAFETY: AVX2 is set only in `decode_avx2`, called where the CPU has AVX2.
+        return unsafe { simd::idct(c, out, stride) };
+    }
     if last == 0 {
         let v = ((c[0].wrapping_shl(2).wrapping_add(16)) >> 5)
             .wrapping_add(128)
@@ -1256,6 +1520,38 @@ mod tests {
     }
 
     #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_idct_equals_the_scalar_one() {
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 33
+        };
+        for case in 0..20_000 {
+            // Blocks of every length in zig-zag order (the scalar code takes the 2×2, 4×4 and
+            // 8×8 paths by it), from slide-like values to ones far past valid JPEG, where both
+            // must wrap alike.
+            let last = 1 + (next() % 63) as usize;
+            let scale = [16i64, 256, 2048, 32768, 1 << 31][case % 5];
+            let mut c = [0i32; 64];
+            for z in 0..=last {
+                if z == last || next() % 3 != 0 {
+                    c[ZIGZAG[z] as usize] = ((next() as i64 % (2 * scale)) - scale) as i32;
+                }
+            }
+            // Rows 7 bytes wider than the block, to catch writes past it.
+            let (mut a, mut b) = (vec![9u8; 8 * 15], vec![9u8; 8 * 15]);
+            idct::<false>(&c, last, &mut a, 15);
+            // SAFETY: checked above that the CPU has AVX2.
+            unsafe { simd::idct(&c, &mut b, 15) };
+            assert_eq!(a, b, "block {case}: {c:?}");
+        }
+    }
+
     #[test]
     fn the_avx2_upsampling_filter_equals_the_scalar_one() {
         if !std::is_x86_feature_detected!("avx2") {
