@@ -452,6 +452,57 @@ mod native {
     }
 
     #[test]
+    fn a_missing_tile_in_a_region_decoded_in_part_is_white() {
+        // 2 × 2 tiles of 64², JPEG (YCbCr 4:2:0); the bottom-left tile is absent (0 bytes).
+        let tile: Vec<u8> = (0..64 * 64)
+            .flat_map(|i| [(i % 64 * 4) as u8, (i / 64 * 4) as u8, (i % 97) as u8])
+            .collect();
+        let mut jpeg = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut jpeg, 90);
+        encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+        encoder
+            .encode(&tile, 64, 64, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let n = jpeg.len() as u32;
+        let bytes = tiff(
+            &[
+                (256, 4, vec![128]),
+                (257, 4, vec![128]),
+                (258, 3, vec![8, 8, 8]),
+                (259, 3, vec![7]),
+                (262, 3, vec![6]),
+                (277, 3, vec![3]),
+                (322, 4, vec![64]),
+                (323, 4, vec![64]),
+                (324, 4, vec![u32::MAX, u32::MAX, 0, u32::MAX]),
+                (325, 4, vec![n, n, 0, n]),
+            ],
+            &jpeg,
+        );
+        // A fresh handle decodes the four tiles of an unaligned region in part; another reads
+        // the whole level from whole tiles.
+        let (_dir, s) = open_native(&bytes);
+        let part = s
+            .unwrap()
+            .read_region(Level0Px::new(32, 32), 0, Size::new(64, 64))
+            .unwrap();
+        let (_dir, s) = open_native(&bytes);
+        let all = read_all(&s.unwrap()).unwrap();
+        for (x, y, px) in part.enumerate_pixels() {
+            assert_eq!(px, all.get_pixel(x + 32, y + 32), "pixel ({x}, {y})");
+            if x < 32 && y >= 32 {
+                assert_eq!(
+                    px.0,
+                    [255, 255, 255],
+                    "pixel ({x}, {y}) of the missing tile"
+                );
+            } else {
+                assert_ne!(px.0, [255, 255, 255], "pixel ({x}, {y})");
+            }
+        }
+    }
+
+    #[test]
     fn absurd_layouts_are_refused_at_open() {
         // 10^6 × 10^6 pixels in 16 × 16 tiles claims 3.9 billion tiles but lists one.
         let e = open_native_err(&tiff(

@@ -22,7 +22,7 @@ pub mod decode;
 pub mod tiff;
 
 use std::collections::VecDeque;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -757,40 +757,29 @@ impl SlideReader for NativeReader {
 
         if wx == 0 && wy == 0 {
             // Whole-pixel start. In a scattered read, the JPEG tiles the region covers only in
-            // part are decoded in part (in parallel); the rest come whole from the cache.
-            let crop = self.scattered(level, &wanted, |t| {
-                l.enc.codec == Codec::Jpeg
-                    && clip(t) != (t.col * tw, (t.col + 1) * tw, t.row * th, (t.row + 1) * th)
-            });
-            let parts: HashMap<TileIndex, Vec<u8>> = crop
-                .into_par_iter()
-                .map(|t| {
-                    let part = clip(&t);
-                    let (cx0, cx1, cy0, cy1) = part;
-                    let row = ((cx1 - cx0) * 3) as usize;
-                    let mut px = vec![0u8; row * (cy1 - cy0) as usize];
-                    let done = self.tile_part(level, t, part, &mut px, row)?;
-                    Ok(done.then_some((t, px)))
+            // part are decoded in part, straight into the output; the rest come whole from the
+            // cache.
+            let crop: HashSet<TileIndex> = self
+                .scattered(level, &wanted, |t| {
+                    l.enc.codec == Codec::Jpeg
+                        && clip(t) != (t.col * tw, (t.col + 1) * tw, t.row * th, (t.row + 1) * th)
                 })
-                .collect::<Result<Vec<_>>>()?
                 .into_iter()
-                .flatten()
                 .collect();
             let whole: Vec<TileIndex> = wanted
                 .iter()
-                .filter(|t| !parts.contains_key(t))
+                .filter(|t| !crop.contains(t))
                 .copied()
                 .collect();
             let tiles = self.tiles(level, whole)?;
             // Everything not painted below (outside the image, missing tiles) is white; when
-            // present tiles cover the whole region, every byte is painted and the fill is moot.
-            let present =
-                |t: &TileIndex| parts.contains_key(t) || tiles.get(t).is_some_and(Option::is_some);
+            // the tiles cover the whole region, every byte is painted and the fill is moot (a
+            // cropped tile that turns out missing is painted white where it would go).
             let covered = skip_x == 0
                 && skip_y == 0
                 && x1 - x0 == w
                 && y1 - y0 == h
-                && wanted.iter().all(present);
+                && tiles.values().all(Option::is_some);
             if !covered {
                 out.fill(255);
             }
@@ -808,26 +797,39 @@ impl SlideReader for NativeReader {
                 taken = last;
                 bands.push((row, band));
             }
-            bands.into_par_iter().for_each(|(row, band)| {
+            return bands.into_par_iter().try_for_each(|(row, band)| {
                 for col in t0.col..=t1.col {
                     let t = TileIndex { col, row };
-                    let (cx0, cx1, cy0, cy1) = clip(&t);
-                    // The source rows: the part alone, or the whole tile from its origin.
-                    let (src, src_w, sx, sy) = match (parts.get(&t), tiles.get(&t)) {
-                        (Some(px), _) => (&px[..], cx1 - cx0, cx0, cy0),
-                        (None, Some(Some(tile))) => (&tile[..], tw, t.col * tw, t.row * th),
-                        _ => continue,
-                    };
+                    let part = clip(&t);
+                    let (cx0, cx1, cy0, cy1) = part;
                     let dx = ((cx0 as i64 - ix) as u64 + skip_x) as usize;
                     let n = ((cx1 - cx0) * 3) as usize;
+                    let mut fetched = None;
+                    let tile = match tiles.get(&t) {
+                        Some(tile) => tile,
+                        None => {
+                            if self.tile_part(level, t, part, &mut band[dx * 3..], row_bytes)? {
+                                continue;
+                            }
+                            // Not one the partial decoder takes (or missing): whole.
+                            &*fetched.insert(self.tile(level, t)?)
+                        }
+                    };
+                    let Some(tile) = tile else {
+                        for i in 0..(cy1 - cy0) as usize {
+                            band[i * row_bytes + dx * 3..][..n].fill(255);
+                        }
+                        continue;
+                    };
+                    let (sx, sy) = (t.col * tw, t.row * th);
                     for (i, y) in (cy0..cy1).enumerate() {
-                        let from = (((y - sy) * src_w + (cx0 - sx)) * 3) as usize;
+                        let from = (((y - sy) * tw + (cx0 - sx)) * 3) as usize;
                         let to = i * row_bytes + dx * 3;
-                        band[to..to + n].copy_from_slice(&src[from..from + n]);
+                        band[to..to + n].copy_from_slice(&tile[from..from + n]);
                     }
                 }
+                Ok(())
             });
-            return Ok(());
         }
         let tiles = self.tiles(level, wanted)?;
 
