@@ -452,8 +452,8 @@ mod native {
     }
 
     #[test]
-    fn a_missing_tile_in_a_region_decoded_in_part_is_white() {
-        // 2 × 2 tiles of 64², JPEG (YCbCr 4:2:0); the bottom-left tile is absent (0 bytes).
+    fn missing_tiles_in_regions_decoded_in_part_are_white() {
+        // 4 × 2 tiles of 64², JPEG (YCbCr 4:2:0); tiles (0, 1) and (2, 1) are absent (0 bytes).
         let tile: Vec<u8> = (0..64 * 64)
             .flat_map(|i| [(i % 64 * 4) as u8, (i / 64 * 4) as u8, (i % 97) as u8])
             .collect();
@@ -463,10 +463,10 @@ mod native {
         encoder
             .encode(&tile, 64, 64, jpeg_encoder::ColorType::Rgb)
             .unwrap();
-        let n = jpeg.len() as u32;
+        let (n, at) = (jpeg.len() as u32, u32::MAX);
         let bytes = tiff(
             &[
-                (256, 4, vec![128]),
+                (256, 4, vec![256]),
                 (257, 4, vec![128]),
                 (258, 3, vec![8, 8, 8]),
                 (259, 3, vec![7]),
@@ -474,30 +474,30 @@ mod native {
                 (277, 3, vec![3]),
                 (322, 4, vec![64]),
                 (323, 4, vec![64]),
-                (324, 4, vec![u32::MAX, u32::MAX, 0, u32::MAX]),
-                (325, 4, vec![n, n, 0, n]),
+                (324, 4, vec![at, at, at, at, 0, at, 0, at]),
+                (325, 4, vec![n, n, n, n, 0, n, 0, n]),
             ],
             &jpeg,
         );
-        // A fresh handle decodes the four tiles of an unaligned region in part; another reads
-        // the whole level from whole tiles.
-        let (_dir, s) = open_native(&bytes);
-        let part = s
-            .unwrap()
-            .read_region(Level0Px::new(32, 32), 0, Size::new(64, 64))
-            .unwrap();
         let (_dir, s) = open_native(&bytes);
         let all = read_all(&s.unwrap()).unwrap();
-        for (x, y, px) in part.enumerate_pixels() {
-            assert_eq!(px, all.get_pixel(x + 32, y + 32), "pixel ({x}, {y})");
-            if x < 32 && y >= 32 {
+        // Fresh handles decode the tiles of unaligned regions in part: four tiles (two per
+        // row of tiles, decoded in place), and eight (four per row, decoded apart in parallel).
+        for (x, y, w, h) in [(32, 32, 64, 64), (160, 32, 64, 64), (32, 40, 192, 64)] {
+            let (_dir, s) = open_native(&bytes);
+            let part = s
+                .unwrap()
+                .read_region(Level0Px::new(x, y), 0, Size::new(w, h))
+                .unwrap();
+            for (px, py, p) in part.enumerate_pixels() {
+                let (ax, ay) = (px + x as u32, py + y as u32);
                 assert_eq!(
-                    px.0,
-                    [255, 255, 255],
-                    "pixel ({x}, {y}) of the missing tile"
+                    p,
+                    all.get_pixel(ax, ay),
+                    "({ax}, {ay}) of {w}×{h} at ({x}, {y})"
                 );
-            } else {
-                assert_ne!(px.0, [255, 255, 255], "pixel ({x}, {y})");
+                let absent = ay >= 64 && (ax < 64 || (128..192).contains(&ax));
+                assert_eq!(p.0 == [255; 3], absent, "({ax}, {ay})");
             }
         }
     }

@@ -798,6 +798,28 @@ impl SlideReader for NativeReader {
                 bands.push((row, band));
             }
             return bands.into_par_iter().try_for_each(|(row, band)| {
+                // A band with a few cropped tiles (a random region has two) decodes them
+                // straight into the output, one after another. A wider one decodes them in
+                // parallel into buffers of their own, then copies them.
+                let cropped: Vec<TileIndex> = (t0.col..=t1.col)
+                    .map(|col| TileIndex { col, row })
+                    .filter(|t| crop.contains(t))
+                    .collect();
+                let buffered: HashMap<TileIndex, Option<Vec<u8>>> = if cropped.len() > 2 {
+                    cropped
+                        .into_par_iter()
+                        .map(|t| {
+                            let part = clip(&t);
+                            let (cx0, cx1, cy0, cy1) = part;
+                            let w = ((cx1 - cx0) * 3) as usize;
+                            let mut px = vec![0u8; w * (cy1 - cy0) as usize];
+                            let done = self.tile_part(level, t, part, &mut px, w)?;
+                            Ok((t, done.then_some(px)))
+                        })
+                        .collect::<Result<_>>()?
+                } else {
+                    HashMap::new()
+                };
                 for col in t0.col..=t1.col {
                     let t = TileIndex { col, row };
                     let part = clip(&t);
@@ -805,27 +827,33 @@ impl SlideReader for NativeReader {
                     let dx = ((cx0 as i64 - ix) as u64 + skip_x) as usize;
                     let n = ((cx1 - cx0) * 3) as usize;
                     let mut fetched = None;
-                    let tile = match tiles.get(&t) {
-                        Some(tile) => tile,
-                        None => {
-                            if self.tile_part(level, t, part, &mut band[dx * 3..], row_bytes)? {
+                    // The source rows: the part alone, or the whole tile from its origin.
+                    let (src, src_w, sx, sy) = match (tiles.get(&t), buffered.get(&t)) {
+                        (Some(tile), _) => {
+                            (tile.as_deref().map(|v| &v[..]), tw, t.col * tw, t.row * th)
+                        }
+                        (None, Some(Some(px))) => (Some(&px[..]), cx1 - cx0, cx0, cy0),
+                        (None, buffer) => {
+                            if buffer.is_none()
+                                && self.tile_part(level, t, part, &mut band[dx * 3..], row_bytes)?
+                            {
                                 continue;
                             }
                             // Not one the partial decoder takes (or missing): whole.
-                            &*fetched.insert(self.tile(level, t)?)
+                            let tile = fetched.insert(self.tile(level, t)?);
+                            (tile.as_deref().map(|v| &v[..]), tw, t.col * tw, t.row * th)
                         }
                     };
-                    let Some(tile) = tile else {
+                    let Some(src) = src else {
                         for i in 0..(cy1 - cy0) as usize {
                             band[i * row_bytes + dx * 3..][..n].fill(255);
                         }
                         continue;
                     };
-                    let (sx, sy) = (t.col * tw, t.row * th);
                     for (i, y) in (cy0..cy1).enumerate() {
-                        let from = (((y - sy) * tw + (cx0 - sx)) * 3) as usize;
+                        let from = (((y - sy) * src_w + (cx0 - sx)) * 3) as usize;
                         let to = i * row_bytes + dx * 3;
-                        band[to..to + n].copy_from_slice(&tile[from..from + n]);
+                        band[to..to + n].copy_from_slice(&src[from..from + n]);
                     }
                 }
                 Ok(())
