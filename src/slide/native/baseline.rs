@@ -46,6 +46,13 @@ const EOB_RUN: i32 = 255;
 const SKIP_BITS: u32 = 13;
 /// The end-of-block flag of a [`Huffman::skip`] entry.
 const SKIP_EOB: u16 = 1 << 11;
+/// AC decoding steps per refill of the bit buffer. A refill leaves at least 56 bits, and a step
+/// takes at most 13 (a [`Huffman::skip`] entry) or 10 (a [`Huffman::fast_ac`] entry); the
+/// long-code path, which may take 32, refills before and after itself. Testing the buffer
+/// before every step instead mispredicted often (whenever it needed a refill, about every fifth
+/// step): parsing a tissue tile took 64.5 µs that way against 60.7 µs, a whole decode 176
+/// against 168 µs.
+const REFILL_STEPS: usize = 4;
 
 /// One Huffman table: a lookahead table and the canonical decoding tables behind it.
 struct Huffman {
@@ -307,59 +314,69 @@ fn block<const STORE: bool>(
     let mut k = 1usize;
     let mut last = 0;
     let skip = if STORE { None } else { ac.skip_table() };
-    while k < 64 {
-        if b.n < 32 {
-            b.refill();
-        }
-        // Parsing only: as many coefficients as one lookup covers, unless they could take
-        // the index to 64 or past (then one at a time, as below).
-        if let Some(skip) = skip {
-            let e = skip[b.peek(SKIP_BITS) as usize];
-            let advance = usize::from(e >> 4 & 127);
-            if e != 0 && k + advance < 64 {
-                b.consume(u32::from(e & 15));
-                k += advance;
-                if e & SKIP_EOB != 0 {
-                    break;
-                }
-                continue;
+    'block: while k < 64 {
+        b.refill();
+        for _ in 0..REFILL_STEPS {
+            if k >= 64 {
+                break 'block;
             }
-        }
-        // The run before the next coefficient and its value (zero when not stored).
-        let (run, v) = match ac.fast_ac[b.peek(FAST_BITS) as usize] {
-            0 => {
-                let sym = u32::from(b.symbol(ac)?);
-                let (r, s) = (sym >> 4, sym & 15);
-                if s == 0 {
-                    if r < 15 {
-                        break;
+            // Parsing only: as many coefficients as one lookup covers, unless they could take
+            // the index to 64 or past (then one at a time, as below).
+            if let Some(skip) = skip {
+                let e = skip[b.peek(SKIP_BITS) as usize];
+                let advance = usize::from(e >> 4 & 127);
+                if e != 0 && k + advance < 64 {
+                    b.consume(u32::from(e & 15));
+                    k += advance;
+                    if e & SKIP_EOB != 0 {
+                        break 'block;
                     }
-                    k += 16;
                     continue;
                 }
-                if STORE {
-                    (r as usize, b.value(s))
-                } else {
-                    b.consume(s);
-                    (r as usize, 0)
-                }
             }
-            f => {
-                b.consume((f & 255) as u32);
-                let run = (f >> 8) & 255;
-                if run == EOB_RUN {
-                    break;
+            // The run before the next coefficient and its value (zero when not stored).
+            let (run, v) = match ac.fast_ac[b.peek(FAST_BITS) as usize] {
+                0 => {
+                    b.refill();
+                    let sym = u32::from(b.symbol(ac)?);
+                    let (r, s) = (sym >> 4, sym & 15);
+                    let step = if s == 0 {
+                        if r < 15 {
+                            break 'block;
+                        }
+                        (16, None)
+                    } else if STORE {
+                        (r as usize, Some(b.value(s)))
+                    } else {
+                        b.consume(s);
+                        (r as usize, Some(0))
+                    };
+                    b.refill();
+                    match step {
+                        (run, Some(v)) => (run, v),
+                        (run, None) => {
+                            k += run;
+                            continue;
+                        }
+                    }
                 }
-                (run as usize, f >> 16)
+                f => {
+                    b.consume((f & 255) as u32);
+                    let run = (f >> 8) & 255;
+                    if run == EOB_RUN {
+                        break 'block;
+                    }
+                    (run as usize, f >> 16)
+                }
+            };
+            k += run;
+            if STORE {
+                let z = ZIGZAG[k.min(79)] as usize;
+                coef[z] = v.wrapping_mul(q[z]);
+                last = k;
             }
-        };
-        k += run;
-        if STORE {
-            let z = ZIGZAG[k.min(79)] as usize;
-            coef[z] = v.wrapping_mul(q[z]);
-            last = k;
+            k += 1;
         }
-        k += 1;
     }
     // A run past coefficient 63 (corrupt data) wrote to 63 and ended the block, as in libjpeg,
     // which neither stops nor warns.
