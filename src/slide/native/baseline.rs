@@ -197,13 +197,10 @@ impl Huffman {
 /// JPEG's sign extension of an `s`-bit magnitude category value.
 #[inline(always)]
 fn extend(v: u32, s: u32) -> i32 {
-    if s == 0 {
-        0
-    } else if v < (1 << (s - 1)) {
-        v as i32 - (1 << s) + 1
-    } else {
-        v as i32
-    }
+    // Without branches (the sign of a DC difference is as good as random), as libjpeg's
+    // HUFF_EXTEND: values below 2^(s-1) are negative. For s = 0, v is 0 and so is the result.
+    let v = v as i32;
+    v + ((v - ((1 << s) >> 1)) >> 31 & ((-1i32 << s) + 1))
 }
 
 /// MSB-first bit reader over unstuffed scan data followed by zero padding. `fetched` bits have
@@ -272,10 +269,8 @@ impl Bits<'_> {
     /// An `s`-bit extended value; needs `s` bits in `buf`.
     #[inline(always)]
     fn value(&mut self, s: u32) -> i32 {
-        if s == 0 {
-            return 0;
-        }
-        let v = self.peek(s);
+        // `buf >> (64 - s)` without the undefined shift by 64 when s = 0.
+        let v = ((self.buf >> 1) >> (63 - s)) as u32;
         self.consume(s);
         extend(v, s)
     }
@@ -1542,6 +1537,22 @@ mod tests {
     }
 
     #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn extend_is_the_sign_extension_of_the_standard() {
+        // JPEG F.2.2.1: an s-bit value below 2^(s-1) stands for v - 2^s + 1.
+        assert_eq!(extend(0, 0), 0);
+        for s in 1..=16u32 {
+            for v in 0..1u32 << s {
+                let want = if v < 1 << (s - 1) {
+                    v as i32 - (1 << s) + 1
+                } else {
+                    v as i32
+                };
+                assert_eq!(extend(v, s), want, "{v} in {s} bits");
+            }
+        }
+    }
+
     #[test]
     fn the_avx2_idct_equals_the_scalar_one() {
         if !std::is_x86_feature_detected!("avx2") {
