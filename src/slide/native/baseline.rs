@@ -335,25 +335,23 @@ fn block<const STORE: bool>(
                     b.refill();
                     let sym = u32::from(b.symbol(ac)?);
                     let (r, s) = (sym >> 4, sym & 15);
-                    let step = if s == 0 {
-                        if r < 15 {
-                            break 'block;
-                        }
-                        (16, None)
-                    } else if STORE {
-                        (r as usize, Some(b.value(s)))
+                    if s == 0 && r < 15 {
+                        break 'block;
+                    }
+                    // No bits to read when s = 0.
+                    let v = if STORE {
+                        b.value(s)
                     } else {
                         b.consume(s);
-                        (r as usize, Some(0))
+                        0
                     };
                     b.refill();
-                    match step {
-                        (run, Some(v)) => (run, v),
-                        (run, None) => {
-                            k += run;
-                            continue;
-                        }
+                    if s == 0 {
+                        // A run of sixteen zeros.
+                        k += 16;
+                        continue;
                     }
+                    (r as usize, v)
                 }
                 f => {
                     b.consume((f & 255) as u32);
