@@ -131,7 +131,7 @@ fn run_once(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .map_err(|e| Error::InvalidRegion {
+        .map_err(|e| Error::InvalidInput {
             path: slide.path().into(),
             reason: format!("cannot start {threads} threads: {e}"),
         })?;
@@ -254,7 +254,7 @@ pub fn bench_inference(
     spec: &InferenceBench,
     config: &SlideConfig,
 ) -> Result<InferenceBenchResult> {
-    use crate::batch::{make_batch, Preprocess};
+    use crate::batch::make_batch;
     use crate::grid::{read_plan, GridSpec, PatchGrid};
     use crate::model::{self, ModelFolder};
 
@@ -304,18 +304,19 @@ pub fn bench_inference(
         .collect();
     let side_l0 = picked[0].side;
     let plan = read_plan(slide.levels(), mpp, &grid_spec, side_l0);
-    let pre = Preprocess::from_config(c);
+    let pre = c.preprocess();
     let batches: Vec<_> = picked
         .chunks(spec.batch_size.max(1))
         .map(|chunk| make_batch(&slide, chunk, plan, &pre))
         .collect::<Result<_>>()?;
     let mut session = loaded.session()?;
-    session.run(&batches[0])?; // warm-up
+    session.run(batches[0].tensor().0)?; // warm-up
     let mut runs = Vec::new();
     for _ in 0..spec.repeats.max(1) {
         let t = Instant::now();
         for b in &batches {
-            std::hint::black_box(session.run(b)?);
+            // Preprocessing included, as in `analyze`'s workers.
+            std::hint::black_box(session.run(b.tensor().0)?);
         }
         runs.push(wanted as f64 / t.elapsed().as_secs_f64());
     }

@@ -1,60 +1,27 @@
-//! Tessera: a whole-slide pathology inference engine.
+//! Tessera's application layer: the command line's library side, the watch service beside a
+//! scanner, the teaching viewer, the benchmarks and the synthetic slide generator.
 //!
-//! This crate is the product; the `tessera` binary only turns command-line flags into the
-//! configuration types defined here and calls into the library.
-//!
-//! # Data flow
+//! The product is layered in three crates, the direction pointing one way
+//! (`docs/architecture.md`):
 //!
 //! ```text
-//! path ──► slide::Slide::open ──► Slide (levels, MPP, properties, associated images)
-//!                                   │
-//!                                   ├──► info::SlideInfo        (`tessera info`)
-//!                                   └──► Slide::read_region ──► RgbImage ──► output::write_png
-//!                                                                            (`tessera region`)
+//! tessera (this crate: cli, watch, serve, bench, synthetic)
+//!   └─► tessera_engine: cohort → pipeline (analyze) → report → output → results
+//!                       pipeline → stages (tissue, grid, batch, stitch) → model / gpu → imaging
+//!         └─► tessera_slide: slide model, formats, native reader, OpenSlide, geometry, limits
 //! ```
 //!
-//! Analysis (`tessera analyze`) chains the stages in [`pipeline`]: Slide → tissue::TissueMask →
-//! grid::PatchGrid → batch::PatchBatch → predictions → stitch::Heatmap → outputs and
-//! [`report`]. [`cohort`] runs it over many slides, [`watch`] beside a scanner (durable queue,
-//! worker processes, metrics), and [`serve`] shows the results in a teaching viewer (Deep Zoom,
-//! heatmap tiles, quiz).
-//!
-//! # Coordinate spaces
-//!
-//! Region locations are always level-0 pixels ([`geom::Level0Px`]); sizes are in pixels of the
-//! level being read ([`geom::Size`]); positions inside a level are [`geom::LevelPx`]; tiles are
-//! addressed by [`geom::TileIndex`]. Conversions go through named functions in [`geom`].
+//! Everything of the engine (and, through it, of the slide layer) is re-exported here under
+//! the paths it has always had (`tessera::pipeline`, `tessera::slide::Slide`, …), so a caller
+//! depends on one crate; the `tessera` binary only turns command-line flags into their
+//! configuration types and calls in.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
-pub mod batch;
 pub mod bench;
-pub mod cohort;
-pub mod config;
-pub mod error;
-pub mod geom;
-pub mod gpu;
-pub mod grid;
-pub mod info;
-pub mod lockfile;
-pub mod model;
-pub mod output;
-pub mod pipeline;
-pub mod report;
 pub mod serve;
-pub mod slide;
-pub mod stain;
-pub mod stitch;
 pub mod synthetic;
-mod sys;
-pub mod tissue;
 pub mod watch;
 
-pub use config::{BackendChoice, Limits, SlideConfig};
-pub use error::{Error, Result};
-pub use geom::{GridIndex, Level0Px, LevelPx, Size, TileIndex};
-pub use slide::Slide;
-
-/// Tessera's version, as recorded in every output.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use tessera_engine::*;

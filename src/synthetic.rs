@@ -100,9 +100,9 @@ fn tissue_pool(spec: &SyntheticSpec, count: usize, rng: &mut Rng) -> Result<Vec<
     let mut images = Vec::new();
     for p in &spec.sources {
         let img = image::open(p)
-            .map_err(|e| Error::NotASlide {
+            .map_err(|e| Error::InvalidInput {
                 path: p.clone(),
-                detected: format!("not a readable image: {e}"),
+                reason: format!("not a readable image: {e}"),
             })?
             .to_rgb8();
         if img.width() as usize >= side && img.height() as usize >= side {
@@ -110,7 +110,7 @@ fn tissue_pool(spec: &SyntheticSpec, count: usize, rng: &mut Rng) -> Result<Vec<
         }
     }
     if images.is_empty() {
-        return Err(Error::InvalidRegion {
+        return Err(Error::InvalidInput {
             path: spec.sources.first().cloned().unwrap_or_default(),
             reason: format!("no source image is at least {side} × {side} pixels"),
         });
@@ -194,7 +194,7 @@ struct LevelOut {
 pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<SyntheticReport> {
     let side = spec.tile;
     if side < 16 || side % 16 != 0 || spec.width == 0 || spec.height == 0 {
-        return Err(Error::InvalidRegion {
+        return Err(Error::InvalidInput {
             path: path.into(),
             reason: format!("tile {side} must be a multiple of 16 and the size non-empty"),
         });

@@ -91,7 +91,7 @@ fn cmu1_writes_every_output_in_the_formats_lab_tools_read() {
         std::fs::read_dir(&dir).unwrap().count(),
         OUTPUTS.len() + regions.len() - 1
     );
-    assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["schema_version"], 2);
     assert_eq!(r["slide"]["mpp"]["x"], 0.499);
     assert_eq!(r["slide"]["mpp"]["source"]["kind"], "slide-metadata");
     assert_eq!(r["model"]["name"], "he-cellularity");
@@ -585,4 +585,70 @@ fn patches_shared_between_two_devices_give_the_same_results_as_one() {
     let (pa, pb) = (csv_probs(&a), csv_probs(&b));
     assert!(pa.len() > 20);
     assert_eq!(pa, pb);
+}
+
+/// result.json says what actually ran: without ONNX Runtime `auto` runs tract and records why,
+/// and preprocessing records where it ran and why not on a GPU. Forced here by pointing
+/// ORT_DYLIB_PATH at a library that does not exist.
+#[test]
+fn provenance_records_every_fallback_with_its_reason() {
+    let slide = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("no-such-dir/libonnxruntime.so.1.99.0");
+    let run = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let out = t.path().join(out);
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("analyze"),
+            slide.as_os_str(),
+            OsStr::new("--out"),
+            out.as_os_str(),
+            OsStr::new("-q"),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        let o = tessera(&args, &[("ORT_DYLIB_PATH", missing.as_os_str())]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let text = std::fs::read(out.join("CMU-1-Small-Region.svs/result.json")).unwrap();
+        serde_json::from_slice(&text).unwrap()
+    };
+    let r = run("auto", &[]);
+    let inference = &r["inference"];
+    assert_eq!(inference["backend"], "tract", "{inference}");
+    let fallbacks: Vec<&str> = inference["fallbacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        fallbacks[0].starts_with("ONNX Runtime:")
+            && fallbacks[0].contains("no-such-dir")
+            && fallbacks[0].ends_with("tract ran instead"),
+        "{fallbacks:?}"
+    );
+    let pre = &r["preprocessing"];
+    assert_eq!(pre["requested"], "auto");
+    let device = pre["device"].as_str().unwrap();
+    let reasons = pre["fallbacks"].as_array().unwrap();
+    if device == "CPU" {
+        // `auto` passed the GPU over: the record says why.
+        assert_eq!(reasons.len(), 1, "{pre}");
+        assert!(r["parameters"]["gpu_preprocess"].is_null());
+    } else {
+        assert!(reasons.is_empty(), "{pre}");
+        assert_eq!(r["parameters"]["gpu_preprocess"], device);
+    }
+    // Asked for the CPU: nothing fell back.
+    let r = run("off", &["--gpu-preprocess", "off", "--inference", "tract"]);
+    assert_eq!(r["preprocessing"]["device"], "CPU");
+    assert_eq!(r["preprocessing"]["requested"], "off");
+    assert_eq!(r["preprocessing"]["fallbacks"], serde_json::json!([]));
+    assert_eq!(r["inference"]["backend"], "tract");
+    assert!(
+        r["inference"]["fallbacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| !f.as_str().unwrap().starts_with("ONNX Runtime:")),
+        "tract was asked for: no ONNX Runtime fallback"
+    );
 }

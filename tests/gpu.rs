@@ -2,8 +2,10 @@
 //! lavapipe in CI: `apt-get install mesa-vulkan-drivers libvulkan1`).
 
 use image::RgbImage;
-use tessera::batch::Preprocess;
-use tessera::gpu::{overlay_cpu, preprocess_cpu, Cmap, Gpu};
+use tessera::gpu::Gpu;
+use tessera::imaging::colour::{overlay_cpu, Cmap};
+use tessera::imaging::preprocess::preprocess_cpu;
+use tessera::imaging::preprocess::Preprocess;
 use tessera::model::config::Layout;
 
 use crate::util::skip;
@@ -112,7 +114,8 @@ fn he_like(n: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn the_stain_normalising_shader_matches_its_cpu_twin_within_1e_5() {
     let Some(g) = gpu() else { return };
-    let target = tessera::stain::Reinhard::new([60.0, 25.0, -15.0], [12.0, 6.0, 5.0]).unwrap();
+    let target =
+        tessera::imaging::stain::Reinhard::new([60.0, 25.0, -15.0], [12.0, 6.0, 5.0]).unwrap();
     for (src, dst, layout, n) in [
         ((224, 224), (224, 224), Layout::Nchw, 3),
         ((448, 448), (224, 224), Layout::Nhwc, 2),
@@ -157,7 +160,7 @@ fn the_cpu_twin_resizes_as_the_pipeline_does() {
     let p = pre(dst, Layout::Nchw);
     let px = noise((src.0 * src.1 * 3) as usize, 42);
     let img = RgbImage::from_raw(src.1, src.0, px.clone()).unwrap();
-    let resized = tessera::batch::resize(&img, dst.1, dst.0);
+    let resized = tessera::imaging::resize::resize(&img, dst.1, dst.0);
     let mut pipeline = vec![0f32; p.patch_len()];
     p.pack(&resized, &mut pipeline);
     let twin = preprocess_cpu(&px, 1, src, &p);
@@ -217,8 +220,8 @@ fn overlay_colours_are_the_viewers() {
     // The shader's viridis is the one the viewer's tiles and the report's overlays use.
     for i in 0..=100 {
         let v = i as f32 / 100.0;
-        let a = tessera::gpu::colour(Cmap::Viridis, v);
-        let b = tessera::output::overlay::viridis(v);
+        let a = tessera::imaging::colour::colour(Cmap::Viridis, v);
+        let b = tessera::imaging::colour::viridis(v);
         for c in 0..3 {
             assert!(
                 (a[c] - b[c] as f32).abs() <= 0.5 + 1e-3,

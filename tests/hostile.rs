@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use tessera::{Error, Level0Px, Limits, Size, Slide, SlideConfig};
+use tessera::{Level0Px, Limits, Size, Slide, SlideConfig, SlideError as Error};
 
 use crate::require;
 use crate::util::*;

@@ -356,7 +356,7 @@ fn every_route_answers_and_tiles_match_the_slide() {
         (cx - col * 254 + off(col)) as u32,
         (cy - row * 254 + off(row)) as u32,
     );
-    let v = tessera::output::overlay::viridis(p);
+    let v = tessera::imaging::colour::viridis(p);
     assert_eq!(px.0, [v[0], v[1], v[2], 255]);
     let corner = image::load_from_memory(&get(a, &format!("/overlay/{id}_files/12/0_0.png")).body)
         .unwrap()

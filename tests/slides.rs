@@ -262,7 +262,7 @@ fn associated_images_decode_on_request_only() {
         assert!(thumb.pixels().any(|p| p != first));
         let err = slide.read_associated_image("barcode").unwrap_err();
         assert!(
-            matches!(err, tessera::Error::AssociatedImageNotFound { .. }),
+            matches!(err, tessera::SlideError::AssociatedImageNotFound { .. }),
             "{err}"
         );
         assert!(err.to_string().contains("label, macro, thumbnail"), "{err}");

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use tessera::slide::native::NativeReader;
-use tessera::{Level0Px, Limits, Size, Slide};
+use tessera_slide::slide::native::NativeReader;
+use tessera_slide::{Level0Px, Limits, Size, Slide};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {

@@ -60,8 +60,8 @@ pub struct AnalyzeArgs {
     /// Reinhard stain normalisation of every patch towards TARGET: the Lab means and standard
     /// deviations `L,a,b,sL,sa,sb` (L 0-100), or a reference image whose statistics become the
     /// target. Runs in the preprocessing shader on a GPU, on the CPU otherwise. Off by default.
-    #[arg(long, value_name = "TARGET", value_parser = tessera::stain::Reinhard::parse)]
-    reinhard: Option<tessera::stain::Reinhard>,
+    #[arg(long, value_name = "TARGET", value_parser = tessera::imaging::stain::Reinhard::parse)]
+    reinhard: Option<tessera::imaging::stain::Reinhard>,
     /// Patches per inference batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -235,7 +235,7 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
             }
             return;
         }
-        if s.status == "failed" {
+        if s.status == tessera::results::Status::Failed {
             say(
                 format!("[{k}/{total}] failed {}: {}", s.path.display(), s.reason),
                 true,
@@ -269,7 +269,10 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
             super::EXIT_ALL_FAILED
         }
         Ok(statuses) => {
-            let failed = statuses.iter().filter(|s| s.status == "failed").count();
+            let failed = statuses
+                .iter()
+                .filter(|s| s.status == tessera::results::Status::Failed)
+                .count();
             if !quiet && matches!(format, LogFormat::Text) {
                 println!(
                     "{} slides: {} failed; summary in {}",

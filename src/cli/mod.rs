@@ -260,7 +260,10 @@ pub fn run() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Summary { out } => match tessera::cohort::merge_summaries(&out) {
             Ok(rows) => {
-                let failed = rows.iter().filter(|s| s.status == "failed").count();
+                let failed = rows
+                    .iter()
+                    .filter(|s| s.status == tessera::results::Status::Failed)
+                    .count();
                 println!(
                     "{} slides, {failed} failed: {}",
                     rows.len(),

@@ -35,14 +35,15 @@ pub struct RegionArgs {
 }
 
 pub fn run(args: &RegionArgs) -> u8 {
-    let result = Slide::open_with(&args.slide_path, &args.slide.config()).and_then(|slide| {
+    let result = (|| -> tessera::Result<()> {
+        let slide = Slide::open_with(&args.slide_path, &args.slide.config())?;
         let image = slide.read_region(
             Level0Px::new(args.x, args.y),
             args.level,
             Size::new(args.width, args.height),
         )?;
         output::write_png(&args.output, &image)
-    });
+    })();
     match result {
         Ok(()) => EXIT_OK,
         Err(e) => {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+use tessera::imaging::stain::Reinhard;
 use tessera::pipeline::AnalyzeConfig;
-use tessera::stain::Reinhard;
 use tessera::watch::{self, queue::Queue, worker::WorkerCommand, WatchConfig};
 
 use super::{InferenceArg, SlideArgs, EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE};
@@ -78,8 +78,8 @@ pub struct WatchArgs {
     /// Reinhard stain normalisation of every patch towards TARGET: the Lab means and standard
     /// deviations `L,a,b,sL,sa,sb` (L 0-100), or a reference image whose statistics become the
     /// target. Runs in the preprocessing shader on a GPU, on the CPU otherwise. Off by default.
-    #[arg(long, value_name = "TARGET", value_parser = tessera::stain::Reinhard::parse)]
-    reinhard: Option<tessera::stain::Reinhard>,
+    #[arg(long, value_name = "TARGET", value_parser = tessera::imaging::stain::Reinhard::parse)]
+    reinhard: Option<tessera::imaging::stain::Reinhard>,
     /// µm per pixel of level 0 for slides that lack it.
     #[arg(long)]
     mpp: Option<f64>,

@@ -330,7 +330,7 @@ pub fn overlay_tile(
     out: crate::geom::Size,
     class: usize,
     threshold: f32,
-    map: crate::gpu::Cmap,
+    map: crate::imaging::colour::Cmap,
 ) -> image::RgbaImage {
     let mut img = image::RgbaImage::new(out.width as u32, out.height as u32);
     for (px, py, pixel) in img.enumerate_pixels_mut() {

@@ -21,7 +21,6 @@
 //! private unless `--allow-label`; the server makes no outgoing request.
 
 pub mod cases;
-pub mod deepzoom;
 pub mod quiz;
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,11 +39,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::SlideConfig;
+use crate::deepzoom::{self, DeepZoom};
 use crate::error::{Error, Result};
-use crate::gpu::Cmap;
+use crate::imaging::colour::Cmap;
 use crate::slide::Slide;
 use cases::{Case, ProbGrid};
-use deepzoom::DeepZoom;
 
 /// Everything the viewer needs.
 #[derive(Debug, Clone)]

@@ -1,0 +1,149 @@
+//! Patches to model input: read, resize, normalise, pack.
+//!
+//! In: a slide, the patches of a [`crate::grid::PatchGrid`] (level-0 locations) with their
+//! [`ReadPlan`], and the model's preprocessing. Out: a [`PatchBatch`]: the patches' grid indices
+//! and their RGB8 pixels at the model's input size. Each patch is read from the planned level
+//! and resized to the model's input with area averaging when shrinking (bilinear when
+//! enlarging). The inference worker turns a batch into one float32
+//! [`InputTensor`], NCHW or NHWC, scaled to [0, 1] and normalised per channel (WSInfer's
+//! `ToTensor` and `Normalize`) right before running it ([`PatchBatch::tensor`], the maths of
+//! [`crate::imaging::preprocess`]), so batches waiting in the queue take a quarter of the
+//! memory. Patches are decoded in parallel on the caller's rayon pool.
+
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::geom::{GridIndex, Size};
+use crate::grid::{Patch, ReadPlan};
+use crate::imaging::preprocess::{preprocess_cpu, Layout, Preprocess};
+use crate::imaging::resize::resize;
+use crate::model::InputTensor;
+use crate::slide::Slide;
+
+/// A batch of patches ready for inference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchBatch {
+    /// Which patches, in order.
+    pub indices: Vec<GridIndex>,
+    /// RGB8 pixels, `indices.len() × height × width × 3`, patch after patch.
+    pub pixels: Vec<u8>,
+    /// How the pixels become the model's input tensor.
+    pub pre: Preprocess,
+}
+
+impl PatchBatch {
+    /// Tensor shape: `[n, 3, h, w]` or `[n, h, w, 3]`.
+    pub fn shape(&self) -> [usize; 4] {
+        let (n, h, w) = (
+            self.indices.len(),
+            self.pre.input.0 as usize,
+            self.pre.input.1 as usize,
+        );
+        match self.pre.layout {
+            Layout::Nchw => [n, 3, h, w],
+            Layout::Nhwc => [n, h, w, 3],
+        }
+    }
+
+    /// The model's input tensor (scaled, normalised, in the model's layout), and, when the
+    /// batch was to be preprocessed on the GPU but the device failed, why: the values then
+    /// come from the CPU twin (the same maths), and the caller records the fallback.
+    pub fn tensor(&self) -> (InputTensor, Option<String>) {
+        let shape = self.shape();
+        if let Some(from) = self.pre.deferred {
+            let n = self.indices.len();
+            let cpu = || preprocess_cpu(&self.pixels, n, from, &self.pre);
+            if !self.pre.on_gpu {
+                return (InputTensor { shape, data: cpu() }, None);
+            }
+            let (data, failure) = match crate::gpu::Gpu::shared()
+                .and_then(|g| g.preprocess(&self.pixels, n, from, &self.pre))
+            {
+                Ok(data) => (data, None),
+                Err(why) => (cpu(), Some(why)),
+            };
+            return (InputTensor { shape, data }, failure);
+        }
+        debug_assert!(
+            self.pre.stain.is_none(),
+            "stain normalisation needs deferred resizing"
+        );
+        let len = self.pre.patch_len();
+        let mut out = vec![0f32; self.indices.len() * len];
+        for (px, t) in self.pixels.chunks_exact(len).zip(out.chunks_exact_mut(len)) {
+            self.pre.pack_pixels(px, t);
+        }
+        (InputTensor { shape, data: out }, None)
+    }
+}
+
+/// Reads, resizes and packs `patches` into one batch (in the given order).
+pub fn make_batch(
+    slide: &Slide,
+    patches: &[Patch],
+    plan: ReadPlan,
+    pre: &Preprocess,
+) -> Result<PatchBatch> {
+    make_batch_in(slide, patches, plan, pre, Vec::new())
+}
+
+/// [`make_batch`] into a recycled buffer (the `pixels` of a batch already consumed), so that a
+/// long run reuses a few tensors instead of allocating one per batch: every value is
+/// overwritten, whatever the buffer held.
+pub fn make_batch_in(
+    slide: &Slide,
+    patches: &[Patch],
+    plan: ReadPlan,
+    pre: &Preprocess,
+    mut pixels: Vec<u8>,
+) -> Result<PatchBatch> {
+    let len = pre.pixel_len();
+    pixels.clear();
+    pixels.resize(patches.len() * len, 0);
+    pixels
+        .par_chunks_mut(len)
+        .zip(patches.par_iter())
+        .try_for_each(|(out, patch)| -> Result<()> {
+            let img =
+                slide.read_region(patch.location, plan.level, Size::new(plan.side, plan.side))?;
+            let img = match pre.deferred {
+                // Resized later, with the whole batch.
+                Some(_) => img,
+                None => resize(&img, pre.input.1, pre.input.0),
+            };
+            out.copy_from_slice(img.as_raw());
+            Ok(())
+        })?;
+    Ok(PatchBatch {
+        indices: patches.iter().map(|p| p.index).collect(),
+        pixels,
+        pre: pre.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::RgbImage;
+
+    #[test]
+    fn packing_follows_layout_and_normalisation() {
+        let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([x as u8 * 255, 0, 51]));
+        let mut pre = Preprocess {
+            input: (1, 2),
+            mean: [0.5, 0.0, 0.0],
+            std: [0.5, 1.0, 1.0],
+            to_unit: true,
+            layout: Layout::Nchw,
+            deferred: None,
+            on_gpu: false,
+            stain: None,
+        };
+        let mut out = vec![0f32; 6];
+        pre.pack(&img, &mut out);
+        assert_eq!(out, [-1.0, 1.0, 0.0, 0.0, 0.2, 0.2]);
+        pre.layout = Layout::Nhwc;
+        pre.pack(&img, &mut out);
+        assert_eq!(out, [-1.0, 0.0, 0.2, 1.0, 0.0, 0.2]);
+    }
+}

@@ -1,0 +1,441 @@
+//! Cohort runs: many slides, resumable, shardable across machines, one summary.
+//!
+//! In: paths (slide files and folders) and an [`AnalyzeConfig`]. Out: one `OUT/<name>/` per
+//! slide (see [`crate::pipeline`]) and `OUT/summary.json` + `OUT/summary.csv` listing every slide
+//! with its status, and `OUT/index.html`, the cohort page linking each slide's report. Folders are searched recursively for known slide extensions; a folder of
+//! DICOM files is one slide, and a MIRAX `.mrxs` file stands for its companion folder.
+//! Slides are sorted, so `--shard I/N` (every N-th slide from the I-th) is deterministic
+//! across machines. A lock file per slide (`OUT/.locks/<name>.lock`, created with
+//! `create_new`) keeps concurrent workers off the same slide; a lock whose process is gone (same
+//! host) or older than the stale age is taken over. A slide whose finished result.json has the
+//! same run key (model and parameters) is skipped unless forced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::{Error, Result};
+use crate::pipeline::{analyze_cached, run_key, slide_name, AnalyzeConfig};
+pub use crate::results::{SlideStatus, Status};
+
+/// Extensions of slide files found when searching folders.
+pub const SLIDE_EXTENSIONS: [&str; 11] = [
+    "svs", "tif", "tiff", "ndpi", "vms", "vmu", "scn", "mrxs", "bif", "svslide", "dcm",
+];
+/// How deep folders are searched.
+const MAX_DEPTH: usize = 16;
+
+/// Options of a cohort run besides the analysis itself.
+#[derive(Debug, Clone)]
+pub struct CohortOptions {
+    /// Redo slides whose results are up to date.
+    pub force: bool,
+    /// `(i, n)`: process every n-th slide starting with the i-th (1-based).
+    pub shard: Option<(usize, usize)>,
+    /// Locks older than this are taken over (default 24 h).
+    pub stale_after: Duration,
+}
+
+impl Default for CohortOptions {
+    fn default() -> Self {
+        Self {
+            force: false,
+            shard: None,
+            stale_after: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+fn is_slide_file(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| SLIDE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// `unreadable`: where sub-folders that cannot be listed go (skipped) instead of failing the
+/// walk (the watch service: a root-only `lost+found`, a folder deleted mid-scan).
+fn walk(
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    mut unreadable: Option<&mut Unreadable>,
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Ok(());
+    }
+    let listing = match std::fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) => match unreadable {
+            Some(u) if depth > 0 => {
+                u.push((dir.to_path_buf(), e.to_string()));
+                return Ok(());
+            }
+            _ => return Err(Error::from_io(dir, e)),
+        },
+    };
+    let mut entries: Vec<PathBuf> = listing
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    // MIRAX: the .mrxs file is the slide; its same-named folder holds its data.
+    let mirax: BTreeSet<PathBuf> = entries
+        .iter()
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("mrxs"))
+        })
+        .map(|p| p.with_extension(""))
+        .collect();
+    let mut dicom_here = false;
+    for p in entries {
+        if p.is_dir() {
+            if !mirax.contains(&p) {
+                walk(&p, depth + 1, out, unreadable.as_deref_mut())?;
+            }
+        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("dcm")) {
+            dicom_here = true;
+        } else if is_slide_file(&p) {
+            out.push(p);
+        }
+    }
+    // A folder of DICOM files is one slide (a series).
+    if dicom_here {
+        out.push(dir.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Folders that could not be listed, with the reason.
+pub type Unreadable = Vec<(PathBuf, String)>;
+
+/// The sorted slides under the folder `dir`, skipping sub-folders that cannot be listed
+/// (returned with the reason); only `dir` itself being unreadable is an error.
+pub fn collect_skipping(dir: &Path) -> Result<(Vec<PathBuf>, Unreadable)> {
+    let (mut out, mut unreadable) = (Vec::new(), Vec::new());
+    walk(dir, 0, &mut out, Some(&mut unreadable))?;
+    out.sort();
+    out.dedup();
+    Ok((out, unreadable))
+}
+
+/// The sorted, de-duplicated slides named by `paths` (files as given, folders searched).
+pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| Error::from_io(p, e))?;
+        if meta.is_dir() {
+            walk(p, 0, &mut out, None)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The slides of shard `i` of `n` (1-based): every n-th slide from the i-th.
+pub fn shard<T: Clone>(slides: &[T], i: usize, n: usize) -> Vec<T> {
+    slides
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| n > 0 && k % n == i.saturating_sub(1))
+        .map(|(_, s)| s.clone())
+        .collect()
+}
+
+/// Output folder names, unique within the run: the file name, or the file name and a short
+/// hash of the full path when two slides share a name.
+pub fn output_names(slides: &[PathBuf]) -> Vec<String> {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for s in slides {
+        *count.entry(slide_name(s)).or_default() += 1;
+    }
+    slides
+        .iter()
+        .map(|s| {
+            let name = slide_name(s);
+            if count[&name] > 1 {
+                use sha2::{Digest, Sha256};
+                let h = format!("{:x}", Sha256::digest(s.to_string_lossy().as_bytes()));
+                format!("{name}-{}", &h[..8])
+            } else {
+                name
+            }
+        })
+        .collect()
+}
+
+/// Is the lock at `path` stale: its process gone (same host) or older than `stale_after`?
+fn stale(path: &Path, stale_after: Duration) -> bool {
+    if std::fs::read_to_string(path).is_err() {
+        return false;
+    }
+    if crate::lockfile::holder_gone(path) {
+        return true;
+    }
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > stale_after)
+}
+
+/// Takes the lock for `name`, or `None` when a live worker holds it.
+fn lock(out: &Path, name: &str, stale_after: Duration) -> Result<Option<crate::lockfile::Lock>> {
+    let dir = out.join(".locks");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::from_io(&dir, e))?;
+    crate::lockfile::try_take(&dir.join(format!("{name}.lock")), |p| stale(p, stale_after))
+}
+
+/// Is `OUT/<name>/result.json` complete and made with `key`?
+fn up_to_date(out: &Path, name: &str, key: &str) -> bool {
+    let r = out.join(name).join("result.json");
+    std::fs::read_to_string(r)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["run_key"] == key)
+}
+
+/// Marks `s` skipped, with the figures of its finished result.json.
+fn skipped(s: &mut SlideStatus, out: &Path) {
+    s.status = Status::Skipped;
+    s.reason = "up to date (same model and parameters)".into();
+    let dir = out.join(&s.name);
+    if let Some(r) = std::fs::read(dir.join("result.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    {
+        s.patches = r["patches_analysed"].as_u64().map(|v| v as usize);
+        s.tissue_mm2 = r["tissue_area_mm2"].as_f64();
+        s.positive_class = r["slide_score"]["class"].as_str().map(String::from);
+        s.slide_score = r["slide_score"]["value"].as_f64();
+        let positive = s.positive_class.clone();
+        s.positive_mean = r["classes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"].as_str() == positive.as_deref())
+            .and_then(|c| c["mean"].as_f64());
+    }
+    s.output = Some(dir);
+}
+
+/// Runs the cohort; `report` is called after each slide (for progress lines).
+pub fn run(
+    paths: &[PathBuf],
+    cfg: &AnalyzeConfig,
+    opts: &CohortOptions,
+    mut report: impl FnMut(&SlideStatus, usize, usize),
+) -> Result<Vec<SlideStatus>> {
+    let all = collect(paths)?;
+    let names = output_names(&all);
+    let mut pairs: Vec<(PathBuf, String)> = all.into_iter().zip(names).collect();
+    if let Some((i, n)) = opts.shard {
+        pairs = shard(&pairs, i, n);
+    }
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
+    let key = run_key(cfg)?;
+    let total = pairs.len();
+    let mut statuses = Vec::with_capacity(total);
+    // The model is loaded once, for the first slide that needs it.
+    let mut model = None;
+    for (k, (path, name)) in pairs.into_iter().enumerate() {
+        cfg.progress
+            .emit(crate::pipeline::ProgressEvent::SlideStarted {
+                index: k + 1,
+                total,
+                name: name.clone(),
+            });
+        let mut s = SlideStatus {
+            path: path.clone(),
+            name: name.clone(),
+            status: Status::Failed,
+            reason: String::new(),
+            error_kind: None,
+            patches: None,
+            tissue_mm2: None,
+            positive_class: None,
+            positive_mean: None,
+            slide_score: None,
+            output: None,
+        };
+        if !opts.force && up_to_date(&cfg.out, &name, &key) {
+            skipped(&mut s, &cfg.out);
+        } else {
+            match lock(&cfg.out, &name, opts.stale_after)? {
+                None => {
+                    s.status = Status::Locked;
+                    s.reason = "another worker is analysing it".into();
+                }
+                Some(_held) => {
+                    // Another worker may have finished it while we waited for the lock.
+                    if !opts.force && up_to_date(&cfg.out, &name, &key) {
+                        skipped(&mut s, &cfg.out);
+                    } else {
+                        match analyze_cached(&path, &name, cfg, &mut model) {
+                            Ok(r) => {
+                                s.status = Status::Done;
+                                s.patches = Some(r.patches);
+                                s.tissue_mm2 = Some(r.tissue_mm2);
+                                s.positive_class = Some(r.positive_class);
+                                s.positive_mean = r.positive_mean;
+                                s.slide_score = r.slide_score;
+                                s.output = Some(r.folder);
+                                s.reason = r.warnings.join("; ");
+                            }
+                            Err(e) => {
+                                s.status = Status::Failed;
+                                s.reason = e.to_string();
+                                s.error_kind = Some(e.kind().to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        report(&s, k + 1, total);
+        statuses.push(s);
+    }
+    let tag = match opts.shard {
+        Some((i, n)) => format!("shard-{i}-of-{n}"),
+        None => "all".into(),
+    };
+    write_run_summary(&cfg.out, &tag, &statuses)?;
+    merge_summaries(&cfg.out)?;
+    Ok(statuses)
+}
+
+/// Records this run's statuses in `OUT/.runs/summary-<tag>.json`.
+fn write_run_summary(out: &Path, tag: &str, statuses: &[SlideStatus]) -> Result<()> {
+    let dir = out.join(".runs");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::from_io(&dir, e))?;
+    let path = dir.join(format!("summary-{tag}-{}.json", std::process::id()));
+    crate::output::write_json(&path, &statuses)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Merges every run's statuses under `OUT/.runs/` into `OUT/summary.json` and
+/// `OUT/summary.csv`: one row per slide, the most informative status winning (done or skipped
+/// over failed over locked), failures first. This is `tessera summary OUT`.
+pub fn merge_summaries(out: &Path) -> Result<Vec<SlideStatus>> {
+    let dir = out.join(".runs");
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(d) => d.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    files.retain(|f| f.extension().is_some_and(|e| e == "json"));
+    files.sort_by_key(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+    let mut by_slide: BTreeMap<PathBuf, SlideStatus> = BTreeMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| Error::from_io(&f, e))?;
+        let Ok(list) = serde_json::from_str::<Vec<SlideStatus>>(&text) else {
+            continue;
+        };
+        for s in list {
+            // A better status wins; at equal rank the later run does.
+            let replace = by_slide
+                .get(&s.path)
+                .is_none_or(|old| s.status.rank() >= old.status.rank());
+            if replace {
+                by_slide.insert(s.path.clone(), s);
+            }
+        }
+    }
+    let mut rows: Vec<SlideStatus> = by_slide.into_values().collect();
+    rows.sort_by_key(|s| (s.status != Status::Failed, s.path.clone()));
+    crate::output::write_json(&out.join("summary.json"), &rows)?;
+    let mut csv = String::from(
+        "path,name,status,reason,patches,tissue_mm2,positive_class,positive_mean,slide_score,output\n",
+    );
+    for s in &rows {
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        csv.push_str(
+            &[
+                csv_field(&s.path.to_string_lossy()),
+                csv_field(&s.name),
+                s.status.to_string(),
+                csv_field(&s.reason),
+                opt(s.patches.map(|v| v.to_string())),
+                opt(s.tissue_mm2.map(|v| format!("{v:.4}"))),
+                csv_field(&opt(s.positive_class.clone())),
+                opt(s.positive_mean.map(|v| format!("{v:.6}"))),
+                opt(s.slide_score.map(|v| format!("{v:.6}"))),
+                csv_field(&opt(s
+                    .output
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()))),
+            ]
+            .join(","),
+        );
+        csv.push('\n');
+    }
+    crate::output::write_bytes(&out.join("summary.csv"), csv.as_bytes())?;
+    crate::report::write_index(out, &rows)?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_list() {
+        let v: Vec<u32> = (0..7).collect();
+        let a = shard(&v, 1, 2);
+        let b = shard(&v, 2, 2);
+        assert_eq!(a, [0, 2, 4, 6]);
+        assert_eq!(b, [1, 3, 5]);
+        assert_eq!(shard(&v, 1, 1), v);
+    }
+
+    #[test]
+    fn folders_are_searched_and_dicom_series_count_once() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path();
+        std::fs::create_dir_all(p.join("a/series")).unwrap();
+        std::fs::create_dir_all(p.join(".hidden")).unwrap();
+        std::fs::create_dir_all(p.join("m/slide")).unwrap();
+        for f in [
+            "a/one.svs",
+            "a/notes.txt",
+            "a/series/1.dcm",
+            "a/series/2.dcm",
+            ".hidden/x.svs",
+            "m/slide.mrxs",
+            "m/slide/Index.dat",
+            "b.TIFF",
+        ] {
+            std::fs::write(p.join(f), b"x").unwrap();
+        }
+        let got = collect(&[p.to_path_buf()]).unwrap();
+        let rel: Vec<String> = got
+            .iter()
+            .map(|g| g.strip_prefix(p).unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(rel, ["a/one.svs", "a/series", "b.TIFF", "m/slide.mrxs"]);
+    }
+
+    #[test]
+    fn duplicate_names_get_distinct_folders() {
+        let n = output_names(&[
+            PathBuf::from("/x/a.svs"),
+            PathBuf::from("/y/a.svs"),
+            PathBuf::from("/y/b.svs"),
+        ]);
+        assert_ne!(n[0], n[1]);
+        assert!(n[0].starts_with("a.svs-") && n[1].starts_with("a.svs-"));
+        assert_eq!(n[2], "b.svs");
+    }
+}

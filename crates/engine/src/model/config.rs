@@ -1,0 +1,302 @@
+//! A model's `config.json`: WSInfer's model configuration (spec 1.0), validated, plus optional
+//! Tessera fields under `"tessera"`.
+//!
+//! In: the JSON text and the file's path (for errors). Out: [`ModelConfig`], or
+//! [`Error::ModelConfig`] naming the file and what is wrong.
+
+use std::path::Path;
+
+pub use crate::imaging::preprocess::Layout;
+use crate::imaging::preprocess::Preprocess;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One preprocessing step, as torchvision names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", content = "arguments", deny_unknown_fields)]
+pub enum Transform {
+    /// Resize to `size` (an int: square; or `[height, width]`).
+    Resize {
+        /// Target size.
+        size: ResizeSize,
+    },
+    /// Scale 0–255 to 0–1 and move channels first.
+    ToTensor,
+    /// Subtract `mean` and divide by `std`, per channel.
+    Normalize {
+        /// Per-channel mean (3 values).
+        mean: Vec<f64>,
+        /// Per-channel standard deviation (3 values, non-zero).
+        std: Vec<f64>,
+    },
+}
+
+/// A Resize size: one side for a square, or `[height, width]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ResizeSize {
+    /// Square.
+    Square(u32),
+    /// `[height, width]`.
+    Pair([u32; 2]),
+}
+
+/// Tessera's optional fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TesseraFields {
+    /// One `[r, g, b]` colour per class, for overlays and QuPath classifications.
+    #[serde(default)]
+    pub class_colors: Option<Vec<[u8; 3]>>,
+    /// The class whose probability heatmaps and slide scores show.
+    #[serde(default)]
+    pub positive_class: Option<String>,
+    /// Input layout (default NCHW).
+    #[serde(default)]
+    pub layout: Layout,
+    /// What the model is (and is not).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Licence of the weights.
+    #[serde(default)]
+    pub license: Option<String>,
+    /// Model version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The graph's output is already probabilities (default: logits, as WSInfer's models).
+    #[serde(default)]
+    pub outputs_probabilities: bool,
+}
+
+/// A validated model configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// "1.0".
+    pub spec_version: String,
+    /// Architecture name (timm's names).
+    pub architecture: String,
+    /// Number of output classes.
+    pub num_classes: usize,
+    /// One unique name per class.
+    pub class_names: Vec<String>,
+    /// Patch side in pixels at `spacing_um_px`.
+    pub patch_size_pixels: u32,
+    /// Resolution the model was trained at, µm per pixel.
+    pub spacing_um_px: f64,
+    /// Preprocessing.
+    pub transform: Vec<Transform>,
+    /// Tessera's optional fields.
+    #[serde(default)]
+    pub tessera: TesseraFields,
+}
+
+impl ModelConfig {
+    /// Parses and validates `text`, read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<ModelConfig> {
+        let bad = |reason: String| Error::ModelConfig {
+            path: path.into(),
+            reason,
+        };
+        let c: ModelConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if c.spec_version != "1.0" {
+            return Err(bad(format!(
+                "spec_version {:?} is not \"1.0\"",
+                c.spec_version
+            )));
+        }
+        if c.num_classes < 1 || c.class_names.len() != c.num_classes {
+            return Err(bad(format!(
+                "num_classes is {} but class_names has {} names",
+                c.num_classes,
+                c.class_names.len()
+            )));
+        }
+        let mut names = c.class_names.clone();
+        names.sort();
+        names.dedup();
+        if names.len() != c.class_names.len() {
+            return Err(bad("class_names are not unique".into()));
+        }
+        if c.patch_size_pixels < 1 {
+            return Err(bad("patch_size_pixels must be at least 1".into()));
+        }
+        if !(c.spacing_um_px.is_finite() && c.spacing_um_px > 0.0) {
+            return Err(bad(format!(
+                "spacing_um_px {} must be positive",
+                c.spacing_um_px
+            )));
+        }
+        for t in &c.transform {
+            match t {
+                Transform::Normalize { mean, std } => {
+                    if mean.len() != 3 || std.len() != 3 || std.contains(&0.0) {
+                        return Err(bad("Normalize needs 3 means and 3 non-zero stds".into()));
+                    }
+                }
+                Transform::Resize { size } => {
+                    let ok = match size {
+                        ResizeSize::Square(s) => *s > 0,
+                        ResizeSize::Pair([h, w]) => *h > 0 && *w > 0,
+                    };
+                    if !ok {
+                        return Err(bad("Resize size must be positive".into()));
+                    }
+                }
+                Transform::ToTensor => {}
+            }
+        }
+        if let Some(colors) = &c.tessera.class_colors {
+            if colors.len() != c.num_classes {
+                return Err(bad(format!(
+                    "{} class_colors for {} classes",
+                    colors.len(),
+                    c.num_classes
+                )));
+            }
+        }
+        if let Some(p) = &c.tessera.positive_class {
+            if !c.class_names.contains(p) {
+                return Err(bad(format!("positive_class {p:?} is not a class name")));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reads and validates the `config.json` at `path`.
+    pub fn load(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::from_io(path, e))?;
+        ModelConfig::parse(path, &text)
+    }
+
+    /// The model's input side after the transforms: the Resize size, else the patch size.
+    pub fn input_size(&self) -> (u32, u32) {
+        self.transform
+            .iter()
+            .find_map(|t| match t {
+                Transform::Resize {
+                    size: ResizeSize::Square(s),
+                } => Some((*s, *s)),
+                Transform::Resize {
+                    size: ResizeSize::Pair([h, w]),
+                } => Some((*h, *w)),
+                _ => None,
+            })
+            .unwrap_or((self.patch_size_pixels, self.patch_size_pixels))
+    }
+
+    /// Index of the class heatmaps and scores show: `positive_class`, else the last class.
+    pub fn positive_class(&self) -> usize {
+        self.tessera
+            .positive_class
+            .as_ref()
+            .and_then(|p| self.class_names.iter().position(|c| c == p))
+            .unwrap_or(self.num_classes - 1)
+    }
+}
+
+impl ModelConfig {
+    /// The preprocessing this configuration asks for (`Resize` is the grid's business: the
+    /// input size is taken from it).
+    pub fn preprocess(&self) -> Preprocess {
+        let c = self;
+        let mut p = Preprocess {
+            input: c.input_size(),
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            to_unit: false,
+            layout: c.tessera.layout,
+            deferred: None,
+            on_gpu: false,
+            stain: None,
+        };
+        for t in &c.transform {
+            match t {
+                Transform::ToTensor => p.to_unit = true,
+                Transform::Normalize { mean, std } => {
+                    for i in 0..3 {
+                        p.mean[i] = mean[i] as f32;
+                        p.std[i] = std[i] as f32;
+                    }
+                }
+                Transform::Resize { .. } => {}
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WSINFER: &str = r#"{"spec_version": "1.0", "architecture": "resnet34", "num_classes": 2,
+ "class_names": ["Other", "Tumor"], "patch_size_pixels": 350, "spacing_um_px": 0.25,
+ "transform": [{"name": "Resize", "arguments": {"size": 224}}, {"name": "ToTensor"},
+   {"name": "Normalize", "arguments": {"mean": [0.7238, 0.5716, 0.6779], "std": [0.112, 0.1459, 0.1089]}}]}"#;
+
+    fn parse(s: &str) -> Result<ModelConfig> {
+        ModelConfig::parse(Path::new("m/config.json"), s)
+    }
+
+    #[test]
+    fn reads_wsinfers_own_example() {
+        let c = parse(WSINFER).unwrap();
+        assert_eq!(c.class_names, ["Other", "Tumor"]);
+        assert_eq!(c.input_size(), (224, 224));
+        assert_eq!(c.positive_class(), 1);
+        assert_eq!(c.tessera.layout, Layout::Nchw);
+        assert!(matches!(&c.transform[2], Transform::Normalize { mean, .. } if mean[0] == 0.7238));
+    }
+
+    #[test]
+    fn tessera_fields_are_checked() {
+        let with = WSINFER.replacen(
+            "\"transform\"",
+            r#""tessera": {"positive_class": "Other", "class_colors": [[0,0,255],[255,0,0]], "layout": "NHWC"}, "transform""#,
+            1,
+        );
+        let c = parse(&with).unwrap();
+        assert_eq!(c.positive_class(), 0);
+        assert_eq!(c.tessera.layout, Layout::Nhwc);
+        let bad = WSINFER.replacen(
+            "\"transform\"",
+            r#""tessera": {"positive_class": "Cat"}, "transform""#,
+            1,
+        );
+        assert!(parse(&bad).unwrap_err().to_string().contains("Cat"));
+    }
+
+    #[test]
+    fn malformed_configs_name_the_file_and_the_problem() {
+        for (text, why) in [
+            ("{", "EOF"),
+            (&WSINFER.replace("\"1.0\"", "\"2.0\""), "spec_version"),
+            (
+                &WSINFER.replace("\"num_classes\": 2", "\"num_classes\": 3"),
+                "class_names has 2",
+            ),
+            (&WSINFER.replace("\"Tumor\"", "\"Other\""), "unique"),
+            (&WSINFER.replace("0.25,", "-1,"), "spacing_um_px"),
+            (
+                &WSINFER.replace("\"ToTensor\"", "\"Blur\""),
+                "unknown variant",
+            ),
+            (
+                &WSINFER.replace("[0.112, 0.1459, 0.1089]", "[0.1, 0]"),
+                "Normalize",
+            ),
+            (
+                &WSINFER.replace("\"patch_size_pixels\": 350,", ""),
+                "patch_size_pixels",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("m/config.json") && msg.contains(why),
+                "{why}: {msg}"
+            );
+        }
+    }
+}

@@ -1,0 +1,1261 @@
+//! `tessera analyze`: the one place the stages are chained.
+//!
+//! ```text
+//! Slide ─► tissue::detect ─► TissueMask ─► PatchGrid::plan ─► PatchGrid
+//!       ─► batch::make_batch (rayon, bounded queue) ─► PatchBatch ─► Session::run (workers)
+//!       ─► Predictions (keyed by GridIndex) ─► stitch::Heatmap ─► outputs (atomic folder)
+//! ```
+//!
+//! In: a slide path and an [`AnalyzeConfig`]. Out: `OUT/<slide name>/` holding result.json,
+//! patches.csv, annotations.geojson, heatmap-<class>.png, overlay-<class>.png, tissue-mask.png,
+//! thumbnail.png, region-<n>.jpg (crops of the top-scoring regions), report.html (and
+//! report.pdf, label.png and macro.png when asked). The folder is written under a temporary
+//! name and renamed when complete, so it is either complete or absent. Memory is bounded by the queue depth: at most
+//! `queue_depth` batches wait between decoding and inference.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::batch::make_batch_in;
+use crate::config::SlideConfig;
+use crate::error::{Error, Result};
+use crate::grid::{read_plan, GridSpec, PatchGrid};
+use crate::imaging::preprocess::Preprocess;
+use crate::model::{self, InferenceChoice, ModelFolder};
+use crate::output::{self, geojson};
+use crate::slide::{Mpp, MppSource, Slide};
+use crate::stitch::{top_patches, Heatmap, Predictions, ScoreMethod};
+use crate::tissue::{self, TissueParams};
+
+pub use crate::results::RESULT_SCHEMA_VERSION;
+
+/// What a run reports while it works (for progress bars and logs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProgressEvent {
+    /// A cohort run starts slide `index` (1-based) of `total`.
+    SlideStarted {
+        /// 1-based position in the run.
+        index: usize,
+        /// Slides in the run (this shard).
+        total: usize,
+        /// The slide's output name.
+        name: String,
+    },
+    /// Inference on a slide starts: `total` patches to analyse.
+    PatchesPlanned {
+        /// Patches in the grid.
+        total: usize,
+    },
+    /// `done` of the slide's patches have been analysed.
+    PatchesDone {
+        /// Patches analysed so far.
+        done: usize,
+    },
+    /// The model was loaded: which runtime, on which device, and (for `--device auto`) why
+    /// each faster device was not used.
+    ModelLoaded {
+        /// One line for the user.
+        note: String,
+    },
+}
+
+/// The callback type behind [`Progress`].
+pub type ProgressFn = dyn Fn(&ProgressEvent) + Send + Sync;
+
+/// A progress callback; called from worker threads, so it must be cheap.
+#[derive(Clone, Default)]
+pub struct Progress(Option<Arc<ProgressFn>>);
+
+impl Progress {
+    /// A callback receiving every event.
+    pub fn new(f: impl Fn(&ProgressEvent) + Send + Sync + 'static) -> Self {
+        Progress(Some(Arc::new(f)))
+    }
+
+    /// Sends `event` to the callback, if there is one.
+    pub fn emit(&self, event: ProgressEvent) {
+        if let Some(f) = &self.0 {
+            f(&event);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress(callback)"
+        } else {
+            "Progress(none)"
+        })
+    }
+}
+
+/// Everything `analyze` needs besides the slide.
+///
+/// Its serialization is the settings part of the run key ([`run_key`]): every field is in the
+/// key unless marked `#[serde(skip)]`, and a field is skipped only when it cannot change what
+/// is written (where it runs, how fast, where to) — so a new setting invalidates finished
+/// results by construction, until someone decides, with a reason beside the attribute, that it
+/// does not.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalyzeConfig {
+    /// Output root; each slide gets `OUT/<slide name>/`.
+    // Not in the run key: Where results go, not what they are.
+    #[serde(skip)]
+    pub out: PathBuf,
+    /// Model folder (`None`: the bundled default, `models/he-cellularity`).
+    // Not in the run key: The model is in the key by its SHA-256 and configuration, not its path.
+    #[serde(skip)]
+    pub model: Option<PathBuf>,
+    /// Inference backend.
+    // Not in the run key: ONNX Runtime and tract agree within 1e-4 (tested); result.json records which ran.
+    #[serde(skip)]
+    pub inference: InferenceChoice,
+    /// Where inference runs (`--device`, default auto), FP16 and the TensorRT engine cache.
+    pub device: crate::model::DeviceOptions,
+    /// Where patches are resized and normalised (`--gpu-preprocess`, default auto).
+    // Not in the run key: GPU and CPU preprocessing agree within rounding (tested); result.json records which ran.
+    #[serde(skip)]
+    pub gpu_preprocess: crate::gpu::GpuPreprocess,
+    /// Reinhard stain normalisation of every patch towards this target (`--reinhard`; off by
+    /// default).
+    pub stain: Option<crate::imaging::stain::Reinhard>,
+    /// Patches per batch (default 32).
+    // Not in the run key: Speed only.
+    #[serde(skip)]
+    pub batch_size: usize,
+    /// Batches waiting between decoding and inference (default 4).
+    // Not in the run key: Speed only.
+    #[serde(skip)]
+    pub queue_depth: usize,
+    /// Inference workers, each with its own session (default 1).
+    // Not in the run key: Speed only; results are keyed by grid index.
+    #[serde(skip)]
+    pub workers: usize,
+    /// Threads each inference session may use (default: all cores).
+    // Not in the run key: Speed only.
+    #[serde(skip)]
+    pub inference_threads: usize,
+    /// Threads reading and decoding patches (default: half the cores, at least 1). Decoding
+    /// and inference overlap through the queue, so on 2 cores each side gets about one; on 16,
+    /// 8 decode while inference uses its own pool.
+    // Not in the run key: Speed only.
+    #[serde(skip)]
+    pub decode_threads: usize,
+    /// Stride in model pixels (default: the patch size, no overlap).
+    pub stride_pixels: Option<u32>,
+    /// Minimum tissue fraction of a patch (default 0.5).
+    pub min_tissue: f64,
+    /// Probability threshold for regions and areas (default 0.5).
+    pub threshold: f32,
+    /// MPP to use instead of (or when missing from) the file.
+    pub mpp_override: Option<f64>,
+    /// Fingerprint the whole file instead of its size and first and last MiB.
+    pub hash_full: bool,
+    /// GeoJSON larger than this many bytes is written gzip-compressed as
+    /// `annotations.geojson.gz` (default 32 MiB).
+    pub geojson_gzip_bytes: usize,
+    /// Tissue detector parameters.
+    pub tissue: TissueParams,
+    /// An ONNX tissue segmentation model (a `.onnx` file, or a folder holding one) with the
+    /// tissue U-Net's contract, used instead of the classical detector.
+    // Not in the run key: In the key by its file's SHA-256 (see `run_key_for`), not its path.
+    #[serde(skip)]
+    pub tissue_model: Option<PathBuf>,
+    /// Slide reading.
+    pub slide: SlideConfig,
+    /// How the slide-level score of the positive class is made (default: mean of the top 10).
+    #[serde(serialize_with = "as_display")]
+    pub slide_score: ScoreMethod,
+    /// Top-scoring regions cropped for the report (default 6).
+    pub top_regions: usize,
+    /// Side of each region crop in model pixels, i.e. at the model's µm/px (default 512).
+    pub region_pixels: u32,
+    /// Write the slide's label and macro images (patient identifiers) and show them in the
+    /// report. Off by default.
+    pub include_label: bool,
+    /// Also print the report to report.pdf with headless Chromium.
+    pub pdf: bool,
+    /// Progress callback (none by default).
+    // Not in the run key: Reporting only.
+    #[serde(skip)]
+    pub progress: Progress,
+}
+
+impl Default for AnalyzeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            out: PathBuf::from("tessera-out"),
+            model: None,
+            inference: InferenceChoice::Auto,
+            device: crate::model::DeviceOptions::default(),
+            gpu_preprocess: crate::gpu::GpuPreprocess::Auto,
+            stain: None,
+            batch_size: 32,
+            queue_depth: 4,
+            workers: 1,
+            inference_threads: cores,
+            decode_threads: cores.div_ceil(2),
+            stride_pixels: None,
+            min_tissue: 0.5,
+            threshold: 0.5,
+            mpp_override: None,
+            hash_full: false,
+            geojson_gzip_bytes: 32 << 20,
+            tissue: TissueParams::default(),
+            tissue_model: None,
+            // Reads walk the slide in narrow strips (see `read_order`): a small tile cache
+            // decodes each tile about once.
+            slide: SlideConfig {
+                cache_bytes: 32 << 20,
+                ..SlideConfig::default()
+            },
+            slide_score: ScoreMethod::default(),
+            top_regions: 6,
+            region_pixels: 512,
+            include_label: false,
+            pdf: false,
+            progress: Progress::default(),
+        }
+    }
+}
+
+/// The default model folder: `models/he-cellularity` at the root of the source tree, or
+/// `$TESSERA_MODELS/he-cellularity`.
+pub fn default_model_dir() -> PathBuf {
+    let root = std::env::var_os("TESSERA_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // The workspace root's models/ (this crate lives in crates/engine).
+            let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+            here.ancestors().nth(2).unwrap_or(here).join("models")
+        });
+    root.join("he-cellularity")
+}
+
+/// The `.onnx` file itself, or the only `.onnx` file in a folder.
+fn find_onnx(p: &Path) -> Result<PathBuf> {
+    if !p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+        .map_err(|e| Error::from_io(p, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| f.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => Err(Error::Model {
+            path: p.into(),
+            backend: "tract".into(),
+            message: format!("expected one .onnx file in the folder, found {n}"),
+        }),
+    }
+}
+
+/// What one run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalyzeSummary {
+    /// The slide's output folder.
+    pub folder: PathBuf,
+    /// Patches analysed.
+    pub patches: usize,
+    /// Tissue area in mm².
+    pub tissue_mm2: f64,
+    /// The backend line shown to the user.
+    pub backend_note: String,
+    /// The positive class (heatmaps, slide score).
+    pub positive_class: String,
+    /// Mean probability of the positive class over analysed patches.
+    pub positive_mean: Option<f64>,
+    /// The slide-level score of the positive class.
+    pub slide_score: Option<f64>,
+    /// Warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Every file a slide consists of, sorted: a folder (a DICOM series) is its files; a MIRAX
+/// `.mrxs` is the file and the files of its same-named data folder; anything else is itself.
+pub fn slide_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let list = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::from_io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    if path.is_dir() {
+        return list(path);
+    }
+    let mut files = vec![path.to_path_buf()];
+    let data = path.with_extension("");
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("mrxs"))
+        && data.is_dir()
+    {
+        files.extend(list(&data)?);
+    }
+    Ok(files)
+}
+
+/// SHA-256 of the file's size and its first and last MiB (or of the whole file).
+pub fn fingerprint(path: &Path, full: bool) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let files = slide_files(path)?;
+    let mut h = Sha256::new();
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| Error::from_io(&f, e))?;
+        let len = file.metadata().map_err(|e| Error::from_io(&f, e))?.len();
+        h.update(len.to_le_bytes());
+        const MIB: u64 = 1 << 20;
+        let io = |e| Error::from_io(&f, e);
+        if full || len <= 2 * MIB {
+            std::io::copy(&mut file, &mut h).map_err(io)?;
+        } else {
+            let mut buf = vec![0u8; MIB as usize];
+            file.read_exact(&mut buf).map_err(io)?;
+            h.update(&buf);
+            file.seek(SeekFrom::Start(len - MIB)).map_err(io)?;
+            file.read_exact(&mut buf).map_err(io)?;
+            h.update(&buf);
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// The output folder name of a slide: its file (or folder) name.
+pub fn slide_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "slide".into())
+}
+
+/// A key for "same model and parameters": SHA-256 over the model's hash and configuration, the
+/// tissue model's hash, Tessera's version and the serialized [`AnalyzeConfig`] (every setting
+/// that can change results). Recorded in result.json; cohort runs skip slides whose finished
+/// result carries the same key.
+pub fn run_key(cfg: &AnalyzeConfig) -> Result<String> {
+    let dir = cfg.model.clone().unwrap_or_else(default_model_dir);
+    run_key_for(&ModelFolder::load(&dir)?, cfg)
+}
+
+/// [`run_key`] for a model folder already loaded (its hash is not computed again).
+fn run_key_for(folder: &ModelFolder, cfg: &AnalyzeConfig) -> Result<String> {
+    let tissue_model = match &cfg.tissue_model {
+        Some(m) => {
+            let onnx = find_onnx(m)?;
+            let bytes = std::fs::read(&onnx).map_err(|e| Error::from_io(&onnx, e))?;
+            Some(format!("{:x}", Sha256::digest(&bytes)))
+        }
+        None => None,
+    };
+    let key = json!({
+        "key_version": 2,
+        "model_sha256": folder.sha256,
+        "model_config": folder.config,
+        "tissue_model_sha256": tissue_model,
+        "settings": cfg,
+        "tessera": crate::VERSION,
+    });
+    Ok(format!("{:x}", Sha256::digest(key.to_string().as_bytes())))
+}
+
+/// Serializes a value as its `Display` text (the slide-score method: `mean-top-10`, `max`).
+fn as_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// Analyses one slide into `OUT/<file name>/`.
+pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
+    analyze_as(path, &slide_name(path), cfg)
+}
+
+/// A model read, hashed and loaded once, for analysing many slides (cohort runs, the watch
+/// service's workers) without loading it again for each.
+pub struct LoadedModel {
+    /// The model folder (configuration and hash).
+    pub folder: ModelFolder,
+    /// The inference backend and why it was chosen.
+    pub chosen: model::Chosen,
+    /// The loaded model; each analysis opens its own sessions.
+    pub model: Arc<dyn model::Model>,
+}
+
+/// Loads the model `cfg` names (or the default one) on the backend `cfg` asks for.
+pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
+    let model_dir = cfg.model.clone().unwrap_or_else(default_model_dir);
+    let folder = ModelFolder::load(&model_dir)?;
+    let chosen = model::choose(cfg.inference)?;
+    let model = model::load_on_devices(
+        chosen.backend.as_ref(),
+        &folder,
+        cfg.inference_threads.max(1),
+        &cfg.device,
+    )?;
+    let placement = model.placement();
+    let mut note = format!("{} on {}", chosen.note, placement.device);
+    for f in &placement.fallbacks {
+        note.push_str(&format!("\n  not used: {f}"));
+    }
+    cfg.progress.emit(ProgressEvent::ModelLoaded { note });
+    Ok(LoadedModel {
+        folder,
+        chosen,
+        model,
+    })
+}
+
+/// Analyses one slide into `OUT/<name>/`.
+pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
+    analyze_cached(path, name, cfg, &mut None)
+}
+
+/// Analyses one slide into `OUT/<name>/`, loading the model into `cache` the first time it is
+/// needed and reusing it afterwards (a slide that does not open fails before any loading).
+pub fn analyze_cached(
+    path: &Path,
+    name: &str,
+    cfg: &AnalyzeConfig,
+    cache: &mut Option<LoadedModel>,
+) -> Result<AnalyzeSummary> {
+    let started = Instant::now();
+    let slide = Slide::open_with(path, &cfg.slide)?;
+    let lm = match cache {
+        Some(lm) => lm,
+        None => cache.insert(load_model(cfg)?),
+    };
+    analyze_opened(slide, started, path, name, cfg, lm)
+}
+
+/// The analysis of a slide already opened with a model already loaded (`cfg.model` and
+/// `cfg.inference` are not looked at again); `started`: when opening began, for the timings.
+fn analyze_opened(
+    slide: Slide,
+    started: Instant,
+    path: &Path,
+    name: &str,
+    cfg: &AnalyzeConfig,
+    lm: &LoadedModel,
+) -> Result<AnalyzeSummary> {
+    let analysed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
+    let mpp = match (cfg.mpp_override, slide.mpp()) {
+        (Some(v), file) => {
+            if let Some(m) = file {
+                warnings.push(format!(
+                    "MPP overridden: the file says {:.4} µm/px ({}), {v} was used",
+                    m.x, m.source
+                ));
+            } else {
+                warnings.push(format!(
+                    "MPP missing from the file; {v} µm/px given by the user"
+                ));
+            }
+            Mpp {
+                x: v,
+                y: v,
+                source: MppSource::User,
+            }
+        }
+        (None, Some(m)) => m.clone(),
+        (None, None) => return Err(Error::MissingMpp { path: path.into() }),
+    };
+    if matches!(mpp.source, MppSource::TiffResolution { .. }) {
+        warnings.push("MPP comes from TIFF resolution tags, which are often placeholders".into());
+    }
+    let mpp_mean = (mpp.x + mpp.y) / 2.0;
+
+    let (folder, chosen, loaded) = (&lm.folder, &lm.chosen, &lm.model);
+    let backend = chosen.backend.clone();
+    timings.insert("open_and_load_s", started.elapsed().as_secs_f64());
+
+    // Tissue.
+    let t = Instant::now();
+    let (mask_ds, mask_size) =
+        tissue::mask_geometry(slide.dimensions(), Some(mpp_mean), &cfg.tissue);
+    let mask_thumb = tissue::thumbnail(&slide, mask_ds, mask_size)?;
+    let classical = tissue::mask_from_thumbnail(&mask_thumb, mask_ds, Some(mpp_mean), &cfg.tissue);
+    let (mask, tissue_method) = match &cfg.tissue_model {
+        None => (
+            classical,
+            "HSV saturation, median, Otsu, closing, small objects and holes removed".to_string(),
+        ),
+        Some(m) => {
+            let onnx = find_onnx(m)?;
+            let mask = tissue::mask_from_model(&onnx, &mask_thumb, mask_ds)?;
+            let (a, b) = (mask.fraction(), classical.fraction());
+            if (a - b).abs() > 0.15 {
+                warnings.push(format!(
+                    "tissue model and classical detector disagree: {:.0}% vs {:.0}% of the slide",
+                    a * 100.0,
+                    b * 100.0
+                ));
+            }
+            (mask, format!("ONNX segmentation model {}", onnx.display()))
+        }
+    };
+    // The mask-scale thumbnail is large on a large slide (117 MiB of RGB for 100,000² at
+    // 8 µm/px): release it before inference starts.
+    drop(mask_thumb);
+    // A display thumbnail, 1024 pixels on its longest side (or the slide, if smaller).
+    let dims = slide.dimensions();
+    let disp_ds = (dims.width.max(dims.height) as f64 / 1024.0).max(1.0);
+    let disp_size = crate::geom::Size::new(
+        ((dims.width as f64 / disp_ds).ceil() as u64).max(1),
+        ((dims.height as f64 / disp_ds).ceil() as u64).max(1),
+    );
+    let thumb = tissue::thumbnail(&slide, disp_ds, disp_size)?;
+    let tissue_mm2 = mask.area_mm2(mpp.x, mpp.y);
+    if mask.fraction() < 0.01 {
+        warnings.push(format!(
+            "little tissue found ({:.2}% of the slide)",
+            mask.fraction() * 100.0
+        ));
+    }
+    timings.insert("tissue_s", t.elapsed().as_secs_f64());
+    crate::sys::release_free_memory();
+
+    // Grid.
+    let c = &folder.config;
+    let spec = GridSpec {
+        patch_pixels: c.patch_size_pixels,
+        spacing_um_px: c.spacing_um_px,
+        stride_pixels: cfg.stride_pixels.unwrap_or(c.patch_size_pixels),
+        min_tissue: cfg.min_tissue,
+    };
+    let grid = PatchGrid::plan(slide.dimensions(), mpp_mean, &spec, &mask);
+    // After planning, only the mask's PNG and figures are needed: keep those, not the pixels
+    // (39 MiB on a 100,000² slide), so memory during inference does not grow with the slide.
+    let mask_png = output::encode_gray_png(&mask.to_image())?;
+    let (mask_fraction, mask_downsample, mask_threshold) =
+        (mask.fraction(), mask.downsample, mask.threshold);
+    drop(mask);
+    crate::sys::release_free_memory();
+    let side_l0 = grid
+        .patches
+        .first()
+        .map_or(grid.side_l0.round() as u64, |p| p.side);
+    let plan = read_plan(slide.levels(), mpp_mean, &spec, side_l0);
+    let mut pre = c.preprocess();
+    let resolved = cfg
+        .gpu_preprocess
+        .resolve()
+        .map_err(|message| Error::Device {
+            device: "--gpu-preprocess on".into(),
+            message,
+        })?;
+    let gpu = resolved.gpu;
+    // Every time the GPU was not used where it could have been, with the reason: recorded in
+    // result.json's `preprocessing` block, so the record says what actually ran.
+    let mut gpu_fallbacks: Vec<String> = resolved.not_used.map(String::from).into_iter().collect();
+    pre.stain = cfg.stain;
+    if gpu.is_some() || pre.stain.is_some() {
+        pre.deferred = Some((plan.side as u32, plan.side as u32));
+        pre.on_gpu = gpu.is_some();
+    }
+
+    // Inference: a producer thread makes batches (decoding in parallel), a bounded queue
+    // carries them to the workers, results are keyed by grid index.
+    let t = Instant::now();
+    let (predictions, preprocess_failure) =
+        run_inference(&slide, &grid, plan, &pre, cfg, loaded.as_ref(), c)?;
+    if let (Some(why), Some(g)) = (&preprocess_failure, gpu) {
+        gpu_fallbacks.push(format!(
+            "patch preprocessing on {} failed ({why}); the CPU computed the batches from then on",
+            g.adapter
+        ));
+    }
+    timings.insert("inference_s", t.elapsed().as_secs_f64());
+
+    // Outputs, into a temporary folder renamed at the end.
+    let t = Instant::now();
+    let name = name.to_string();
+    let final_dir = cfg.out.join(&name);
+    let tmp_dir = cfg
+        .out
+        .join(format!(".{name}.tmp-tessera-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::from_io(&tmp_dir, e))?;
+    let result = write_outputs(
+        &tmp_dir,
+        mpp_mean,
+        (&thumb, disp_ds),
+        &mask_png,
+        &grid,
+        &predictions,
+        folder,
+        cfg,
+        gpu,
+        &mut gpu_fallbacks,
+    )
+    .and_then(|stats| {
+        let top = write_top_regions(&tmp_dir, &slide, &grid, &predictions, mpp_mean, folder, cfg)?;
+        let identifiers = if cfg.include_label {
+            output::write_identifier_images(&tmp_dir, &slide)?
+        } else {
+            Vec::new()
+        };
+        Ok((stats, top, identifiers, fingerprint(path, cfg.hash_full)?))
+    });
+    let ((class_stats, analysed), top_regions, identifier_images, fp) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+            return Err(e);
+        }
+    };
+    timings.insert("outputs_s", t.elapsed().as_secs_f64());
+    timings.insert("total_s", started.elapsed().as_secs_f64());
+    let positive = c.positive_class();
+    let slide_score = cfg.slide_score.score(&predictions, positive);
+
+    let dims = slide.dimensions();
+    let doc = json!({
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "run_key": run_key_for(folder, cfg)?,
+        "tessera_version": crate::VERSION,
+        "disclaimer": "Decision support — findings require review by a pathologist.",
+        "analysed_at": analysed_at,
+        "slide": {
+            "path": path,
+            "name": name,
+            "format": slide.format(),
+            "vendor": slide.vendor(),
+            "reader": slide.backend(),
+            "file_size_bytes": crate::info::size_on_disk(path)?,
+            "fingerprint": {"sha256": fp, "method": if cfg.hash_full { "full file" } else { "size + first and last MiB" }},
+            "dimensions": {"width": dims.width, "height": dims.height},
+            "mpp": mpp,
+            "objective_power": slide.objective_power(),
+        },
+        "model": {
+            "name": folder.name,
+            "version": c.tessera.version,
+            "sha256": folder.sha256,
+            "config": c,
+        },
+        "inference": {"backend": backend.name(), "version": backend.version(),
+            "device": loaded.placement().device, "device_requested": std::iter::once(&cfg.device.device).chain(&cfg.device.more).map(|d| d.label()).collect::<Vec<_>>().join(","),
+            "fallbacks": chosen.fallback.iter().cloned().chain(loaded.placement().fallbacks).collect::<Vec<_>>(), "fp16": cfg.device.fp16, "note": chosen.note},
+        "preprocessing": {
+            "requested": cfg.gpu_preprocess.label(),
+            "device": match gpu {
+                Some(g) if preprocess_failure.is_none() => g.adapter.clone(),
+                Some(g) => format!("{} (then the CPU, after a failure)", g.adapter),
+                None => "CPU".to_string(),
+            },
+            "fallbacks": gpu_fallbacks,
+        },
+        "parameters": {
+            "gpu_preprocess": gpu.filter(|_| preprocess_failure.is_none()).map(|g| g.adapter.clone()),
+            "stain_normalisation": cfg.stain.map(|t| json!({
+                "method": "reinhard",
+                "lab_mean": t.mean.map(decimal),
+                "lab_std": t.std.map(decimal),
+                "space": "CIE Lab (OpenCV RGB2Lab, sRGB, D65), L 0-100; per patch at the read size",
+            })),
+            "patch_size_pixels": c.patch_size_pixels,
+            "spacing_um_px": c.spacing_um_px,
+            "stride_pixels": spec.stride_pixels,
+            "patch_side_level0": side_l0,
+            "read_level": plan.level,
+            "read_side": plan.side,
+            "min_tissue_fraction": cfg.min_tissue,
+            "threshold": decimal(cfg.threshold),
+            "batch_size": cfg.batch_size,
+            "slide_score": cfg.slide_score.to_string(),
+            "top_regions": cfg.top_regions,
+            "region_pixels": cfg.region_pixels,
+            "thumbnail_downsample": disp_ds,
+            "tissue": {
+                "method": tissue_method,
+                "mask_um_px": cfg.tissue.mask_um_px,
+                "mask_downsample": mask_downsample,
+                "otsu_threshold": mask_threshold,
+                "median": cfg.tissue.median,
+                "closing": cfg.tissue.closing,
+                "min_object_mm2": cfg.tissue.min_object_mm2,
+                "max_hole_mm2": cfg.tissue.max_hole_mm2,
+            },
+        },
+        "tissue_area_mm2": tissue_mm2,
+        "tissue_fraction": mask_fraction,
+        "patches_analysed": analysed,
+        "patches_skipped": grid.skipped,
+        "classes": class_stats,
+        "slide_score": {
+            "class": c.class_names[positive],
+            "method": cfg.slide_score.to_string(),
+            "description": cfg.slide_score.describe(),
+            "value": slide_score,
+        },
+        "top_regions": top_regions,
+        "identifiers": {
+            "label_included": cfg.include_label,
+            "images": identifier_images,
+        },
+        "warnings": warnings,
+        "timings_s": timings,
+    });
+    let written = output::write_json(&tmp_dir.join("result.json"), &doc)
+        .and_then(|()| crate::report::write_slide_report(&tmp_dir))
+        .and_then(|()| {
+            if cfg.pdf {
+                crate::report::pdf::print_to_pdf(
+                    &tmp_dir.join("report.html"),
+                    &tmp_dir.join("report.pdf"),
+                )
+            } else {
+                Ok(())
+            }
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        return Err(e);
+    }
+    // Replace an older result only now that the new one is complete.
+    if final_dir.exists() {
+        let old = cfg
+            .out
+            .join(format!(".{name}.old-tessera-{}", std::process::id()));
+        std::fs::rename(&final_dir, &old).map_err(|e| Error::from_io(&final_dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::from_io(&final_dir, e))?;
+    Ok(AnalyzeSummary {
+        folder: final_dir,
+        patches: analysed,
+        tissue_mm2,
+        backend_note: chosen.note.clone(),
+        positive_class: c.class_names[positive].clone(),
+        positive_mean: class_stats.get(positive).and_then(|s| s["mean"].as_f64()),
+        slide_score,
+        warnings,
+    })
+}
+
+/// An f32 setting as the decimal it was given as (0.7, not 0.699999988079071).
+fn decimal(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
+
+fn run_inference(
+    slide: &Slide,
+    grid: &PatchGrid,
+    plan: crate::grid::ReadPlan,
+    pre: &Preprocess,
+    cfg: &AnalyzeConfig,
+    model: &dyn model::Model,
+    config: &crate::model::config::ModelConfig,
+) -> Result<(Predictions, Option<String>)> {
+    let batch_size = cfg.batch_size.max(1);
+    let (tx, rx) = mpsc::sync_channel::<crate::batch::PatchBatch>(cfg.queue_depth.max(1));
+    let rx = Arc::new(Mutex::new(rx));
+    // Consumed batch buffers go back to the producer: a run allocates about queue depth +
+    // workers + 1 of them in all, not one per batch.
+    // At least one worker per device (several GPUs share the slide's patches).
+    let workers = cfg.workers.max(model.devices()).max(1);
+    let (recycle_tx, recycle_rx) =
+        mpsc::sync_channel::<Vec<u8>>(cfg.queue_depth.max(1) + workers + 1);
+    let predictions = Mutex::new(Predictions::new());
+    // Why the GPU preprocessing failed mid-run, if it did (the CPU twin took over).
+    let gpu_fallback: Mutex<Option<String>> = Mutex::new(None);
+    cfg.progress.emit(ProgressEvent::PatchesPlanned {
+        total: grid.patches.len(),
+    });
+    let mut sessions = Vec::new();
+    for _ in 0..workers {
+        sessions.push(model.session()?);
+    }
+    let decode_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.decode_threads.max(1))
+        .build()
+        .map_err(|e| Error::Inference {
+            path: slide.path().into(),
+            backend: "reader".into(),
+            message: format!("cannot start decoding threads: {e}"),
+        })?;
+    std::thread::scope(|s| -> Result<()> {
+        let decode_pool = &decode_pool;
+        let producer = s.spawn(move || -> Result<()> {
+            for chunk in read_order(slide, grid, plan).chunks(batch_size) {
+                let chunk: Vec<crate::grid::Patch> =
+                    chunk.iter().map(|&i| grid.patches[i].clone()).collect();
+                let chunk = chunk.as_slice();
+                let buffer = recycle_rx.try_recv().unwrap_or_default();
+                let batch =
+                    decode_pool.install(|| make_batch_in(slide, chunk, plan, pre, buffer))?;
+                if tx.send(batch).is_err() {
+                    break; // workers stopped after an error
+                }
+            }
+            Ok(())
+        });
+        let mut workers = Vec::new();
+        for mut session in sessions {
+            let rx = rx.clone();
+            let recycle = recycle_tx.clone();
+            let predictions = &predictions;
+            let gpu_fallback = &gpu_fallback;
+            workers.push(s.spawn(move || -> Result<()> {
+                loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(batch) = next else { return Ok(()) };
+                    let (input, gpu_failure) = batch.tensor();
+                    if let Some(why) = gpu_failure {
+                        let mut f = gpu_fallback.lock().unwrap_or_else(|e| e.into_inner());
+                        f.get_or_insert(why);
+                    }
+                    let rows = session.run(input)?;
+                    {
+                        let mut p = predictions.lock().unwrap_or_else(|e| e.into_inner());
+                        for (idx, raw) in batch.indices.iter().zip(rows) {
+                            p.insert(*idx, model::to_probabilities(config, raw));
+                        }
+                        // Under the lock, so counts arrive in order.
+                        cfg.progress
+                            .emit(ProgressEvent::PatchesDone { done: p.len() });
+                    }
+                    // A full recycling queue just drops the buffer.
+                    let _ = recycle.try_send(batch.pixels);
+                }
+            }));
+        }
+        let mut first_error = None;
+        for w in workers {
+            match w.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(Error::Panicked {
+                        path: slide.path().into(),
+                        thread: "inference worker",
+                    });
+                }
+            }
+        }
+        // Dropping the receiver (workers are gone) unblocks a producer stuck on a full queue.
+        drop(rx);
+        match producer.join() {
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(Error::Panicked {
+                    path: slide.path().into(),
+                    thread: "patch reader",
+                });
+            }
+            Ok(Ok(())) => {}
+        }
+        first_error.map_or(Ok(()), Err)
+    })?;
+    Ok((
+        predictions.into_inner().unwrap_or_else(|e| e.into_inner()),
+        gpu_fallback.into_inner().unwrap_or_else(|e| e.into_inner()),
+    ))
+}
+
+/// The patches in the order they are read: vertical strips about 2048 read-level pixels wide
+/// (ending on tile boundaries where the stride allows: [`strip_patches`]), each top to bottom. Consecutive patches then share tiles, and the tiles a strip needs at any
+/// moment (two tile rows of one strip) fit a small cache, so each tile is decoded about once
+/// without holding whole rows of a wide slide. Results are keyed by grid index, so the order
+/// changes no output.
+fn read_order(slide: &Slide, grid: &PatchGrid, plan: crate::grid::ReadPlan) -> Vec<usize> {
+    let level = &slide.levels()[plan.level];
+    let per_strip = strip_patches(
+        grid.stride_l0 / level.downsample,
+        level.tile_size.map(|t| t.width),
+    );
+    let mut order: Vec<usize> = (0..grid.patches.len()).collect();
+    order.sort_by_key(|&i| {
+        let p = &grid.patches[i].index;
+        (p.col / per_strip, p.row, p.col)
+    });
+    order
+}
+
+/// Patches per read strip, for patches `stride` read-level pixels apart on a level with
+/// `tile_width`-pixel tiles: about 2048 pixels; and where some k patches span whole tiles
+/// within 4096 pixels, a multiple of k, so that strips meet on tile boundaries and no tile
+/// is decoded once for each of two strips (224-pixel patches on 256-pixel tiles: 8, not 9).
+/// `bench read --walk` reads in the same order.
+pub fn strip_patches(stride: f64, tile_width: Option<u64>) -> u32 {
+    let stride = stride.max(1.0);
+    let about = ((2048.0 / stride) as u32).max(1);
+    let Some(tile) = tile_width.filter(|&t| t > 0).map(|t| t as f64) else {
+        return about;
+    };
+    let most = ((4096.0 / stride) as u32).max(1);
+    (1..=most)
+        .find(|&k| {
+            let tiles = k as f64 * stride / tile;
+            tiles >= 1.0 && (tiles - tiles.round()).abs() < 1e-9
+        })
+        .map_or(about, |k| k * (about / k).max(1))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    dir: &Path,
+    mpp: f64,
+    (thumb, thumb_ds): (&image::RgbImage, f64),
+    mask_png: &[u8],
+    grid: &PatchGrid,
+    predictions: &Predictions,
+    folder: &ModelFolder,
+    cfg: &AnalyzeConfig,
+    gpu: Option<&crate::gpu::Gpu>,
+    gpu_fallbacks: &mut Vec<String>,
+) -> Result<(Vec<serde_json::Value>, usize)> {
+    let c = &folder.config;
+    output::write_bytes(&dir.join("tissue-mask.png"), mask_png)?;
+    output::write_png(&dir.join("thumbnail.png"), thumb)?;
+
+    // patches.csv: WSInfer's columns plus ours, in grid order.
+    let mut csv = String::from("minx,miny,width,height,col,row,tissue_fraction");
+    for n in &c.class_names {
+        csv.push_str(&format!(",prob_{n}"));
+    }
+    csv.push('\n');
+    let mut analysed = 0;
+    for p in &grid.patches {
+        let Some(probs) = predictions.get(&p.index) else {
+            continue;
+        };
+        analysed += 1;
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{:.4}",
+            p.location.x, p.location.y, p.side, p.side, p.index.col, p.index.row, p.tissue_fraction
+        ));
+        for v in probs {
+            csv.push_str(&format!(",{v:.6}"));
+        }
+        csv.push('\n');
+    }
+    output::write_bytes(&dir.join("patches.csv"), csv.as_bytes())?;
+
+    // Heatmaps, regions and per-class figures.
+    let colors = c.tessera.class_colors.clone().unwrap_or_else(|| {
+        (0..c.num_classes)
+            .map(|i| crate::imaging::colour::palette(i, c.num_classes))
+            .collect()
+    });
+    let area_cell_mm2 = (grid.stride_l0 * mpp / 1000.0).powi(2);
+    let mut regions = Vec::new();
+    let mut stats = Vec::new();
+    for (k, name) in c.class_names.iter().enumerate() {
+        let heat = Heatmap::build(grid, predictions, k);
+        let values = heat.to_u8();
+        if heat.width > 0 {
+            let img =
+                image::GrayImage::from_raw(heat.width, heat.height, values).unwrap_or_default();
+            output::write_gray_png(&dir.join(format!("heatmap-{name}.png")), &img)?;
+            let (overlay, failure) =
+                output::overlay::overlay(thumb, thumb_ds, &heat, cfg.threshold, gpu);
+            if let (Some(why), Some(g)) = (failure, gpu) {
+                gpu_fallbacks.push(format!(
+                    "overlay-{name}.png: blending on {} failed ({why}); blended on the CPU",
+                    g.adapter
+                ));
+            }
+            output::write_png(&dir.join(format!("overlay-{name}.png")), &overlay)?;
+        }
+        let polys = heat.regions(cfg.threshold);
+        let mut probs: Vec<f32> = predictions
+            .values()
+            .filter_map(|p| p.get(k).copied())
+            .collect();
+        probs.sort_by(f32::total_cmp);
+        let pct = |q: f64| -> f64 {
+            if probs.is_empty() {
+                return f64::NAN;
+            }
+            probs[((probs.len() - 1) as f64 * q).round() as usize] as f64
+        };
+        let cells_above = heat
+            .values
+            .iter()
+            .filter(|v| v.is_some_and(|p| p >= cfg.threshold))
+            .count();
+        let mean = probs.iter().map(|&p| p as f64).sum::<f64>() / probs.len().max(1) as f64;
+        stats.push(json!({
+            "name": name,
+            "mean": if probs.is_empty() { None } else { Some(mean) },
+            "percentiles": {"p5": pct(0.05), "p25": pct(0.25), "p50": pct(0.5), "p75": pct(0.75), "p95": pct(0.95), "max": pct(1.0)},
+            "area_above_threshold_mm2": cells_above as f64 * area_cell_mm2,
+            "regions": polys.len(),
+        }));
+        regions.push(geojson::Region {
+            class: name.clone(),
+            color: colors[k],
+            polygons: polys,
+        });
+    }
+    let positive = c.positive_class();
+    let regions: Vec<geojson::Region> = regions
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| *k == positive)
+        .map(|(_, r)| r)
+        .collect();
+    let text = geojson::feature_collection(&grid.patches, predictions, &c.class_names, &regions);
+    let (path, bytes) = if text.len() > cfg.geojson_gzip_bytes {
+        (dir.join("annotations.geojson.gz"), geojson::gzip(&text))
+    } else {
+        (dir.join("annotations.geojson"), text)
+    };
+    output::write_bytes(&path, &bytes)?;
+    Ok((stats, analysed))
+}
+
+/// Crops the top-scoring regions of the positive class for the report: `region-<n>.jpg`,
+/// `region_pixels` square at the model's µm/px, centred on each chosen patch. Returns their
+/// descriptions for result.json (rank, score, level-0 box, grid index, file).
+fn write_top_regions(
+    dir: &Path,
+    slide: &Slide,
+    grid: &PatchGrid,
+    predictions: &Predictions,
+    mpp: f64,
+    folder: &ModelFolder,
+    cfg: &AnalyzeConfig,
+) -> Result<Vec<serde_json::Value>> {
+    let c = &folder.config;
+    let side_l0 = cfg.region_pixels as f64 * c.spacing_um_px / mpp;
+    let chosen = top_patches(
+        grid,
+        predictions,
+        c.positive_class(),
+        cfg.top_regions,
+        side_l0,
+    );
+    let level = slide.best_level_for_downsample(side_l0 / cfg.region_pixels.max(1) as f64);
+    let ds = slide.levels()[level].downsample;
+    let read_side = ((side_l0 / ds).round() as u64).max(1);
+    let mut out = Vec::new();
+    for (rank, (patch, score)) in chosen.into_iter().enumerate() {
+        let cx = patch.location.x as f64 + patch.side as f64 / 2.0;
+        let cy = patch.location.y as f64 + patch.side as f64 / 2.0;
+        let at = crate::geom::Level0Px::new(
+            (cx - side_l0 / 2.0).round() as i64,
+            (cy - side_l0 / 2.0).round() as i64,
+        );
+        let img = slide.read_region(at, level, crate::geom::Size::new(read_side, read_side))?;
+        let img = crate::imaging::resize::resize(&img, cfg.region_pixels, cfg.region_pixels);
+        let file = format!("region-{}.jpg", rank + 1);
+        let path = dir.join(&file);
+        let mut bytes = Vec::new();
+        jpeg_encoder::Encoder::new(&mut bytes, 90)
+            .encode(
+                img.as_raw(),
+                img.width() as u16,
+                img.height() as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .map_err(|e| Error::Encode {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        output::write_bytes(&path, &bytes)?;
+        out.push(json!({
+            "rank": rank + 1,
+            "score": score,
+            "file": file,
+            "patch": {"col": patch.index.col, "row": patch.index.row,
+                      "x": patch.location.x, "y": patch.location.y, "side": patch.side},
+            "crop_level0": {"x": at.x, "y": at.y, "side": side_l0.round() as u64},
+            "centre_level0": {"x": cx.round() as i64, "y": cy.round() as i64},
+            "crop_pixels": cfg.region_pixels,
+            "crop_um_px": c.spacing_um_px,
+        }));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(cfg: &AnalyzeConfig) -> String {
+        let folder = ModelFolder::load(&default_model_dir()).expect("the bundled model loads");
+        run_key_for(&folder, cfg).expect("a run key")
+    }
+
+    /// Every result-changing setting moves the run key, and nothing else does. A field added
+    /// to [`AnalyzeConfig`] is in the key unless marked `#[serde(skip)]`; the destructuring
+    /// below stops compiling until the new field is sorted into one of the two lists.
+    #[test]
+    fn every_result_changing_setting_changes_the_run_key_and_no_other_does() {
+        let base = AnalyzeConfig::default();
+        let AnalyzeConfig {
+            out: _,
+            model: _,
+            inference: _,
+            device: _,
+            gpu_preprocess: _,
+            stain: _,
+            batch_size: _,
+            queue_depth: _,
+            workers: _,
+            inference_threads: _,
+            decode_threads: _,
+            stride_pixels: _,
+            min_tissue: _,
+            threshold: _,
+            mpp_override: _,
+            hash_full: _,
+            geojson_gzip_bytes: _,
+            tissue: _,
+            tissue_model: _,
+            slide: _,
+            slide_score: _,
+            top_regions: _,
+            region_pixels: _,
+            include_label: _,
+            pdf: _,
+            progress: _,
+        } = base.clone();
+        type Change = fn(&mut AnalyzeConfig);
+        let changing: Vec<(&str, Change)> = vec![
+            ("stain", |c| {
+                c.stain = Some(crate::imaging::stain::Reinhard {
+                    mean: [70.0, 10.0, -10.0],
+                    std: [10.0, 5.0, 5.0],
+                })
+            }),
+            ("stride_pixels", |c| c.stride_pixels = Some(112)),
+            ("min_tissue", |c| c.min_tissue = 0.25),
+            ("threshold", |c| c.threshold = 0.7),
+            ("mpp_override", |c| c.mpp_override = Some(0.5)),
+            ("hash_full", |c| c.hash_full = true),
+            ("geojson_gzip_bytes", |c| c.geojson_gzip_bytes = 1 << 20),
+            ("tissue.mask_um_px", |c| c.tissue.mask_um_px = 4.0),
+            ("tissue.fallback_downsample", |c| {
+                c.tissue.fallback_downsample = 16.0
+            }),
+            ("tissue.median", |c| c.tissue.median = 5),
+            ("tissue.min_saturation", |c| c.tissue.min_saturation = 20),
+            ("tissue.closing", |c| c.tissue.closing = 3),
+            ("tissue.min_object_mm2", |c| c.tissue.min_object_mm2 = 0.05),
+            ("tissue.max_hole_mm2", |c| c.tissue.max_hole_mm2 = 0.02),
+            ("tissue.max_side", |c| c.tissue.max_side = 2048),
+            ("slide.apply_icc", |c| c.slide.apply_icc = true),
+            ("slide_score", |c| c.slide_score = ScoreMethod::Max),
+            ("top_regions", |c| c.top_regions = 3),
+            ("region_pixels", |c| c.region_pixels = 256),
+            ("include_label", |c| c.include_label = true),
+            ("pdf", |c| c.pdf = true),
+            ("device.fp16", |c| c.device.fp16 = true),
+        ];
+        let k0 = key(&base);
+        let mut seen = std::collections::BTreeSet::from([k0.clone()]);
+        for (name, change) in changing {
+            let mut c = base.clone();
+            change(&mut c);
+            assert!(seen.insert(key(&c)), "{name} does not change the run key");
+        }
+        let neutral: Vec<(&str, Change)> = vec![
+            ("out", |c| c.out = "/elsewhere".into()),
+            ("model", |c| c.model = Some(default_model_dir())),
+            ("inference", |c| c.inference = InferenceChoice::Tract),
+            ("device.device", |c| {
+                c.device.device = crate::model::Device::Cpu
+            }),
+            ("gpu_preprocess", |c| {
+                c.gpu_preprocess = crate::gpu::GpuPreprocess::Off
+            }),
+            ("batch_size", |c| c.batch_size = 7),
+            ("queue_depth", |c| c.queue_depth = 9),
+            ("workers", |c| c.workers = 3),
+            ("inference_threads", |c| c.inference_threads = 5),
+            ("decode_threads", |c| c.decode_threads = 5),
+            ("slide.cache_bytes", |c| c.slide.cache_bytes = 1),
+            ("slide.backend", |c| {
+                c.slide.backend = crate::config::BackendChoice::Native
+            }),
+        ];
+        for (name, change) in neutral {
+            let mut c = base.clone();
+            change(&mut c);
+            assert_eq!(
+                key(&c),
+                k0,
+                "{name} changes the run key but not the results"
+            );
+        }
+    }
+
+    /// The key covers whatever the configuration serializes, so a setting added without
+    /// `#[serde(skip)]` is in it: every serialized leaf, changed, changes the key.
+    #[test]
+    fn the_run_key_covers_every_serialized_setting() {
+        let folder = ModelFolder::load(&default_model_dir()).expect("the bundled model loads");
+        let settings = serde_json::to_value(AnalyzeConfig::default()).expect("serializable");
+        let digest = |s: &serde_json::Value| {
+            let key = json!({
+                "key_version": 2,
+                "model_sha256": folder.sha256,
+                "model_config": folder.config,
+                "tissue_model_sha256": null,
+                "settings": s,
+                "tessera": crate::VERSION,
+            });
+            format!("{:x}", Sha256::digest(key.to_string().as_bytes()))
+        };
+        assert_eq!(digest(&settings), key(&AnalyzeConfig::default()));
+        fn leaves(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, x) in m {
+                        leaves(x, format!("{at}/{k}"), out);
+                    }
+                }
+                _ => out.push(at),
+            }
+        }
+        let mut paths = Vec::new();
+        leaves(&settings, String::new(), &mut paths);
+        assert!(paths.len() >= 20, "{paths:?}");
+        for at in paths {
+            let mut changed = settings.clone();
+            *changed.pointer_mut(&at).expect("a leaf") = json!("changed");
+            assert_ne!(digest(&changed), digest(&settings), "{at}");
+        }
+    }
+
+    #[test]
+    fn read_strips_end_on_tile_boundaries_where_the_stride_allows() {
+        // 8 × 224 = 1792 = 7 × 256: strips of 8, not the 9 that 2048 px alone would give.
+        assert_eq!(strip_patches(224.0, Some(256)), 8);
+        assert_eq!(strip_patches(256.0, Some(256)), 8);
+        // Aperio's 240-pixel tiles: 15 × 224 = 3360 = 14 × 240.
+        assert_eq!(strip_patches(224.0, Some(240)), 15);
+        assert_eq!(strip_patches(128.0, Some(512)), 16);
+        // No tile size, or no whole-tile span within 4096 px: about 2048 px.
+        assert_eq!(strip_patches(224.0, None), 9);
+        assert_eq!(strip_patches(512.0, Some(240)), 4);
+        assert_eq!(strip_patches(223.5, Some(256)), 9);
+        // Patches wider than the strip target still make strips of one.
+        assert_eq!(strip_patches(5000.0, Some(256)), 1);
+    }
+}

@@ -1,0 +1,87 @@
+//! Configuration shared by every command: which slide backend to use and the limits that
+//! protect the machine from hostile or mistaken input.
+//!
+//! In: values from the command line (parsed by the binary) or from a library caller.
+//! Out: plain structs with safe defaults; nothing here touches a file.
+
+use std::path::PathBuf;
+
+/// Resource limits. A file or request that exceeds one is refused with
+/// [`crate::Error::LimitExceeded`] before anything of that size is allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest region, in pixels, that one `read_region` call may return (default 64 Mpx,
+    /// 192 MiB of RGB).
+    pub max_region_pixels: u64,
+    /// Largest level-0 width a slide may claim (default 1,000,000).
+    pub max_level0_width: u64,
+    /// Largest level-0 height a slide may claim (default 1,000,000).
+    pub max_level0_height: u64,
+    /// Largest associated image (label, macro, thumbnail) that may be decoded (default 64 Mpx).
+    pub max_associated_pixels: u64,
+    /// Largest ICC profile that may be read (default 16 MiB).
+    pub max_icc_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_region_pixels: 64 * 1024 * 1024,
+            max_level0_width: 1_000_000,
+            max_level0_height: 1_000_000,
+            max_associated_pixels: 64 * 1024 * 1024,
+            max_icc_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which reader opens a slide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// The best available reader for each file: Tessera's native reader for Aperio SVS and
+    /// generic tiled TIFF, OpenSlide for everything else (and for TIFF layouts the native
+    /// reader does not handle).
+    #[default]
+    Auto,
+    /// Force the native reader.
+    Native,
+    /// Force OpenSlide.
+    OpenSlide,
+}
+
+/// Everything needed to open a slide.
+///
+/// Serializable for the engine's run key: only the settings that can change pixels are
+/// serialized (`apply_icc`); the readers give the same pixels (tested), and limits and the
+/// cache only decide whether and how fast a slide is read.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlideConfig {
+    /// Which reader to use.
+    #[serde(skip)]
+    pub backend: BackendChoice,
+    /// A specific OpenSlide shared library to load. `None` searches as described in
+    /// [`crate::slide::openslide::discover`]: `TESSERA_OPENSLIDE`, the `openslide_bin` Python
+    /// package, then the system's library.
+    #[serde(skip)]
+    pub openslide_library: Option<PathBuf>,
+    /// Resource limits.
+    #[serde(skip)]
+    pub limits: Limits,
+    /// Bytes of decoded tiles the native reader keeps per slide (default 256 MiB).
+    #[serde(skip)]
+    pub cache_bytes: u64,
+    /// Convert pixels from the slide's ICC profile to sRGB (default off, as OpenSlide).
+    pub apply_icc: bool,
+}
+
+impl Default for SlideConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::default(),
+            openslide_library: None,
+            limits: Limits::default(),
+            cache_bytes: 256 * 1024 * 1024,
+            apply_icc: false,
+        }
+    }
+}
