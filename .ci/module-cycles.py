@@ -11,12 +11,33 @@ unit (a parent declares its children; a child uses its parent's types), so edges
 do not count. Any strongly connected group of two or more modules is printed, with the lines
 that make each edge, and the script exits 1.
 
+For the engine crate it also checks the direction of docs/architecture.md: every top-level
+module has a layer below, and no module imports one of a higher layer (a new module must be
+given its layer here, which is the moment to decide where it belongs).
+
 Usage: python3 .ci/module-cycles.py [CRATE_SRC_DIR ...]
+       python3 .ci/module-cycles.py --self-test   (shows that a circle and an upward import fail)
 """
 
 import os
 import re
 import sys
+
+
+# Layers of the engine's top-level modules, lowest first: a module may import its own layer's
+# modules and lower ones, never higher ones. The slide layer's modules, re-exported by the
+# engine (`crate::slide`, `crate::geom`, ...), are another crate and so below all of these.
+ENGINE_LAYERS = [
+    ["error", "lockfile", "imaging"],
+    ["gpu", "model"],
+    ["tissue", "grid", "batch", "stitch"],
+    ["results"],
+    ["output"],
+    ["report"],
+    ["pipeline"],
+    ["cohort"],
+]
+LAYERS = {"engine": ENGINE_LAYERS}
 
 
 def modules(src):
@@ -140,6 +161,23 @@ def check(src):
             why.setdefault((mod, target), f"{path}:{line}")
         graph.setdefault(mod, set())
     bad = [c for c in sccs(graph) if len(c) > 1]
+    ok = True
+    crate = os.path.basename(os.path.dirname(os.path.abspath(src)))
+    layers = LAYERS.get(crate)
+    if layers:
+        rank = {m: i for i, names in enumerate(layers) for m in names}
+        tops = {m[0] for m in known if m}
+        for m in sorted(tops - set(rank)):
+            print(f"{src}: module {m} has no layer in .ci/module-cycles.py (ENGINE_LAYERS)")
+            ok = False
+        for a, targets in sorted(graph.items()):
+            for b in sorted(targets):
+                if a and b and a[0] in rank and b[0] in rank and rank[b[0]] > rank[a[0]]:
+                    print(
+                        f"{src}: upward import {'::'.join(a)} -> {'::'.join(b)} "
+                        f"({why[(a, b)]})"
+                    )
+                    ok = False
     for comp in bad:
         names = ", ".join("::".join(m) or "crate" for m in comp)
         print(f"{src}: import circle among {names}")
@@ -147,10 +185,46 @@ def check(src):
         for a in comp:
             for b in sorted(graph[a] & members):
                 print(f"    {'::'.join(a)} -> {'::'.join(b)}  ({why[(a, b)]})")
-    return not bad
+    return ok and not bad
+
+
+def self_test():
+    """A crate with a circle and an engine with an upward import must both fail; a clean one
+    must pass."""
+    import contextlib
+    import io
+    import tempfile
+
+    def crate(files, name="demo"):
+        root = tempfile.mkdtemp()
+        src = os.path.join(root, name, "src")
+        for path, text in files.items():
+            os.makedirs(os.path.dirname(os.path.join(src, path)), exist_ok=True)
+            with open(os.path.join(src, path), "w", encoding="utf-8") as f:
+                f.write(text)
+        return src
+
+    def quiet(src):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return check(src)
+
+    circle = crate({"lib.rs": "mod a; mod b;", "a.rs": "use crate::b::X;",
+                    "b/mod.rs": "use crate::{a::Y, c};", "c.rs": ""})
+    upward = crate({"lib.rs": "", "imaging/mod.rs": "use crate::pipeline::run;",
+                    "pipeline.rs": "// crate::imaging in a comment, not an import"},
+                   name="engine")
+    clean = crate({"lib.rs": "", "a.rs": "use super::b; // crate::a", "b.rs": "",
+                   "a/inner.rs": "use crate::a::Z; use super::super::b;"})
+    assert not quiet(circle), "a circle was not found"
+    assert not quiet(upward), "an upward import was not found"
+    assert quiet(clean), "a clean crate failed"
+    print("self-test passed: a circle and an upward import fail, a clean crate passes")
 
 
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        self_test()
+        return
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
     dirs = sys.argv[1:] or [os.path.join(root, "src")] + sorted(
@@ -160,7 +234,7 @@ def main():
     )
     ok = all([check(d) for d in dirs])
     if ok:
-        print(f"no import circles in {len(dirs)} crates")
+        print(f"no import circles in {len(dirs)} crates, and no upward import in the engine")
     sys.exit(0 if ok else 1)
 
 

@@ -255,8 +255,7 @@ pub fn bench_inference(
     config: &SlideConfig,
 ) -> Result<InferenceBenchResult> {
     use crate::batch::make_batch;
-    use crate::grid::{read_plan, GridSpec, PatchGrid};
-    use crate::model::{self, ModelFolder};
+    use crate::pipeline::{load_model, plan_slide, AnalyzeConfig};
 
     let slide = Slide::open_with(slide_path, config)?;
     let mpp = match (spec.mpp, slide.mpp()) {
@@ -268,27 +267,18 @@ pub fn bench_inference(
             })
         }
     };
-    let dir = spec
-        .model
-        .clone()
-        .unwrap_or_else(crate::pipeline::default_model_dir);
-    let folder = ModelFolder::load(&dir)?;
-    let chosen = model::choose(spec.inference)?;
-    let loaded = chosen
-        .backend
-        .load(&folder, spec.threads.max(1), &spec.device)?;
-    let c = &folder.config;
-    let params = crate::tissue::TissueParams::default();
-    let (ds, size) = crate::tissue::mask_geometry(slide.dimensions(), Some(mpp), &params);
-    let thumb = crate::tissue::thumbnail(&slide, ds, size)?;
-    let mask = crate::tissue::mask_from_thumbnail(&thumb, ds, Some(mpp), &params);
-    let grid_spec = GridSpec {
-        patch_pixels: c.patch_size_pixels,
-        spacing_um_px: c.spacing_um_px,
-        stride_pixels: c.patch_size_pixels,
-        min_tissue: 0.5,
+    // The analysis's own stages and model loading, with its defaults.
+    let cfg = AnalyzeConfig {
+        model: spec.model.clone(),
+        inference: spec.inference,
+        device: spec.device.clone(),
+        inference_threads: spec.threads.max(1),
+        slide: config.clone(),
+        ..AnalyzeConfig::default()
     };
-    let grid = PatchGrid::plan(slide.dimensions(), mpp, &grid_spec, &mask);
+    let lm = load_model(&cfg)?;
+    let c = &lm.folder.config;
+    let (grid, plan) = plan_slide(&slide, &cfg, c, mpp)?;
     let wanted = spec.batches.max(1) * spec.batch_size.max(1);
     if grid.patches.is_empty() {
         return Err(Error::Inference {
@@ -302,14 +292,12 @@ pub fn bench_inference(
     let picked: Vec<_> = (0..wanted)
         .map(|i| grid.patches[((i as f64 * step) as usize) % grid.patches.len()].clone())
         .collect();
-    let side_l0 = picked[0].side;
-    let plan = read_plan(slide.levels(), mpp, &grid_spec, side_l0);
     let pre = c.preprocess();
     let batches: Vec<_> = picked
         .chunks(spec.batch_size.max(1))
         .map(|chunk| make_batch(&slide, chunk, plan, &pre))
         .collect::<Result<_>>()?;
-    let mut session = loaded.session()?;
+    let mut session = lm.model.session()?;
     session.run(batches[0].tensor().0)?; // warm-up
     let mut runs = Vec::new();
     for _ in 0..spec.repeats.max(1) {
@@ -323,7 +311,7 @@ pub fn bench_inference(
     let mut sorted = runs.clone();
     sorted.sort_by(f64::total_cmp);
     Ok(InferenceBenchResult {
-        backend: chosen.note,
+        backend: lm.chosen.note,
         patches: wanted,
         patches_per_s: sorted[sorted.len() / 2],
         runs,

@@ -70,7 +70,12 @@ fn csv_probs(dir: &Path) -> BTreeMap<(u32, u32), Vec<f64>> {
 fn cmu1_writes_every_output_in_the_formats_lab_tools_read() {
     let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
     let tmp = tempfile::tempdir().unwrap();
-    let s = analyze(&svs, &config(tmp.path(), InferenceChoice::Auto)).unwrap();
+    let s = analyze(
+        &svs,
+        &config(tmp.path(), InferenceChoice::Auto),
+        Default::default(),
+    )
+    .unwrap();
     let dir = tmp.path().join("CMU-1-Small-Region.svs");
     assert_eq!(s.folder, dir);
     for f in OUTPUTS {
@@ -210,12 +215,12 @@ fn two_runs_write_identical_files() {
     let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut cfg = config(a.path(), InferenceChoice::Tract);
-    analyze(&svs, &cfg).unwrap();
+    analyze(&svs, &cfg, Default::default()).unwrap();
     // A different batch size and two workers: a different schedule, the same bytes.
     cfg.out = b.path().into();
     cfg.batch_size = 5;
     cfg.workers = 2;
-    analyze(&svs, &cfg).unwrap();
+    analyze(&svs, &cfg, Default::default()).unwrap();
     let (da, db) = (
         a.path().join("CMU-1-Small-Region.svs"),
         b.path().join("CMU-1-Small-Region.svs"),
@@ -245,8 +250,18 @@ fn onnx_runtime_and_tract_agree() {
     let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
     require!(onnxruntime());
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let sa = analyze(&svs, &config(a.path(), InferenceChoice::Ort)).unwrap();
-    analyze(&svs, &config(b.path(), InferenceChoice::Tract)).unwrap();
+    let sa = analyze(
+        &svs,
+        &config(a.path(), InferenceChoice::Ort),
+        Default::default(),
+    )
+    .unwrap();
+    analyze(
+        &svs,
+        &config(b.path(), InferenceChoice::Tract),
+        Default::default(),
+    )
+    .unwrap();
     assert!(
         sa.backend_note.contains("ONNX Runtime"),
         "{}",
@@ -266,7 +281,12 @@ fn onnx_runtime_and_tract_agree() {
 fn a_slide_without_mpp_is_refused_unless_given() {
     let tcga = require!(data("slides/aperio/TCGA-CR-7395-01A-01-TS1.svs"));
     let tmp = tempfile::tempdir().unwrap();
-    let e = analyze(&tcga, &config(tmp.path(), InferenceChoice::Tract)).unwrap_err();
+    let e = analyze(
+        &tcga,
+        &config(tmp.path(), InferenceChoice::Tract),
+        Default::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::MissingMpp { .. }), "{e}");
     assert!(e.to_string().contains("--mpp"));
     assert_eq!(
@@ -288,7 +308,7 @@ fn a_slide_without_mpp_is_refused_unless_given() {
 
     let mut cfg = config(tmp.path(), InferenceChoice::Tract);
     cfg.mpp_override = Some(0.5);
-    let s = analyze(&tcga, &cfg).unwrap();
+    let s = analyze(&tcga, &cfg, Default::default()).unwrap();
     assert!(s.patches > 10);
     assert!(
         s.warnings.iter().any(|w| w.contains("given by the user")),
@@ -330,7 +350,7 @@ fn malformed_and_mismatched_models_fail_cleanly_leaving_nothing() {
             let out = tempfile::tempdir().unwrap();
             let mut cfg = config(out.path(), b);
             cfg.model = Some(model.clone());
-            let e = analyze(&svs, &cfg).unwrap_err();
+            let e = analyze(&svs, &cfg, Default::default()).unwrap_err();
             assert!(
                 matches!(e, Error::Model { .. }),
                 "{b:?} {}: {e}",
@@ -351,7 +371,7 @@ fn malformed_and_mismatched_models_fail_cleanly_leaving_nothing() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config(out.path(), InferenceChoice::Tract);
     cfg.model = Some(model);
-    let e = analyze(&svs, &cfg).unwrap_err();
+    let e = analyze(&svs, &cfg, Default::default()).unwrap_err();
     assert!(
         matches!(e, Error::ModelConfig { .. }) && e.to_string().contains("config.json"),
         "{e}"
@@ -415,7 +435,7 @@ fn the_tissue_unet_path_runs_and_agrees_with_the_classical_mask() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path(), InferenceChoice::Tract);
     cfg.tissue_model = Some(unet);
-    let s = analyze(&svs, &cfg).unwrap();
+    let s = analyze(&svs, &cfg, Default::default()).unwrap();
     let r = result_without_timings(&s.folder);
     assert!(r["parameters"]["tissue"]["method"]
         .as_str()
@@ -483,14 +503,19 @@ fn a_fixed_batch_model_is_fed_padded_batches() {
         skip("ONNX Runtime not available (pip install onnxruntime)");
     }
     let reference = tempfile::tempdir().unwrap();
-    analyze(&svs, &config(reference.path(), InferenceChoice::Tract)).unwrap();
+    analyze(
+        &svs,
+        &config(reference.path(), InferenceChoice::Tract),
+        Default::default(),
+    )
+    .unwrap();
     let want = csv_probs(&reference.path().join("CMU-1-Small-Region.svs"));
     for b in backends {
         let out = tmp.path().join(format!("{b:?}"));
         let mut cfg = config(&out, b);
         cfg.model = Some(model.clone());
         cfg.batch_size = 8; // 8 patches per batch into a batch-of-3 graph: 3 + 3 + 2 padded
-        analyze(&svs, &cfg).unwrap_or_else(|e| panic!("{b:?}: {e}"));
+        analyze(&svs, &cfg, Default::default()).unwrap_or_else(|e| panic!("{b:?}: {e}"));
         let got = csv_probs(&out.join("CMU-1-Small-Region.svs"));
         assert_eq!(got.len(), want.len());
         for (k, v) in &got {
@@ -507,7 +532,7 @@ fn large_geojson_is_written_gzip_compressed() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path(), InferenceChoice::Tract);
     cfg.geojson_gzip_bytes = 1000;
-    let s = analyze(&svs, &cfg).unwrap();
+    let s = analyze(&svs, &cfg, Default::default()).unwrap();
     assert!(!s.folder.join("annotations.geojson").exists());
     let gz = std::fs::read(s.folder.join("annotations.geojson.gz")).unwrap();
     // A standard gzip member: magic, deflate, then the JSON.
@@ -537,7 +562,7 @@ fn progress_events_count_every_patch_once() {
     cfg.batch_size = 8;
     cfg.workers = 2;
     cfg.progress = Progress::new(move |e| sink.lock().unwrap().push(e.clone()));
-    let s = analyze(&svs, &cfg).unwrap();
+    let s = analyze(&svs, &cfg, Default::default()).unwrap();
     let events = events.lock().unwrap();
     // First where inference runs, then the plan, then one event per batch.
     match &events[0] {
@@ -572,8 +597,8 @@ fn patches_shared_between_two_devices_give_the_same_results_as_one() {
     two.batch_size = 4; // ~11 batches, so both sessions get some
     two.device.device = tessera::model::Device::Cpu;
     two.device.more = vec![tessera::model::Device::Cpu];
-    analyze(&svs, &one).unwrap();
-    analyze(&svs, &two).unwrap();
+    analyze(&svs, &one, Default::default()).unwrap();
+    analyze(&svs, &two, Default::default()).unwrap();
     let (a, b) = (
         tmp.path().join("one/CMU-1-Small-Region.svs"),
         tmp.path().join("two/CMU-1-Small-Region.svs"),
@@ -651,4 +676,55 @@ fn provenance_records_every_fallback_with_its_reason() {
             .all(|f| !f.as_str().unwrap().starts_with("ONNX Runtime:")),
         "tract was asked for: no ONNX Runtime fallback"
     );
+}
+
+/// The typed results contract writes what the single-crate Tessera wrote: every output of
+/// CMU-1-Small-Region is byte-identical to the files made by the last release's main
+/// (`tests/golden/`: their SHA-256 and its result.json), and result.json differs only where the
+/// schema moved (version 2: the `preprocessing` block) and in what changes from run to run.
+/// tract makes the probabilities, so they do not depend on which ONNX Runtime is installed.
+#[test]
+fn outputs_are_byte_identical_to_the_previous_release() {
+    use sha2::{Digest, Sha256};
+    let slide = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let golden: serde_json::Value =
+        serde_json::from_str(include_str!("golden/cmu1-small-region-tract.json")).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let o = tessera(
+        &[
+            OsStr::new("analyze"),
+            slide.as_os_str(),
+            OsStr::new("--out"),
+            t.path().as_os_str(),
+            OsStr::new("--inference"),
+            OsStr::new("tract"),
+            OsStr::new("--gpu-preprocess"),
+            OsStr::new("off"),
+            OsStr::new("-q"),
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let dir = t.path().join("CMU-1-Small-Region.svs");
+    for (file, want) in golden["sha256"].as_object().unwrap() {
+        let got = format!(
+            "{:x}",
+            Sha256::digest(std::fs::read(dir.join(file)).unwrap())
+        );
+        assert_eq!(&got, want, "{file} differs from the previous release's");
+    }
+    let mut r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["schema_version"], 2);
+    assert_eq!(r["preprocessing"]["device"], "CPU");
+    let o = r.as_object_mut().unwrap();
+    for k in ["analysed_at", "timings_s", "run_key", "preprocessing"] {
+        o.remove(k).unwrap();
+    }
+    o.insert("schema_version".into(), 1.into());
+    r["slide"].as_object_mut().unwrap().remove("path");
+    for k in ["fallbacks", "device"] {
+        r["inference"].as_object_mut().unwrap().remove(k);
+    }
+    assert_eq!(r, golden["result"]);
 }

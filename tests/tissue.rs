@@ -26,7 +26,7 @@ fn tissue_fractions_fall_in_the_ranges_the_test_data_gives() {
         // And writes a PNG of its own size.
         let tmp = tempfile::tempdir().unwrap();
         let png = tmp.path().join("tissue-mask.png");
-        mask.write_png(&png).unwrap();
+        tessera::output::write_gray_png(&png, &mask.to_image()).unwrap();
         let back = image::open(&png).unwrap().to_luma8();
         assert_eq!(
             back.dimensions(),

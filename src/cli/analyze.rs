@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use tessera::cohort::{self, CohortOptions, SlideStatus};
-use tessera::pipeline::AnalyzeConfig;
 
-use super::{batch_exit_code, InferenceArg, SlideArgs};
+use super::analysis::AnalysisArgs;
+use super::batch_exit_code;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -49,104 +49,17 @@ pub struct AnalyzeArgs {
     /// Output folder; each slide gets OUT/<slide name>/.
     #[arg(long, short, default_value = "tessera-out")]
     out: PathBuf,
-    /// Model folder (model.onnx + config.json). Default: models/he-cellularity.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Inference runtime.
-    #[arg(long, value_enum, default_value_t = InferenceArg::Auto)]
-    inference: InferenceArg,
-    #[command(flatten)]
-    device: super::DeviceArgs,
-    /// Reinhard stain normalisation of every patch towards TARGET: the Lab means and standard
-    /// deviations `L,a,b,sL,sa,sb` (L 0-100), or a reference image whose statistics become the
-    /// target. Runs in the preprocessing shader on a GPU, on the CPU otherwise. Off by default.
-    #[arg(long, value_name = "TARGET", value_parser = tessera::imaging::stain::Reinhard::parse)]
-    reinhard: Option<tessera::imaging::stain::Reinhard>,
-    /// Patches per inference batch.
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    /// Stride between patches in model pixels (default: the patch size, no overlap).
-    #[arg(long)]
-    stride: Option<u32>,
-    /// Skip patches with less tissue than this fraction.
-    #[arg(long, default_value_t = 0.5)]
-    min_tissue: f64,
-    /// Probability threshold for regions and areas.
-    #[arg(long, default_value_t = 0.5)]
-    threshold: f32,
-    /// µm per pixel of level 0, when the file lacks it or is wrong (recorded as user-given).
-    #[arg(long)]
-    mpp: Option<f64>,
     /// Inference workers (one session each).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Threads reading and decoding patches (default: half the cores).
-    #[arg(long)]
-    decode_threads: Option<usize>,
-    /// Threads per inference session (default: all cores, divided among workers).
-    #[arg(long)]
-    inference_threads: Option<usize>,
-    /// ONNX tissue segmentation model (file or folder) with the tissue U-Net's contract,
-    /// instead of the classical detector.
-    #[arg(long, value_name = "MODEL")]
-    tissue_model: Option<PathBuf>,
-    /// Fingerprint whole files (default: size + first and last MiB).
-    #[arg(long)]
-    hash_full: bool,
-    /// Slide-level score of the positive class: `max`, or `mean-top-K` (mean of the K highest
-    /// patch probabilities).
-    #[arg(long, value_name = "METHOD", default_value = "mean-top-10")]
-    slide_score: tessera::stitch::ScoreMethod,
-    /// Top-scoring regions cropped into the report.
-    #[arg(long, value_name = "K", default_value_t = 6)]
-    top_regions: usize,
-    /// Side of each region crop, in pixels at the model's µm/px.
-    #[arg(long, value_name = "PIXELS", default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(16..=4096))]
-    region_pixels: u32,
-    /// Write the slide's label and macro images (they carry patient identifiers) and show them
-    /// in the report. Off by default.
-    #[arg(long)]
-    include_label: bool,
-    /// Also print each report to report.pdf with headless Chromium.
-    #[arg(long)]
-    pdf: bool,
     #[command(flatten)]
-    slide: SlideArgs,
+    analysis: AnalysisArgs,
 }
 
 pub fn run(args: &AnalyzeArgs) -> u8 {
-    let mut cfg = AnalyzeConfig {
-        out: args.out.clone(),
-        model: args.model.clone(),
-        inference: args.inference.choice(),
-        device: args.device.options(),
-        gpu_preprocess: args.device.gpu_preprocess(),
-        stain: args.reinhard,
-        batch_size: args.batch_size,
-        stride_pixels: args.stride,
-        min_tissue: args.min_tissue,
-        threshold: args.threshold,
-        mpp_override: args.mpp,
-        workers: args.workers,
-        hash_full: args.hash_full,
-        tissue_model: args.tissue_model.clone(),
-        slide: args.slide.config_with_cache(32),
-        slide_score: args.slide_score,
-        top_regions: args.top_regions,
-        region_pixels: args.region_pixels,
-        include_label: args.include_label,
-        pdf: args.pdf,
-        ..AnalyzeConfig::default()
-    };
-    if args.pdf && !super::chromium_found(&args.out.join("report.html")) {
+    let mut cfg = args.analysis.config(args.out.clone(), args.workers);
+    if args.analysis.pdf && !super::chromium_found(&args.out.join("report.html")) {
         return super::EXIT_USAGE;
-    }
-    cfg.inference_threads = args
-        .inference_threads
-        .unwrap_or((cfg.inference_threads / cfg.workers.max(1)).max(1));
-    if let Some(n) = args.decode_threads {
-        cfg.decode_threads = n;
     }
     let opts = CohortOptions {
         force: args.force,

@@ -1,6 +1,7 @@
 //! Command-line interface: clap types, their conversion into library configuration, and the
 //! exit codes. No slide logic lives here.
 
+mod analysis;
 mod analyze;
 mod bench;
 mod generate;

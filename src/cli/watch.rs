@@ -12,7 +12,8 @@ use tessera::imaging::stain::Reinhard;
 use tessera::pipeline::AnalyzeConfig;
 use tessera::watch::{self, queue::Queue, worker::WorkerCommand, WatchConfig};
 
-use super::{InferenceArg, SlideArgs, EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE};
+use super::analysis::AnalysisArgs;
+use super::{EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE};
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -67,28 +68,8 @@ pub struct WatchArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
-    /// Model folder (default: models/he-cellularity).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Inference runtime.
-    #[arg(long, value_enum, default_value_t = InferenceArg::Auto)]
-    inference: InferenceArg,
     #[command(flatten)]
-    device: super::DeviceArgs,
-    /// Reinhard stain normalisation of every patch towards TARGET: the Lab means and standard
-    /// deviations `L,a,b,sL,sa,sb` (L 0-100), or a reference image whose statistics become the
-    /// target. Runs in the preprocessing shader on a GPU, on the CPU otherwise. Off by default.
-    #[arg(long, value_name = "TARGET", value_parser = tessera::imaging::stain::Reinhard::parse)]
-    reinhard: Option<tessera::imaging::stain::Reinhard>,
-    /// µm per pixel of level 0 for slides that lack it.
-    #[arg(long)]
-    mpp: Option<f64>,
-    /// Fingerprint whole files (default: size + first and last MiB), so that a rewrite that
-    /// changes only the middle of a file is also seen as a new version.
-    #[arg(long)]
-    hash_full: bool,
-    #[command(flatten)]
-    slide: SlideArgs,
+    analysis: AnalysisArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -129,18 +110,7 @@ enum QueueWhat {
 }
 
 fn analyze_config(a: &WatchArgs) -> AnalyzeConfig {
-    AnalyzeConfig {
-        out: a.out.clone(),
-        model: a.model.clone(),
-        inference: a.inference.choice(),
-        device: a.device.options(),
-        gpu_preprocess: a.device.gpu_preprocess(),
-        stain: a.reinhard,
-        mpp_override: a.mpp,
-        hash_full: a.hash_full,
-        slide: a.slide.config_with_cache(32),
-        ..AnalyzeConfig::default()
-    }
+    a.analysis.config(a.out.clone(), 1)
 }
 
 /// The worker command: this executable, `watch-worker`, and the arguments this process was
@@ -224,6 +194,9 @@ pub fn run(a: &WatchArgs) -> u8 {
         );
         return EXIT_USAGE;
     }
+    if a.analysis.pdf && !super::chromium_found(&a.out.join("report.html")) {
+        return EXIT_USAGE;
+    }
     let http = match a.http.as_str() {
         "off" => None,
         addr => match addr.parse::<SocketAddr>() {
@@ -254,7 +227,7 @@ pub fn run(a: &WatchArgs) -> u8 {
     cfg.worker_command = if a.in_process {
         None
     } else {
-        match worker_command(secs(a.slide_timeout), a.reinhard) {
+        match worker_command(secs(a.slide_timeout), a.analysis.reinhard) {
             Some(c) => Some(c),
             None => {
                 eprintln!("error: cannot find this executable to start worker processes");

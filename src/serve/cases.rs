@@ -13,9 +13,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::error::{Error, Result};
+use crate::results::{PatchTable, SlideResult};
 
 /// One analysed slide.
 #[derive(Debug, Clone)]
@@ -25,7 +24,7 @@ pub struct Case {
     /// The output folder.
     pub dir: PathBuf,
     /// Its result.json.
-    pub result: Value,
+    pub result: SlideResult,
     /// The slide file (or DICOM folder), if it was found where slides may be read.
     pub slide: Option<PathBuf>,
     /// Why no slide file, when there is none.
@@ -88,10 +87,7 @@ pub fn load_new(
         if known(&id, stamp) {
             continue;
         }
-        let Ok(bytes) = std::fs::read(dir.join("result.json")) else {
-            continue;
-        };
-        let Ok(result) = serde_json::from_slice::<Value>(&bytes) else {
+        let Ok(result) = SlideResult::read(&dir.join("result.json")) else {
             continue;
         };
         let (slide, missing) = match find_slide(&result, &allowed, hash_full) {
@@ -112,16 +108,13 @@ pub fn load_new(
 
 /// The slide file of a result, inside the allowed folders, with the same fingerprint.
 fn find_slide(
-    result: &Value,
+    result: &SlideResult,
     allowed: &[PathBuf],
     hash_full: bool,
 ) -> std::result::Result<PathBuf, String> {
-    let recorded = PathBuf::from(result["slide"]["path"].as_str().unwrap_or_default());
-    let want = result["slide"]["fingerprint"]["sha256"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let full = result["slide"]["fingerprint"]["method"] == "full file" || hash_full;
+    let recorded = result.slide.path.clone();
+    let want = result.slide.fingerprint.sha256.clone();
+    let full = result.slide.fingerprint.method == "full file" || hash_full;
     let name = recorded.file_name().map(|n| n.to_os_string());
     if allowed.is_empty() {
         return Err(format!(
@@ -210,58 +203,24 @@ impl ProbGrid {
     /// Reads `patches.csv` of a case folder.
     pub fn load(dir: &Path) -> Result<ProbGrid> {
         let path = dir.join("patches.csv");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::from_io(&path, e))?;
-        let bad = |m: String| Error::Serve {
+        let table = PatchTable::read(&path).map_err(|e| Error::Serve {
             path: path.clone(),
-            message: m,
-        };
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-        let col = |name: &str| header.iter().position(|h| *h == name);
-        let (Some(ix), Some(iy), Some(iw), Some(ih), Some(ic), Some(ir)) = (
-            col("minx"),
-            col("miny"),
-            col("width"),
-            col("height"),
-            col("col"),
-            col("row"),
-        ) else {
-            return Err(bad(
-                "patches.csv lacks minx, miny, width, height, col or row".into(),
-            ));
-        };
-        let prob_cols: Vec<(usize, String)> = header
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| h.strip_prefix("prob_").map(|c| (i, c.to_string())))
+            message: e.to_string(),
+        })?;
+        let patches: Vec<Patch> = table
+            .rows
+            .into_iter()
+            .map(|r| Patch {
+                x: r.minx,
+                y: r.miny,
+                width: r.width as i64,
+                height: r.height as i64,
+                col: i64::from(r.col),
+                row: i64::from(r.row),
+                probs: r.probs,
+            })
             .collect();
-        let mut patches = Vec::new();
-        for (n, line) in lines.enumerate() {
-            let f: Vec<&str> = line.split(',').collect();
-            let int = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
-            let (Some(x), Some(y), Some(width), Some(height), Some(c), Some(r)) =
-                (int(ix), int(iy), int(iw), int(ih), int(ic), int(ir))
-            else {
-                return Err(bad(format!("row {} is malformed", n + 2)));
-            };
-            let probs = prob_cols
-                .iter()
-                .map(|(i, _)| {
-                    f.get(*i)
-                        .and_then(|v| v.parse::<f32>().ok())
-                        .unwrap_or(f32::NAN)
-                })
-                .collect();
-            patches.push(Patch {
-                x,
-                y,
-                width,
-                height,
-                col: c,
-                row: r,
-                probs,
-            });
-        }
+        let prob_cols = table.class_names;
         let by_cell = patches
             .iter()
             .enumerate()
@@ -296,7 +255,7 @@ impl ProbGrid {
             )
         });
         Ok(ProbGrid {
-            classes: prob_cols.into_iter().map(|(_, c)| c).collect(),
+            classes: prob_cols,
             patches,
             by_cell,
             origin,

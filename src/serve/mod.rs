@@ -290,14 +290,12 @@ impl Shared {
     }
 
     fn deepzoom(&self, id: &str) -> std::result::Result<DeepZoom, Fail> {
-        let d = &self.case(id)?.result["slide"]["dimensions"];
-        let (Some(w), Some(h)) = (d["width"].as_u64(), d["height"].as_u64()) else {
-            return Err(Fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "result.json has no slide dimensions".into(),
-            ));
-        };
-        Ok(DeepZoom::new(crate::geom::Size::new(w, h), TILE, OVERLAP))
+        let d = self.case(id)?.result.slide.dimensions;
+        Ok(DeepZoom::new(
+            crate::geom::Size::new(d.width, d.height),
+            TILE,
+            OVERLAP,
+        ))
     }
 }
 
@@ -550,18 +548,18 @@ async fn list(State(st): State<St>) -> Json<Value> {
         .values()
         .map(|c| {
             let r = &c.result;
-            let cfg = &r["model"]["config"];
+            let cfg = &r.model.config;
             json!({
                 "id": c.id,
-                "name": r["slide"]["path"].as_str().and_then(|p| std::path::Path::new(p).file_name()).map(|n| n.to_string_lossy()),
-                "dimensions": r["slide"]["dimensions"],
-                "mpp": r["slide"]["mpp"]["x"],
-                "slide_score": r["slide_score"],
-                "classes": cfg["class_names"],
-                "positive_class": cfg["tessera"]["positive_class"],
-                "threshold": r["parameters"]["threshold"],
-                "model": r["model"]["name"],
-                "patches": r["patches_analysed"],
+                "name": r.slide.path.file_name().map(|n| n.to_string_lossy()),
+                "dimensions": r.slide.dimensions,
+                "mpp": r.slide.mpp.x,
+                "slide_score": r.slide_score,
+                "classes": cfg.class_names,
+                "positive_class": cfg.tessera.positive_class,
+                "threshold": r.parameters.threshold,
+                "model": r.model.name,
+                "patches": r.patches_analysed,
                 "viewable": c.slide.is_some(),
                 "why_not": c.missing,
                 "expert_annotation": c.dir.join("expert.geojson").is_file(),
@@ -759,10 +757,7 @@ async fn slide_tile(
     let Ok(case) = st.case(id) else {
         return not_found("no such slide").into_response();
     };
-    let fp = case.result["slide"]["fingerprint"]["sha256"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let fp = case.result.slide.fingerprint.sha256.clone();
     let q = st.cfg.jpeg_quality;
     let key = format!("slide/{id}/{fp}/{level}/{col}/{row}/q{q}");
     cached_tile(st, &headers, key, "image/jpeg", move || {
@@ -805,10 +800,14 @@ async fn overlay_tile(
     let Ok(case) = st.case(id) else {
         return not_found("no such slide").into_response();
     };
-    let positive = case.result["model"]["config"]["tessera"]["positive_class"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let positive = case
+        .result
+        .model
+        .config
+        .tessera
+        .positive_class
+        .clone()
+        .unwrap_or_default();
     let class_name = q.class.unwrap_or(positive);
     let Some(class) = grid.classes.iter().position(|c| *c == class_name) else {
         return Fail(StatusCode::BAD_REQUEST, format!("no class {class_name:?}")).into_response();
@@ -846,11 +845,7 @@ async fn overlay_tile(
     let r = &case.result;
     let key = format!(
         "overlay/{id}/{}/{}/{}/{level}/{col}/{row}/{class}/{cmap_name}/{threshold}",
-        r["slide"]["fingerprint"]["sha256"]
-            .as_str()
-            .unwrap_or_default(),
-        r["model"]["sha256"].as_str().unwrap_or_default(),
-        r["analysed_at"].as_str().unwrap_or_default(),
+        r.slide.fingerprint.sha256, r.model.sha256, r.analysed_at,
     );
     cached_tile(st, &headers, key, "image/png", move || {
         let img = cases::overlay_tile(
@@ -903,18 +898,18 @@ async fn quiz_round(
     {
         return Fail(StatusCode::BAD_REQUEST, "at most 1000 finite marks".into()).into_response();
     }
-    let positive = case.result["model"]["config"]["tessera"]["positive_class"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let positive = case
+        .result
+        .model
+        .config
+        .tessera
+        .positive_class
+        .clone()
+        .unwrap_or_default();
     let class_name = round.class.clone().unwrap_or(positive);
     let threshold = round
         .threshold
-        .or_else(|| {
-            case.result["parameters"]["threshold"]
-                .as_f64()
-                .map(|t| t as f32)
-        })
+        .or_else(|| Some(case.result.parameters.threshold as f32))
         .unwrap_or(0.5);
     let reference = match quiz::expert(&case.dir) {
         Ok(Some(r)) => r,
@@ -936,8 +931,8 @@ async fn quiz_round(
         "trainee": trainee,
         "case": id,
         "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        "slide_fingerprint": case.result["slide"]["fingerprint"]["sha256"],
-        "model_sha256": case.result["model"]["sha256"],
+        "slide_fingerprint": case.result.slide.fingerprint.sha256,
+        "model_sha256": case.result.model.sha256,
         "class": class_name,
         "threshold": threshold,
         "marks": round.marks,

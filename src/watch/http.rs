@@ -1,16 +1,23 @@
 //! The watch service's health and metrics endpoint: `GET /healthz` and `GET /metrics`
-//! (Prometheus text format 0.0.4), plain HTTP/1.1 on one thread, one client at a time.
+//! (Prometheus text format 0.0.4), on axum like the viewer (one HTTP stack in Tessera), on a
+//! single-threaded runtime of its own thread.
 //!
 //! In: a bound listener, the service's [`Metrics`] and its queue folder. Out: answers to
-//! scrapes. It serves nothing else (404), reads at most 8 KiB of request, gives each client 5 s
-//! in all, and has no authentication: bind it to 127.0.0.1 (the default) or a management
-//! network.
+//! scrapes, each closing its connection. It serves nothing else (404 for other paths, 405 for
+//! other methods) and has no authentication: bind it to 127.0.0.1 (the default) or a
+//! management network.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 
 use super::queue::{self, Queue};
 
@@ -50,106 +57,109 @@ fn get_f64(a: &AtomicU64) -> f64 {
     f64::from_bits(a.load(Ordering::SeqCst))
 }
 
-/// Serves until `stop` is set.
-pub fn serve(listener: TcpListener, stop: &AtomicBool, metrics: &Metrics, queue_dir: &Path) {
-    let _ = listener.set_nonblocking(true);
-    // Opened on first use: the service's own connection may still be creating the tables.
-    let mut q: Option<Queue> = None;
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if q.is_none() {
-                    q = Queue::open(queue_dir).ok();
-                }
-                let _ = answer(stream, metrics, q.as_ref());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+/// What the two routes read.
+#[derive(Clone)]
+struct Endpoint {
+    metrics: Arc<Metrics>,
+    queue_dir: PathBuf,
+    /// Opened on first use: the service's own connection may still be creating the tables.
+    queue: Arc<Mutex<Option<Queue>>>,
+}
+
+impl Endpoint {
+    /// Runs `f` with the queue, opening it if it is not open yet (`None` if it cannot be).
+    fn with_queue<T>(&self, f: impl FnOnce(Option<&Queue>) -> T) -> T {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.is_none() {
+            *q = Queue::open(&self.queue_dir).ok();
         }
+        f(q.as_ref())
     }
 }
 
-/// Reads from a stream until an overall deadline, however slowly the client sends.
-struct Deadline<'a>(&'a TcpStream, std::time::Instant);
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.1.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        self.0.set_read_timeout(Some(left))?;
-        self.0.read(buf)
-    }
+fn plain(status: StatusCode, ctype: &'static str, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, ctype),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONNECTION, "close"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
-fn answer(stream: TcpStream, metrics: &Metrics, q: Option<&Queue>) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    // One client at a time, each given 5 s in all to send its request.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut reader = BufReader::new(Deadline(&stream, deadline).take(8192));
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Read (and ignore) the headers, to the blank line or the size limit.
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET" | "HEAD", "/healthz") => health(metrics, q),
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(metrics, q),
-        ),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".into(),
-        ),
+async fn healthz(State(e): State<Endpoint>) -> Response {
+    let (status, body) = e.with_queue(|q| health(&e.metrics, q));
+    plain(status, "text/plain", body)
+}
+
+async fn metrics_text(State(e): State<Endpoint>) -> Response {
+    let body = e.with_queue(|q| render(&e.metrics, q));
+    plain(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        body,
+    )
+}
+
+/// Serves until `stop` is set. An error says why the endpoint could not run (the service
+/// goes on without it).
+pub fn serve(
+    listener: TcpListener,
+    stop: &AtomicBool,
+    metrics: Arc<Metrics>,
+    queue_dir: &Path,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let state = Endpoint {
+        metrics,
+        queue_dir: queue_dir.to_path_buf(),
+        queue: Arc::new(Mutex::new(None)),
     };
-    let mut w = &stream;
-    write!(
-        w,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if method != "HEAD" {
-        w.write_all(body.as_bytes())?;
-    }
-    w.flush()
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { plain(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()) })
+        .with_state(state);
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let stopped = async {
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        };
+        // Stopping drops the server and any scrape in flight with it.
+        tokio::select! {
+            served = axum::serve(listener, app) => served,
+            () = stopped => Ok(()),
+        }
+    })
 }
 
 /// Healthy while the scan loop runs on time and the queue can be read.
-fn health(metrics: &Metrics, q: Option<&Queue>) -> (&'static str, &'static str, String) {
+fn health(metrics: &Metrics, q: Option<&Queue>) -> (StatusCode, String) {
     let since_scan = queue::now() - get_f64(&metrics.last_scan);
     let allowed = (3.0 * get_f64(&metrics.rescan_s)).max(300.0);
     let queue_ok = q.is_some_and(|q| q.counts().is_ok());
     if !queue_ok {
         return (
-            "503 Service Unavailable",
-            "text/plain",
+            StatusCode::SERVICE_UNAVAILABLE,
             "unhealthy: the queue cannot be read\n".into(),
         );
     }
     if since_scan > allowed {
         return (
-            "503 Service Unavailable",
-            "text/plain",
+            StatusCode::SERVICE_UNAVAILABLE,
             format!("unhealthy: no inbox scan for {since_scan:.0} s\n"),
         );
     }
-    ("200 OK", "text/plain", "ok\n".into())
+    (StatusCode::OK, "ok\n".into())
 }
 
 /// The metrics in Prometheus text format.

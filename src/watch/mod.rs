@@ -32,7 +32,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use notify::Watcher as _;
@@ -41,6 +41,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::lockfile::{self, Lock};
 use crate::pipeline::{fingerprint, slide_name, AnalyzeConfig};
+use crate::results::SlideResult;
 use crate::slide::Slide;
 use queue::{Entry, Queue};
 use worker::{Outcome, Worker};
@@ -154,11 +155,10 @@ fn stat_slide(p: &Path) -> Result<(u64, i64)> {
 }
 
 /// `e`'s result.json, if its output folder is complete for this version.
-fn complete_result(out: &Path, e: &Entry) -> Option<serde_json::Value> {
-    std::fs::read(out.join(&e.output).join("result.json"))
+fn complete_result(out: &Path, e: &Entry) -> Option<SlideResult> {
+    SlideResult::read(&out.join(&e.output).join("result.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .filter(|r| r["slide"]["fingerprint"]["sha256"] == e.fingerprint.as_str())
+        .filter(|r| r.slide.fingerprint.sha256 == e.fingerprint)
 }
 
 /// Is `e`'s output folder complete, for this version?
@@ -262,7 +262,7 @@ fn validate(cfg: &WatchConfig) -> Result<()> {
 struct Shared<'a, F> {
     cfg: &'a WatchConfig,
     journal: Journal<F>,
-    metrics: http::Metrics,
+    metrics: Arc<http::Metrics>,
     /// Set when the service must stop: the caller's stop, `--once` finished, or a fatal error.
     halt: AtomicBool,
     stop: &'a AtomicBool,
@@ -306,7 +306,7 @@ impl<F: FnMut(&Event) + Send> Shared<'_, F> {
                 Outcome::Failed(why) => match complete_result(out, &e) {
                     Some(r) => Outcome::Done {
                         folder: out.join(&e.output),
-                        patches: r["patches_analysed"].as_u64().unwrap_or(0) as usize,
+                        patches: r.patches_analysed,
                     },
                     None => Outcome::Failed(why),
                 },
@@ -394,7 +394,7 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, sink: impl FnMut(&Event) + Send
             path: state_dir(out).join("events.jsonl"),
             sink: Mutex::new(sink),
         },
-        metrics: http::Metrics::default(),
+        metrics: Arc::new(http::Metrics::default()),
         halt: AtomicBool::new(false),
         stop,
         fatal: Mutex::new(None),
@@ -450,7 +450,11 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, sink: impl FnMut(&Event) + Send
     std::thread::scope(|scope| {
         if let Some(l) = listener {
             let sh = &shared;
-            scope.spawn(move || http::serve(l, &sh.halt, &sh.metrics, &state_dir(out)));
+            scope.spawn(move || {
+                if let Err(e) = http::serve(l, &sh.halt, sh.metrics.clone(), &state_dir(out)) {
+                    eprintln!("tessera watch: the /healthz and /metrics endpoint stopped: {e}");
+                }
+            });
         }
         for index in 1..=cfg.workers {
             let sh = &shared;

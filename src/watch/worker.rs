@@ -20,7 +20,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::pipeline::{analyze_cached, AnalyzeConfig, LoadedModel};
+use crate::pipeline::{analyze, AnalyzeConfig, AnalyzeOptions, LoadedModel};
 
 /// The environment variable that carries the service's pid to its workers.
 const PARENT_ENV: &str = "TESSERA_WATCH_PARENT";
@@ -272,7 +272,11 @@ fn analyze_one(
 ) -> Outcome {
     // A panic inside the analysis is a failure of this slide, not of the worker.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        analyze_cached(path, output, cfg, model)
+        let opts = AnalyzeOptions {
+            name: Some(output),
+            model: Some(model),
+        };
+        analyze(path, cfg, opts)
     }));
     match result {
         Ok(Ok(s)) => Outcome::Done {

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
-use crate::pipeline::{analyze_cached, run_key, slide_name, AnalyzeConfig};
+use crate::pipeline::{analyze, run_key, slide_name, AnalyzeConfig, AnalyzeOptions};
+use crate::results::SlideResult;
 pub use crate::results::{SlideStatus, Status};
 
 /// Extensions of slide files found when searching folders.
@@ -194,33 +195,24 @@ fn lock(out: &Path, name: &str, stale_after: Duration) -> Result<Option<crate::l
 
 /// Is `OUT/<name>/result.json` complete and made with `key`?
 fn up_to_date(out: &Path, name: &str, key: &str) -> bool {
-    let r = out.join(name).join("result.json");
-    std::fs::read_to_string(r)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| v["run_key"] == key)
+    SlideResult::read(&out.join(name).join("result.json")).is_ok_and(|r| r.run_key == key)
 }
 
-/// Marks `s` skipped, with the figures of its finished result.json.
+/// Marks `s` skipped, with the figures of the finished result.
 fn skipped(s: &mut SlideStatus, out: &Path) {
     s.status = Status::Skipped;
     s.reason = "up to date (same model and parameters)".into();
     let dir = out.join(&s.name);
-    if let Some(r) = std::fs::read(dir.join("result.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-    {
-        s.patches = r["patches_analysed"].as_u64().map(|v| v as usize);
-        s.tissue_mm2 = r["tissue_area_mm2"].as_f64();
-        s.positive_class = r["slide_score"]["class"].as_str().map(String::from);
-        s.slide_score = r["slide_score"]["value"].as_f64();
-        let positive = s.positive_class.clone();
-        s.positive_mean = r["classes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["name"].as_str() == positive.as_deref())
-            .and_then(|c| c["mean"].as_f64());
+    if let Ok(r) = SlideResult::read(&dir.join("result.json")) {
+        s.patches = Some(r.patches_analysed);
+        s.tissue_mm2 = Some(r.tissue_area_mm2);
+        s.slide_score = r.slide_score.value;
+        s.positive_mean = r
+            .classes
+            .iter()
+            .find(|c| c.name == r.slide_score.class)
+            .and_then(|c| c.mean);
+        s.positive_class = Some(r.slide_score.class);
     }
     s.output = Some(dir);
 }
@@ -277,7 +269,11 @@ pub fn run(
                     if !opts.force && up_to_date(&cfg.out, &name, &key) {
                         skipped(&mut s, &cfg.out);
                     } else {
-                        match analyze_cached(&path, &name, cfg, &mut model) {
+                        let opts = AnalyzeOptions {
+                            name: Some(&name),
+                            model: Some(&mut model),
+                        };
+                        match analyze(&path, cfg, opts) {
                             Ok(r) => {
                                 s.status = Status::Done;
                                 s.patches = Some(r.patches);

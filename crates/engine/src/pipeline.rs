@@ -35,6 +35,11 @@ use crate::stitch::{top_patches, Heatmap, Predictions, ScoreMethod};
 use crate::tissue::{self, TissueParams};
 
 pub use crate::results::RESULT_SCHEMA_VERSION;
+use crate::results::{
+    ClassStats, CropBox, Dimensions, Fingerprint, Identifiers, InferenceRecord, ModelRecord,
+    Parameters, PatchRef, PatchRow, PatchTable, Percentiles, Point, PreprocessingRecord,
+    ReaderRecord, SlideRecord, SlideResult, SlideScore, StainRecord, TissueRecord, TopRegion,
+};
 
 /// What a run reports while it works (for progress bars and logs).
 #[derive(Debug, Clone, PartialEq)]
@@ -380,9 +385,36 @@ fn as_display<T: std::fmt::Display, S: serde::Serializer>(
     s.collect_str(v)
 }
 
-/// Analyses one slide into `OUT/<file name>/`.
-pub fn analyze(path: &Path, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
-    analyze_as(path, &slide_name(path), cfg)
+/// How [`analyze`] runs one slide, besides its configuration. The default analyses it into
+/// `OUT/<file name>/` with a model loaded for it alone.
+#[derive(Default)]
+pub struct AnalyzeOptions<'a> {
+    /// The output folder's name under `cfg.out` (default: the slide's file or folder name).
+    pub name: Option<&'a str>,
+    /// Where a loaded model is kept between slides: used when it holds one, filled with the
+    /// one this call loads otherwise (cohort runs and the watch service's workers load the
+    /// model once). A slide that does not open fails before any loading.
+    pub model: Option<&'a mut Option<LoadedModel>>,
+}
+
+/// Analyses one slide into `OUT/<name>/` (complete or absent, never half-written): tissue,
+/// patch grid, inference, heatmaps, GeoJSON, CSV, result.json and the report. The one entry
+/// point of the analysis; [`crate::cohort::run`] calls it for each slide of a cohort.
+pub fn analyze(
+    path: &Path,
+    cfg: &AnalyzeConfig,
+    opts: AnalyzeOptions<'_>,
+) -> Result<AnalyzeSummary> {
+    let started = Instant::now();
+    let name = opts.name.map_or_else(|| slide_name(path), str::to_string);
+    let slide = Slide::open_with(path, &cfg.slide)?;
+    let mut own = None;
+    let cache = opts.model.unwrap_or(&mut own);
+    let lm = match cache {
+        Some(lm) => lm,
+        None => cache.insert(load_model(cfg)?),
+    };
+    analyze_opened(slide, started, path, &name, cfg, lm)
 }
 
 /// A model read, hashed and loaded once, for analysing many slides (cohort runs, the watch
@@ -420,28 +452,6 @@ pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
     })
 }
 
-/// Analyses one slide into `OUT/<name>/`.
-pub fn analyze_as(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<AnalyzeSummary> {
-    analyze_cached(path, name, cfg, &mut None)
-}
-
-/// Analyses one slide into `OUT/<name>/`, loading the model into `cache` the first time it is
-/// needed and reusing it afterwards (a slide that does not open fails before any loading).
-pub fn analyze_cached(
-    path: &Path,
-    name: &str,
-    cfg: &AnalyzeConfig,
-    cache: &mut Option<LoadedModel>,
-) -> Result<AnalyzeSummary> {
-    let started = Instant::now();
-    let slide = Slide::open_with(path, &cfg.slide)?;
-    let lm = match cache {
-        Some(lm) => lm,
-        None => cache.insert(load_model(cfg)?),
-    };
-    analyze_opened(slide, started, path, name, cfg, lm)
-}
-
 /// The analysis of a slide already opened with a model already loaded (`cfg.model` and
 /// `cfg.inference` are not looked at again); `started`: when opening began, for the timings.
 fn analyze_opened(
@@ -453,9 +463,88 @@ fn analyze_opened(
     lm: &LoadedModel,
 ) -> Result<AnalyzeSummary> {
     let analysed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let mut timings: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut timings: BTreeMap<&'static str, f64> = BTreeMap::new();
     let mut warnings = Vec::new();
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
+    let mpp = slide_mpp(&slide, path, cfg, &mut warnings)?;
+    let mpp_mean = (mpp.x + mpp.y) / 2.0;
+    timings.insert("open_and_load_s", started.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let (tissue, mask) = detect_tissue(&slide, cfg, &mpp, &mut warnings)?;
+    timings.insert("tissue_s", t.elapsed().as_secs_f64());
+    crate::sys::release_free_memory();
+
+    let c = &lm.folder.config;
+    let planned = plan_patches(&slide, cfg, c, mpp_mean, mask)?;
+    crate::sys::release_free_memory();
+    let mut prep = prepare(cfg, c, planned.plan)?;
+
+    // Inference: a producer thread makes batches (decoding in parallel), a bounded queue
+    // carries them to the workers, results are keyed by grid index.
+    let t = Instant::now();
+    let (predictions, failure) = run_inference(
+        &slide,
+        &planned.grid,
+        planned.plan,
+        &prep.pre,
+        cfg,
+        lm.model.as_ref(),
+        c,
+    )?;
+    prep.failed_mid_run(failure);
+    timings.insert("inference_s", t.elapsed().as_secs_f64());
+
+    // Outputs, into a temporary folder renamed at the end: a failure leaves nothing.
+    let tmp_dir = cfg
+        .out
+        .join(format!(".{name}.tmp-tessera-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::from_io(&tmp_dir, e))?;
+    let finished = Finished {
+        slide: &slide,
+        path,
+        name,
+        cfg,
+        lm,
+        mpp,
+        tissue,
+        planned,
+        predictions,
+        analysed_at,
+        started,
+        timings,
+        warnings,
+    };
+    let doc = match write_folder(&tmp_dir, finished, &mut prep) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+            return Err(e);
+        }
+    };
+    let folder = replace_folder(&cfg.out, name, &tmp_dir)?;
+    let positive = doc.positive_class();
+    Ok(AnalyzeSummary {
+        folder,
+        patches: doc.patches_analysed,
+        tissue_mm2: doc.tissue_area_mm2,
+        backend_note: lm.chosen.note.clone(),
+        positive_class: doc.slide_score.class.clone(),
+        positive_mean: doc.classes.get(positive).and_then(|s| s.mean),
+        slide_score: doc.slide_score.value,
+        warnings: doc.warnings,
+    })
+}
+
+/// The µm/px to analyse at: the user's (`--mpp`), else the file's; warns when it is
+/// overridden, given for a file without one, or comes from TIFF resolution tags.
+fn slide_mpp(
+    slide: &Slide,
+    path: &Path,
+    cfg: &AnalyzeConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Mpp> {
     let mpp = match (cfg.mpp_override, slide.mpp()) {
         (Some(v), file) => {
             if let Some(m) = file {
@@ -480,19 +569,37 @@ fn analyze_opened(
     if matches!(mpp.source, MppSource::TiffResolution { .. }) {
         warnings.push("MPP comes from TIFF resolution tags, which are often placeholders".into());
     }
-    let mpp_mean = (mpp.x + mpp.y) / 2.0;
+    Ok(mpp)
+}
 
-    let (folder, chosen, loaded) = (&lm.folder, &lm.chosen, &lm.model);
-    let backend = chosen.backend.clone();
-    timings.insert("open_and_load_s", started.elapsed().as_secs_f64());
+/// What the tissue stage leaves for the outputs besides the mask: how it was made, its area
+/// and the display thumbnail.
+struct Tissue {
+    /// The method, in words (result.json, report).
+    method: String,
+    /// Tissue area in mm².
+    area_mm2: f64,
+    /// The display thumbnail (1024 pixels on its longest side, or the slide if smaller).
+    thumb: image::RgbImage,
+    /// Level-0 pixels per thumbnail pixel.
+    thumb_ds: f64,
+}
 
-    // Tissue.
-    let t = Instant::now();
+/// The tissue mask `cfg` asks for (the classical detector, or the tissue model checked
+/// against it) at `mpp_mean` µm/px, and its method in words.
+fn tissue_mask(
+    slide: &Slide,
+    cfg: &AnalyzeConfig,
+    mpp_mean: f64,
+    warnings: &mut Vec<String>,
+) -> Result<(tissue::TissueMask, String)> {
     let (mask_ds, mask_size) =
         tissue::mask_geometry(slide.dimensions(), Some(mpp_mean), &cfg.tissue);
-    let mask_thumb = tissue::thumbnail(&slide, mask_ds, mask_size)?;
+    // The mask-scale thumbnail is large on a large slide (117 MiB of RGB for 100,000² at
+    // 8 µm/px): it is dropped on return, before inference starts.
+    let mask_thumb = tissue::thumbnail(slide, mask_ds, mask_size)?;
     let classical = tissue::mask_from_thumbnail(&mask_thumb, mask_ds, Some(mpp_mean), &cfg.tissue);
-    let (mask, tissue_method) = match &cfg.tissue_model {
+    Ok(match &cfg.tissue_model {
         None => (
             classical,
             "HSV saturation, median, Otsu, closing, small objects and holes removed".to_string(),
@@ -510,30 +617,63 @@ fn analyze_opened(
             }
             (mask, format!("ONNX segmentation model {}", onnx.display()))
         }
-    };
-    // The mask-scale thumbnail is large on a large slide (117 MiB of RGB for 100,000² at
-    // 8 µm/px): release it before inference starts.
-    drop(mask_thumb);
-    // A display thumbnail, 1024 pixels on its longest side (or the slide, if smaller).
+    })
+}
+
+/// Finds the tissue ([`tissue_mask`]) and makes the display thumbnail.
+fn detect_tissue(
+    slide: &Slide,
+    cfg: &AnalyzeConfig,
+    mpp: &Mpp,
+    warnings: &mut Vec<String>,
+) -> Result<(Tissue, tissue::TissueMask)> {
+    let mpp_mean = (mpp.x + mpp.y) / 2.0;
+    let (mask, method) = tissue_mask(slide, cfg, mpp_mean, warnings)?;
     let dims = slide.dimensions();
-    let disp_ds = (dims.width.max(dims.height) as f64 / 1024.0).max(1.0);
+    let thumb_ds = (dims.width.max(dims.height) as f64 / 1024.0).max(1.0);
     let disp_size = crate::geom::Size::new(
-        ((dims.width as f64 / disp_ds).ceil() as u64).max(1),
-        ((dims.height as f64 / disp_ds).ceil() as u64).max(1),
+        ((dims.width as f64 / thumb_ds).ceil() as u64).max(1),
+        ((dims.height as f64 / thumb_ds).ceil() as u64).max(1),
     );
-    let thumb = tissue::thumbnail(&slide, disp_ds, disp_size)?;
-    let tissue_mm2 = mask.area_mm2(mpp.x, mpp.y);
+    let thumb = tissue::thumbnail(slide, thumb_ds, disp_size)?;
     if mask.fraction() < 0.01 {
         warnings.push(format!(
             "little tissue found ({:.2}% of the slide)",
             mask.fraction() * 100.0
         ));
     }
-    timings.insert("tissue_s", t.elapsed().as_secs_f64());
-    crate::sys::release_free_memory();
+    let found = Tissue {
+        area_mm2: mask.area_mm2(mpp.x, mpp.y),
+        method,
+        thumb,
+        thumb_ds,
+    };
+    Ok((found, mask))
+}
 
-    // Grid.
-    let c = &folder.config;
+/// The grid stage's output, and the mask's figures kept after its pixels are dropped.
+struct Planned {
+    spec: GridSpec,
+    grid: PatchGrid,
+    /// A patch's side in level-0 pixels.
+    side_l0: u64,
+    plan: crate::grid::ReadPlan,
+    mask_png: Vec<u8>,
+    mask_fraction: f64,
+    mask_downsample: f64,
+    mask_threshold: u8,
+}
+
+/// Plans the patch grid at the model's µm/px over the tissue, and the level to read it from.
+/// Afterwards only the mask's PNG and figures are needed: its pixels (39 MiB on a 100,000²
+/// slide) are dropped, so memory during inference does not grow with the slide.
+fn plan_patches(
+    slide: &Slide,
+    cfg: &AnalyzeConfig,
+    c: &crate::model::config::ModelConfig,
+    mpp_mean: f64,
+    mask: tissue::TissueMask,
+) -> Result<Planned> {
     let spec = GridSpec {
         patch_pixels: c.patch_size_pixels,
         spacing_um_px: c.spacing_um_px,
@@ -541,18 +681,86 @@ fn analyze_opened(
         min_tissue: cfg.min_tissue,
     };
     let grid = PatchGrid::plan(slide.dimensions(), mpp_mean, &spec, &mask);
-    // After planning, only the mask's PNG and figures are needed: keep those, not the pixels
-    // (39 MiB on a 100,000² slide), so memory during inference does not grow with the slide.
     let mask_png = output::encode_gray_png(&mask.to_image())?;
-    let (mask_fraction, mask_downsample, mask_threshold) =
-        (mask.fraction(), mask.downsample, mask.threshold);
-    drop(mask);
-    crate::sys::release_free_memory();
     let side_l0 = grid
         .patches
         .first()
         .map_or(grid.side_l0.round() as u64, |p| p.side);
     let plan = read_plan(slide.levels(), mpp_mean, &spec, side_l0);
+    Ok(Planned {
+        spec,
+        grid,
+        side_l0,
+        plan,
+        mask_png,
+        mask_fraction: mask.fraction(),
+        mask_downsample: mask.downsample,
+        mask_threshold: mask.threshold,
+    })
+}
+
+/// The patches an analysis with `cfg` would read from `slide` at `mpp_mean` µm/px for a model
+/// configured as `model`: the same tissue and grid stages as [`analyze`], without the outputs.
+/// Returns the grid (level-0 squares, grid indices) and the level each patch is read from.
+pub fn plan_slide(
+    slide: &Slide,
+    cfg: &AnalyzeConfig,
+    model: &crate::model::config::ModelConfig,
+    mpp_mean: f64,
+) -> Result<(PatchGrid, crate::grid::ReadPlan)> {
+    let (mask, _) = tissue_mask(slide, cfg, mpp_mean, &mut Vec::new())?;
+    let planned = plan_patches(slide, cfg, model, mpp_mean, mask)?;
+    Ok((planned.grid, planned.plan))
+}
+
+/// Where and how patches become the model's input, and every time a GPU was not used where it
+/// could have been, with the reason: recorded in result.json's `preprocessing` block, so the
+/// record says what actually ran. Decided here and nowhere else.
+struct Preprocessing {
+    pre: Preprocess,
+    gpu: Option<&'static crate::gpu::Gpu>,
+    fallbacks: Vec<String>,
+    /// The GPU failed during the run (the CPU twin took over).
+    failed: bool,
+}
+
+impl Preprocessing {
+    fn failed_mid_run(&mut self, why: Option<String>) {
+        if let (Some(why), Some(g)) = (why, self.gpu) {
+            self.failed = true;
+            self.fallbacks.push(format!(
+                "patch preprocessing on {} failed ({why}); the CPU computed the batches from \
+                 then on",
+                g.adapter
+            ));
+        }
+    }
+
+    /// The adapter every batch ran on, or `None`.
+    fn whole_run_on(&self) -> Option<String> {
+        self.gpu.filter(|_| !self.failed).map(|g| g.adapter.clone())
+    }
+
+    fn record(&self, cfg: &AnalyzeConfig) -> PreprocessingRecord {
+        PreprocessingRecord {
+            requested: cfg.gpu_preprocess.label().into(),
+            device: match self.gpu {
+                Some(g) if !self.failed => g.adapter.clone(),
+                Some(g) => format!("{} (then the CPU, after a failure)", g.adapter),
+                None => "CPU".into(),
+            },
+            fallbacks: self.fallbacks.clone(),
+        }
+    }
+}
+
+/// Resolves `--gpu-preprocess` and the model's preprocessing (stain normalisation and the GPU
+/// resize both work on patches at their read size).
+fn prepare(
+    cfg: &AnalyzeConfig,
+    c: &crate::model::config::ModelConfig,
+    plan: crate::grid::ReadPlan,
+) -> Result<Preprocessing> {
     let mut pre = c.preprocess();
     let resolved = cfg
         .gpu_preprocess
@@ -562,192 +770,221 @@ fn analyze_opened(
             message,
         })?;
     let gpu = resolved.gpu;
-    // Every time the GPU was not used where it could have been, with the reason: recorded in
-    // result.json's `preprocessing` block, so the record says what actually ran.
-    let mut gpu_fallbacks: Vec<String> = resolved.not_used.map(String::from).into_iter().collect();
     pre.stain = cfg.stain;
     if gpu.is_some() || pre.stain.is_some() {
         pre.deferred = Some((plan.side as u32, plan.side as u32));
         pre.on_gpu = gpu.is_some();
     }
+    Ok(Preprocessing {
+        pre,
+        gpu,
+        fallbacks: resolved.not_used.map(String::from).into_iter().collect(),
+        failed: false,
+    })
+}
 
-    // Inference: a producer thread makes batches (decoding in parallel), a bounded queue
-    // carries them to the workers, results are keyed by grid index.
-    let t = Instant::now();
-    let (predictions, preprocess_failure) =
-        run_inference(&slide, &grid, plan, &pre, cfg, loaded.as_ref(), c)?;
-    if let (Some(why), Some(g)) = (&preprocess_failure, gpu) {
-        gpu_fallbacks.push(format!(
-            "patch preprocessing on {} failed ({why}); the CPU computed the batches from then on",
-            g.adapter
-        ));
-    }
-    timings.insert("inference_s", t.elapsed().as_secs_f64());
+/// Everything an analysis has made before its folder is written.
+struct Finished<'a> {
+    slide: &'a Slide,
+    path: &'a Path,
+    name: &'a str,
+    cfg: &'a AnalyzeConfig,
+    lm: &'a LoadedModel,
+    mpp: Mpp,
+    tissue: Tissue,
+    planned: Planned,
+    predictions: Predictions,
+    analysed_at: String,
+    started: Instant,
+    timings: BTreeMap<&'static str, f64>,
+    warnings: Vec<String>,
+}
 
-    // Outputs, into a temporary folder renamed at the end.
+/// Writes every output of a finished analysis into `dir` (a temporary folder): the pictures,
+/// patches.csv, the GeoJSON, the region crops, the identifier images when asked, result.json,
+/// report.html and report.pdf when asked. Returns the result document.
+fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result<SlideResult> {
     let t = Instant::now();
-    let name = name.to_string();
-    let final_dir = cfg.out.join(&name);
-    let tmp_dir = cfg
-        .out
-        .join(format!(".{name}.tmp-tessera-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp_dir);
-    std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::from_io(&tmp_dir, e))?;
-    let result = write_outputs(
-        &tmp_dir,
+    let (cfg, folder) = (f.cfg, &f.lm.folder);
+    let mpp_mean = (f.mpp.x + f.mpp.y) / 2.0;
+    let (class_stats, analysed) = write_outputs(
+        dir,
         mpp_mean,
-        (&thumb, disp_ds),
-        &mask_png,
-        &grid,
-        &predictions,
+        (&f.tissue.thumb, f.tissue.thumb_ds),
+        &f.planned.mask_png,
+        &f.planned.grid,
+        &f.predictions,
         folder,
         cfg,
-        gpu,
-        &mut gpu_fallbacks,
-    )
-    .and_then(|stats| {
-        let top = write_top_regions(&tmp_dir, &slide, &grid, &predictions, mpp_mean, folder, cfg)?;
-        let identifiers = if cfg.include_label {
-            output::write_identifier_images(&tmp_dir, &slide)?
-        } else {
-            Vec::new()
-        };
-        Ok((stats, top, identifiers, fingerprint(path, cfg.hash_full)?))
-    });
-    let ((class_stats, analysed), top_regions, identifier_images, fp) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp_dir);
-            return Err(e);
-        }
+        prep.gpu,
+        &mut prep.fallbacks,
+    )?;
+    let top = write_top_regions(
+        dir,
+        f.slide,
+        &f.planned.grid,
+        &f.predictions,
+        mpp_mean,
+        folder,
+        cfg,
+    )?;
+    let identifiers = if cfg.include_label {
+        output::write_identifier_images(dir, f.slide)?
+    } else {
+        Vec::new()
     };
-    timings.insert("outputs_s", t.elapsed().as_secs_f64());
-    timings.insert("total_s", started.elapsed().as_secs_f64());
-    let positive = c.positive_class();
-    let slide_score = cfg.slide_score.score(&predictions, positive);
-
-    let dims = slide.dimensions();
-    let doc = json!({
-        "schema_version": RESULT_SCHEMA_VERSION,
-        "run_key": run_key_for(folder, cfg)?,
-        "tessera_version": crate::VERSION,
-        "disclaimer": "Decision support — findings require review by a pathologist.",
-        "analysed_at": analysed_at,
-        "slide": {
-            "path": path,
-            "name": name,
-            "format": slide.format(),
-            "vendor": slide.vendor(),
-            "reader": slide.backend(),
-            "file_size_bytes": crate::info::size_on_disk(path)?,
-            "fingerprint": {"sha256": fp, "method": if cfg.hash_full { "full file" } else { "size + first and last MiB" }},
-            "dimensions": {"width": dims.width, "height": dims.height},
-            "mpp": mpp,
-            "objective_power": slide.objective_power(),
-        },
-        "model": {
-            "name": folder.name,
-            "version": c.tessera.version,
-            "sha256": folder.sha256,
-            "config": c,
-        },
-        "inference": {"backend": backend.name(), "version": backend.version(),
-            "device": loaded.placement().device, "device_requested": std::iter::once(&cfg.device.device).chain(&cfg.device.more).map(|d| d.label()).collect::<Vec<_>>().join(","),
-            "fallbacks": chosen.fallback.iter().cloned().chain(loaded.placement().fallbacks).collect::<Vec<_>>(), "fp16": cfg.device.fp16, "note": chosen.note},
-        "preprocessing": {
-            "requested": cfg.gpu_preprocess.label(),
-            "device": match gpu {
-                Some(g) if preprocess_failure.is_none() => g.adapter.clone(),
-                Some(g) => format!("{} (then the CPU, after a failure)", g.adapter),
-                None => "CPU".to_string(),
-            },
-            "fallbacks": gpu_fallbacks,
-        },
-        "parameters": {
-            "gpu_preprocess": gpu.filter(|_| preprocess_failure.is_none()).map(|g| g.adapter.clone()),
-            "stain_normalisation": cfg.stain.map(|t| json!({
-                "method": "reinhard",
-                "lab_mean": t.mean.map(decimal),
-                "lab_std": t.std.map(decimal),
-                "space": "CIE Lab (OpenCV RGB2Lab, sRGB, D65), L 0-100; per patch at the read size",
-            })),
-            "patch_size_pixels": c.patch_size_pixels,
-            "spacing_um_px": c.spacing_um_px,
-            "stride_pixels": spec.stride_pixels,
-            "patch_side_level0": side_l0,
-            "read_level": plan.level,
-            "read_side": plan.side,
-            "min_tissue_fraction": cfg.min_tissue,
-            "threshold": decimal(cfg.threshold),
-            "batch_size": cfg.batch_size,
-            "slide_score": cfg.slide_score.to_string(),
-            "top_regions": cfg.top_regions,
-            "region_pixels": cfg.region_pixels,
-            "thumbnail_downsample": disp_ds,
-            "tissue": {
-                "method": tissue_method,
-                "mask_um_px": cfg.tissue.mask_um_px,
-                "mask_downsample": mask_downsample,
-                "otsu_threshold": mask_threshold,
-                "median": cfg.tissue.median,
-                "closing": cfg.tissue.closing,
-                "min_object_mm2": cfg.tissue.min_object_mm2,
-                "max_hole_mm2": cfg.tissue.max_hole_mm2,
-            },
-        },
-        "tissue_area_mm2": tissue_mm2,
-        "tissue_fraction": mask_fraction,
-        "patches_analysed": analysed,
-        "patches_skipped": grid.skipped,
-        "classes": class_stats,
-        "slide_score": {
-            "class": c.class_names[positive],
-            "method": cfg.slide_score.to_string(),
-            "description": cfg.slide_score.describe(),
-            "value": slide_score,
-        },
-        "top_regions": top_regions,
-        "identifiers": {
-            "label_included": cfg.include_label,
-            "images": identifier_images,
-        },
-        "warnings": warnings,
-        "timings_s": timings,
-    });
-    let written = output::write_json(&tmp_dir.join("result.json"), &doc)
-        .and_then(|()| crate::report::write_slide_report(&tmp_dir))
-        .and_then(|()| {
-            if cfg.pdf {
-                crate::report::pdf::print_to_pdf(
-                    &tmp_dir.join("report.html"),
-                    &tmp_dir.join("report.pdf"),
-                )
-            } else {
-                Ok(())
-            }
-        });
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp_dir);
-        return Err(e);
+    let fp = fingerprint(f.path, cfg.hash_full)?;
+    f.timings.insert("outputs_s", t.elapsed().as_secs_f64());
+    f.timings
+        .insert("total_s", f.started.elapsed().as_secs_f64());
+    let doc = result_doc(&f, prep, fp, class_stats, analysed, top, identifiers)?;
+    output::write_bytes(&dir.join("result.json"), doc.to_json()?.as_bytes())?;
+    crate::report::write_slide_report(dir)?;
+    if cfg.pdf {
+        crate::report::pdf::print_to_pdf(&dir.join("report.html"), &dir.join("report.pdf"))?;
     }
-    // Replace an older result only now that the new one is complete.
+    Ok(doc)
+}
+
+/// Replaces `out/name` with the complete folder `tmp` (an older result goes only now).
+fn replace_folder(out: &Path, name: &str, tmp: &Path) -> Result<PathBuf> {
+    let final_dir = out.join(name);
     if final_dir.exists() {
-        let old = cfg
-            .out
-            .join(format!(".{name}.old-tessera-{}", std::process::id()));
+        let old = out.join(format!(".{name}.old-tessera-{}", std::process::id()));
         std::fs::rename(&final_dir, &old).map_err(|e| Error::from_io(&final_dir, e))?;
         let _ = std::fs::remove_dir_all(&old);
     }
-    std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::from_io(&final_dir, e))?;
-    Ok(AnalyzeSummary {
-        folder: final_dir,
-        patches: analysed,
-        tissue_mm2,
-        backend_note: chosen.note.clone(),
-        positive_class: c.class_names[positive].clone(),
-        positive_mean: class_stats.get(positive).and_then(|s| s["mean"].as_f64()),
-        slide_score,
-        warnings,
+    std::fs::rename(tmp, &final_dir).map_err(|e| Error::from_io(&final_dir, e))?;
+    Ok(final_dir)
+}
+
+/// result.json's document for a finished analysis.
+fn result_doc(
+    f: &Finished,
+    prep: &Preprocessing,
+    fp: String,
+    class_stats: Vec<ClassStats>,
+    analysed: usize,
+    top_regions: Vec<TopRegion>,
+    identifier_images: Vec<String>,
+) -> Result<SlideResult> {
+    let (slide, path, cfg) = (f.slide, f.path, f.cfg);
+    let (folder, chosen, loaded) = (&f.lm.folder, &f.lm.chosen, &f.lm.model);
+    let c = &folder.config;
+    let backend = &chosen.backend;
+    let (spec, plan, grid) = (&f.planned.spec, f.planned.plan, &f.planned.grid);
+    let positive = c.positive_class();
+    let dims = slide.dimensions();
+    let reader = slide.backend();
+    Ok(SlideResult {
+        schema_version: RESULT_SCHEMA_VERSION,
+        run_key: run_key_for(folder, cfg)?,
+        tessera_version: crate::VERSION.into(),
+        disclaimer: crate::report::DISCLAIMER.into(),
+        analysed_at: f.analysed_at.clone(),
+        slide: SlideRecord {
+            path: path.into(),
+            name: f.name.to_string(),
+            format: slide.format().into(),
+            vendor: slide.vendor().map(String::from),
+            reader: ReaderRecord {
+                name: reader.name.into(),
+                library: reader.library,
+                version: reader.version,
+            },
+            file_size_bytes: crate::info::size_on_disk(path)?,
+            fingerprint: Fingerprint {
+                sha256: fp,
+                method: if cfg.hash_full {
+                    "full file"
+                } else {
+                    "size + first and last MiB"
+                }
+                .into(),
+            },
+            dimensions: Dimensions {
+                width: dims.width,
+                height: dims.height,
+            },
+            mpp: f.mpp.clone(),
+            objective_power: slide.objective_power(),
+        },
+        model: ModelRecord {
+            name: folder.name.clone(),
+            version: c.tessera.version.clone(),
+            sha256: folder.sha256.clone(),
+            config: c.clone(),
+        },
+        inference: InferenceRecord {
+            backend: backend.name().into(),
+            version: backend.version(),
+            device: loaded.placement().device,
+            device_requested: std::iter::once(&cfg.device.device)
+                .chain(&cfg.device.more)
+                .map(|d| d.label())
+                .collect::<Vec<_>>()
+                .join(","),
+            fallbacks: chosen
+                .fallback
+                .iter()
+                .cloned()
+                .chain(loaded.placement().fallbacks)
+                .collect(),
+            fp16: cfg.device.fp16,
+            note: chosen.note.clone(),
+        },
+        preprocessing: Some(prep.record(cfg)),
+        parameters: Parameters {
+            gpu_preprocess: prep.whole_run_on(),
+            stain_normalisation: cfg.stain.map(|t| StainRecord {
+                method: "reinhard".into(),
+                lab_mean: t.mean.map(decimal),
+                lab_std: t.std.map(decimal),
+                space: "CIE Lab (OpenCV RGB2Lab, sRGB, D65), L 0-100; per patch at the read size"
+                    .into(),
+            }),
+            patch_size_pixels: c.patch_size_pixels,
+            spacing_um_px: c.spacing_um_px,
+            stride_pixels: spec.stride_pixels,
+            patch_side_level0: f.planned.side_l0,
+            read_level: plan.level,
+            read_side: plan.side,
+            min_tissue_fraction: cfg.min_tissue,
+            threshold: decimal(cfg.threshold),
+            batch_size: cfg.batch_size,
+            slide_score: cfg.slide_score.to_string(),
+            top_regions: cfg.top_regions,
+            region_pixels: cfg.region_pixels,
+            thumbnail_downsample: f.tissue.thumb_ds,
+            tissue: TissueRecord {
+                method: f.tissue.method.clone(),
+                mask_um_px: cfg.tissue.mask_um_px,
+                mask_downsample: f.planned.mask_downsample,
+                otsu_threshold: f.planned.mask_threshold,
+                median: cfg.tissue.median,
+                closing: cfg.tissue.closing,
+                min_object_mm2: cfg.tissue.min_object_mm2,
+                max_hole_mm2: cfg.tissue.max_hole_mm2,
+            },
+        },
+        tissue_area_mm2: f.tissue.area_mm2,
+        tissue_fraction: f.planned.mask_fraction,
+        patches_analysed: analysed,
+        patches_skipped: grid.skipped,
+        classes: class_stats,
+        slide_score: SlideScore {
+            class: c.class_names[positive].clone(),
+            method: cfg.slide_score.to_string(),
+            description: cfg.slide_score.describe(),
+            value: cfg.slide_score.score(&f.predictions, positive),
+        },
+        top_regions,
+        identifiers: Identifiers {
+            label_included: cfg.include_label,
+            images: identifier_images,
+        },
+        warnings: f.warnings.clone(),
+        timings_s: f.timings.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
     })
 }
 
@@ -926,32 +1163,34 @@ fn write_outputs(
     cfg: &AnalyzeConfig,
     gpu: Option<&crate::gpu::Gpu>,
     gpu_fallbacks: &mut Vec<String>,
-) -> Result<(Vec<serde_json::Value>, usize)> {
+) -> Result<(Vec<ClassStats>, usize)> {
     let c = &folder.config;
     output::write_bytes(&dir.join("tissue-mask.png"), mask_png)?;
     output::write_png(&dir.join("thumbnail.png"), thumb)?;
 
     // patches.csv: WSInfer's columns plus ours, in grid order.
-    let mut csv = String::from("minx,miny,width,height,col,row,tissue_fraction");
-    for n in &c.class_names {
-        csv.push_str(&format!(",prob_{n}"));
-    }
-    csv.push('\n');
-    let mut analysed = 0;
-    for p in &grid.patches {
-        let Some(probs) = predictions.get(&p.index) else {
-            continue;
-        };
-        analysed += 1;
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{:.4}",
-            p.location.x, p.location.y, p.side, p.side, p.index.col, p.index.row, p.tissue_fraction
-        ));
-        for v in probs {
-            csv.push_str(&format!(",{v:.6}"));
-        }
-        csv.push('\n');
-    }
+    let table = PatchTable {
+        class_names: c.class_names.clone(),
+        rows: grid
+            .patches
+            .iter()
+            .filter_map(|p| {
+                let probs = predictions.get(&p.index)?;
+                Some(PatchRow {
+                    minx: p.location.x,
+                    miny: p.location.y,
+                    width: p.side,
+                    height: p.side,
+                    col: p.index.col,
+                    row: p.index.row,
+                    tissue_fraction: p.tissue_fraction,
+                    probs: probs.clone(),
+                })
+            })
+            .collect(),
+    };
+    let analysed = table.rows.len();
+    let csv = table.to_csv();
     output::write_bytes(&dir.join("patches.csv"), csv.as_bytes())?;
 
     // Heatmaps, regions and per-class figures.
@@ -986,11 +1225,11 @@ fn write_outputs(
             .filter_map(|p| p.get(k).copied())
             .collect();
         probs.sort_by(f32::total_cmp);
-        let pct = |q: f64| -> f64 {
+        let pct = |q: f64| -> Option<f64> {
             if probs.is_empty() {
-                return f64::NAN;
+                return None;
             }
-            probs[((probs.len() - 1) as f64 * q).round() as usize] as f64
+            Some(probs[((probs.len() - 1) as f64 * q).round() as usize] as f64)
         };
         let cells_above = heat
             .values
@@ -998,13 +1237,20 @@ fn write_outputs(
             .filter(|v| v.is_some_and(|p| p >= cfg.threshold))
             .count();
         let mean = probs.iter().map(|&p| p as f64).sum::<f64>() / probs.len().max(1) as f64;
-        stats.push(json!({
-            "name": name,
-            "mean": if probs.is_empty() { None } else { Some(mean) },
-            "percentiles": {"p5": pct(0.05), "p25": pct(0.25), "p50": pct(0.5), "p75": pct(0.75), "p95": pct(0.95), "max": pct(1.0)},
-            "area_above_threshold_mm2": cells_above as f64 * area_cell_mm2,
-            "regions": polys.len(),
-        }));
+        stats.push(ClassStats {
+            name: name.clone(),
+            mean: if probs.is_empty() { None } else { Some(mean) },
+            percentiles: Percentiles {
+                p5: pct(0.05),
+                p25: pct(0.25),
+                p50: pct(0.5),
+                p75: pct(0.75),
+                p95: pct(0.95),
+                max: pct(1.0),
+            },
+            area_above_threshold_mm2: cells_above as f64 * area_cell_mm2,
+            regions: polys.len(),
+        });
         regions.push(geojson::Region {
             class: name.clone(),
             color: colors[k],
@@ -1039,7 +1285,7 @@ fn write_top_regions(
     mpp: f64,
     folder: &ModelFolder,
     cfg: &AnalyzeConfig,
-) -> Result<Vec<serde_json::Value>> {
+) -> Result<Vec<TopRegion>> {
     let c = &folder.config;
     let side_l0 = cfg.region_pixels as f64 * c.spacing_um_px / mpp;
     let chosen = top_patches(
@@ -1077,17 +1323,29 @@ fn write_top_regions(
                 message: e.to_string(),
             })?;
         output::write_bytes(&path, &bytes)?;
-        out.push(json!({
-            "rank": rank + 1,
-            "score": score,
-            "file": file,
-            "patch": {"col": patch.index.col, "row": patch.index.row,
-                      "x": patch.location.x, "y": patch.location.y, "side": patch.side},
-            "crop_level0": {"x": at.x, "y": at.y, "side": side_l0.round() as u64},
-            "centre_level0": {"x": cx.round() as i64, "y": cy.round() as i64},
-            "crop_pixels": cfg.region_pixels,
-            "crop_um_px": c.spacing_um_px,
-        }));
+        out.push(TopRegion {
+            rank: rank + 1,
+            score: f64::from(score),
+            file,
+            patch: PatchRef {
+                col: patch.index.col,
+                row: patch.index.row,
+                x: patch.location.x,
+                y: patch.location.y,
+                side: patch.side,
+            },
+            crop_level0: CropBox {
+                x: at.x,
+                y: at.y,
+                side: side_l0.round() as u64,
+            },
+            centre_level0: Point {
+                x: cx.round() as i64,
+                y: cy.round() as i64,
+            },
+            crop_pixels: cfg.region_pixels,
+            crop_um_px: c.spacing_um_px,
+        });
     }
     Ok(out)
 }

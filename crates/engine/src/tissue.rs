@@ -119,11 +119,6 @@ impl TissueMask {
         )
         .unwrap_or_default()
     }
-
-    /// Writes the mask as a PNG, atomically.
-    pub fn write_png(&self, path: &Path) -> Result<()> {
-        crate::output::write_gray_png(path, &self.to_image())
-    }
 }
 
 /// The mask grid for a slide of level-0 `dims` at `mpp` µm/px (if known): downsample

@@ -19,7 +19,8 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::results::{SlideStatus, Status};
+use crate::results::{Identifiers, PatchTable, SlideResult, SlideStatus, Status, TopRegion};
+use crate::slide::MppSource;
 
 /// The fixed line every report carries.
 pub const DISCLAIMER: &str = "Decision support — findings require review by a pathologist.";
@@ -137,9 +138,14 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn num(v: &Value, digits: usize) -> String {
-    v.as_f64()
-        .map_or_else(|| "—".into(), |x| format!("{x:.digits$}"))
+/// A value as result.json writes it (numbers in JSON's form, `—` for none), for the places
+/// the report shows a field verbatim.
+fn shown<T: serde::Serialize>(v: &T) -> String {
+    text(&serde_json::to_value(v).unwrap_or(Value::Null))
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".into(), |x| format!("{x:.digits$}"))
 }
 
 /// Integers with thin-space thousands separators (12 345).
@@ -156,30 +162,27 @@ fn count(v: u64) -> String {
 }
 
 /// `2026-11-25T11:43:36Z` as `2026-11-25 11:43:36 UTC`.
-fn when(v: &Value) -> String {
-    let t = text(v);
+fn when(t: &str) -> String {
     match t.strip_suffix('Z') {
         Some(body) => format!("{} UTC", body.replacen('T', " ", 1)),
-        None => t,
+        None => t.to_string(),
     }
 }
 
-fn mpp_source(src: &Value) -> String {
-    match src["kind"].as_str() {
-        Some("slide-metadata") => format!("from the slide: {}", text(&src["field"])),
-        Some("tiff-resolution") => format!(
-            "from TIFF resolution tags (per {}); often a placeholder",
-            text(&src["unit"])
-        ),
-        Some("user") => "given by the user (--mpp)".into(),
-        _ => text(src),
+fn mpp_source(src: &MppSource) -> String {
+    match src {
+        MppSource::SlideMetadata { field } => format!("from the slide: {field}"),
+        MppSource::TiffResolution { unit } => {
+            format!("from TIFF resolution tags (per {unit}); often a placeholder")
+        }
+        MppSource::User => "given by the user (--mpp)".into(),
     }
 }
 
 /// One slide folder's files, read for its report.
 struct Folder {
     dir: PathBuf,
-    result: Value,
+    result: SlideResult,
     class_names: Vec<String>,
     /// Probabilities per class, in patches.csv order.
     probs: Vec<Vec<f32>>,
@@ -187,57 +190,18 @@ struct Folder {
 
 impl Folder {
     fn load(dir: &Path) -> Result<Folder> {
-        let rpath = dir.join("result.json");
-        let result: Value = serde_json::from_slice(&read(&rpath)?)
-            .map_err(|e| report_err(&rpath, format!("not valid JSON: {e}")))?;
-        let known = 1..=u64::from(crate::results::RESULT_SCHEMA_VERSION);
-        if !result["schema_version"]
-            .as_u64()
-            .is_some_and(|v| known.contains(&v))
-        {
-            return Err(report_err(
-                &rpath,
-                format!(
-                    "unknown schema_version (expected 1 to {})",
-                    crate::results::RESULT_SCHEMA_VERSION
-                ),
-            ));
-        }
-        let class_names: Vec<String> = result["model"]["config"]["class_names"]
-            .as_array()
-            .map(|a| a.iter().map(text).collect())
-            .filter(|names: &Vec<String>| !names.is_empty())
-            .ok_or_else(|| report_err(&rpath, "model.config.class_names missing or empty"))?;
+        let result = SlideResult::read(&dir.join("result.json"))?;
+        let class_names = result.model.config.class_names.clone();
         let cpath = dir.join("patches.csv");
-        let csv =
-            String::from_utf8(read(&cpath)?).map_err(|_| report_err(&cpath, "not UTF-8 text"))?;
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-        let cols: Vec<usize> = class_names
+        let table = PatchTable::read(&cpath)?;
+        let probs = class_names
             .iter()
             .map(|n| {
-                header
-                    .iter()
-                    .position(|h| *h == format!("prob_{n}"))
+                table
+                    .column(n)
                     .ok_or_else(|| report_err(&cpath, format!("no column prob_{n}")))
             })
-            .collect::<Result<_>>()?;
-        let mut probs = vec![Vec::new(); class_names.len()];
-        for (row, line) in lines.enumerate() {
-            let fields: Vec<&str> = line.split(',').collect();
-            for (k, &c) in cols.iter().enumerate() {
-                let v = fields
-                    .get(c)
-                    .and_then(|f| f.parse::<f32>().ok())
-                    .ok_or_else(|| {
-                        report_err(
-                            &cpath,
-                            format!("row {}: bad prob_{}", row + 2, class_names[k]),
-                        )
-                    })?;
-                probs[k].push(v);
-            }
-        }
+            .collect::<Result<Vec<_>>>()?;
         Ok(Folder {
             dir: dir.into(),
             result,
@@ -247,22 +211,14 @@ impl Folder {
     }
 
     fn positive(&self) -> usize {
-        let r = &self.result;
-        let name = r["slide_score"]["class"]
-            .as_str()
-            .or_else(|| r["model"]["config"]["tessera"]["positive_class"].as_str());
-        name.and_then(|n| self.class_names.iter().position(|c| c == n))
-            .unwrap_or(self.class_names.len().saturating_sub(1))
+        self.result.positive_class()
     }
 
     fn class_color(&self, k: usize) -> [u8; 3] {
-        let c = &self.result["model"]["config"]["tessera"]["class_colors"][k];
-        match c
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_u64).collect::<Vec<_>>())
-        {
-            Some(v) if v.len() == 3 => [v[0] as u8, v[1] as u8, v[2] as u8],
-            _ => crate::imaging::colour::palette(k, self.class_names.len()),
+        let colors = self.result.model.config.tessera.class_colors.as_ref();
+        match colors.and_then(|c| c.get(k)) {
+            Some(&c) => c,
+            None => crate::imaging::colour::palette(k, self.class_names.len()),
         }
     }
 
@@ -287,9 +243,7 @@ fn pictures(f: &Folder) -> Result<Pictures> {
     let thumb = image::load_from_memory(&thumb_bytes)
         .map_err(|e| report_err(&thumb_path, format!("cannot decode: {e}")))?;
     let (tw, th) = (thumb.width(), thumb.height());
-    let ds = r["parameters"]["thumbnail_downsample"]
-        .as_f64()
-        .unwrap_or(1.0);
+    let ds = r.parameters.thumbnail_downsample;
     let view = (tw as f64 * ds, th as f64 * ds);
 
     // The overlay PNG carries its legend below the picture: keep the picture part, so the two
@@ -322,9 +276,7 @@ fn pictures(f: &Folder) -> Result<Pictures> {
     let mask = image::load_from_memory(&read(&mask_path)?)
         .map_err(|e| report_err(&mask_path, format!("cannot decode: {e}")))?
         .to_luma8();
-    let mds = r["parameters"]["tissue"]["mask_downsample"]
-        .as_f64()
-        .unwrap_or(1.0);
+    let mds = r.parameters.tissue.mask_downsample;
     let step = (mask.width().max(mask.height()) as usize)
         .div_ceil(400)
         .max(1);
@@ -341,13 +293,13 @@ fn pictures(f: &Folder) -> Result<Pictures> {
     let outline = svg::mask_outline(&on, w, h, mds * step as f64);
 
     let mut markers = String::new();
-    for reg in r["top_regions"].as_array().into_iter().flatten() {
-        let b = &reg["crop_level0"];
+    for reg in &r.top_regions {
+        let b = &reg.crop_level0;
         markers.push_str(&svg::marker(
-            reg["rank"].as_u64().unwrap_or(0) as usize,
-            b["x"].as_f64().unwrap_or(0.0),
-            b["y"].as_f64().unwrap_or(0.0),
-            b["side"].as_f64().unwrap_or(0.0),
+            reg.rank,
+            b.x as f64,
+            b.y as f64,
+            b.side as f64,
             view.0.max(view.1),
         ));
     }
@@ -376,21 +328,20 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
     let f = Folder::load(dir)?;
     let r = &f.result;
     let pics = pictures(&f)?;
-    let slide = &r["slide"];
-    let params = &r["parameters"];
-    let name = text(&slide["name"]);
+    let slide = &r.slide;
+    let params = &r.parameters;
+    let name = slide.name.clone();
     let positive = f.positive();
     let pos_name = f.class_names[positive].clone();
-    let threshold = params["threshold"].as_f64().unwrap_or(0.5) as f32;
-    let tissue_mm2 = r["tissue_area_mm2"].as_f64().unwrap_or(0.0);
-    let analysed = r["patches_analysed"].as_u64().unwrap_or(0);
-    let skipped = r["patches_skipped"].as_u64().unwrap_or(0);
-    let score = &r["slide_score"];
-    let classes = r["classes"].as_array().cloned().unwrap_or_default();
+    let threshold = params.threshold as f32;
+    let tissue_mm2 = r.tissue_area_mm2;
+    let analysed = r.patches_analysed as u64;
+    let skipped = r.patches_skipped as u64;
+    let score = &r.slide_score;
+    let classes = &r.classes;
     let pos_area = classes
         .get(positive)
-        .and_then(|c| c["area_above_threshold_mm2"].as_f64())
-        .unwrap_or(0.0);
+        .map_or(0.0, |c| c.area_above_threshold_mm2);
     let share = |a: f64| {
         if tissue_mm2 > 0.0 {
             format!("{:.1} %", 100.0 * a / tissue_mm2)
@@ -398,31 +349,21 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
             "—".into()
         }
     };
-    let mut warnings: Vec<String> = r["warnings"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(text)
-        .collect();
+    let mut warnings: Vec<String> = r.warnings.clone();
     if analysed == 0 {
         warnings.push("no patch had enough tissue to be analysed".into());
     }
-    let label_included = r["identifiers"]["label_included"].as_bool() == Some(true);
-    let id_images: Vec<String> = r["identifiers"]["images"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(text)
-        .collect();
-    let mpp = &slide["mpp"];
-    let model = &r["model"];
-    let mcfg = &model["config"];
-    let spacing = params["spacing_um_px"].as_f64().unwrap_or(0.0);
-    let patch_px = params["patch_size_pixels"].as_u64().unwrap_or(0);
-    let stride_px = params["stride_pixels"].as_u64().unwrap_or(0);
-    let region_px = params["region_pixels"].as_u64().unwrap_or(0);
-    let tissue = &params["tissue"];
-    let timings = &r["timings_s"];
+    let label_included = r.identifiers.label_included;
+    let id_images: Vec<String> = r.identifiers.images.clone();
+    let mpp = &slide.mpp;
+    let model = &r.model;
+    let mcfg = &model.config;
+    let spacing = params.spacing_um_px;
+    let patch_px = params.patch_size_pixels;
+    let stride_px = params.stride_pixels;
+    let region_px = params.region_pixels;
+    let tissue = &params.tissue;
+    let timing = |k: &str| r.timings_s.get(k).copied();
     let geojson = if f.file("annotations.geojson.gz").exists() {
         "annotations.geojson.gz"
     } else {
@@ -430,25 +371,24 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
     };
     let dims = format!(
         "{} × {} px",
-        count(slide["dimensions"]["width"].as_u64().unwrap_or(0)),
-        count(slide["dimensions"]["height"].as_u64().unwrap_or(0))
+        count(slide.dimensions.width),
+        count(slide.dimensions.height)
     );
-    let reader = &slide["reader"];
-    let inference = &r["inference"];
-    let regions: Vec<(Value, Option<String>)> = r["top_regions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let reader = &slide.reader;
+    let inference = &r.inference;
+    let regions: Vec<(&TopRegion, Option<String>)> = r
+        .top_regions
+        .iter()
         .map(|reg| {
-            let file = f.file(&text(&reg["file"]));
+            let file = f.file(&reg.file);
             let uri = read(&file).ok().map(|b| data_uri("image/jpeg", &b));
-            (reg.clone(), uri)
+            (reg, uri)
         })
         .collect();
     for (reg, uri) in &regions {
         if uri.is_none() {
             return Err(report_err(
-                &f.file(&text(&reg["file"])),
+                &f.file(&reg.file),
                 "a top-region crop named in result.json is missing",
             ));
         }
@@ -468,7 +408,7 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                 meta charset="utf-8";
                 meta http-equiv="Content-Security-Policy" content=(CSP_REPORT);
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="generator" content=(format!("Tessera {}", text(&r["tessera_version"])));
+                meta name="generator" content=(format!("Tessera {}", r.tessera_version));
                 title { "Slide report — " (name) }
                 style { (PreEscaped(CSS)) }
             }
@@ -476,23 +416,23 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                 header {
                     div.brand {
                         span { "Tessera · slide report" }
-                        span { "Analysed " (when(&r["analysed_at"])) }
+                        span { "Analysed " (when(&r.analysed_at)) }
                     }
                     h1 { (name) }
                     p.disclaimer { (DISCLAIMER) }
-                    @if let Some(d) = mcfg["tessera"]["description"].as_str() {
+                    @if let Some(d) = &mcfg.tessera.description {
                         p.note { strong { "Model: " } (d) }
                     }
                     table.kv {
-                        tr { th { "Slide file" } td.mono { (text(&slide["path"])) } }
-                        tr { th { "Fingerprint (SHA-256)" } td { span.mono { (text(&slide["fingerprint"]["sha256"])) } br; span.note { (text(&slide["fingerprint"]["method"])) } } }
-                        tr { th { "Scanner / format" } td { (text(&slide["vendor"])) " · " (text(&slide["format"])) } }
-                        tr { th { "Dimensions (level 0)" } td { (dims) @if let Some(o) = slide["objective_power"].as_f64() { " · " (o) "× objective" } } }
-                        tr { th { "µm per pixel" } td { (num(&mpp["x"], 4)) " × " (num(&mpp["y"], 4)) " — " (mpp_source(&mpp["source"])) } }
-                        tr { th { "Analysed" } td { (when(&r["analysed_at"])) } }
-                        tr { th { "Model" } td { (text(&model["name"])) " version " (text(&model["version"])) @if let Some(a) = mcfg["architecture"].as_str() { " · " (a) } } }
-                        tr { th { "Model SHA-256" } td.mono { (text(&model["sha256"])) } }
-                        tr { th { "Tessera" } td { "version " (text(&r["tessera_version"])) } }
+                        tr { th { "Slide file" } td.mono { (slide.path.display()) } }
+                        tr { th { "Fingerprint (SHA-256)" } td { span.mono { (slide.fingerprint.sha256) } br; span.note { (slide.fingerprint.method) } } }
+                        tr { th { "Scanner / format" } td { (shown(&slide.vendor)) " · " (slide.format) } }
+                        tr { th { "Dimensions (level 0)" } td { (dims) @if let Some(o) = slide.objective_power { " · " (o) "× objective" } } }
+                        tr { th { "µm per pixel" } td { (num(Some(mpp.x), 4)) " × " (num(Some(mpp.y), 4)) " — " (mpp_source(&mpp.source)) } }
+                        tr { th { "Analysed" } td { (when(&r.analysed_at)) } }
+                        tr { th { "Model" } td { (model.name) " version " (shown(&model.version)) " · " (mcfg.architecture) } }
+                        tr { th { "Model SHA-256" } td.mono { (model.sha256) } }
+                        tr { th { "Tessera" } td { "version " (r.tessera_version) } }
                     }
                 }
                 section #summary {
@@ -500,13 +440,13 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                     div.cards {
                         div.card {
                             div.k { "Slide score · " (pos_name) }
-                            div.v { (num(&score["value"], 3)) }
-                            div.s { (text(&score["description"])) }
+                            div.v { (num(score.value, 3)) }
+                            div.s { (score.description) }
                         }
                         div.card {
                             div.k { "Tissue area" }
                             div.v { (format!("{tissue_mm2:.2}")) " mm²" }
-                            div.s { (format!("{:.1} % of the slide", 100.0 * r["tissue_fraction"].as_f64().unwrap_or(0.0))) }
+                            div.s { (format!("{:.1} % of the slide", 100.0 * r.tissue_fraction)) }
                         }
                         div.card {
                             div.k { "Patches analysed" }
@@ -522,15 +462,15 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                     table {
                         thead { tr { th { "Class" } th.num { "Area ≥ " (threshold) " (mm²)" } th.num { "Share of tissue" } th.num { "Mean probability" } th.num { "Median" } th.num { "Regions" } } }
                         tbody {
-                            @for c in &classes {
-                                @let a = c["area_above_threshold_mm2"].as_f64().unwrap_or(0.0);
+                            @for c in classes {
+                                @let a = c.area_above_threshold_mm2;
                                 tr {
-                                    td { (text(&c["name"])) }
+                                    td { (c.name) }
                                     td.num { (format!("{a:.3}")) }
                                     td.num { (share(a)) }
-                                    td.num { (num(&c["mean"], 3)) }
-                                    td.num { (num(&c["percentiles"]["p50"], 3)) }
-                                    td.num { (text(&c["regions"])) }
+                                    td.num { (num(c.mean, 3)) }
+                                    td.num { (num(c.percentiles.p50, 3)) }
+                                    td.num { (c.regions) }
                                 }
                             }
                         }
@@ -580,14 +520,14 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                         div.regions {
                             @for (reg, uri) in &regions {
                                 figure {
-                                    img src=(uri.clone().unwrap_or_default()) alt=(format!("Region {}", text(&reg["rank"])));
+                                    img src=(uri.clone().unwrap_or_default()) alt=(format!("Region {}", reg.rank));
                                     figcaption {
-                                        span.rank { (text(&reg["rank"])) } " · score " (num(&reg["score"], 3))
-                                        @if reg["score"].as_f64().unwrap_or(0.0) < threshold as f64 { " (below threshold)" }
+                                        span.rank { (reg.rank) } " · score " (num(Some(reg.score), 3))
+                                        @if reg.score < threshold as f64 { " (below threshold)" }
                                         br;
-                                        "centre (" (count(reg["centre_level0"]["x"].as_u64().unwrap_or(0))) ", " (count(reg["centre_level0"]["y"].as_u64().unwrap_or(0))) ")"
+                                        "centre (" (count(reg.centre_level0.x.max(0) as u64)) ", " (count(reg.centre_level0.y.max(0) as u64)) ")"
                                         br;
-                                        "box x " (text(&reg["crop_level0"]["x"])) ", y " (text(&reg["crop_level0"]["y"])) ", side " (text(&reg["crop_level0"]["side"]))
+                                        "box x " (reg.crop_level0.x) ", y " (reg.crop_level0.y) ", side " (reg.crop_level0.side)
                                     }
                                 }
                             }
@@ -605,28 +545,27 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                 section #method {
                     h2 { "Method and provenance" }
                     table.kv {
-                        tr { th { "Tissue detection" } td { (text(&tissue["method"])) br; span.note {
-                            "mask at " (text(&tissue["mask_um_px"])) " µm/px; Otsu threshold " (text(&tissue["otsu_threshold"]))
-                            "; median " (text(&tissue["median"])) ", closing " (text(&tissue["closing"]))
-                            "; objects < " (text(&tissue["min_object_mm2"])) " mm² and holes < " (text(&tissue["max_hole_mm2"])) " mm² removed" } } }
+                        tr { th { "Tissue detection" } td { (tissue.method) br; span.note {
+                            "mask at " (shown(&tissue.mask_um_px)) " µm/px; Otsu threshold " (tissue.otsu_threshold)
+                            "; median " (tissue.median) ", closing " (tissue.closing)
+                            "; objects < " (shown(&tissue.min_object_mm2)) " mm² and holes < " (shown(&tissue.max_hole_mm2)) " mm² removed" } } }
                         tr { th { "Patches" } td {
                             (patch_px) " × " (patch_px) " px at " (spacing) " µm/px (" (format!("{:.0}", patch_px as f64 * spacing)) " µm); stride "
-                            (stride_px) " px; kept when ≥ " (format!("{:.0}", 100.0 * params["min_tissue_fraction"].as_f64().unwrap_or(0.0))) " % tissue; read at level "
-                            (text(&params["read_level"])) " (" (text(&params["read_side"])) " px, " (text(&params["patch_side_level0"])) " level-0 px)" } }
-                        @let stain = &params["stain_normalisation"];
-                        @if stain.is_object() {
+                            (stride_px) " px; kept when ≥ " (format!("{:.0}", 100.0 * params.min_tissue_fraction)) " % tissue; read at level "
+                            (params.read_level) " (" (params.read_side) " px, " (params.patch_side_level0) " level-0 px)" } }
+                        @if let Some(stain) = &params.stain_normalisation {
                             tr { th { "Stain normalisation" } td {
-                                "Reinhard, per patch, to Lab mean " (text(&stain["lab_mean"])) " and standard deviation " (text(&stain["lab_std"])) } }
+                                "Reinhard, per patch, to Lab mean " (shown(&stain.lab_mean)) " and standard deviation " (shown(&stain.lab_std)) } }
                         }
                         tr { th { "Threshold" } td { (threshold) " (areas, outlines, regions)" } }
-                        tr { th { "Slide score" } td { (text(&score["method"])) ": " (text(&score["description"])) " of " (pos_name) } }
-                        tr { th { "Slide reader" } td { (text(&reader["name"])) " " (text(&reader["version"])) @if let Some(l) = reader["library"].as_str() { span.mono { " (" (l) ")" } } } }
-                        tr { th { "Inference" } td { (text(&inference["backend"])) " " (text(&inference["version"])) " on " (text(&inference["device"])) "; batch size " (text(&params["batch_size"])) } }
+                        tr { th { "Slide score" } td { (score.method) ": " (score.description) " of " (pos_name) } }
+                        tr { th { "Slide reader" } td { (reader.name) " " (reader.version) @if let Some(l) = &reader.library { span.mono { " (" (l.display()) ")" } } } }
+                        tr { th { "Inference" } td { (inference.backend) " " (inference.version) " on " (inference.device) "; batch size " (params.batch_size) } }
                         tr { th { "Timings" } td {
-                            "total " (num(&timings["total_s"], 2)) " s — open and load " (num(&timings["open_and_load_s"], 2))
-                            " s, tissue " (num(&timings["tissue_s"], 2)) " s, inference " (num(&timings["inference_s"], 2))
-                            " s, outputs " (num(&timings["outputs_s"], 2)) " s" } }
-                        tr { th { "Run key" } td.mono { (text(&r["run_key"])) } }
+                            "total " (num(timing("total_s"), 2)) " s — open and load " (num(timing("open_and_load_s"), 2))
+                            " s, tissue " (num(timing("tissue_s"), 2)) " s, inference " (num(timing("inference_s"), 2))
+                            " s, outputs " (num(timing("outputs_s"), 2)) " s" } }
+                        tr { th { "Run key" } td.mono { (r.run_key) } }
                         tr { th { "Files" } td {
                             a href="result.json" { "result.json" } " · " a href="patches.csv" { "patches.csv" } " · "
                             a href=(geojson) { (geojson) } " (QuPath) · " a href="tissue-mask.png" { "tissue-mask.png" }
@@ -645,7 +584,7 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                     }
                 }
                 footer {
-                    "Tessera " (text(&r["tessera_version"])) ". Everything above comes from the files in this folder; "
+                    "Tessera " (r.tessera_version) ". Everything above comes from the files in this folder; "
                     code { "tessera report <folder>" } " rebuilds this page. " (DISCLAIMER)
                 }
             }
@@ -730,18 +669,9 @@ fn slide_warnings(out: &Path, s: &SlideStatus) -> String {
     if s.status == Status::Failed || s.status == Status::Locked {
         return s.reason.clone();
     }
-    let r = std::fs::read(out.join(&s.name).join("result.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-    match r {
-        Some(r) => r["warnings"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(text)
-            .collect::<Vec<_>>()
-            .join("; "),
-        None => s.reason.clone(),
+    match SlideResult::read(&out.join(&s.name).join("result.json")) {
+        Ok(r) => r.warnings.join("; "),
+        Err(_) => s.reason.clone(),
     }
 }
 
@@ -768,21 +698,22 @@ pub fn write_index(out: &Path, rows: &[SlideStatus]) -> Result<()> {
 /// images from the slide named in result.json, writes them beside the report and records them.
 pub fn add_identifier_images(dir: &Path, slide: &crate::config::SlideConfig) -> Result<()> {
     let rpath = dir.join("result.json");
-    let mut result: Value = serde_json::from_slice(&read(&rpath)?)
-        .map_err(|e| report_err(&rpath, format!("not valid JSON: {e}")))?;
-    if result["identifiers"]["label_included"].as_bool() == Some(true) {
+    let mut result = SlideResult::read(&rpath)?;
+    if result.identifiers.label_included {
         return Ok(());
     }
-    let path = PathBuf::from(text(&result["slide"]["path"]));
-    let opened = crate::slide::Slide::open_with(&path, slide).map_err(|e| {
+    let opened = crate::slide::Slide::open_with(&result.slide.path, slide).map_err(|e| {
         report_err(
             dir,
             format!("--include-label needs the slide, which cannot be opened: {e}"),
         )
     })?;
     let files = crate::output::write_identifier_images(dir, &opened)?;
-    result["identifiers"] = serde_json::json!({"label_included": true, "images": files});
-    crate::output::write_json(&rpath, &result)
+    result.identifiers = Identifiers {
+        label_included: true,
+        images: files,
+    };
+    crate::output::write_bytes(&rpath, result.to_json()?.as_bytes())
 }
 
 #[cfg(test)]

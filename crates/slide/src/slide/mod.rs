@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{BackendChoice, Limits, SlideConfig};
 use crate::error::{Error, Result};
@@ -61,7 +61,7 @@ pub struct BackendInfo {
 }
 
 /// Physical pixel size of level 0 in micrometres per pixel.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mpp {
     /// µm per pixel horizontally.
     pub x: f64,
@@ -73,7 +73,7 @@ pub struct Mpp {
 
 /// Where an MPP value came from. Results record it, because a value from TIFF resolution tags
 /// is often a placeholder (72 dpi) rather than the scanner's calibration.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum MppSource {
     /// A vendor metadata field written by the scanner.
