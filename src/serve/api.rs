@@ -1,0 +1,266 @@
+//! The viewer's pages and JSON API: the slide list, a slide's result.json and GeoJSON, the
+//! patch under a level-0 point, the label image (only with `--allow-label`), and the quiz:
+//! scoring and saving a round against the expert's or the AI's regions, and a trainee's
+//! progress.
+//!
+//! In: requests naming a case by its id (looked up in the catalogue, never joined to a path).
+//! Out: HTML from `assets/`, JSON. Coordinates: level-0 pixels.
+
+use super::state::*;
+use super::*;
+
+pub(super) fn page(html: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+pub(super) mod assets {
+    pub const INDEX: &str = include_str!("assets/index.html");
+    pub const VIEWER: &str = include_str!("assets/viewer.html");
+    pub const PROGRESS: &str = include_str!("assets/progress.html");
+    pub const VIEWER_JS: &str = include_str!("assets/viewer.js");
+    pub const PAGES_JS: &str = include_str!("assets/pages.js");
+    pub const CSS: &str = include_str!("assets/viewer.css");
+    /// OpenSeadragon 6.1.1 from its npm package (`assets/fetch-openseadragon.sh`).
+    pub const OSD: &str = include_str!("assets/openseadragon.min.js");
+}
+
+pub(super) async fn view(State(st): State<St>, UrlPath(id): UrlPath<String>) -> Response {
+    match st.case(&id) {
+        Ok(_) => page(assets::VIEWER),
+        Err(f) => f.into_response(),
+    }
+}
+
+pub(super) async fn static_file(UrlPath(file): UrlPath<String>) -> Response {
+    let (body, ctype) = match file.as_str() {
+        "viewer.js" => (assets::VIEWER_JS, "text/javascript; charset=utf-8"),
+        "pages.js" => (assets::PAGES_JS, "text/javascript; charset=utf-8"),
+        "viewer.css" => (assets::CSS, "text/css; charset=utf-8"),
+        "openseadragon.min.js" => (assets::OSD, "text/javascript; charset=utf-8"),
+        _ => return not_found("no such file").into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ctype),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub(super) async fn list(State(st): State<St>) -> Json<Value> {
+    let st2 = st.clone();
+    let _ = tokio::task::spawn_blocking(move || st2.refresh()).await;
+    let slides: Vec<Value> = st
+        .catalogue()
+        .values()
+        .map(|c| {
+            let r = &c.result;
+            let cfg = &r.model.config;
+            json!({
+                "id": c.id,
+                "name": r.slide.path.file_name().map(|n| n.to_string_lossy()),
+                "dimensions": r.slide.dimensions,
+                "mpp": r.slide.mpp.x,
+                "slide_score": r.slide_score,
+                "classes": cfg.class_names,
+                "positive_class": cfg.tessera.positive_class,
+                "threshold": r.parameters.threshold,
+                "model": r.model.name,
+                "patches": r.patches_analysed,
+                "viewable": c.slide.is_some(),
+                "why_not": c.missing,
+                "expert_annotation": c.dir.join("expert.geojson").is_file(),
+            })
+        })
+        .collect();
+    Json(json!({"slides": slides, "trainee": st.cfg.trainee, "allow_label": st.cfg.allow_label}))
+}
+
+pub(super) async fn result_json(State(st): State<St>, UrlPath(id): UrlPath<String>) -> Response {
+    match st.case(&id) {
+        Ok(c) => Json(c.result.clone()).into_response(),
+        Err(f) => f.into_response(),
+    }
+}
+
+pub(super) async fn geojson(State(st): State<St>, UrlPath(id): UrlPath<String>) -> Response {
+    let c = match st.case(&id) {
+        Ok(c) => c,
+        Err(f) => return f.into_response(),
+    };
+    match std::fs::read(c.dir.join("annotations.geojson")) {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/geo+json")], b).into_response(),
+        Err(_) => not_found("annotations.geojson").into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct Point {
+    x: f64,
+    y: f64,
+}
+
+pub(super) async fn patch_at(
+    State(st): State<St>,
+    UrlPath(id): UrlPath<String>,
+    Query(p): Query<Point>,
+) -> Response {
+    let g = match st.grid(&id) {
+        Ok(g) => g,
+        Err(f) => return f.into_response(),
+    };
+    match g.at(p.x, p.y) {
+        Some(patch) => {
+            let probs: BTreeMap<&str, f32> = g
+                .classes
+                .iter()
+                .map(String::as_str)
+                .zip(patch.probs.iter().copied())
+                .collect();
+            Json(json!({"patch": patch, "probabilities": probs})).into_response()
+        }
+        None => not_found("no analysed patch at this point").into_response(),
+    }
+}
+
+pub(super) async fn label(State(st): State<St>, UrlPath(id): UrlPath<String>) -> Response {
+    if !st.cfg.allow_label {
+        return not_found("label images are not served (start the viewer with --allow-label)")
+            .into_response();
+    }
+    let slide = match slide_of(&st, &id).await {
+        Ok(s) => s,
+        Err(f) => return f.into_response(),
+    };
+    let res = tokio::task::spawn_blocking(move || {
+        let img = slide.read_associated_image("label")?;
+        crate::output::encode_rgb_png(&img)
+    })
+    .await;
+    match res {
+        Ok(Ok(png)) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
+        Ok(Err(e)) => not_found(&e.to_string()).into_response(),
+        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `{id}.dzi` → id.
+#[derive(Deserialize)]
+pub(super) struct QuizRound {
+    trainee: Option<String>,
+    marks: Vec<quiz::Mark>,
+    class: Option<String>,
+    threshold: Option<f32>,
+}
+
+pub(super) async fn quiz_round(
+    State(st): State<St>,
+    UrlPath(id): UrlPath<String>,
+    Json(round): Json<QuizRound>,
+) -> Response {
+    let case = match st.case(&id) {
+        Ok(c) => c,
+        Err(f) => return f.into_response(),
+    };
+    let Some(trainee) = round.trainee.clone().or_else(|| st.cfg.trainee.clone()) else {
+        return Fail(StatusCode::BAD_REQUEST, "a trainee name is needed".into()).into_response();
+    };
+    if !quiz::trainee_ok(&trainee) {
+        return Fail(
+            StatusCode::BAD_REQUEST,
+            "a trainee name has 1–64 letters, digits, spaces, '.', '_' or '-'".into(),
+        )
+        .into_response();
+    }
+    if round.marks.len() > 1000
+        || round
+            .marks
+            .iter()
+            .any(|m| !m.x.is_finite() || !m.y.is_finite())
+    {
+        return Fail(StatusCode::BAD_REQUEST, "at most 1000 finite marks".into()).into_response();
+    }
+    let positive = case
+        .result
+        .model
+        .config
+        .tessera
+        .positive_class
+        .clone()
+        .unwrap_or_default();
+    let class_name = round.class.clone().unwrap_or(positive);
+    let threshold = round
+        .threshold
+        .or_else(|| Some(case.result.parameters.threshold as f32))
+        .unwrap_or(0.5);
+    let reference = match quiz::expert(&case.dir) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            let g = match st.grid(&id) {
+                Ok(g) => g,
+                Err(f) => return f.into_response(),
+            };
+            let Some(class) = g.classes.iter().position(|c| *c == class_name) else {
+                return Fail(StatusCode::BAD_REQUEST, format!("no class {class_name:?}"))
+                    .into_response();
+            };
+            quiz::ai_regions(&g, class, threshold)
+        }
+        Err(e) => return Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let score = quiz::score(&round.marks, &reference);
+    let record = json!({
+        "trainee": trainee,
+        "case": id,
+        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "slide_fingerprint": case.result.slide.fingerprint.sha256,
+        "model_sha256": case.result.model.sha256,
+        "class": class_name,
+        "threshold": threshold,
+        "marks": round.marks,
+        "score": score,
+        "tessera_version": crate::VERSION,
+    });
+    let results = st.cfg.results.clone();
+    let (t, c, r) = (trainee.clone(), id.clone(), record.clone());
+    let saved = tokio::task::spawn_blocking(move || quiz::save(&results, &t, &c, &r)).await;
+    match saved {
+        Ok(Ok(path)) => Json(json!({
+            "score": score,
+            "reference": reference,
+            "saved": path.strip_prefix(&st.cfg.results).unwrap_or(&path),
+        }))
+        .into_response(),
+        Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct Trainee {
+    trainee: Option<String>,
+}
+
+pub(super) async fn progress(State(st): State<St>, Query(t): Query<Trainee>) -> Response {
+    let Some(trainee) = t.trainee.or_else(|| st.cfg.trainee.clone()) else {
+        return Fail(
+            StatusCode::BAD_REQUEST,
+            "which trainee? (?trainee=NAME)".into(),
+        )
+        .into_response();
+    };
+    if !quiz::trainee_ok(&trainee) {
+        return Fail(StatusCode::BAD_REQUEST, "invalid trainee name".into()).into_response();
+    }
+    let rounds = quiz::progress(&st.cfg.results, &trainee);
+    Json(json!({"trainee": trainee, "rounds": rounds})).into_response()
+}
