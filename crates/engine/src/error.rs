@@ -51,6 +51,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A part of Tessera this build was made without (a cargo feature of tessera-engine).
+    #[error("this build of Tessera has no {what} (tessera-engine's `{feature}` feature is off)")]
+    NotBuilt {
+        /// The cargo feature.
+        feature: &'static str,
+        /// What is missing.
+        what: String,
+    },
+
     /// A thread of the analysis (the patch reader, an inference worker) panicked.
     #[error("{}: the {thread} panicked", path.display())]
     Panicked {
@@ -176,6 +185,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::InvalidInput { .. } => "invalid_input",
             Error::Panicked { .. } => "panicked",
+            Error::NotBuilt { .. } => "not_built",
             Error::ModelConfig { .. } => "model_config",
             Error::Model { .. } => "model",
             Error::Inference { .. } => "inference",

@@ -418,8 +418,7 @@ pub fn mask_from_model(onnx: &Path, thumb: &RgbImage, downsample: f64) -> Result
     let side = UNET_SIDE;
     let small = crate::imaging::resize::resize(thumb, side, side);
     let input: Vec<f32> = small.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
-    let out =
-        crate::model::tract_backend::run_once(onnx, input, &[1, side as usize, side as usize, 3])?;
+    let out = crate::model::run_once(onnx, input, &[1, side as usize, side as usize, 3])?;
     if out.len() != (side * side) as usize {
         return Err(crate::error::Error::Model {
             path: onnx.into(),

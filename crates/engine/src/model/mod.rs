@@ -12,7 +12,9 @@
 //! `auto` takes ONNX Runtime when it loads and tract otherwise, and says which it chose.
 
 pub mod config;
+#[cfg(feature = "ort")]
 pub mod ort_backend;
+#[cfg(feature = "tract")]
 pub mod tract_backend;
 
 use std::path::{Path, PathBuf};
@@ -290,46 +292,82 @@ pub struct Chosen {
 /// Picks a backend.
 pub fn choose(choice: InferenceChoice) -> Result<Chosen> {
     match choice {
-        InferenceChoice::Tract => Ok(Chosen {
-            backend: Arc::new(tract_backend::Tract),
-            fallback: None,
-            note: "inference: tract (pure Rust), as requested".into(),
-        }),
-        InferenceChoice::Ort => {
-            let b = ort_backend::OnnxRuntime::find()?;
-            Ok(Chosen {
-                fallback: None,
-                note: format!(
-                    "inference: ONNX Runtime {} ({})",
-                    b.version(),
-                    b.library.display()
-                ),
-                backend: Arc::new(b),
-            })
-        }
-        InferenceChoice::Auto => match ort_backend::OnnxRuntime::find() {
-            Ok(b) => Ok(Chosen {
-                fallback: None,
-                note: format!(
-                    "inference: ONNX Runtime {} ({})",
-                    b.version(),
-                    b.library.display()
-                ),
-                backend: Arc::new(b),
-            }),
-            Err(e) => Ok(Chosen {
-                backend: Arc::new(tract_backend::Tract),
-                fallback: Some(format!("ONNX Runtime: {e}; tract ran instead")),
-                note: format!(
+        InferenceChoice::Tract => tract(None, "inference: tract (pure Rust), as requested".into()),
+        InferenceChoice::Ort => onnx_runtime(),
+        InferenceChoice::Auto => match onnx_runtime() {
+            Ok(chosen) => Ok(chosen),
+            Err(e) => tract(
+                Some(format!("ONNX Runtime: {e}; tract ran instead")),
+                format!(
                     "inference: tract (pure Rust). ONNX Runtime runs several times faster: \
                      `pip install onnxruntime` or set ORT_DYLIB_PATH ({e})"
                 ),
-            }),
+            ),
         },
     }
 }
 
+/// ONNX Runtime, when this build has it and it loads.
+fn onnx_runtime() -> Result<Chosen> {
+    #[cfg(feature = "ort")]
+    {
+        let b = ort_backend::OnnxRuntime::find()?;
+        Ok(Chosen {
+            fallback: None,
+            note: format!(
+                "inference: ONNX Runtime {} ({})",
+                b.version(),
+                b.library.display()
+            ),
+            backend: Arc::new(b),
+        })
+    }
+    #[cfg(not(feature = "ort"))]
+    Err(Error::NotBuilt {
+        feature: "ort",
+        what: "ONNX Runtime".into(),
+    })
+}
+
+/// tract, when this build has it.
+fn tract(fallback: Option<String>, note: String) -> Result<Chosen> {
+    #[cfg(feature = "tract")]
+    {
+        Ok(Chosen {
+            backend: Arc::new(tract_backend::Tract),
+            fallback,
+            note,
+        })
+    }
+    #[cfg(not(feature = "tract"))]
+    {
+        let _ = (fallback, note);
+        Err(Error::NotBuilt {
+            feature: "tract",
+            what: "tract (and ONNX Runtime did not load)".into(),
+        })
+    }
+}
+
+/// Runs any single-input ONNX graph once on `input` (shape `shape`) and returns its first
+/// output as floats: for auxiliary models such as a tissue segmenter (tract, pure Rust).
+pub fn run_once(onnx: &Path, input: Vec<f32>, shape: &[usize]) -> Result<Vec<f32>> {
+    #[cfg(feature = "tract")]
+    {
+        tract_backend::run_once(onnx, input, shape)
+    }
+    #[cfg(not(feature = "tract"))]
+    {
+        let _ = (input, shape);
+        Err(Error::NotBuilt {
+            feature: "tract",
+            what: format!("tract, which runs the auxiliary model {}", onnx.display()),
+        })
+    }
+}
+
 /// Splits a batch's flat output into one row per patch.
+#[cfg(any(feature = "ort", feature = "tract"))]
 pub(crate) fn split_rows(values: &[f32], n: usize) -> std::result::Result<Vec<Vec<f32>>, String> {
     if n == 0 || values.len() % n != 0 {
         return Err(format!("{} outputs for {n} patches", values.len()));
