@@ -218,6 +218,13 @@ fn a_corrupt_slide_is_retried_then_quarantined_while_the_others_finish() {
     assert_eq!(count(&ev, "failed"), 2, "two retries: {ev:#?}");
     assert_eq!(count(&ev, "quarantined"), 1);
     assert!(err.contains("bad.svs"), "failures are reported: {err}");
+    // Each failure carries the error's kind as well as its message, in the journal and the queue.
+    for e in ev
+        .iter()
+        .filter(|e| matches!(e["event"].as_str(), Some("failed" | "quarantined")))
+    {
+        assert_eq!(e["kind"], "not_a_slide", "{e}");
+    }
     let mut states = queue_states(&out);
     states.sort();
     assert_eq!(states[0].0, "done");
@@ -238,6 +245,13 @@ fn a_corrupt_slide_is_retried_then_quarantined_while_the_others_finish() {
         .find(|l| l.contains("bad.svs"))
         .and_then(|l| l.split_whitespace().next().map(String::from))
         .unwrap();
+    assert!(
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .any(|l| l.contains("bad.svs") && l.contains(" not_a_slide ")),
+        "queue list shows the kind: {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
     let o = tessera_str(&["queue", "--out", out.to_str().unwrap(), "retry", &id]);
     assert_eq!(code(&o), 0);
     assert!(queue_states(&out).iter().any(|(s, _)| s == "stable"));
@@ -490,6 +504,7 @@ fn a_slide_that_crashes_its_worker_is_quarantined_and_the_service_goes_on() {
         assert!(msg.contains("crashes.svs"), "{msg}");
         assert!(msg.contains("worker process died"), "{msg}");
         assert!(msg.contains("signal 6"), "{msg}");
+        assert_eq!(f["kind"], "worker_died", "{f}");
     }
     assert_eq!(
         count(&ev, "started"),

@@ -291,16 +291,17 @@ pub fn run_queue(a: &QueueArgs) -> u8 {
     let done = match &a.what {
         QueueWhat::List => q.list().map(|rows| {
             println!(
-                "{:>5}  {:<12} {:>8}  {:<40}  error",
-                "id", "state", "attempts", "slide"
+                "{:>5}  {:<12} {:>8}  {:<40}  {:<16}  error",
+                "id", "state", "attempts", "slide", "kind"
             );
             for r in rows {
                 println!(
-                    "{:>5}  {:<12} {:>8}  {:<40}  {}",
+                    "{:>5}  {:<12} {:>8}  {:<40}  {:<16}  {}",
                     r.id,
                     r.state,
                     r.attempts,
                     r.path.display(),
+                    r.last_error_kind,
                     r.last_error
                 );
             }

@@ -303,12 +303,12 @@ impl<F: FnMut(&Event) + Send> Shared<'_, F> {
             let outcome = match outcome? {
                 // The worker died after its output was complete (before it could answer):
                 // the slide is done; analysing it again would duplicate it.
-                Outcome::Failed(why) => match complete_result(out, &e) {
+                failed @ Outcome::Failed { .. } => match complete_result(out, &e) {
                     Some(r) => Outcome::Done {
                         folder: out.join(&e.output),
                         patches: r.patches_analysed,
                     },
-                    None => Outcome::Failed(why),
+                    None => failed,
                 },
                 o => o,
             };
@@ -335,9 +335,9 @@ impl<F: FnMut(&Event) + Send> Shared<'_, F> {
                     m.last_success
                         .store(queue::now().to_bits(), Ordering::SeqCst);
                 }
-                Outcome::Failed(err) => {
+                Outcome::Failed { kind, message: err } => {
                     let c = self.cfg;
-                    q.failed(e.id, &err, c.max_attempts, c.backoff.as_secs_f64())?;
+                    q.failed(e.id, &kind, &err, c.max_attempts, c.backoff.as_secs_f64())?;
                     let state = q.get(e.id)?.map(|r| r.state).unwrap_or_default();
                     self.metrics.failed.fetch_add(1, Ordering::SeqCst);
                     if state == "quarantined" {
@@ -345,7 +345,7 @@ impl<F: FnMut(&Event) + Send> Shared<'_, F> {
                     }
                     self.journal
                         .write(json!({"event": state, "id": e.id, "path": e.path,
-                        "attempt": e.attempts, "error": err, "time": queue::now()}));
+                        "attempt": e.attempts, "error": err, "kind": kind, "time": queue::now()}));
                 }
             }
         }

@@ -27,6 +27,8 @@ pub struct Entry {
     pub attempts: u32,
     /// The last error, if any.
     pub last_error: String,
+    /// The last error's stable kind (e.g. `corrupt`, `worker_died`), if any.
+    pub last_error_kind: String,
     /// The output folder name under the results folder.
     pub output: String,
     /// Seconds since the epoch of the last change.
@@ -69,6 +71,17 @@ impl Queue {
                  UNIQUE(path, fingerprint));",
         )
         .map_err(|e| qerr(&path, e))?;
+        // Queues made before the error's kind was recorded gain the column.
+        let has_kind = db
+            .prepare("SELECT 1 FROM pragma_table_info('slides') WHERE name = 'last_error_kind'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(|e| qerr(&path, e))?;
+        if !has_kind {
+            db.execute_batch(
+                "ALTER TABLE slides ADD COLUMN last_error_kind TEXT NOT NULL DEFAULT ''",
+            )
+            .map_err(|e| qerr(&path, e))?;
+        }
         Ok(Queue { db, path })
     }
 
@@ -193,8 +206,8 @@ impl Queue {
     pub fn get(&self, id: i64) -> Result<Option<Entry>> {
         self.db
             .query_row(
-                "SELECT id, path, fingerprint, state, attempts, last_error, output, updated
-                 FROM slides WHERE id = ?1",
+                "SELECT id, path, fingerprint, state, attempts, last_error, output, updated,
+                 last_error_kind FROM slides WHERE id = ?1",
                 params![id],
                 row,
             )
@@ -207,8 +220,8 @@ impl Queue {
         let mut st = self
             .db
             .prepare(
-                "SELECT id, path, fingerprint, state, attempts, last_error, output, updated
-                 FROM slides ORDER BY id",
+                "SELECT id, path, fingerprint, state, attempts, last_error, output, updated,
+                 last_error_kind FROM slides ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
         let rows = st
@@ -221,26 +234,34 @@ impl Queue {
 
     /// Marks a slide done.
     pub fn done(&self, id: i64) -> Result<()> {
-        self.set(id, "done", "", 0.0)
+        self.set(id, "done", "", "", 0.0)
     }
 
-    /// Records a failure: a retry after `backoff`, or quarantine after `max_attempts`.
-    pub fn failed(&self, id: i64, error: &str, max_attempts: u32, backoff_s: f64) -> Result<()> {
+    /// Records a failure of `kind` (the error's stable kind) with its message: a retry after
+    /// `backoff`, or quarantine after `max_attempts`.
+    pub fn failed(
+        &self,
+        id: i64,
+        kind: &str,
+        error: &str,
+        max_attempts: u32,
+        backoff_s: f64,
+    ) -> Result<()> {
         let attempts = self.get(id)?.map_or(0, |e| e.attempts);
         if attempts >= max_attempts {
-            self.set(id, "quarantined", error, 0.0)
+            self.set(id, "quarantined", kind, error, 0.0)
         } else {
             let wait = backoff_s * 2f64.powi(attempts.saturating_sub(1) as i32);
-            self.set(id, "failed", error, now() + wait)
+            self.set(id, "failed", kind, error, now() + wait)
         }
     }
 
-    fn set(&self, id: i64, state: &str, error: &str, next_try: f64) -> Result<()> {
+    fn set(&self, id: i64, state: &str, kind: &str, error: &str, next_try: f64) -> Result<()> {
         self.db
             .execute(
-                "UPDATE slides SET state = ?2, last_error = ?3, next_try = ?4, updated = ?5
-                 WHERE id = ?1",
-                params![id, state, error, next_try, now()],
+                "UPDATE slides SET state = ?2, last_error = ?3, next_try = ?4, updated = ?5,
+                 last_error_kind = ?6 WHERE id = ?1",
+                params![id, state, error, next_try, now(), kind],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -271,7 +292,7 @@ impl Queue {
         self.db
             .execute(
                 "UPDATE slides SET state = 'stable', attempts = 0, last_error = '', next_try = 0,
-                 updated = ?2 WHERE id = ?1 AND state <> 'running'",
+                 last_error_kind = '', updated = ?2 WHERE id = ?1 AND state <> 'running'",
                 params![id, now()],
             )
             .map(|n| n == 1)
@@ -332,6 +353,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         last_error: r.get(5)?,
         output: r.get(6)?,
         updated: r.get(7)?,
+        last_error_kind: r.get(8)?,
     })
 }
 
@@ -359,14 +381,54 @@ mod tests {
         for attempt in 1..=3 {
             let e = q.claim().unwrap().expect("ready");
             assert_eq!((e.state.as_str(), e.attempts), ("running", attempt));
-            q.failed(e.id, "bad", 3, 0.0).unwrap();
+            q.failed(e.id, "corrupt", "bad", 3, 0.0).unwrap();
         }
-        assert_eq!(q.get(1).unwrap().unwrap().state, "quarantined");
+        let e = q.get(1).unwrap().unwrap();
+        assert_eq!(e.state, "quarantined");
+        assert_eq!(
+            (e.last_error_kind.as_str(), e.last_error.as_str()),
+            ("corrupt", "bad")
+        );
         assert!(q.claim().unwrap().is_none());
         assert!(q.retry(1).unwrap());
+        assert_eq!(q.get(1).unwrap().unwrap().last_error_kind, "");
         let e = q.claim().unwrap().unwrap();
         q.done(e.id).unwrap();
         assert_eq!(q.counts().unwrap(), [("done".to_string(), 1)]);
+    }
+
+    /// A queue written before the error's kind was stored gains the column, keeps its rows,
+    /// and records kinds from then on.
+    #[test]
+    fn a_queue_from_before_error_kinds_is_upgraded_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        {
+            let db = Connection::open(t.path().join("queue.sqlite")).unwrap();
+            db.execute_batch(
+                "CREATE TABLE slides(
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     path TEXT NOT NULL, fingerprint TEXT NOT NULL, state TEXT NOT NULL,
+                     attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0,
+                     last_error TEXT NOT NULL DEFAULT '', output TEXT NOT NULL,
+                     discovered REAL NOT NULL, updated REAL NOT NULL,
+                     UNIQUE(path, fingerprint));
+                 INSERT INTO slides(path, fingerprint, state, attempts, last_error, output,
+                     discovered, updated)
+                 VALUES('/inbox/old.svs', 'f0', 'failed', 1, 'it broke', 'old.svs-f0', 1, 1);",
+            )
+            .unwrap();
+        }
+        let q = Queue::open(t.path()).unwrap();
+        let old = q.get(1).unwrap().unwrap();
+        assert_eq!(
+            (old.last_error.as_str(), old.last_error_kind.as_str()),
+            ("it broke", "")
+        );
+        q.failed(1, "missing_mpp", "no MPP", 3, 0.0).unwrap();
+        assert_eq!(q.get(1).unwrap().unwrap().last_error_kind, "missing_mpp");
+        drop(q);
+        // Opening it again does not add the column twice.
+        assert!(Queue::open(t.path()).is_ok());
     }
 
     #[test]

@@ -61,8 +61,25 @@ pub enum Outcome {
         /// Patches analysed.
         patches: usize,
     },
-    /// The analysis failed; the reason names the file.
-    Failed(String),
+    /// The analysis failed.
+    Failed {
+        /// The error's stable kind: the engine's ([`crate::Error::kind`], e.g. `corrupt`,
+        /// `missing_mpp`), or `worker_died`, `worker_answer` or `panicked` for a worker process
+        /// that crashed, hung, answered nonsense or panicked.
+        kind: String,
+        /// What happened; names the file.
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// A failure of `kind` with `message`.
+    pub fn failed(kind: &str, message: String) -> Outcome {
+        Outcome::Failed {
+            kind: kind.into(),
+            message,
+        }
+    }
 }
 
 struct Process {
@@ -144,10 +161,10 @@ impl<'a> Worker<'a> {
                     .map(describe_exit)
                     .unwrap_or_else(|e| e.to_string());
                 *running = None;
-                Ok(Outcome::Failed(format!(
-                    "{}: {outcome} ({status})",
-                    path.display()
-                )))
+                Ok(Outcome::failed(
+                    "worker_died",
+                    format!("{}: {outcome} ({status})", path.display()),
+                ))
             }
         }
     }
@@ -247,10 +264,13 @@ fn ask(
                 // corrupted): skip it.
                 Ok(_) => continue,
                 Err(e) => {
-                    return Ok(Outcome::Failed(format!(
-                        "{}: unreadable answer from the worker process ({e})",
-                        path.display()
-                    )))
+                    return Ok(Outcome::failed(
+                        "worker_answer",
+                        format!(
+                            "{}: unreadable answer from the worker process ({e})",
+                            path.display()
+                        ),
+                    ))
                 }
             },
             Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(died()),
@@ -283,8 +303,11 @@ fn analyze_one(
             folder: s.folder,
             patches: s.patches,
         },
-        Ok(Err(e)) => Outcome::Failed(e.to_string()),
-        Err(_) => Outcome::Failed(format!("{}: the analysis panicked", path.display())),
+        Ok(Err(e)) => Outcome::failed(e.kind(), e.to_string()),
+        Err(_) => Outcome::failed(
+            "panicked",
+            format!("{}: the analysis panicked", path.display()),
+        ),
     }
 }
 
@@ -338,7 +361,7 @@ pub fn serve(cfg: &AnalyzeConfig, input: impl BufRead, mut output: impl Write) -
             }
             Err(e) => Answer {
                 id: 0,
-                outcome: Outcome::Failed(format!("unreadable request: {e}")),
+                outcome: Outcome::failed("worker_answer", format!("unreadable request: {e}")),
             },
         };
         let answer = serde_json::to_string(&answer).unwrap_or_default();
