@@ -13,9 +13,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::config::{BackendChoice, SlideConfig};
-use crate::error::{Error, Result};
 use crate::geom::{Level0Px, Size};
 use crate::slide::Slide;
+use tessera_engine::{Error, Result};
 
 /// What to measure.
 #[derive(Debug, Clone)]

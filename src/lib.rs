@@ -20,8 +20,14 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+pub mod error;
 pub mod serve;
 pub mod synthetic;
 pub mod watch;
 
 pub use tessera_engine::*;
+
+/// The services' error (watch, serve); `tessera::Error` is the engine's.
+pub use error::Error as ServiceError;
+/// The engine's error, under the name it has always had.
+pub use tessera_engine::{Error, Result};

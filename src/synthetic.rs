@@ -15,7 +15,7 @@
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use tessera_engine::{Error, Result};
 
 /// What to generate.
 #[derive(Debug, Clone)]

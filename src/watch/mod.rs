@@ -237,9 +237,10 @@ fn validate(cfg: &WatchConfig) -> Result<()> {
         message,
     };
     if !cfg.inbox.is_dir() {
-        return Err(Error::NotFound {
+        return Err(tessera_engine::Error::NotFound {
             path: cfg.inbox.clone(),
-        });
+        }
+        .into());
     }
     if let Some(p) = &cfg.done_marker {
         let filled = p.replace("{name}", "x").replace("{stem}", "x");

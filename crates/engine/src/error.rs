@@ -134,24 +134,6 @@ pub enum Error {
         message: String,
     },
 
-    /// The viewer (`tessera serve`) cannot start: no analysed slide, address in use…
-    #[error("{}: {message}", path.display())]
-    Serve {
-        /// The results folder (or the file concerned).
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-
-    /// The watch service's queue or lock.
-    #[error("{}: {message}", path.display())]
-    Queue {
-        /// The queue database or lock file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-
     /// An external program the user asked for (Chromium for `--pdf`) is absent or failed.
     #[error("{}: {tool}: {message}", path.display())]
     External {
@@ -193,8 +175,6 @@ impl Error {
             Error::Encode { .. } => "encode",
             Error::Report { .. } => "report",
             Error::Device { .. } => "device",
-            Error::Serve { .. } => "serve",
-            Error::Queue { .. } => "queue",
             Error::External { .. } => "external",
         }
     }
