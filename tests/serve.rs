@@ -1046,3 +1046,33 @@ fn slides_analysed_while_the_viewer_runs_appear_in_the_list() {
         "{p}"
     );
 }
+
+/// A model whose config.json names no positive class (as WSInfer's zoo models do): the viewer
+/// takes the class the report scored (the last), for the slide list, the overlay tiles and the
+/// quiz, as the report does.
+#[test]
+fn without_a_named_positive_class_the_viewer_uses_the_reports() {
+    let slide = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let bundled = tessera::pipeline::default_model_dir();
+    std::fs::copy(bundled.join("model.onnx"), model.join("model.onnx")).unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(bundled.join("config.json")).unwrap()).unwrap();
+    assert!(config["tessera"]
+        .as_object_mut()
+        .unwrap()
+        .remove("positive_class")
+        .is_some());
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let out = t.path().join("results");
+    analyze_into_with(&slide, &out, &["--model", model.to_str().unwrap()]);
+    let server = serve_local(&out, Some(&slide_dir()), &[]);
+    let a = &server.addr;
+    let list: Value = serde_json::from_slice(&get(a, "/api/slides").body).unwrap();
+    assert_eq!(list["slides"][0]["positive_class"], "cell-dense", "{list}");
+    let id = list["slides"][0]["id"].as_str().unwrap().to_string();
+    let tile = get(a, &format!("/overlay/{id}_files/12/0_0.png"));
+    assert_eq!(tile.status, 200, "{}", String::from_utf8_lossy(&tile.body));
+}

@@ -72,7 +72,7 @@ pub(super) async fn list(State(st): State<St>) -> Json<Value> {
                 "mpp": r.slide.mpp.x,
                 "slide_score": r.slide_score,
                 "classes": cfg.class_names,
-                "positive_class": cfg.tessera.positive_class,
+                "positive_class": cfg.class_names[r.positive_class()],
                 "threshold": r.parameters.threshold,
                 "model": r.model.name,
                 "patches": r.patches_analysed,
@@ -189,14 +189,8 @@ pub(super) async fn quiz_round(
     {
         return Fail(StatusCode::BAD_REQUEST, "at most 1000 finite marks".into()).into_response();
     }
-    let positive = case
-        .result
-        .model
-        .config
-        .tessera
-        .positive_class
-        .clone()
-        .unwrap_or_default();
+    // The class the report scored: the slide score's, else the model's, else the last.
+    let positive = case.result.model.config.class_names[case.result.positive_class()].clone();
     let class_name = round.class.clone().unwrap_or(positive);
     let threshold = round
         .threshold

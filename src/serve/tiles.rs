@@ -169,14 +169,8 @@ pub(super) async fn overlay_tile(
     let Ok(case) = st.case(id) else {
         return not_found("no such slide").into_response();
     };
-    let positive = case
-        .result
-        .model
-        .config
-        .tessera
-        .positive_class
-        .clone()
-        .unwrap_or_default();
+    // The class the report scored: the slide score's, else the model's, else the last.
+    let positive = case.result.model.config.class_names[case.result.positive_class()].clone();
     let class_name = q.class.unwrap_or(positive);
     let Some(class) = grid.classes.iter().position(|c| *c == class_name) else {
         return Fail(StatusCode::BAD_REQUEST, format!("no class {class_name:?}")).into_response();
