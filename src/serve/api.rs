@@ -72,7 +72,7 @@ pub(super) async fn list(State(st): State<St>) -> Json<Value> {
                 "mpp": r.slide.mpp.x,
                 "slide_score": r.slide_score,
                 "classes": cfg.class_names,
-                "positive_class": cfg.class_names[r.positive_class()],
+                "positive_class": r.positive_class_name(),
                 "threshold": r.parameters.threshold,
                 "model": r.model.name,
                 "patches": r.patches_analysed,
@@ -190,7 +190,7 @@ pub(super) async fn quiz_round(
         return Fail(StatusCode::BAD_REQUEST, "at most 1000 finite marks".into()).into_response();
     }
     // The class the report scored: the slide score's, else the model's, else the last.
-    let positive = case.result.model.config.class_names[case.result.positive_class()].clone();
+    let positive = case.result.positive_class_name().to_string();
     let class_name = round.class.clone().unwrap_or(positive);
     let threshold = round
         .threshold

@@ -170,7 +170,7 @@ pub(super) async fn overlay_tile(
         return not_found("no such slide").into_response();
     };
     // The class the report scored: the slide score's, else the model's, else the last.
-    let positive = case.result.model.config.class_names[case.result.positive_class()].clone();
+    let positive = case.result.positive_class_name().to_string();
     let class_name = q.class.unwrap_or(positive);
     let Some(class) = grid.classes.iter().position(|c| *c == class_name) else {
         return Fail(StatusCode::BAD_REQUEST, format!("no class {class_name:?}")).into_response();

@@ -366,15 +366,28 @@ fn run_key_for(folder: &ModelFolder, cfg: &AnalyzeConfig) -> Result<String> {
         }
         None => None,
     };
+    let settings = serde_json::to_value(cfg).map_err(|e| Error::InvalidInput {
+        path: "the analysis settings".into(),
+        reason: format!("cannot be serialized for the run key: {e}"),
+    })?;
+    Ok(key_of(folder, tissue_model, &settings))
+}
+
+/// The run key of a model, a tissue model's hash and the serialized settings.
+fn key_of(
+    folder: &ModelFolder,
+    tissue_model: Option<String>,
+    settings: &serde_json::Value,
+) -> String {
     let key = json!({
         "key_version": 2,
         "model_sha256": folder.sha256,
         "model_config": folder.config,
         "tissue_model_sha256": tissue_model,
-        "settings": cfg,
+        "settings": settings,
         "tessera": crate::VERSION,
     });
-    Ok(format!("{:x}", Sha256::digest(key.to_string().as_bytes())))
+    format!("{:x}", Sha256::digest(key.to_string().as_bytes()))
 }
 
 /// Serializes a value as its `Display` text (the slide-score method: `mean-top-10`, `max`).
@@ -720,7 +733,8 @@ struct Preprocessing {
     pre: Preprocess,
     gpu: Option<&'static crate::gpu::Gpu>,
     fallbacks: Vec<String>,
-    /// The GPU failed during the run (the CPU twin took over).
+    /// The GPU failed on a batch during the run (the CPU twin computed that batch; the GPU is
+    /// tried again for the next one).
     failed: bool,
 }
 
@@ -729,8 +743,8 @@ impl Preprocessing {
         if let (Some(why), Some(g)) = (why, self.gpu) {
             self.failed = true;
             self.fallbacks.push(format!(
-                "patch preprocessing on {} failed ({why}); the CPU computed the batches from \
-                 then on",
+                "patch preprocessing on {} failed ({why}); the CPU computed each batch it \
+                 failed on",
                 g.adapter
             ));
         }
@@ -746,7 +760,7 @@ impl Preprocessing {
             requested: cfg.gpu_preprocess.label().into(),
             device: match self.gpu {
                 Some(g) if !self.failed => g.adapter.clone(),
-                Some(g) => format!("{} (then the CPU, after a failure)", g.adapter),
+                Some(g) => format!("{} (the CPU for the batches it failed on)", g.adapter),
                 None => "CPU".into(),
             },
             fallbacks: self.fallbacks.clone(),
@@ -1012,7 +1026,7 @@ fn run_inference(
     let (recycle_tx, recycle_rx) =
         mpsc::sync_channel::<Vec<u8>>(cfg.queue_depth.max(1) + workers + 1);
     let predictions = Mutex::new(Predictions::new());
-    // Why the GPU preprocessing failed mid-run, if it did (the CPU twin took over).
+    // Why the GPU preprocessing failed mid-run, if it did (the CPU twin computed the batches it failed on).
     let gpu_fallback: Mutex<Option<String>> = Mutex::new(None);
     cfg.progress.emit(ProgressEvent::PatchesPlanned {
         total: grid.patches.len(),
@@ -1469,17 +1483,7 @@ mod tests {
     fn the_run_key_covers_every_serialized_setting() {
         let folder = ModelFolder::load(&default_model_dir()).expect("the bundled model loads");
         let settings = serde_json::to_value(AnalyzeConfig::default()).expect("serializable");
-        let digest = |s: &serde_json::Value| {
-            let key = json!({
-                "key_version": 2,
-                "model_sha256": folder.sha256,
-                "model_config": folder.config,
-                "tissue_model_sha256": null,
-                "settings": s,
-                "tessera": crate::VERSION,
-            });
-            format!("{:x}", Sha256::digest(key.to_string().as_bytes()))
-        };
+        let digest = |s: &serde_json::Value| key_of(&folder, None, s);
         assert_eq!(digest(&settings), key(&AnalyzeConfig::default()));
         fn leaves(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
             match v {

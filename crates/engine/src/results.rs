@@ -190,6 +190,11 @@ impl SlideResult {
         name.and_then(|n| names.iter().position(|c| c == n))
             .unwrap_or(names.len().saturating_sub(1))
     }
+
+    /// The name of [`SlideResult::positive_class`].
+    pub fn positive_class_name(&self) -> &str {
+        &self.model.config.class_names[self.positive_class()]
+    }
 }
 
 /// The slide analysed.

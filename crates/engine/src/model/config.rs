@@ -193,9 +193,7 @@ impl ModelConfig {
             .and_then(|p| self.class_names.iter().position(|c| c == p))
             .unwrap_or(self.num_classes - 1)
     }
-}
 
-impl ModelConfig {
     /// The preprocessing this configuration asks for (`Resize` is the grid's business: the
     /// input size is taken from it).
     pub fn preprocess(&self) -> Preprocess {
