@@ -398,14 +398,15 @@ pub fn to_probabilities(config: &ModelConfig, raw: Vec<f32>) -> Vec<f32> {
 pub fn check_shapes(
     model: &ModelFolder,
     backend: &str,
-    input: &[Option<usize>],
-    output: &[Option<usize>],
+    input: (&str, &[Option<usize>]),
+    output: (&str, &[Option<usize>]),
 ) -> Result<()> {
     let bad = |message: String| Error::Model {
         path: model.onnx.clone(),
         backend: backend.into(),
         message,
     };
+    let ((in_name, input), (out_name, output)) = (input, output);
     let (h, w) = model.config.input_size();
     let expected: [Option<usize>; 3] = match model.config.tessera.layout {
         config::Layout::Nchw => [Some(3), Some(h as usize), Some(w as usize)],
@@ -413,7 +414,7 @@ pub fn check_shapes(
     };
     if input.len() != 4 {
         return Err(bad(format!(
-            "input has rank {}, expected 4 (a batch of images)",
+            "input {in_name:?} has rank {}, expected 4 (a batch of images)",
             input.len()
         )));
     }
@@ -421,20 +422,40 @@ pub fn check_shapes(
         if let (Some(g), Some(wnt)) = (got, want) {
             if *g != wnt {
                 return Err(bad(format!(
-                    "input shape {input:?} does not match {:?} {h}×{w} from config.json",
+                    "input {in_name:?} has shape {}, which does not match {:?} {h}×{w} from \
+                     config.json",
+                    shape_text(input),
                     model.config.tessera.layout
                 )));
             }
         }
     }
     let classes = model.config.num_classes;
+    if output.len() > 2 {
+        return Err(bad(format!(
+            "output {out_name:?} has shape {}: a dense (per-pixel) output; Tessera runs patch \
+             classifiers, one vector of {classes} class values per patch (docs/models.md)",
+            shape_text(output)
+        )));
+    }
     match output.last() {
         Some(Some(c)) if *c != classes && !(classes == 1 && *c == 1) => Err(bad(format!(
-            "output shape {output:?} has {c} values per patch, config.json names {classes} classes"
+            "output {out_name:?} has shape {}: {c} values per patch, config.json names \
+             {classes} classes",
+            shape_text(output)
         ))),
-        None => Err(bad("the graph has a scalar output".into())),
+        None => Err(bad(format!("output {out_name:?} is a scalar"))),
         _ => Ok(()),
     }
+}
+
+/// A shape as `[?, 3, 224, 224]` (`?` where symbolic or unknown).
+fn shape_text(dims: &[Option<usize>]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or("?".to_string(), |v| v.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
 }
 
 #[cfg(test)]

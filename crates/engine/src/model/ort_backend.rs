@@ -283,7 +283,12 @@ impl Backend for OnnxRuntime {
             let (Some(i), Some(o)) = (s.inputs().first(), s.outputs().first()) else {
                 return Err(fail("the graph has no input or no output".into()));
             };
-            check_shapes(model, "onnxruntime", &dims(i.dtype()), &dims(o.dtype()))?;
+            check_shapes(
+                model,
+                "onnxruntime",
+                (i.name(), &dims(i.dtype())),
+                (o.name(), &dims(o.dtype())),
+            )?;
             return Ok(Arc::new(OrtModel {
                 onnx: model.onnx.clone(),
                 threads,
