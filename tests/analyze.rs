@@ -33,19 +33,6 @@ fn config(out: &Path, inference: InferenceChoice) -> AnalyzeConfig {
     }
 }
 
-/// ONNX Runtime, if Tessera can load it.
-fn onnxruntime() -> Option<()> {
-    match tessera::model::ort_backend::OnnxRuntime::find() {
-        Ok(_) => Some(()),
-        Err(e) => {
-            skip(&format!(
-                "ONNX Runtime not available (pip install onnxruntime): {e}"
-            ));
-            None
-        }
-    }
-}
-
 /// patches.csv as (col,row) -> probabilities.
 fn csv_probs(dir: &Path) -> BTreeMap<(u32, u32), Vec<f64>> {
     let text = std::fs::read_to_string(dir.join("patches.csv")).unwrap();
@@ -681,7 +668,8 @@ fn provenance_records_every_fallback_with_its_reason() {
 /// The typed results contract writes what the single-crate Tessera wrote: every output of
 /// CMU-1-Small-Region is byte-identical to the files made by the last release's main
 /// (`tests/golden/`: their SHA-256 and its result.json), and result.json differs only where the
-/// schema moved (version 2: the `preprocessing` block) and in what changes from run to run.
+/// schema moved (version 2: the `preprocessing` block), in what issue 19 added (the resize
+/// method, the default model's `resize` and model card) and in what changes from run to run.
 /// tract makes the probabilities, so they do not depend on which ONNX Runtime is installed.
 #[test]
 fn outputs_are_byte_identical_to_the_previous_release() {
@@ -725,6 +713,18 @@ fn outputs_are_byte_identical_to_the_previous_release() {
     r["slide"].as_object_mut().unwrap().remove("path");
     for k in ["fallbacks", "device"] {
         r["inference"].as_object_mut().unwrap().remove(k);
+    }
+    // Added since (issue 19): the resize method in force, and the default model's config says
+    // it keeps area resizing and carries its model card.
+    assert_eq!(r["parameters"]["resize_method"], "area");
+    r["parameters"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resize_method");
+    let card = r["model"]["config"]["tessera"].as_object_mut().unwrap();
+    assert_eq!(card.remove("resize").unwrap(), "area");
+    for k in ["intended_use", "training_data"] {
+        card.remove(k).unwrap();
     }
     assert_eq!(r, golden["result"]);
 }

@@ -73,6 +73,7 @@ fn pre(input: (u32, u32), layout: Layout) -> Preprocess {
         deferred: None,
         on_gpu: false,
         stain: None,
+        geometry: Default::default(),
     }
 }
 

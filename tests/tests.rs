@@ -11,6 +11,7 @@ mod cli;
 mod cohort;
 mod gpu;
 mod hostile;
+mod models;
 mod parity;
 mod report;
 mod serve;

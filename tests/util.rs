@@ -135,3 +135,39 @@ pub fn code(o: &Output) -> i32 {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// ONNX Runtime, if Tessera can load it.
+pub fn onnxruntime() -> Option<()> {
+    match tessera::model::ort_backend::OnnxRuntime::find() {
+        Ok(_) => Some(()),
+        Err(e) => {
+            skip(&format!(
+                "ONNX Runtime not available (pip install onnxruntime): {e}"
+            ));
+            None
+        }
+    }
+}
+
+/// python3 with every module in `modules` importable, or a skip naming what is missing.
+pub fn python_with(modules: &[&str]) -> Option<()> {
+    let code = format!("import {}", modules.join(", "));
+    match Command::new("python3").args(["-c", &code]).output() {
+        Ok(o) if o.status.success() => Some(()),
+        Ok(o) => {
+            skip(&format!(
+                "python3 cannot import {}: {}",
+                modules.join(", "),
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+            None
+        }
+        Err(e) => {
+            skip(&format!("python3: {e}"));
+            None
+        }
+    }
+}

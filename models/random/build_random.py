@@ -1,18 +1,29 @@
 #!/usr/bin/env python3
-"""Standard architectures with RANDOM weights, for speed measurements only.
+"""Standard architectures with RANDOM weights, for speed measurements and compatibility tests.
 
-Writes OUT/model.onnx and OUT/config.json (WSInfer spec 1.0) for ResNet-18, ResNet-50 or
-MobileNetV2 at 224 x 224, NCHW, with seeded He-normal weights and batch norm folded away
-(as inference runtimes fold it anyway). The outputs are meaningless: never use these models
-for anything but timing `tessera analyze`. They are not committed (ResNet-50 is ~100 MB).
+Writes OUT/model.onnx and OUT/config.json (WSInfer spec 1.0) for ResNet-18, ResNet-50,
+MobileNetV2 or a tiny three-convolution net, NCHW, with seeded He-normal weights and batch norm
+folded away (as inference runtimes fold it anyway). The outputs are meaningless: never use these
+models for anything but timing `tessera analyze` and checking that Tessera computes what ONNX
+Runtime computes on WSInfer's preprocessing. They are not committed (ResNet-50 is ~100 MB).
+
+The options shape the file the way real exporters do, for the loading tests: the batch
+dimension's name (PyTorch writes `batch_size`, tf2onnx `unk__N`), dynamic height and width,
+intermediate shape annotations (`value_info`) whose symbolic names differ from the input's,
+the opset (13-18), and weights in an external `model.onnx.data` file. `--calibrate` scales the
+classifier so that logits on H&E images (`--calibrate-on`, or smooth H&E-coloured fields)
+spread around zero (needs onnxruntime): softmax then stays away from 0 and 1, where any preprocessing difference would
+vanish.
 
 Usage: pip install onnx numpy
        python3 build_random.py resnet18 /tmp/models/resnet18
+       python3 build_random.py tiny /tmp/m --opset 18 --batch-name batch_size --dynamic-hw \
+           --value-info --external-data
 """
 
+import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import onnx
@@ -107,7 +118,19 @@ def mobilenet_v2(g, x):
     return g.conv(x, cin, 1280, 1, act="relu6"), 1280
 
 
-def build(arch, classes=2, seed=0):
+def tiny(g, x):
+    x = g.conv(x, 3, 8, 3, 2)
+    x = g.conv(x, 8, 16, 3, 2)
+    return g.conv(x, 16, 16, 3, 2), 16
+
+
+# Output rank of each operator the builders use (for value_info annotations).
+RANK = {"Conv": 4, "Relu": 4, "Clip": 4, "Add": 4, "MaxPool": 4, "GlobalAveragePool": 4,
+        "Flatten": 2, "Gemm": 2}
+
+
+def build(arch, classes=2, seed=0, opset=13, batch_name="N", dynamic_hw=False,
+          value_info=False, side=224, dense=False):
     g = Graph(seed)
     if arch == "resnet18":
         x, c = resnet(g, "input", [2, 2, 2, 2], bottleneck=False)
@@ -115,36 +138,136 @@ def build(arch, classes=2, seed=0):
         x, c = resnet(g, "input", [3, 4, 6, 3], bottleneck=True)
     elif arch == "mobilenetv2":
         x, c = mobilenet_v2(g, "input")
+    elif arch == "tiny":
+        x, c = tiny(g, "input")
     else:
-        raise SystemExit(f"unknown architecture {arch}: resnet18, resnet50 or mobilenetv2")
-    g.head(x, c, classes)
+        raise SystemExit(f"unknown architecture {arch}: resnet18, resnet50, mobilenetv2 or tiny")
+    if dense:
+        # A per-pixel classifier: a 1x1 convolution to the classes, no pooling.
+        w = g.rng.normal(0, np.sqrt(1.0 / c), (classes, c, 1, 1)).astype(np.float32)
+        g.inits += [numpy_helper.from_array(w, "cls_w"),
+                    numpy_helper.from_array(np.zeros(classes, np.float32), "cls_b")]
+        g.nodes.append(helper.make_node("Conv", [x, "cls_w", "cls_b"], ["logits"], kernel_shape=[1, 1]))
+    else:
+        g.head(x, c, classes)
+    hw = ["height", "width"] if dynamic_hw else [side, side]
+    infos = []
+    if value_info:
+        # As PyTorch 2.x exports do: every intermediate annotated, with its own names.
+        for i, node in enumerate(g.nodes):
+            for out in node.output:
+                if out == "logits":
+                    continue
+                dims = ["batch_size"] + [f"s{i}_{k}" for k in range(RANK[node.op_type] - 1)]
+                infos.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, dims))
+    out_batch = "batch_size" if value_info else batch_name
     graph = helper.make_graph(
         g.nodes, f"{arch}_random",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
-        g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch_name, 3] + hw)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                       [out_batch, classes] + (["oh", "ow"] if dense else []))],
+        g.inits, value_info=infos)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="tessera models/random/build_random.py")
-    model.ir_version = 7
+    model.ir_version = 8 if opset >= 15 else 7
     onnx.checker.check_model(model)
     return model
 
 
+def smooth_images(n, side, seed):
+    """Seeded smooth images in H&E colours (pink to purple), as floats 0-1, NCHW."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((n, 3, 8, 8))
+    ramp = np.linspace(0, 7, side)
+    i0 = np.floor(ramp).astype(int).clip(0, 6)
+    f = (ramp - i0)[None, None, :]
+    rows = coarse[:, :, i0, :] * (1 - f[..., None]) + coarse[:, :, i0 + 1, :] * f[..., None]
+    img = rows[:, :, :, i0] * (1 - f[:, :, None, :]) + rows[:, :, :, i0 + 1] * f[:, :, None, :]
+    pink, purple = np.array([0.93, 0.6, 0.8]), np.array([0.45, 0.3, 0.6])
+    mix = img.mean(axis=1, keepdims=True)
+    return (pink[None, :, None, None] * (1 - mix) + purple[None, :, None, None] * mix
+            + 0.1 * (img - 0.5)).astype(np.float32)
+
+
+def crops(paths, side, seed):
+    """Seeded crops of H&E images (PIL), resized to side, as floats 0-1, NCHW."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in paths:
+        img = Image.open(p).convert("RGB")
+        w, h = img.size
+        for _ in range(3):
+            c = int(rng.integers(min(w, h) // 2, min(w, h) + 1))
+            x0, y0 = int(rng.integers(0, w - c + 1)), int(rng.integers(0, h - c + 1))
+            a = img.crop((x0, y0, x0 + c, y0 + c)).resize((side, side), Image.BILINEAR)
+            out.append(np.asarray(a, np.float32).transpose(2, 0, 1) / 255)
+    return np.stack(out)
+
+
+def calibrate(model, side, mean, std, images):
+    """Scales and shifts the classifier so logits on H&E crops (or, without images, smooth
+    H&E-coloured fields) have mean 0 and a spread of about 1.5 (needs onnxruntime)."""
+    import onnxruntime as ort
+    x = crops(images, side, seed=1) if images else smooth_images(16, side, seed=1)
+    x = (x - np.array(mean, np.float32)[None, :, None, None]) / np.array(std, np.float32)[None, :, None, None]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"input": x})[0].astype(np.float64)
+    scale = 1.5 / max(logits.std(axis=0).mean(), 1e-12)
+    shift = -logits.mean(axis=0) * scale
+    inits = {t.name: t for t in model.graph.initializer}
+    for name, new in [("fc_w", numpy_helper.to_array(inits["fc_w"]) * scale),
+                      ("fc_b", numpy_helper.to_array(inits["fc_b"]) * scale + shift)]:
+        inits[name].CopyFrom(numpy_helper.from_array(new.astype(np.float32), name))
+    return model
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit(__doc__)
-    arch, out = sys.argv[1], sys.argv[2]
-    os.makedirs(out, exist_ok=True)
-    onnx.save(build(arch), os.path.join(out, "model.onnx"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("arch")
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classes", type=int, default=2)
+    ap.add_argument("--opset", type=int, default=13)
+    ap.add_argument("--batch-name", default="N")
+    ap.add_argument("--dynamic-hw", action="store_true")
+    ap.add_argument("--value-info", action="store_true")
+    ap.add_argument("--external-data", action="store_true")
+    ap.add_argument("--dense", action="store_true",
+                    help="per-pixel output [N, classes, h, w] (Tessera refuses it for now)")
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--calibrate-on", nargs="*", default=[], metavar="IMAGE",
+                    help="H&E images to calibrate on (needs Pillow)")
+    ap.add_argument("--side", type=int, default=224, help="model input side (Resize size)")
+    ap.add_argument("--patch", type=int, default=224, help="patch_size_pixels")
+    ap.add_argument("--spacing", type=float, default=0.5, help="spacing_um_px")
+    ap.add_argument("--resize", help="tessera.resize (default: torchvision's bilinear)")
+    a = ap.parse_args()
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    os.makedirs(a.out, exist_ok=True)
+    model = build(a.arch, a.classes, a.seed, a.opset, a.batch_name, a.dynamic_hw, a.value_info,
+                  a.side, a.dense)
+    if a.calibrate:
+        model = calibrate(model, a.side, mean, std, a.calibrate_on)
+    path = os.path.join(a.out, "model.onnx")
+    if a.external_data:
+        onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx.data", size_threshold=0)
+    else:
+        onnx.save(model, path)
+    tessera = {"description": f"{a.arch} with RANDOM weights: for speed measurements and "
+                              "compatibility tests only; its outputs mean nothing.",
+               "version": "random"}
+    if a.resize:
+        tessera["resize"] = a.resize
     config = {
-        "spec_version": "1.0", "architecture": arch, "num_classes": 2,
-        "class_names": ["class0", "class1"], "patch_size_pixels": 224, "spacing_um_px": 0.5,
-        "transform": [{"name": "Resize", "arguments": {"size": 224}}, {"name": "ToTensor"},
-                      {"name": "Normalize", "arguments": {"mean": [0.485, 0.456, 0.406],
-                                                          "std": [0.229, 0.224, 0.225]}}],
-        "tessera": {"description": f"{arch} with RANDOM weights: for speed measurements only; "
-                                   "its outputs mean nothing.", "version": "random"},
+        "spec_version": "1.0", "architecture": a.arch, "num_classes": a.classes,
+        "class_names": [f"class{i}" for i in range(a.classes)], "patch_size_pixels": a.patch,
+        "spacing_um_px": a.spacing,
+        "transform": [{"name": "Resize", "arguments": {"size": a.side}}, {"name": "ToTensor"},
+                      {"name": "Normalize", "arguments": {"mean": mean, "std": std}}],
+        "tessera": tessera,
     }
-    with open(os.path.join(out, "config.json"), "w") as f:
+    with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    print(f"wrote {out}/model.onnx and config.json")
+    print(f"wrote {a.out}/model.onnx and config.json")

@@ -3,8 +3,10 @@
 //! In: a slide, the patches of a [`crate::grid::PatchGrid`] (level-0 locations) with their
 //! [`ReadPlan`], and the model's preprocessing. Out: a [`PatchBatch`]: the patches' grid indices
 //! and their RGB8 pixels at the model's input size. Each patch is read from the planned level
-//! and resized to the model's input with area averaging when shrinking (bilinear when
-//! enlarging). The inference worker turns a batch into one float32
+//! and brought to the model's input by the model's geometry (its resize method, Resize and
+//! CenterCrop steps: [`crate::imaging::resize`]); when stain normalisation is asked without
+//! deferred resizing, it is applied at the read size first and rounded to 8 bits. The
+//! inference worker turns a batch into one float32
 //! [`InputTensor`], NCHW or NHWC, scaled to [0, 1] and normalised per channel (WSInfer's
 //! `ToTensor` and `Normalize`) right before running it ([`PatchBatch::tensor`], the maths of
 //! [`crate::imaging::preprocess`]), so batches waiting in the queue take a quarter of the
@@ -16,7 +18,6 @@ use crate::error::Result;
 use crate::geom::{GridIndex, Size};
 use crate::grid::{Patch, ReadPlan};
 use crate::imaging::preprocess::{preprocess_cpu, Layout, Preprocess};
-use crate::imaging::resize::resize;
 use crate::model::InputTensor;
 use crate::slide::Slide;
 
@@ -64,10 +65,6 @@ impl PatchBatch {
             };
             return (InputTensor { shape, data }, failure);
         }
-        debug_assert!(
-            self.pre.stain.is_none(),
-            "stain normalisation needs deferred resizing"
-        );
         let len = self.pre.patch_len();
         let mut out = vec![0f32; self.indices.len() * len];
         for (px, t) in self.pixels.chunks_exact(len).zip(out.chunks_exact_mut(len)) {
@@ -106,10 +103,25 @@ pub fn make_batch_in(
         .try_for_each(|(out, patch)| -> Result<()> {
             let img =
                 slide.read_region(patch.location, plan.level, Size::new(plan.side, plan.side))?;
-            let img = match pre.deferred {
+            let img = match (pre.deferred, &pre.stain) {
                 // Resized later, with the whole batch.
-                Some(_) => img,
-                None => resize(&img, pre.input.1, pre.input.0),
+                (Some(_), _) => img,
+                (None, None) => pre.geometry.apply(img),
+                (None, Some(stain)) => {
+                    let (w, h) = img.dimensions();
+                    let px: Vec<u8> = stain
+                        .normalise(img.as_raw())
+                        .into_iter()
+                        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+                        .collect();
+                    let img = image::RgbImage::from_raw(w, h, px).ok_or_else(|| {
+                        crate::error::Error::InvalidInput {
+                            path: slide.path().into(),
+                            reason: "stain normalisation changed the patch size".into(),
+                        }
+                    })?;
+                    pre.geometry.apply(img)
+                }
             };
             out.copy_from_slice(img.as_raw());
             Ok(())
@@ -138,6 +150,7 @@ mod tests {
             deferred: None,
             on_gpu: false,
             stain: None,
+            geometry: Default::default(),
         };
         let mut out = vec![0f32; 6];
         pre.pack(&img, &mut out);

@@ -489,6 +489,9 @@ fn analyze_opened(
     crate::sys::release_free_memory();
 
     let c = &lm.folder.config;
+    if let Some(w) = resolution_warning(c, &mpp) {
+        warnings.push(w);
+    }
     let planned = plan_patches(&slide, cfg, c, mpp_mean, mask)?;
     crate::sys::release_free_memory();
     let mut prep = prepare(cfg, c, planned.plan)?;
@@ -583,6 +586,22 @@ fn slide_mpp(
         warnings.push("MPP comes from TIFF resolution tags, which are often placeholders".into());
     }
     Ok(mpp)
+}
+
+/// The QC warning for a slide whose µm/px (either axis) is further from the model's
+/// `spacing_um_px` than the model card's `spacing_tolerance_um_px` allows.
+fn resolution_warning(c: &crate::model::config::ModelConfig, mpp: &Mpp) -> Option<String> {
+    let tolerance = c.tessera.spacing_tolerance_um_px?;
+    let off = (mpp.x - c.spacing_um_px)
+        .abs()
+        .max((mpp.y - c.spacing_um_px).abs());
+    (off > tolerance + 1e-12).then(|| {
+        format!(
+            "QC: the slide's resolution ({:.4} × {:.4} µm/px) is outside the model's stated \
+             range ({} ± {} µm/px); the model was not meant for slides like this one",
+            mpp.x, mpp.y, c.spacing_um_px, tolerance
+        )
+    })
 }
 
 /// What the tissue stage leaves for the outputs besides the mask: how it was made, its area
@@ -768,14 +787,33 @@ impl Preprocessing {
     }
 }
 
-/// Resolves `--gpu-preprocess` and the model's preprocessing (stain normalisation and the GPU
-/// resize both work on patches at their read size).
+/// Resolves `--gpu-preprocess` and the model's preprocessing. The GPU shader (and its CPU
+/// twin, which stain normalisation also uses) computes one area resize from the read size;
+/// a model whose geometry is anything else (torchvision's bilinear, a CenterCrop) is
+/// preprocessed on the CPU with its own method, and the record says why the GPU was not used.
 fn prepare(
     cfg: &AnalyzeConfig,
     c: &crate::model::config::ModelConfig,
     plan: crate::grid::ReadPlan,
 ) -> Result<Preprocessing> {
     let mut pre = c.preprocess();
+    if cfg.gpu_preprocess == crate::gpu::GpuPreprocess::On && !pre.geometry.is_single_area_resize()
+    {
+        return Err(Error::Device {
+            device: "--gpu-preprocess on".into(),
+            message: format!(
+                "the preprocess shader resizes by area averaging only, and this model asks for \
+                 {} resizing{}; use --gpu-preprocess auto or off, or \"resize\": \"area\" in \
+                 the model's config if it was trained that way",
+                pre.geometry.method.label(),
+                if pre.geometry.steps.len() > 1 {
+                    " with a centre crop"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     let resolved = cfg
         .gpu_preprocess
         .resolve()
@@ -783,16 +821,32 @@ fn prepare(
             device: "--gpu-preprocess on".into(),
             message,
         })?;
-    let gpu = resolved.gpu;
+    let mut fallbacks: Vec<String> = resolved.not_used.map(String::from).into_iter().collect();
+    let mut gpu = resolved.gpu;
     pre.stain = cfg.stain;
-    if gpu.is_some() || pre.stain.is_some() {
+    let simple = pre.geometry.is_single_area_resize();
+    if let (Some(g), false) = (gpu, simple) {
+        fallbacks.push(format!(
+            "{} not used: the preprocess shader resizes by area averaging, and this model \
+             asks for {} resizing{}; the CPU preprocessed every patch",
+            g.adapter,
+            pre.geometry.method.label(),
+            if pre.geometry.steps.len() > 1 {
+                " with a centre crop"
+            } else {
+                ""
+            }
+        ));
+        gpu = None;
+    }
+    if simple && (gpu.is_some() || pre.stain.is_some()) {
         pre.deferred = Some((plan.side as u32, plan.side as u32));
         pre.on_gpu = gpu.is_some();
     }
     Ok(Preprocessing {
         pre,
         gpu,
-        fallbacks: resolved.not_used.map(String::from).into_iter().collect(),
+        fallbacks,
         failed: false,
     })
 }
@@ -963,6 +1017,7 @@ fn result_doc(
             patch_side_level0: f.planned.side_l0,
             read_level: plan.level,
             read_side: plan.side,
+            resize_method: Some(c.resize_method()),
             min_tissue_fraction: cfg.min_tissue,
             threshold: decimal(cfg.threshold),
             batch_size: cfg.batch_size,

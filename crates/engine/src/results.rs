@@ -313,6 +313,10 @@ pub struct Parameters {
     pub read_level: usize,
     /// A patch's side in pixels of that level.
     pub read_side: u64,
+    /// How patches were resized to the model's input (`None` in results written before
+    /// Tessera recorded it: those used area averaging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_method: Option<crate::imaging::resize::ResizeMethod>,
     /// Minimum tissue fraction of a patch.
     pub min_tissue_fraction: f64,
     /// Probability threshold for regions and areas.

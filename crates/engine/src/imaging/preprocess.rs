@@ -47,6 +47,11 @@ pub struct Preprocess {
     pub on_gpu: bool,
     /// Reinhard stain normalisation of each patch at its read size, before resizing.
     pub stain: Option<crate::imaging::stain::Reinhard>,
+    /// How a patch read at any size becomes `input` when resizing is not deferred: the model's
+    /// resize method and its Resize/CenterCrop steps ([`crate::imaging::resize::Geometry`]).
+    /// The deferred path computes only a single area resize
+    /// ([`crate::imaging::resize::Geometry::is_single_area_resize`]).
+    pub geometry: crate::imaging::resize::Geometry,
 }
 
 impl Preprocess {

@@ -3,11 +3,23 @@
 //!
 //! In: the JSON text and the file's path (for errors). Out: [`ModelConfig`], or
 //! [`Error::ModelConfig`] naming the file and what is wrong.
+//!
+//! The transforms mean what torchvision means by them, as WSInfer applies them to a PIL image:
+//! `Resize` (an int resizes the shorter side, keeping the aspect ratio; patches are square, so
+//! it gives a square), `CenterCrop`, `ToTensor`, `Normalize`. `Resize` resamples with
+//! `tessera.resize` ([`ResizeMethod`]; torchvision's bilinear with antialiasing unless the
+//! config says otherwise). Two deliberate differences from WSInfer, both documented in
+//! docs/models.md: the patch is read at the coarsest pyramid level at or finer than the
+//! model's µm/px (WSInfer reads level 0; the same pixels when the slide has no level in
+//! between), and a config whose first geometric step is not a `Resize` gets the patch resized
+//! to `patch_size_pixels` first (WSInfer would give the model the slide's pixels unresized).
 
 use std::path::Path;
 
 pub use crate::imaging::preprocess::Layout;
 use crate::imaging::preprocess::Preprocess;
+pub use crate::imaging::resize::ResizeMethod;
+use crate::imaging::resize::{Geometry, Step};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -19,6 +31,11 @@ pub enum Transform {
     /// Resize to `size` (an int: square; or `[height, width]`).
     Resize {
         /// Target size.
+        size: ResizeSize,
+    },
+    /// Crop the centre to `size` (an int: square; or `[height, width]`).
+    CenterCrop {
+        /// Crop size.
         size: ResizeSize,
     },
     /// Scale 0–255 to 0–1 and move channels first.
@@ -67,6 +84,23 @@ pub struct TesseraFields {
     /// The graph's output is already probabilities (default: logits, as WSInfer's models).
     #[serde(default)]
     pub outputs_probabilities: bool,
+    /// How `Resize` resamples (default: torchvision's bilinear with antialiasing, as the
+    /// model's trainer saw it through torchvision and PIL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizeMethod>,
+    /// Model card: what the model is meant for (and the slides it suits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intended_use: Option<String>,
+    /// Model card: what it was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_data: Option<String>,
+    /// Model card: how to cite it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub citation: Option<String>,
+    /// Model card: how far (in µm/px) a slide's resolution may be from `spacing_um_px` before
+    /// the result carries a QC warning. Absent: no check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spacing_tolerance_um_px: Option<f64>,
 }
 
 /// A validated model configuration.
@@ -134,16 +168,42 @@ impl ModelConfig {
                         return Err(bad("Normalize needs 3 means and 3 non-zero stds".into()));
                     }
                 }
-                Transform::Resize { size } => {
+                Transform::Resize { size } | Transform::CenterCrop { size } => {
                     let ok = match size {
                         ResizeSize::Square(s) => *s > 0,
                         ResizeSize::Pair([h, w]) => *h > 0 && *w > 0,
                     };
                     if !ok {
-                        return Err(bad("Resize size must be positive".into()));
+                        return Err(bad("Resize and CenterCrop sizes must be positive".into()));
                     }
                 }
                 Transform::ToTensor => {}
+            }
+        }
+        // A crop larger than the image would be padded with black by torchvision.
+        let mut at = (c.patch_size_pixels, c.patch_size_pixels);
+        for t in &c.transform {
+            match t {
+                Transform::Resize { size } => at = resized(at, size),
+                Transform::CenterCrop { size } => {
+                    let (h, w) = pair(size);
+                    if h > at.0 || w > at.1 {
+                        return Err(bad(format!(
+                            "CenterCrop to {h}×{w} is larger than the {}×{} image it crops \
+                             (torchvision would pad it with black)",
+                            at.0, at.1
+                        )));
+                    }
+                    at = (h, w);
+                }
+                _ => {}
+            }
+        }
+        if let Some(t) = c.tessera.spacing_tolerance_um_px {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(bad(format!(
+                    "spacing_tolerance_um_px {t} must be zero or positive"
+                )));
             }
         }
         if let Some(colors) = &c.tessera.class_colors {
@@ -169,20 +229,48 @@ impl ModelConfig {
         ModelConfig::parse(path, &text)
     }
 
-    /// The model's input side after the transforms: the Resize size, else the patch size.
+    /// The model's input (height, width) after the geometric transforms.
     pub fn input_size(&self) -> (u32, u32) {
-        self.transform
-            .iter()
-            .find_map(|t| match t {
-                Transform::Resize {
-                    size: ResizeSize::Square(s),
-                } => Some((*s, *s)),
-                Transform::Resize {
-                    size: ResizeSize::Pair([h, w]),
-                } => Some((*h, *w)),
-                _ => None,
-            })
+        self.geometry()
+            .output()
             .unwrap_or((self.patch_size_pixels, self.patch_size_pixels))
+    }
+
+    /// How the patch becomes the model's input: the resize method and the `Resize` and
+    /// `CenterCrop` steps in order, led by a resize to `patch_size_pixels` when the config's
+    /// first geometric step is not a `Resize`.
+    pub fn geometry(&self) -> Geometry {
+        let p = self.patch_size_pixels;
+        let mut steps = Vec::new();
+        let mut at = (p, p);
+        for t in &self.transform {
+            match t {
+                Transform::Resize { size } => {
+                    at = resized(at, size);
+                    steps.push(Step::Resize(at.0, at.1));
+                }
+                Transform::CenterCrop { size } => {
+                    if steps.is_empty() {
+                        steps.push(Step::Resize(p, p));
+                    }
+                    at = pair(size);
+                    steps.push(Step::CenterCrop(at.0, at.1));
+                }
+                _ => {}
+            }
+        }
+        if steps.is_empty() {
+            steps.push(Step::Resize(p, p));
+        }
+        Geometry {
+            method: self.resize_method(),
+            steps,
+        }
+    }
+
+    /// The resize method in force: the config's, else torchvision's bilinear.
+    pub fn resize_method(&self) -> ResizeMethod {
+        self.tessera.resize.unwrap_or_default()
     }
 
     /// Index of the class heatmaps and scores show: `positive_class`, else the last class.
@@ -207,6 +295,7 @@ impl ModelConfig {
             deferred: None,
             on_gpu: false,
             stain: None,
+            geometry: c.geometry(),
         };
         for t in &c.transform {
             match t {
@@ -217,10 +306,36 @@ impl ModelConfig {
                         p.std[i] = std[i] as f32;
                     }
                 }
-                Transform::Resize { .. } => {}
+                Transform::Resize { .. } | Transform::CenterCrop { .. } => {}
             }
         }
         p
+    }
+}
+
+/// A size as (height, width).
+fn pair(size: &ResizeSize) -> (u32, u32) {
+    match *size {
+        ResizeSize::Square(s) => (s, s),
+        ResizeSize::Pair([h, w]) => (h, w),
+    }
+}
+
+/// torchvision's output size for `Resize(size)` of an image `at` = (height, width): a pair is
+/// taken as is; an int becomes the shorter side and the longer keeps the aspect ratio,
+/// truncated (`int(size * long / short)`).
+fn resized(at: (u32, u32), size: &ResizeSize) -> (u32, u32) {
+    match *size {
+        ResizeSize::Pair([h, w]) => (h, w),
+        ResizeSize::Square(s) => {
+            let (h, w) = at;
+            let long = |l: u32, short: u32| ((s as u64 * l as u64) / short as u64) as u32;
+            if h <= w {
+                (s, long(w, h))
+            } else {
+                (long(h, w), s)
+            }
+        }
     }
 }
 
@@ -245,6 +360,65 @@ mod tests {
         assert_eq!(c.positive_class(), 1);
         assert_eq!(c.tessera.layout, Layout::Nchw);
         assert!(matches!(&c.transform[2], Transform::Normalize { mean, .. } if mean[0] == 0.7238));
+    }
+
+    #[test]
+    fn geometry_follows_torchvision() {
+        let c = parse(WSINFER).unwrap();
+        let g = c.geometry();
+        assert_eq!(g.method, ResizeMethod::Torchvision);
+        assert_eq!(g.steps, [Step::Resize(224, 224)]);
+        // Resize then CenterCrop, and a config without Resize resized to the patch size.
+        let crop = WSINFER.replace(
+            r#"{"name": "ToTensor"}"#,
+            r#"{"name": "CenterCrop", "arguments": {"size": [200, 180]}}, {"name": "ToTensor"}"#,
+        );
+        let c = parse(&crop).unwrap();
+        assert_eq!(
+            c.geometry().steps,
+            [Step::Resize(224, 224), Step::CenterCrop(200, 180)]
+        );
+        assert_eq!(c.input_size(), (200, 180));
+        let none = WSINFER.replace(r#"{"name": "Resize", "arguments": {"size": 224}}, "#, "");
+        let c = parse(&none).unwrap();
+        assert_eq!(c.geometry().steps, [Step::Resize(350, 350)]);
+        // torchvision's int size on a non-square image: the shorter side, the longer truncated.
+        assert_eq!(resized((300, 200), &ResizeSize::Square(224)), (336, 224));
+        assert_eq!(resized((199, 301), &ResizeSize::Square(100)), (100, 151));
+        let area = WSINFER.replacen(
+            "\"transform\"",
+            r#""tessera": {"resize": "area"}, "transform""#,
+            1,
+        );
+        assert_eq!(parse(&area).unwrap().geometry().method, ResizeMethod::Area);
+        assert!(parse(&area).unwrap().geometry().is_single_area_resize());
+    }
+
+    #[test]
+    fn model_card_fields_are_read_and_checked() {
+        let card = WSINFER.replacen(
+            "\"transform\"",
+            r#""tessera": {"intended_use": "Tumour in lymph nodes", "training_data": "TCGA",
+               "citation": "Doe 2024", "license": "CC-BY-4.0",
+               "spacing_tolerance_um_px": 0.05}, "transform""#,
+            1,
+        );
+        let c = parse(&card).unwrap();
+        assert_eq!(
+            c.tessera.intended_use.as_deref(),
+            Some("Tumour in lymph nodes")
+        );
+        assert_eq!(c.tessera.spacing_tolerance_um_px, Some(0.05));
+        let bad = card.replace("0.05", "-1");
+        assert!(parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("spacing_tolerance"));
+        let typo = card.replace("training_data", "trainig_data");
+        assert!(parse(&typo)
+            .unwrap_err()
+            .to_string()
+            .contains("trainig_data"));
     }
 
     #[test]
@@ -287,6 +461,21 @@ mod tests {
             (
                 &WSINFER.replace("\"patch_size_pixels\": 350,", ""),
                 "patch_size_pixels",
+            ),
+            (
+                &WSINFER.replace(
+                    r#"{"name": "ToTensor"}"#,
+                    r#"{"name": "CenterCrop", "arguments": {"size": 256}}, {"name": "ToTensor"}"#,
+                ),
+                "larger than the 224×224",
+            ),
+            (
+                &WSINFER.replacen(
+                    "\"transform\"",
+                    r#""tessera": {"resize": "lanczos"}, "transform""#,
+                    1,
+                ),
+                "unknown variant",
             ),
         ] {
             let e = parse(text).unwrap_err();

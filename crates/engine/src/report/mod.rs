@@ -432,6 +432,21 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                         tr { th { "Analysed" } td { (when(&r.analysed_at)) } }
                         tr { th { "Model" } td { (model.name) " version " (shown(&model.version)) " · " (mcfg.architecture) } }
                         tr { th { "Model SHA-256" } td.mono { (model.sha256) } }
+                        @if let Some(u) = &mcfg.tessera.intended_use {
+                            tr { th { "Intended use" } td { (u) } }
+                        }
+                        @if let Some(d) = &mcfg.tessera.training_data {
+                            tr { th { "Training data" } td { (d) } }
+                        }
+                        @if let Some(t) = mcfg.tessera.spacing_tolerance_um_px {
+                            tr { th { "Model resolution" } td { (mcfg.spacing_um_px) " µm/px, for slides within ±" (t) " µm/px" } }
+                        }
+                        @if let Some(l) = &mcfg.tessera.license {
+                            tr { th { "Licence" } td { (l) } }
+                        }
+                        @if let Some(c) = &mcfg.tessera.citation {
+                            tr { th { "Citation" } td { (c) } }
+                        }
                         tr { th { "Tessera" } td { "version " (r.tessera_version) } }
                     }
                 }
