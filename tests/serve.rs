@@ -1076,3 +1076,72 @@ fn without_a_named_positive_class_the_viewer_uses_the_reports() {
     let tile = get(a, &format!("/overlay/{id}_files/12/0_0.png"));
     assert_eq!(tile.status, 200, "{}", String::from_utf8_lossy(&tile.body));
 }
+
+/// A dense model's result: the viewer's overlay draws the class map (heatmap-<class>.png,
+/// cells of `class_map_cell_um`), not the tiles' means.
+#[test]
+fn a_dense_models_overlay_draws_its_class_map() {
+    let slide = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    require!(python_with(&["onnx", "numpy"]));
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("dense");
+    build_random("tiny", &model, &DENSE_TINY);
+    let out = t.path().join("results");
+    analyze_into_with(&slide, &out, &["--model", model.to_str().unwrap()]);
+    let id = "CMU-1-Small-Region.svs";
+    let case = out.join(id);
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(case.join("result.json")).unwrap()).unwrap();
+    let cell_l0 = r["parameters"]["class_map_cell_um"].as_f64().unwrap()
+        / r["slide"]["mpp"]["x"].as_f64().unwrap();
+    let map = image::open(case.join("heatmap-class1.png"))
+        .unwrap()
+        .to_luma8();
+    let srv = serve_local(&out, Some(&slide_dir()), &[]);
+    let a = srv.addr.as_str();
+    // Cells whose map value is above the threshold and differs from its tile's mean: the
+    // overlay (level 12 is full resolution, tiles of 254 with a 1-pixel overlap) shows the
+    // cell's own colour.
+    let means: Vec<(i64, i64, i64, f32)> =
+        tessera::results::PatchTable::read(&case.join("patches.csv"))
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(|r| (r.minx, r.miny, r.width as i64, r.probs[1]))
+            .collect();
+    let mut checked = 0;
+    for (cx, cy, v) in map
+        .enumerate_pixels()
+        .filter(|(_, _, p)| p.0[0] >= 140)
+        .map(|(x, y, p)| (x, y, p.0[0]))
+        .step_by(997)
+        .take(6)
+    {
+        let (x, y) = (
+            ((cx as f64 + 0.5) * cell_l0) as i64,
+            ((cy as f64 + 0.5) * cell_l0) as i64,
+        );
+        let (col, row) = (x / 254, y / 254);
+        let tile = get(a, &format!("/overlay/{id}_files/12/{col}_{row}.png"));
+        assert_eq!(tile.status, 200);
+        let tile = image::load_from_memory(&tile.body).unwrap().to_rgba8();
+        let off = |c: i64| if c > 0 { 1 } else { 0 };
+        let px = tile.get_pixel(
+            (x - col * 254 + off(col)) as u32,
+            (y - row * 254 + off(row)) as u32,
+        );
+        let want = tessera::imaging::colour::viridis(v as f32 / 255.0);
+        assert_eq!(px.0, [want[0], want[1], want[2], 255], "cell ({cx}, {cy})");
+        let mean = means
+            .iter()
+            .find(|&&(px, py, side, _)| x >= px && y >= py && x < px + side && y < py + side)
+            .map(|m| m.3);
+        if mean.is_some_and(|m| (m - v as f32 / 255.0).abs() > 0.02) {
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 3,
+        "too few cells differ from their tile's mean to tell the layers apart"
+    );
+}

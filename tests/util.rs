@@ -171,3 +171,27 @@ pub fn python_with(modules: &[&str]) -> Option<()> {
         }
     }
 }
+
+/// Runs `models/random/build_random.py ARCH DIR ARGS…` (random-weight test models), which must
+/// succeed.
+pub fn build_random(arch: &str, dir: &std::path::Path, args: &[&str]) {
+    let o = Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/random/build_random.py"))
+        .arg(arch)
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "build_random.py: {}", stderr(&o));
+}
+
+/// build_random.py's arguments for the dense test model: 128-pixel tiles overlapping by 32.
+pub const DENSE_TINY: [&str; 7] = [
+    "--side",
+    "128",
+    "--patch",
+    "128",
+    "--dense",
+    "--overlap",
+    "32",
+];

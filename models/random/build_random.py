@@ -234,7 +234,11 @@ if __name__ == "__main__":
     ap.add_argument("--value-info", action="store_true")
     ap.add_argument("--external-data", action="store_true")
     ap.add_argument("--dense", action="store_true",
-                    help="per-pixel output [N, classes, h, w] (Tessera refuses it for now)")
+                    help="per-pixel output [N, classes, h/8, w/8], declared as tessera.dense "
+                         "(softmax) in config.json")
+    ap.add_argument("--overlap", type=int, default=0, help="dense tiles' overlap in pixels")
+    ap.add_argument("--undeclared", action="store_true",
+                    help="with --dense: leave tessera.dense out of config.json")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--calibrate-on", nargs="*", default=[], metavar="IMAGE",
                     help="H&E images to calibrate on (needs Pillow)")
@@ -260,6 +264,9 @@ if __name__ == "__main__":
                "version": "random"}
     if a.resize:
         tessera["resize"] = a.resize
+    if a.dense and not a.undeclared:
+        tessera["dense"] = {"activation": "softmax", "overlap_pixels": a.overlap,
+                            "map_cell_pixels": 8}
     config = {
         "spec_version": "1.0", "architecture": a.arch, "num_classes": a.classes,
         "class_names": [f"class{i}" for i in range(a.classes)], "patch_size_pixels": a.patch,

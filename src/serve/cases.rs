@@ -3,7 +3,8 @@
 //! In: the results folder (one `<id>/result.json` per analysed slide, as `tessera analyze` and
 //! `tessera watch` write them) and the folders slides may be read from. Out: [`Case`]s keyed
 //! by id (the output folder's name) and, per case, its probability grid ([`ProbGrid`], from
-//! `patches.csv`, in level-0 pixels).
+//! `patches.csv`, and for a dense model its class maps from the heatmap PNGs, in level-0
+//! pixels).
 //!
 //! Ids are looked up in this map and never joined to a path, so no request can name a file.
 //! A slide file is served only if its canonical path lies inside one of the slide folders
@@ -178,6 +179,59 @@ pub struct ProbGrid {
     pub origin: (f64, f64),
     /// Level-0 pixels between neighbouring cells.
     pub step: (f64, f64),
+    /// A dense model's class maps (its heatmap PNGs), which the overlay draws instead of the
+    /// tiles' means.
+    pub dense: Option<DenseLayer>,
+}
+
+/// A dense model's class maps, as the analysis wrote them.
+#[derive(Debug, Clone)]
+pub struct DenseLayer {
+    /// Level-0 pixels per cell side.
+    pub cell_l0: f64,
+    /// One map per class, 0–255 for probabilities 0–1 (0 also where nothing was analysed).
+    pub maps: Vec<image::GrayImage>,
+}
+
+impl DenseLayer {
+    /// The class maps of the analysis in `dir`, when its result.json says the model was
+    /// dense; `None` for a patch classifier.
+    fn load(dir: &Path, classes: &[String]) -> Result<Option<DenseLayer>> {
+        let path = dir.join("result.json");
+        let fail = |path: &Path, message: String| Error::Serve {
+            path: path.into(),
+            message,
+        };
+        let r = SlideResult::read(&path).map_err(|e| fail(&path, e.to_string()))?;
+        let Some(cell_um) = r.parameters.class_map_cell_um else {
+            return Ok(None);
+        };
+        let maps = classes
+            .iter()
+            .map(|name| {
+                let png = dir.join(format!("heatmap-{name}.png"));
+                image::open(&png)
+                    .map(|i| i.to_luma8())
+                    .map_err(|e| fail(&png, e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(DenseLayer {
+            cell_l0: cell_um / r.slide.mpp.x,
+            maps,
+        }))
+    }
+
+    /// Class `class`'s probability at the level-0 point (x, y); `None` outside the map or
+    /// where it is 0.
+    fn at(&self, class: usize, x: f64, y: f64) -> Option<f32> {
+        let map = self.maps.get(class)?;
+        let (cx, cy) = ((x / self.cell_l0).floor(), (y / self.cell_l0).floor());
+        if cx < 0.0 || cy < 0.0 || cx >= map.width() as f64 || cy >= map.height() as f64 {
+            return None;
+        }
+        let v = map.get_pixel(cx as u32, cy as u32).0[0];
+        (v > 0).then(|| v as f32 / 255.0)
+    }
 }
 
 /// One analysed patch.
@@ -254,12 +308,14 @@ impl ProbGrid {
                 p.y as f64 - p.row as f64 * step.1,
             )
         });
+        let dense = DenseLayer::load(dir, &prob_cols)?;
         Ok(ProbGrid {
             classes: prob_cols,
             patches,
             by_cell,
             origin,
             step,
+            dense,
         })
     }
 
@@ -295,8 +351,13 @@ pub fn overlay_tile(
     for (px, py, pixel) in img.enumerate_pixels_mut() {
         let x = origin.x as f64 + (px as f64 + 0.5) * downsample;
         let y = origin.y as f64 + (py as f64 + 0.5) * downsample;
-        if let Some(p) = grid.at(x, y) {
-            let v = p.probs.get(class).copied().unwrap_or(f32::NAN);
+        let v = match &grid.dense {
+            Some(d) => d.at(class, x, y),
+            None => grid
+                .at(x, y)
+                .map(|p| p.probs.get(class).copied().unwrap_or(f32::NAN)),
+        };
+        if let Some(v) = v {
             if v.is_finite() && v >= threshold {
                 let [r, g, b] = map.rgb8(v);
                 *pixel = image::Rgba([r, g, b, 255]);

@@ -9,7 +9,8 @@
 //!
 //! Analysis chains the stages in [`pipeline`] (the one orchestration place): Slide →
 //! tissue::TissueMask → grid::PatchGrid → batch::PatchBatch → predictions → stitch::Heatmap →
-//! [`output`] and [`report`]. [`cohort`] runs it over many slides. Preprocessing and colour
+//! [`output`] and [`report`]; a dense model's tile outputs are blended into its heatmaps by
+//! [`dense`]. [`cohort`] runs it over many slides. Preprocessing and colour
 //! maps are [`imaging`]; [`gpu`] runs the same maths as wgpu shaders; [`model`] holds the
 //! inference backends (Backend → Model → Session, sessions take tensors).
 //!
@@ -23,6 +24,7 @@
 
 pub mod batch;
 pub mod cohort;
+pub mod dense;
 pub mod error;
 pub mod gpu;
 pub mod grid;

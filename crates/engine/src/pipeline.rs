@@ -492,6 +492,29 @@ fn analyze_opened(
     if let Some(w) = resolution_warning(c, &mpp) {
         warnings.push(w);
     }
+    // A dense model's class maps, sized for the slide and limited to its tissue (the mask's
+    // pixels are dropped when the grid is planned).
+    let dense = match c.tessera.dense {
+        Some(spec) => Some(
+            crate::dense::DenseMap::new(
+                spec,
+                c.num_classes,
+                (c.patch_size_pixels, stride_pixels(cfg, c)),
+                (slide.dimensions().width, slide.dimensions().height),
+                c.spacing_um_px / mpp_mean,
+                crate::dense::MAX_CELLS,
+            )
+            .map(|mut d| {
+                d.restrict_to(&mask);
+                d
+            })
+            .map_err(|reason| Error::InvalidInput {
+                path: path.into(),
+                reason,
+            })?,
+        ),
+        None => None,
+    };
     let planned = plan_patches(&slide, cfg, c, mpp_mean, mask)?;
     crate::sys::release_free_memory();
     let mut prep = prepare(cfg, c, planned.plan)?;
@@ -506,9 +529,10 @@ fn analyze_opened(
         &prep.pre,
         cfg,
         lm.model.as_ref(),
-        c,
+        (c, dense.as_ref()),
     )?;
     prep.failed_mid_run(failure);
+    let dense_maps = dense.map(|d| d.heatmaps());
     timings.insert("inference_s", t.elapsed().as_secs_f64());
 
     // Outputs, into a temporary folder renamed at the end: a failure leaves nothing.
@@ -527,6 +551,7 @@ fn analyze_opened(
         tissue,
         planned,
         predictions,
+        dense_maps,
         analysed_at,
         started,
         timings,
@@ -696,6 +721,14 @@ struct Planned {
     mask_threshold: u8,
 }
 
+/// The grid's stride in model pixels: `--stride`, else a dense model's tile less its overlap,
+/// else the patch (patches abut).
+fn stride_pixels(cfg: &AnalyzeConfig, c: &crate::model::config::ModelConfig) -> u32 {
+    cfg.stride_pixels
+        .unwrap_or(c.patch_size_pixels - c.tessera.dense.map_or(0, |d| d.overlap_pixels))
+        .max(1)
+}
+
 /// Plans the patch grid at the model's µm/px over the tissue, and the level to read it from.
 /// Afterwards only the mask's PNG and figures are needed: its pixels (39 MiB on a 100,000²
 /// slide) are dropped, so memory during inference does not grow with the slide.
@@ -709,7 +742,7 @@ fn plan_patches(
     let spec = GridSpec {
         patch_pixels: c.patch_size_pixels,
         spacing_um_px: c.spacing_um_px,
-        stride_pixels: cfg.stride_pixels.unwrap_or(c.patch_size_pixels),
+        stride_pixels: stride_pixels(cfg, c),
         min_tissue: cfg.min_tissue,
     };
     let grid = PatchGrid::plan(slide.dimensions(), mpp_mean, &spec, &mask);
@@ -862,6 +895,8 @@ struct Finished<'a> {
     tissue: Tissue,
     planned: Planned,
     predictions: Predictions,
+    /// A dense model's class maps, one per class.
+    dense_maps: Option<Vec<Heatmap>>,
     analysed_at: String,
     started: Instant,
     timings: BTreeMap<&'static str, f64>,
@@ -881,7 +916,7 @@ fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result
         (&f.tissue.thumb, f.tissue.thumb_ds),
         &f.planned.mask_png,
         &f.planned.grid,
-        &f.predictions,
+        (&f.predictions, f.dense_maps.as_deref()),
         folder,
         cfg,
         prep.gpu,
@@ -1018,6 +1053,10 @@ fn result_doc(
             read_level: plan.level,
             read_side: plan.side,
             resize_method: Some(c.resize_method()),
+            class_map_cell_um: c
+                .tessera
+                .dense
+                .map(|d| d.map_cell_pixels as f64 * c.spacing_um_px),
             min_tissue_fraction: cfg.min_tissue,
             threshold: decimal(cfg.threshold),
             batch_size: cfg.batch_size,
@@ -1069,7 +1108,12 @@ fn run_inference(
     pre: &Preprocess,
     cfg: &AnalyzeConfig,
     model: &dyn model::Model,
-    config: &crate::model::config::ModelConfig,
+    // How raw outputs become probabilities: the config's activation, or a dense model's
+    // class maps.
+    (config, dense): (
+        &crate::model::config::ModelConfig,
+        Option<&crate::dense::DenseMap>,
+    ),
 ) -> Result<(Predictions, Option<String>)> {
     let batch_size = cfg.batch_size.max(1);
     let (tx, rx) = mpsc::sync_channel::<crate::batch::PatchBatch>(cfg.queue_depth.max(1));
@@ -1130,10 +1174,28 @@ fn run_inference(
                         f.get_or_insert(why);
                     }
                     let rows = session.run(input)?;
+                    // A dense tile goes into the class maps and leaves its mean.
+                    let probs: Vec<Vec<f32>> = match dense {
+                        Some(d) => batch
+                            .indices
+                            .iter()
+                            .zip(rows)
+                            .map(|(idx, raw)| d.add(*idx, &raw))
+                            .collect::<std::result::Result<_, String>>()
+                            .map_err(|message| Error::Inference {
+                                path: slide.path().into(),
+                                backend: "dense class maps".into(),
+                                message,
+                            })?,
+                        None => rows
+                            .into_iter()
+                            .map(|raw| model::to_probabilities(config, raw))
+                            .collect(),
+                    };
                     {
                         let mut p = predictions.lock().unwrap_or_else(|e| e.into_inner());
-                        for (idx, raw) in batch.indices.iter().zip(rows) {
-                            p.insert(*idx, model::to_probabilities(config, raw));
+                        for (idx, probs) in batch.indices.iter().zip(probs) {
+                            p.insert(*idx, probs);
                         }
                         // Under the lock, so counts arrive in order.
                         cfg.progress
@@ -1227,7 +1289,7 @@ fn write_outputs(
     (thumb, thumb_ds): (&image::RgbImage, f64),
     mask_png: &[u8],
     grid: &PatchGrid,
-    predictions: &Predictions,
+    (predictions, dense): (&Predictions, Option<&[Heatmap]>),
     folder: &ModelFolder,
     cfg: &AnalyzeConfig,
     gpu: Option<&crate::gpu::Gpu>,
@@ -1268,18 +1330,26 @@ fn write_outputs(
             .map(|i| crate::imaging::colour::palette(i, c.num_classes))
             .collect()
     });
-    let area_cell_mm2 = (grid.stride_l0 * mpp / 1000.0).powi(2);
     let mut regions = Vec::new();
     let mut stats = Vec::new();
     for (k, name) in c.class_names.iter().enumerate() {
-        let heat = Heatmap::build(grid, predictions, k);
+        // A dense model's blended class map, else the patches' probabilities on the grid.
+        let built;
+        let heat: &Heatmap = match dense {
+            Some(maps) => &maps[k],
+            None => {
+                built = Heatmap::build(grid, predictions, k);
+                &built
+            }
+        };
+        let area_cell_mm2 = (heat.cell_l0 * mpp / 1000.0).powi(2);
         let values = heat.to_u8();
         if heat.width > 0 {
             let img =
                 image::GrayImage::from_raw(heat.width, heat.height, values).unwrap_or_default();
             output::write_gray_png(&dir.join(format!("heatmap-{name}.png")), &img)?;
             let (overlay, failure) =
-                output::overlay::overlay(thumb, thumb_ds, &heat, cfg.threshold, gpu);
+                output::overlay::overlay(thumb, thumb_ds, heat, cfg.threshold, gpu);
             if let (Some(why), Some(g)) = (failure, gpu) {
                 gpu_fallbacks.push(format!(
                     "overlay-{name}.png: blending on {} failed ({why}); blended on the CPU",
@@ -1326,11 +1396,13 @@ fn write_outputs(
             polygons: polys,
         });
     }
+    // A patch classifier's regions are its positive class's; a dense model's are every
+    // class's (compartments, artefacts), each classified in QuPath.
     let positive = c.positive_class();
     let regions: Vec<geojson::Region> = regions
         .into_iter()
         .enumerate()
-        .filter(|(k, _)| *k == positive)
+        .filter(|(k, _)| dense.is_some() || *k == positive)
         .map(|(_, r)| r)
         .collect();
     let text = geojson::feature_collection(&grid.patches, predictions, &c.class_names, &regions);

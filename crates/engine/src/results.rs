@@ -317,6 +317,10 @@ pub struct Parameters {
     /// Tessera recorded it: those used area averaging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize_method: Option<crate::imaging::resize::ResizeMethod>,
+    /// A dense model's class-map cell side in µm (heatmaps, regions and areas are at this
+    /// resolution); absent for patch classifiers, whose heatmap cells are the stride.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_map_cell_um: Option<f64>,
     /// Minimum tissue fraction of a patch.
     pub min_tissue_fraction: f64,
     /// Probability threshold for regions and areas.

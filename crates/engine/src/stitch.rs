@@ -89,58 +89,82 @@ impl Heatmap {
                 && self.get(x as u32, y as u32).is_some_and(|p| p >= threshold)
         };
         // Directed boundary edges with the region on the right (y down): for each "on" cell,
-        // each side facing an "off" cell. Vertices are cell corners (x, y).
-        let mut next: BTreeMap<(i64, i64), Vec<(i64, i64)>> = BTreeMap::new();
+        // each side facing an "off" cell. Vertices are cell corners (x, y), numbered x-major
+        // (so vertex order is (x, y) order); a vertex has at most two edges out, kept in the
+        // order they were found (`NONE` marks an empty slot). Memory: 8 bytes per vertex.
+        const NONE: u32 = u32::MAX;
+        let vh = self.height as i64 + 1;
+        let id = |(x, y): (i64, i64)| (x * vh + y) as u32;
+        let at = |v: u32| ((v as i64) / vh, (v as i64) % vh);
+        let vertices = (self.width as usize + 1) * vh as usize;
+        let mut next: Vec<[u32; 2]> = vec![[NONE; 2]; if self.width == 0 { 0 } else { vertices }];
+        let mut push = |from: (i64, i64), to: (i64, i64)| {
+            let slots = &mut next[id(from) as usize];
+            let free = if slots[0] == NONE { 0 } else { 1 };
+            slots[free] = id(to);
+        };
         for y in 0..self.height as i64 {
             for x in 0..self.width as i64 {
                 if !on(x, y) {
                     continue;
                 }
                 if !on(x, y - 1) {
-                    next.entry((x, y)).or_default().push((x + 1, y)); // top, left to right
+                    push((x, y), (x + 1, y)); // top, left to right
                 }
                 if !on(x + 1, y) {
-                    next.entry((x + 1, y)).or_default().push((x + 1, y + 1)); // right, down
+                    push((x + 1, y), (x + 1, y + 1)); // right, down
                 }
                 if !on(x, y + 1) {
-                    next.entry((x + 1, y + 1)).or_default().push((x, y + 1)); // bottom, leftwards
+                    push((x + 1, y + 1), (x, y + 1)); // bottom, leftwards
                 }
                 if !on(x - 1, y) {
-                    next.entry((x, y + 1)).or_default().push((x, y)); // left, up
+                    push((x, y + 1), (x, y)); // left, up
                 }
             }
         }
+        // Takes out-edge `k` of vertex `v`, keeping the other in first place.
+        let take = |next: &mut Vec<[u32; 2]>, v: u32, k: usize| -> u32 {
+            let slots = &mut next[v as usize];
+            let out = slots[k];
+            if k == 0 {
+                slots[0] = slots[1];
+            }
+            slots[1] = NONE;
+            out
+        };
         let mut rings: Vec<Vec<(i64, i64)>> = Vec::new();
-        let starts: Vec<(i64, i64)> = next.keys().copied().collect();
-        for start in starts {
-            while next.get(&start).is_some_and(|v| !v.is_empty()) {
-                let mut ring = vec![start];
-                let mut prev = start;
-                let mut cur = {
-                    let v = next.get_mut(&start).expect("present");
-                    v.remove(0)
-                };
+        for start in 0..next.len() as u32 {
+            while next[start as usize][0] != NONE {
+                let mut ring = vec![at(start)];
+                let mut prev = at(start);
+                let mut cur = take(&mut next, start, 0);
                 while cur != start {
-                    ring.push(cur);
-                    let outs = next
-                        .get_mut(&cur)
-                        .expect("every edge end starts another edge");
+                    let c = at(cur);
+                    ring.push(c);
+                    let outs = next[cur as usize];
+                    debug_assert!(outs[0] != NONE, "every edge end starts another edge");
                     // Two ways out of a vertex: the cells touch only diagonally. Turn right,
                     // keeping diagonal neighbours as separate regions (4-connectivity).
-                    let pick = if outs.len() > 1 {
-                        let d_in = (cur.0 - prev.0, cur.1 - prev.1);
+                    let pick = if outs[1] != NONE {
+                        let d_in = (c.0 - prev.0, c.1 - prev.1);
                         let right = (-d_in.1, d_in.0);
                         outs.iter()
-                            .position(|&o| (o.0 - cur.0, o.1 - cur.1) == right)
+                            .position(|&o| {
+                                let o = at(o);
+                                (o.0 - c.0, o.1 - c.1) == right
+                            })
                             .unwrap_or(0)
                     } else {
                         0
                     };
-                    let n = outs.remove(pick);
-                    prev = cur;
+                    let n = take(&mut next, cur, pick);
+                    if n == NONE {
+                        break; // cannot happen on a closed boundary; never loop forever
+                    }
+                    prev = c;
                     cur = n;
                 }
-                ring.push(start);
+                ring.push(at(start));
                 rings.push(simplify(ring));
             }
         }
@@ -151,18 +175,50 @@ impl Heatmap {
                 .sum()
         };
         let (outers, holes): (Vec<_>, Vec<_>) = rings.into_iter().partition(|r| area(r) > 0);
+        // Each outer ring's area and bounding box, and the outer rings whose box meets each
+        // band of BAND rows, in index order: a hole is tested against those of its band only
+        // (a dense map has tens of thousands of rings).
+        const BAND: i64 = 32;
+        let boxes: Vec<(i64, i64, i64, i64)> = outers
+            .iter()
+            .map(|r| {
+                r.iter().fold(
+                    (i64::MAX, i64::MAX, i64::MIN, i64::MIN),
+                    |(x0, y0, x1, y1), &(x, y)| (x0.min(x), y0.min(y), x1.max(x), y1.max(y)),
+                )
+            })
+            .collect();
+        let areas: Vec<i64> = outers.iter().map(|r| area(r)).collect();
+        let mut bands: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, b) in boxes.iter().enumerate() {
+            for band in b.1.div_euclid(BAND)..=b.3.div_euclid(BAND) {
+                bands.entry(band).or_default().push(i);
+            }
+        }
         let mut polygons: Vec<Vec<Vec<(i64, i64)>>> = outers.into_iter().map(|o| vec![o]).collect();
         for hole in holes {
-            // The smallest outer ring containing the hole's first vertex (nudged inwards).
+            // The smallest outer ring containing the hole's first vertex (nudged inwards); the
+            // first of equals, as before the bands.
             let p = (hole[0].0 as f64 + 0.5, hole[0].1 as f64 + 0.5);
-            let owner = polygons
+            let q = (p.0 - 1.0, p.1 - 1.0);
+            let inside_box = |b: &(i64, i64, i64, i64), (x, y): (f64, f64)| {
+                x >= b.0 as f64 && x <= b.2 as f64 && y >= b.1 as f64 && y <= b.3 as f64
+            };
+            let mut candidates: Vec<usize> = [p.1, q.1]
                 .iter()
-                .enumerate()
-                .filter(|(_, poly)| {
-                    contains(&poly[0], p) || contains(&poly[0], (p.0 - 1.0, p.1 - 1.0))
+                .flat_map(|y| bands.get(&(y.floor() as i64).div_euclid(BAND)))
+                .flatten()
+                .copied()
+                .collect();
+            candidates.sort_unstable();
+            candidates.dedup();
+            let owner = candidates
+                .into_iter()
+                .filter(|&i| {
+                    (inside_box(&boxes[i], p) && contains(&polygons[i][0], p))
+                        || (inside_box(&boxes[i], q) && contains(&polygons[i][0], q))
                 })
-                .min_by_key(|(_, poly)| area(&poly[0]))
-                .map(|(i, _)| i);
+                .min_by_key(|&i| areas[i]);
             if let Some(i) = owner {
                 polygons[i].push(hole);
             }

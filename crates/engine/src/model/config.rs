@@ -88,6 +88,9 @@ pub struct TesseraFields {
     /// model's trainer saw it through torchvision and PIL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<ResizeMethod>,
+    /// A dense (per-pixel) model: the graph's output is `[N, classes, h, w]` and tiles overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense: Option<DenseSpec>,
     /// Model card: what the model is meant for (and the slides it suits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intended_use: Option<String>,
@@ -101,6 +104,39 @@ pub struct TesseraFields {
     /// the result carries a QC warning. Absent: no check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spacing_tolerance_um_px: Option<f64>,
+}
+
+/// How a dense model's per-pixel output is read and stitched.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenseSpec {
+    /// What turns the output into probabilities, per pixel: `softmax` over the classes,
+    /// `sigmoid` per class, or `none` (already probabilities).
+    pub activation: Activation,
+    /// Overlap of neighbouring tiles in model pixels (the tile is `patch_size_pixels`; the
+    /// stride is the tile less the overlap). Less than half the tile.
+    #[serde(default)]
+    pub overlap_pixels: u32,
+    /// Side of a class-map cell in model pixels (default 16: 8 µm at 0.5 µm/px), 1–64. The
+    /// class maps, their PNGs, regions and areas are at this resolution.
+    #[serde(default = "default_map_cell")]
+    pub map_cell_pixels: u32,
+}
+
+fn default_map_cell() -> u32 {
+    16
+}
+
+/// A dense model's per-pixel activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Softmax over the classes.
+    Softmax,
+    /// Sigmoid of each class's value.
+    Sigmoid,
+    /// The values are probabilities already.
+    None,
 }
 
 /// A validated model configuration.
@@ -218,6 +254,27 @@ impl ModelConfig {
         if let Some(p) = &c.tessera.positive_class {
             if !c.class_names.contains(p) {
                 return Err(bad(format!("positive_class {p:?} is not a class name")));
+            }
+        }
+        if let Some(d) = &c.tessera.dense {
+            if d.overlap_pixels * 2 >= c.patch_size_pixels {
+                return Err(bad(format!(
+                    "dense.overlap_pixels {} must be less than half the {}-pixel tile",
+                    d.overlap_pixels, c.patch_size_pixels
+                )));
+            }
+            if !(1..=64).contains(&d.map_cell_pixels) {
+                return Err(bad(format!(
+                    "dense.map_cell_pixels {} must be 1 to 64",
+                    d.map_cell_pixels
+                )));
+            }
+            if c.geometry().steps != [Step::Resize(c.patch_size_pixels, c.patch_size_pixels)] {
+                return Err(bad(
+                    "a dense model's transforms may not resize or crop the tile (its output \
+                     maps back onto the slide pixel for pixel): drop Resize and CenterCrop"
+                        .into(),
+                ));
             }
         }
         Ok(c)
@@ -419,6 +476,51 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("trainig_data"));
+    }
+
+    #[test]
+    fn dense_specs_are_checked() {
+        let dense = |spec: &str, transforms: &str| {
+            parse(&format!(
+                r#"{{"spec_version": "1.0", "architecture": "unet", "num_classes": 2,
+                "class_names": ["a", "b"], "patch_size_pixels": 256, "spacing_um_px": 1,
+                "transform": [{transforms}{{"name": "ToTensor"}}],
+                "tessera": {{"dense": {spec}}}}}"#
+            ))
+        };
+        let c = dense(r#"{"activation": "sigmoid", "overlap_pixels": 64}"#, "").unwrap();
+        let d = c.tessera.dense.unwrap();
+        assert_eq!(
+            (d.activation, d.overlap_pixels, d.map_cell_pixels),
+            (Activation::Sigmoid, 64, 16)
+        );
+        for (spec, transforms, why) in [
+            (
+                r#"{"activation": "softmax", "overlap_pixels": 128}"#,
+                "",
+                "half",
+            ),
+            (
+                r#"{"activation": "softmax", "map_cell_pixels": 65}"#,
+                "",
+                "1 to 64",
+            ),
+            (r#"{"activation": "relu"}"#, "", "unknown variant"),
+            (
+                r#"{"activation": "none"}"#,
+                r#"{"name": "Resize", "arguments": {"size": 224}}, "#,
+                "may not resize",
+            ),
+        ] {
+            let e = dense(spec, transforms).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        // A Resize to the tile's own size changes nothing and is allowed.
+        assert!(dense(
+            r#"{"activation": "none"}"#,
+            r#"{"name": "Resize", "arguments": {"size": 256}}, "#
+        )
+        .is_ok());
     }
 
     #[test]

@@ -431,10 +431,21 @@ pub fn check_shapes(
         }
     }
     let classes = model.config.num_classes;
+    if model.config.tessera.dense.is_some() {
+        return match output {
+            [_, c, _, _] if c.is_none_or(|c| c == classes) => Ok(()),
+            _ => Err(bad(format!(
+                "output {out_name:?} has shape {}; a dense model (tessera.dense in config.json) \
+                 must output [batch, {classes} classes, height, width]",
+                shape_text(output)
+            ))),
+        };
+    }
     if output.len() > 2 {
         return Err(bad(format!(
-            "output {out_name:?} has shape {}: a dense (per-pixel) output; Tessera runs patch \
-             classifiers, one vector of {classes} class values per patch (docs/models.md)",
+            "output {out_name:?} has shape {}: a dense (per-pixel) output, but config.json \
+             declares a patch classifier (one vector of {classes} class values per patch); \
+             declare tessera.dense to run it as a dense model (docs/models.md)",
             shape_text(output)
         )));
     }

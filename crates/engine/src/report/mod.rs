@@ -513,7 +513,11 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                                     img src=(uri) alt=(format!("Heatmap of {pos_name}"));
                                     (PreEscaped(svg_layer(pics.view, &pics.outline, "")))
                                 }
-                                figcaption { "Probability of " (pos_name) " per patch; patches at or above the threshold outlined in white." }
+                                @if let Some(cell) = r.parameters.class_map_cell_um {
+                                    figcaption { "Probability of " (pos_name) " from the dense model's class map (cells of " (cell) " µm, in tissue); cells at or above the threshold outlined in white." }
+                                } @else {
+                                    figcaption { "Probability of " (pos_name) " per patch; patches at or above the threshold outlined in white." }
+                                }
                             } @else {
                                 p.note { "No heatmap: no patch was analysed." }
                             }
