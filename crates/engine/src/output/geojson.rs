@@ -52,6 +52,33 @@ fn uuid_from(s: &str) -> String {
     )
 }
 
+/// Polygons (each an outer ring and its holes), serialised with 2-decimal coordinates.
+struct Polygons<'a>(&'a [Vec<Vec<[f64; 2]>>]);
+
+/// One polygon's rings.
+struct Rings<'a>(&'a [Vec<[f64; 2]>]);
+
+/// One ring's points.
+struct Points<'a>(&'a [[f64; 2]]);
+
+impl serde::Serialize for Polygons<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|p| Rings(p)))
+    }
+}
+
+impl serde::Serialize for Rings<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|r| Points(r)))
+    }
+}
+
+impl serde::Serialize for Points<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|p| [round2(p[0]), round2(p[1])]))
+    }
+}
+
 fn ring(points: &[[f64; 2]]) -> Value {
     Value::Array(
         points
@@ -109,26 +136,33 @@ pub fn feature_collection(
         if r.polygons.is_empty() {
             continue;
         }
-        let polys: Vec<Value> = r
-            .polygons
-            .iter()
-            .map(|rings| Value::Array(rings.iter().map(|pts| ring(pts)).collect()))
-            .collect();
-        let geometry = if polys.len() == 1 {
-            json!({"type": "Polygon", "coordinates": polys[0]})
+        // Written piece by piece, the coordinates streamed from the polygons: a dense model's
+        // region can have millions of points, which as a JSON value tree would take ~100 bytes
+        // each. The bytes are those of the value tree (keys in order, compact).
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(br#"{"geometry":{"coordinates":"#);
+        let kind = if r.polygons.len() == 1 {
+            let _ = serde_json::to_writer(&mut out, &Rings(&r.polygons[0]));
+            "Polygon"
         } else {
-            json!({"type": "MultiPolygon", "coordinates": polys})
+            let _ = serde_json::to_writer(&mut out, &Polygons(&r.polygons));
+            "MultiPolygon"
         };
-        push(json!({
-            "type": "Feature",
-            "id": uuid_from(&format!("region {k} {}", r.class)),
-            "geometry": geometry,
-            "properties": {
+        out.extend_from_slice(format!(r#","type":"{kind}"}},"id":"#).as_bytes());
+        let _ = serde_json::to_writer(&mut out, &uuid_from(&format!("region {k} {}", r.class)));
+        out.extend_from_slice(br#","properties":"#);
+        let _ = serde_json::to_writer(
+            &mut out,
+            &json!({
                 "objectType": "annotation",
                 "name": r.class,
                 "classification": {"name": r.class, "color": r.color},
-            },
-        }));
+            }),
+        );
+        out.extend_from_slice(br#","type":"Feature"}"#);
     }
     out.extend_from_slice(b"]}");
     out
@@ -176,6 +210,48 @@ mod tests {
         let body = &gz[10..gz.len() - 8];
         assert_eq!(miniz_oxide::inflate::decompress_to_vec(body).unwrap(), text);
         assert_eq!(&gz[gz.len() - 8..gz.len() - 4], &crc32(&text).to_le_bytes());
+    }
+
+    #[test]
+    fn streamed_regions_are_the_bytes_of_the_value_tree() {
+        let square = |x: f64| vec![[x, 0.0], [x + 1.0, 0.0], [x + 1.0, 1.0], [x, 0.0]];
+        for polygons in [
+            vec![vec![square(0.0), square(0.25)]],
+            vec![vec![square(0.0)], vec![square(10.123456)]],
+        ] {
+            let region = Region {
+                class: "tumour \"x\"".into(),
+                color: [9, 8, 7],
+                polygons,
+            };
+            let ours =
+                feature_collection(&[], &Predictions::new(), &[], std::slice::from_ref(&region));
+            let polys: Vec<Value> = region
+                .polygons
+                .iter()
+                .map(|rings| Value::Array(rings.iter().map(|pts| ring(pts)).collect()))
+                .collect();
+            let geometry = if polys.len() == 1 {
+                json!({"type": "Polygon", "coordinates": polys[0]})
+            } else {
+                json!({"type": "MultiPolygon", "coordinates": polys})
+            };
+            let tree = json!({
+                "type": "Feature",
+                "id": uuid_from(&format!("region 0 {}", region.class)),
+                "geometry": geometry,
+                "properties": {
+                    "objectType": "annotation",
+                    "name": region.class,
+                    "classification": {"name": region.class, "color": region.color},
+                },
+            });
+            let want = format!(
+                r#"{{"type":"FeatureCollection","features":[{}]}}"#,
+                serde_json::to_string(&tree).unwrap()
+            );
+            assert_eq!(String::from_utf8(ours).unwrap(), want);
+        }
     }
 
     #[test]
