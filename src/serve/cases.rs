@@ -194,15 +194,9 @@ pub struct DenseLayer {
 }
 
 impl DenseLayer {
-    /// The class maps of the analysis in `dir`, when its result.json says the model was
-    /// dense; `None` for a patch classifier.
-    fn load(dir: &Path, classes: &[String]) -> Result<Option<DenseLayer>> {
-        let path = dir.join("result.json");
-        let fail = |path: &Path, message: String| Error::Serve {
-            path: path.into(),
-            message,
-        };
-        let r = SlideResult::read(&path).map_err(|e| fail(&path, e.to_string()))?;
+    /// The class maps of the analysis in `dir`, when its result `r` says the model was dense;
+    /// `None` for a patch classifier.
+    fn load(dir: &Path, r: &SlideResult, classes: &[String]) -> Result<Option<DenseLayer>> {
         let Some(cell_um) = r.parameters.class_map_cell_um else {
             return Ok(None);
         };
@@ -212,7 +206,10 @@ impl DenseLayer {
                 let png = dir.join(format!("heatmap-{name}.png"));
                 image::open(&png)
                     .map(|i| i.to_luma8())
-                    .map_err(|e| fail(&png, e.to_string()))
+                    .map_err(|e| Error::Serve {
+                        path: png.clone(),
+                        message: e.to_string(),
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(DenseLayer {
@@ -254,8 +251,9 @@ pub struct Patch {
 }
 
 impl ProbGrid {
-    /// Reads `patches.csv` of a case folder.
-    pub fn load(dir: &Path) -> Result<ProbGrid> {
+    /// Reads `patches.csv` of a case folder (and, for a dense model, as its result `result`
+    /// says, the class maps).
+    pub fn load(dir: &Path, result: &SlideResult) -> Result<ProbGrid> {
         let path = dir.join("patches.csv");
         let table = PatchTable::read(&path).map_err(|e| Error::Serve {
             path: path.clone(),
@@ -308,7 +306,7 @@ impl ProbGrid {
                 p.y as f64 - p.row as f64 * step.1,
             )
         });
-        let dense = DenseLayer::load(dir, &prob_cols)?;
+        let dense = DenseLayer::load(dir, result, &prob_cols)?;
         Ok(ProbGrid {
             classes: prob_cols,
             patches,

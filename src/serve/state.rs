@@ -184,7 +184,7 @@ impl Shared {
             return Ok(g);
         }
         let g = Arc::new(
-            ProbGrid::load(&case.dir)
+            ProbGrid::load(&case.dir, &case.result)
                 .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
         );
         if let Ok(mut m) = self.grids.lock() {

@@ -199,11 +199,6 @@ impl DenseMap {
             })
             .collect()
     }
-
-    /// The cell side in level-0 pixels.
-    pub fn cell_l0(&self) -> f64 {
-        self.cell_l0
-    }
 }
 
 /// Turns one pixel's class values into probabilities.

@@ -830,20 +830,16 @@ fn prepare(
     plan: crate::grid::ReadPlan,
 ) -> Result<Preprocessing> {
     let mut pre = c.preprocess();
-    if cfg.gpu_preprocess == crate::gpu::GpuPreprocess::On && !pre.geometry.is_single_area_resize()
-    {
+    // What the shader computes (one area resize), or what this model asks for instead.
+    let simple = pre.geometry.is_single_area_resize();
+    if cfg.gpu_preprocess == crate::gpu::GpuPreprocess::On && !simple {
         return Err(Error::Device {
             device: "--gpu-preprocess on".into(),
             message: format!(
                 "the preprocess shader resizes by area averaging only, and this model asks for \
-                 {} resizing{}; use --gpu-preprocess auto or off, or \"resize\": \"area\" in \
-                 the model's config if it was trained that way",
-                pre.geometry.method.label(),
-                if pre.geometry.steps.len() > 1 {
-                    " with a centre crop"
-                } else {
-                    ""
-                }
+                 {}; use --gpu-preprocess auto or off, or \"resize\": \"area\" in the model's \
+                 config if it was trained that way",
+                pre.geometry.describe()
             ),
         });
     }
@@ -857,18 +853,12 @@ fn prepare(
     let mut fallbacks: Vec<String> = resolved.not_used.map(String::from).into_iter().collect();
     let mut gpu = resolved.gpu;
     pre.stain = cfg.stain;
-    let simple = pre.geometry.is_single_area_resize();
     if let (Some(g), false) = (gpu, simple) {
         fallbacks.push(format!(
             "{} not used: the preprocess shader resizes by area averaging, and this model \
-             asks for {} resizing{}; the CPU preprocessed every patch",
+             asks for {}; the CPU preprocessed every patch",
             g.adapter,
-            pre.geometry.method.label(),
-            if pre.geometry.steps.len() > 1 {
-                " with a centre crop"
-            } else {
-                ""
-            }
+            pre.geometry.describe()
         ));
         gpu = None;
     }

@@ -79,6 +79,16 @@ impl Geometry {
             && matches!(self.steps[0], Step::Resize(..))
     }
 
+    /// In words, for messages: e.g. "torchvision-bilinear resizing with a centre crop".
+    pub fn describe(&self) -> String {
+        let crop = self.steps.iter().any(|s| matches!(s, Step::CenterCrop(..)));
+        format!(
+            "{} resizing{}",
+            self.method.label(),
+            if crop { " with a centre crop" } else { "" }
+        )
+    }
+
     /// Applies every step to `img`.
     pub fn apply(&self, img: RgbImage) -> RgbImage {
         self.steps.iter().fold(img, |img, step| match *step {
@@ -357,5 +367,9 @@ mod tests {
         assert_eq!(g.output(), Some((4, 4)));
         assert_eq!(g.apply(img).dimensions(), (4, 4));
         assert!(!g.is_single_area_resize());
+        assert_eq!(
+            g.describe(),
+            "torchvision-bilinear resizing with a centre crop"
+        );
     }
 }

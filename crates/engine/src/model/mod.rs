@@ -401,12 +401,21 @@ pub fn check_shapes(
     input: (&str, &[Option<usize>]),
     output: (&str, &[Option<usize>]),
 ) -> Result<()> {
+    check_input(model, backend, input)?;
+    check_output(model, backend, output)
+}
+
+/// The input half of [`check_shapes`]: a batch of images in the config's layout and size.
+pub fn check_input(
+    model: &ModelFolder,
+    backend: &str,
+    (in_name, input): (&str, &[Option<usize>]),
+) -> Result<()> {
     let bad = |message: String| Error::Model {
         path: model.onnx.clone(),
         backend: backend.into(),
         message,
     };
-    let ((in_name, input), (out_name, output)) = (input, output);
     let (h, w) = model.config.input_size();
     let expected: [Option<usize>; 3] = match model.config.tessera.layout {
         config::Layout::Nchw => [Some(3), Some(h as usize), Some(w as usize)],
@@ -430,6 +439,21 @@ pub fn check_shapes(
             }
         }
     }
+    Ok(())
+}
+
+/// The output half of [`check_shapes`]: one value per class per patch, or a dense model's
+/// `[batch, classes, height, width]`.
+fn check_output(
+    model: &ModelFolder,
+    backend: &str,
+    (out_name, output): (&str, &[Option<usize>]),
+) -> Result<()> {
+    let bad = |message: String| Error::Model {
+        path: model.onnx.clone(),
+        backend: backend.into(),
+        message,
+    };
     let classes = model.config.num_classes;
     if model.config.tessera.dense.is_some() {
         return match output {

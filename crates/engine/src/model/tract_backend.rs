@@ -148,18 +148,7 @@ impl Backend for Tract {
         // The declared input against the config first: a mismatch is named as such, not as
         // whichever operator first fails to take the wrong shape.
         if !declared_input.is_empty() {
-            // Any output of the right rank: the output is checked once its shape is inferred.
-            let rank = if model.config.tessera.dense.is_some() {
-                4
-            } else {
-                2
-            };
-            check_shapes(
-                model,
-                "tract",
-                (&in_name, &declared_input),
-                (&out_name, &vec![None; rank]),
-            )?;
+            super::check_input(model, "tract", (&in_name, &declared_input))?;
         }
         // A symbolic batch: the same plan serves full and partial batches.
         let (h, w) = model.config.input_size();
