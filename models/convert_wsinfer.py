@@ -28,7 +28,8 @@ import numpy as np
 
 
 def wsinfer_tensor(img, transforms):
-    """A PIL image through the config's transforms (torchvision's semantics, PIL and numpy)."""
+    """A PIL image through the config's transforms (torchvision's semantics, PIL and numpy).
+    tests/wsinfer/reference.py uses it as WSInfer's recipe."""
     from PIL import Image
     x = None
     for t in transforms:

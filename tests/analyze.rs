@@ -434,30 +434,18 @@ fn the_tissue_unet_path_runs_and_agrees_with_the_classical_mask() {
     assert!(s.patches > 10);
 }
 
-/// Runs models/he-cellularity/build.py with `args`, if python3 has the onnx package.
+/// Runs models/he-cellularity/build.py with `args`, if python3 has the onnx package; the
+/// script must then succeed.
 fn build_model(args: &[&std::ffi::OsStr]) -> Option<()> {
+    python_with(&["onnx"])?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/he-cellularity/build.py");
-    let out = std::process::Command::new("python3")
+    let o = std::process::Command::new("python3")
         .arg(&script)
         .args(args)
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Some(()),
-        Ok(o) => {
-            skip(&format!(
-                "build.py needs `pip install onnx`: {}",
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ));
-            None
-        }
-        Err(e) => {
-            skip(&format!("python3: {e}"));
-            None
-        }
-    }
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "build.py: {}", stderr(&o));
+    Some(())
 }
 
 #[test]

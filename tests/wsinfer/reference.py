@@ -6,7 +6,8 @@ region at level 0 through OpenSlide (openslide-python), as WSInfer 0.6 does, app
 config's transforms with torchvision's semantics for PIL images, runs the ONNX model with ONNX
 Runtime and applies softmax, as WSInfer does. It prints JSON: {"rows": [[minx, miny, [p...]]]}.
 
-The transforms are computed without torch: Resize is PIL's `Image.resize(size, BILINEAR)`
+The transforms are computed without torch (`wsinfer_tensor` of models/convert_wsinfer.py, which
+the converter uses too): Resize is PIL's `Image.resize(size, BILINEAR)`
 (what torchvision's Resize calls for a PIL image; an int size resizes the shorter side,
 `int(size * long / short)` for the longer), CenterCrop offsets are `round((size - crop) / 2)`,
 ToTensor divides by 255 in float32 and Normalize subtracts and divides in float32.
@@ -23,47 +24,15 @@ import csv
 import json
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import openslide
-from PIL import Image
 
-
-def resize_size(size, w, h):
-    if isinstance(size, list):
-        return size[1], size[0]  # PIL wants (width, height); the config gives [h, w]
-    short, long = (w, h) if w <= h else (h, w)
-    new_long = int(size * long / short)
-    return (size, new_long) if w <= h else (new_long, size)
-
-
-def center_crop(img, size):
-    ch, cw = (size, size) if isinstance(size, int) else size
-    w, h = img.size
-    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-    return img.crop((left, top, left + cw, top + ch))
-
-
-def transform(img, steps):
-    """PIL image -> float32 CHW array, torchvision's semantics computed with PIL and numpy."""
-    x = None
-    for t in steps:
-        name, args = t["name"], t.get("arguments", {})
-        if name == "Resize":
-            size = resize_size(args["size"], *img.size)
-            if size != img.size:
-                img = img.resize(size, Image.BILINEAR)
-        elif name == "CenterCrop":
-            img = center_crop(img, args["size"])
-        elif name == "ToTensor":
-            x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
-        elif name == "Normalize":
-            mean = np.array(args["mean"], np.float32)[:, None, None]
-            std = np.array(args["std"], np.float32)[:, None, None]
-            x = (x - mean) / std
-        else:
-            raise SystemExit(f"unknown transform {name}")
-    return x
+# The transforms, as the converter applies them when it checks a conversion: one definition.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+from convert_wsinfer import wsinfer_tensor  # noqa: E402
 
 
 def torchvision_transform(img, steps):
@@ -101,7 +70,7 @@ def main():
             loc = (int(r["minx"]), int(r["miny"]))
             size = (int(r["width"]), int(r["height"]))
             img = slide.read_region(loc, 0, size).convert("RGB")
-            x = transform(img, config["transform"])
+            x = wsinfer_tensor(img, config["transform"])
             if a.check_torchvision:
                 worst = max(worst, float(np.abs(torchvision_transform(img, config["transform"]) - x).max()))
             xs.append(x)
