@@ -30,7 +30,7 @@ import sys
 ENGINE_LAYERS = [
     ["error", "lockfile", "imaging"],
     ["gpu", "model"],
-    ["tissue", "grid", "batch", "stitch", "dense"],
+    ["tissue", "grid", "batch", "stitch", "dense", "qc"],
     ["results"],
     ["output"],
     ["report"],

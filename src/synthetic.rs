@@ -34,6 +34,79 @@ pub struct SyntheticSpec {
     pub mpp: f64,
     /// RGB images of real tissue to cut tiles from.
     pub sources: Vec<PathBuf>,
+    /// Artefacts made on purpose (QC tests: the truth is known by construction).
+    pub artefacts: Vec<MadeArtefact>,
+}
+
+/// Level-0 tiles `cols × rows` (tile-grid units: column `c` covers level-0 x from `c·tile`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TileRect {
+    /// Tile columns.
+    pub cols: std::ops::Range<u64>,
+    /// Tile rows.
+    pub rows: std::ops::Range<u64>,
+}
+
+/// An artefact made on a rectangle of tiles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MadeArtefact {
+    /// Out of focus: a Gaussian blur of `sigma` level-0 pixels, tile by tile.
+    Blur {
+        /// Where.
+        tiles: TileRect,
+        /// σ in level-0 pixels.
+        sigma: f32,
+    },
+    /// A fold: the tissue lies double, so its transmittance is squared (Beer–Lambert). Only
+    /// tissue tiles fold.
+    Fold {
+        /// Where.
+        tiles: TileRect,
+    },
+    /// Marker ink over everything: each channel multiplied by its transmittance (0–1).
+    Ink {
+        /// Where.
+        tiles: TileRect,
+        /// Transmittance per channel, R, G, B.
+        transmittance: [f32; 3],
+    },
+}
+
+/// `rgb` (a `side`-pixel square tile) blurred with a Gaussian of `sigma` pixels, edges
+/// clamped.
+fn gaussian(rgb: &[u8], side: usize, sigma: f32) -> Vec<u8> {
+    let r = (3.0 * sigma).ceil().max(1.0) as isize;
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let sum: f32 = k.iter().sum();
+    let k: Vec<f32> = k.iter().map(|v| v / sum).collect();
+    let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
+        let mut out = vec![0f32; src.len()];
+        for y in 0..side {
+            for x in 0..side {
+                for c in 0..3 {
+                    let mut acc = 0f32;
+                    for (j, w) in k.iter().enumerate() {
+                        let d = j as isize - r;
+                        let (xx, yy) = if horizontal {
+                            ((x as isize + d).clamp(0, side as isize - 1) as usize, y)
+                        } else {
+                            (x, (y as isize + d).clamp(0, side as isize - 1) as usize)
+                        };
+                        acc += w * src[(yy * side + xx) * 3 + c];
+                    }
+                    out[(y * side + x) * 3 + c] = acc;
+                }
+            }
+        }
+        out
+    };
+    let f: Vec<f32> = rgb.iter().map(|&v| v as f32).collect();
+    pass(&pass(&f, true), false)
+        .iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect()
 }
 
 /// What was written.
@@ -241,6 +314,41 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
         }
     };
 
+    // Tiles with made artefacts: their own pixels instead of the pool's, made once.
+    let mut made_tiles: std::collections::HashMap<(u64, u64), Vec<u8>> = Default::default();
+    for a in &spec.artefacts {
+        let tiles = match a {
+            MadeArtefact::Blur { tiles, .. }
+            | MadeArtefact::Ink { tiles, .. }
+            | MadeArtefact::Fold { tiles } => tiles,
+        };
+        for r in tiles.rows.start..tiles.rows.end.min(down) {
+            for c in tiles.cols.start..tiles.cols.end.min(across) {
+                let t = choose(c, r);
+                if matches!(a, MadeArtefact::Fold { .. }) && t >= n_tissue as usize {
+                    continue;
+                }
+                let rgb = made_tiles
+                    .entry((c, r))
+                    .or_insert_with(|| pool[t].rgb.clone());
+                match a {
+                    MadeArtefact::Blur { sigma, .. } => *rgb = gaussian(rgb, side as usize, *sigma),
+                    MadeArtefact::Fold { .. } => {
+                        for v in rgb.iter_mut() {
+                            *v = ((*v as u32 * *v as u32 + 127) / 255) as u8;
+                        }
+                    }
+                    MadeArtefact::Ink { transmittance, .. } => {
+                        for (i, v) in rgb.iter_mut().enumerate() {
+                            *v = (*v as f32 * transmittance[i % 3]).round() as u8;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let made = |c: u64, r: u64| made_tiles.get(&(c, r));
+
     // Estimated size decides between classic TIFF and BigTIFF.
     let mean_tile = pool.iter().map(|p| p.jpeg.len() as u64).sum::<u64>() / pool.len() as u64;
     let bigtiff = across * down * mean_tile * 3 / 2 > 3 * 1024 * 1024 * 1024;
@@ -276,7 +384,14 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
             for c in 0..across {
                 let t = choose(c, r);
                 tissue_tiles += u64::from(t < n_tissue as usize);
-                let jpeg = &pool[t].jpeg;
+                let own;
+                let jpeg = match made(c, r) {
+                    Some(rgb) => {
+                        own = encode_jpeg(rgb, side, spec.quality)?;
+                        &own
+                    }
+                    None => &pool[t].jpeg,
+                };
                 w.write_all(jpeg).map_err(io)?;
                 l0.offsets.push(pos);
                 l0.counts.push(jpeg.len() as u64);
@@ -312,8 +427,15 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
                     for sy in 0..factor {
                         for sx in 0..factor {
                             let (c0, r0) = (c * factor + sx, r * factor + sy);
+                            let own;
                             let src = if c0 < across && r0 < down {
-                                &small[choose(c0, r0)]
+                                match made(c0, r0) {
+                                    Some(rgb) => {
+                                        own = shrink(rgb, side as usize, factor as usize);
+                                        &own
+                                    }
+                                    None => &small[choose(c0, r0)],
+                                }
                             } else {
                                 &small[n_tissue as usize]
                             };
@@ -516,6 +638,7 @@ mod tests {
             seed: 7,
             mpp: 0.5,
             sources: vec![src],
+            artefacts: Vec::new(),
         };
         let report = write_synthetic_slide(&out, &spec).unwrap();
         assert_eq!(report.levels[0], (3000, 2000));

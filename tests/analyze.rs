@@ -11,7 +11,7 @@ use tessera::Error;
 use crate::require;
 use crate::util::*;
 
-const OUTPUTS: [&str; 11] = [
+const OUTPUTS: [&str; 13] = [
     "result.json",
     "report.html",
     "region-1.jpg",
@@ -23,6 +23,8 @@ const OUTPUTS: [&str; 11] = [
     "overlay-cell-dense.png",
     "tissue-mask.png",
     "thumbnail.png",
+    "qc-mask.png",
+    "qc-overlay.png",
 ];
 
 fn config(out: &Path, inference: InferenceChoice) -> AnalyzeConfig {
@@ -39,16 +41,16 @@ fn csv_probs(dir: &Path) -> BTreeMap<(u32, u32), Vec<f64>> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(&header[..4], ["minx", "miny", "width", "height"]);
-    let first_prob = header.iter().position(|h| h.starts_with("prob_")).unwrap();
+    // The probability columns by name (QC's columns follow them).
+    let probs: Vec<usize> = (0..header.len())
+        .filter(|&i| header[i].starts_with("prob_"))
+        .collect();
     lines
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
             assert_eq!(f.len(), header.len(), "{l}");
             let key = (f[4].parse().unwrap(), f[5].parse().unwrap());
-            (
-                key,
-                f[first_prob..].iter().map(|v| v.parse().unwrap()).collect(),
-            )
+            (key, probs.iter().map(|&i| f[i].parse().unwrap()).collect())
         })
         .collect()
 }
@@ -83,7 +85,10 @@ fn cmu1_writes_every_output_in_the_formats_lab_tools_read() {
         std::fs::read_dir(&dir).unwrap().count(),
         OUTPUTS.len() + regions.len() - 1
     );
-    assert_eq!(r["schema_version"], 2);
+    assert_eq!(r["schema_version"], 3);
+    // CMU-1-Small-Region is clean: QC passes it and excludes nothing.
+    assert_eq!(r["qc"]["verdict"], "pass", "{}", r["qc"]);
+    assert_eq!(r["qc"]["patches_excluded"], 0);
     assert_eq!(r["slide"]["mpp"]["x"], 0.499);
     assert_eq!(r["slide"]["mpp"]["source"]["kind"], "slide-metadata");
     assert_eq!(r["model"]["name"], "he-cellularity");
@@ -656,9 +661,12 @@ fn provenance_records_every_fallback_with_its_reason() {
 /// The typed results contract writes what the single-crate Tessera wrote: every output of
 /// CMU-1-Small-Region is byte-identical to the files made by the last release's main
 /// (`tests/golden/`: their SHA-256 and its result.json), and result.json differs only where the
-/// schema moved (version 2: the `preprocessing` block), in what issue 19 added (the resize
-/// method, the default model's `resize` and model card) and in what changes from run to run.
-/// tract makes the probabilities, so they do not depend on which ONNX Runtime is installed.
+/// schema moved (version 2: the `preprocessing` block; 3: the `qc` block, absent here), in what
+/// issue 19 added (the resize method, the default model's `resize` and model card) and in what
+/// changes from run to run. tract makes the probabilities, so they do not depend on which ONNX
+/// Runtime is installed. `--qc off`: without QC every output is the previous release's, byte
+/// for byte (with QC on, patches.csv gains its columns; on this clean slide nothing else
+/// changes: see `cmu1_writes_every_output_in_the_formats_lab_tools_read`).
 #[test]
 fn outputs_are_byte_identical_to_the_previous_release() {
     use sha2::{Digest, Sha256};
@@ -676,6 +684,8 @@ fn outputs_are_byte_identical_to_the_previous_release() {
             OsStr::new("tract"),
             OsStr::new("--gpu-preprocess"),
             OsStr::new("off"),
+            OsStr::new("--qc"),
+            OsStr::new("off"),
             OsStr::new("-q"),
         ],
         &[],
@@ -691,7 +701,8 @@ fn outputs_are_byte_identical_to_the_previous_release() {
     }
     let mut r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
-    assert_eq!(r["schema_version"], 2);
+    assert_eq!(r["schema_version"], 3);
+    assert!(r.get("qc").is_none(), "--qc off writes no qc block");
     assert_eq!(r["preprocessing"]["device"], "CPU");
     let o = r.as_object_mut().unwrap();
     for k in ["analysed_at", "timings_s", "run_key", "preprocessing"] {

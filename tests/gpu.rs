@@ -263,7 +263,8 @@ fn analyze_with_gpu_preprocessing_gives_the_cpus_probabilities() {
             .skip(1)
             .map(|l| {
                 let f: Vec<&str> = l.split(',').collect();
-                (f[..6].join(","), f[f.len() - 1].parse().unwrap())
+                // The last probability column (QC's columns follow the probabilities).
+                (f[..6].join(","), f[8].parse().unwrap())
             })
             .collect()
     };
@@ -316,7 +317,8 @@ fn analyze_with_reinhard_normalisation_records_it_and_agrees_on_gpu_and_cpu() {
         let probs: Vec<f64> = csv
             .lines()
             .skip(1)
-            .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+            // prob_cell-dense, the last probability (QC's columns follow).
+            .map(|l| l.split(',').nth(8).unwrap().parse().unwrap())
             .collect();
         (r, probs)
     };

@@ -71,7 +71,8 @@ fn cmu1_report_in_chromium_requests_nothing_outside_its_folder_and_logs_no_error
         "Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])",
     );
     let images = images.as_array().unwrap();
-    assert_eq!(images.len(), 2 + regions, "{images:?}");
+    // … and QC's overlay (a clean slide: no artefact crop).
+    assert_eq!(images.len(), 3 + regions, "{images:?}");
     assert!(images.iter().all(|i| i[1] == true), "{images:?}");
     assert!(!images.iter().any(|i| i[0] == "label.png"));
     // The sections a pathologist reads, in order, and no script in the page.
@@ -83,6 +84,7 @@ fn cmu1_report_in_chromium_requests_nothing_outside_its_folder_and_logs_no_error
         sections,
         serde_json::json!([
             "Summary",
+            "Slide quality",
             "Tissue and heatmap",
             "Top regions",
             "Patch probabilities",
@@ -169,28 +171,30 @@ fn cohort_page_lists_the_failure_first_and_sorts_in_the_browser() {
         "{before:?}"
     );
     assert!(
-        before[0][5].as_str().unwrap().contains("broken.svs"),
+        before[0][6].as_str().unwrap().contains("broken.svs"),
         "the reason names the file: {before:?}"
     );
     assert_eq!(before[1][0], "done");
+    // Slide QC's verdict has its column (shown in capitals).
+    assert_eq!(before[1][2], "PASS", "{before:?}");
     // Sorting by slide score (ascending puts the failure, which has none, first; descending
     // puts the analysed slide first).
     b.eval(
         &v.session,
-        "document.querySelectorAll('#slides th')[2].click()",
+        "document.querySelectorAll('#slides th')[3].click()",
     );
     let asc = b.eval(&v.session, rows);
     assert_eq!(asc[0][0], "failed");
     b.eval(
         &v.session,
-        "document.querySelectorAll('#slides th')[2].click()",
+        "document.querySelectorAll('#slides th')[3].click()",
     );
     let desc = b.eval(&v.session, rows);
     assert_eq!(desc[0][0], "done");
     assert_eq!(
         b.eval(
             &v.session,
-            "document.querySelectorAll('#slides th')[2].getAttribute('aria-sort')"
+            "document.querySelectorAll('#slides th')[3].getAttribute('aria-sort')"
         ),
         "descending"
     );

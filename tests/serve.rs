@@ -259,6 +259,15 @@ fn every_route_answers_and_tiles_match_the_slide() {
     let gj = get(a, &format!("/api/slides/{id}/geojson"));
     assert_eq!(gj.status, 200);
     assert_eq!(gj.json()["type"], "FeatureCollection");
+    // Slide QC's layer: qc-mask.png's raster with clean pixels transparent (this slide is
+    // clean: all of it).
+    let qc = get(a, &format!("/api/slides/{id}/qc.png"));
+    assert_eq!(qc.status, 200);
+    assert_eq!(qc.headers["content-type"], "image/png");
+    let layer = image::load_from_memory(&qc.body).unwrap().to_rgba8();
+    let mask = image::open(case.join("qc-mask.png")).unwrap();
+    assert_eq!(layer.dimensions(), (mask.width(), mask.height()));
+    assert!(layer.pixels().all(|p| p.0[3] == 0));
 
     // A click inside a patch gives that patch's probabilities; outside any patch, 404.
     let ps = patches(&case);
@@ -864,6 +873,22 @@ fn the_viewer_and_a_quiz_round_in_chromium() {
     assert!(
         (centre[1].as_f64().unwrap() - top["y"].as_f64().unwrap()).abs() < 10.0,
         "{centre} vs {top}"
+    );
+    // Slide QC: the verdict is shown, and the artefact layer is added over the slide.
+    assert_eq!(
+        b.eval(&s, "document.getElementById('qcverdict').textContent"),
+        json!("PASS")
+    );
+    let items = b
+        .eval(&s, "tesseraViewer.world.getItemCount()")
+        .as_i64()
+        .unwrap();
+    b.eval(&s, "document.getElementById('qc').click()");
+    wait_true(
+        &mut b,
+        &s,
+        &format!("tesseraViewer.world.getItemCount() === {}", items + 1),
+        "the QC layer",
     );
     let (requests, errors) = b.seen(&s);
     assert!(errors.is_empty(), "{errors:#?}");

@@ -13,6 +13,7 @@ mod gpu;
 mod hostile;
 mod models;
 mod parity;
+mod qc;
 mod report;
 mod serve;
 mod slides;

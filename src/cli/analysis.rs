@@ -72,13 +72,42 @@ pub struct AnalysisArgs {
     #[arg(long)]
     pub pdf: bool,
     #[command(flatten)]
+    pub qc: QcArgs,
+    #[command(flatten)]
     pub slide: SlideArgs,
+}
+
+/// Slide QC's flags.
+#[derive(Debug, Args)]
+pub struct QcArgs {
+    /// Slide QC: `exclude` keeps patches with pen, blur, folds or edges out of the slide score,
+    /// the top regions, the regions and the per-class figures (they stay in patches.csv,
+    /// marked); `flag` only marks them; `off` runs no QC.
+    #[arg(long, value_name = "MODE", default_value = "exclude")]
+    pub qc: tessera::qc::QcMode,
+    /// JSON file overriding QC thresholds and verdict rules (see docs/qc.md), e.g.
+    /// {"rules": {"rescan_blur_pct": 20}}.
+    #[arg(long, value_name = "FILE")]
+    pub qc_config: Option<PathBuf>,
+}
+
+impl QcArgs {
+    /// The QC parameters: the file's, or the defaults, with `--qc`'s mode.
+    pub fn params(&self) -> Result<tessera::qc::QcParams, tessera::Error> {
+        let mut p = match &self.qc_config {
+            Some(f) => tessera::qc::QcParams::read(f)?,
+            None => tessera::qc::QcParams::default(),
+        };
+        p.mode = self.qc;
+        Ok(p)
+    }
 }
 
 impl AnalysisArgs {
     /// The analysis configuration writing into `out`, with `workers` inference workers (each
-    /// session's threads default to the cores divided among them).
-    pub fn config(&self, out: PathBuf, workers: usize) -> AnalyzeConfig {
+    /// session's threads default to the cores divided among them). Fails only on an
+    /// unreadable `--qc-config`.
+    pub fn config(&self, out: PathBuf, workers: usize) -> Result<AnalyzeConfig, tessera::Error> {
         let mut cfg = AnalyzeConfig {
             out,
             model: self.model.clone(),
@@ -100,6 +129,7 @@ impl AnalysisArgs {
             region_pixels: self.region_pixels,
             include_label: self.include_label,
             pdf: self.pdf,
+            qc: self.qc.params()?,
             ..AnalyzeConfig::default()
         };
         cfg.inference_threads = self
@@ -108,6 +138,6 @@ impl AnalysisArgs {
         if let Some(n) = self.decode_threads {
             cfg.decode_threads = n;
         }
-        cfg
+        Ok(cfg)
     }
 }

@@ -57,7 +57,13 @@ pub struct AnalyzeArgs {
 }
 
 pub fn run(args: &AnalyzeArgs) -> u8 {
-    let mut cfg = args.analysis.config(args.out.clone(), args.workers);
+    let mut cfg = match args.analysis.config(args.out.clone(), args.workers) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return super::EXIT_USAGE;
+        }
+    };
     if args.analysis.pdf && !super::chromium_found(&args.out.join("report.html")) {
         return super::EXIT_USAGE;
     }

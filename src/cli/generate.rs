@@ -44,6 +44,7 @@ pub fn run(args: &GenerateArgs) -> u8 {
         seed: args.seed,
         mpp: args.mpp,
         sources: args.sources.clone(),
+        artefacts: Vec::new(),
     };
     let start = std::time::Instant::now();
     match write_synthetic_slide(&args.output, &spec) {

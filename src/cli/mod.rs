@@ -6,6 +6,7 @@ mod analyze;
 mod bench;
 mod generate;
 mod info;
+mod qc;
 mod region;
 mod report;
 mod serve;
@@ -43,6 +44,10 @@ enum Command {
     /// Analyse slides: tissue, patch grid, model inference, heatmaps, QuPath GeoJSON, CSV.
     #[command(after_help = EXIT_CODES)]
     Analyze(analyze::AnalyzeArgs),
+    /// Slide quality control alone (no model): pen, blur, folds, faint tissue and edges, and a
+    /// verdict (pass, review, rescan) per slide.
+    #[command(after_help = EXIT_CODES)]
+    Qc(qc::QcCommandArgs),
     /// Describe slides: format, reader, dimensions, levels, µm/px, objective, associated images.
     #[command(after_help = EXIT_CODES)]
     Info(info::InfoArgs),
@@ -251,6 +256,7 @@ pub fn run() -> ExitCode {
     let code = match cli.command {
         Command::Analyze(args) => analyze::run(&args),
         Command::Info(args) => info::run(&args),
+        Command::Qc(args) => qc::run(&args),
         Command::Region(args) => region::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Watch(args) => watch::run(&args),

@@ -54,6 +54,16 @@ pub struct WatchArgs {
     /// slide's file name and `{stem}` the name without its extension, e.g. '{stem}.done'.
     #[arg(long, value_name = "GLOB")]
     done_marker: Option<String>,
+    /// When slide QC says `rescan`, write DIR/<slide>-<fingerprint>.rescan.json (the slide,
+    /// its fingerprint and the reasons): a rescan list for the scanner's operator. Once per
+    /// slide version, through crashes and restarts.
+    #[arg(long, value_name = "DIR")]
+    rescan_marker: Option<PathBuf>,
+    /// When slide QC says `rescan`, run this shell command once per slide version, with
+    /// TESSERA_SLIDE, TESSERA_RESULT, TESSERA_VERDICT, TESSERA_REASONS and TESSERA_ACTION_ID
+    /// set. After a crash while it ran it is not run again.
+    #[arg(long, value_name = "COMMAND")]
+    on_rescan: Option<String>,
     /// Serve /healthz and /metrics (Prometheus) on this address, or `off`. No authentication:
     /// keep it on 127.0.0.1 or a management network.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9187")]
@@ -109,7 +119,7 @@ enum QueueWhat {
     },
 }
 
-fn analyze_config(a: &WatchArgs) -> AnalyzeConfig {
+fn analyze_config(a: &WatchArgs) -> Result<AnalyzeConfig, tessera::Error> {
     a.analysis.config(a.out.clone(), 1)
 }
 
@@ -214,7 +224,14 @@ pub fn run(a: &WatchArgs) -> u8 {
             }
         },
     };
-    let mut cfg = WatchConfig::new(a.inbox.clone(), analyze_config(a));
+    let analysis = match analyze_config(a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut cfg = WatchConfig::new(a.inbox.clone(), analysis);
     cfg.settle = secs(a.settle);
     cfg.rescan = secs(a.rescan);
     cfg.once = a.once;
@@ -223,6 +240,8 @@ pub fn run(a: &WatchArgs) -> u8 {
     cfg.workers = usize::from(a.workers);
     cfg.events = a.events == Switch::On;
     cfg.done_marker = a.done_marker.clone();
+    cfg.rescan_marker = a.rescan_marker.clone();
+    cfg.on_rescan = a.on_rescan.clone();
     cfg.http = http;
     cfg.worker_command = if a.in_process {
         None
@@ -265,7 +284,13 @@ pub fn run_worker(a: &WatchArgs) -> u8 {
     // SIGINT and SIGTERM reach the whole process group: the service decides when its workers
     // stop (by closing their input), so they ignore both and finish the slide they hold.
     let _ = ctrlc::set_handler(|| {});
-    let cfg = analyze_config(a);
+    let cfg = match analyze_config(a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
     match watch::worker::serve_stdio(&cfg) {
         Ok(()) => EXIT_OK,
         Err(e) => {
@@ -291,15 +316,21 @@ pub fn run_queue(a: &QueueArgs) -> u8 {
     let done = match &a.what {
         QueueWhat::List => q.list().map(|rows| {
             println!(
-                "{:>5}  {:<12} {:>8}  {:<40}  {:<16}  error",
-                "id", "state", "attempts", "slide", "kind"
+                "{:>5}  {:<12} {:>8}  {:<7}  {:<40}  {:<16}  error",
+                "id", "state", "attempts", "qc", "slide", "kind"
             );
             for r in rows {
+                let qc = match (r.qc_verdict.as_str(), r.rescan_action.as_str()) {
+                    ("", _) => "-".to_string(),
+                    (v, "") => v.to_string(),
+                    (v, a) => format!("{v}/{a}"),
+                };
                 println!(
-                    "{:>5}  {:<12} {:>8}  {:<40}  {:<16}  {}",
+                    "{:>5}  {:<12} {:>8}  {:<7}  {:<40}  {:<16}  {}",
                     r.id,
                     r.state,
                     r.attempts,
+                    qc,
                     r.path.display(),
                     r.last_error_kind,
                     r.last_error

@@ -103,6 +103,28 @@ pub(super) async fn geojson(State(st): State<St>, UrlPath(id): UrlPath<String>) 
     }
 }
 
+/// The case's slide-QC artefacts (its `qc-mask.png`) as a PNG with clean pixels transparent,
+/// for the viewer's QC layer; 404 when the analysis ran without QC.
+pub(super) async fn qc_layer(State(st): State<St>, UrlPath(id): UrlPath<String>) -> Response {
+    let c = match st.case(&id) {
+        Ok(c) => c,
+        Err(f) => return f.into_response(),
+    };
+    let path = c.dir.join("qc-mask.png");
+    let Ok(img) = image::open(&path).map(|i| i.to_rgb8()) else {
+        return not_found("no slide QC for this case (qc-mask.png)").into_response();
+    };
+    let rgba = image::RgbaImage::from_fn(img.width(), img.height(), |x, y| {
+        let [r, g, b] = img.get_pixel(x, y).0;
+        let a = if [r, g, b] == [0, 0, 0] { 0 } else { 255 };
+        image::Rgba([r, g, b, a])
+    });
+    match crate::output::encode_rgba_png(&rgba) {
+        Ok(png) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 #[derive(Deserialize)]
 pub(super) struct Point {
     x: f64,

@@ -11,6 +11,8 @@
 //! - `GET /slides/{id}.dzi`, `/slides/{id}_files/{level}/{col}_{row}.jpeg`: Deep Zoom (254-pixel
 //!   tiles, 1 pixel of overlap, as openslide-python), read through the native reader when it
 //!   supports the slide.
+//! - `GET /api/slides/{id}/qc.png`: slide QC's artefacts (qc-mask.png, clean pixels
+//!   transparent), one picture over the whole slide at the tissue mask's scale;
 //! - `GET /overlay/{id}_files/{level}/{col}_{row}.png?class=&cmap=&threshold=`: heatmap tiles on
 //!   the same grid, from the stored probabilities (PNG with alpha).
 //! - `POST /api/quiz/{id}`: scores and saves a quiz round; `GET /api/progress?trainee=`.
@@ -181,6 +183,7 @@ fn router(shared: St) -> Router {
         .route("/api/slides", get(api::list))
         .route("/api/slides/{id}", get(api::result_json))
         .route("/api/slides/{id}/geojson", get(api::geojson))
+        .route("/api/slides/{id}/qc.png", get(api::qc_layer))
         .route("/api/slides/{id}/patch", get(api::patch_at))
         .route("/api/slides/{id}/label", get(api::label))
         .route("/api/quiz/{id}", post(api::quiz_round))

@@ -10,7 +10,9 @@
 //! [`InputTensor`], NCHW or NHWC, scaled to [0, 1] and normalised per channel (WSInfer's
 //! `ToTensor` and `Normalize`) right before running it ([`PatchBatch::tensor`], the maths of
 //! [`crate::imaging::preprocess`]), so batches waiting in the queue take a quarter of the
-//! memory. Patches are decoded in parallel on the caller's rayon pool.
+//! memory. Patches are decoded in parallel on the caller's rayon pool. When asked, each
+//! patch's focus score ([`crate::qc::focus::measure`]) is taken from the pixels as read, before
+//! any resizing, so slide QC needs no second read of the slide.
 
 use rayon::prelude::*;
 
@@ -30,6 +32,8 @@ pub struct PatchBatch {
     pub pixels: Vec<u8>,
     /// How the pixels become the model's input tensor.
     pub pre: Preprocess,
+    /// Each patch's focus score, in order (empty when not asked for).
+    pub focus: Vec<Option<f32>>,
 }
 
 impl PatchBatch {
@@ -81,28 +85,47 @@ pub fn make_batch(
     plan: ReadPlan,
     pre: &Preprocess,
 ) -> Result<PatchBatch> {
-    make_batch_in(slide, patches, plan, pre, Vec::new())
+    make_batch_in(slide, patches, plan, pre, Vec::new(), None)
 }
 
 /// [`make_batch`] into a recycled buffer (the `pixels` of a batch already consumed), so that a
 /// long run reuses a few tensors instead of allocating one per batch: every value is
-/// overwritten, whatever the buffer held.
+/// overwritten, whatever the buffer held. With `focus_factor`, each patch's focus score is
+/// measured on its pixels as read, box-reduced by that factor.
 pub fn make_batch_in(
     slide: &Slide,
     patches: &[Patch],
     plan: ReadPlan,
     pre: &Preprocess,
     mut pixels: Vec<u8>,
+    focus_factor: Option<u32>,
 ) -> Result<PatchBatch> {
     let len = pre.pixel_len();
     pixels.clear();
     pixels.resize(patches.len() * len, 0);
+    let mut focus = vec![
+        None;
+        if focus_factor.is_some() {
+            patches.len()
+        } else {
+            0
+        }
+    ];
+    let focus_slots: Vec<Option<&mut Option<f32>>> = if focus_factor.is_some() {
+        focus.iter_mut().map(Some).collect()
+    } else {
+        patches.iter().map(|_| None).collect()
+    };
     pixels
         .par_chunks_mut(len)
         .zip(patches.par_iter())
-        .try_for_each(|(out, patch)| -> Result<()> {
+        .zip(focus_slots.into_par_iter())
+        .try_for_each(|((out, patch), focus_slot)| -> Result<()> {
             let img =
                 slide.read_region(patch.location, plan.level, Size::new(plan.side, plan.side))?;
+            if let (Some(slot), Some(f)) = (focus_slot, focus_factor) {
+                *slot = crate::qc::focus::measure(&img, f);
+            }
             let img = match (pre.deferred, &pre.stain) {
                 // Resized later, with the whole batch.
                 (Some(_), _) => img,
@@ -130,6 +153,7 @@ pub fn make_batch_in(
         indices: patches.iter().map(|p| p.index).collect(),
         pixels,
         pre: pre.clone(),
+        focus,
     })
 }
 

@@ -213,6 +213,11 @@ fn skipped(s: &mut SlideStatus, out: &Path) {
             .find(|c| c.name == r.slide_score.class)
             .and_then(|c| c.mean);
         s.positive_class = Some(r.slide_score.class);
+        if let Some(q) = &r.qc {
+            s.qc_verdict = Some(q.verdict);
+            s.qc_reasons = Some(q.reasons.join("; "));
+            s.qc_excluded = Some(q.patches_excluded);
+        }
     }
     s.output = Some(dir);
 }
@@ -254,6 +259,9 @@ pub fn run(
             positive_class: None,
             positive_mean: None,
             slide_score: None,
+            qc_verdict: None,
+            qc_reasons: None,
+            qc_excluded: None,
             output: None,
         };
         if !opts.force && up_to_date(&cfg.out, &name, &key) {
@@ -281,6 +289,11 @@ pub fn run(
                                 s.positive_class = Some(r.positive_class);
                                 s.positive_mean = r.positive_mean;
                                 s.slide_score = r.slide_score;
+                                if let Some(q) = &r.qc {
+                                    s.qc_verdict = Some(q.verdict);
+                                    s.qc_reasons = Some(q.reasons.join("; "));
+                                    s.qc_excluded = Some(q.patches_excluded);
+                                }
                                 s.output = Some(r.folder);
                                 s.reason = r.warnings.join("; ");
                             }
@@ -303,6 +316,101 @@ pub fn run(
     };
     write_run_summary(&cfg.out, &tag, &statuses)?;
     merge_summaries(&cfg.out)?;
+    Ok(statuses)
+}
+
+/// `tessera qc` over `paths`: every slide's QC into `OUT/<name>/` ([`crate::pipeline::qc_slide`]),
+/// never stopping at a bad slide, and `OUT/qc-summary.json` + `OUT/qc-summary.csv` (one row per
+/// slide: status, verdict, reasons, tissue area, each kind's share of the tissue; failures
+/// first). `report` is called after each slide.
+pub fn run_qc(
+    paths: &[PathBuf],
+    cfg: &AnalyzeConfig,
+    mut report: impl FnMut(&SlideStatus, usize, usize),
+) -> Result<Vec<SlideStatus>> {
+    let all = collect(paths)?;
+    let names = output_names(&all);
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
+    let total = all.len();
+    let mut statuses = Vec::with_capacity(total);
+    let mut kinds: Vec<BTreeMap<String, f64>> = Vec::with_capacity(total);
+    for (k, (path, name)) in all.into_iter().zip(names).enumerate() {
+        let mut s = SlideStatus {
+            path: path.clone(),
+            name: name.clone(),
+            status: Status::Failed,
+            reason: String::new(),
+            error_kind: None,
+            patches: None,
+            tissue_mm2: None,
+            positive_class: None,
+            positive_mean: None,
+            slide_score: None,
+            qc_verdict: None,
+            qc_reasons: None,
+            qc_excluded: None,
+            output: None,
+        };
+        let mut shares = BTreeMap::new();
+        match crate::pipeline::qc_slide(&path, &name, cfg) {
+            Ok(r) => {
+                s.status = Status::Done;
+                s.tissue_mm2 = Some(r.tissue_mm2);
+                s.qc_verdict = Some(r.qc.verdict);
+                s.qc_reasons = Some(r.qc.reasons.join("; "));
+                s.reason = r.warnings.join("; ");
+                s.output = Some(r.folder);
+                for kr in &r.qc.kinds {
+                    shares.insert(kr.kind.clone(), kr.tissue_pct);
+                }
+            }
+            Err(e) => {
+                s.reason = e.to_string();
+                s.error_kind = Some(e.kind().to_string());
+            }
+        }
+        report(&s, k + 1, total);
+        statuses.push(s);
+        kinds.push(shares);
+    }
+    let mut order: Vec<usize> = (0..statuses.len()).collect();
+    order.sort_by_key(|&i| {
+        (
+            statuses[i].status != Status::Failed,
+            statuses[i].path.clone(),
+        )
+    });
+    let rows: Vec<&SlideStatus> = order.iter().map(|&i| &statuses[i]).collect();
+    crate::output::write_json(&cfg.out.join("qc-summary.json"), &rows)?;
+    let names: Vec<&str> = crate::qc::Kind::ALL.iter().map(|k| k.name()).collect();
+    let mut csv = String::from("path,name,status,reason,qc_verdict,qc_reasons,tissue_mm2");
+    for n in &names {
+        csv.push_str(&format!(",{n}_pct"));
+    }
+    csv.push_str(",output\n");
+    for &i in &order {
+        let s = &statuses[i];
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let mut fields = vec![
+            csv_field(&s.path.to_string_lossy()),
+            csv_field(&s.name),
+            s.status.to_string(),
+            csv_field(&s.reason),
+            opt(s.qc_verdict.map(|v| v.to_string())),
+            csv_field(&opt(s.qc_reasons.clone())),
+            opt(s.tissue_mm2.map(|v| format!("{v:.4}"))),
+        ];
+        for n in &names {
+            fields.push(opt(kinds[i].get(*n).map(|v| format!("{v:.2}"))));
+        }
+        fields.push(csv_field(&opt(s
+            .output
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()))));
+        csv.push_str(&fields.join(","));
+        csv.push('\n');
+    }
+    crate::output::write_bytes(&cfg.out.join("qc-summary.csv"), csv.as_bytes())?;
     Ok(statuses)
 }
 
@@ -353,7 +461,8 @@ pub fn merge_summaries(out: &Path) -> Result<Vec<SlideStatus>> {
     rows.sort_by_key(|s| (s.status != Status::Failed, s.path.clone()));
     crate::output::write_json(&out.join("summary.json"), &rows)?;
     let mut csv = String::from(
-        "path,name,status,reason,patches,tissue_mm2,positive_class,positive_mean,slide_score,output\n",
+        "path,name,status,reason,patches,tissue_mm2,positive_class,positive_mean,slide_score,\
+         qc_verdict,qc_excluded,qc_reasons,output\n",
     );
     for s in &rows {
         let opt = |v: Option<String>| v.unwrap_or_default();
@@ -368,6 +477,9 @@ pub fn merge_summaries(out: &Path) -> Result<Vec<SlideStatus>> {
                 csv_field(&opt(s.positive_class.clone())),
                 opt(s.positive_mean.map(|v| format!("{v:.6}"))),
                 opt(s.slide_score.map(|v| format!("{v:.6}"))),
+                opt(s.qc_verdict.map(|v| v.to_string())),
+                opt(s.qc_excluded.map(|v| v.to_string())),
+                csv_field(&opt(s.qc_reasons.clone())),
                 csv_field(&opt(s
                     .output
                     .as_ref()

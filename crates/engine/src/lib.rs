@@ -33,6 +33,7 @@ pub mod lockfile;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod qc;
 pub mod report;
 pub mod results;
 pub mod stitch;

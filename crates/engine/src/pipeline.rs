@@ -169,6 +169,9 @@ pub struct AnalyzeConfig {
     pub geojson_gzip_bytes: usize,
     /// Tissue detector parameters.
     pub tissue: TissueParams,
+    /// Slide quality control: what happens to artefact patches (`--qc`), every detector's
+    /// thresholds and the verdict rules.
+    pub qc: crate::qc::QcParams,
     /// An ONNX tissue segmentation model (a `.onnx` file, or a folder holding one) with the
     /// tissue U-Net's contract, used instead of the classical detector.
     // Not in the run key: In the key by its file's SHA-256 (see `run_key_for`), not its path.
@@ -216,6 +219,7 @@ impl Default for AnalyzeConfig {
             hash_full: false,
             geojson_gzip_bytes: 32 << 20,
             tissue: TissueParams::default(),
+            qc: crate::qc::QcParams::default(),
             tissue_model: None,
             // Reads walk the slide in narrow strips (see `read_order`): a small tile cache
             // decodes each tile about once.
@@ -284,6 +288,8 @@ pub struct AnalyzeSummary {
     pub positive_mean: Option<f64>,
     /// The slide-level score of the positive class.
     pub slide_score: Option<f64>,
+    /// Slide QC (absent with `--qc off`).
+    pub qc: Option<crate::results::QcRecord>,
     /// Warnings.
     pub warnings: Vec<String>,
 }
@@ -430,6 +436,130 @@ pub fn analyze(
     analyze_opened(slide, started, path, &name, cfg, lm)
 }
 
+/// What `tessera qc` found on one slide.
+#[derive(Debug, Clone)]
+pub struct QcSummary {
+    /// The slide's output folder.
+    pub folder: PathBuf,
+    /// Tissue area in mm².
+    pub tissue_mm2: f64,
+    /// The QC record (verdict, reasons, figures), as in qc.json.
+    pub qc: crate::results::QcRecord,
+    /// Warnings.
+    pub warnings: Vec<String>,
+}
+
+/// `tessera qc`: slide quality control alone, no model, into `OUT/<name>/` (complete or
+/// absent): the tissue stage, QC's thumbnail detectors, focus tiles read over the tissue
+/// ([`crate::qc::focus::measure_slide`]), the verdict; `qc.json`, `qc-mask.png`,
+/// `qc-overlay.png`, `thumbnail.png`, `tissue-mask.png` and `annotations.geojson` (the
+/// artefacts, classified `Pen`, `Blur`, …). `cfg.qc.mode` is recorded but changes nothing
+/// here: there are no patches.
+pub fn qc_slide(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<QcSummary> {
+    let started = Instant::now();
+    let analysed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let slide = Slide::open_with(path, &cfg.slide)?;
+    let mut timings: BTreeMap<String, f64> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
+    let mpp = slide_mpp(&slide, path, cfg, &mut warnings)?;
+    let mpp_mean = (mpp.x + mpp.y) / 2.0;
+    let t = Instant::now();
+    let (tissue, mask, mask_thumb) = detect_tissue(&slide, cfg, &mpp, &mut warnings)?;
+    timings.insert("tissue_s".into(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let mut map = crate::qc::detect(&mask_thumb, &mask, mask.downsample * mpp_mean, &cfg.qc);
+    drop(mask_thumb);
+    let focus = crate::qc::focus::measure_slide(&slide, &mask, mpp_mean, &cfg.qc.focus)?;
+    let outcome = crate::qc::finish(
+        &mut map,
+        focus
+            .as_ref()
+            .map(|(tiles, um)| (tiles.as_slice(), *um, "focus tiles"))
+            .map_err(Clone::clone),
+        (mpp.x, mpp.y),
+        &cfg.qc,
+    );
+    timings.insert("qc_s".into(), t.elapsed().as_secs_f64());
+    let record = crate::results::QcRecord::new(&outcome, &map, &cfg.qc, []);
+
+    let tmp = cfg
+        .out
+        .join(format!(".{name}.tmp-tessera-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::from_io(&tmp, e))?;
+    let written = (|| -> Result<()> {
+        output::write_png(&tmp.join("thumbnail.png"), &tissue.thumb)?;
+        output::write_gray_png(&tmp.join("tissue-mask.png"), &mask.to_image())?;
+        output::qc::write_images(&tmp, &tissue.thumb, tissue.thumb_ds, &map)?;
+        let regions = output::qc::regions(&map);
+        let geo = geojson::feature_collection(&[], &Predictions::new(), &[], &regions);
+        output::write_bytes(&tmp.join("annotations.geojson"), &geo)?;
+        let dims = slide.dimensions();
+        let reader = slide.backend();
+        timings.insert("total_s".into(), started.elapsed().as_secs_f64());
+        let doc = crate::results::QcDocument {
+            schema_version: RESULT_SCHEMA_VERSION,
+            tessera_version: crate::VERSION.into(),
+            analysed_at,
+            slide: SlideRecord {
+                path: path.into(),
+                name: name.to_string(),
+                format: slide.format().into(),
+                vendor: slide.vendor().map(String::from),
+                reader: ReaderRecord {
+                    name: reader.name.into(),
+                    library: reader.library,
+                    version: reader.version,
+                },
+                file_size_bytes: crate::info::size_on_disk(path)?,
+                fingerprint: Fingerprint {
+                    sha256: fingerprint(path, cfg.hash_full)?,
+                    method: if cfg.hash_full {
+                        "full file"
+                    } else {
+                        "size + first and last MiB"
+                    }
+                    .into(),
+                },
+                dimensions: Dimensions {
+                    width: dims.width,
+                    height: dims.height,
+                },
+                mpp: mpp.clone(),
+                objective_power: slide.objective_power(),
+            },
+            tissue_area_mm2: tissue.area_mm2,
+            tissue_fraction: mask.fraction(),
+            tissue: TissueRecord {
+                method: tissue.method.clone(),
+                mask_um_px: cfg.tissue.mask_um_px,
+                mask_downsample: mask.downsample,
+                otsu_threshold: mask.threshold,
+                median: cfg.tissue.median,
+                closing: cfg.tissue.closing,
+                min_object_mm2: cfg.tissue.min_object_mm2,
+                max_hole_mm2: cfg.tissue.max_hole_mm2,
+            },
+            qc: record.clone(),
+            warnings: warnings.clone(),
+            timings_s: timings,
+        };
+        output::write_bytes(&tmp.join("qc.json"), doc.to_json()?.as_bytes())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let folder = replace_folder(&cfg.out, name, &tmp)?;
+    Ok(QcSummary {
+        folder,
+        tissue_mm2: tissue.area_mm2,
+        qc: record,
+        warnings,
+    })
+}
+
 /// A model read, hashed and loaded once, for analysing many slides (cohort runs, the watch
 /// service's workers) without loading it again for each.
 pub struct LoadedModel {
@@ -484,8 +614,13 @@ fn analyze_opened(
     timings.insert("open_and_load_s", started.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let (tissue, mask) = detect_tissue(&slide, cfg, &mpp, &mut warnings)?;
+    let (tissue, mask, mask_thumb) = detect_tissue(&slide, cfg, &mpp, &mut warnings)?;
     timings.insert("tissue_s", t.elapsed().as_secs_f64());
+    // QC's thumbnail detectors, on the thumbnail the tissue stage read (then dropped).
+    let t = Instant::now();
+    let qc_map = qc_thumbnail(&mask_thumb, &mask, mpp_mean, &cfg.qc);
+    drop(mask_thumb);
+    timings.insert("qc_s", t.elapsed().as_secs_f64());
     crate::sys::release_free_memory();
 
     let c = &lm.folder.config;
@@ -518,14 +653,20 @@ fn analyze_opened(
     let planned = plan_patches(&slide, cfg, c, mpp_mean, mask)?;
     crate::sys::release_free_memory();
     let mut prep = prepare(cfg, c, planned.plan)?;
+    // Focus is measured on the patches as read: at the read level's µm/px, box-reduced
+    // towards the focus resolution.
+    let read_um_px = mpp_mean * slide.levels()[planned.plan.level].downsample;
+    let focus_factor = qc_map
+        .as_ref()
+        .map(|_| crate::qc::focus::factor_for(read_um_px, &cfg.qc.focus));
 
     // Inference: a producer thread makes batches (decoding in parallel), a bounded queue
     // carries them to the workers, results are keyed by grid index.
     let t = Instant::now();
-    let (predictions, failure) = run_inference(
+    let (predictions, failure, focus) = run_inference(
         &slide,
         &planned.grid,
-        planned.plan,
+        (planned.plan, focus_factor),
         &prep.pre,
         cfg,
         lm.model.as_ref(),
@@ -534,6 +675,10 @@ fn analyze_opened(
     prep.failed_mid_run(failure);
     let dense_maps = dense.map(|d| d.heatmaps());
     timings.insert("inference_s", t.elapsed().as_secs_f64());
+    let qc = qc_map.map(|map| {
+        let um_px = read_um_px * focus_factor.unwrap_or(1) as f64;
+        qc_patches(map, &planned.grid, &focus, um_px, (mpp.x, mpp.y), &cfg.qc)
+    });
 
     // Outputs, into a temporary folder renamed at the end: a failure leaves nothing.
     let tmp_dir = cfg
@@ -551,6 +696,7 @@ fn analyze_opened(
         tissue,
         planned,
         predictions,
+        qc,
         dense_maps,
         analysed_at,
         started,
@@ -574,6 +720,7 @@ fn analyze_opened(
         positive_class: doc.slide_score.class.clone(),
         positive_mean: doc.classes.get(positive).and_then(|s| s.mean),
         slide_score: doc.slide_score.value,
+        qc: doc.qc,
         warnings: doc.warnings,
     })
 }
@@ -643,23 +790,25 @@ struct Tissue {
 }
 
 /// The tissue mask `cfg` asks for (the classical detector, or the tissue model checked
-/// against it) at `mpp_mean` µm/px, and its method in words.
+/// against it) at `mpp_mean` µm/px, its method in words, and the thumbnail it was made from
+/// (on the mask's raster; slide QC reads it).
 fn tissue_mask(
     slide: &Slide,
     cfg: &AnalyzeConfig,
     mpp_mean: f64,
     warnings: &mut Vec<String>,
-) -> Result<(tissue::TissueMask, String)> {
+) -> Result<(tissue::TissueMask, String, image::RgbImage)> {
     let (mask_ds, mask_size) =
         tissue::mask_geometry(slide.dimensions(), Some(mpp_mean), &cfg.tissue);
     // The mask-scale thumbnail is large on a large slide (117 MiB of RGB for 100,000² at
-    // 8 µm/px): it is dropped on return, before inference starts.
+    // 8 µm/px): the caller drops it after QC, before inference starts.
     let mask_thumb = tissue::thumbnail(slide, mask_ds, mask_size)?;
     let classical = tissue::mask_from_thumbnail(&mask_thumb, mask_ds, Some(mpp_mean), &cfg.tissue);
     Ok(match &cfg.tissue_model {
         None => (
             classical,
             "HSV saturation, median, Otsu, closing, small objects and holes removed".to_string(),
+            mask_thumb,
         ),
         Some(m) => {
             let onnx = find_onnx(m)?;
@@ -672,20 +821,25 @@ fn tissue_mask(
                     b * 100.0
                 ));
             }
-            (mask, format!("ONNX segmentation model {}", onnx.display()))
+            (
+                mask,
+                format!("ONNX segmentation model {}", onnx.display()),
+                mask_thumb,
+            )
         }
     })
 }
 
-/// Finds the tissue ([`tissue_mask`]) and makes the display thumbnail.
+/// Finds the tissue ([`tissue_mask`]) and makes the display thumbnail; also returns the
+/// mask-scale thumbnail for QC.
 fn detect_tissue(
     slide: &Slide,
     cfg: &AnalyzeConfig,
     mpp: &Mpp,
     warnings: &mut Vec<String>,
-) -> Result<(Tissue, tissue::TissueMask)> {
+) -> Result<(Tissue, tissue::TissueMask, image::RgbImage)> {
     let mpp_mean = (mpp.x + mpp.y) / 2.0;
-    let (mask, method) = tissue_mask(slide, cfg, mpp_mean, warnings)?;
+    let (mask, method, mask_thumb) = tissue_mask(slide, cfg, mpp_mean, warnings)?;
     let dims = slide.dimensions();
     let thumb_ds = (dims.width.max(dims.height) as f64 / 1024.0).max(1.0);
     let disp_size = crate::geom::Size::new(
@@ -705,7 +859,77 @@ fn detect_tissue(
         thumb,
         thumb_ds,
     };
-    Ok((found, mask))
+    Ok((found, mask, mask_thumb))
+}
+
+/// The QC stage's thumbnail detectors (pen, fold, faint, edge) on the mask-scale thumbnail,
+/// unless `--qc off`.
+fn qc_thumbnail(
+    thumb: &image::RgbImage,
+    mask: &tissue::TissueMask,
+    mpp_mean: f64,
+    params: &crate::qc::QcParams,
+) -> Option<crate::qc::QcMap> {
+    (params.mode != crate::qc::QcMode::Off)
+        .then(|| crate::qc::detect(thumb, mask, mask.downsample * mpp_mean, params))
+}
+
+/// Slide QC after inference: the patches' focus judged against the slide's own, the verdict,
+/// and each patch's artefact shares and fate.
+struct QcDone {
+    map: crate::qc::QcMap,
+    outcome: crate::qc::Outcome,
+    patches: BTreeMap<crate::geom::GridIndex, crate::qc::PatchQc>,
+}
+
+impl QcDone {
+    /// The predictions that enter the slide's figures: all of them, less the excluded patches.
+    fn scored(&self, predictions: &Predictions) -> Predictions {
+        predictions
+            .iter()
+            .filter(|(idx, _)| !self.patches.get(idx).is_some_and(|q| q.excluded))
+            .map(|(idx, p)| (*idx, p.clone()))
+            .collect()
+    }
+}
+
+/// Finishes QC with the patches' focus scores (measured at `um_px`) and judges every patch.
+fn qc_patches(
+    mut map: crate::qc::QcMap,
+    grid: &PatchGrid,
+    focus: &BTreeMap<crate::geom::GridIndex, Option<f32>>,
+    um_px: f64,
+    mpp: (f64, f64),
+    params: &crate::qc::QcParams,
+) -> QcDone {
+    let tiles: Vec<crate::qc::focus::FocusTile> = grid
+        .patches
+        .iter()
+        .filter_map(|p| {
+            Some(crate::qc::focus::FocusTile {
+                at: p.location,
+                side: p.side,
+                score: *focus.get(&p.index)?,
+            })
+        })
+        .collect();
+    let outcome = crate::qc::finish(&mut map, Ok((&tiles, um_px, "patches")), mpp, params);
+    let patches = grid
+        .patches
+        .iter()
+        .map(|p| {
+            let f = focus.get(&p.index).copied().flatten();
+            (
+                p.index,
+                crate::qc::PatchQc::judge(&map, p.location, p.side, f, params),
+            )
+        })
+        .collect();
+    QcDone {
+        map,
+        outcome,
+        patches,
+    }
 }
 
 /// The grid stage's output, and the mask's figures kept after its pixels are dropped.
@@ -773,7 +997,7 @@ pub fn plan_slide(
     model: &crate::model::config::ModelConfig,
     mpp_mean: f64,
 ) -> Result<(PatchGrid, crate::grid::ReadPlan)> {
-    let (mask, _) = tissue_mask(slide, cfg, mpp_mean, &mut Vec::new())?;
+    let (mask, _, _) = tissue_mask(slide, cfg, mpp_mean, &mut Vec::new())?;
     let planned = plan_patches(slide, cfg, model, mpp_mean, mask)?;
     Ok((planned.grid, planned.plan))
 }
@@ -885,6 +1109,8 @@ struct Finished<'a> {
     tissue: Tissue,
     planned: Planned,
     predictions: Predictions,
+    /// Slide QC, unless `--qc off`.
+    qc: Option<QcDone>,
     /// A dense model's class maps, one per class.
     dense_maps: Option<Vec<Heatmap>>,
     analysed_at: String,
@@ -900,13 +1126,26 @@ fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result
     let t = Instant::now();
     let (cfg, folder) = (f.cfg, &f.lm.folder);
     let mpp_mean = (f.mpp.x + f.mpp.y) / 2.0;
+    // The predictions that enter the slide's figures: without QC's excluded patches.
+    let scored = match &f.qc {
+        Some(q) => q.scored(&f.predictions),
+        None => f.predictions.clone(),
+    };
+    if let Some(q) = &f.qc {
+        output::qc::write_images(dir, &f.tissue.thumb, f.tissue.thumb_ds, &q.map)?;
+    }
     let (class_stats, analysed) = write_outputs(
         dir,
         mpp_mean,
         (&f.tissue.thumb, f.tissue.thumb_ds),
         &f.planned.mask_png,
         &f.planned.grid,
-        (&f.predictions, f.dense_maps.as_deref()),
+        (
+            &f.predictions,
+            &scored,
+            f.qc.as_ref(),
+            f.dense_maps.as_deref(),
+        ),
         folder,
         cfg,
         prep.gpu,
@@ -916,11 +1155,15 @@ fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result
         dir,
         f.slide,
         &f.planned.grid,
-        &f.predictions,
+        &scored,
         mpp_mean,
         folder,
         cfg,
     )?;
+    let qc_regions = match &f.qc {
+        Some(q) => write_qc_regions(dir, f.slide, &f.planned.grid, q, mpp_mean, folder, cfg)?,
+        None => Vec::new(),
+    };
     let identifiers = if cfg.include_label {
         output::write_identifier_images(dir, f.slide)?
     } else {
@@ -930,7 +1173,19 @@ fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result
     f.timings.insert("outputs_s", t.elapsed().as_secs_f64());
     f.timings
         .insert("total_s", f.started.elapsed().as_secs_f64());
-    let doc = result_doc(&f, prep, fp, class_stats, analysed, top, identifiers)?;
+    let mut doc = result_doc(
+        &f,
+        prep,
+        fp,
+        class_stats,
+        analysed,
+        top,
+        identifiers,
+        &scored,
+    )?;
+    if let Some(q) = doc.qc.as_mut() {
+        q.regions = qc_regions;
+    }
     output::write_bytes(&dir.join("result.json"), doc.to_json()?.as_bytes())?;
     crate::report::write_slide_report(dir)?;
     if cfg.pdf {
@@ -952,6 +1207,7 @@ fn replace_folder(out: &Path, name: &str, tmp: &Path) -> Result<PathBuf> {
 }
 
 /// result.json's document for a finished analysis.
+#[allow(clippy::too_many_arguments)]
 fn result_doc(
     f: &Finished,
     prep: &Preprocessing,
@@ -960,6 +1216,7 @@ fn result_doc(
     analysed: usize,
     top_regions: Vec<TopRegion>,
     identifier_images: Vec<String>,
+    scored: &Predictions,
 ) -> Result<SlideResult> {
     let (slide, path, cfg) = (f.slide, f.path, f.cfg);
     let (folder, chosen, loaded) = (&f.lm.folder, &f.lm.chosen, &f.lm.model);
@@ -1074,9 +1331,12 @@ fn result_doc(
             class: c.class_names[positive].clone(),
             method: cfg.slide_score.to_string(),
             description: cfg.slide_score.describe(),
-            value: cfg.slide_score.score(&f.predictions, positive),
+            value: cfg.slide_score.score(scored, positive),
         },
         top_regions,
+        qc: f.qc.as_ref().map(|q| {
+            crate::results::QcRecord::new(&q.outcome, &q.map, &cfg.qc, q.patches.values())
+        }),
         identifiers: Identifiers {
             label_included: cfg.include_label,
             images: identifier_images,
@@ -1091,10 +1351,13 @@ fn decimal(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
 }
 
+/// Returns the predictions, why the GPU preprocessing failed mid-run (if it did), and each
+/// patch's focus score when `focus_factor` asked for them.
+#[allow(clippy::type_complexity)]
 fn run_inference(
     slide: &Slide,
     grid: &PatchGrid,
-    plan: crate::grid::ReadPlan,
+    (plan, focus_factor): (crate::grid::ReadPlan, Option<u32>),
     pre: &Preprocess,
     cfg: &AnalyzeConfig,
     model: &dyn model::Model,
@@ -1104,7 +1367,11 @@ fn run_inference(
         &crate::model::config::ModelConfig,
         Option<&crate::dense::DenseMap>,
     ),
-) -> Result<(Predictions, Option<String>)> {
+) -> Result<(
+    Predictions,
+    Option<String>,
+    BTreeMap<crate::geom::GridIndex, Option<f32>>,
+)> {
     let batch_size = cfg.batch_size.max(1);
     let (tx, rx) = mpsc::sync_channel::<crate::batch::PatchBatch>(cfg.queue_depth.max(1));
     let rx = Arc::new(Mutex::new(rx));
@@ -1115,6 +1382,7 @@ fn run_inference(
     let (recycle_tx, recycle_rx) =
         mpsc::sync_channel::<Vec<u8>>(cfg.queue_depth.max(1) + workers + 1);
     let predictions = Mutex::new(Predictions::new());
+    let focus = Mutex::new(BTreeMap::new());
     // Why the GPU preprocessing failed mid-run, if it did (the CPU twin computed the batches it failed on).
     let gpu_fallback: Mutex<Option<String>> = Mutex::new(None);
     cfg.progress.emit(ProgressEvent::PatchesPlanned {
@@ -1140,8 +1408,8 @@ fn run_inference(
                     chunk.iter().map(|&i| grid.patches[i].clone()).collect();
                 let chunk = chunk.as_slice();
                 let buffer = recycle_rx.try_recv().unwrap_or_default();
-                let batch =
-                    decode_pool.install(|| make_batch_in(slide, chunk, plan, pre, buffer))?;
+                let batch = decode_pool
+                    .install(|| make_batch_in(slide, chunk, plan, pre, buffer, focus_factor))?;
                 if tx.send(batch).is_err() {
                     break; // workers stopped after an error
                 }
@@ -1153,6 +1421,7 @@ fn run_inference(
             let rx = rx.clone();
             let recycle = recycle_tx.clone();
             let predictions = &predictions;
+            let focus = &focus;
             let gpu_fallback = &gpu_fallback;
             workers.push(s.spawn(move || -> Result<()> {
                 loop {
@@ -1182,6 +1451,16 @@ fn run_inference(
                             .map(|raw| model::to_probabilities(config, raw))
                             .collect(),
                     };
+                    if !batch.focus.is_empty() {
+                        let mut f = focus.lock().unwrap_or_else(|e| e.into_inner());
+                        f.extend(
+                            batch
+                                .indices
+                                .iter()
+                                .copied()
+                                .zip(batch.focus.iter().copied()),
+                        );
+                    }
                     {
                         let mut p = predictions.lock().unwrap_or_else(|e| e.into_inner());
                         for (idx, probs) in batch.indices.iter().zip(probs) {
@@ -1230,6 +1509,7 @@ fn run_inference(
     Ok((
         predictions.into_inner().unwrap_or_else(|e| e.into_inner()),
         gpu_fallback.into_inner().unwrap_or_else(|e| e.into_inner()),
+        focus.into_inner().unwrap_or_else(|e| e.into_inner()),
     ))
 }
 
@@ -1279,7 +1559,14 @@ fn write_outputs(
     (thumb, thumb_ds): (&image::RgbImage, f64),
     mask_png: &[u8],
     grid: &PatchGrid,
-    (predictions, dense): (&Predictions, Option<&[Heatmap]>),
+    // All predictions (patches.csv, the GeoJSON's tiles), those that enter the slide's
+    // figures, the patches' QC, and a dense model's class maps.
+    (predictions, scored, qc, dense): (
+        &Predictions,
+        &Predictions,
+        Option<&QcDone>,
+        Option<&[Heatmap]>,
+    ),
     folder: &ModelFolder,
     cfg: &AnalyzeConfig,
     gpu: Option<&crate::gpu::Gpu>,
@@ -1306,6 +1593,7 @@ fn write_outputs(
                     row: p.index.row,
                     tissue_fraction: p.tissue_fraction,
                     probs: probs.clone(),
+                    qc: qc.and_then(|q| q.patches.get(&p.index).cloned()),
                 })
             })
             .collect(),
@@ -1328,7 +1616,7 @@ fn write_outputs(
         let heat: &Heatmap = match dense {
             Some(maps) => &maps[k],
             None => {
-                built = Heatmap::build(grid, predictions, k);
+                built = Heatmap::build(grid, scored, k);
                 &built
             }
         };
@@ -1349,10 +1637,7 @@ fn write_outputs(
             output::write_png(&dir.join(format!("overlay-{name}.png")), &overlay)?;
         }
         let polys = heat.regions(cfg.threshold);
-        let mut probs: Vec<f32> = predictions
-            .values()
-            .filter_map(|p| p.get(k).copied())
-            .collect();
+        let mut probs: Vec<f32> = scored.values().filter_map(|p| p.get(k).copied()).collect();
         probs.sort_by(f32::total_cmp);
         let pct = |q: f64| -> Option<f64> {
             if probs.is_empty() {
@@ -1389,12 +1674,16 @@ fn write_outputs(
     // A patch classifier's regions are its positive class's; a dense model's are every
     // class's (compartments, artefacts), each classified in QuPath.
     let positive = c.positive_class();
-    let regions: Vec<geojson::Region> = regions
+    let mut regions: Vec<geojson::Region> = regions
         .into_iter()
         .enumerate()
         .filter(|(k, _)| dense.is_some() || *k == positive)
         .map(|(_, r)| r)
         .collect();
+    // QC's artefacts, classified Pen, Blur, Fold, Faint, Edge.
+    if let Some(q) = qc {
+        regions.extend(output::qc::regions(&q.map));
+    }
     let text = geojson::feature_collection(&grid.patches, predictions, &c.class_names, &regions);
     let (path, bytes) = if text.len() > cfg.geojson_gzip_bytes {
         (dir.join("annotations.geojson.gz"), geojson::gzip(&text))
@@ -1403,6 +1692,113 @@ fn write_outputs(
     };
     output::write_bytes(&path, &bytes)?;
     Ok((stats, analysed))
+}
+
+/// Reads the square of side `side_l0` level-0 pixels centred on `(cx, cy)` as a
+/// `pixels`-square JPEG at `path`; returns the square.
+fn write_crop(
+    slide: &Slide,
+    path: &Path,
+    (cx, cy): (f64, f64),
+    side_l0: f64,
+    pixels: u32,
+) -> Result<CropBox> {
+    let level = slide.best_level_for_downsample(side_l0 / pixels.max(1) as f64);
+    let ds = slide.levels()[level].downsample;
+    let read_side = ((side_l0 / ds).round() as u64).max(1);
+    let at = crate::geom::Level0Px::new(
+        (cx - side_l0 / 2.0).round() as i64,
+        (cy - side_l0 / 2.0).round() as i64,
+    );
+    let img = slide.read_region(at, level, crate::geom::Size::new(read_side, read_side))?;
+    let img = crate::imaging::resize::resize(&img, pixels, pixels);
+    let mut bytes = Vec::new();
+    jpeg_encoder::Encoder::new(&mut bytes, 90)
+        .encode(
+            img.as_raw(),
+            img.width() as u16,
+            img.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .map_err(|e| Error::Encode {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+    output::write_bytes(path, &bytes)?;
+    Ok(CropBox {
+        x: at.x,
+        y: at.y,
+        side: side_l0.round() as u64,
+    })
+}
+
+/// Crops the patches QC found the most artefact in, for the report: `qc-region-<n>.jpg`, at
+/// most 4, `region_pixels` square at the model's µm/px, at least one crop apart; worst first
+/// (largest share of a kind that excludes), ties in grid order.
+fn write_qc_regions(
+    dir: &Path,
+    slide: &Slide,
+    grid: &PatchGrid,
+    qc: &QcDone,
+    mpp: f64,
+    folder: &ModelFolder,
+    cfg: &AnalyzeConfig,
+) -> Result<Vec<crate::results::QcRegion>> {
+    let c = &folder.config;
+    let side_l0 = cfg.region_pixels as f64 * c.spacing_um_px / mpp;
+    let mut worst: Vec<(f64, &crate::grid::Patch, &crate::qc::PatchQc)> = grid
+        .patches
+        .iter()
+        .filter_map(|p| {
+            let q = qc.patches.get(&p.index)?;
+            let w = crate::qc::Kind::ALL
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| q.kinds & k.bit() != 0 && k.excludes())
+                .map(|(i, _)| q.fractions[i])
+                .fold(0.0, f64::max);
+            (w > 0.0).then_some((w, p, q))
+        })
+        .collect();
+    worst.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.index.cmp(&b.1.index)));
+    let mut chosen: Vec<(f64, f64)> = Vec::new();
+    let mut out = Vec::new();
+    for (_, p, q) in worst {
+        if out.len() == 4 {
+            break;
+        }
+        let cx = p.location.x as f64 + p.side as f64 / 2.0;
+        let cy = p.location.y as f64 + p.side as f64 / 2.0;
+        if chosen
+            .iter()
+            .any(|&(x, y)| (x - cx).abs() < side_l0 && (y - cy).abs() < side_l0)
+        {
+            continue;
+        }
+        chosen.push((cx, cy));
+        let file = format!("qc-region-{}.jpg", out.len() + 1);
+        let crop = write_crop(
+            slide,
+            &dir.join(&file),
+            (cx, cy),
+            side_l0,
+            cfg.region_pixels,
+        )?;
+        out.push(crate::results::QcRegion {
+            rank: out.len() + 1,
+            file,
+            reason: q.reason(),
+            patch: PatchRef {
+                col: p.index.col,
+                row: p.index.row,
+                x: p.location.x,
+                y: p.location.y,
+                side: p.side,
+            },
+            crop_level0: crop,
+        });
+    }
+    Ok(out)
 }
 
 /// Crops the top-scoring regions of the positive class for the report: `region-<n>.jpg`,
@@ -1426,34 +1822,18 @@ fn write_top_regions(
         cfg.top_regions,
         side_l0,
     );
-    let level = slide.best_level_for_downsample(side_l0 / cfg.region_pixels.max(1) as f64);
-    let ds = slide.levels()[level].downsample;
-    let read_side = ((side_l0 / ds).round() as u64).max(1);
     let mut out = Vec::new();
     for (rank, (patch, score)) in chosen.into_iter().enumerate() {
         let cx = patch.location.x as f64 + patch.side as f64 / 2.0;
         let cy = patch.location.y as f64 + patch.side as f64 / 2.0;
-        let at = crate::geom::Level0Px::new(
-            (cx - side_l0 / 2.0).round() as i64,
-            (cy - side_l0 / 2.0).round() as i64,
-        );
-        let img = slide.read_region(at, level, crate::geom::Size::new(read_side, read_side))?;
-        let img = crate::imaging::resize::resize(&img, cfg.region_pixels, cfg.region_pixels);
         let file = format!("region-{}.jpg", rank + 1);
-        let path = dir.join(&file);
-        let mut bytes = Vec::new();
-        jpeg_encoder::Encoder::new(&mut bytes, 90)
-            .encode(
-                img.as_raw(),
-                img.width() as u16,
-                img.height() as u16,
-                jpeg_encoder::ColorType::Rgb,
-            )
-            .map_err(|e| Error::Encode {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        output::write_bytes(&path, &bytes)?;
+        let crop = write_crop(
+            slide,
+            &dir.join(&file),
+            (cx, cy),
+            side_l0,
+            cfg.region_pixels,
+        )?;
         out.push(TopRegion {
             rank: rank + 1,
             score: f64::from(score),
@@ -1465,11 +1845,7 @@ fn write_top_regions(
                 y: patch.location.y,
                 side: patch.side,
             },
-            crop_level0: CropBox {
-                x: at.x,
-                y: at.y,
-                side: side_l0.round() as u64,
-            },
+            crop_level0: crop,
             centre_level0: Point {
                 x: cx.round() as i64,
                 y: cy.round() as i64,
@@ -1515,6 +1891,7 @@ mod tests {
             hash_full: _,
             geojson_gzip_bytes: _,
             tissue: _,
+            qc: _,
             tissue_model: _,
             slide: _,
             slide_score: _,
@@ -1548,6 +1925,15 @@ mod tests {
             ("tissue.min_object_mm2", |c| c.tissue.min_object_mm2 = 0.05),
             ("tissue.max_hole_mm2", |c| c.tissue.max_hole_mm2 = 0.02),
             ("tissue.max_side", |c| c.tissue.max_side = 2048),
+            ("qc.mode", |c| c.qc.mode = crate::qc::QcMode::Flag),
+            ("qc.patch_max_fraction", |c| c.qc.patch_max_fraction = 0.5),
+            ("qc.pen.grow_um", |c| c.qc.pen.grow_um = 40.0),
+            ("qc.focus.relative", |c| c.qc.focus.relative = 0.5),
+            ("qc.stain.fold_min_od", |c| c.qc.stain.fold_min_od = 0.6),
+            ("qc.edge.max_lines", |c| c.qc.edge.max_lines = 2),
+            ("qc.rules.review_pen_pct", |c| {
+                c.qc.rules.review_pen_pct = 5.0
+            }),
             ("slide.apply_icc", |c| c.slide.apply_icc = true),
             ("slide_score", |c| c.slide_score = ScoreMethod::Max),
             ("top_regions", |c| c.top_regions = 3),

@@ -22,8 +22,9 @@ use crate::model::config::ModelConfig;
 use crate::slide::Mpp;
 
 /// Version of result.json's layout. 2 added the `preprocessing` block (where patches were
-/// preprocessed, and every fallback from a GPU with its reason); readers accept 1 and 2.
-pub const RESULT_SCHEMA_VERSION: u32 = 2;
+/// preprocessed, and every fallback from a GPU with its reason); 3 the `qc` block (slide
+/// quality control: artefacts, focus, verdict). Readers accept 1 to 3.
+pub const RESULT_SCHEMA_VERSION: u32 = 3;
 
 /// What became of one slide in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -93,6 +94,15 @@ pub struct SlideStatus {
     /// The slide-level score of the positive class (see result.json's `slide_score`).
     #[serde(default)]
     pub slide_score: Option<f64>,
+    /// Slide QC's verdict (`pass`, `review`, `rescan`), when QC ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc_verdict: Option<crate::qc::Verdict>,
+    /// Slide QC's reasons, joined with `; `.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc_reasons: Option<String>,
+    /// Patches QC left out of the slide's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc_excluded: Option<usize>,
     /// The slide's output folder.
     pub output: Option<PathBuf>,
 }
@@ -100,7 +110,7 @@ pub struct SlideStatus {
 /// A slide's `result.json`: what was analysed, with what, how, and what came out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlideResult {
-    /// [`RESULT_SCHEMA_VERSION`] when written; 1 or 2 when read.
+    /// [`RESULT_SCHEMA_VERSION`] when written; 1 to 3 when read.
     pub schema_version: u32,
     /// The run key ([`crate::pipeline::run_key`]): same key, same model and settings.
     pub run_key: String,
@@ -135,6 +145,9 @@ pub struct SlideResult {
     pub slide_score: SlideScore,
     /// The top-scoring regions cropped for the report.
     pub top_regions: Vec<TopRegion>,
+    /// Slide quality control (absent before version 3 and with `--qc off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc: Option<QcRecord>,
     /// Whether label and macro images were written.
     pub identifiers: Identifiers,
     /// QC warnings (MPP missing or overridden, little tissue, …).
@@ -483,6 +496,194 @@ pub struct Identifiers {
     pub images: Vec<String>,
 }
 
+/// Slide quality control, in result.json's `qc` block and in `tessera qc`'s qc.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QcRecord {
+    /// `exclude`, `flag` or `off` (`--qc`).
+    pub mode: crate::qc::QcMode,
+    /// `pass`, `review` or `rescan`.
+    pub verdict: crate::qc::Verdict,
+    /// Why, each reason starting with the verdict it raised (empty on a pass).
+    pub reasons: Vec<String>,
+    /// The artefact raster's scale (that of the tissue mask): µm per pixel.
+    pub raster_um_px: f64,
+    /// Per artefact kind: areas and share of the tissue.
+    pub kinds: Vec<QcKindRecord>,
+    /// How focus was measured and what came of it.
+    pub focus: QcFocusRecord,
+    /// Patches marked with an artefact (during `analyze`; 0 in `tessera qc`).
+    pub patches_flagged: usize,
+    /// Patches left out of the slide's figures (`--qc exclude`).
+    pub patches_excluded: usize,
+    /// The slide's median tissue optical density (folds are judged against it).
+    pub median_tissue_od: f64,
+    /// Every QC threshold used.
+    pub params: serde_json::Value,
+    /// Crops of the patches with the most artefact, for the report (analyze only).
+    #[serde(default)]
+    pub regions: Vec<QcRegion>,
+}
+
+/// A crop of a patch with artefacts (`qc-region-<n>.jpg`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QcRegion {
+    /// 1 for the worst.
+    pub rank: usize,
+    /// The crop's file.
+    pub file: String,
+    /// The patch's kinds and shares, e.g. `pen 62%`.
+    pub reason: String,
+    /// The patch.
+    pub patch: PatchRef,
+    /// The crop in level-0 pixels.
+    pub crop_level0: CropBox,
+}
+
+impl QcRecord {
+    /// The record of a finished QC: `outcome` on `map`, with `params`, and the patches'
+    /// QC when a model's patches were judged.
+    pub fn new<'a>(
+        outcome: &crate::qc::Outcome,
+        map: &crate::qc::QcMap,
+        params: &crate::qc::QcParams,
+        patches: impl IntoIterator<Item = &'a crate::qc::PatchQc>,
+    ) -> QcRecord {
+        let (mut flagged, mut excluded) = (0, 0);
+        for p in patches {
+            flagged += usize::from(p.kinds != 0);
+            excluded += usize::from(p.excluded);
+        }
+        let f = |v: f32| (v as f64 * 1e4).round() / 1e4;
+        QcRecord {
+            mode: params.mode,
+            verdict: outcome.verdict,
+            reasons: outcome.reasons.clone(),
+            raster_um_px: map.um_px,
+            kinds: outcome
+                .figures
+                .iter()
+                .map(|k| QcKindRecord {
+                    kind: k.kind.name().into(),
+                    area_mm2: k.area_mm2,
+                    tissue_area_mm2: k.tissue_mm2,
+                    tissue_pct: k.tissue_pct,
+                })
+                .collect(),
+            focus: match &outcome.focus {
+                Err(why) => QcFocusRecord {
+                    not_measured: Some(why.clone()),
+                    source: None,
+                    um_px: None,
+                    tiles: 0,
+                    blurred_tiles: 0,
+                    reference: None,
+                    percentiles: None,
+                },
+                Ok(o) => QcFocusRecord {
+                    not_measured: None,
+                    source: Some(o.source.into()),
+                    um_px: Some(o.um_px),
+                    tiles: o.assessment.measured,
+                    blurred_tiles: o.assessment.blurred.iter().filter(|b| **b).count(),
+                    reference: o.assessment.reference.map(f),
+                    percentiles: o.assessment.percentiles.map(|p| p.map(f)),
+                },
+            },
+            patches_flagged: flagged,
+            patches_excluded: excluded,
+            median_tissue_od: f(map.median_tissue_od),
+            params: serde_json::to_value(params).unwrap_or(serde_json::Value::Null),
+            regions: Vec::new(),
+        }
+    }
+
+    /// A kind's share of the tissue, percent (0 when absent).
+    pub fn tissue_pct(&self, kind: &str) -> f64 {
+        self.kinds
+            .iter()
+            .find(|k| k.kind == kind)
+            .map_or(0.0, |k| k.tissue_pct)
+    }
+}
+
+/// One artefact kind's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QcKindRecord {
+    /// `pen`, `blur`, `fold`, `faint` or `edge`.
+    pub kind: String,
+    /// Area flagged anywhere on the slide, mm².
+    pub area_mm2: f64,
+    /// Area flagged on tissue, mm².
+    pub tissue_area_mm2: f64,
+    /// Share of the tissue flagged, percent.
+    pub tissue_pct: f64,
+}
+
+/// Focus measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QcFocusRecord {
+    /// Why focus was not measured (then the other fields are empty).
+    pub not_measured: Option<String>,
+    /// `patches` (analyze: the model's patches as read) or `focus tiles` (`tessera qc`).
+    pub source: Option<String>,
+    /// The µm/px it was measured at.
+    pub um_px: Option<f64>,
+    /// Tiles measured.
+    pub tiles: usize,
+    /// Tiles judged out of focus.
+    pub blurred_tiles: usize,
+    /// The slide's reference score (its sharpest tissue), when enough tiles were measured.
+    pub reference: Option<f64>,
+    /// The scores' 5th, 25th, 50th, 75th and 95th percentiles.
+    pub percentiles: Option<[f64; 5]>,
+}
+
+/// `tessera qc`'s `qc.json`: a slide's quality control without a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QcDocument {
+    /// [`RESULT_SCHEMA_VERSION`] when written.
+    pub schema_version: u32,
+    /// The Tessera version that wrote it.
+    pub tessera_version: String,
+    /// When QC finished (RFC 3339, UTC, seconds).
+    pub analysed_at: String,
+    /// The slide.
+    pub slide: SlideRecord,
+    /// Tissue area in mm².
+    pub tissue_area_mm2: f64,
+    /// Tissue share of the slide, 0–1.
+    pub tissue_fraction: f64,
+    /// Tissue detector parameters.
+    pub tissue: TissueRecord,
+    /// The QC.
+    pub qc: QcRecord,
+    /// Warnings (MPP missing or overridden, little tissue, …).
+    pub warnings: Vec<String>,
+    /// Seconds per phase.
+    pub timings_s: BTreeMap<String, f64>,
+}
+
+impl QcDocument {
+    /// Reads and checks `path` (a qc.json).
+    pub fn read(path: &Path) -> Result<QcDocument> {
+        let bytes = std::fs::read(path).map_err(|e| Error::from_io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Report {
+            path: path.into(),
+            message: format!("not a Tessera qc.json: {e}"),
+        })
+    }
+
+    /// The text of qc.json: keys sorted, two-space indented.
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_value(self)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .map_err(|e| Error::Encode {
+                path: "qc.json".into(),
+                message: e.to_string(),
+            })
+    }
+}
+
 /// One row of `patches.csv`: an analysed patch, its square in level-0 pixels (WSInfer's
 /// `minx,miny,width,height`), its grid cell, its tissue fraction and one probability per class.
 #[derive(Debug, Clone, PartialEq)]
@@ -503,10 +704,15 @@ pub struct PatchRow {
     pub tissue_fraction: f64,
     /// Probability of each class, in the table's class order (written with 6 decimals).
     pub probs: Vec<f32>,
+    /// The patch's QC (its columns are written when any row has one).
+    pub qc: Option<crate::qc::PatchQc>,
 }
 
-/// `patches.csv`: `minx,miny,width,height,col,row,tissue_fraction,prob_<class>…`, one row per
-/// analysed patch in grid order. [`PatchTable::to_csv`] writes it; [`PatchTable::read`] reads
+/// `patches.csv`: `minx,miny,width,height,col,row,tissue_fraction,prob_<class>…`, then, when
+/// QC ran, `qc_pen,qc_blur,qc_fold,qc_faint,qc_edge` (each kind's share of the patch),
+/// `focus` (its focus score, empty when not measured), `qc_status` (`ok`, `flagged` or
+/// `excluded`) and `qc_reason` (e.g. `pen 62%; blur 100%`), one row per analysed patch in
+/// grid order. [`PatchTable::to_csv`] writes it; [`PatchTable::read`] reads
 /// it back (columns found by name, so a reader tolerates reordered columns).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatchTable {
@@ -534,6 +740,13 @@ impl PatchTable {
         for n in &self.class_names {
             csv.push_str(&format!(",prob_{n}"));
         }
+        let with_qc = self.rows.iter().any(|r| r.qc.is_some());
+        if with_qc {
+            for k in crate::qc::Kind::ALL {
+                csv.push_str(&format!(",qc_{}", k.name()));
+            }
+            csv.push_str(",focus,qc_status,qc_reason");
+        }
         csv.push('\n');
         for p in &self.rows {
             csv.push_str(&format!(
@@ -542,6 +755,21 @@ impl PatchTable {
             ));
             for v in &p.probs {
                 csv.push_str(&format!(",{v:.6}"));
+            }
+            if with_qc {
+                match &p.qc {
+                    Some(q) => {
+                        for f in q.fractions {
+                            csv.push_str(&format!(",{f:.4}"));
+                        }
+                        csv.push_str(&match q.focus {
+                            Some(v) => format!(",{v:.4}"),
+                            None => ",".into(),
+                        });
+                        csv.push_str(&format!(",{},{}", q.status(), q.reason()));
+                    }
+                    None => csv.push_str(",,,,,,,,"),
+                }
             }
             csv.push('\n');
         }
@@ -577,6 +805,13 @@ impl PatchTable {
             .enumerate()
             .filter_map(|(i, h)| h.strip_prefix("prob_").map(|c| (i, c.to_string())))
             .collect();
+        let col = |name: &str| header.iter().position(|h| *h == name);
+        type QcColumns = (Vec<usize>, usize, usize, usize);
+        let qc_cols: Option<QcColumns> = crate::qc::Kind::ALL
+            .iter()
+            .map(|k| col(&format!("qc_{}", k.name())))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|kinds| Some((kinds, col("focus")?, col("qc_status")?, col("qc_reason")?)));
         if probs.is_empty() {
             return Err(bad("no prob_<class> column".into()));
         }
@@ -596,6 +831,33 @@ impl PatchTable {
                         .iter()
                         .map(|(i, _)| f.get(*i)?.parse().ok())
                         .collect::<Option<_>>()?,
+                    qc: match &qc_cols {
+                        None => None,
+                        Some((kinds, focus, status, reason)) => {
+                            let mut fractions = [0f64; 5];
+                            let mut flags = 0u8;
+                            for (k, &i) in kinds.iter().enumerate() {
+                                fractions[k] = f.get(i)?.parse().ok()?;
+                            }
+                            let status = *f.get(*status)?;
+                            // The kinds named in the reason are those over the limit.
+                            let reason = f.get(*reason)?;
+                            for kind in crate::qc::Kind::ALL {
+                                if reason
+                                    .split("; ")
+                                    .any(|r| r.starts_with(&format!("{} ", kind.name())))
+                                {
+                                    flags |= kind.bit();
+                                }
+                            }
+                            Some(crate::qc::PatchQc {
+                                fractions,
+                                focus: f.get(*focus).and_then(|v| v.parse().ok()),
+                                kinds: flags,
+                                excluded: status == "excluded",
+                            })
+                        }
+                    },
                 })
             };
             rows.push(row().ok_or_else(|| bad(format!("row {} is malformed", n + 2)))?);

@@ -45,6 +45,20 @@ function refreshOverlay() {
   });
 }
 
+// Slide QC's artefacts: one picture over the whole slide (the tissue mask's raster, whose
+// pixels cover mask_downsample level-0 pixels each, so it may reach a little past the edge).
+function refreshQc() {
+  if (state.qcItem) { viewer.world.removeItem(state.qcItem); state.qcItem = null; }
+  const res = state.result;
+  if (!$('qc').checked || !res.qc) return;
+  const w = res.slide.dimensions.width, ds = res.parameters.tissue.mask_downsample;
+  viewer.addSimpleImage({
+    url: '/api/slides/' + encodeURIComponent(id) + '/qc.png', x: 0, y: 0,
+    width: Math.ceil(w / ds) * ds / w, opacity: 0.55,
+    success: (e) => { state.qcItem = e.item; },
+  });
+}
+
 function legend() {
   const stops = [];
   for (let i = 0; i <= 10; i++) stops.push(colour($('cmap').value, i / 10));
@@ -178,6 +192,13 @@ async function init() {
     li.textContent = 'score ' + t.score.toFixed(3) + ' at (' + t.centre_level0.x + ', ' + t.centre_level0.y + ')';
     li.addEventListener('click', () => goTo(t.crop_level0));
     $('regions').appendChild(li);
+  }
+  if (res.qc) {
+    $('qcbox').hidden = false;
+    $('qcverdict').textContent = res.qc.verdict.toUpperCase() +
+      (res.qc.reasons.length ? ' — ' + res.qc.reasons.join('; ') : '');
+    $('qcverdict').className = 'verdict-' + res.qc.verdict;
+    $('qc').addEventListener('change', refreshQc);
   }
   const list = await (await fetch('/api/slides')).json();
   $('trainee').value = localStorage.getItem('tessera-trainee') || list.trainee || '';

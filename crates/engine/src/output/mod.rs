@@ -14,6 +14,7 @@ use image::RgbImage;
 
 pub mod geojson;
 pub mod overlay;
+pub mod qc;
 
 use crate::error::{Error, Result};
 

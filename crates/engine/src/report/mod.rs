@@ -57,12 +57,20 @@ figcaption{font-size:12px;color:var(--muted);margin-top:4px}
 .stack img{width:100%;height:auto;display:block}
 .stack svg{position:absolute;left:0;top:0;width:100%;height:100%}
 .regions{display:grid;grid-template-columns:repeat(3,1fr);gap:12px}
+.qcregions{display:grid;grid-template-columns:1fr 1fr;gap:8px;align-content:start}
+.qcregions img{width:100%;height:auto;display:block;border:1px solid var(--line)}
+.qcregions figcaption{font-size:12px}
 .regions img{width:100%;height:auto;display:block;border:1px solid var(--line)}
 .regions .rank{font-weight:700;color:var(--ink)}
 .hists{display:flex;flex-wrap:wrap;gap:18px}
 .ids img{max-width:48%;height:auto;border:1px solid var(--line);margin-right:8px}
 footer{margin-top:28px;padding-top:8px;border-top:1px solid var(--line);color:var(--muted);font-size:12px}
 .status-failed{color:#b71c1c;font-weight:600}
+.verdict{font-weight:700;text-transform:uppercase;padding:1px 6px;border-radius:3px;color:#fff}
+.verdict-pass{background:#2e7d32}
+.verdict-review{background:#ef6c00}
+.verdict-rescan{background:#b71c1c}
+.swatch{display:inline-block;width:10px;height:10px;border:1px solid #0003;vertical-align:middle}
 .status-done,.status-skipped{color:#2e7d32}
 th[data-sort]{cursor:pointer;user-select:none}
 th[aria-sort=ascending]::after{content:" ▲"}
@@ -393,6 +401,16 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
             ));
         }
     }
+    // Slide QC: its overlay and crops, inline.
+    let qc = r.qc.as_ref();
+    let qc_overlay = match qc {
+        Some(_) => Some(data_uri("image/png", &read(&f.file("qc-overlay.png"))?)),
+        None => None,
+    };
+    let mut qc_crops = Vec::new();
+    for reg in qc.map(|q| q.regions.as_slice()).unwrap_or_default() {
+        qc_crops.push((reg, data_uri("image/jpeg", &read(&f.file(&reg.file))?)));
+    }
     let mut ids = Vec::new();
     if label_included {
         for file in &id_images {
@@ -448,6 +466,9 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                             tr { th { "Citation" } td { (c) } }
                         }
                         tr { th { "Tessera" } td { "version " (r.tessera_version) } }
+                        @if let Some(q) = qc {
+                            tr { th { "Slide quality" } td { span class=(format!("verdict verdict-{}", q.verdict)) { (q.verdict) } @if !q.reasons.is_empty() { " — " (q.reasons.join("; ")) } } }
+                        }
                     }
                 }
                 section #summary {
@@ -495,6 +516,64 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                         p.ok { "No warnings." }
                     } @else {
                         ul.warn { @for w in &warnings { li { (w) } } }
+                    }
+                }
+                @if let Some(q) = qc {
+                    section #qc {
+                        h2 { "Slide quality" }
+                        p { "Verdict: " span class=(format!("verdict verdict-{}", q.verdict)) { (q.verdict) } }
+                        @if q.reasons.is_empty() {
+                            p.ok { "No artefact over the verdict rules." }
+                        } @else {
+                            ul.warn { @for w in &q.reasons { li { (w) } } }
+                        }
+                        p.note {
+                            @match q.mode {
+                                crate::qc::QcMode::Exclude => { (q.patches_excluded) " patches with pen, blur, folds or edges over " (format!("{:.0}", qc_patch_max(q) * 100.0)) " % of their area are left out of the slide score, the top regions, the regions and the areas above (they stay in patches.csv, marked excluded); " (q.patches_flagged.saturating_sub(q.patches_excluded)) " more are marked (faint tissue only)." }
+                                crate::qc::QcMode::Flag => { (q.patches_flagged) " patches have artefacts; --qc flag keeps them in every figure above (patches.csv marks them)." }
+                                crate::qc::QcMode::Off => { "QC was off." }
+                            }
+                        }
+                        table {
+                            thead { tr { th { "Artefact" } th.num { "On tissue (mm²)" } th.num { "Share of tissue" } th.num { "Anywhere (mm²)" } } }
+                            tbody {
+                                @for k in &q.kinds {
+                                    tr {
+                                        td { span.swatch style=(format!("background:{}", kind_css(&k.kind))) {} " " (k.kind) }
+                                        td.num { (format!("{:.3}", k.tissue_area_mm2)) }
+                                        td.num { (format!("{:.1} %", k.tissue_pct)) }
+                                        td.num { (format!("{:.3}", k.area_mm2)) }
+                                    }
+                                }
+                            }
+                        }
+                        p.note {
+                            @if let Some(why) = &q.focus.not_measured {
+                                "Focus not measured: " (why) "."
+                            } @else {
+                                "Focus measured on " (q.focus.tiles) " " (q.focus.source.clone().unwrap_or_default()) " at "
+                                (num(q.focus.um_px, 2)) " µm/px (strong-edge sharpness); the slide's reference (its sharpest tissue) "
+                                (num(q.focus.reference, 3)) "; " (q.focus.blurred_tiles) " judged out of focus."
+                            }
+                        }
+                        div.pair {
+                            figure {
+                                @if let Some(uri) = &qc_overlay {
+                                    div.stack { img src=(uri) alt="Artefacts outlined on the thumbnail"; }
+                                }
+                                figcaption { "Artefacts on the thumbnail, tinted and outlined in their colours (table above)." }
+                            }
+                            @if !qc_crops.is_empty() {
+                                div.qcregions {
+                                    @for (reg, uri) in &qc_crops {
+                                        figure {
+                                            img src=(uri) alt=(format!("Artefact {}", reg.rank));
+                                            figcaption { span.rank { (reg.rank) } " · " (reg.reason) br; "x " (reg.crop_level0.x) ", y " (reg.crop_level0.y) ", side " (reg.crop_level0.side) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
                 section #maps {
@@ -612,6 +691,23 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
     Ok(page.into_string())
 }
 
+/// The share of a patch an artefact must cover to mark it, from the record's parameters.
+fn qc_patch_max(q: &crate::results::QcRecord) -> f64 {
+    q.params
+        .get("patch_max_fraction")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.25)
+}
+
+/// A kind's colour (by its name in result.json) as CSS.
+fn kind_css(name: &str) -> String {
+    let c = crate::qc::Kind::ALL
+        .iter()
+        .find(|k| k.name() == name)
+        .map_or([128, 128, 128], |k| k.color());
+    format!("rgb({},{},{})", c[0], c[1], c[2])
+}
+
 /// Writes `report.html` in the slide output folder `dir` (atomically).
 pub fn write_slide_report(dir: &Path) -> Result<()> {
     let page = slide_report_html(dir)?;
@@ -643,6 +739,7 @@ pub fn index_html(out: &Path, rows: &[SlideStatus]) -> String {
                     thead { tr {
                         th data-sort="text" { "Status" }
                         th data-sort="text" { "Slide" }
+                        th data-sort="text" { "Slide quality" }
                         th.num data-sort="num" { "Slide score" }
                         th.num data-sort="num" { "Tissue (mm²)" }
                         th.num data-sort="num" { "Patches" }
@@ -659,6 +756,12 @@ pub fn index_html(out: &Path, rows: &[SlideStatus]) -> String {
                                         a href=(format!("{}/report.html", url_component(&s.name))) { (s.name) }
                                     } @else { (s.name) }
                                     br; span.note.mono { (s.path.display()) }
+                                }
+                                td data-v=(s.qc_verdict.map(|v| v.to_string()).unwrap_or_default()) {
+                                    @if let Some(v) = s.qc_verdict {
+                                        span class=(format!("verdict verdict-{v}")) { (v) }
+                                        @if let Some(n) = s.qc_excluded.filter(|n| *n > 0) { br; span.note { (n) " patches excluded" } }
+                                    } @else { "—" }
                                 }
                                 td.num data-v=(s.slide_score.map(|v| v.to_string()).unwrap_or_default()) {
                                     (s.slide_score.map_or("—".into(), |v| format!("{v:.3}")))

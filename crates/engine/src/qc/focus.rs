@@ -1,0 +1,266 @@
+//! Out of focus: a focus measure over tissue, judged against the slide's own tissue.
+//!
+//! In: RGB tiles of tissue at (about) [`FocusParams::um_px`] — during `analyze` the patches'
+//! pixels as read for the model (no second read of the slide), box-reduced to that
+//! resolution; in `tessera qc` tiles read for the purpose. Out: one focus score per tile and,
+//! for the slide, which tiles are blurred ([`assess`]).
+//!
+//! Method. The score is the energy of the Laplacian of the grey image (the variance of the
+//! Laplacian: Pech-Pacheco et al. 2000, "Diatom autofocusing in brightfield microscopy: a
+//! comparative study") divided by the energy of the same Laplacian on the image box-reduced
+//! 4×: the finest detail's share of the detail four times coarser. A blurred tile loses its
+//! finest detail first, so its score falls; dense and sparse, pale and dark tissue keep
+//! similar shares when sharp, which a raw Laplacian variance does not (it follows the
+//! tissue's contrast). Calibrated on real TCGA tissue with Gaussian blurs made on it
+//! (`tests/qc.rs`): sharp tiles score 0.19–0.42, a slide blurred all over by σ = 0.75 µm 0.06–0.12, σ = 1–3 µm
+//! blurs 0.03–0.15 (and at most a few tiles of a sharp slide fall under half its reference). A tile is blurred when its score is
+//! below [`FocusParams::relative`] times the slide's reference (the
+//! [`FocusParams::reference_percentile`] of its tiles' scores: the sharpest tissue the scanner
+//! managed on this slide), which finds a blurred band on a sharp slide; or below
+//! [`FocusParams::absolute`], which finds a slide that is soft all over (its reference is
+//! itself low). HistoQC's `BlurDetectionModule` thresholds a Laplacian at thumbnail scale,
+//! where focus is barely visible; measuring at about 1 µm/px is what lets a σ = 6 blur be seen.
+
+use image::RgbImage;
+
+/// Thresholds of the focus measure.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FocusParams {
+    /// The resolution focus is measured at, µm/px (default 1.0). Pixels finer than this are
+    /// box-averaged to it; a slide whose finest level is coarser is measured as it is.
+    pub um_px: f64,
+    /// Blurred below this share of the slide's reference score (default 0.45).
+    pub relative: f32,
+    /// Blurred below this score whatever the slide (default 0.13).
+    pub absolute: f32,
+    /// The reference is this percentile of the slide's tile scores (default 0.9).
+    pub reference_percentile: f64,
+    /// Fewer measured tiles than this: the relative rule is not applied (default 8).
+    pub min_tiles: usize,
+    /// `tessera qc`: side of each focus tile, µm (default 160).
+    pub tile_um: f64,
+    /// `tessera qc`: distance between tiles, µm (default 320; each tile stands for the
+    /// square around it).
+    pub step_um: f64,
+}
+
+impl Default for FocusParams {
+    fn default() -> Self {
+        Self {
+            um_px: 1.0,
+            relative: 0.7,
+            absolute: 0.2,
+            reference_percentile: 0.9,
+            min_tiles: 8,
+            tile_um: 160.0,
+            step_um: 320.0,
+        }
+    }
+}
+
+/// The focus score of `img` box-reduced by `factor` (1: as it is); `None` when the reduced
+/// tile is smaller than 16 × 16 or too flat to judge (grey standard deviation under 3).
+pub fn measure(img: &RgbImage, factor: u32) -> Option<f32> {
+    let f = factor.max(1) as usize;
+    let (w0, h0) = (img.width() as usize, img.height() as usize);
+    let (w, h) = (w0 / f, h0 / f);
+    if w < 16 || h < 16 {
+        return None;
+    }
+    let raw = img.as_raw();
+    let mut grey = vec![0f32; w * h];
+    let scale = 1.0 / (f * f) as f32;
+    for y in 0..h {
+        for x in 0..w {
+            let mut s = 0f32;
+            for yy in y * f..(y + 1) * f {
+                let row = &raw[(yy * w0 + x * f) * 3..(yy * w0 + (x + 1) * f) * 3];
+                for p in row.chunks_exact(3) {
+                    s += 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+                }
+            }
+            grey[y * w + x] = s * scale;
+        }
+    }
+    let n = grey.len() as f64;
+    let mean = grey.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = grey.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    if var < 9.0 {
+        return None;
+    }
+    let (sum, count) = edge_widths(&grey, w, h);
+    (count >= MIN_EDGES).then(|| (count as f64 / sum) as f32)
+}
+
+/// Strong edges needed for a score.
+const MIN_EDGES: usize = 12;
+
+/// The widths of a grey image's strong edges, along rows and along columns (Marziliano et al.
+/// 2002): at each local maximum of the gradient's magnitude that is among the tile's
+/// strongest (at least its 90th percentile and 10 grey levels per pixel), the distance
+/// between the intensity extremes on either side. Returns the widths' sum and count.
+fn edge_widths(grey: &[f32], w: usize, h: usize) -> (f64, usize) {
+    // The 90th percentile of |gradient| over both directions.
+    let mut mags: Vec<f32> = Vec::with_capacity(2 * w * h);
+    for y in 1..h - 1 {
+        for x in 1..w - 1 {
+            let i = y * w + x;
+            mags.push((grey[i + 1] - grey[i - 1]).abs() / 2.0);
+            mags.push((grey[i + w] - grey[i - w]).abs() / 2.0);
+        }
+    }
+    if mags.is_empty() {
+        return (0.0, 0);
+    }
+    let k = (mags.len() - 1) * 9 / 10;
+    let t = mags
+        .select_nth_unstable_by(k, |a, b| a.total_cmp(b))
+        .1
+        .max(10.0);
+    let (mut sum, mut count) = (0f64, 0usize);
+    // One line of the image (a row or a column) as (start, step, length).
+    let mut line = |start: usize, step: usize, len: usize| {
+        let at = |j: usize| grey[start + j * step];
+        for j in 2..len.saturating_sub(2) {
+            let g = (at(j + 1) - at(j - 1)) / 2.0;
+            if g.abs() < t {
+                continue;
+            }
+            let (gp, gn) = ((at(j) - at(j - 2)) / 2.0, (at(j + 2) - at(j)) / 2.0);
+            if g.abs() < gp.abs() || g.abs() < gn.abs() {
+                continue; // not the steepest point of its edge
+            }
+            let s = g.signum();
+            let mut lo = j;
+            while lo > 0 && s * (at(lo) - at(lo - 1)) > 0.0 && j - lo < 32 {
+                lo -= 1;
+            }
+            let mut hi = j;
+            while hi + 1 < len && s * (at(hi + 1) - at(hi)) > 0.0 && hi - j < 32 {
+                hi += 1;
+            }
+            sum += (hi - lo) as f64;
+            count += 1;
+        }
+    };
+    for y in 0..h {
+        line(y * w, 1, w);
+    }
+    for x in 0..w {
+        line(x, w, h);
+    }
+    (sum, count)
+}
+
+/// The box-reduction factor that brings pixels of `read_um_px` to about `params.um_px`.
+pub fn factor_for(read_um_px: f64, params: &FocusParams) -> u32 {
+    (params.um_px / read_um_px).round().max(1.0) as u32
+}
+
+/// A slide's focus verdict over its tiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    /// Per input score: blurred or not (`None` scores are never blurred).
+    pub blurred: Vec<bool>,
+    /// The reference score (the chosen percentile), when enough tiles were measured.
+    pub reference: Option<f32>,
+    /// Tiles measured.
+    pub measured: usize,
+    /// Scores' 5th, 25th, 50th, 75th and 95th percentiles.
+    pub percentiles: Option<[f32; 5]>,
+}
+
+/// Which of `scores` are blurred, by [`FocusParams::relative`] and [`FocusParams::absolute`].
+pub fn assess(scores: &[Option<f32>], params: &FocusParams) -> Assessment {
+    let mut sorted: Vec<f32> = scores.iter().flatten().copied().collect();
+    sorted.sort_by(f32::total_cmp);
+    let pct = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    let reference =
+        (sorted.len() >= params.min_tiles.max(1)).then(|| pct(params.reference_percentile));
+    let cut = reference.map_or(params.absolute, |r| {
+        (r * params.relative).max(params.absolute)
+    });
+    Assessment {
+        blurred: scores.iter().map(|s| s.is_some_and(|v| v < cut)).collect(),
+        reference,
+        measured: sorted.len(),
+        percentiles: (!sorted.is_empty())
+            .then(|| [pct(0.05), pct(0.25), pct(0.5), pct(0.75), pct(0.95)]),
+    }
+}
+
+/// A focus tile read by [`measure_slide`]: the level-0 cell it stands for and its score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FocusTile {
+    /// The cell's top-left corner, level-0 pixels.
+    pub at: crate::geom::Level0Px,
+    /// The cell's side, level-0 pixels.
+    pub side: u64,
+    /// Its score (`None`: too flat to judge).
+    pub score: Option<f32>,
+}
+
+/// Focus tiles over `mask`'s tissue, read from `slide` for the purpose (`tessera qc`): one
+/// tile of [`FocusParams::tile_um`] at the centre of each [`FocusParams::step_um`] cell that
+/// is at least half tissue, read from the coarsest level at least as fine as
+/// [`FocusParams::um_px`]. Returns the tiles and the µm/px they were measured at; `Err` says
+/// why focus cannot be measured on this slide (a thumbnail-only slide, no tissue cell).
+pub fn measure_slide(
+    slide: &crate::slide::Slide,
+    mask: &crate::tissue::TissueMask,
+    mpp: f64,
+    params: &FocusParams,
+) -> crate::error::Result<std::result::Result<(Vec<FocusTile>, f64), String>> {
+    use rayon::prelude::*;
+    let levels = slide.levels();
+    // A slide much coarser than the focus resolution shows no focus.
+    if mpp > params.um_px * 4.0 {
+        return Ok(Err(format!(
+            "the slide's finest level is {mpp:.2} µm/px; focus needs about {} µm/px",
+            params.um_px
+        )));
+    }
+    let level = (0..levels.len())
+        .rev()
+        .find(|&l| levels[l].downsample * mpp <= params.um_px * 1.01)
+        .unwrap_or(0);
+    let ds = levels[level].downsample;
+    let factor = factor_for(ds * mpp, params);
+    let measured_um_px = ds * mpp * factor as f64;
+    let step = (params.step_um / mpp).round().max(1.0) as u64;
+    let tile = ((params.tile_um / mpp).round() as u64).min(step).max(1);
+    let dims = slide.dimensions();
+    let (cols, rows) = (dims.width / step, dims.height / step);
+    let cells: Vec<(u64, u64)> = (0..rows)
+        .flat_map(|r| (0..cols).map(move |c| (c, r)))
+        .filter(|&(c, r)| {
+            mask.fraction_in(
+                crate::geom::Level0Px::new((c * step) as i64, (r * step) as i64),
+                step,
+                step,
+            ) >= 0.5
+        })
+        .collect();
+    if cells.is_empty() {
+        return Ok(Err(format!(
+            "no tissue cell of {} µm fits on the slide",
+            params.step_um
+        )));
+    }
+    let side_read = ((tile as f64 / ds).round() as u64).max(1);
+    let tiles = cells
+        .par_iter()
+        .map(|&(c, r)| -> crate::error::Result<FocusTile> {
+            let off = (step - tile) / 2;
+            let at = crate::geom::Level0Px::new((c * step + off) as i64, (r * step + off) as i64);
+            let img = slide.read_region(at, level, crate::geom::Size::new(side_read, side_read))?;
+            Ok(FocusTile {
+                at: crate::geom::Level0Px::new((c * step) as i64, (r * step) as i64),
+                side: step,
+                score: measure(&img, factor),
+            })
+        })
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    Ok(Ok((tiles, measured_um_px)))
+}

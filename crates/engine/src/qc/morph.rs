@@ -1,0 +1,196 @@
+//! Binary-image helpers for the QC detectors: connected components, hysteresis growth,
+//! dilation, opening and a chamfer distance.
+//!
+//! In and out: row-major `bool` masks of `w × h` pixels, in whatever raster the caller works in
+//! (the QC raster, at the tissue mask's scale). Connectivity is 4-neighbour throughout.
+
+/// Labels the 4-connected components of `m`: one label per pixel (`u32::MAX` outside) and the
+/// size of each component.
+pub fn components(m: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<usize>) {
+    let mut label = vec![u32::MAX; m.len()];
+    let mut sizes = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..m.len() {
+        if !m[start] || label[start] != u32::MAX {
+            continue;
+        }
+        let id = sizes.len() as u32;
+        let mut n = 0usize;
+        label[start] = id;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            n += 1;
+            let (x, y) = (i % w, i / w);
+            let mut visit = |j: usize| {
+                if m[j] && label[j] == u32::MAX {
+                    label[j] = id;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < w {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - w);
+            }
+            if y + 1 < h {
+                visit(i + w);
+            }
+        }
+        sizes.push(n);
+    }
+    (label, sizes)
+}
+
+/// `m` without its components smaller than `min_px` pixels.
+pub fn drop_small(m: &[bool], w: usize, h: usize, min_px: usize) -> Vec<bool> {
+    if min_px <= 1 {
+        return m.to_vec();
+    }
+    let (label, sizes) = components(m, w, h);
+    label
+        .iter()
+        .map(|&l| l != u32::MAX && sizes[l as usize] >= min_px)
+        .collect()
+}
+
+/// Hysteresis: `seed` grown through the pixels of `weak`, at most `steps` pixels away from it
+/// (4-neighbour steps). Seeds are kept whether or not they are weak.
+pub fn grow(seed: &[bool], weak: &[bool], w: usize, h: usize, steps: usize) -> Vec<bool> {
+    let mut m = seed.to_vec();
+    let mut front: Vec<usize> = (0..m.len()).filter(|&i| m[i]).collect();
+    for _ in 0..steps {
+        let mut next = Vec::new();
+        for &i in &front {
+            let (x, y) = (i % w, i / w);
+            let mut visit = |j: usize| {
+                if weak[j] && !m[j] {
+                    m[j] = true;
+                    next.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < w {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - w);
+            }
+            if y + 1 < h {
+                visit(i + w);
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        front = next;
+    }
+    m
+}
+
+/// Dilation by a `(2r+1)²` square.
+pub fn dilate(m: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
+    if r == 0 {
+        return m.to_vec();
+    }
+    // Separable: rows, then columns.
+    let mut rows = vec![false; m.len()];
+    for y in 0..h {
+        let line = &m[y * w..(y + 1) * w];
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(r), (x + r).min(w - 1));
+            rows[y * w + x] = line[a..=b].iter().any(|&v| v);
+        }
+    }
+    let mut out = vec![false; m.len()];
+    for x in 0..w {
+        for y in 0..h {
+            let (a, b) = (y.saturating_sub(r), (y + r).min(h - 1));
+            out[y * w + x] = (a..=b).any(|yy| rows[yy * w + x]);
+        }
+    }
+    out
+}
+
+/// Erosion by a `(2r+1)²` square (pixels beyond the border count as set).
+pub fn erode(m: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
+    let inv: Vec<bool> = m.iter().map(|&v| !v).collect();
+    dilate(&inv, w, h, r).iter().map(|&v| !v).collect()
+}
+
+/// Opening (erosion, then dilation) by a `(2r+1)²` square: removes structures thinner than
+/// `2r+1` pixels.
+pub fn open(m: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
+    dilate(&erode(m, w, h, r), w, h, r)
+}
+
+/// Chamfer (3-4) distance of every set pixel to the nearest unset pixel or the border, in
+/// pixels (0 outside the mask).
+pub fn distance(m: &[bool], w: usize, h: usize) -> Vec<f32> {
+    let big = u32::MAX / 4;
+    let mut d: Vec<u32> = m.iter().map(|&v| if v { big } else { 0 }).collect();
+    let at = |d: &Vec<u32>, x: isize, y: isize| -> u32 {
+        if x < 0 || y < 0 || x >= w as isize || y >= h as isize {
+            0
+        } else {
+            d[y as usize * w + x as usize]
+        }
+    };
+    for y in 0..h as isize {
+        for x in 0..w as isize {
+            let i = y as usize * w + x as usize;
+            if d[i] == 0 {
+                continue;
+            }
+            let v = (at(&d, x - 1, y) + 3)
+                .min(at(&d, x, y - 1) + 3)
+                .min(at(&d, x - 1, y - 1) + 4)
+                .min(at(&d, x + 1, y - 1) + 4);
+            d[i] = d[i].min(v);
+        }
+    }
+    for y in (0..h as isize).rev() {
+        for x in (0..w as isize).rev() {
+            let i = y as usize * w + x as usize;
+            if d[i] == 0 {
+                continue;
+            }
+            let v = (at(&d, x + 1, y) + 3)
+                .min(at(&d, x, y + 1) + 3)
+                .min(at(&d, x + 1, y + 1) + 4)
+                .min(at(&d, x - 1, y + 1) + 4);
+            d[i] = d[i].min(v);
+        }
+    }
+    d.iter().map(|&v| v as f32 / 3.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_growth_and_distance() {
+        // Two blobs: 3 pixels and 1 pixel.
+        let m = [
+            true, true, false, false, //
+            true, false, false, true, //
+        ];
+        let (_, sizes) = components(&m, 4, 2);
+        assert_eq!(sizes, vec![3, 1]);
+        assert_eq!(drop_small(&m, 4, 2, 2).iter().filter(|&&v| v).count(), 3);
+        let seed = [true, false, false, false];
+        let weak = [false, true, true, true];
+        assert_eq!(grow(&seed, &weak, 4, 1, 2), [true, true, true, false]);
+        let band = [false, true, true, true, true, true, false];
+        let d = distance(&band, 7, 1);
+        assert_eq!(d[3], 3.0);
+        assert_eq!(open(&band, 7, 1, 1), band);
+        assert!(!open(&[false, true, false], 3, 1, 1)[1]);
+    }
+}

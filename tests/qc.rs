@@ -1,0 +1,632 @@
+//! Slide QC: the detectors against hand-made masks and made artefacts, no false alarms on
+//! clean tissue, `--qc exclude|flag|off` end to end, and `tessera qc`.
+
+use image::RgbImage;
+use tessera::qc::{self, Kind};
+use tessera::synthetic::{MadeArtefact, TileRect};
+
+use crate::require;
+use crate::util::*;
+
+/// The HistoQC images are thumbnails at about 8 µm/px (the README: "roughly 1.25×").
+const HISTOQC_UM_PX: f64 = 8.0;
+
+fn rgb(rel: &str) -> Option<RgbImage> {
+    let p = data(rel)?;
+    Some(
+        image::open(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .to_rgb8(),
+    )
+}
+
+fn truth(rel: &str) -> Option<Vec<bool>> {
+    let p = data(rel)?;
+    let m = image::open(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .to_luma8();
+    Some(m.pixels().map(|p| p.0[0] > 127).collect())
+}
+
+fn dice(a: &[bool], b: &[bool]) -> f64 {
+    let both = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
+    let n = a.iter().filter(|v| **v).count() + b.iter().filter(|v| **v).count();
+    2.0 * both as f64 / n.max(1) as f64
+}
+
+fn share(m: &[bool]) -> f64 {
+    m.iter().filter(|v| **v).count() as f64 / m.len().max(1) as f64
+}
+
+fn any_pen(img: &RgbImage, um_px: f64) -> Vec<bool> {
+    let [g, b, r, k] = qc::pen::detect(img, um_px, &Default::default());
+    (0..g.len()).map(|i| g[i] || b[i] || r[i] || k[i]).collect()
+}
+
+/// Box-averages `img` by an integer factor (a thumbnail of a high-resolution region).
+fn reduce(img: &RgbImage, f: u32) -> RgbImage {
+    let (w, h) = (img.width() / f, img.height() / f);
+    RgbImage::from_fn(w, h, |x, y| {
+        let mut s = [0u32; 3];
+        for yy in 0..f {
+            for xx in 0..f {
+                let p = img.get_pixel(x * f + xx, y * f + yy).0;
+                for c in 0..3 {
+                    s[c] += p[c] as u32;
+                }
+            }
+        }
+        image::Rgb(s.map(|v| (v / (f * f)) as u8))
+    })
+}
+
+#[test]
+fn pen_masks_agree_with_histoqc_hand_made_masks() {
+    for (name, floor) in [("black", 0.9), ("green", 0.8), ("red", 0.8)] {
+        let img = require!(rgb(&format!("qc/histoqc/pen-{name}.png")));
+        let t = require!(truth(&format!("qc/histoqc/pen-{name}-mask.png")));
+        let p = any_pen(&img, HISTOQC_UM_PX);
+        let d = dice(&p, &t);
+        println!(
+            "pen-{name}: Dice {d:.3} (found {:.2}% of the image, truth {:.2}%)",
+            share(&p) * 100.0,
+            share(&t) * 100.0
+        );
+        assert!(d >= floor, "pen-{name}: Dice {d:.3} under {floor}");
+    }
+}
+
+#[test]
+fn edge_mask_agrees_with_the_coverslip_mask_and_is_not_pen() {
+    let img = require!(rgb("qc/histoqc/coverslip-edge.png"));
+    let t = require!(truth("qc/histoqc/coverslip-edge-mask.png"));
+    let ink = any_pen(&img, HISTOQC_UM_PX);
+    let e = qc::edge::detect(&img, &ink, HISTOQC_UM_PX, &Default::default());
+    let d = dice(&e, &t);
+    println!(
+        "coverslip edge: Dice {d:.3} (found {:.2}%, truth {:.2}%); pen {:.2}%",
+        share(&e) * 100.0,
+        share(&t) * 100.0,
+        share(&ink) * 100.0
+    );
+    assert!(d >= 0.6, "edge Dice {d:.3}");
+    assert!(share(&ink) < 0.002, "the coverslip edge is not pen");
+    // The pen images have no edge on their tissue or ink: only the glass's end along the top
+    // of pen-green (a dark grey band 20 pixels high) and the scan's border line along the
+    // bottom of pen-red, both real edges, may be found.
+    for name in ["green", "red"] {
+        let img = require!(rgb(&format!("qc/histoqc/pen-{name}.png")));
+        let ink = any_pen(&img, HISTOQC_UM_PX);
+        let e = qc::edge::detect(&img, &ink, HISTOQC_UM_PX, &Default::default());
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let inside: Vec<bool> = (0..w * h)
+            .filter(|i| (40..h - 8).contains(&(i / w)) && (8..w - 8).contains(&(i % w)))
+            .map(|i| e[i])
+            .collect();
+        println!(
+            "pen-{name}: edge {:.3}%, away from the borders {:.3}%",
+            share(&e) * 100.0,
+            share(&inside) * 100.0
+        );
+        assert!(
+            share(&inside) < 0.002,
+            "pen-{name}: {:.3}% edge",
+            share(&inside) * 100.0
+        );
+    }
+}
+
+#[test]
+fn pen_found_on_pen_marked_images_and_not_on_clean_tissue() {
+    // Regions and thumbnails with ink: some of each is found.
+    for (rel, kind) in [
+        ("images/pen-marks/tcga-red-pen.png", 2),
+        ("images/pen-marks/wsi-blue-pen.png", 1),
+        ("images/pen-marks/diagnostic-slide-thumb-rgb.png", 3),
+    ] {
+        let img = require!(rgb(rel));
+        // The whole-slide thumbnail is about 40 µm/px (the slide's width in 468 pixels).
+        let um_px = if rel.contains("diagnostic") {
+            40.0
+        } else {
+            HISTOQC_UM_PX
+        };
+        let m = qc::pen::detect(&img, um_px, &Default::default());
+        println!(
+            "{rel}: green {:.2}%, blue {:.2}%, red {:.2}%, black {:.2}%",
+            share(&m[0]) * 100.0,
+            share(&m[1]) * 100.0,
+            share(&m[2]) * 100.0,
+            share(&m[3]) * 100.0
+        );
+        assert!(share(&m[kind]) > 0.005, "{rel}: too little ink found");
+    }
+    // Clean H&E at the scale QC runs at (the 1000² TCGA regions, about 0.5 µm/px, reduced 8×
+    // and 16×; the lung region reduced 4×), and the tissue beside a green stroke: no pen, and
+    // on the green-pen region nothing but green.
+    let green_region = reduce(&require!(rgb("images/pen-marks/tcga-green-pen.png")), 4);
+    let m = qc::pen::detect(&green_region, HISTOQC_UM_PX, &Default::default());
+    println!(
+        "tcga-green-pen /4: green {:.2}%, other ink {:.3}%",
+        share(&m[0]) * 100.0,
+        (share(&m[1]) + share(&m[2]) + share(&m[3])) * 100.0
+    );
+    assert!(share(&m[0]) > 0.02);
+    assert!(share(&m[1]) + share(&m[2]) + share(&m[3]) < 0.002);
+    for (rel, f) in [
+        ("images/tcga-regions/TCGA-HE-7130-01Z-00-DX1.png", 16),
+        ("images/tcga-regions/target_image.png", 16),
+        ("images/tcga-regions/TCGA-HE-7130-01Z-00-DX1.png", 8),
+        ("images/tcga-regions/target_image.png", 8),
+        ("images/pen-marks/tcga-lung-rgb.png", 4),
+    ] {
+        let img = reduce(&require!(rgb(rel)), f);
+        let p = any_pen(&img, HISTOQC_UM_PX);
+        println!("{rel} /{f}: pen {:.3}%", share(&p) * 100.0);
+        assert!(
+            share(&p) < 0.002,
+            "{rel}: {:.3}% pen on clean tissue",
+            share(&p) * 100.0
+        );
+    }
+}
+
+/// A 8192 × 6144 slide at 0.5 µm/px tiled (256-pixel tiles) from the real TCGA tissue, with
+/// `artefacts` made on it.
+fn made_slide(
+    dir: &std::path::Path,
+    name: &str,
+    artefacts: Vec<MadeArtefact>,
+) -> Option<std::path::PathBuf> {
+    let sources = vec![
+        data("images/tcga-regions/TCGA-HE-7130-01Z-00-DX1.png")?,
+        data("images/tcga-regions/target_image.png")?,
+    ];
+    let path = dir.join(format!("{name}.svs"));
+    let spec = tessera::synthetic::SyntheticSpec {
+        width: 8192,
+        height: 6144,
+        tile: 256,
+        quality: 90,
+        seed: 11,
+        mpp: 0.5,
+        sources,
+        artefacts,
+    };
+    tessera::synthetic::write_synthetic_slide(&path, &spec).expect("generate");
+    Some(path)
+}
+
+fn tiles(cols: std::ops::Range<u64>, rows: std::ops::Range<u64>) -> TileRect {
+    TileRect { cols, rows }
+}
+
+/// Runs `tessera qc` on `slides` into `out`; returns its exit code.
+fn qc_cli(slides: &[&std::path::Path], out: &std::path::Path, extra: &[&str]) -> i32 {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["qc".as_ref()];
+    args.extend(slides.iter().map(|s| s.as_os_str()));
+    args.extend(["--out".as_ref(), out.as_os_str()]);
+    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+    let o = tessera(&args, &[]);
+    println!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.status.code().unwrap_or(-1)
+}
+
+fn qc_doc(dir: &std::path::Path) -> tessera::results::QcDocument {
+    tessera::results::QcDocument::read(&dir.join("qc.json")).expect("qc.json")
+}
+
+/// One kind's pixels in a folder's qc-mask.png, and the tissue mask's.
+fn kind_and_tissue(dir: &std::path::Path, kind: Kind) -> (image::RgbImage, Vec<bool>, Vec<bool>) {
+    let m = image::open(dir.join("qc-mask.png")).unwrap().to_rgb8();
+    let t = image::open(dir.join("tissue-mask.png")).unwrap().to_luma8();
+    let k: Vec<bool> = m.pixels().map(|p| p.0 == kind.color()).collect();
+    let t: Vec<bool> = t.pixels().map(|p| p.0[0] > 0).collect();
+    (m, k, t)
+}
+
+/// Level-0 tiles of 256 pixels as a rectangle on a raster of `ds` level-0 pixels per pixel.
+fn on_raster(r: &TileRect, ds: f64) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let f = |v: u64| (v as f64 * 256.0 / ds).round() as usize;
+    (
+        f(r.cols.start)..f(r.cols.end),
+        f(r.rows.start)..f(r.rows.end),
+    )
+}
+
+#[test]
+fn blur_and_folds_made_on_real_tissue_are_found_where_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    // Seed 11's tissue: an upper blob over tile columns 5-25, rows 1-10, a lower one over
+    // columns 8-18, rows 12-21 (checked below: each rectangle is mostly tissue).
+    let rects = [
+        (tiles(5..10, 5..10), 2.0f32),
+        (tiles(15..20, 0..5), 4.0),
+        (tiles(10..15, 15..20), 6.0),
+    ];
+    let fold = tiles(20..25, 5..7);
+    let mut arts: Vec<MadeArtefact> = rects
+        .iter()
+        .map(|(t, sigma)| MadeArtefact::Blur {
+            tiles: t.clone(),
+            sigma: *sigma,
+        })
+        .collect();
+    arts.push(MadeArtefact::Fold {
+        tiles: fold.clone(),
+    });
+    let p = require!(made_slide(dir.path(), "made", arts));
+    let out = dir.path().join("out");
+    assert_eq!(qc_cli(&[&p], &out, &[]), 0);
+    let folder = out.join("made.svs");
+    let doc = qc_doc(&folder);
+    let ds = doc.tissue.mask_downsample;
+    let (m, blur, tissue) = kind_and_tissue(&folder, Kind::Blur);
+    let w = m.width() as usize;
+    let mut near_any = vec![false; blur.len()];
+    for (rect, sigma) in &rects {
+        let (xs, ys) = on_raster(rect, ds);
+        // The rectangle grown by one focus cell (320 µm) on each side: detections there
+        // belong to it.
+        let grow = (320.0 / 0.5 / ds).ceil() as usize;
+        let (gx, gy) = (
+            xs.start.saturating_sub(grow)..xs.end + grow,
+            ys.start.saturating_sub(grow)..ys.end + grow,
+        );
+        let (mut inter, mut union, mut truth_px, mut rect_px) = (0, 0, 0, 0);
+        for i in 0..blur.len() {
+            let (x, y) = (i % w, i / w);
+            let in_rect = xs.contains(&x) && ys.contains(&y);
+            let near = gx.contains(&x) && gy.contains(&y);
+            near_any[i] |= near;
+            rect_px += usize::from(in_rect);
+            let truth = in_rect && tissue[i];
+            truth_px += usize::from(truth);
+            let found = near && blur[i];
+            inter += usize::from(truth && found);
+            union += usize::from(truth || found);
+        }
+        let iou = inter as f64 / union.max(1) as f64;
+        println!("blur σ = {sigma} level-0 px ({} µm): IoU {iou:.3} ({truth_px} of {rect_px} rectangle pixels are tissue)", sigma * 0.5);
+        assert!(
+            truth_px * 2 > rect_px,
+            "σ = {sigma}: the rectangle is not mostly tissue"
+        );
+        assert!(iou >= 0.6, "σ = {sigma}: IoU {iou:.3}");
+    }
+    let tissue_px = tissue.iter().filter(|t| **t).count();
+    let stray = (0..blur.len()).filter(|&i| blur[i] && !near_any[i]).count();
+    println!(
+        "blur away from the rectangles: {:.2}% of the tissue",
+        stray as f64 * 100.0 / tissue_px as f64
+    );
+    assert!(stray * 100 < tissue_px, "blur found on sharp tissue");
+    // The fold: found inside its band, nowhere else.
+    let (_, folds, _) = kind_and_tissue(&folder, Kind::Fold);
+    let (xs, ys) = on_raster(&fold, ds);
+    let (mut inside, mut truth, mut outside) = (0, 0, 0);
+    for i in 0..folds.len() {
+        let (x, y) = (i % w, i / w);
+        let in_band = xs.contains(&x) && ys.contains(&y);
+        truth += usize::from(in_band && tissue[i]);
+        if folds[i] {
+            if (xs.start.saturating_sub(2)..xs.end + 2).contains(&x)
+                && (ys.start.saturating_sub(2)..ys.end + 2).contains(&y)
+            {
+                inside += 1;
+            } else {
+                outside += 1;
+            }
+        }
+    }
+    let iou = inside as f64 / (truth + outside).max(1) as f64;
+    println!("fold: {inside} pixels in the band of {truth} tissue pixels, {outside} outside");
+    assert!(inside * 10 >= truth * 6, "fold band mostly missed");
+    assert!(outside * 200 < tissue_px, "folds found elsewhere");
+    let _ = iou;
+    assert_eq!(
+        doc.qc.verdict,
+        tessera::qc::Verdict::Rescan,
+        "{:?}",
+        doc.qc.reasons
+    );
+}
+
+#[test]
+fn a_slide_soft_all_over_is_told_apart_from_a_sharp_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let soft = require!(made_slide(
+        dir.path(),
+        "soft",
+        vec![MadeArtefact::Blur {
+            tiles: tiles(0..32, 0..24),
+            sigma: 1.5
+        }]
+    ));
+    let sharp = require!(made_slide(dir.path(), "sharp", vec![]));
+    let out = dir.path().join("out");
+    assert_eq!(qc_cli(&[&soft, &sharp], &out, &[]), 0);
+    let s = qc_doc(&out.join("soft.svs"));
+    println!(
+        "soft: {:?} {:?} focus {:?}",
+        s.qc.verdict, s.qc.reasons, s.qc.focus
+    );
+    assert_eq!(s.qc.verdict, tessera::qc::Verdict::Rescan);
+    assert!(s.qc.tissue_pct("blur") > 80.0);
+    assert!(
+        s.qc.reasons.iter().any(|r| r.contains("soft")),
+        "{:?}",
+        s.qc.reasons
+    );
+    let c = qc_doc(&out.join("sharp.svs"));
+    println!(
+        "sharp: {:?} {:?} focus {:?}",
+        c.qc.verdict, c.qc.reasons, c.qc.focus
+    );
+    assert_eq!(c.qc.verdict, tessera::qc::Verdict::Pass);
+    for k in &c.qc.kinds {
+        assert!(
+            k.tissue_pct < 1.0,
+            "sharp made slide: {} {:.2}%",
+            k.kind,
+            k.tissue_pct
+        );
+    }
+}
+
+/// Blue marker over a band of tissue (it looks like haematoxylin to the default model, which
+/// scores it high).
+fn inked(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    made_slide(
+        dir,
+        "inked",
+        vec![MadeArtefact::Ink {
+            tiles: tiles(8..22, 3..6),
+            transmittance: [0.25, 0.45, 0.95],
+        }],
+    )
+}
+
+#[test]
+fn analyze_keeps_ink_out_of_the_slide_score_and_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let slide = require!(inked(dir.path()));
+    let run = |mode: &str| {
+        let out = dir.path().join(mode);
+        let o = tessera_str(&[
+            "analyze",
+            slide.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--qc",
+            mode,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let folder = out.join("inked.svs");
+        (
+            tessera::results::SlideResult::read(&folder.join("result.json")).unwrap(),
+            folder,
+        )
+    };
+    let (ex, ex_dir) = run("exclude");
+    let (off, off_dir) = run("off");
+    let (flag, _) = run("flag");
+    let q = ex.qc.as_ref().expect("a qc block");
+    println!(
+        "exclude: score {:?}, qc {:?} {:?}, {} excluded of {}",
+        ex.slide_score.value, q.verdict, q.reasons, q.patches_excluded, ex.patches_analysed
+    );
+    println!(
+        "off: score {:?}; flag: score {:?}",
+        off.slide_score.value, flag.slide_score.value
+    );
+    assert!(off.qc.is_none());
+    assert!(
+        q.tissue_pct("pen") > 5.0,
+        "pen share {}",
+        q.tissue_pct("pen")
+    );
+    assert_eq!(q.verdict, tessera::qc::Verdict::Review, "{:?}", q.reasons);
+    assert!(q.patches_excluded > 0);
+    // The ink scored high: the top patches of `off` are inked ones.
+    let table = tessera::results::PatchTable::read(&ex_dir.join("patches.csv")).unwrap();
+    let col = table.column("cell-dense").unwrap();
+    let (mut inked_p, mut clean_p) = (Vec::new(), Vec::new());
+    for (r, p) in table.rows.iter().zip(&col) {
+        let qc = r.qc.as_ref().expect("QC columns");
+        if qc.excluded {
+            inked_p.push(*p)
+        } else {
+            clean_p.push(*p)
+        }
+        assert_eq!(
+            qc.excluded,
+            qc.fractions[0] > 0.25,
+            "row {} {}",
+            r.col,
+            r.row
+        );
+    }
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    println!(
+        "mean cell-dense: inked {:.3}, clean {:.3}",
+        mean(&inked_p),
+        mean(&clean_p)
+    );
+    assert!(
+        mean(&inked_p) > mean(&clean_p),
+        "the ink did not score high"
+    );
+    let (se, so) = (
+        ex.slide_score.value.unwrap(),
+        off.slide_score.value.unwrap(),
+    );
+    assert!(se <= so, "exclude {se} > off {so}");
+    assert!(
+        se < so,
+        "the ink scored high, so leaving it out must lower the score"
+    );
+    assert_eq!(
+        flag.slide_score.value, off.slide_score.value,
+        "flag keeps every patch in"
+    );
+    // The excluded patches are in neither the top regions nor the figures.
+    for t in &ex.top_regions {
+        let row = table
+            .rows
+            .iter()
+            .find(|r| r.col == t.patch.col && r.row == t.patch.row)
+            .unwrap();
+        assert!(!row.qc.as_ref().unwrap().excluded);
+    }
+    // Outputs: QC pictures, QuPath annotations classified Pen, the report's section.
+    for f in ["qc-mask.png", "qc-overlay.png", "qc-region-1.jpg"] {
+        assert!(ex_dir.join(f).is_file(), "{f}");
+    }
+    assert!(!off_dir.join("qc-mask.png").exists());
+    let geo = std::fs::read_to_string(ex_dir.join("annotations.geojson")).unwrap();
+    assert!(
+        geo.contains(r#""classification":{"color":[0,160,80],"name":"Pen"}"#),
+        "no Pen annotation"
+    );
+    let html = std::fs::read_to_string(ex_dir.join("report.html")).unwrap();
+    assert!(html.contains("Slide quality") && html.contains("verdict-review"));
+    assert!(html.contains("patches with pen, blur, folds or edges"));
+    // The cohort summary carries the verdict.
+    let csv = std::fs::read_to_string(dir.path().join("exclude/summary.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("qc_verdict"));
+    assert!(csv.contains(",review,"), "{csv}");
+}
+
+#[test]
+fn clean_shared_slides_raise_no_false_alarm() {
+    let cmu = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let tcga = require!(data("slides/aperio/TCGA-CR-7395-01A-01-TS1.svs"));
+    require!(openslide4());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // The TCGA slide states no µm/px: 0.5 (its 20× scan) is given.
+    assert_eq!(qc_cli(&[&cmu], &out, &[]), 0);
+    assert_eq!(qc_cli(&[&tcga], &out, &["--mpp", "0.5"]), 0);
+    for name in ["CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs"] {
+        let d = qc_doc(&out.join(name));
+        let shares: Vec<String> =
+            d.qc.kinds
+                .iter()
+                .map(|k| format!("{} {:.2}%", k.kind, k.tissue_pct))
+                .collect();
+        println!(
+            "{name}: {} ({}), focus {:?}",
+            d.qc.verdict,
+            shares.join(", "),
+            d.qc.focus.percentiles
+        );
+        assert_eq!(
+            d.qc.verdict,
+            tessera::qc::Verdict::Pass,
+            "{name}: {:?}",
+            d.qc.reasons
+        );
+        for k in &d.qc.kinds {
+            assert!(
+                k.tissue_pct < 1.0,
+                "{name}: {} over {:.2}% of the tissue",
+                k.kind,
+                k.tissue_pct
+            );
+        }
+        assert!(d.qc.focus.not_measured.is_none());
+    }
+}
+
+#[test]
+fn bad_input_gets_a_verdict_or_a_typed_error() {
+    let small = require!(data("slides/aperio/small.svs"));
+    let lowres = require!(data("slides/dicom/camelyon-lowres"));
+    let broken = require!(data("corrupt/broken.svs"));
+    require!(openslide4());
+    let dir = tempfile::tempdir().unwrap();
+    // A slide inked all over (green marker on glass and tissue alike).
+    let inked = require!(made_slide(
+        dir.path(),
+        "all-ink",
+        vec![MadeArtefact::Ink {
+            tiles: tiles(0..32, 0..24),
+            transmittance: [0.3, 0.85, 0.7]
+        }]
+    ));
+    let out = dir.path().join("out");
+    // Everything readable is checked (exit 2: one slide failed), the corrupt file fails with
+    // its name and reason.
+    let o = tessera(
+        &[
+            "qc".as_ref(),
+            small.as_os_str(),
+            lowres.as_os_str(),
+            inked.as_os_str(),
+            broken.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("broken.svs") && err.contains("not a slide"),
+        "{err}"
+    );
+    // 16 × 16 pixels, no tissue: rescan, saying so.
+    let s = qc_doc(&out.join("small.svs"));
+    assert_eq!(s.qc.verdict, tessera::qc::Verdict::Rescan);
+    assert!(s.qc.reasons[0].contains("no tissue"), "{:?}", s.qc.reasons);
+    // 29 µm/px, a thumbnail of a slide: focus cannot be judged, so review, saying why.
+    let l = qc_doc(&out.join("camelyon-lowres"));
+    assert_eq!(
+        l.qc.verdict,
+        tessera::qc::Verdict::Review,
+        "{:?}",
+        l.qc.reasons
+    );
+    assert!(l
+        .qc
+        .focus
+        .not_measured
+        .as_deref()
+        .is_some_and(|w| w.contains("µm/px")));
+    // All ink: rescan (clean the coverslip).
+    let i = qc_doc(&out.join("all-ink.svs"));
+    println!("all ink: {:?} {:?}", i.qc.verdict, i.qc.reasons);
+    assert_eq!(i.qc.verdict, tessera::qc::Verdict::Rescan);
+    assert!(i.qc.tissue_pct("pen") > 50.0);
+    let summary = std::fs::read_to_string(out.join("qc-summary.csv")).unwrap();
+    assert_eq!(summary.lines().count(), 5, "{summary}");
+    assert!(
+        summary.lines().nth(1).unwrap().contains("broken.svs"),
+        "failures first"
+    );
+    // A typo in --qc-config is refused before any work (exit 64), naming the field.
+    let cfg = dir.path().join("qc.json");
+    std::fs::write(&cfg, r#"{"rules": {"rescan_blur_pc": 20}}"#).unwrap();
+    let o = tessera(
+        &[
+            "qc".as_ref(),
+            small.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--qc-config".as_ref(),
+            cfg.as_os_str(),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("qc.json") && err.contains("rescan_blur_pc"),
+        "{err}"
+    );
+}
