@@ -84,7 +84,7 @@ fn queue_states(out: &Path) -> Vec<(String, String)> {
         .skip(1)
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f[1].to_string(), f[3].to_string())
+            (f[1].to_string(), f[4].to_string())
         })
         .collect()
 }
@@ -642,7 +642,7 @@ fn metrics_and_health_are_served_on_loopback_while_several_workers_run() {
         Duration::from_secs(300),
         || {
             let ev = events(&out);
-            count(&ev, "analysed") == 4 && count(&ev, "quarantined") == 1
+            count(&ev, "analysed") == 4 && count(&ev, "quarantined") == 1 && count(&ev, "qc") == 4
         },
     );
     let (status, body) = http_get(&addr, "/metrics");
@@ -655,6 +655,8 @@ fn metrics_and_health_are_served_on_loopback_while_several_workers_run() {
         "tessera_watch_slides_failed_total 1",
         "tessera_watch_slides_quarantined_total 1",
         "tessera_watch_workers 3",
+        "tessera_watch_qc_slides{verdict=\"pass\"} 4",
+        "tessera_watch_qc_slides{verdict=\"rescan\"} 0",
         "# TYPE tessera_watch_patches_total counter",
     ] {
         assert!(
@@ -734,4 +736,123 @@ fn a_hung_analysis_is_stopped_at_the_slide_timeout_and_quarantined() {
     );
     assert_eq!(valid_outputs(&out, "fine.svs"), 1);
     assert!(workers_of(&out).is_empty(), "the hung worker was stopped");
+}
+
+#[test]
+fn a_rescan_verdict_acts_once_per_slide_through_sigkills() {
+    // small.svs has no tissue: QC says rescan. CMU-1 passes.
+    let tiny = require!(data("slides/aperio/small.svs"));
+    let src = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let t = tempfile::tempdir().unwrap();
+    let (inbox, out, marks) = (
+        t.path().join("inbox"),
+        t.path().join("out"),
+        t.path().join("rescan"),
+    );
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(&tiny, inbox.join("blank.svs")).unwrap();
+    std::fs::copy(&src, inbox.join("good.svs")).unwrap();
+    let log = t.path().join("actions.log");
+    let started = t.path().join("started");
+    // The command notes that it started, takes a while, then appends its id.
+    let cmd = format!(
+        "touch '{}'; sleep 2; echo \"$TESSERA_ACTION_ID $TESSERA_VERDICT\" >> '{}'",
+        started.display(),
+        log.display()
+    );
+    let args = [
+        "--once",
+        "--settle",
+        "0",
+        "--rescan-marker",
+        marks.to_str().unwrap(),
+        "--on-rescan",
+        &cmd,
+    ];
+    // 1. Killed after blank.svs's outputs are complete but before the queue records it.
+    let mut service = spawn_env(
+        &inbox,
+        &out,
+        &args,
+        &[("TESSERA_WATCH_TEST_PAUSE_MS", "4000")],
+    );
+    let blank_done = || {
+        std::fs::read_dir(&out).is_ok_and(|d| {
+            d.filter_map(|e| e.ok()).any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("blank.svs-") && e.path().join("result.json").is_file()
+            })
+        })
+    };
+    wait_for("blank.svs's outputs", Duration::from_secs(60), blank_done);
+    let _ = service.kill();
+    let _ = service.wait();
+    assert!(
+        !log.exists() && !started.exists(),
+        "the action ran before the verdict was recorded"
+    );
+    // 2. Restarted: the verdict is recorded from the results and the action starts; killed
+    // while its command runs.
+    let mut service = spawn(&inbox, &out, &args);
+    wait_for(
+        "the rescan command to start",
+        Duration::from_secs(60),
+        || started.exists(),
+    );
+    let _ = service.kill();
+    let _ = service.wait();
+    // 3. Restarted to the end: the interrupted command is not run again; the first one
+    // finishes on its own.
+    let (rc, err) = once(&inbox, &out, &args[3..]);
+    assert_eq!(rc, 0, "{err}");
+    wait_for(
+        "the first command to finish",
+        Duration::from_secs(10),
+        || log.exists(),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "the command ran {} times: {lines:?}",
+        lines.len()
+    );
+    assert!(lines[0].ends_with(" rescan"));
+    let markers: Vec<_> = std::fs::read_dir(&marks)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    assert!(markers[0].starts_with("blank.svs-") && markers[0].ends_with(".rescan.json"));
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(marks.join(&markers[0])).unwrap()).unwrap();
+    assert!(
+        m["reasons"][0].as_str().unwrap().contains("no tissue"),
+        "{m}"
+    );
+    let ev = events(&out);
+    assert_eq!(count(&ev, "qc"), 2, "one verdict per slide");
+    assert!(ev.iter().any(|e| e["event"] == "rescan_action"
+        && e["command"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("not run again"))));
+    // The queue shows each verdict; the pass has no action.
+    let o = tessera_str(&["queue", "--out", out.to_str().unwrap(), "list"]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("blank.svs") && l.contains(" rescan/done ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("good.svs") && l.contains(" pass ")),
+        "{text}"
+    );
 }

@@ -186,6 +186,20 @@ pub fn render(metrics: &Metrics, q: Option<&Queue>) -> String {
         "Slide versions in the queue by state (failed: waiting for a retry).",
         &by_state,
     );
+    let verdicts = q.and_then(|q| q.verdict_counts().ok()).unwrap_or_default();
+    let by_verdict: Vec<(String, String)> = ["pass", "review", "rescan"]
+        .iter()
+        .map(|v| {
+            let n = verdicts.iter().find(|(k, _)| k == v).map_or(0, |(_, n)| *n);
+            (format!("{{verdict=\"{v}\"}}"), n.to_string())
+        })
+        .collect();
+    metric(
+        "tessera_watch_qc_slides",
+        "gauge",
+        "Slide versions done, by slide QC verdict.",
+        &by_verdict,
+    );
     let load = |a: &AtomicU64| a.load(Ordering::SeqCst).to_string();
     let one = |v: String| vec![(String::new(), v)];
     metric(

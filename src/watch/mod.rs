@@ -22,6 +22,14 @@
 //! attempt. After a crash or kill of the service, rows left `running` are settled first: `done`
 //! if their output folder is complete (the process died after writing it), back to the queue
 //! otherwise, without counting the interrupted attempt.
+//!
+//! Slide QC: a done slide's verdict (result.json's `qc` block) is recorded in the queue. On
+//! `rescan`, the configured action — a marker file in `rescan_marker` and/or the `on_rescan`
+//! command — runs once per slide version: the queue marks the action `pending` with the
+//! verdict, a worker claims it (`started`) before acting and marks it `done` after. After a
+//! kill, verdicts not yet recorded are recorded from the results at the next start and
+//! pending actions run then; an action left `started` has its marker file made if missing
+//! (writing it is idempotent) but its command is not run again.
 
 pub mod http;
 pub mod queue;
@@ -74,6 +82,13 @@ pub struct WatchConfig {
     pub worker_command: Option<worker::WorkerCommand>,
     /// Where to serve `/healthz` and `/metrics` (`None`: nowhere).
     pub http: Option<SocketAddr>,
+    /// On a `rescan` verdict, write `<output folder name>.rescan.json` here (the slide, its
+    /// fingerprint, the verdict's reasons): a scanner's rescan list.
+    pub rescan_marker: Option<PathBuf>,
+    /// On a `rescan` verdict, run this shell command (`sh -c`) with `TESSERA_SLIDE`,
+    /// `TESSERA_RESULT` (the output folder), `TESSERA_VERDICT`, `TESSERA_REASONS` and
+    /// `TESSERA_ACTION_ID` (the slide version's id) in its environment.
+    pub on_rescan: Option<String>,
 }
 
 impl WatchConfig {
@@ -92,6 +107,8 @@ impl WatchConfig {
             workers: 1,
             worker_command: None,
             http: None,
+            rescan_marker: None,
+            on_rescan: None,
         }
     }
 }
@@ -208,6 +225,30 @@ impl<F: FnMut(&Event)> Journal<F> {
     }
 }
 
+/// Writes the rescan marker for `e` at `path` unless it exists (atomically: complete or
+/// absent). Returns whether it was written now.
+fn write_marker(path: &Path, e: &Entry, reasons: &[String]) -> Result<bool> {
+    if path.exists() {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|err| Error::from_io(dir, err))?;
+    }
+    let doc = json!({"slide": e.path, "fingerprint": e.fingerprint, "output": e.output,
+        "verdict": "rescan", "reasons": reasons, "time": queue::now()});
+    crate::output::write_json(path, &doc)?;
+    Ok(true)
+}
+
+/// An exit status in words.
+fn describe_status(s: std::process::ExitStatus) -> String {
+    match s.code() {
+        Some(0) => "ran (exit 0)".into(),
+        Some(c) => format!("failed (exit {c})"),
+        None => "killed by a signal".into(),
+    }
+}
+
 /// Does the scanner's done-marker for `slide` exist beside it?
 fn marker_present(slide: &Path, pattern: &str) -> bool {
     let (Some(dir), Some(name)) = (slide.parent(), slide.file_name()) else {
@@ -283,6 +324,72 @@ impl<F: FnMut(&Event) + Send> Shared<'_, F> {
     }
 
     /// One worker thread: claims and analyses slides until the service stops.
+    /// Records done slide `e`'s QC verdict from its result.json (once), with its rescan action
+    /// pending when the verdict is `rescan` and an action is configured.
+    fn record_verdict(&self, q: &Queue, e: &Entry) -> Result<()> {
+        let Some(r) = complete_result(&self.cfg.analyze.out, e) else {
+            return Ok(());
+        };
+        let Some(qc) = r.qc else { return Ok(()) };
+        let act = qc.verdict == crate::qc::Verdict::Rescan
+            && (self.cfg.rescan_marker.is_some() || self.cfg.on_rescan.is_some());
+        if q.record_verdict(e.id, qc.verdict.as_str(), act)? {
+            self.journal
+                .write(json!({"event": "qc", "id": e.id, "path": e.path,
+                "verdict": qc.verdict, "reasons": qc.reasons, "time": queue::now()}));
+        }
+        Ok(())
+    }
+
+    /// Runs the pending rescan actions. At `startup`, actions a dead process left `started`
+    /// are finished too: the marker made if missing, the command not run again.
+    fn run_actions(&self, q: &Queue, startup: bool) -> Result<()> {
+        let out = &self.cfg.analyze.out;
+        for e in q.actions()? {
+            let interrupted = e.rescan_action == "started";
+            if interrupted && !startup {
+                continue; // another worker of this process is running it
+            }
+            if !interrupted && !q.claim_action(e.id)? {
+                continue; // another worker took it
+            }
+            let reasons = complete_result(out, &e)
+                .and_then(|r| r.qc)
+                .map(|q| q.reasons)
+                .unwrap_or_default();
+            let mut done = json!({"event": "rescan_action", "id": e.id, "path": e.path,
+                "time": queue::now()});
+            if let Some(dir) = &self.cfg.rescan_marker {
+                let path = dir.join(format!("{}.rescan.json", e.output));
+                let made = write_marker(&path, &e, &reasons)?;
+                done["marker"] = json!(path);
+                done["marker_made"] = json!(made);
+            }
+            if let Some(cmd) = &self.cfg.on_rescan {
+                if interrupted {
+                    done["command"] = json!("not run again: the service stopped while it ran");
+                } else {
+                    let status = std::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(cmd)
+                        .env("TESSERA_SLIDE", &e.path)
+                        .env("TESSERA_RESULT", out.join(&e.output))
+                        .env("TESSERA_VERDICT", &e.qc_verdict)
+                        .env("TESSERA_REASONS", reasons.join("; "))
+                        .env("TESSERA_ACTION_ID", format!("{}-{}", e.id, e.fingerprint))
+                        .status();
+                    done["command"] = json!(match status {
+                        Ok(s) => describe_status(s),
+                        Err(err) => format!("could not start: {err}"),
+                    });
+                }
+            }
+            q.action_done(e.id)?;
+            self.journal.write(done);
+        }
+        Ok(())
+    }
+
     fn work(&self, index: usize) -> Result<()> {
         let out = &self.cfg.analyze.out;
         let mut q = Queue::open(&state_dir(out))?;
@@ -308,13 +415,16 @@ impl<F: FnMut(&Event) + Send> Shared<'_, F> {
                     Some(r) => Outcome::Done {
                         folder: out.join(&e.output),
                         patches: r.patches_analysed,
+                        qc_verdict: r.qc.map(|q| q.verdict),
                     },
                     None => failed,
                 },
                 o => o,
             };
             match outcome {
-                Outcome::Done { folder, patches } => {
+                Outcome::Done {
+                    folder, patches, ..
+                } => {
                     // Fault-injection hook for the tests: widen the window between the output
                     // folder appearing and the queue recording it, so that kills land there.
                     if let Some(ms) = std::env::var("TESSERA_WATCH_TEST_PAUSE_MS")
@@ -329,6 +439,8 @@ impl<F: FnMut(&Event) + Send> Shared<'_, F> {
                         "fingerprint": e.fingerprint, "output": folder, "patches": patches,
                         "seconds": seconds, "time": queue::now()}));
                     q.done(e.id)?;
+                    self.record_verdict(&q, &e)?;
+                    self.run_actions(&q, false)?;
                     let m = &self.metrics;
                     m.done.fetch_add(1, Ordering::SeqCst);
                     m.patches.fetch_add(patches as u64, Ordering::SeqCst);
@@ -414,6 +526,11 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, sink: impl FnMut(&Event) + Send
             .write(json!({"event": "recovered", "id": e.id, "path": e.path,
             "fingerprint": e.fingerprint, "state": to, "time": queue::now()}));
     }
+    // Verdicts and rescan actions a stopped service did not get to.
+    for e in q.without_verdict()? {
+        shared.record_verdict(&q, &e)?;
+    }
+    shared.run_actions(&q, true)?;
 
     // Filesystem events only wake the scanner; what they mean is found by scanning.
     let (tx, rx) = std::sync::mpsc::channel::<()>();

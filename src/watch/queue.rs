@@ -3,7 +3,8 @@
 //! In: observations of slide files (path, size, modification time) and analysis outcomes. Out:
 //! each slide version's state — `stable` (settled, waiting), `running`, `done`, `failed`
 //! (waiting for a retry), `quarantined` — with its fingerprint, attempts, times and last
-//! error. Every change is one transaction, so a process killed at any moment leaves the queue
+//! error, and for a done slide its QC verdict and the state of its rescan action (`pending`,
+//! `started`, `done`; see [`Queue::claim_action`]). Every change is one transaction, so a process killed at any moment leaves the queue
 //! consistent; [`Queue::recover`] turns the `running` rows of a dead process back into work.
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ pub struct Entry {
     pub output: String,
     /// Seconds since the epoch of the last change.
     pub updated: f64,
+    /// Slide QC's verdict once done (`pass`, `review`, `rescan`; empty before, or without QC).
+    pub qc_verdict: String,
+    /// The rescan action: empty (none), `pending`, `started` or `done`.
+    pub rescan_action: String,
 }
 
 /// The queue database.
@@ -71,16 +76,18 @@ impl Queue {
                  UNIQUE(path, fingerprint));",
         )
         .map_err(|e| qerr(&path, e))?;
-        // Queues made before the error's kind was recorded gain the column.
-        let has_kind = db
-            .prepare("SELECT 1 FROM pragma_table_info('slides') WHERE name = 'last_error_kind'")
-            .and_then(|mut st| st.exists([]))
-            .map_err(|e| qerr(&path, e))?;
-        if !has_kind {
-            db.execute_batch(
-                "ALTER TABLE slides ADD COLUMN last_error_kind TEXT NOT NULL DEFAULT ''",
-            )
-            .map_err(|e| qerr(&path, e))?;
+        // Queues made before a column existed gain it.
+        for column in ["last_error_kind", "qc_verdict", "rescan_action"] {
+            let has = db
+                .prepare("SELECT 1 FROM pragma_table_info('slides') WHERE name = ?1")
+                .and_then(|mut st| st.exists([column]))
+                .map_err(|e| qerr(&path, e))?;
+            if !has {
+                db.execute_batch(&format!(
+                    "ALTER TABLE slides ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
+                ))
+                .map_err(|e| qerr(&path, e))?;
+            }
         }
         Ok(Queue { db, path })
     }
@@ -207,7 +214,7 @@ impl Queue {
         self.db
             .query_row(
                 "SELECT id, path, fingerprint, state, attempts, last_error, output, updated,
-                 last_error_kind FROM slides WHERE id = ?1",
+                 last_error_kind, qc_verdict, rescan_action FROM slides WHERE id = ?1",
                 params![id],
                 row,
             )
@@ -221,7 +228,7 @@ impl Queue {
             .db
             .prepare(
                 "SELECT id, path, fingerprint, state, attempts, last_error, output, updated,
-                 last_error_kind FROM slides ORDER BY id",
+                 last_error_kind, qc_verdict, rescan_action FROM slides ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
         let rows = st
@@ -265,6 +272,81 @@ impl Queue {
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+
+    /// Records a done slide's QC verdict, once: with `action`, its rescan action becomes
+    /// `pending` in the same transaction. Returns false when the verdict was already recorded.
+    pub fn record_verdict(&self, id: i64, verdict: &str, action: bool) -> Result<bool> {
+        self.db
+            .execute(
+                "UPDATE slides SET qc_verdict = ?2, rescan_action = ?3, updated = ?4
+                 WHERE id = ?1 AND state = 'done' AND qc_verdict = ''",
+                params![id, verdict, if action { "pending" } else { "" }, now()],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Done slides whose verdict is not recorded yet (the service stopped in between).
+    pub fn without_verdict(&self) -> Result<Vec<Entry>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|e| e.state == "done" && e.qc_verdict.is_empty())
+            .collect())
+    }
+
+    /// Slides whose rescan action is `pending` or was `started` by a process that died.
+    pub fn actions(&self) -> Result<Vec<Entry>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|e| matches!(e.rescan_action.as_str(), "pending" | "started"))
+            .collect())
+    }
+
+    /// Takes a pending rescan action (`pending` → `started`, one transaction): true for the
+    /// one caller that gets it. The command runs only after this, so however the service is
+    /// stopped, it never runs twice for a slide version.
+    pub fn claim_action(&self, id: i64) -> Result<bool> {
+        self.db
+            .execute(
+                "UPDATE slides SET rescan_action = 'started', updated = ?2
+                 WHERE id = ?1 AND rescan_action = 'pending'",
+                params![id, now()],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks a rescan action finished.
+    pub fn action_done(&self, id: i64) -> Result<()> {
+        self.db
+            .execute(
+                "UPDATE slides SET rescan_action = 'done', updated = ?2 WHERE id = ?1",
+                params![id, now()],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Done slides per QC verdict.
+    pub fn verdict_counts(&self) -> Result<Vec<(String, u64)>> {
+        let mut st = self
+            .db
+            .prepare(
+                "SELECT qc_verdict, COUNT(*) FROM slides WHERE state = 'done' AND qc_verdict <> ''
+                 GROUP BY qc_verdict ORDER BY qc_verdict",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
     }
 
     /// Rows left `running` by a process that died: each becomes `done` when `finished(entry)`
@@ -354,6 +436,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         output: r.get(6)?,
         updated: r.get(7)?,
         last_error_kind: r.get(8)?,
+        qc_verdict: r.get(9)?,
+        rescan_action: r.get(10)?,
     })
 }
 

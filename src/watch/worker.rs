@@ -60,6 +60,9 @@ pub enum Outcome {
         folder: PathBuf,
         /// Patches analysed.
         patches: usize,
+        /// Slide QC's verdict (absent with `--qc off`).
+        #[serde(default)]
+        qc_verdict: Option<crate::qc::Verdict>,
     },
     /// The analysis failed.
     Failed {
@@ -302,6 +305,7 @@ fn analyze_one(
         Ok(Ok(s)) => Outcome::Done {
             folder: s.folder,
             patches: s.patches,
+            qc_verdict: s.qc.map(|q| q.verdict),
         },
         Ok(Err(e)) => Outcome::failed(e.kind(), e.to_string()),
         Err(_) => Outcome::failed(
