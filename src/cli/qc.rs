@@ -43,7 +43,8 @@ pub fn run(args: &QcCommandArgs) -> u8 {
     let cfg = AnalyzeConfig {
         out: args.out.clone(),
         mpp_override: args.mpp,
-        slide: args.slide.config(),
+        // Focus tiles are read once each, scattered: a small tile cache, as analyze.
+        slide: args.slide.config_with_cache(32),
         qc,
         ..AnalyzeConfig::default()
     };

@@ -61,15 +61,38 @@ pub fn write_images(dir: &Path, thumb: &RgbImage, thumb_ds: f64, map: &QcMap) ->
 }
 
 /// Each kind's artefacts as a GeoJSON region (polygons in level-0 pixels), kinds without any
-/// left out.
+/// left out. A raster over [`MAX_TRACE_SIDE`] pixels is traced in blocks (a block counts when
+/// any of its pixels does), so that tracing stays small on the largest slides.
 pub fn regions(map: &QcMap) -> Vec<super::geojson::Region> {
+    let present = map.flags.iter().fold(0u8, |a, &f| a | f);
+    let f = map.width.max(map.height).div_ceil(MAX_TRACE_SIDE).max(1);
+    let (w, h) = (map.width.div_ceil(f), map.height.div_ceil(f));
     Kind::ALL
         .iter()
-        .map(|&k| super::geojson::Region {
-            class: k.qupath_class().into(),
-            color: k.color(),
-            polygons: map.heatmap(k).regions(0.5),
+        .filter(|k| present & k.bit() != 0)
+        .map(|&k| {
+            let mut values = vec![None; w * h];
+            for (i, &flag) in map.flags.iter().enumerate() {
+                if flag & k.bit() != 0 {
+                    values[(i / map.width / f) * w + (i % map.width) / f] = Some(1.0);
+                }
+            }
+            let heat = crate::stitch::Heatmap {
+                width: w as u32,
+                height: h as u32,
+                cell_l0: map.downsample * f as f64,
+                values,
+            };
+            super::geojson::Region {
+                class: k.qupath_class().into(),
+                color: k.color(),
+                polygons: heat.regions(0.5),
+            }
         })
         .filter(|r| !r.polygons.is_empty())
         .collect()
 }
+
+/// The largest raster side traced into polygons as it is (1024 pixels: 8 mm of slide at the
+/// default 8 µm/px).
+pub const MAX_TRACE_SIDE: usize = 1024;

@@ -53,17 +53,30 @@ const ANGLES: usize = 180;
 /// The edge mask of `thumb` at `um_px` µm per pixel, ink excluded.
 pub fn detect(thumb: &RgbImage, ink: &[bool], um_px: f64, q: &EdgeParams) -> Vec<bool> {
     let (w, h) = (thumb.width() as usize, thumb.height() as usize);
-    let hsvs: Vec<(f32, f32, f32)> = thumb.pixels().map(|p| hsv(p.0)).collect();
-    let mut values: Vec<f32> = hsvs.iter().map(|p| p.2).collect();
-    if values.is_empty() {
+    if w * h == 0 {
         return Vec::new();
     }
-    let k = ((values.len() - 1) as f64 * 0.9) as usize;
-    let glass = *values.select_nth_unstable_by(k, |a, b| a.total_cmp(b)).1;
-    let candidate: Vec<bool> = hsvs
-        .iter()
+    // The glass's brightness: the 90th percentile of the value (max of R, G, B), from a
+    // histogram.
+    let mut hist = [0usize; 256];
+    for p in thumb.pixels() {
+        hist[p.0.iter().copied().max().unwrap_or(0) as usize] += 1;
+    }
+    let k = ((w * h - 1) as f64 * 0.9) as usize;
+    let mut seen = 0;
+    let glass = (0..256)
+        .find(|&v| {
+            seen += hist[v];
+            seen > k
+        })
+        .unwrap_or(255) as f32;
+    let candidate: Vec<bool> = thumb
+        .pixels()
         .zip(ink)
-        .map(|(&(_, s, v), &i)| !i && s <= q.max_sat && v <= glass - q.min_darkness)
+        .map(|(p, &i)| {
+            let (_, s, v) = hsv(p.0);
+            !i && s <= q.max_sat && v <= glass - q.min_darkness
+        })
         .collect();
     let mut left: Vec<usize> = (0..w * h).filter(|&i| candidate[i]).collect();
     let (sin, cos): (Vec<f64>, Vec<f64>) = (0..ANGLES)

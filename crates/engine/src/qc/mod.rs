@@ -143,7 +143,7 @@ pub struct VerdictRules {
     /// Review when an edge crosses more than this share (default 1 %).
     pub review_edge_pct: f64,
     /// When more than this share is out of focus, the reason says the whole scan is soft
-    /// (default 75 %).
+    /// (default 50 %).
     pub soft_scan_pct: f64,
 }
 
@@ -157,7 +157,7 @@ impl Default for VerdictRules {
             review_fold_pct: 5.0,
             review_faint_pct: 50.0,
             review_edge_pct: 1.0,
-            soft_scan_pct: 75.0,
+            soft_scan_pct: 50.0,
         }
     }
 }
@@ -266,32 +266,43 @@ pub struct QcMap {
 /// on `mask`'s raster, at `um_px` µm per pixel.
 pub fn detect(thumb: &RgbImage, mask: &TissueMask, um_px: f64, params: &QcParams) -> QcMap {
     let (w, h) = (thumb.width() as usize, thumb.height() as usize);
-    let mut flags = vec![0u8; w * h];
-    let tissue: Vec<bool> = if mask.pixels.len() == w * h {
-        mask.pixels.iter().map(|&p| p > 0).collect()
+    // The flags fill in detector by detector, each one's temporaries dropped before the next
+    // (a 4096² thumbnail costs 17 MB per byte per pixel).
+    let mut flags: Vec<u8> = if mask.pixels.len() == w * h {
+        mask.pixels
+            .iter()
+            .map(|&p| if p > 0 { TISSUE } else { 0 })
+            .collect()
     } else {
-        vec![false; w * h]
+        vec![0; w * h]
     };
-    let [g, b, r, k] = pen::detect(thumb, um_px, &params.pen);
-    let ink: Vec<bool> = (0..w * h).map(|i| g[i] || b[i] || r[i] || k[i]).collect();
-    let edges = edge::detect(thumb, &ink, um_px, &params.edge);
-    let ink_or_edge: Vec<bool> = (0..w * h).map(|i| ink[i] || edges[i]).collect();
-    let (fold, faint, median) = stain::detect(thumb, &tissue, &ink_or_edge, um_px, &params.stain);
-    for i in 0..w * h {
-        let mut f = if tissue[i] { TISSUE } else { 0 };
-        if ink[i] {
-            f |= Kind::Pen.bit();
+    let has =
+        |flags: &[u8], bits: u8| -> Vec<bool> { flags.iter().map(|&f| f & bits != 0).collect() };
+    for (f, c) in flags.iter_mut().zip(pen::detect(thumb, um_px, &params.pen)) {
+        if c != 0 {
+            *f |= Kind::Pen.bit();
         }
-        if edges.get(i).copied().unwrap_or(false) {
-            f |= Kind::Edge.bit();
+    }
+    let edges = edge::detect(thumb, &has(&flags, Kind::Pen.bit()), um_px, &params.edge);
+    for (f, e) in flags.iter_mut().zip(edges) {
+        if e {
+            *f |= Kind::Edge.bit();
         }
-        if fold[i] {
-            f |= Kind::Fold.bit();
+    }
+    let (fold, faint, median) = stain::detect(
+        thumb,
+        &has(&flags, TISSUE),
+        &has(&flags, Kind::Pen.bit() | Kind::Edge.bit()),
+        um_px,
+        &params.stain,
+    );
+    for ((f, a), b) in flags.iter_mut().zip(fold).zip(faint) {
+        if a {
+            *f |= Kind::Fold.bit();
         }
-        if faint[i] {
-            f |= Kind::Faint.bit();
+        if b {
+            *f |= Kind::Faint.bit();
         }
-        flags[i] = f;
     }
     QcMap {
         flags,
@@ -394,21 +405,6 @@ impl QcMap {
             }
         }
         img
-    }
-
-    /// The kind's pixels as a [`crate::stitch::Heatmap`] (1 where flagged), for tracing
-    /// polygons in level-0 pixels.
-    pub fn heatmap(&self, kind: Kind) -> crate::stitch::Heatmap {
-        crate::stitch::Heatmap {
-            width: self.width as u32,
-            height: self.height as u32,
-            cell_l0: self.downsample,
-            values: self
-                .flags
-                .iter()
-                .map(|&f| (f & kind.bit() != 0).then_some(1.0))
-                .collect(),
-        }
     }
 }
 
@@ -678,5 +674,75 @@ pub fn finish(
         focus,
         verdict,
         reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures_with(kind: Kind, pct: f64) -> Vec<KindFigures> {
+        Kind::ALL
+            .iter()
+            .map(|&k| KindFigures {
+                kind: k,
+                area_mm2: 0.0,
+                tissue_mm2: 0.0,
+                tissue_pct: if k == kind { pct } else { 0.0 },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn verdict_rules_and_patch_judgement() {
+        let rules = VerdictRules::default();
+        let sharp = focus::assess(&[Some(0.3); 10], &focus::FocusParams::default());
+        let v = |k, pct| verdict(&figures_with(k, pct), true, Ok(&sharp), &rules);
+        assert_eq!(v(Kind::Pen, 0.5).0, Verdict::Pass);
+        assert_eq!(v(Kind::Pen, 3.0).0, Verdict::Review);
+        assert_eq!(v(Kind::Pen, 60.0).0, Verdict::Rescan);
+        assert_eq!(v(Kind::Blur, 5.0).0, Verdict::Review);
+        assert_eq!(v(Kind::Blur, 15.0).0, Verdict::Rescan);
+        assert!(v(Kind::Blur, 80.0).1[0].contains("the whole scan is soft"));
+        assert_eq!(v(Kind::Faint, 40.0).0, Verdict::Pass);
+        let (none, why) = verdict(&figures_with(Kind::Pen, 0.0), false, Ok(&sharp), &rules);
+        assert_eq!(none, Verdict::Rescan);
+        assert!(why[0].contains("no tissue"));
+        let (unmeasured, _) = verdict(&figures_with(Kind::Pen, 0.0), true, Err("why"), &rules);
+        assert_eq!(unmeasured, Verdict::Review);
+
+        // A 4 × 4 raster, 10 level-0 px per pixel: pen over the left half.
+        let mut map = QcMap {
+            flags: (0..16)
+                .map(|i| {
+                    if i % 4 < 2 {
+                        Kind::Pen.bit() | TISSUE
+                    } else {
+                        TISSUE
+                    }
+                })
+                .collect(),
+            width: 4,
+            height: 4,
+            downsample: 10.0,
+            um_px: 5.0,
+            median_tissue_od: 0.3,
+        };
+        let params = QcParams::default();
+        let left = PatchQc::judge(&map, Level0Px::new(0, 0), 20, None, &params);
+        assert!(left.excluded && left.reason() == "pen 100%");
+        let right = PatchQc::judge(&map, Level0Px::new(20, 0), 20, None, &params);
+        assert_eq!(right.status(), "ok");
+        let flag = QcParams {
+            mode: QcMode::Flag,
+            ..QcParams::default()
+        };
+        assert_eq!(
+            PatchQc::judge(&map, Level0Px::new(0, 0), 20, None, &flag).status(),
+            "flagged"
+        );
+        map.paint(Kind::Blur, Level0Px::new(20, 20), 20);
+        let figures = figures(&map, (0.5, 0.5));
+        assert_eq!(figures[1].tissue_pct, 25.0);
     }
 }

@@ -45,16 +45,51 @@ pub fn components(m: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<usize>) {
     (label, sizes)
 }
 
-/// `m` without its components smaller than `min_px` pixels.
+/// `m` without its components smaller than `min_px` pixels. Needs a byte per pixel beside the
+/// result (no label image), so that large thumbnails stay cheap.
 pub fn drop_small(m: &[bool], w: usize, h: usize, min_px: usize) -> Vec<bool> {
+    let mut out = m.to_vec();
     if min_px <= 1 {
-        return m.to_vec();
+        return out;
     }
-    let (label, sizes) = components(m, w, h);
-    label
-        .iter()
-        .map(|&l| l != u32::MAX && sizes[l as usize] >= min_px)
-        .collect()
+    let mut seen = vec![false; m.len()];
+    let (mut stack, mut comp) = (Vec::new(), Vec::new());
+    for start in 0..m.len() {
+        if !m[start] || seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        stack.push(start);
+        comp.clear();
+        while let Some(i) = stack.pop() {
+            comp.push(i);
+            let (x, y) = (i % w, i / w);
+            let mut visit = |j: usize| {
+                if m[j] && !seen[j] {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < w {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - w);
+            }
+            if y + 1 < h {
+                visit(i + w);
+            }
+        }
+        if comp.len() < min_px {
+            for &i in &comp {
+                out[i] = false;
+            }
+        }
+    }
+    out
 }
 
 /// Hysteresis: `seed` grown through the pixels of `weak`, at most `steps` pixels away from it
@@ -187,9 +222,13 @@ mod tests {
         let seed = [true, false, false, false];
         let weak = [false, true, true, true];
         assert_eq!(grow(&seed, &weak, 4, 1, 2), [true, true, true, false]);
+        // A 5 × 5 block in a 7 × 7 image: its centre is 3 pixels from the outside.
+        let block: Vec<bool> = (0..49)
+            .map(|i| (1..6).contains(&(i % 7)) && (1..6).contains(&(i / 7)))
+            .collect();
+        assert_eq!(distance(&block, 7, 7)[3 * 7 + 3], 3.0);
+        assert_eq!(distance(&block, 7, 7)[7 + 1], 1.0);
         let band = [false, true, true, true, true, true, false];
-        let d = distance(&band, 7, 1);
-        assert_eq!(d[3], 3.0);
         assert_eq!(open(&band, 7, 1, 1), band);
         assert!(!open(&[false, true, false], 3, 1, 1)[1]);
     }

@@ -153,38 +153,68 @@ fn rules(p: [u8; 3], strict: bool, q: &PenParams) -> [bool; 4] {
     ]
 }
 
-/// The pen masks of `thumb` at `um_px` µm per pixel: `[green, blue, red, black]`.
-pub fn detect(thumb: &RgbImage, um_px: f64, q: &PenParams) -> [Vec<bool>; 4] {
+/// Green ink's bit in [`detect`]'s mask.
+pub const GREEN: u8 = 1;
+/// Blue ink's bit.
+pub const BLUE: u8 = 2;
+/// Red ink's bit.
+pub const RED: u8 = 4;
+/// Black ink's bit.
+pub const BLACK: u8 = 8;
+
+/// The pen mask of `thumb` at `um_px` µm per pixel: one byte per pixel, the bits of the ink
+/// colours found there ([`GREEN`], [`BLUE`], [`RED`], [`BLACK`]). The colours are done one
+/// after another, so that a large thumbnail needs a few bytes per pixel at a time.
+pub fn detect(thumb: &RgbImage, um_px: f64, q: &PenParams) -> Vec<u8> {
     let (w, h) = (thumb.width() as usize, thumb.height() as usize);
-    let n = w * h;
-    let mut strict: [Vec<bool>; 4] = std::array::from_fn(|_| vec![false; n]);
-    let mut weak: [Vec<bool>; 4] = std::array::from_fn(|_| vec![false; n]);
-    for (i, p) in thumb.pixels().enumerate() {
-        let (s, l) = (rules(p.0, true, q), rules(p.0, false, q));
-        for k in 0..4 {
-            strict[k][i] = s[k];
-            weak[k][i] = l[k];
-        }
-    }
+    // Strict rules in the low four bits, loose ones in the high four.
+    let bits = |r: [bool; 4]| {
+        r.iter()
+            .enumerate()
+            .fold(0u8, |a, (k, &v)| a | (u8::from(v) << k))
+    };
+    let matched: Vec<u8> = thumb
+        .pixels()
+        .map(|p| bits(rules(p.0, true, q)) | bits(rules(p.0, false, q)) << 4)
+        .collect();
     let px_area_mm2 = (um_px / 1000.0).powi(2);
     let min_px = (q.seed_min_mm2 / px_area_mm2).round().max(1.0) as usize;
     let steps = (q.grow_um / um_px).round().max(0.0) as usize;
-    let mut out: [Vec<bool>; 4] = std::array::from_fn(|k| {
-        let seed = morph::drop_small(&strict[k], w, h, min_px);
-        morph::grow(&seed, &weak[k], w, h, steps)
-    });
-    // Black: keep only components that are somewhere at least a marker's width across.
-    let dist = morph::distance(&out[3], w, h);
-    let (label, sizes) = morph::components(&out[3], w, h);
-    let half_width_px = (q.black_min_width_um / um_px / 2.0) as f32;
+    let mut out = vec![0u8; w * h];
+    for bit in [GREEN, BLUE, RED, BLACK] {
+        if !matched.iter().any(|&m| m & bit != 0) {
+            continue;
+        }
+        let seed: Vec<bool> = matched.iter().map(|&m| m & bit != 0).collect();
+        let seed = morph::drop_small(&seed, w, h, min_px);
+        let weak: Vec<bool> = matched.iter().map(|&m| m & (bit << 4) != 0).collect();
+        let mut m = morph::grow(&seed, &weak, w, h, steps);
+        drop((seed, weak));
+        if bit == BLACK {
+            m = wide_only(m, w, h, q.black_min_width_um / um_px);
+        }
+        for (o, v) in out.iter_mut().zip(m) {
+            if v {
+                *o |= bit;
+            }
+        }
+    }
+    out
+}
+
+/// The components of `m` that are somewhere at least `min_width` pixels wide.
+fn wide_only(mut m: Vec<bool>, w: usize, h: usize, min_width: f64) -> Vec<bool> {
+    let dist = morph::distance(&m, w, h);
+    let (label, sizes) = morph::components(&m, w, h);
+    let half = (min_width / 2.0) as f32;
     let mut wide = vec![false; sizes.len()];
     for (i, &l) in label.iter().enumerate() {
-        if l != u32::MAX && dist[i] >= half_width_px {
+        if l != u32::MAX && dist[i] >= half {
             wide[l as usize] = true;
         }
     }
-    for (i, v) in out[3].iter_mut().enumerate() {
+    for (i, v) in m.iter_mut().enumerate() {
         *v = *v && wide[label[i] as usize];
     }
-    out
+    m
 }

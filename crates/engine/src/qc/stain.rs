@@ -71,23 +71,27 @@ pub fn detect(
         .pixels()
         .map(|p| (od(p.0) * 100.0).round().clamp(0.0, 255.0) as u8)
         .collect();
-    let ods: Vec<f32> = crate::tissue::median_blur(&raw, w, h, q.median)
-        .iter()
-        .map(|&v| v as f32 / 100.0)
-        .collect();
-    let mut tissue_od: Vec<f32> = ods
-        .iter()
-        .zip(tissue.iter().zip(ink))
-        .filter(|(_, (&t, &i))| t && !i)
-        .map(|(&o, _)| o)
-        .collect();
-    if tissue_od.is_empty() {
+    let ods = crate::tissue::median_blur(&raw, w, h, q.median);
+    drop(raw);
+    // The median tissue OD, from a histogram of the hundredths.
+    let mut hist = [0usize; 256];
+    for ((&o, &t), &i) in ods.iter().zip(tissue).zip(ink) {
+        if t && !i {
+            hist[o as usize] += 1;
+        }
+    }
+    let total: usize = hist.iter().sum();
+    if total == 0 {
         return (vec![false; w * h], vec![false; w * h], 0.0);
     }
-    let mid = tissue_od.len() / 2;
-    let median = *tissue_od
-        .select_nth_unstable_by(mid, |a, b| a.total_cmp(b))
-        .1;
+    let mut seen = 0;
+    let median = (0..256)
+        .find(|&v| {
+            seen += hist[v];
+            seen > total / 2
+        })
+        .unwrap_or(0) as f32
+        / 100.0;
     let fold_at = q.fold_min_od.max(q.fold_relative * median);
     let px_mm2 = (um_px / 1000.0).powi(2);
     let clean = |m: Vec<bool>, min_mm2: f64| {
@@ -96,7 +100,7 @@ pub fn detect(
     };
     let candidates = |f: &dyn Fn(f32) -> bool| -> Vec<bool> {
         (0..w * h)
-            .map(|i| tissue[i] && !ink[i] && f(ods[i]))
+            .map(|i| tissue[i] && !ink[i] && f(ods[i] as f32 / 100.0))
             .collect()
     };
     let fold = clean(candidates(&|o| o >= fold_at), q.fold_min_mm2);
