@@ -213,8 +213,7 @@ impl Queue {
     pub fn get(&self, id: i64) -> Result<Option<Entry>> {
         self.db
             .query_row(
-                "SELECT id, path, fingerprint, state, attempts, last_error, output, updated,
-                 last_error_kind, qc_verdict, rescan_action FROM slides WHERE id = ?1",
+                &format!("SELECT {COLUMNS} FROM slides WHERE id = ?1"),
                 params![id],
                 row,
             )
@@ -226,10 +225,7 @@ impl Queue {
     pub fn list(&self) -> Result<Vec<Entry>> {
         let mut st = self
             .db
-            .prepare(
-                "SELECT id, path, fingerprint, state, attempts, last_error, output, updated,
-                 last_error_kind, qc_verdict, rescan_action FROM slides ORDER BY id",
-            )
+            .prepare(&format!("SELECT {COLUMNS} FROM slides ORDER BY id"))
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([], row)
@@ -424,6 +420,10 @@ impl Queue {
         Ok(rows)
     }
 }
+
+/// The columns [`row`] reads, in its order.
+const COLUMNS: &str = "id, path, fingerprint, state, attempts, last_error, output, updated, \
+                       last_error_kind, qc_verdict, rescan_action";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {

@@ -248,22 +248,7 @@ pub fn run(
                 total,
                 name: name.clone(),
             });
-        let mut s = SlideStatus {
-            path: path.clone(),
-            name: name.clone(),
-            status: Status::Failed,
-            reason: String::new(),
-            error_kind: None,
-            patches: None,
-            tissue_mm2: None,
-            positive_class: None,
-            positive_mean: None,
-            slide_score: None,
-            qc_verdict: None,
-            qc_reasons: None,
-            qc_excluded: None,
-            output: None,
-        };
+        let mut s = SlideStatus::failed(path.clone(), name.clone());
         if !opts.force && up_to_date(&cfg.out, &name, &key) {
             skipped(&mut s, &cfg.out);
         } else {
@@ -335,22 +320,7 @@ pub fn run_qc(
     let mut statuses = Vec::with_capacity(total);
     let mut kinds: Vec<BTreeMap<String, f64>> = Vec::with_capacity(total);
     for (k, (path, name)) in all.into_iter().zip(names).enumerate() {
-        let mut s = SlideStatus {
-            path: path.clone(),
-            name: name.clone(),
-            status: Status::Failed,
-            reason: String::new(),
-            error_kind: None,
-            patches: None,
-            tissue_mm2: None,
-            positive_class: None,
-            positive_mean: None,
-            slide_score: None,
-            qc_verdict: None,
-            qc_reasons: None,
-            qc_excluded: None,
-            output: None,
-        };
+        let mut s = SlideStatus::failed(path.clone(), name.clone());
         let mut shares = BTreeMap::new();
         match crate::pipeline::qc_slide(&path, &name, cfg) {
             Ok(r) => {

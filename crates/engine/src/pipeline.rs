@@ -495,52 +495,16 @@ pub fn qc_slide(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<QcSummar
         let regions = output::qc::regions(&map);
         let geo = geojson::feature_collection(&[], &Predictions::new(), &[], &regions);
         output::write_bytes(&tmp.join("annotations.geojson"), &geo)?;
-        let dims = slide.dimensions();
-        let reader = slide.backend();
         timings.insert("total_s".into(), started.elapsed().as_secs_f64());
+        let fp = fingerprint(path, cfg.hash_full)?;
         let doc = crate::results::QcDocument {
             schema_version: RESULT_SCHEMA_VERSION,
             tessera_version: crate::VERSION.into(),
             analysed_at,
-            slide: SlideRecord {
-                path: path.into(),
-                name: name.to_string(),
-                format: slide.format().into(),
-                vendor: slide.vendor().map(String::from),
-                reader: ReaderRecord {
-                    name: reader.name.into(),
-                    library: reader.library,
-                    version: reader.version,
-                },
-                file_size_bytes: crate::info::size_on_disk(path)?,
-                fingerprint: Fingerprint {
-                    sha256: fingerprint(path, cfg.hash_full)?,
-                    method: if cfg.hash_full {
-                        "full file"
-                    } else {
-                        "size + first and last MiB"
-                    }
-                    .into(),
-                },
-                dimensions: Dimensions {
-                    width: dims.width,
-                    height: dims.height,
-                },
-                mpp: mpp.clone(),
-                objective_power: slide.objective_power(),
-            },
+            slide: slide_record(&slide, path, name, &mpp, cfg, fp)?,
             tissue_area_mm2: tissue.area_mm2,
             tissue_fraction: mask.fraction(),
-            tissue: TissueRecord {
-                method: tissue.method.clone(),
-                mask_um_px: cfg.tissue.mask_um_px,
-                mask_downsample: mask.downsample,
-                otsu_threshold: mask.threshold,
-                median: cfg.tissue.median,
-                closing: cfg.tissue.closing,
-                min_object_mm2: cfg.tissue.min_object_mm2,
-                max_hole_mm2: cfg.tissue.max_hole_mm2,
-            },
+            tissue: tissue_record(&tissue.method, (mask.downsample, mask.threshold), cfg),
             qc: record.clone(),
             warnings: warnings.clone(),
             timings_s: timings,
@@ -1206,6 +1170,65 @@ fn replace_folder(out: &Path, name: &str, tmp: &Path) -> Result<PathBuf> {
     Ok(final_dir)
 }
 
+/// The slide's record (result.json's and qc.json's `slide`), with its fingerprint `fp`.
+fn slide_record(
+    slide: &Slide,
+    path: &Path,
+    name: &str,
+    mpp: &Mpp,
+    cfg: &AnalyzeConfig,
+    fp: String,
+) -> Result<SlideRecord> {
+    let dims = slide.dimensions();
+    let reader = slide.backend();
+    Ok(SlideRecord {
+        path: path.into(),
+        name: name.to_string(),
+        format: slide.format().into(),
+        vendor: slide.vendor().map(String::from),
+        reader: ReaderRecord {
+            name: reader.name.into(),
+            library: reader.library,
+            version: reader.version,
+        },
+        file_size_bytes: crate::info::size_on_disk(path)?,
+        fingerprint: Fingerprint {
+            sha256: fp,
+            method: if cfg.hash_full {
+                "full file"
+            } else {
+                "size + first and last MiB"
+            }
+            .into(),
+        },
+        dimensions: Dimensions {
+            width: dims.width,
+            height: dims.height,
+        },
+        mpp: mpp.clone(),
+        objective_power: slide.objective_power(),
+    })
+}
+
+/// How the tissue was found (result.json's `parameters.tissue`, qc.json's `tissue`): `method`
+/// in words, the mask's downsample and Otsu threshold, and `cfg`'s detector parameters.
+fn tissue_record(
+    method: &str,
+    (downsample, threshold): (f64, u8),
+    cfg: &AnalyzeConfig,
+) -> TissueRecord {
+    TissueRecord {
+        method: method.to_string(),
+        mask_um_px: cfg.tissue.mask_um_px,
+        mask_downsample: downsample,
+        otsu_threshold: threshold,
+        median: cfg.tissue.median,
+        closing: cfg.tissue.closing,
+        min_object_mm2: cfg.tissue.min_object_mm2,
+        max_hole_mm2: cfg.tissue.max_hole_mm2,
+    }
+}
+
 /// result.json's document for a finished analysis.
 #[allow(clippy::too_many_arguments)]
 fn result_doc(
@@ -1224,41 +1247,13 @@ fn result_doc(
     let backend = &chosen.backend;
     let (spec, plan, grid) = (&f.planned.spec, f.planned.plan, &f.planned.grid);
     let positive = c.positive_class();
-    let dims = slide.dimensions();
-    let reader = slide.backend();
     Ok(SlideResult {
         schema_version: RESULT_SCHEMA_VERSION,
         run_key: run_key_for(folder, cfg)?,
         tessera_version: crate::VERSION.into(),
         disclaimer: crate::report::DISCLAIMER.into(),
         analysed_at: f.analysed_at.clone(),
-        slide: SlideRecord {
-            path: path.into(),
-            name: f.name.to_string(),
-            format: slide.format().into(),
-            vendor: slide.vendor().map(String::from),
-            reader: ReaderRecord {
-                name: reader.name.into(),
-                library: reader.library,
-                version: reader.version,
-            },
-            file_size_bytes: crate::info::size_on_disk(path)?,
-            fingerprint: Fingerprint {
-                sha256: fp,
-                method: if cfg.hash_full {
-                    "full file"
-                } else {
-                    "size + first and last MiB"
-                }
-                .into(),
-            },
-            dimensions: Dimensions {
-                width: dims.width,
-                height: dims.height,
-            },
-            mpp: f.mpp.clone(),
-            objective_power: slide.objective_power(),
-        },
+        slide: slide_record(slide, path, f.name, &f.mpp, cfg, fp)?,
         model: ModelRecord {
             name: folder.name.clone(),
             version: c.tessera.version.clone(),
@@ -1311,16 +1306,11 @@ fn result_doc(
             top_regions: cfg.top_regions,
             region_pixels: cfg.region_pixels,
             thumbnail_downsample: f.tissue.thumb_ds,
-            tissue: TissueRecord {
-                method: f.tissue.method.clone(),
-                mask_um_px: cfg.tissue.mask_um_px,
-                mask_downsample: f.planned.mask_downsample,
-                otsu_threshold: f.planned.mask_threshold,
-                median: cfg.tissue.median,
-                closing: cfg.tissue.closing,
-                min_object_mm2: cfg.tissue.min_object_mm2,
-                max_hole_mm2: cfg.tissue.max_hole_mm2,
-            },
+            tissue: tissue_record(
+                &f.tissue.method,
+                (f.planned.mask_downsample, f.planned.mask_threshold),
+                cfg,
+            ),
         },
         tissue_area_mm2: f.tissue.area_mm2,
         tissue_fraction: f.planned.mask_fraction,

@@ -107,6 +107,28 @@ pub struct SlideStatus {
     pub output: Option<PathBuf>,
 }
 
+impl SlideStatus {
+    /// A slide not yet done: `failed` with no reason and no figures, to be filled in.
+    pub fn failed(path: PathBuf, name: String) -> SlideStatus {
+        SlideStatus {
+            path,
+            name,
+            status: Status::Failed,
+            reason: String::new(),
+            error_kind: None,
+            patches: None,
+            tissue_mm2: None,
+            positive_class: None,
+            positive_mean: None,
+            slide_score: None,
+            qc_verdict: None,
+            qc_reasons: None,
+            qc_excluded: None,
+            output: None,
+        }
+    }
+}
+
 /// A slide's `result.json`: what was analysed, with what, how, and what came out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlideResult {

@@ -330,23 +330,11 @@ fn remove_small(m: &mut [u8], w: usize, h: usize, target: u8, min_pixels: usize)
             component.push(i);
             let (x, y) = (i % w, i / w);
             touches_border |= x == 0 || y == 0 || x == w - 1 || y == h - 1;
-            let mut visit = |j: usize| {
+            for j in crate::imaging::morph::neighbours4(i, w, h) {
                 if !seen[j] && m[j] == target {
                     seen[j] = true;
                     queue.push_back(j);
                 }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < w {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - w);
-            }
-            if y + 1 < h {
-                visit(i + w);
             }
         }
         let is_hole = target == 0;

@@ -7,6 +7,7 @@
 //! Coordinates: pixels of the image at hand.
 
 pub mod colour;
+pub mod morph;
 pub mod preprocess;
 pub mod resize;
 pub mod stain;

@@ -14,8 +14,8 @@
 
 use image::RgbImage;
 
-use super::morph;
 use super::pen::hsv;
+use crate::imaging::morph;
 
 /// Thresholds of the edge detector.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

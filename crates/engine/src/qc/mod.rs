@@ -14,7 +14,6 @@
 
 pub mod edge;
 pub mod focus;
-pub mod morph;
 pub mod pen;
 pub mod stain;
 

@@ -23,7 +23,7 @@
 
 use image::RgbImage;
 
-use super::morph;
+use crate::imaging::morph;
 
 /// The pen detector's thresholds. Hue in degrees, saturation and value 0–255.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -14,7 +14,7 @@
 
 use image::RgbImage;
 
-use super::morph;
+use crate::imaging::morph;
 
 /// Thresholds of the fold and faint detectors.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -1,8 +1,21 @@
-//! Binary-image helpers for the QC detectors: connected components, hysteresis growth,
-//! dilation, opening and a chamfer distance.
+//! Binary-image helpers for the tissue and QC stages: 4-neighbours, connected components,
+//! hysteresis growth, dilation, opening and a chamfer distance.
 //!
 //! In and out: row-major `bool` masks of `w × h` pixels, in whatever raster the caller works in
-//! (the QC raster, at the tissue mask's scale). Connectivity is 4-neighbour throughout.
+//! (the tissue mask's). Connectivity is 4-neighbour throughout.
+
+/// The 4-neighbours of pixel `i` in a `w × h` raster (fewer at its border).
+pub fn neighbours4(i: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
+    let (x, y) = (i % w, i / w);
+    [
+        (x > 0).then(|| i - 1),
+        (x + 1 < w).then(|| i + 1),
+        (y > 0).then(|| i - w),
+        (y + 1 < h).then(|| i + w),
+    ]
+    .into_iter()
+    .flatten()
+}
 
 /// Labels the 4-connected components of `m`: one label per pixel (`u32::MAX` outside) and the
 /// size of each component.
@@ -20,24 +33,11 @@ pub fn components(m: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<usize>) {
         stack.push(start);
         while let Some(i) = stack.pop() {
             n += 1;
-            let (x, y) = (i % w, i / w);
-            let mut visit = |j: usize| {
+            for j in neighbours4(i, w, h) {
                 if m[j] && label[j] == u32::MAX {
                     label[j] = id;
                     stack.push(j);
                 }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < w {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - w);
-            }
-            if y + 1 < h {
-                visit(i + w);
             }
         }
         sizes.push(n);
@@ -63,24 +63,11 @@ pub fn drop_small(m: &[bool], w: usize, h: usize, min_px: usize) -> Vec<bool> {
         comp.clear();
         while let Some(i) = stack.pop() {
             comp.push(i);
-            let (x, y) = (i % w, i / w);
-            let mut visit = |j: usize| {
+            for j in neighbours4(i, w, h) {
                 if m[j] && !seen[j] {
                     seen[j] = true;
                     stack.push(j);
                 }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < w {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - w);
-            }
-            if y + 1 < h {
-                visit(i + w);
             }
         }
         if comp.len() < min_px {
@@ -100,24 +87,11 @@ pub fn grow(seed: &[bool], weak: &[bool], w: usize, h: usize, steps: usize) -> V
     for _ in 0..steps {
         let mut next = Vec::new();
         for &i in &front {
-            let (x, y) = (i % w, i / w);
-            let mut visit = |j: usize| {
+            for j in neighbours4(i, w, h) {
                 if weak[j] && !m[j] {
                     m[j] = true;
                     next.push(j);
                 }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < w {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - w);
-            }
-            if y + 1 < h {
-                visit(i + w);
             }
         }
         if next.is_empty() {
