@@ -638,3 +638,176 @@ fn bad_input_gets_a_verdict_or_a_typed_error() {
         "{err}"
     );
 }
+
+/// A lab's dense QC model runs through the dense machinery and feeds the artefact masks, in
+/// `tessera qc` and in `analyze`. The model is a toy with hand-set weights
+/// (models/qc/build_toy_qc.py: red minus blue optical density), not a trained one; with the built-in pen
+/// detector switched off in --qc-config, the ink it finds can only be the model's.
+#[test]
+fn a_labs_qc_model_feeds_the_artefact_masks() {
+    require!(python_with(&["onnx", "numpy"]));
+    let dir = tempfile::tempdir().unwrap();
+    let slide = require!(inked(dir.path()));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let toy = |name: &str, args: &[&str]| {
+        let out = dir.path().join(name);
+        let o = std::process::Command::new("python3")
+            .arg(root.join("models/qc/build_toy_qc.py"))
+            .arg(&out)
+            .args(args)
+            .output()
+            .expect("python3");
+        assert!(o.status.success(), "build_toy_qc.py: {}", stderr(&o));
+        out
+    };
+    let model = toy("toy", &[]);
+    let no_pen = dir.path().join("no-pen.json");
+    // Ink darkens tissue: with the pen detector off, the fold detector would take the band's
+    // darkest parts (qc-mask.png shows one kind per pixel), so it is off too.
+    std::fs::write(
+        &no_pen,
+        r#"{"pen": {"seed_min_mm2": 1e9}, "stain": {"fold_min_od": 99}}"#,
+    )
+    .unwrap();
+    let cfg = ["--qc-config", no_pen.to_str().unwrap()];
+    let (without, with) = (dir.path().join("without"), dir.path().join("with"));
+    assert_eq!(qc_cli(&[&slide], &without, &cfg), 0);
+    let m = model.to_str().unwrap();
+    assert_eq!(
+        qc_cli(&[&slide], &with, &[cfg[0], cfg[1], "--qc-model", m]),
+        0
+    );
+    let off = qc_doc(&without.join("inked.svs"));
+    assert_eq!(
+        off.qc.tissue_pct("pen"),
+        0.0,
+        "the built-in pen detector is off"
+    );
+    assert!(off.qc.model.is_none());
+    let folder = with.join("inked.svs");
+    let on = qc_doc(&folder);
+    let r = on.qc.model.as_ref().expect("the QC model's record");
+    println!("{}", serde_json::to_string(r).unwrap());
+    assert!(r.tiles > 0);
+    assert_eq!(r.name, "toy");
+    assert_eq!(
+        r.classes
+            .iter()
+            .map(|c| (c.class.as_str(), c.kind.as_str()))
+            .collect::<Vec<_>>(),
+        [("background", "none"), ("pen marking", "pen")]
+    );
+    let pen_pct = on.qc.tissue_pct("pen");
+    assert!(pen_pct > 5.0, "pen {pen_pct}% of tissue");
+    assert!(
+        (r.tissue_pct["pen"] - pen_pct).abs() < 0.01,
+        "the model's flags are the pen mask: {} vs {pen_pct}",
+        r.tissue_pct["pen"]
+    );
+    assert_eq!(
+        on.qc.verdict,
+        tessera::qc::Verdict::Review,
+        "{:?}",
+        on.qc.reasons
+    );
+    // Where the ink is: the made band, and nowhere else.
+    let ds = on.tissue.mask_downsample;
+    let (m_img, pen, tissue) = kind_and_tissue(&folder, Kind::Pen);
+    let w = m_img.width() as usize;
+    let (xs, ys) = on_raster(&tiles(8..22, 3..6), ds);
+    let (mut inter, mut union, mut outside) = (0, 0, 0);
+    for i in 0..pen.len() {
+        let (x, y) = (i % w, i / w);
+        let truth = xs.contains(&x) && ys.contains(&y) && tissue[i];
+        inter += usize::from(truth && pen[i]);
+        union += usize::from(truth || pen[i]);
+        outside += usize::from(pen[i] && !(xs.contains(&x) && ys.contains(&y)));
+    }
+    let iou = inter as f64 / union.max(1) as f64;
+    println!("toy QC model's pen against the made band: IoU {iou:.3}, {outside} pixels outside");
+    assert!(iou > 0.95, "IoU {iou}");
+    // One QC pixel of blending either side of the band at most.
+    assert!(
+        outside <= 2 * (xs.len() + ys.len()),
+        "{outside} pen pixels off the band"
+    );
+
+    // analyze: the same flags keep the inked patches out of the score; the model is in the
+    // record and in the run key.
+    let classifier = dir.path().join("tiny");
+    build_random("tiny", &classifier, &["--side", "64", "--patch", "64"]);
+    let analyse = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "analyze",
+            slide.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--model",
+            classifier.to_str().unwrap(),
+            "--qc-config",
+            no_pen.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = tessera_str(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        tessera::results::SlideResult::read(&out.join("inked.svs/result.json")).unwrap()
+    };
+    let plain = analyse("a-without", &[]);
+    let learned = analyse("a-with", &["--qc-model", m]);
+    let q = learned.qc.as_ref().unwrap();
+    assert_eq!(
+        q.model.as_ref().map(|r| r.sha256.as_str()),
+        Some(r.sha256.as_str())
+    );
+    assert!(q.tissue_pct("pen") > 5.0);
+    assert!(q.patches_excluded > plain.qc.as_ref().unwrap().patches_excluded);
+    assert_ne!(
+        learned.run_key, plain.run_key,
+        "the QC model is in the run key"
+    );
+    let html = std::fs::read_to_string(dir.path().join("a-with/inked.svs/report.html")).unwrap();
+    assert!(
+        html.contains("The lab's QC model") && html.contains("pen marking → pen"),
+        "the report names the QC model"
+    );
+
+    // Models that cannot be QC models are refused before any slide is read, naming the file
+    // and the reason: a classifier (not dense), a class whose kind is unknown.
+    let smudge = toy("smudge", &["--class-name", "smudge"]);
+    let mapped = toy("mapped", &["--class-name", "smudge", "--map", "fold"]);
+    for (bad, why) in [
+        (&classifier, "must be dense"),
+        (&smudge, "names no artefact kind"),
+    ] {
+        let out = dir.path().join("bad");
+        let o = tessera_str(&[
+            "qc",
+            slide.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--qc-model",
+            bad.to_str().unwrap(),
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains("config.json") && err.contains("not a QC model") && err.contains(why),
+            "{err}"
+        );
+        assert!(!out.join("inked.svs").exists());
+    }
+    // Mapped in tessera.qc_classes, the same class is a fold.
+    let out = dir.path().join("mapped-out");
+    assert_eq!(
+        qc_cli(
+            &[&slide],
+            &out,
+            &[cfg[0], cfg[1], "--qc-model", mapped.to_str().unwrap()]
+        ),
+        0
+    );
+    let d = qc_doc(&out.join("inked.svs"));
+    assert_eq!(d.qc.model.as_ref().unwrap().classes[1].kind, "fold");
+    assert!(d.qc.tissue_pct("fold") > 5.0, "the made band is a fold now");
+}

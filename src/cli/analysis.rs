@@ -89,6 +89,10 @@ pub struct QcArgs {
     /// {"rules": {"rescan_blur_pct": 20}}.
     #[arg(long, value_name = "FILE")]
     pub qc_config: Option<PathBuf>,
+    /// A lab's own QC model: a dense model folder whose classes are artefact kinds (pen, blur,
+    /// fold, faint, edge; see docs/qc.md). Its flags join the built-in detectors'.
+    #[arg(long, value_name = "DIR")]
+    pub qc_model: Option<PathBuf>,
 }
 
 impl QcArgs {
@@ -123,6 +127,7 @@ impl AnalysisArgs {
             workers,
             hash_full: self.hash_full,
             tissue_model: self.tissue_model.clone(),
+            qc_model: self.qc.qc_model.clone(),
             slide: self.slide.config_with_cache(32),
             slide_score: self.slide_score,
             top_regions: self.top_regions,

@@ -1,4 +1,5 @@
-//! `tessera qc SLIDE... [--out DIR]`: slide quality control alone, no model.
+//! `tessera qc SLIDE... [--out DIR]`: slide quality control alone, without the analysis's
+//! model (a lab's QC model runs when `--qc-model` names one).
 
 use std::path::PathBuf;
 
@@ -46,6 +47,7 @@ pub fn run(args: &QcCommandArgs) -> u8 {
         // Focus tiles are read once each, scattered: a small tile cache, as analyze.
         slide: args.slide.config_with_cache(32),
         qc,
+        qc_model: args.qc.qc_model.clone(),
         ..AnalyzeConfig::default()
     };
     let quiet = args.quiet;

@@ -317,12 +317,14 @@ pub fn run_qc(
     let names = output_names(&all);
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
     let total = all.len();
+    // A lab's QC model is loaded (and checked) once, before any slide.
+    let qc_model = crate::pipeline::load_qc_model(cfg)?;
     let mut statuses = Vec::with_capacity(total);
     let mut kinds: Vec<BTreeMap<String, f64>> = Vec::with_capacity(total);
     for (k, (path, name)) in all.into_iter().zip(names).enumerate() {
         let mut s = SlideStatus::failed(path.clone(), name.clone());
         let mut shares = BTreeMap::new();
-        match crate::pipeline::qc_slide(&path, &name, cfg) {
+        match crate::pipeline::qc_slide(&path, &name, cfg, qc_model.as_ref()) {
             Ok(r) => {
                 s.status = Status::Done;
                 s.tissue_mm2 = Some(r.tissue_mm2);

@@ -177,6 +177,11 @@ pub struct AnalyzeConfig {
     // Not in the run key: In the key by its file's SHA-256 (see `run_key_for`), not its path.
     #[serde(skip)]
     pub tissue_model: Option<PathBuf>,
+    /// A lab's dense QC model folder (`--qc-model`), whose classes are artefact kinds
+    /// ([`crate::qc::learned`]); unused with `--qc off`.
+    // Not in the run key: In the key by its model's SHA-256 and configuration (see `run_key_for`), not its path.
+    #[serde(skip)]
+    pub qc_model: Option<PathBuf>,
     /// Slide reading.
     pub slide: SlideConfig,
     /// How the slide-level score of the positive class is made (default: mean of the top 10).
@@ -221,6 +226,7 @@ impl Default for AnalyzeConfig {
             tissue: TissueParams::default(),
             qc: crate::qc::QcParams::default(),
             tissue_model: None,
+            qc_model: None,
             // Reads walk the slide in narrow strips (see `read_order`): a small tile cache
             // decodes each tile about once.
             slide: SlideConfig {
@@ -376,7 +382,14 @@ fn run_key_for(folder: &ModelFolder, cfg: &AnalyzeConfig) -> Result<String> {
         path: "the analysis settings".into(),
         reason: format!("cannot be serialized for the run key: {e}"),
     })?;
-    Ok(key_of(folder, tissue_model, &settings))
+    let mut key = key_of(folder, tissue_model, &settings);
+    if let (Some(dir), true) = (&cfg.qc_model, cfg.qc.mode != crate::qc::QcMode::Off) {
+        // Keys without a QC model stay as they were.
+        let qc = ModelFolder::load(dir)?;
+        let with = json!({"key": key, "qc_model_sha256": qc.sha256, "qc_model_config": qc.config});
+        key = format!("{:x}", Sha256::digest(with.to_string().as_bytes()));
+    }
+    Ok(key)
 }
 
 /// The run key of a model, a tissue model's hash and the serialized settings.
@@ -455,7 +468,12 @@ pub struct QcSummary {
 /// `qc-overlay.png`, `thumbnail.png`, `tissue-mask.png` and `annotations.geojson` (the
 /// artefacts, classified `Pen`, `Blur`, …). `cfg.qc.mode` is recorded but changes nothing
 /// here: there are no patches.
-pub fn qc_slide(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<QcSummary> {
+pub fn qc_slide(
+    path: &Path,
+    name: &str,
+    cfg: &AnalyzeConfig,
+    qc_model: Option<&QcModel>,
+) -> Result<QcSummary> {
     let started = Instant::now();
     let analysed_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let slide = Slide::open_with(path, &cfg.slide)?;
@@ -470,6 +488,9 @@ pub fn qc_slide(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<QcSummar
     let t = Instant::now();
     let mut map = crate::qc::detect(&mask_thumb, &mask, mask.downsample * mpp_mean, &cfg.qc);
     drop(mask_thumb);
+    let model = qc_model
+        .map(|qm| run_qc_model(&slide, qm, &mask, mpp_mean, cfg, &mut map))
+        .transpose()?;
     let focus = crate::qc::focus::measure_slide(&slide, &mask, mpp_mean, &cfg.qc.focus)?;
     let outcome = crate::qc::finish(
         &mut map,
@@ -481,7 +502,10 @@ pub fn qc_slide(path: &Path, name: &str, cfg: &AnalyzeConfig) -> Result<QcSummar
         &cfg.qc,
     );
     timings.insert("qc_s".into(), t.elapsed().as_secs_f64());
-    let record = crate::results::QcRecord::new(&outcome, &map, &cfg.qc, []);
+    let record = crate::results::QcRecord {
+        model,
+        ..crate::results::QcRecord::new(&outcome, &map, &cfg.qc, [])
+    };
 
     let tmp = cfg
         .out
@@ -533,6 +557,145 @@ pub struct LoadedModel {
     pub chosen: model::Chosen,
     /// The loaded model; each analysis opens its own sessions.
     pub model: Arc<dyn model::Model>,
+    /// The lab's QC model (`--qc-model`), when one is given and QC is on.
+    pub qc_model: Option<QcModel>,
+}
+
+/// A lab's dense QC model, loaded once ([`load_qc_model`]).
+pub struct QcModel {
+    /// The model folder (configuration and hash).
+    pub folder: ModelFolder,
+    /// The loaded model.
+    pub model: Arc<dyn model::Model>,
+    /// The artefact kind of each class ([`crate::qc::learned::class_kinds`]).
+    pub kinds: Vec<Option<crate::qc::Kind>>,
+    /// The backend and device it runs on, in words.
+    pub note: String,
+}
+
+/// Loads `cfg.qc_model` (none without one, or with `--qc off`) on the backend `cfg` asks
+/// for. A model that cannot be a QC model (not dense, a class of unknown kind) is refused here,
+/// before any slide is read.
+pub fn load_qc_model(cfg: &AnalyzeConfig) -> Result<Option<QcModel>> {
+    let Some(dir) = cfg
+        .qc_model
+        .as_ref()
+        .filter(|_| cfg.qc.mode != crate::qc::QcMode::Off)
+    else {
+        return Ok(None);
+    };
+    let folder = ModelFolder::load(dir)?;
+    let kinds =
+        crate::qc::learned::class_kinds(&folder.config).map_err(|reason| Error::ModelConfig {
+            path: folder.dir.join("config.json"),
+            reason: format!("not a QC model: {reason}"),
+        })?;
+    let chosen = model::choose(cfg.inference)?;
+    let model = model::load_on_devices(
+        chosen.backend.as_ref(),
+        &folder,
+        cfg.inference_threads.max(1),
+        &cfg.device,
+    )?;
+    let note = format!("{} on {}", chosen.note, model.placement().device);
+    Ok(Some(QcModel {
+        folder,
+        model,
+        kinds,
+        note,
+    }))
+}
+
+/// Runs a lab's QC model over every tile of the slide with tissue in it (the dense machinery:
+/// overlapping tiles blended into class maps at the model's µm/px) and flags `map`'s tissue
+/// pixels with its classes' kinds ([`crate::qc::learned::paint`]). Returns its record.
+fn run_qc_model(
+    slide: &Slide,
+    qm: &QcModel,
+    mask: &tissue::TissueMask,
+    mpp_mean: f64,
+    cfg: &AnalyzeConfig,
+    map: &mut crate::qc::QcMap,
+) -> Result<crate::results::QcModelRecord> {
+    let c = &qm.folder.config;
+    let bad = |reason: String| Error::ModelConfig {
+        path: qm.folder.dir.join("config.json"),
+        reason,
+    };
+    let spec = c
+        .tessera
+        .dense
+        .ok_or_else(|| bad("a QC model must be dense".into()))?;
+    let grid_spec = GridSpec {
+        patch_pixels: c.patch_size_pixels,
+        spacing_um_px: c.spacing_um_px,
+        stride_pixels: (c.patch_size_pixels - spec.overlap_pixels).max(1),
+        // Every tile with any tissue: an artefact at the tissue's edge is still an artefact.
+        min_tissue: 0.0,
+    };
+    let grid = PatchGrid::plan(slide.dimensions(), mpp_mean, &grid_spec, mask);
+    let side_l0 = grid
+        .patches
+        .first()
+        .map_or(grid.side_l0.round() as u64, |p| p.side);
+    let plan = read_plan(slide.levels(), mpp_mean, &grid_spec, side_l0);
+    let mut dense = crate::dense::DenseMap::new(
+        spec,
+        c.num_classes,
+        (c.patch_size_pixels, grid_spec.stride_pixels),
+        (slide.dimensions().width, slide.dimensions().height),
+        c.spacing_um_px / mpp_mean,
+        crate::dense::MAX_CELLS,
+    )
+    .map_err(bad)?;
+    dense.restrict_to(mask);
+    // The main analysis's progress counts its own patches only.
+    let quiet = AnalyzeConfig {
+        progress: Progress::default(),
+        ..cfg.clone()
+    };
+    run_inference(
+        slide,
+        &grid,
+        (plan, None),
+        &c.preprocess(),
+        &quiet,
+        qm.model.as_ref(),
+        (c, Some(&dense)),
+    )?;
+    let maps = dense.heatmaps();
+    let flagged = crate::qc::learned::paint(map, &maps, &qm.kinds, &cfg.qc.model);
+    let tissue = map.tissue_pixels().max(1) as f64;
+    let r = |v: f64| (v * 1e4).round() / 1e4;
+    Ok(crate::results::QcModelRecord {
+        name: qm.folder.name.clone(),
+        sha256: qm.folder.sha256.clone(),
+        description: c.tessera.description.clone(),
+        version: c.tessera.version.clone(),
+        spacing_um_px: c.spacing_um_px,
+        tiles: grid.patches.len(),
+        classes: c
+            .class_names
+            .iter()
+            .zip(&qm.kinds)
+            .map(|(class, k)| crate::results::QcModelClass {
+                class: class.clone(),
+                kind: k.map_or("none", |k| k.name()).into(),
+            })
+            .collect(),
+        min_probability: decimal(cfg.qc.model.min_probability),
+        tissue_pct: crate::qc::Kind::ALL
+            .iter()
+            .filter(|k| qm.kinds.contains(&Some(**k)))
+            .map(|k| {
+                (
+                    k.name().to_string(),
+                    r(flagged[*k as usize] as f64 / tissue * 100.0),
+                )
+            })
+            .collect(),
+        backend: qm.note.clone(),
+    })
 }
 
 /// Loads the model `cfg` names (or the default one) on the backend `cfg` asks for.
@@ -556,6 +719,7 @@ pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
         folder,
         chosen,
         model,
+        qc_model: load_qc_model(cfg)?,
     })
 }
 
@@ -582,10 +746,19 @@ fn analyze_opened(
     timings.insert("tissue_s", t.elapsed().as_secs_f64());
     // QC's thumbnail detectors, on the thumbnail the tissue stage read (then dropped).
     let t = Instant::now();
-    let qc_map = qc_thumbnail(&mask_thumb, &mask, mpp_mean, &cfg.qc);
+    let mut qc_map = qc_thumbnail(&mask_thumb, &mask, mpp_mean, &cfg.qc);
     drop(mask_thumb);
     timings.insert("qc_s", t.elapsed().as_secs_f64());
     crate::sys::release_free_memory();
+    let qc_model = match (&mut qc_map, &lm.qc_model) {
+        (Some(map), Some(qm)) => {
+            let t = Instant::now();
+            let r = run_qc_model(&slide, qm, &mask, mpp_mean, cfg, map)?;
+            timings.insert("qc_model_s", t.elapsed().as_secs_f64());
+            Some(r)
+        }
+        _ => None,
+    };
 
     let c = &lm.folder.config;
     if let Some(w) = resolution_warning(c, &mpp) {
@@ -641,7 +814,9 @@ fn analyze_opened(
     timings.insert("inference_s", t.elapsed().as_secs_f64());
     let qc = qc_map.map(|map| {
         let um_px = read_um_px * focus_factor.unwrap_or(1) as f64;
-        qc_patches(map, &planned.grid, &focus, um_px, (mpp.x, mpp.y), &cfg.qc)
+        let mut done = qc_patches(map, &planned.grid, &focus, um_px, (mpp.x, mpp.y), &cfg.qc);
+        done.model = qc_model;
+        done
     });
 
     // Outputs, into a temporary folder renamed at the end: a failure leaves nothing.
@@ -844,6 +1019,8 @@ struct QcDone {
     map: crate::qc::QcMap,
     outcome: crate::qc::Outcome,
     patches: BTreeMap<crate::geom::GridIndex, crate::qc::PatchQc>,
+    /// The lab's QC model, when one ran.
+    model: Option<crate::results::QcModelRecord>,
 }
 
 impl QcDone {
@@ -893,6 +1070,7 @@ fn qc_patches(
         map,
         outcome,
         patches,
+        model: None,
     }
 }
 
@@ -1324,8 +1502,9 @@ fn result_doc(
             value: cfg.slide_score.score(scored, positive),
         },
         top_regions,
-        qc: f.qc.as_ref().map(|q| {
-            crate::results::QcRecord::new(&q.outcome, &q.map, &cfg.qc, q.patches.values())
+        qc: f.qc.as_ref().map(|q| crate::results::QcRecord {
+            model: q.model.clone(),
+            ..crate::results::QcRecord::new(&q.outcome, &q.map, &cfg.qc, q.patches.values())
         }),
         identifiers: Identifiers {
             label_included: cfg.include_label,
@@ -1883,6 +2062,7 @@ mod tests {
             tissue: _,
             qc: _,
             tissue_model: _,
+            qc_model: _,
             slide: _,
             slide_score: _,
             top_regions: _,

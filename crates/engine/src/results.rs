@@ -544,6 +544,44 @@ pub struct QcRecord {
     /// Crops of the patches with the most artefact, for the report (analyze only).
     #[serde(default)]
     pub regions: Vec<QcRegion>,
+    /// The lab's QC model (`--qc-model`), when one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<QcModelRecord>,
+}
+
+/// A lab's QC model as it ran on a slide: which model, what each class stood for, and what
+/// it flagged (its flags join the built-in detectors' in the kinds' figures).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QcModelRecord {
+    /// The model folder's name.
+    pub name: String,
+    /// SHA-256 of its model.onnx.
+    pub sha256: String,
+    /// Its configuration's description and version.
+    pub description: Option<String>,
+    /// See `description`.
+    pub version: Option<String>,
+    /// The µm/px it ran at.
+    pub spacing_um_px: f64,
+    /// Tiles it ran on (every tile of the slide with tissue in it).
+    pub tiles: usize,
+    /// Each class and the kind it stands for (`none`: not an artefact).
+    pub classes: Vec<QcModelClass>,
+    /// The probability a class needs at a pixel to flag it.
+    pub min_probability: f64,
+    /// Share of the tissue the model flagged, percent, per kind it has a class for.
+    pub tissue_pct: BTreeMap<String, f64>,
+    /// The backend and device it ran on.
+    pub backend: String,
+}
+
+/// One class of a QC model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QcModelClass {
+    /// The class's name in the model's configuration.
+    pub class: String,
+    /// `pen`, `blur`, `fold`, `faint`, `edge` or `none`.
+    pub kind: String,
 }
 
 /// A crop of a patch with artefacts (`qc-region-<n>.jpg`).
@@ -616,6 +654,7 @@ impl QcRecord {
             median_tissue_od: f(map.median_tissue_od),
             params: serde_json::to_value(params).unwrap_or(serde_json::Value::Null),
             regions: Vec::new(),
+            model: None,
         }
     }
 

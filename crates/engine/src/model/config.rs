@@ -104,6 +104,11 @@ pub struct TesseraFields {
     /// the result carries a QC warning. Absent: no check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spacing_tolerance_um_px: Option<f64>,
+    /// A slide-QC model (`--qc-model`): the artefact kind each class stands for, by class
+    /// name: `pen`, `blur`, `fold`, `faint`, `edge`, or `none` (tissue, background). Classes
+    /// left out are named by their own names (see `qc::learned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc_classes: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// How a dense model's per-pixel output is read and stitched.
@@ -254,6 +259,11 @@ impl ModelConfig {
         if let Some(p) = &c.tessera.positive_class {
             if !c.class_names.contains(p) {
                 return Err(bad(format!("positive_class {p:?} is not a class name")));
+            }
+        }
+        for name in c.tessera.qc_classes.iter().flat_map(|m| m.keys()) {
+            if !c.class_names.contains(name) {
+                return Err(bad(format!("qc_classes names {name:?}, not a class name")));
             }
         }
         if let Some(d) = &c.tessera.dense {

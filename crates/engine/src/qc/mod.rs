@@ -9,11 +9,13 @@
 //! reasons by [`VerdictRules`].
 //!
 //! The detectors, each with its method and sources in its module: [`pen`], [`focus`],
-//! [`stain`] (folds and faint tissue), [`edge`]. Every threshold is a field of [`QcParams`]
+//! [`stain`] (folds and faint tissue), [`edge`]; a lab's own dense QC model adds its classes
+//! through [`learned`]. Every threshold is a field of [`QcParams`]
 //! with a documented default.
 
 pub mod edge;
 pub mod focus;
+pub mod learned;
 pub mod pen;
 pub mod stain;
 
@@ -179,6 +181,8 @@ pub struct QcParams {
     pub stain: stain::StainParams,
     /// Edge detector.
     pub edge: edge::EdgeParams,
+    /// A lab's QC model (`--qc-model`), where one is given.
+    pub model: learned::QcModelParams,
     /// Verdict rules.
     pub rules: VerdictRules,
 }
@@ -204,6 +208,7 @@ impl Default for QcParams {
             focus: Default::default(),
             stain: Default::default(),
             edge: Default::default(),
+            model: Default::default(),
             rules: Default::default(),
         }
     }

@@ -556,6 +556,16 @@ pub fn slide_report_html(dir: &Path) -> Result<String> {
                                 (num(q.focus.reference, 3)) "; " (q.focus.blurred_tiles) " judged out of focus."
                             }
                         }
+                        @if let Some(m) = &q.model {
+                            p.note {
+                                "The lab's QC model " code { (m.name) } @if let Some(v) = &m.version { " (version " (v) ")" }
+                                " (SHA-256 " code { (m.sha256.get(..12).unwrap_or(&m.sha256)) "…" } ") ran on " (m.tiles) " tiles at "
+                                (num(Some(m.spacing_um_px), 2)) " µm/px, beside the built-in detectors; it flagged "
+                                (m.tissue_pct.iter().map(|(k, v)| format!("{k} {v:.1} %")).collect::<Vec<_>>().join(", "))
+                                " of the tissue (its classes: "
+                                (m.classes.iter().map(|c| format!("{} → {}", c.class, c.kind)).collect::<Vec<_>>().join(", ")) ")."
+                            }
+                        }
                         div.pair {
                             figure {
                                 @if let Some(uri) = &qc_overlay {
