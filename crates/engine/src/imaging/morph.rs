@@ -104,23 +104,45 @@ pub fn grow(seed: &[bool], weak: &[bool], w: usize, h: usize, steps: usize) -> V
 
 /// Dilation by a `(2r+1)²` square.
 pub fn dilate(m: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
-    if r == 0 {
+    if r == 0 || w == 0 || h == 0 {
         return m.to_vec();
     }
-    // Separable: rows, then columns.
+    // Separable: rows, then columns, each a running count of the set pixels in the window
+    // (O(1) per pixel whatever `r`; the column pass walks rows, so memory is read in order).
     let mut rows = vec![false; m.len()];
-    for y in 0..h {
-        let line = &m[y * w..(y + 1) * w];
+    for (line, out) in m.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+        let mut count = line[..=r.min(w - 1)].iter().filter(|&&v| v).count();
         for x in 0..w {
-            let (a, b) = (x.saturating_sub(r), (x + r).min(w - 1));
-            rows[y * w + x] = line[a..=b].iter().any(|&v| v);
+            out[x] = count > 0;
+            if x >= r && line[x - r] {
+                count -= 1;
+            }
+            if x + r + 1 < w && line[x + r + 1] {
+                count += 1;
+            }
+        }
+    }
+    let mut counts = vec![0u32; w];
+    for row in rows.chunks_exact(w).take(r + 1) {
+        for (c, &v) in counts.iter_mut().zip(row) {
+            *c += v as u32;
         }
     }
     let mut out = vec![false; m.len()];
-    for x in 0..w {
-        for y in 0..h {
-            let (a, b) = (y.saturating_sub(r), (y + r).min(h - 1));
-            out[y * w + x] = (a..=b).any(|yy| rows[yy * w + x]);
+    for y in 0..h {
+        for (o, &c) in out[y * w..(y + 1) * w].iter_mut().zip(&counts) {
+            *o = c > 0;
+        }
+        if y >= r {
+            for (c, &v) in counts.iter_mut().zip(&rows[(y - r) * w..(y - r + 1) * w]) {
+                *c -= v as u32;
+            }
+        }
+        if y + r + 1 < h {
+            let next = &rows[(y + r + 1) * w..(y + r + 2) * w];
+            for (c, &v) in counts.iter_mut().zip(next) {
+                *c += v as u32;
+            }
         }
     }
     out
@@ -182,6 +204,31 @@ pub fn distance(m: &[bool], w: usize, h: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dilation_is_the_square_window_maximum_for_every_radius() {
+        let (w, h) = (23usize, 17usize);
+        let mut x = 0x2545_f491u32;
+        let m: Vec<bool> = (0..w * h)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x % 29 == 0
+            })
+            .collect();
+        for r in 0..=25 {
+            let got = dilate(&m, w, h, r);
+            for y in 0..h {
+                for x in 0..w {
+                    let want = (y.saturating_sub(r)..=(y + r).min(h - 1)).any(|yy| {
+                        (x.saturating_sub(r)..=(x + r).min(w - 1)).any(|xx| m[yy * w + xx])
+                    });
+                    assert_eq!(got[y * w + x], want, "r {r} at ({x}, {y})");
+                }
+            }
+        }
+    }
 
     #[test]
     fn components_growth_and_distance() {

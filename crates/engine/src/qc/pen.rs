@@ -113,9 +113,9 @@ pub fn hsv(p: [u8; 3]) -> (f32, f32, f32) {
     (h, s, mx)
 }
 
-/// Which colour rules a pixel meets: `[green, blue, red, black]`, strictly or loosely.
-fn rules(p: [u8; 3], strict: bool, q: &PenParams) -> [bool; 4] {
-    let (h, s, v) = hsv(p);
+/// Which colour rules a pixel `p` (hue, saturation and value `(h, s, v)`, [`hsv`]) meets:
+/// `[green, blue, red, black]`, strictly or loosely.
+fn rules(p: [u8; 3], (h, s, v): (f32, f32, f32), strict: bool, q: &PenParams) -> [bool; 4] {
     let [r, g, b] = p.map(f32::from);
     let k = if strict { 1.0 } else { q.weak_factor };
     let red_from = if strict {
@@ -124,8 +124,9 @@ fn rules(p: [u8; 3], strict: bool, q: &PenParams) -> [bool; 4] {
         q.red_hue_from - 7.0
     };
     let red_to = if strict { 15.0 } else { 20.0 };
-    let od = |c: f32| -((c + 1.0) / 256.0).log10();
-    let blue_over_green = od(b) / od(g).max(1e-3);
+    // Only where the other red rules hold (two table look-ups, but most pixels need none).
+    let blue_over_green =
+        || super::stain::channel_od(p[2]) / super::stain::channel_od(p[1]).max(1e-3);
     let min_bg = q.red_min_od_blue_over_green - if strict { 0.0 } else { 0.02 };
     [
         (q.green_hue.0..=q.green_hue.1).contains(&h)
@@ -139,7 +140,7 @@ fn rules(p: [u8; 3], strict: bool, q: &PenParams) -> [bool; 4] {
             && s >= q.red_min_sat * k
             && r - g >= q.red_min_r_minus_g * k
             && r - b >= q.red_min_r_minus_b * k
-            && blue_over_green >= min_bg,
+            && blue_over_green() >= min_bg,
         v <= if strict {
             q.black_max_value
         } else {
@@ -175,7 +176,10 @@ pub fn detect(thumb: &RgbImage, um_px: f64, q: &PenParams) -> Vec<u8> {
     };
     let matched: Vec<u8> = thumb
         .pixels()
-        .map(|p| bits(rules(p.0, true, q)) | bits(rules(p.0, false, q)) << 4)
+        .map(|p| {
+            let c = hsv(p.0);
+            bits(rules(p.0, c, true, q)) | bits(rules(p.0, c, false, q)) << 4
+        })
         .collect();
     let px_area_mm2 = (um_px / 1000.0).powi(2);
     let min_px = (q.seed_min_mm2 / px_area_mm2).round().max(1.0) as usize;
