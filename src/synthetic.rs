@@ -70,6 +70,41 @@ pub enum MadeArtefact {
         /// Transmittance per channel, R, G, B.
         transmittance: [f32; 3],
     },
+    /// An air bubble's outline: a dark grey ring (grey 70, as light refracted away at the
+    /// rim) of `ring` level-0 pixels' width around a circle of `radius` about `centre`, over
+    /// glass and tissue alike.
+    Bubble {
+        /// The centre, level-0 pixels.
+        centre: (u64, u64),
+        /// The radius, level-0 pixels.
+        radius: f64,
+        /// The ring's width, level-0 pixels.
+        ring: f64,
+    },
+}
+
+impl MadeArtefact {
+    /// The tiles it touches, for tiles `side` pixels wide.
+    fn tiles(&self, side: u64) -> TileRect {
+        match self {
+            MadeArtefact::Blur { tiles, .. }
+            | MadeArtefact::Ink { tiles, .. }
+            | MadeArtefact::Fold { tiles } => tiles.clone(),
+            MadeArtefact::Bubble {
+                centre,
+                radius,
+                ring,
+            } => {
+                let reach = radius + ring;
+                let lo = |c: u64| (c as f64 - reach).max(0.0) as u64 / side;
+                let hi = |c: u64| (c as f64 + reach) as u64 / side + 1;
+                TileRect {
+                    cols: lo(centre.0)..hi(centre.0),
+                    rows: lo(centre.1)..hi(centre.1),
+                }
+            }
+        }
+    }
 }
 
 /// `rgb` (a `side`-pixel square tile) blurred with a Gaussian of `sigma` pixels, edges
@@ -317,11 +352,7 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
     // Tiles with made artefacts: their own pixels instead of the pool's, made once.
     let mut made_tiles: std::collections::HashMap<(u64, u64), Vec<u8>> = Default::default();
     for a in &spec.artefacts {
-        let tiles = match a {
-            MadeArtefact::Blur { tiles, .. }
-            | MadeArtefact::Ink { tiles, .. }
-            | MadeArtefact::Fold { tiles } => tiles,
-        };
+        let tiles = a.tiles(side as u64);
         for r in tiles.rows.start..tiles.rows.end.min(down) {
             for c in tiles.cols.start..tiles.cols.end.min(across) {
                 let t = choose(c, r);
@@ -341,6 +372,20 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
                     MadeArtefact::Ink { transmittance, .. } => {
                         for (i, v) in rgb.iter_mut().enumerate() {
                             *v = (*v as f32 * transmittance[i % 3]).round() as u8;
+                        }
+                    }
+                    MadeArtefact::Bubble {
+                        centre,
+                        radius,
+                        ring,
+                    } => {
+                        for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
+                            let (s, i) = (side as u64, i as u64);
+                            let x = (c * s + i % s) as f64 + 0.5 - centre.0 as f64;
+                            let y = (r * s + i / s) as f64 + 0.5 - centre.1 as f64;
+                            if ((x * x + y * y).sqrt() - radius).abs() <= ring / 2.0 {
+                                px.fill(70);
+                            }
                         }
                     }
                 }

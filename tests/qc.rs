@@ -811,3 +811,51 @@ fn a_labs_qc_model_feeds_the_artefact_masks() {
     assert_eq!(d.qc.model.as_ref().unwrap().classes[1].kind, "fold");
     assert!(d.qc.tissue_pct("fold") > 5.0, "the made band is a fold now");
 }
+
+/// An air bubble's round outline over glass and tissue: the disc inside it is flagged (as
+/// `edge`, the coverslip kind), and the slide goes to review saying so.
+#[test]
+fn a_bubble_is_found_by_its_round_outline() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 mm across (1,000 level-0 pixels of radius at 0.5 µm/px), a 30 µm ring, over the
+    // lower tissue blob's right edge and the glass beside it.
+    let (cx, cy, r) = (4800u64, 4300u64, 1000.0f64);
+    let p = require!(made_slide(
+        dir.path(),
+        "bubble",
+        vec![MadeArtefact::Bubble {
+            centre: (cx, cy),
+            radius: r,
+            ring: 60.0,
+        }]
+    ));
+    let out = dir.path().join("out");
+    assert_eq!(qc_cli(&[&p], &out, &[]), 0);
+    let folder = out.join("bubble.svs");
+    let doc = qc_doc(&folder);
+    let ds = doc.tissue.mask_downsample;
+    let (m, edge, tissue) = kind_and_tissue(&folder, Kind::Edge);
+    let w = m.width() as usize;
+    let (mut inter, mut union, mut disc_tissue) = (0, 0, 0);
+    for i in 0..edge.len() {
+        let x = ((i % w) as f64 + 0.5) * ds - cx as f64;
+        let y = ((i / w) as f64 + 0.5) * ds - cy as f64;
+        let disc = (x * x + y * y).sqrt() <= r;
+        inter += usize::from(disc && edge[i]);
+        union += usize::from(disc || edge[i]);
+        disc_tissue += usize::from(disc && tissue[i]);
+    }
+    let iou = inter as f64 / union.max(1) as f64;
+    println!(
+        "bubble: IoU {iou:.3} with the disc ({disc_tissue} tissue pixels in it); {:?} {:?}",
+        doc.qc.verdict, doc.qc.reasons
+    );
+    assert!(disc_tissue > 100, "the bubble lies over tissue");
+    assert!(iou > 0.8, "IoU {iou}");
+    assert_eq!(doc.qc.verdict, tessera::qc::Verdict::Review);
+    assert!(
+        doc.qc.reasons.iter().any(|r| r.contains("air bubble")),
+        "{:?}",
+        doc.qc.reasons
+    );
+}

@@ -529,7 +529,7 @@ pub fn verdict(
         (
             Kind::Edge,
             rules.review_edge_pct,
-            "crossed by a coverslip or slide edge",
+            "crossed by a coverslip or slide edge or under an air bubble",
         ),
     ] {
         let p = pct(kind);
