@@ -859,3 +859,39 @@ fn a_bubble_is_found_by_its_round_outline() {
         doc.qc.reasons
     );
 }
+
+/// A dense model's class maps leave the artefacts out with `--qc exclude` as its patch
+/// figures do: the inked band's cells have no value, so the classes' areas shrink by about the
+/// band, and `--qc flag` keeps them.
+#[test]
+fn a_dense_models_class_maps_leave_the_artefacts_out() {
+    require!(python_with(&["onnx", "numpy"]));
+    let dir = tempfile::tempdir().unwrap();
+    let slide = require!(inked(dir.path()));
+    let model = dir.path().join("dense");
+    build_random("tiny", &model, &DENSE_TINY);
+    let area = |mode: &str| -> f64 {
+        let out = dir.path().join(mode);
+        let o = tessera_str(&[
+            "analyze",
+            slide.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--qc",
+            mode,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let r = tessera::results::SlideResult::read(&out.join("inked.svs/result.json")).unwrap();
+        // Two softmax classes: every valued cell is at or above 0.5 in one of them.
+        r.classes.iter().map(|c| c.area_above_threshold_mm2).sum()
+    };
+    let (exclude, flag) = (area("exclude"), area("flag"));
+    // The band: tiles 8-22 × 3-6 of 256 pixels at 0.5 µm/px, mostly tissue.
+    let band_mm2 = 14.0 * 3.0 * (256.0f64 * 0.5 / 1000.0).powi(2);
+    println!("class areas: exclude {exclude:.3} mm², flag {flag:.3} mm², band {band_mm2:.3} mm²");
+    assert!(flag - exclude > 0.5 * band_mm2, "{flag} - {exclude}");
+    // The pen mask reaches a little past the ink (its hysteresis grows up to 80 µm).
+    assert!(flag - exclude < 1.5 * band_mm2, "{flag} - {exclude}");
+}

@@ -818,6 +818,16 @@ fn analyze_opened(
         done.model = qc_model;
         done
     });
+    // A dense model's class maps leave the artefacts out as its patch figures do.
+    let dense_maps = match (dense_maps, &qc) {
+        (Some(mut maps), Some(q)) if cfg.qc.mode == crate::qc::QcMode::Exclude => {
+            for m in &mut maps {
+                q.map.mask_cells(m);
+            }
+            Some(maps)
+        }
+        (maps, _) => maps,
+    };
 
     // Outputs, into a temporary folder renamed at the end: a failure leaves nothing.
     let tmp_dir = cfg

@@ -176,92 +176,109 @@ pub fn detect(thumb: &RgbImage, ink: &[bool], um_px: f64, q: &EdgeParams) -> Vec
 /// The round outlines among `m`'s pieces (see the module's doc): `(cx, cy, r)` in pixels
 /// (pixel centres at `+0.5`), each the circle fitted to the outline.
 fn bubbles(m: &[bool], w: usize, h: usize, um_px: f64, q: &EdgeParams) -> Vec<(f64, f64, f64)> {
-    let bridged = morph::dilate(m, w, h, 1);
-    let (label, sizes) = morph::components(&bridged, w, h);
     let (dmin, dmax) = (
         (q.bubble_min_diameter_um / um_px).max(6.0),
         q.bubble_max_diameter_um / um_px,
     );
     // A ring of diameter d has at least about π·d pixels; smaller pieces cannot be one.
-    let min_px = (std::f64::consts::PI * dmin * 0.5) as usize;
-    let mut pixels: Vec<Vec<usize>> = sizes
-        .iter()
-        .map(|&n| {
-            if n >= min_px {
-                Vec::with_capacity(n)
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
-    for (i, &l) in label.iter().enumerate() {
-        // Only the original candidates (not the bridging) are evidence.
-        if l != u32::MAX && sizes[l as usize] >= min_px && m[i] {
-            pixels[l as usize].push(i);
-        }
-    }
-    drop(label);
+    let min_px = (std::f64::consts::PI * dmin * 0.5).max(8.0) as usize;
+    // Pieces of the bridged mask, walked one at a time and cleared as they are (no label
+    // image: a byte per pixel in all, on the largest thumbnails too); only the original
+    // candidates in a piece are evidence.
+    let mut left = morph::dilate(m, w, h, 1);
+    let (mut stack, mut piece) = (Vec::new(), Vec::new());
     let mut found = Vec::new();
-    for px in pixels.iter().filter(|p| p.len() >= 8) {
-        let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
-        for &i in px {
-            let (x, y) = (i % w, i / w);
-            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
-        }
-        let (bw, bh) = ((x1 - x0 + 1) as f64, (y1 - y0 + 1) as f64);
-        let d = bw.max(bh);
-        if d < dmin || d > dmax || bw.min(bh) < 0.75 * d {
+    for start in 0..left.len() {
+        if !left[start] {
             continue;
         }
-        let pts: Vec<(f64, f64)> = px
-            .iter()
-            .map(|&i| ((i % w) as f64 + 0.5, (i / w) as f64 + 0.5))
-            .collect();
-        let Some((cx, cy, r)) = fit_circle(&pts) else {
-            continue;
-        };
-        if (2.0 * r - d).abs() > 0.25 * d {
-            continue;
-        }
-        let sq: f64 = pts
-            .iter()
-            .map(|&(x, y)| ((x - cx).hypot(y - cy) - r).powi(2))
-            .sum();
-        let rms = (sq / pts.len() as f64).sqrt();
-        // The piece must be at least a half circle on its own …
-        let dirs = |pts: &mut dyn Iterator<Item = (f64, f64)>| {
-            let mut d = [false; 36];
-            for (x, y) in pts {
-                let a = (y - cy).atan2(x - cx).to_degrees().rem_euclid(360.0);
-                d[((a / 10.0) as usize).min(35)] = true;
+        left[start] = false;
+        stack.push(start);
+        piece.clear();
+        while let Some(i) = stack.pop() {
+            if m[i] {
+                piece.push(i);
             }
-            d.iter().filter(|&&v| v).count() as f64 / 36.0
-        };
-        if rms > q.bubble_max_residual * r || dirs(&mut pts.iter().copied()) < 0.5 {
+            for j in morph::neighbours4(i, w, h) {
+                if left[j] {
+                    left[j] = false;
+                    stack.push(j);
+                }
+            }
+        }
+        if piece.len() < min_px {
             continue;
         }
-        // … and, with every candidate on the fitted circle (an outline crossing tissue may
-        // break into pieces), surround its centre.
-        let band = (0.05 * r).max(2.0);
-        let (ax, bx) = (
-            (cx - r - band).max(0.0) as usize,
-            ((cx + r + band) as usize).min(w - 1),
-        );
-        let (ay, by) = (
-            (cy - r - band).max(0.0) as usize,
-            ((cy + r + band) as usize).min(h - 1),
-        );
-        let mut on = (ay..=by)
-            .flat_map(|y| (ax..=bx).map(move |x| (x, y)))
-            .filter_map(|(x, y)| {
-                let (fx, fy) = (x as f64 + 0.5, y as f64 + 0.5);
-                (m[y * w + x] && ((fx - cx).hypot(fy - cy) - r).abs() <= band).then_some((fx, fy))
-            });
-        if dirs(&mut on) >= q.bubble_min_coverage {
-            found.push((cx, cy, r));
+        if let Some(c) = round_outline(&piece, m, w, h, (dmin, dmax), q) {
+            found.push(c);
         }
     }
     found
+}
+
+/// The circle of `px` (one piece's candidate pixels, of the candidates `m`), if it is a
+/// bubble's outline between `dmin` and `dmax` pixels across.
+fn round_outline(
+    px: &[usize],
+    m: &[bool],
+    w: usize,
+    h: usize,
+    (dmin, dmax): (f64, f64),
+    q: &EdgeParams,
+) -> Option<(f64, f64, f64)> {
+    let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
+    for &i in px {
+        let (x, y) = (i % w, i / w);
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    let (bw, bh) = ((x1 - x0 + 1) as f64, (y1 - y0 + 1) as f64);
+    let d = bw.max(bh);
+    if d < dmin || d > dmax || bw.min(bh) < 0.75 * d {
+        return None;
+    }
+    let pts: Vec<(f64, f64)> = px
+        .iter()
+        .map(|&i| ((i % w) as f64 + 0.5, (i / w) as f64 + 0.5))
+        .collect();
+    let (cx, cy, r) = fit_circle(&pts)?;
+    if (2.0 * r - d).abs() > 0.25 * d {
+        return None;
+    }
+    let sq: f64 = pts
+        .iter()
+        .map(|&(x, y)| ((x - cx).hypot(y - cy) - r).powi(2))
+        .sum();
+    let rms = (sq / pts.len() as f64).sqrt();
+    // The piece must be at least a half circle on its own …
+    let dirs = |pts: &mut dyn Iterator<Item = (f64, f64)>| {
+        let mut d = [false; 36];
+        for (x, y) in pts {
+            let a = (y - cy).atan2(x - cx).to_degrees().rem_euclid(360.0);
+            d[((a / 10.0) as usize).min(35)] = true;
+        }
+        d.iter().filter(|&&v| v).count() as f64 / 36.0
+    };
+    if rms > q.bubble_max_residual * r || dirs(&mut pts.iter().copied()) < 0.5 {
+        return None;
+    }
+    // … and, with every candidate on the fitted circle (an outline crossing tissue may
+    // break into pieces), surround its centre.
+    let band = (0.05 * r).max(2.0);
+    let (ax, bx) = (
+        (cx - r - band).max(0.0) as usize,
+        ((cx + r + band) as usize).min(w - 1),
+    );
+    let (ay, by) = (
+        (cy - r - band).max(0.0) as usize,
+        ((cy + r + band) as usize).min(h - 1),
+    );
+    let mut on = (ay..=by)
+        .flat_map(|y| (ax..=bx).map(move |x| (x, y)))
+        .filter_map(|(x, y)| {
+            let (fx, fy) = (x as f64 + 0.5, y as f64 + 0.5);
+            (m[y * w + x] && ((fx - cx).hypot(fy - cy) - r).abs() <= band).then_some((fx, fy))
+        });
+    (dirs(&mut on) >= q.bubble_min_coverage).then_some((cx, cy, r))
 }
 
 /// The least-squares circle through `pts` (Kåsa's algebraic fit: x² + y² + D·x + E·y + F = 0,

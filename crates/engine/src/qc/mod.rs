@@ -319,6 +319,27 @@ pub fn detect(thumb: &RgbImage, mask: &TissueMask, um_px: f64, params: &QcParams
 }
 
 impl QcMap {
+    /// Empties the cells of `map` (a class map in level-0 cells) whose centre lies on an
+    /// artefact that `--qc exclude` leaves out ([`Kind::excludes`]): a dense model's class
+    /// areas, regions and pictures then leave artefacts out as its patch figures do.
+    pub fn mask_cells(&self, map: &mut crate::stitch::Heatmap) {
+        let bits = Kind::ALL
+            .iter()
+            .filter(|k| k.excludes())
+            .fold(0u8, |a, k| a | k.bit());
+        let (w, d) = (map.width as usize, self.downsample);
+        if w == 0 || d <= 0.0 {
+            return;
+        }
+        for (i, v) in map.values.iter_mut().enumerate() {
+            let x = (((i % w) as f64 + 0.5) * map.cell_l0 / d) as usize;
+            let y = (((i / w) as f64 + 0.5) * map.cell_l0 / d) as usize;
+            if x < self.width && y < self.height && self.flags[y * self.width + x] & bits != 0 {
+                *v = None;
+            }
+        }
+    }
+
     /// Marks the level-0 square at `at` with side `side` as `kind`.
     pub fn paint(&mut self, kind: Kind, at: Level0Px, side: u64) {
         let d = self.downsample;
