@@ -858,6 +858,19 @@ fn a_bubble_is_found_by_its_round_outline() {
         "{:?}",
         doc.qc.reasons
     );
+    // tessera qc crops the worst squares, as analyze crops the worst patches.
+    let first = doc.qc.regions.first().expect("a crop of the bubble");
+    assert!(first.reason.contains("edge"), "{}", first.reason);
+    let jpeg = std::fs::read(folder.join(&first.file)).unwrap();
+    assert!(jpeg.starts_with(&[0xff, 0xd8]), "a JPEG");
+    // 512 µm at 0.5 µm/px.
+    assert_eq!(first.crop_level0.side, 1024);
+    let (x, y) = (first.patch.x as f64, first.patch.y as f64);
+    let side = first.patch.side as f64;
+    assert!(
+        (x + side / 2.0 - cx as f64).abs() < r && (y + side / 2.0 - cy as f64).abs() < r,
+        "the crop lies on the bubble: {first:?}"
+    );
 }
 
 /// A dense model's class maps leave the artefacts out with `--qc exclude` as its patch

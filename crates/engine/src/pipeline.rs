@@ -502,7 +502,7 @@ pub fn qc_slide(
         &cfg.qc,
     );
     timings.insert("qc_s".into(), t.elapsed().as_secs_f64());
-    let record = crate::results::QcRecord {
+    let mut record = crate::results::QcRecord {
         model,
         ..crate::results::QcRecord::new(&outcome, &map, &cfg.qc, [])
     };
@@ -516,6 +516,12 @@ pub fn qc_slide(
         output::write_png(&tmp.join("thumbnail.png"), &tissue.thumb)?;
         output::write_gray_png(&tmp.join("tissue-mask.png"), &mask.to_image())?;
         output::qc::write_images(&tmp, &tissue.thumb, tissue.thumb_ds, &map)?;
+        // Crops of the worst squares, `region_pixels` wide at 1 µm/px.
+        let side_l0 = cfg.region_pixels as f64 / mpp_mean;
+        let squares = qc_squares(&map, side_l0, &cfg.qc);
+        let judged: Vec<(PatchRef, &crate::qc::PatchQc)> =
+            squares.iter().map(|(r, q)| (*r, q)).collect();
+        record.regions = write_qc_regions(&tmp, &slide, &judged, (side_l0, cfg.region_pixels))?;
         let regions = output::qc::regions(&map);
         let geo = geojson::feature_collection(&[], &Predictions::new(), &[], &regions);
         output::write_bytes(&tmp.join("annotations.geojson"), &geo)?;
@@ -1313,7 +1319,27 @@ fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result
         cfg,
     )?;
     let qc_regions = match &f.qc {
-        Some(q) => write_qc_regions(dir, f.slide, &f.planned.grid, q, mpp_mean, folder, cfg)?,
+        Some(q) => {
+            let judged: Vec<(PatchRef, &crate::qc::PatchQc)> = f
+                .planned
+                .grid
+                .patches
+                .iter()
+                .filter_map(|p| {
+                    let q = q.patches.get(&p.index)?;
+                    let r = PatchRef {
+                        col: p.index.col,
+                        row: p.index.row,
+                        x: p.location.x,
+                        y: p.location.y,
+                        side: p.side,
+                    };
+                    Some((r, q))
+                })
+                .collect();
+            let side_l0 = cfg.region_pixels as f64 * folder.config.spacing_um_px / mpp_mean;
+            write_qc_regions(dir, f.slide, &judged, (side_l0, cfg.region_pixels))?
+        }
         None => Vec::new(),
     };
     let identifiers = if cfg.include_label {
@@ -1911,43 +1937,40 @@ fn write_crop(
     })
 }
 
-/// Crops the patches QC found the most artefact in, for the report: `qc-region-<n>.jpg`, at
-/// most 4, `region_pixels` square at the model's µm/px, at least one crop apart; worst first
+/// Crops the squares QC found the most artefact in (`judged`: analyze's patches, or `tessera
+/// qc`'s squares over the tissue, each with its judgement): `qc-region-<n>.jpg`, at most 4,
+/// `pixels` square over `side_l0` level-0 pixels, at least one crop apart; worst first
 /// (largest share of a kind that excludes), ties in grid order.
 fn write_qc_regions(
     dir: &Path,
     slide: &Slide,
-    grid: &PatchGrid,
-    qc: &QcDone,
-    mpp: f64,
-    folder: &ModelFolder,
-    cfg: &AnalyzeConfig,
+    judged: &[(PatchRef, &crate::qc::PatchQc)],
+    (side_l0, pixels): (f64, u32),
 ) -> Result<Vec<crate::results::QcRegion>> {
-    let c = &folder.config;
-    let side_l0 = cfg.region_pixels as f64 * c.spacing_um_px / mpp;
-    let mut worst: Vec<(f64, &crate::grid::Patch, &crate::qc::PatchQc)> = grid
-        .patches
+    let mut worst: Vec<(f64, &PatchRef, &crate::qc::PatchQc)> = judged
         .iter()
-        .filter_map(|p| {
-            let q = qc.patches.get(&p.index)?;
+        .filter_map(|(p, q)| {
             let w = crate::qc::Kind::ALL
                 .iter()
                 .enumerate()
                 .filter(|(_, k)| q.kinds & k.bit() != 0 && k.excludes())
                 .map(|(i, _)| q.fractions[i])
                 .fold(0.0, f64::max);
-            (w > 0.0).then_some((w, p, q))
+            (w > 0.0).then_some((w, p, *q))
         })
         .collect();
-    worst.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.index.cmp(&b.1.index)));
+    worst.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then((a.1.col, a.1.row).cmp(&(b.1.col, b.1.row)))
+    });
     let mut chosen: Vec<(f64, f64)> = Vec::new();
     let mut out = Vec::new();
     for (_, p, q) in worst {
         if out.len() == 4 {
             break;
         }
-        let cx = p.location.x as f64 + p.side as f64 / 2.0;
-        let cy = p.location.y as f64 + p.side as f64 / 2.0;
+        let cx = p.x as f64 + p.side as f64 / 2.0;
+        let cy = p.y as f64 + p.side as f64 / 2.0;
         if chosen
             .iter()
             .any(|&(x, y)| (x - cx).abs() < side_l0 && (y - cy).abs() < side_l0)
@@ -1956,28 +1979,50 @@ fn write_qc_regions(
         }
         chosen.push((cx, cy));
         let file = format!("qc-region-{}.jpg", out.len() + 1);
-        let crop = write_crop(
-            slide,
-            &dir.join(&file),
-            (cx, cy),
-            side_l0,
-            cfg.region_pixels,
-        )?;
+        let crop = write_crop(slide, &dir.join(&file), (cx, cy), side_l0, pixels)?;
         out.push(crate::results::QcRegion {
             rank: out.len() + 1,
             file,
             reason: q.reason(),
-            patch: PatchRef {
-                col: p.index.col,
-                row: p.index.row,
-                x: p.location.x,
-                y: p.location.y,
-                side: p.side,
-            },
+            patch: *p,
             crop_level0: crop,
         });
     }
     Ok(out)
+}
+
+/// `tessera qc`'s candidates for crops: squares of `side_l0` level-0 pixels tiling the slide,
+/// those with tissue, each judged on `map` as a patch would be.
+fn qc_squares(
+    map: &crate::qc::QcMap,
+    side_l0: f64,
+    params: &crate::qc::QcParams,
+) -> Vec<(PatchRef, crate::qc::PatchQc)> {
+    let side = side_l0.round().max(1.0) as u64;
+    let (w, h) = (
+        (map.width as f64 * map.downsample).ceil() as u64,
+        (map.height as f64 * map.downsample).ceil() as u64,
+    );
+    let mut out = Vec::new();
+    for row in 0..h.div_ceil(side) {
+        for col in 0..w.div_ceil(side) {
+            let at = crate::geom::Level0Px::new((col * side) as i64, (row * side) as i64);
+            let q = crate::qc::PatchQc::judge(map, at, side, None, params);
+            if q.kinds != 0 {
+                out.push((
+                    PatchRef {
+                        col: col as u32,
+                        row: row as u32,
+                        x: at.x,
+                        y: at.y,
+                        side,
+                    },
+                    q,
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Crops the top-scoring regions of the positive class for the report: `region-<n>.jpg`,

@@ -541,7 +541,7 @@ pub struct QcRecord {
     pub median_tissue_od: f64,
     /// Every QC threshold used.
     pub params: serde_json::Value,
-    /// Crops of the patches with the most artefact, for the report (analyze only).
+    /// Crops of the patches (analyze) or squares (`tessera qc`) with the most artefact.
     #[serde(default)]
     pub regions: Vec<QcRegion>,
     /// The lab's QC model (`--qc-model`), when one ran.
