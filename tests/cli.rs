@@ -489,3 +489,48 @@ fn an_explicit_gpu_device_that_cannot_be_used_is_an_error_and_auto_records_why()
     .unwrap();
     assert_eq!(r["inference"]["fallbacks"], serde_json::json!([]));
 }
+
+/// Patient identifiers among a slide's properties (DICOM patient attributes, Aperio's file
+/// name) are redacted by `tessera info` unless `--show-identifiers` is given, in text and JSON.
+#[test]
+fn info_redacts_patient_identifiers_unless_asked() {
+    let concat = require!(data_and_openslide("slides/dicom/concat"));
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let run = |path: &std::path::Path, extra: &[&str]| -> (String, serde_json::Value) {
+        let p = path.to_str().unwrap();
+        let text = tessera_str(&[&["info", p], extra].concat());
+        assert!(text.status.success(), "{}", stderr(&text));
+        let json = tessera_str(&[&["info", "--json", p], extra].concat());
+        assert!(json.status.success(), "{}", stderr(&json));
+        (
+            String::from_utf8_lossy(&text.stdout).into_owned(),
+            serde_json::from_slice(&json.stdout).unwrap(),
+        )
+    };
+    let (text, json) = run(&concat, &[]);
+    let slide = &json["slides"][0];
+    assert_eq!(slide["properties"]["dicom.PatientName"], "[redacted]");
+    assert_eq!(slide["properties"]["dicom.PatientID"], "[redacted]");
+    assert_eq!(slide["identifiers_redacted"], 2);
+    assert!(!json.to_string().contains("Synthetic^Concatenation"));
+    assert!(!json.to_string().contains("FASTSLIDE-TEST"));
+    assert!(
+        text.contains("2 patient identifier properties redacted"),
+        "{text}"
+    );
+    let (_, shown) = run(&concat, &["--show-identifiers"]);
+    assert_eq!(
+        shown["slides"][0]["properties"]["dicom.PatientName"],
+        "Synthetic^Concatenation"
+    );
+    assert_eq!(shown["slides"][0]["identifiers_redacted"], 0);
+    // Aperio's file name field, in its own property and inside the description.
+    let (_, json) = run(&svs, &[]);
+    let props = &json["slides"][0]["properties"];
+    assert_eq!(props["aperio.Filename"], "[redacted]");
+    for key in ["tiff.ImageDescription", "openslide.comment"] {
+        if let Some(d) = props[key].as_str() {
+            assert!(d.contains("Filename = [redacted]"), "{key}: {d}");
+        }
+    }
+}

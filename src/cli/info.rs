@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tessera::info::{describe, render_text, InfoEntry, InfoReport, SCHEMA_VERSION};
+use tessera::info::{describe_with, render_text, InfoEntry, InfoReport, SCHEMA_VERSION};
 
 use super::{batch_exit_code, SlideArgs};
 
@@ -15,6 +15,10 @@ pub struct InfoArgs {
     /// Print one JSON document (with a `schema_version`) instead of text.
     #[arg(long)]
     json: bool,
+    /// Show patient identifiers among the properties (DICOM patient, accession, physician,
+    /// institution, specimen and date attributes; Aperio's file name). Redacted by default.
+    #[arg(long)]
+    show_identifiers: bool,
     #[command(flatten)]
     slide: SlideArgs,
 }
@@ -24,7 +28,7 @@ pub fn run(args: &InfoArgs) -> u8 {
     let mut entries = Vec::with_capacity(args.slides.len());
     let mut ok = 0;
     for (i, path) in args.slides.iter().enumerate() {
-        let result = describe(path, &config);
+        let result = describe_with(path, &config, args.show_identifiers);
         if !args.json {
             match &result {
                 Ok(info) => {

@@ -52,8 +52,11 @@ pub struct SlideInfo {
     pub quickhash: Option<String>,
     /// The region decoded to prove the pixels are readable.
     pub pixel_check: PixelCheck,
-    /// All properties.
+    /// All properties; patient identifiers among them read `[redacted]` unless asked for
+    /// ([`crate::identifiers`]).
     pub properties: BTreeMap<String, String>,
+    /// How many property values were redacted (0 when identifiers were asked for).
+    pub identifiers_redacted: usize,
 }
 
 /// One level as reported.
@@ -128,12 +131,27 @@ impl InfoEntry {
     }
 }
 
-/// Opens `path`, checks that its pixels decode, and describes it.
+/// Opens `path`, checks that its pixels decode, and describes it, its patient identifiers
+/// redacted.
 pub fn describe(path: &Path, config: &SlideConfig) -> Result<SlideInfo> {
+    describe_with(path, config, false)
+}
+
+/// [`describe`], showing patient identifiers when `show_identifiers` is set.
+pub fn describe_with(
+    path: &Path,
+    config: &SlideConfig,
+    show_identifiers: bool,
+) -> Result<SlideInfo> {
     let slide = Slide::open_with(path, config)?;
     let pixel_check = check_pixels(&slide)?;
     let icc_profile_bytes = slide.icc_profile()?.map(|p| p.len() as u64);
     let mpp = slide.mpp().cloned();
+    let (properties, identifiers_redacted) = if show_identifiers {
+        (slide.properties().clone(), 0)
+    } else {
+        crate::identifiers::redact(slide.properties())
+    };
     let levels = slide
         .levels()
         .iter()
@@ -162,7 +180,8 @@ pub fn describe(path: &Path, config: &SlideConfig) -> Result<SlideInfo> {
         icc_profile_bytes,
         quickhash: slide.properties().get("openslide.quickhash-1").cloned(),
         pixel_check,
-        properties: slide.properties().clone(),
+        properties,
+        identifiers_redacted,
     })
 }
 
@@ -324,6 +343,16 @@ pub fn render_text(info: &SlideInfo) -> String {
         "pixels",
         format!("ok ({} region of level {} decoded)", c.size, c.level),
     );
+    if info.identifiers_redacted > 0 {
+        row(
+            &mut s,
+            "identifiers",
+            format!(
+                "{} patient identifier properties redacted (--show-identifiers shows them)",
+                info.identifiers_redacted
+            ),
+        );
+    }
     s
 }
 

@@ -33,6 +33,7 @@ pub mod config;
 pub mod deepzoom;
 pub mod error;
 pub mod geom;
+pub mod identifiers;
 pub mod info;
 pub mod slide;
 pub mod sys;
