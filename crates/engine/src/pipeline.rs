@@ -365,11 +365,16 @@ pub fn slide_name(path: &Path) -> String {
 /// result carries the same key.
 pub fn run_key(cfg: &AnalyzeConfig) -> Result<String> {
     let dir = cfg.model.clone().unwrap_or_else(default_model_dir);
-    run_key_for(&ModelFolder::load(&dir)?, cfg)
+    run_key_for(&ModelFolder::load(&dir)?, None, cfg)
 }
 
-/// [`run_key`] for a model folder already loaded (its hash is not computed again).
-fn run_key_for(folder: &ModelFolder, cfg: &AnalyzeConfig) -> Result<String> {
+/// [`run_key`] for a model folder already loaded, and the QC model's when it is (their
+/// hashes are not computed again).
+fn run_key_for(
+    folder: &ModelFolder,
+    qc_folder: Option<&ModelFolder>,
+    cfg: &AnalyzeConfig,
+) -> Result<String> {
     let tissue_model = match &cfg.tissue_model {
         Some(m) => {
             let onnx = find_onnx(m)?;
@@ -385,7 +390,14 @@ fn run_key_for(folder: &ModelFolder, cfg: &AnalyzeConfig) -> Result<String> {
     let mut key = key_of(folder, tissue_model, &settings);
     if let (Some(dir), true) = (&cfg.qc_model, cfg.qc.mode != crate::qc::QcMode::Off) {
         // Keys without a QC model stay as they were.
-        let qc = ModelFolder::load(dir)?;
+        let loaded;
+        let qc = match qc_folder {
+            Some(f) => f,
+            None => {
+                loaded = ModelFolder::load(dir)?;
+                &loaded
+            }
+        };
         let with = json!({"key": key, "qc_model_sha256": qc.sha256, "qc_model_config": qc.config});
         key = format!("{:x}", Sha256::digest(with.to_string().as_bytes()));
     }
@@ -1463,7 +1475,7 @@ fn result_doc(
     let positive = c.positive_class();
     Ok(SlideResult {
         schema_version: RESULT_SCHEMA_VERSION,
-        run_key: run_key_for(folder, cfg)?,
+        run_key: run_key_for(folder, f.lm.qc_model.as_ref().map(|q| &q.folder), cfg)?,
         tessera_version: crate::VERSION.into(),
         disclaimer: crate::report::DISCLAIMER.into(),
         analysed_at: f.analysed_at.clone(),
@@ -2087,7 +2099,7 @@ mod tests {
 
     fn key(cfg: &AnalyzeConfig) -> String {
         let folder = ModelFolder::load(&default_model_dir()).expect("the bundled model loads");
-        run_key_for(&folder, cfg).expect("a run key")
+        run_key_for(&folder, None, cfg).expect("a run key")
     }
 
     /// Every result-changing setting moves the run key, and nothing else does. A field added
