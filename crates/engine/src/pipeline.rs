@@ -608,14 +608,7 @@ pub fn load_qc_model(cfg: &AnalyzeConfig) -> Result<Option<QcModel>> {
             path: folder.dir.join("config.json"),
             reason: format!("not a QC model: {reason}"),
         })?;
-    let chosen = model::choose(cfg.inference)?;
-    let model = model::load_on_devices(
-        chosen.backend.as_ref(),
-        &folder,
-        cfg.inference_threads.max(1),
-        &cfg.device,
-    )?;
-    let note = format!("{} on {}", chosen.note, model.placement().device);
+    let (_, model, note) = load_on_backend(&folder, cfg)?;
     Ok(Some(QcModel {
         folder,
         model,
@@ -716,14 +709,16 @@ fn run_qc_model(
     })
 }
 
-/// Loads the model `cfg` names (or the default one) on the backend `cfg` asks for.
-pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
-    let model_dir = cfg.model.clone().unwrap_or_else(default_model_dir);
-    let folder = ModelFolder::load(&model_dir)?;
+/// Loads `folder`'s model on the backend and devices `cfg` asks for; returns the choice, the
+/// model and, in words, where it runs and every device not used and why.
+fn load_on_backend(
+    folder: &ModelFolder,
+    cfg: &AnalyzeConfig,
+) -> Result<(model::Chosen, Arc<dyn model::Model>, String)> {
     let chosen = model::choose(cfg.inference)?;
     let model = model::load_on_devices(
         chosen.backend.as_ref(),
-        &folder,
+        folder,
         cfg.inference_threads.max(1),
         &cfg.device,
     )?;
@@ -732,6 +727,14 @@ pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
     for f in &placement.fallbacks {
         note.push_str(&format!("\n  not used: {f}"));
     }
+    Ok((chosen, model, note))
+}
+
+/// Loads the model `cfg` names (or the default one) on the backend `cfg` asks for.
+pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
+    let model_dir = cfg.model.clone().unwrap_or_else(default_model_dir);
+    let folder = ModelFolder::load(&model_dir)?;
+    let (chosen, model, note) = load_on_backend(&folder, cfg)?;
     cfg.progress.emit(ProgressEvent::ModelLoaded { note });
     Ok(LoadedModel {
         folder,

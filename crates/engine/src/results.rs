@@ -571,7 +571,7 @@ pub struct QcModelRecord {
     pub min_probability: f64,
     /// Share of the tissue the model flagged, percent, per kind it has a class for.
     pub tissue_pct: BTreeMap<String, f64>,
-    /// The backend and device it ran on.
+    /// The backend and device it ran on, and every device not used and why.
     pub backend: String,
 }
 
