@@ -184,7 +184,20 @@ fn without_openslide_svs_still_reads_and_dicom_names_both_installs() {
     let out = tessera(&[OsStr::new("info"), svs.as_os_str()], &none);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("native"));
+    // DICOM too, since the native DICOM reader.
     let out = tessera(&[OsStr::new("info"), dicom.as_os_str()], &none);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("native"));
+    // Asking for OpenSlide by name, without it, names both ways to install it.
+    let out = tessera(
+        &[
+            OsStr::new("info"),
+            OsStr::new("--backend"),
+            OsStr::new("openslide"),
+            dicom.as_os_str(),
+        ],
+        &none,
+    );
     assert_eq!(code(&out), 3);
     let err = stderr(&out);
     for want in [
@@ -212,7 +225,12 @@ fn without_openslide_svs_still_reads_and_dicom_names_both_installs() {
 fn a_named_library_that_does_not_load_is_an_error_not_a_fallback() {
     let dicom = require!(data("slides/dicom/sm-image"));
     let out = tessera(
-        &[OsStr::new("info"), dicom.as_os_str()],
+        &[
+            OsStr::new("info"),
+            OsStr::new("--backend"),
+            OsStr::new("openslide"),
+            dicom.as_os_str(),
+        ],
         &[(
             "TESSERA_OPENSLIDE",
             OsStr::new("/nonexistent/libopenslide.so.1"),
@@ -248,7 +266,14 @@ fn debian_openslide_3_reads_svs_and_refuses_dicom_clearly() {
         "{text}"
     );
 
-    let out = tessera(&[OsStr::new("info"), dicom.as_os_str()], &env);
+    // DICOM through OpenSlide 3.4.1 is refused clearly; the native reader needs neither.
+    let by_openslide = [
+        OsStr::new("info"),
+        OsStr::new("--backend"),
+        OsStr::new("openslide"),
+        dicom.as_os_str(),
+    ];
+    let out = tessera(&by_openslide, &env);
     assert_eq!(code(&out), 3);
     let err = stderr(&out);
     assert!(
@@ -256,9 +281,17 @@ fn debian_openslide_3_reads_svs_and_refuses_dicom_clearly() {
         "{err}"
     );
     assert!(err.contains("pip install openslide-bin"), "{err}");
+    let out = tessera(&[OsStr::new("info"), dicom.as_os_str()], &env);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
 
     let out = tessera(
-        &[OsStr::new("info"), svs.as_os_str(), dicom.as_os_str()],
+        &[
+            OsStr::new("info"),
+            OsStr::new("--backend"),
+            OsStr::new("openslide"),
+            svs.as_os_str(),
+            dicom.as_os_str(),
+        ],
         &env,
     );
     assert_eq!(code(&out), 2);

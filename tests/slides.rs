@@ -141,9 +141,10 @@ fn every_shared_slide_reports_its_listed_metadata() {
     {
         let path = data(e.path).unwrap();
         let slide = open_as(&path, backend);
-        // Auto reads Aperio and generic TIFF natively, everything else through OpenSlide.
+        // Auto reads Aperio, generic TIFF and DICOM natively, everything else through
+        // OpenSlide.
         let expected_backend = match (backend, e.vendor) {
-            (BackendChoice::Auto, "aperio" | "generic-tiff") => "native",
+            (BackendChoice::Auto, "aperio" | "generic-tiff" | "dicom") => "native",
             _ => "openslide",
         };
         assert_eq!(slide.backend().name, expected_backend, "{}", e.path);

@@ -9,6 +9,7 @@ mod util;
 mod analyze;
 mod cli;
 mod cohort;
+mod dicom;
 mod gpu;
 mod hostile;
 mod models;

@@ -202,29 +202,34 @@ impl Slide {
             Detected::Tiff(t) => check_level0(path, limits, t.width, t.height)?,
             Detected::Dicom | Detected::Other { .. } => {}
         }
-        // The native reader takes tiled TIFFs that are generic or Aperio; OpenSlide the rest.
+        // The native reader takes tiled TIFFs that are generic or Aperio, and DICOM WSI;
+        // OpenSlide the rest.
         let native_candidate = matches!(&detected, Detected::Tiff(t)
-            if t.tiled && matches!(t.vendor, None | Some("Aperio SVS")));
+            if t.tiled && matches!(t.vendor, None | Some("Aperio SVS")))
+            || detected == Detected::Dicom;
+        let open_native = || {
+            if detected == Detected::Dicom {
+                native::NativeReader::open_dicom(&opened, limits, config.cache_bytes)
+            } else {
+                native::NativeReader::open(&opened, limits, config.cache_bytes)
+            }
+        };
         let reader: Box<dyn SlideReader> = match config.backend {
             BackendChoice::Native => {
-                if !matches!(detected, Detected::Tiff(_)) {
+                if !matches!(detected, Detected::Tiff(_) | Detected::Dicom) {
                     return Err(Error::NotASlide {
                         path: path.into(),
                         detected: format!(
-                            "{}; the native reader reads only Aperio SVS and tiled TIFF (use \
-                             --backend auto or openslide)",
+                            "{}; the native reader reads only Aperio SVS, tiled TIFF and DICOM \
+                             WSI (use --backend auto or openslide)",
                             detected.describe()
                         ),
                     });
                 }
-                Box::new(native::NativeReader::open(
-                    &opened,
-                    limits,
-                    config.cache_bytes,
-                )?)
+                Box::new(open_native()?)
             }
             BackendChoice::Auto if native_candidate => {
-                match native::NativeReader::open(&opened, limits, config.cache_bytes) {
+                match open_native() {
                     Ok(r) => Box::new(r),
                     // A layout the native reader does not handle: OpenSlide may.
                     Err(native_err @ (Error::Unsupported { .. } | Error::NotASlide { .. })) => {

@@ -19,6 +19,7 @@
 pub mod baseline;
 pub mod cache;
 pub mod decode;
+pub mod dicom;
 mod markers;
 pub mod tiff;
 
@@ -35,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::geom::{Level0Px, LevelPx, Size, TileIndex};
 use cache::TileCache;
 use decode::{Codec, Encoding};
-use tiff::{tag, Ifd, Tiff};
+use tiff::{tag, Ifd, SourceFile, Tiff};
 
 /// Largest tile or strip, in pixels, the reader will decode (a 4096 × 4096 tile is 48 MiB).
 const MAX_TILE_PIXELS: u64 = 4096 * 4096;
@@ -46,27 +47,54 @@ const MAX_TEXT: u64 = 1024 * 1024;
 
 const BACKEND: &str = "Tessera native TIFF reader";
 
-struct NativeLevel {
-    size: Size,
-    tile: Size,
-    tiles_across: u64,
-    offsets: Vec<u64>,
-    counts: Vec<u64>,
-    enc: Encoding,
+/// One pyramid level: where each tile's compressed bytes lie, and how they are encoded.
+pub(crate) struct NativeLevel {
+    pub(crate) size: Size,
+    pub(crate) tile: Size,
+    pub(crate) tiles_across: u64,
+    /// Byte offset of each tile (row-major) in its file.
+    pub(crate) offsets: Vec<u64>,
+    /// Byte count of each tile; 0 for a missing tile (painted white, as OpenSlide does).
+    pub(crate) counts: Vec<u64>,
+    /// The file of each tile, as an index into the reader's files; `None`: all in file 0.
+    pub(crate) tile_files: Option<Vec<u16>>,
+    pub(crate) enc: Encoding,
 }
 
-struct NativeAssociated {
-    info: AssociatedImage,
-    rows_per_strip: u64,
-    offsets: Vec<u64>,
-    counts: Vec<u64>,
-    enc: Encoding,
+/// A non-pyramid image stored in strips (a single-frame image is one strip).
+pub(crate) struct NativeAssociated {
+    pub(crate) info: AssociatedImage,
+    /// The file the strips lie in, as an index into the reader's files.
+    pub(crate) file: u16,
+    pub(crate) rows_per_strip: u64,
+    pub(crate) offsets: Vec<u64>,
+    pub(crate) counts: Vec<u64>,
+    pub(crate) enc: Encoding,
+}
+
+/// What a format's opener found, for [`NativeReader::assemble`].
+pub(crate) struct Parts {
+    pub(crate) path: PathBuf,
+    pub(crate) format: String,
+    pub(crate) vendor: String,
+    /// The reader's name in errors.
+    pub(crate) backend: &'static str,
+    /// The files tiles are read from (one for TIFF; one per instance for DICOM).
+    pub(crate) files: Vec<SourceFile>,
+    /// Levels, widest first.
+    pub(crate) levels: Vec<NativeLevel>,
+    pub(crate) associated: Vec<NativeAssociated>,
+    /// The format's own properties (`aperio.*`, `tiff.*`, `dicom.*`…); the `openslide.*`
+    /// level, associated-image and ICC properties are added by `assemble`.
+    pub(crate) properties: BTreeMap<String, String>,
+    pub(crate) icc: Option<Vec<u8>>,
 }
 
 /// A slide opened by the native reader.
 pub struct NativeReader {
-    tiff: Tiff,
+    files: Vec<SourceFile>,
     path: PathBuf,
+    backend: &'static str,
     format: String,
     vendor: String,
     levels: Vec<NativeLevel>,
@@ -83,13 +111,32 @@ pub struct NativeReader {
 /// How many recently read tiles [`NativeReader::scattered`] remembers.
 const RECENT_TILES: usize = 64;
 
-/// OpenSlide-style formatting of a double property (`%g`-like, without trailing zeros).
+/// C's `%.17g`, as OpenSlide formats doubles (`g_ascii_dtostr`): 17 significant digits,
+/// trailing zeros dropped, exponent form below 1e-4 and from 1e17.
 fn g(v: f64) -> String {
-    let s = format!("{v}");
-    if s.contains('e') {
-        format!("{v:.15}")
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let sci = format!("{v:.16e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: String| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
+    if !(-4..17).contains(&exp) {
+        let m = trim(mantissa.to_string());
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{m}e{sign}{:02}", exp.abs())
     } else {
-        s
+        let decimals = (16 - exp).max(0) as usize;
+        trim(format!("{v:.decimals$}"))
     }
 }
 
@@ -100,6 +147,12 @@ impl NativeReader {
     pub fn open(path: &Path, limits: &Limits, cache_bytes: u64) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::from_io(path, e))?;
         Self::from_source(path, file, limits, cache_bytes)
+    }
+
+    /// Opens the DICOM WSI series `path` belongs to (a file of it, or its folder): see
+    /// [`dicom`].
+    pub fn open_dicom(path: &Path, limits: &Limits, cache_bytes: u64) -> Result<Self> {
+        Self::assemble(dicom::open(path, limits)?, cache_bytes)
     }
 
     /// Opens a TIFF held in memory; `name` is used in errors. Used by the fuzz target.
@@ -170,35 +223,7 @@ impl NativeReader {
         if !aperio {
             levels.sort_by_key(|l| std::cmp::Reverse(l.size.width));
         }
-        let (w0, h0) = (levels[0].size.width as f64, levels[0].size.height as f64);
-        let mut level_info = Vec::with_capacity(levels.len());
-        for (i, l) in levels.iter().enumerate() {
-            let ds = (h0 / l.size.height as f64 + w0 / l.size.width as f64) / 2.0;
-            if i > 0
-                && ds
-                    < level_info
-                        .last()
-                        .map(|p: &Level| p.downsample)
-                        .unwrap_or(1.0)
-            {
-                return Err(corrupt(format!("level {i} is larger than level {}", i - 1)));
-            }
-            level_info.push(Level {
-                size: l.size,
-                downsample: if i == 0 { 1.0 } else { ds },
-                tile_size: Some(l.tile),
-            });
-        }
-        if levels[0].size.width > limits.max_level0_width
-            || levels[0].size.height > limits.max_level0_height
-        {
-            return Err(Error::LimitExceeded {
-                path: path.into(),
-                what: "level-0 width or height",
-                value: levels[0].size.width.max(levels[0].size.height),
-                limit: limits.max_level0_width.min(limits.max_level0_height),
-            });
-        }
+        check_level0(path, &levels, limits)?;
 
         // Associated images (Aperio): untiled IFDs.
         let mut associated = Vec::new();
@@ -223,27 +248,84 @@ impl NativeReader {
         }
         // OpenSlide lists associated images by name.
         associated.sort_by(|a, b| a.info.name.cmp(&b.info.name));
-        let associated_info = associated.iter().map(|a| a.info.clone()).collect();
 
         let icc = match tiff.bytes(&ifd0, tag::ICC_PROFILE, limits.max_icc_bytes) {
             Ok(v) => v,
             Err(e) => return Err(corrupt(e)),
         };
-        let properties = properties(
-            &tiff,
-            &ifd0,
+        let properties = properties(&tiff, &ifd0, vendor, &description).map_err(corrupt)?;
+        Self::assemble(
+            Parts {
+                path: path.into(),
+                format: format.into(),
+                vendor: vendor.into(),
+                backend: BACKEND,
+                files: vec![tiff.into_file()],
+                levels,
+                associated,
+                properties,
+                icc,
+            },
+            cache_bytes,
+        )
+    }
+
+    /// The reader over a format's levels and associated images: OpenSlide's downsamples
+    /// `(h0/h + w0/w) / 2` and the `openslide.*` properties that follow from them.
+    pub(crate) fn assemble(parts: Parts, cache_bytes: u64) -> Result<Self> {
+        let Parts {
+            path,
+            format,
             vendor,
-            &description,
+            backend,
+            files,
+            levels,
+            associated,
+            mut properties,
+            icc,
+        } = parts;
+        let corrupt = |message: String| Error::Corrupt {
+            path: path.clone(),
+            format: format.clone(),
+            backend: backend.into(),
+            message,
+        };
+        let Some(first) = levels.first() else {
+            return Err(corrupt("no pyramid levels".into()));
+        };
+        let (w0, h0) = (first.size.width as f64, first.size.height as f64);
+        let mut level_info = Vec::with_capacity(levels.len());
+        for (i, l) in levels.iter().enumerate() {
+            let ds = (h0 / l.size.height as f64 + w0 / l.size.width as f64) / 2.0;
+            if i > 0
+                && ds
+                    < level_info
+                        .last()
+                        .map(|p: &Level| p.downsample)
+                        .unwrap_or(1.0)
+            {
+                return Err(corrupt(format!("level {i} is larger than level {}", i - 1)));
+            }
+            level_info.push(Level {
+                size: l.size,
+                downsample: if i == 0 { 1.0 } else { ds },
+                tile_size: Some(l.tile),
+            });
+        }
+        let associated_info = associated.iter().map(|a| a.info.clone()).collect();
+        openslide_properties(
+            &mut properties,
+            &vendor,
             &level_info,
             &associated,
             icc.as_deref(),
-        )
-        .map_err(corrupt)?;
+        );
         Ok(Self {
-            tiff,
-            path: path.into(),
-            format: format.into(),
-            vendor: vendor.into(),
+            files,
+            path,
+            backend,
+            format,
+            vendor,
             levels,
             level_info,
             associated,
@@ -302,7 +384,8 @@ impl NativeReader {
         if count > MAX_TILE_BYTES {
             return Err(self.tile_error(level, t, format!("{count} compressed bytes")));
         }
-        let data = self.tiff.read_at(offset, count);
+        let file = l.tile_files.as_ref().map_or(0, |f| f[i] as usize);
+        let data = self.files[file].read_at(offset, count);
         data.map(Some).map_err(|m| self.tile_error(level, t, m))
     }
 
@@ -488,6 +571,7 @@ fn read_level(tiff: &Tiff, ifd: &Ifd) -> std::result::Result<NativeLevel, Native
         tiles_across,
         offsets,
         counts,
+        tile_files: None,
         enc,
     })
 }
@@ -524,6 +608,7 @@ fn read_associated(
             name: name.into(),
             size,
         },
+        file: 0,
         rows_per_strip,
         offsets,
         counts,
@@ -531,17 +616,30 @@ fn read_associated(
     })
 }
 
-/// The properties OpenSlide would report for the file (the subset Tessera uses and shows).
-fn properties(
-    tiff: &Tiff,
-    ifd0: &Ifd,
+/// Refuses a level 0 beyond the limits.
+pub(crate) fn check_level0(path: &Path, levels: &[NativeLevel], limits: &Limits) -> Result<()> {
+    if let Some(l) = levels.first() {
+        if l.size.width > limits.max_level0_width || l.size.height > limits.max_level0_height {
+            return Err(Error::LimitExceeded {
+                path: path.into(),
+                what: "level-0 width or height",
+                value: l.size.width.max(l.size.height),
+                limit: limits.max_level0_width.min(limits.max_level0_height),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The `openslide.*` properties every native format reports: vendor, levels, associated
+/// images, ICC size.
+fn openslide_properties(
+    p: &mut BTreeMap<String, String>,
     vendor: &str,
-    description: &str,
     levels: &[Level],
     associated: &[NativeAssociated],
     icc: Option<&[u8]>,
-) -> std::result::Result<BTreeMap<String, String>, String> {
-    let mut p = BTreeMap::new();
+) {
     p.insert("openslide.vendor".into(), vendor.into());
     p.insert("openslide.level-count".into(), levels.len().to_string());
     for (i, l) in levels.iter().enumerate() {
@@ -578,6 +676,17 @@ fn properties(
     if let Some(icc) = icc {
         p.insert("openslide.icc-size".into(), icc.len().to_string());
     }
+}
+
+/// The TIFF and vendor properties OpenSlide would report for the file (the subset Tessera uses
+/// and shows).
+fn properties(
+    tiff: &Tiff,
+    ifd0: &Ifd,
+    vendor: &str,
+    description: &str,
+) -> std::result::Result<BTreeMap<String, String>, String> {
+    let mut p = BTreeMap::new();
     for (t, name) in [
         (tag::IMAGE_DESCRIPTION, "ImageDescription"),
         (tag::MAKE, "Make"),
@@ -939,7 +1048,7 @@ impl SlideReader for NativeReader {
         let fail = |strip: u64, message: String| Error::Corrupt {
             path: self.path.clone(),
             format: self.format.clone(),
-            backend: BACKEND.into(),
+            backend: self.backend.into(),
             message: format!("{} image, strip {strip}: {message}", image.name),
         };
         for (s, (&offset, &count)) in a.offsets.iter().zip(&a.counts).enumerate() {
@@ -949,7 +1058,9 @@ impl SlideReader for NativeReader {
             if count == 0 || count > MAX_TILE_BYTES {
                 return Err(fail(s, format!("{count} bytes")));
             }
-            let data = self.tiff.read_at(offset, count).map_err(|e| fail(s, e))?;
+            let data = self.files[a.file as usize]
+                .read_at(offset, count)
+                .map_err(|e| fail(s, e))?;
             let dst = &mut out[y0 as usize * row_bytes..(y0 as usize + rows) * row_bytes];
             // A last strip may be stored at the full strip height.
             if let Err(first) = decode::decode(&a.enc, &data, width, rows, dst) {

@@ -104,11 +104,56 @@ pub struct Ifd {
     entries: BTreeMap<u16, Entry>,
 }
 
+/// A byte source with its length: positional reads, each checked against the length.
+#[derive(Debug)]
+pub struct SourceFile {
+    file: Box<dyn Source>,
+    len: u64,
+}
+
+impl SourceFile {
+    /// Wraps `file`, reading its length once.
+    pub fn new(file: impl Source + 'static) -> Result<SourceFile, String> {
+        let len = file.size().map_err(|e| e.to_string())?;
+        Ok(SourceFile {
+            file: Box::new(file),
+            len,
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty source.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads `n` bytes at `offset`, refusing ranges outside the file.
+    pub fn read_at(&self, offset: u64, n: u64) -> Result<Vec<u8>, String> {
+        let end = offset
+            .checked_add(n)
+            .ok_or_else(|| format!("offset {offset} + {n} overflows"))?;
+        if end > self.len {
+            return Err(format!(
+                "{n} bytes at offset {offset} lie past the end of the {}-byte file",
+                self.len
+            ));
+        }
+        let mut buf = vec![0u8; n as usize];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| format!("reading {n} bytes at offset {offset}: {e}"))?;
+        Ok(buf)
+    }
+}
+
 /// A parsed TIFF file.
 #[derive(Debug)]
 pub struct Tiff {
-    file: Box<dyn Source>,
-    len: u64,
+    file: SourceFile,
     le: bool,
     big: bool,
     /// The main IFD chain in file order, then IFD 0's SubIFDs.
@@ -128,10 +173,8 @@ fn type_size(typ: u16) -> Option<u64> {
 impl Tiff {
     /// Parses the header and IFDs of `file`.
     pub fn parse(file: impl Source + 'static) -> Result<Tiff, String> {
-        let len = file.size().map_err(|e| e.to_string())?;
         let mut t = Tiff {
-            file: Box::new(file),
-            len,
+            file: SourceFile::new(file)?,
             le: true,
             big: false,
             ifds: Vec::new(),
@@ -201,20 +244,12 @@ impl Tiff {
 
     /// Reads `n` bytes at `offset`, refusing ranges outside the file.
     pub fn read_at(&self, offset: u64, n: u64) -> Result<Vec<u8>, String> {
-        let end = offset
-            .checked_add(n)
-            .ok_or_else(|| format!("offset {offset} + {n} overflows"))?;
-        if end > self.len {
-            return Err(format!(
-                "{n} bytes at offset {offset} lie past the end of the {}-byte file",
-                self.len
-            ));
-        }
-        let mut buf = vec![0u8; n as usize];
+        self.file.read_at(offset, n)
+    }
+
+    /// The file, for reading tiles once the IFDs are parsed.
+    pub fn into_file(self) -> SourceFile {
         self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| format!("reading {n} bytes at offset {offset}: {e}"))?;
-        Ok(buf)
     }
 
     fn read_ifd(&self, offset: u64, index: usize, is_sub_ifd: bool) -> Result<(Ifd, u64), String> {

@@ -1,0 +1,1106 @@
+//! Tessera's native DICOM WSI reader: a series of VL Whole Slide Microscopy Image instances
+//! read as one pyramid, without OpenSlide.
+//!
+//! In: a DICOM file or a folder. Every file of the folder (of the given file's folder) whose
+//! SOP class is VL Whole Slide Microscopy Image Storage and whose Series Instance UID is the
+//! series' is read, as OpenSlide 4 does. Out: the parts of a [`NativeReader`]: levels (instances
+//! of the same total pixel matrix, concatenations included, widest first), their frames as
+//! tiles in level pixels, the label, overview ("macro") and thumbnail instances as associated
+//! images, the `dicom.*` properties (OpenSlide's flattening of the first level-0 instance),
+//! MPP from the shared Pixel Measures and the first optical path's ICC profile.
+//!
+//! Parsing is dicom-rs's: a lazy pass over each file's tokens checks every value length against
+//! the file and the limits before anything is allocated and finds the pixel data; then the
+//! metadata (everything before the pixel data) is read with dicom-object. Only the items of an
+//! encapsulated pixel data element (the DICOM encapsulation's 8-byte item headers) are walked
+//! here, so frames are read on demand by position, like TIFF tiles.
+//!
+//! What is read: the transfer syntaxes OpenSlide reads (Explicit VR Little Endian uncompressed,
+//! JPEG baseline, JPEG 2000), 3 × 8-bit samples, one focal plane, TILED_FULL and TILED_SPARSE.
+//! The rest is [`Error::Unsupported`] so that `--backend auto` can hand the series to OpenSlide.
+//!
+//! Colour: JPEG frames follow the Photometric Interpretation as OpenSlide does (YBR_FULL_422:
+//! YCbCr; RGB: no colour transform), except where the frames themselves say otherwise: a JFIF
+//! marker or an Adobe marker with transform 1 means YCbCr in the JPEG standard, and such frames
+//! in an instance tagged RGB (a real converter's mistake) are decoded as YCbCr. OpenSlide shows
+//! those slides in false colours; `tessera.dicom.photometric-override` records the decision.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_core::header::Header;
+use dicom_core::value::Value;
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::{tags, uids, StandardDataDictionary};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::{FileMetaTable, InMemDicomObject, OpenFileOptions};
+use dicom_parser::dataset::lazy_read::LazyDataSetReader;
+use dicom_parser::dataset::LazyDataToken;
+use dicom_parser::StatefulDecode;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use super::decode::{Codec, Encoding};
+use super::tiff::SourceFile;
+use super::{g, NativeAssociated, NativeLevel, Parts, MAX_TILE_BYTES, MAX_TILE_PIXELS};
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::geom::Size;
+use crate::slide::AssociatedImage;
+
+/// The format name in errors and `Slide::format`, as the OpenSlide path names it.
+pub const FORMAT: &str = "DICOM WSI";
+/// The backend name in errors.
+pub const BACKEND: &str = "Tessera native DICOM reader";
+
+/// Most bytes of metadata (everything before the pixel data) read from one instance.
+const MAX_HEADER_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest single metadata value (an ICC profile is a few MiB at most).
+const MAX_VALUE_BYTES: u64 = 64 * 1024 * 1024;
+/// Most frames in one instance.
+const MAX_FRAMES: u64 = 16 * 1024 * 1024;
+/// Most files in one level (OpenSlide's limit too).
+const MAX_FILES: usize = u16::MAX as usize - 1;
+/// Most directory entries examined.
+const MAX_DIR_ENTRIES: usize = 10_000;
+
+const WSI_SOP_CLASS: &str = uids::VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE;
+
+/// Why one file is not part of the series.
+enum Skip {
+    /// Not DICOM, or not a WSI instance: ignored, as OpenSlide ignores it.
+    NotWsi(String),
+    /// A WSI instance that cannot be read.
+    Bad(Error),
+}
+
+/// One instance, its metadata read and its frames located.
+struct Instance {
+    path: PathBuf,
+    file: SourceFile,
+    meta: FileMetaTable,
+    obj: InMemDicomObject,
+    /// (offset, length) of each frame in the file.
+    frames: Vec<(u64, u64)>,
+}
+
+impl Instance {
+    fn str(&self, tag: Tag) -> Option<String> {
+        self.obj
+            .get(tag)
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches([' ', '\0']).to_string())
+    }
+    fn int(&self, tag: Tag) -> Option<i64> {
+        self.obj.get(tag).and_then(|e| e.to_int::<i64>().ok())
+    }
+    fn strs(&self, tag: Tag) -> Option<Vec<String>> {
+        self.obj
+            .get(tag)
+            .and_then(|e| e.to_multi_str().ok())
+            .map(|v| {
+                v.iter()
+                    .map(|s| s.trim_matches([' ', '\0']).to_string())
+                    .collect()
+            })
+    }
+    fn series(&self) -> Option<String> {
+        self.str(tags::SERIES_INSTANCE_UID)
+    }
+    /// The image this file is (a part of): the concatenation's source SOP instance, else the
+    /// Concatenation UID (some writers give only that), else the file's own SOP instance.
+    fn underlying_sop(&self) -> Option<String> {
+        self.str(tags::SOP_INSTANCE_UID_OF_CONCATENATION_SOURCE)
+            .or_else(|| self.str(tags::CONCATENATION_UID))
+            .or_else(|| self.str(tags::SOP_INSTANCE_UID))
+    }
+    fn err(&self, message: impl Into<String>) -> Error {
+        corrupt(&self.path, message)
+    }
+    fn unsupported(&self, reason: impl Into<String>) -> Error {
+        Error::Unsupported {
+            path: self.path.clone(),
+            format: FORMAT.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn corrupt(path: &Path, message: impl Into<String>) -> Error {
+    Error::Corrupt {
+        path: path.into(),
+        format: FORMAT.into(),
+        backend: BACKEND.into(),
+        message: message.into(),
+    }
+}
+
+/// Opens the series of `path` (a DICOM file, or a folder holding one).
+pub(crate) fn open(path: &Path, limits: &Limits) -> Result<Parts> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::from_io(path, e))?;
+    let (dir, start) = if meta.is_dir() {
+        (path.to_path_buf(), None)
+    } else {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        (dir, Some(path.to_path_buf()))
+    };
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::from_io(&dir, e))?
+        .take(MAX_DIR_ENTRIES)
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    // The given file first: its series is the slide.
+    if let Some(start) = &start {
+        names.retain(|n| n.file_name() != start.file_name());
+        names.insert(0, start.clone());
+    }
+
+    let mut series: Option<String> = None;
+    let mut instances = Vec::new();
+    let mut first_skip: Option<String> = None;
+    for name in names {
+        let given = start.as_ref() == Some(&name);
+        match read_instance(&name) {
+            Ok(inst) => {
+                let Some(uid) = inst.series() else {
+                    return Err(inst.err("no Series Instance UID"));
+                };
+                match &series {
+                    None => series = Some(uid),
+                    Some(s) if *s != uid => continue,
+                    Some(_) => {}
+                }
+                instances.push(inst);
+            }
+            Err(Skip::Bad(e)) => {
+                if given || series.is_none() {
+                    return Err(e);
+                }
+                // Another series' broken file is not this slide's problem; this series' is.
+                // Without reading it we cannot know which it is: refuse, as OpenSlide does for
+                // a file it cannot parse only when it is the one given.
+                continue;
+            }
+            Err(Skip::NotWsi(why)) => {
+                if given {
+                    return Err(Error::NotASlide {
+                        path: name.clone(),
+                        detected: why,
+                    });
+                }
+                first_skip.get_or_insert(why);
+            }
+        }
+    }
+    if instances.is_empty() {
+        return Err(Error::NotASlide {
+            path: path.into(),
+            detected: match first_skip {
+                Some(why) => format!("no DICOM WSI instance in the folder ({why})"),
+                None => "a directory with no DICOM files in it".into(),
+            },
+        });
+    }
+    build(path, instances, limits)
+}
+
+/// What an instance is, from its ImageType (OpenSlide's accepted combinations).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Level,
+    Associated(&'static str),
+}
+
+fn kind(image_type: &[String]) -> Option<Kind> {
+    let t: Vec<&str> = image_type.iter().map(String::as_str).collect();
+    let [a, b, c, d] = t[..] else { return None };
+    if !matches!(a, "ORIGINAL" | "DERIVED") || b != "PRIMARY" {
+        return None;
+    }
+    match (c, d) {
+        ("VOLUME", "NONE") => Some(Kind::Level),
+        ("VOLUME", "RESAMPLED") if a == "DERIVED" => Some(Kind::Level),
+        ("LABEL", "NONE") => Some(Kind::Associated("label")),
+        ("OVERVIEW", "NONE") => Some(Kind::Associated("macro")),
+        ("THUMBNAIL", "RESAMPLED") => Some(Kind::Associated("thumbnail")),
+        _ => None,
+    }
+}
+
+/// How an instance's frames are encoded.
+fn encoding(inst: &Instance) -> Result<Encoding> {
+    let syntax = inst.meta.transfer_syntax().to_string();
+    let codec = match syntax.as_str() {
+        uids::EXPLICIT_VR_LITTLE_ENDIAN => Codec::None,
+        uids::JPEG_BASELINE8_BIT => Codec::Jpeg,
+        uids::JPEG2000_LOSSLESS | uids::JPEG2000 => Codec::Jp2kRgb,
+        other => {
+            return Err(inst.unsupported(format!(
+                "transfer syntax {other} (read natively: uncompressed Explicit VR Little \
+                 Endian, JPEG baseline, JPEG 2000)"
+            )))
+        }
+    };
+    for (tag, name, want, required) in [
+        (tags::PLANAR_CONFIGURATION, "PlanarConfiguration", 0, true),
+        (tags::BITS_ALLOCATED, "BitsAllocated", 8, true),
+        (tags::BITS_STORED, "BitsStored", 8, true),
+        (tags::HIGH_BIT, "HighBit", 7, true),
+        (tags::SAMPLES_PER_PIXEL, "SamplesPerPixel", 3, true),
+        (tags::PIXEL_REPRESENTATION, "PixelRepresentation", 0, true),
+        (
+            tags::TOTAL_PIXEL_MATRIX_FOCAL_PLANES,
+            "TotalPixelMatrixFocalPlanes",
+            1,
+            false,
+        ),
+    ] {
+        match inst.int(tag) {
+            Some(v) if v == want => {}
+            None if !required => {}
+            None if tag == tags::PLANAR_CONFIGURATION && codec != Codec::None => {}
+            Some(v) => {
+                return Err(inst.unsupported(format!(
+                    "{name} {v} (only 3 × 8-bit colour, one focal plane, is read)"
+                )))
+            }
+            None => return Err(inst.err(format!("no {name}"))),
+        }
+    }
+    let photometric = inst
+        .str(tags::PHOTOMETRIC_INTERPRETATION)
+        .ok_or_else(|| inst.err("no PhotometricInterpretation"))?;
+    let photometric = match (codec, photometric.as_str()) {
+        (Codec::Jpeg, "YBR_FULL_422") => 6,
+        (Codec::Jpeg, "RGB") => 2,
+        (Codec::Jp2kRgb, "YBR_ICT" | "RGB") => 2,
+        (Codec::None, "RGB") => 2,
+        (_, p) => {
+            return Err(inst.unsupported(format!(
+                "photometric interpretation {p} with transfer syntax {syntax}"
+            )))
+        }
+    };
+    Ok(Encoding {
+        codec,
+        photometric,
+        predictor: 1,
+        jpeg_tables: None,
+    })
+}
+
+/// Does a JPEG stream say, by its own markers, that it holds YCbCr? A JFIF APP0 marker
+/// (JFIF is YCbCr by definition) or an Adobe APP14 marker with transform 1, and no component
+/// ids 'R','G','B'.
+fn stream_says_ycbcr(stream: &[u8]) -> bool {
+    let mut says = false;
+    for segment in super::markers::segments(stream) {
+        let Ok((marker, seg, _)) = segment else {
+            return false;
+        };
+        match marker {
+            0xE0 if seg.starts_with(b"JFIF\0") => says = true,
+            0xEE if seg.starts_with(b"Adobe") && seg.len() >= 12 => says = seg[11] == 1,
+            0xC0..=0xC2 if seg.len() >= 15 && seg[5] == 3 => {
+                return says && [seg[6], seg[9], seg[12]] != [b'R', b'G', b'B'];
+            }
+            0xDA => break,
+            _ => {}
+        }
+    }
+    says
+}
+
+/// Reads one file's metadata and frame positions.
+fn read_instance(path: &Path) -> std::result::Result<Instance, Skip> {
+    let bad = |m: String| Skip::Bad(corrupt(path, m));
+    let file = std::fs::File::open(path).map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Skip::Bad(Error::from_io(path, e)))?
+        .len();
+    let mut r = BufReader::new(file);
+    let mut head = [0u8; 132];
+    if len < 132 || r.read_exact(&mut head).is_err() || &head[128..] != b"DICM" {
+        return Err(Skip::NotWsi("not a DICOM file (no DICM preamble)".into()));
+    }
+    r.seek(SeekFrom::Start(128))
+        .map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
+    // The file meta group ("DICM" first): small by definition; read through a bounded reader.
+    let meta = FileMetaTable::from_reader((&mut r).take(1024 * 1024))
+        .map_err(|e| bad(format!("file meta information: {e}")))?;
+    let class = meta.media_storage_sop_class_uid().to_string();
+    if class != WSI_SOP_CLASS {
+        return Err(Skip::NotWsi(format!(
+            "DICOM, but SOP class {class} is not VL Whole Slide Microscopy Image Storage"
+        )));
+    }
+    let ts = TransferSyntaxRegistry
+        .get(meta.transfer_syntax())
+        .ok_or_else(|| {
+            Skip::Bad(Error::Unsupported {
+                path: path.into(),
+                format: FORMAT.into(),
+                reason: format!("unknown transfer syntax {}", meta.transfer_syntax()),
+            })
+        })?;
+
+    // Lazy pass: lengths checked, the pixel data found.
+    let pixel = {
+        let mut reader = LazyDataSetReader::new_with_ts(&mut r, ts)
+            .map_err(|e| bad(format!("data set: {e}")))?;
+        let mut depth = 0usize;
+        let mut pixel = None;
+        while let Some(token) = reader.advance() {
+            let token = token.map_err(|e| bad(format!("data set: {e}")))?;
+            match token {
+                LazyDataToken::SequenceStart { .. } | LazyDataToken::ItemStart { .. } => {
+                    depth += 1;
+                }
+                LazyDataToken::SequenceEnd | LazyDataToken::ItemEnd => {
+                    depth = depth.saturating_sub(1)
+                }
+                LazyDataToken::PixelSequenceStart if depth == 0 => {
+                    pixel = Some(Pixel::Encapsulated);
+                    break;
+                }
+                LazyDataToken::PixelSequenceStart => {
+                    return Err(bad("encapsulated pixel data inside a sequence".into()))
+                }
+                LazyDataToken::ElementHeader(_) => {}
+                LazyDataToken::LazyValue { header, decoder } => {
+                    let at = decoder.position();
+                    let n =
+                        header.len.get().map(u64::from).ok_or_else(|| {
+                            bad(format!("{} has an undefined length", header.tag()))
+                        })?;
+                    if at + n > len {
+                        return Err(bad(format!(
+                            "{} claims {n} bytes at offset {at}, past the end of the \
+                             {len}-byte file",
+                            header.tag()
+                        )));
+                    }
+                    if header.tag() == tags::PIXEL_DATA && depth == 0 {
+                        pixel = Some(Pixel::Native { at, len: n });
+                        break;
+                    }
+                    if n > MAX_VALUE_BYTES {
+                        return Err(bad(format!("{} claims {n} bytes", header.tag())));
+                    }
+                    if at > MAX_HEADER_BYTES {
+                        return Err(bad(format!(
+                            "more than {MAX_HEADER_BYTES} bytes of metadata"
+                        )));
+                    }
+                    LazyDataToken::LazyValue { header, decoder }
+                        .skip()
+                        .map_err(|e| bad(format!("data set: {e}")))?;
+                }
+                LazyDataToken::LazyItemValue { len: n, decoder } => {
+                    let at = decoder.position();
+                    if at + u64::from(n) > len {
+                        return Err(bad(format!(
+                            "an item claims {n} bytes at offset {at}, past the end of the file"
+                        )));
+                    }
+                    LazyDataToken::LazyItemValue { len: n, decoder }
+                        .skip()
+                        .map_err(|e| bad(format!("data set: {e}")))?;
+                }
+                _ => {}
+            }
+        }
+        let at = reader_position(reader);
+        (pixel, at)
+    };
+    let (pixel, pixel_start) = pixel;
+    let Some(pixel) = pixel else {
+        return Err(bad("no pixel data".into()));
+    };
+
+    // The metadata, now that every length is known to be sane.
+    let mut f = r.into_inner();
+    f.seek(SeekFrom::Start(128))
+        .map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .read_preamble(dicom_object::file::ReadPreamble::Never)
+        .from_reader(BufReader::new(f).take(MAX_HEADER_BYTES + 1024 * 1024))
+        .map_err(|e| bad(format!("metadata: {e}")))?;
+    let obj = obj.into_inner();
+    let file = std::fs::File::open(path).map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
+    let file = SourceFile::new(file).map_err(bad)?;
+    let mut inst = Instance {
+        path: path.into(),
+        file,
+        meta,
+        obj,
+        frames: Vec::new(),
+    };
+    let n_frames = inst.int(tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    if n_frames < 1 || n_frames as u64 > MAX_FRAMES {
+        return Err(bad(format!("NumberOfFrames {n_frames}")));
+    }
+    let n_frames = n_frames as u64;
+    inst.frames = match pixel {
+        Pixel::Native { at, len } => {
+            let rows = inst.int(tags::ROWS).unwrap_or(0).max(0) as u64;
+            let cols = inst.int(tags::COLUMNS).unwrap_or(0).max(0) as u64;
+            // Sized by the samples as stored; whether they can be read is decided later.
+            let spp = inst.int(tags::SAMPLES_PER_PIXEL).unwrap_or(3).clamp(1, 4) as u64;
+            let bytes = inst.int(tags::BITS_ALLOCATED).unwrap_or(8).clamp(8, 64) as u64 / 8;
+            let frame = rows * cols * spp * bytes;
+            if frame == 0 || rows * cols > MAX_TILE_PIXELS {
+                return Err(bad(format!("frames of {cols} × {rows}")));
+            }
+            if frame.saturating_mul(n_frames) > len {
+                return Err(bad(format!(
+                    "{n_frames} frames of {cols} × {rows} need {} bytes; the pixel data has \
+                     {len}",
+                    frame.saturating_mul(n_frames)
+                )));
+            }
+            (0..n_frames).map(|k| (at + k * frame, frame)).collect()
+        }
+        Pixel::Encapsulated => {
+            encapsulated_frames(&inst.file, pixel_start, n_frames).map_err(bad)?
+        }
+    };
+    Ok(inst)
+}
+
+enum Pixel {
+    Native { at: u64, len: u64 },
+    Encapsulated,
+}
+
+fn reader_position<S: StatefulDecode>(reader: LazyDataSetReader<S>) -> u64 {
+    reader.into_decoder().position()
+}
+
+/// The frames of encapsulated pixel data whose items start at `at`: the Basic Offset Table
+/// item, then fragments, then the sequence delimiter. One fragment per frame, or several
+/// grouped by the offset table.
+fn encapsulated_frames(
+    file: &SourceFile,
+    mut at: u64,
+    n_frames: u64,
+) -> std::result::Result<Vec<(u64, u64)>, String> {
+    let header = |at: u64| -> std::result::Result<(u16, u16, u32), String> {
+        let b = file.read_at(at, 8)?;
+        let group = u16::from_le_bytes([b[0], b[1]]);
+        let element = u16::from_le_bytes([b[2], b[3]]);
+        let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        Ok((group, element, len))
+    };
+    let mut items: Vec<(u64, u64)> = Vec::new();
+    loop {
+        let (group, element, len) = header(at)
+            .map_err(|e| format!("encapsulated pixel data: {e} (the file is truncated)"))?;
+        match (group, element) {
+            (0xFFFE, 0xE000) => {
+                if len == u32::MAX {
+                    return Err("a pixel data item of undefined length".into());
+                }
+                let value = at + 8;
+                if value + u64::from(len) > file.len() {
+                    return Err(format!(
+                        "pixel data item {} of {len} bytes at offset {value} lies past the end \
+                         of the {}-byte file (truncated?)",
+                        items.len(),
+                        file.len()
+                    ));
+                }
+                items.push((value, u64::from(len)));
+                if items.len() as u64 > MAX_FRAMES + 1 {
+                    return Err(format!("more than {MAX_FRAMES} fragments"));
+                }
+                at = value + u64::from(len);
+            }
+            (0xFFFE, 0xE0DD) => break,
+            _ => {
+                return Err(format!(
+                    "unexpected ({group:04X},{element:04X}) inside the encapsulated pixel data"
+                ))
+            }
+        }
+    }
+    let Some((&(bot_at, bot_len), fragments)) = items.split_first() else {
+        return Err("encapsulated pixel data without items".into());
+    };
+    if fragments.len() as u64 == n_frames {
+        return Ok(fragments.to_vec());
+    }
+    // Several fragments per frame: the Basic Offset Table says where each frame starts,
+    // relative to the first fragment's item header.
+    if bot_len != 4 * n_frames || fragments.is_empty() {
+        return Err(format!(
+            "{} fragments for {n_frames} frames and no usable offset table",
+            fragments.len()
+        ));
+    }
+    Err(format!(
+        "{} fragments for {n_frames} frames (frames split across fragments are not read \
+         natively; offset table at {bot_at})",
+        fragments.len()
+    ))
+}
+
+/// Frame → tile of one instance: `(frame index, column, row)` in tiles.
+fn frame_tiles(
+    inst: &Instance,
+    tile: Size,
+    across: u64,
+    down: u64,
+) -> Result<Vec<(usize, u64, u64)>> {
+    let n = inst.frames.len() as u64;
+    let organisation = inst.str(tags::DIMENSION_ORGANIZATION_TYPE);
+    let per_frame = inst
+        .obj
+        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .and_then(|e| e.items().map(|i| i.to_vec()));
+    let sparse = organisation.as_deref() == Some("TILED_SPARSE")
+        || (organisation.as_deref() != Some("TILED_FULL") && per_frame.is_some());
+    let mut out = Vec::with_capacity(n as usize);
+    if !sparse {
+        // Row-major from the concatenation's first frame; frames beyond one plane (other
+        // optical paths) are not read.
+        let offset = inst
+            .int(tags::CONCATENATION_FRAME_OFFSET_NUMBER)
+            .unwrap_or(0)
+            .max(0) as u64;
+        for k in 0..n {
+            let g = offset + k;
+            if g < across * down {
+                out.push((k as usize, g % across, g / across));
+            }
+        }
+        return Ok(out);
+    }
+    let items = per_frame
+        .ok_or_else(|| inst.err("TILED_SPARSE without a Per-Frame Functional Groups Sequence"))?;
+    if items.len() as u64 != n {
+        return Err(inst.err(format!(
+            "{} per-frame functional groups for {n} frames",
+            items.len()
+        )));
+    }
+    for (k, item) in items.iter().enumerate() {
+        let pos = item
+            .get(tags::PLANE_POSITION_SLIDE_SEQUENCE)
+            .and_then(|e| e.items())
+            .and_then(|i| i.first())
+            .ok_or_else(|| inst.err(format!("frame {k} has no Plane Position (Slide)")))?;
+        let get = |tag| {
+            pos.get(tag)
+                .and_then(|e| e.to_int::<i64>().ok())
+                .ok_or_else(|| inst.err(format!("frame {k}: no {tag} position")))
+        };
+        let (c, r) = (
+            get(tags::COLUMN_POSITION_IN_TOTAL_IMAGE_PIXEL_MATRIX)?,
+            get(tags::ROW_POSITION_IN_TOTAL_IMAGE_PIXEL_MATRIX)?,
+        );
+        if c < 1 || r < 1 {
+            return Err(inst.err(format!("frame {k} at ({c}, {r}), positions start at 1")));
+        }
+        let (c, r) = (c as u64 - 1, r as u64 - 1);
+        if c % tile.width != 0 || r % tile.height != 0 {
+            return Err(inst.unsupported(format!(
+                "frame {k} at pixel ({c}, {r}) is not on the {} × {} tile grid",
+                tile.width, tile.height
+            )));
+        }
+        let (col, row) = (c / tile.width, r / tile.height);
+        if col >= across || row >= down {
+            return Err(inst.err(format!("frame {k} at ({c}, {r}) lies outside the image")));
+        }
+        out.push((k, col, row));
+    }
+    Ok(out)
+}
+
+struct LevelBuild {
+    size: Size,
+    tile: Size,
+    files: Vec<usize>,
+}
+
+/// Assembles the series' instances into levels and associated images.
+fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts> {
+    let mut levels: Vec<LevelBuild> = Vec::new();
+    let mut associated: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for (i, inst) in instances.iter().enumerate() {
+        let Some(image_type) = inst.strs(tags::IMAGE_TYPE) else {
+            return Err(inst.unsupported("no ImageType"));
+        };
+        let Some(kind) = kind(&image_type) else {
+            continue;
+        };
+        encoding(inst)?;
+        let dim = |tag, name: &str| -> Result<u64> {
+            match inst.int(tag) {
+                Some(v) if v > 0 => Ok(v as u64),
+                _ => Err(inst.err(format!("no usable {name}"))),
+            }
+        };
+        let size = Size::new(
+            dim(tags::TOTAL_PIXEL_MATRIX_COLUMNS, "TotalPixelMatrixColumns")?,
+            dim(tags::TOTAL_PIXEL_MATRIX_ROWS, "TotalPixelMatrixRows")?,
+        );
+        let tile = Size::new(dim(tags::COLUMNS, "Columns")?, dim(tags::ROWS, "Rows")?);
+        if tile.width * tile.height > MAX_TILE_PIXELS {
+            return Err(inst.err(format!("frames of {} × {}", tile.width, tile.height)));
+        }
+        match kind {
+            Kind::Associated(name) => {
+                if let Some(&prev) = associated.get(name) {
+                    if instances[prev].underlying_sop() != inst.underlying_sop() {
+                        return Err(inst.err(format!(
+                            "two different {name} images in one series ({} and {})",
+                            instances[prev].path.display(),
+                            inst.path.display()
+                        )));
+                    }
+                    continue;
+                }
+                associated.insert(name, i);
+            }
+            Kind::Level => {
+                if let Some(l) = levels.iter_mut().find(|l| l.size == size) {
+                    let sop = inst.underlying_sop();
+                    if l.files
+                        .iter()
+                        .any(|&j| instances[j].underlying_sop() != sop)
+                    {
+                        return Err(inst.err(format!(
+                            "the series holds two different images of {} × {}",
+                            size.width, size.height
+                        )));
+                    }
+                    if l.tile != tile {
+                        return Err(inst.err(format!(
+                            "tiles of {} × {} in a level of {} × {} tiles",
+                            tile.width, tile.height, l.tile.width, l.tile.height
+                        )));
+                    }
+                    if l.files.len() >= MAX_FILES {
+                        return Err(inst.err("too many files in one level"));
+                    }
+                    l.files.push(i);
+                } else {
+                    levels.push(LevelBuild {
+                        size,
+                        tile,
+                        files: vec![i],
+                    });
+                }
+            }
+        }
+    }
+    if levels.is_empty() {
+        return Err(Error::Unsupported {
+            path: path.into(),
+            format: FORMAT.into(),
+            reason: "no pyramid levels (no VOLUME instance with a readable ImageType)".into(),
+        });
+    }
+    levels.sort_by_key(|l| std::cmp::Reverse(l.size.width));
+    if levels[0].size.width > limits.max_level0_width
+        || levels[0].size.height > limits.max_level0_height
+    {
+        return Err(Error::LimitExceeded {
+            path: path.into(),
+            what: "level-0 width or height",
+            value: levels[0].size.width.max(levels[0].size.height),
+            limit: limits.max_level0_width.min(limits.max_level0_height),
+        });
+    }
+
+    // Files: every instance used, in order; levels and associated images index into them.
+    let mut file_of: HashMap<usize, u16> = HashMap::new();
+    let mut used: Vec<usize> = Vec::new();
+    let mut index = |i: usize, used: &mut Vec<usize>| -> u16 {
+        *file_of.entry(i).or_insert_with(|| {
+            used.push(i);
+            (used.len() - 1) as u16
+        })
+    };
+    let mut overrides = Vec::new();
+    let mut native_levels = Vec::with_capacity(levels.len());
+    for (li, l) in levels.iter().enumerate() {
+        let across = l.size.width.div_ceil(l.tile.width);
+        let down = l.size.height.div_ceil(l.tile.height);
+        let n = across
+            .checked_mul(down)
+            .filter(|&n| n <= MAX_FRAMES)
+            .ok_or_else(|| corrupt(path, format!("level {li} has too many tiles")))?
+            as usize;
+        let mut offsets = vec![0u64; n];
+        let mut counts = vec![0u64; n];
+        let mut tile_files = vec![0u16; n];
+        let mut enc = encoding(&instances[l.files[0]])?;
+        for &i in &l.files {
+            let inst = &instances[i];
+            let e = encoding(inst)?;
+            if e.codec != enc.codec || e.photometric != enc.photometric {
+                return Err(inst.unsupported("the files of one level are encoded differently"));
+            }
+            let fi = index(i, &mut used);
+            for (k, col, row) in frame_tiles(inst, l.tile, across, down)? {
+                let t = (row * across + col) as usize;
+                if counts[t] != 0 {
+                    continue; // the first file holding a tile wins, as in OpenSlide
+                }
+                let (at, len) = inst.frames[k];
+                if len == 0 || len > MAX_TILE_BYTES {
+                    return Err(inst.err(format!("frame {k} has {len} bytes")));
+                }
+                offsets[t] = at;
+                counts[t] = len;
+                tile_files[t] = fi;
+            }
+        }
+        if enc.codec == Codec::Jpeg && enc.photometric == 2 {
+            // The mis-tagged case: look at the level's first frame.
+            if let Some(t) = counts.iter().position(|&c| c > 0) {
+                let inst = &instances[used[tile_files[t] as usize]];
+                let head = inst
+                    .file
+                    .read_at(offsets[t], counts[t].min(64 * 1024))
+                    .map_err(|m| inst.err(m))?;
+                if stream_says_ycbcr(&head) {
+                    enc.photometric = 6;
+                    overrides.push(li);
+                }
+            }
+        }
+        native_levels.push(NativeLevel {
+            size: l.size,
+            tile: l.tile,
+            tiles_across: across,
+            offsets,
+            counts,
+            tile_files: (l.files.len() > 1 || used.len() > 1).then_some(tile_files),
+            enc,
+        });
+    }
+
+    let mut native_associated = Vec::new();
+    for (&name, &i) in &associated {
+        let inst = &instances[i];
+        let size = Size::new(
+            inst.int(tags::TOTAL_PIXEL_MATRIX_COLUMNS).unwrap_or(0) as u64,
+            inst.int(tags::TOTAL_PIXEL_MATRIX_ROWS).unwrap_or(0) as u64,
+        );
+        let frame = Size::new(
+            inst.int(tags::COLUMNS).unwrap_or(0) as u64,
+            inst.int(tags::ROWS).unwrap_or(0) as u64,
+        );
+        // One frame the size of the image (what OpenSlide reads); tiled ones are left out.
+        if frame != size || inst.frames.is_empty() {
+            continue;
+        }
+        let mut enc = encoding(inst)?;
+        let (at, len) = inst.frames[0];
+        if enc.codec == Codec::Jpeg && enc.photometric == 2 {
+            let head = inst
+                .file
+                .read_at(at, len.min(64 * 1024))
+                .map_err(|m| inst.err(m))?;
+            if stream_says_ycbcr(&head) {
+                enc.photometric = 6;
+            }
+        }
+        let file = index(i, &mut used);
+        native_associated.push(NativeAssociated {
+            info: AssociatedImage {
+                name: name.into(),
+                size,
+            },
+            file,
+            rows_per_strip: size.height,
+            offsets: vec![at],
+            counts: vec![len],
+            enc,
+        });
+    }
+
+    let level0 = &instances[levels[0].files[0]];
+    let mut properties = properties(level0);
+    for a in &native_associated {
+        let i = associated[a.info.name.as_str()];
+        if let Some(icc) = icc_profile(&instances[i], limits.max_icc_bytes)? {
+            properties.insert(
+                format!("openslide.associated.{}.icc-size", a.info.name),
+                icc.len().to_string(),
+            );
+        }
+    }
+    if !overrides.is_empty() {
+        properties.insert(
+            "tessera.dicom.photometric-override".into(),
+            format!(
+                "levels {overrides:?}: tagged RGB, but the JPEG frames carry a JFIF or Adobe \
+                 YCbCr marker; decoded as YCbCr"
+            ),
+        );
+    }
+    let icc = icc_profile(level0, limits.max_icc_bytes)?;
+    let mut files = Vec::with_capacity(used.len());
+    let mut instances: Vec<Option<Instance>> = instances.into_iter().map(Some).collect();
+    for i in used {
+        let inst = instances[i].take().expect("each instance used once");
+        files.push(inst.file);
+    }
+    Ok(Parts {
+        path: path.into(),
+        format: FORMAT.into(),
+        vendor: "dicom".into(),
+        backend: BACKEND,
+        files,
+        levels: native_levels,
+        associated: native_associated,
+        properties,
+        icc,
+    })
+}
+
+/// The first optical path's ICC profile.
+fn icc_profile(inst: &Instance, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+    let Some(path) = inst
+        .obj
+        .get(tags::OPTICAL_PATH_SEQUENCE)
+        .and_then(|e| e.items())
+        .and_then(|i| i.first())
+    else {
+        return Ok(None);
+    };
+    let Some(icc) = path.get(tags::ICC_PROFILE) else {
+        return Ok(None);
+    };
+    let bytes = icc
+        .to_bytes()
+        .map_err(|e| inst.err(format!("ICC profile: {e}")))?
+        .into_owned();
+    if bytes.len() as u64 > max_bytes {
+        return Err(Error::LimitExceeded {
+            path: inst.path.clone(),
+            what: "ICC profile bytes",
+            value: bytes.len() as u64,
+            limit: max_bytes,
+        });
+    }
+    Ok(Some(bytes))
+}
+
+/// OpenSlide's `dicom.*` properties: every element with a keyword, sequences as
+/// `Seq[i].Keyword`, multi-valued elements as `Keyword[i]`, binary values left out; then MPP and
+/// objective power.
+fn properties(inst: &Instance) -> BTreeMap<String, String> {
+    let mut p = BTreeMap::new();
+    let meta = inst.meta.to_element_iter().collect::<Vec<_>>();
+    for e in &meta {
+        add_element(&mut p, "dicom", e.tag(), e.vr(), e.value());
+    }
+    add_dataset(&mut p, "dicom", &inst.obj);
+    let spacing = "dicom.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing";
+    let scaled = |p: &BTreeMap<String, String>, k: String| {
+        p.get(&k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| g(v * 1000.0))
+    };
+    if let Some(y) = scaled(&p, format!("{spacing}[0]")) {
+        p.insert("openslide.mpp-y".into(), y);
+    }
+    if let Some(x) = scaled(&p, format!("{spacing}[1]")) {
+        p.insert("openslide.mpp-x".into(), x);
+    }
+    if let Some(power) = p
+        .get("dicom.OpticalPathSequence[0].ObjectiveLensPower")
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        p.insert("openslide.objective-power".into(), g(power));
+    }
+    if let Some(series) = inst.series() {
+        p.insert("tessera.dicom.series".into(), series);
+    }
+    p
+}
+
+fn add_dataset(p: &mut BTreeMap<String, String>, prefix: &str, obj: &InMemDicomObject) {
+    for e in obj.iter() {
+        if e.tag() == tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE {
+            continue;
+        }
+        add_element(p, prefix, e.tag(), e.vr(), e.value());
+    }
+}
+
+fn add_element<I, P>(
+    p: &mut BTreeMap<String, String>,
+    prefix: &str,
+    tag: Tag,
+    vr: VR,
+    value: &Value<I, P>,
+) where
+    I: AsDataset,
+{
+    let Some(keyword) = StandardDataDictionary.by_tag(tag).map(|e| e.alias()) else {
+        return;
+    };
+    match value {
+        Value::Sequence(seq) => {
+            for (i, item) in seq.items().iter().enumerate() {
+                if let Some(obj) = item.as_dataset() {
+                    add_dataset(p, &format!("{prefix}.{keyword}[{i}]"), obj);
+                }
+            }
+        }
+        Value::Primitive(v) => {
+            if tag.element() == 0 {
+                return; // group lengths
+            }
+            if vr == VR::AT {
+                // libdicom gives a tag as two integers, group and element.
+                if let dicom_core::PrimitiveValue::Tags(t) = v {
+                    for (i, t) in t.iter().enumerate() {
+                        p.insert(format!("{prefix}.{keyword}[{}]", 2 * i), t.0.to_string());
+                        p.insert(
+                            format!("{prefix}.{keyword}[{}]", 2 * i + 1),
+                            t.1.to_string(),
+                        );
+                    }
+                }
+                return;
+            }
+            if matches!(
+                vr,
+                VR::OB | VR::OW | VR::OD | VR::OF | VR::OL | VR::OV | VR::UN
+            ) {
+                return;
+            }
+            let format = |s: &str| -> String {
+                let s = s.trim_matches([' ', '\0']);
+                match vr {
+                    // Binary floats as doubles (an FL widened), as C's %.17g.
+                    VR::FD => s.parse::<f64>().map(g).unwrap_or_else(|_| s.into()),
+                    VR::FL => s
+                        .parse::<f32>()
+                        .map(|f| g(f64::from(f)))
+                        .unwrap_or_else(|_| s.into()),
+                    _ => s.to_string(),
+                }
+            };
+            // Strings OpenSlide (libdicom) keeps whole, backslashes and all.
+            if matches!(
+                vr,
+                VR::LO | VR::LT | VR::ST | VR::UT | VR::UR | VR::SH | VR::PN | VR::UC
+            ) {
+                let whole = v.to_str();
+                p.insert(format!("{prefix}.{keyword}"), format(&whole));
+                return;
+            }
+            let values = v.to_multi_str();
+            match values.len() {
+                0 => {
+                    p.insert(format!("{prefix}.{keyword}"), String::new());
+                }
+                1 => {
+                    p.insert(format!("{prefix}.{keyword}"), format(&values[0]));
+                }
+                _ => {
+                    for (i, s) in values.iter().enumerate() {
+                        p.insert(format!("{prefix}.{keyword}[{i}]"), format(s));
+                    }
+                }
+            }
+        }
+        Value::PixelSequence(_) => {}
+    }
+}
+
+/// Items of a sequence that are data sets.
+trait AsDataset {
+    fn as_dataset(&self) -> Option<&InMemDicomObject>;
+}
+
+impl AsDataset for InMemDicomObject {
+    fn as_dataset(&self) -> Option<&InMemDicomObject> {
+        Some(self)
+    }
+}
+
+impl AsDataset for dicom_core::header::EmptyObject {
+    fn as_dataset(&self) -> Option<&InMemDicomObject> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_types() {
+        let t = |v: &[&str]| kind(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            t(&["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]),
+            Some(Kind::Level)
+        );
+        assert_eq!(
+            t(&["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]),
+            Some(Kind::Level)
+        );
+        assert_eq!(t(&["ORIGINAL", "PRIMARY", "VOLUME", "RESAMPLED"]), None);
+        assert_eq!(
+            t(&["ORIGINAL", "PRIMARY", "LABEL", "NONE"]),
+            Some(Kind::Associated("label"))
+        );
+        assert_eq!(
+            t(&["DERIVED", "PRIMARY", "OVERVIEW", "NONE"]),
+            Some(Kind::Associated("macro"))
+        );
+        assert_eq!(t(&["ORIGINAL", "PRIMARY", "VOLUME"]), None);
+        assert_eq!(t(&[]), None);
+    }
+
+    #[test]
+    fn doubles_as_openslide_prints_them() {
+        assert_eq!(g(0.499), "0.499");
+        assert_eq!(g(28.969), "28.969000000000001");
+        assert_eq!(g(f64::from(0.007984f32)), "0.0079840002581477165");
+        assert_eq!(g(20.0), "20");
+        assert_eq!(g(0.0), "0");
+        assert_eq!(g(1e-5), "1.0000000000000001e-05");
+        assert_eq!(g(-2.5), "-2.5");
+    }
+
+    #[test]
+    fn jpeg_colour_markers() {
+        // SOI, APP0 JFIF, SOF0 with component ids 1,2,3.
+        let jfif = [
+            0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0,
+            0, 0xFF, 0xC0, 0x00, 0x11, 8, 0, 16, 0, 16, 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1,
+            0xFF, 0xDA,
+        ];
+        assert!(stream_says_ycbcr(&jfif));
+        // The same with component ids R, G, B: RGB whatever JFIF says.
+        let mut rgb = jfif;
+        rgb[30] = b'R';
+        rgb[33] = b'G';
+        rgb[36] = b'B';
+        assert!(!stream_says_ycbcr(&rgb));
+        // No marker at all: nothing said.
+        let mut bare = jfif.to_vec();
+        bare.drain(2..20);
+        assert!(!stream_says_ycbcr(&bare));
+    }
+}

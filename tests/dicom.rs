@@ -1,0 +1,359 @@
+//! The native DICOM WSI reader against OpenSlide 4 on every shared DICOM slide: the same
+//! pyramid, metadata, associated images, ICC profile and pixels, and typed errors for damaged
+//! and unsupported series.
+
+use tessera::{BackendChoice, Level0Px, Size, Slide};
+
+use crate::require;
+use crate::util::*;
+
+/// The shared DICOM series whose pixels are compared byte for byte with OpenSlide's.
+const SERIES: &[&str] = &[
+    "slides/dicom/boxes/boxes_0.dcm",
+    "slides/dicom/boxes/boxes_1.dcm",
+    "slides/dicom/camelyon-lowres",
+    "slides/dicom/sm-image",
+    "slides/dicom/concat",
+];
+
+/// Regions (level-0 location, level, size) that cover a level whole, its edges from outside,
+/// and unaligned starts, for a slide of `size` at `levels`.
+fn regions(slide: &Slide) -> Vec<(Level0Px, usize, Size)> {
+    let mut out = Vec::new();
+    for (i, l) in slide.levels().iter().enumerate() {
+        let (w, h) = (l.size.width, l.size.height);
+        let ds = l.downsample;
+        out.push((Level0Px::new(0, 0), i, Size::new(w, h)));
+        out.push((Level0Px::new(-7, -5), i, Size::new(w + 9, h + 3)));
+        let mid = |v: u64| (v as f64 * ds / 2.0) as i64;
+        out.push((
+            Level0Px::new(mid(w) + 3, mid(h) + 1),
+            i,
+            Size::new(w.div_ceil(2) + 4, h.div_ceil(3) + 2),
+        ));
+        // Past the right and bottom edges.
+        out.push((
+            Level0Px::new(
+                ((w as f64 - 5.0) * ds) as i64,
+                ((h as f64 - 4.0) * ds) as i64,
+            ),
+            i,
+            Size::new(17, 13),
+        ));
+    }
+    out
+}
+
+fn assert_same_pixels(path: &std::path::Path, a: &Slide, b: &Slide) {
+    for (at, level, size) in regions(a) {
+        let x = a.read_region(at, level, size).unwrap();
+        let y = b.read_region(at, level, size).unwrap();
+        if x != y {
+            let diff = x
+                .as_raw()
+                .iter()
+                .zip(y.as_raw())
+                .filter(|(p, q)| p != q)
+                .count();
+            panic!(
+                "{}: level {level} at {at:?} size {size:?}: {diff} bytes differ from OpenSlide",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn native_dicom_matches_openslide_4() {
+    require!(data_and_openslide("slides/dicom"));
+    for rel in SERIES {
+        let path = data(rel).unwrap();
+        let native = open_as(&path, BackendChoice::Native);
+        let os = open_as(&path, BackendChoice::OpenSlide);
+        assert_eq!(native.backend().name, "native");
+        assert_eq!(open_as(&path, BackendChoice::Auto).backend().name, "native");
+        assert_eq!(native.vendor(), Some("dicom"), "{rel}");
+        assert_eq!(native.format(), os.format(), "{rel}");
+        assert_eq!(native.levels(), os.levels(), "{rel}");
+        assert_eq!(native.mpp(), os.mpp(), "{rel}");
+        assert_eq!(native.objective_power(), os.objective_power(), "{rel}");
+        assert_eq!(native.associated_images(), os.associated_images(), "{rel}");
+        assert_eq!(
+            native.icc_profile().unwrap(),
+            os.icc_profile().unwrap(),
+            "{rel}"
+        );
+        for a in native.associated_images() {
+            let x = native.read_associated_image(&a.name).unwrap();
+            let y = os.read_associated_image(&a.name).unwrap();
+            assert!(x == y, "{rel}: associated image {} differs", a.name);
+        }
+        assert_same_pixels(&path, &native, &os);
+    }
+}
+
+#[test]
+fn dicom_properties_are_openslides() {
+    require!(data_and_openslide("slides/dicom"));
+    for rel in SERIES.iter().chain(&["slides/dicom/cmu-1-small-region"]) {
+        let path = data(rel).unwrap();
+        let native = open_as(&path, BackendChoice::Native);
+        let os = open_as(&path, BackendChoice::OpenSlide);
+        let (np, op) = (native.properties(), os.properties());
+        let mut missing = Vec::new();
+        let mut differ = Vec::new();
+        for (k, v) in op {
+            if k == "openslide.quickhash-1" {
+                continue;
+            }
+            match np.get(k) {
+                None => missing.push(k.clone()),
+                Some(n) if n != v => differ.push(format!("{k}: {n:?} vs OpenSlide's {v:?}")),
+                Some(_) => {}
+            }
+        }
+        let extra: Vec<&String> = np
+            .keys()
+            .filter(|k| !op.contains_key(*k) && !k.starts_with("tessera."))
+            .collect();
+        assert!(
+            missing.is_empty() && differ.is_empty() && extra.is_empty(),
+            "{rel}:\n missing {missing:?}\n differ ({}) {differ:?}\n extra {extra:?}",
+            differ.len()
+        );
+    }
+}
+
+/// Mean absolute difference per sample of two images of the same size.
+fn mean_abs(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    sum as f64 / a.as_raw().len() as f64
+}
+
+#[test]
+fn a_series_tagged_rgb_holding_ycbcr_jpeg_is_read_in_true_colour() {
+    // cmu-1-small-region's frames are JFIF (YCbCr) JPEG, tagged RGB. OpenSlide follows the tag
+    // and shows false colours; Tessera follows the frames' own JFIF marker. The same tissue as
+    // the Aperio CMU-1-Small-Region.svs, re-encoded by the converter, is the reference.
+    let dir = require!(data_and_openslide("slides/dicom/cmu-1-small-region"));
+    let svs = data("slides/aperio/CMU-1-Small-Region.svs").unwrap();
+    let native = open_as(&dir, BackendChoice::Native);
+    let os = open_as(&dir, BackendChoice::OpenSlide);
+    let reference = open_as(&svs, BackendChoice::Native);
+    let note = native
+        .properties()
+        .get("tessera.dicom.photometric-override")
+        .expect("the override is recorded");
+    assert!(
+        note.contains("levels [0, 1, 2,") && note.contains("YCbCr"),
+        "{note}"
+    );
+    let full = |s: &Slide| {
+        s.read_region(Level0Px::new(0, 0), 0, Size::new(2220, 2967))
+            .unwrap()
+    };
+    let (ours, theirs, truth) = (full(&native), full(&os), full(&reference));
+    let (d_ours, d_theirs) = (mean_abs(&ours, &truth), mean_abs(&theirs, &truth));
+    eprintln!("mean |Δ| against the SVS: Tessera {d_ours:.2}, OpenSlide {d_theirs:.2}");
+    assert!(d_ours < 6.0, "Tessera's colours are off: {d_ours}");
+    assert!(
+        d_theirs > 20.0,
+        "OpenSlide's false colours were expected: {d_theirs}"
+    );
+    // A series tagged correctly carries no override.
+    let camelyon = open_as(
+        data("slides/dicom/camelyon-lowres").unwrap(),
+        BackendChoice::Native,
+    );
+    assert!(!camelyon
+        .properties()
+        .contains_key("tessera.dicom.photometric-override"));
+}
+
+#[test]
+fn unsupported_dicom_is_refused_natively_with_the_reason() {
+    let dir = require!(data("unsupported"));
+    for (name, reason) in [
+        (
+            "sm_image_jpegls.dcm",
+            "transfer syntax 1.2.840.10008.1.2.4.80",
+        ),
+        ("sm_image_grayscale.dcm", "BitsAllocated 16"),
+        ("dicom-no-image-type.dcm", "no ImageType"),
+        ("dicom-label-only", "no pyramid levels"),
+        ("dicom-label-concat", "no pyramid levels"),
+    ] {
+        let config = tessera::SlideConfig {
+            backend: BackendChoice::Native,
+            ..tessera::SlideConfig::default()
+        };
+        let e = Slide::open_with(dir.join(name), &config).unwrap_err();
+        assert!(
+            matches!(&e, tessera::SlideError::Unsupported { format, reason: r, .. }
+                if format == "DICOM WSI" && r.contains(reason)),
+            "{name}: {e}"
+        );
+    }
+}
+
+/// Copies `src` into a fresh folder as `name`, cut to `len` bytes or with `patch` applied.
+fn damaged(src: &std::path::Path, len: Option<usize>, patch: &[(usize, u8)]) -> tempfile::TempDir {
+    let mut bytes = std::fs::read(src).unwrap();
+    if let Some(len) = len {
+        bytes.truncate(len);
+    }
+    for &(at, v) in patch {
+        if at < bytes.len() {
+            bytes[at] = v;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("slide.dcm"), bytes).unwrap();
+    tmp
+}
+
+#[test]
+fn truncated_and_damaged_dicom_gets_typed_errors_never_a_panic_or_silent_pixels() {
+    let src = require!(data(
+        "slides/dicom/camelyon-lowres/multiframe_camelyon_challenge_image.dcm"
+    ));
+    let len = std::fs::metadata(&src).unwrap().len() as usize;
+    let config = tessera::SlideConfig {
+        backend: BackendChoice::Native,
+        ..tessera::SlideConfig::default()
+    };
+    // Truncated anywhere: refused at open (metadata or frame table) naming the file.
+    for cut in [140, 600, 3000, len / 2, len - 20, len - 1] {
+        let tmp = damaged(&src, Some(cut), &[]);
+        let file = tmp.path().join("slide.dcm");
+        match Slide::open_with(&file, &config) {
+            Err(e) => assert!(e.to_string().contains("slide.dcm"), "cut {cut}: {e}"),
+            Ok(s) => panic!("cut at {cut} of {len} opened: {s:?}"),
+        }
+    }
+    // A frame's bytes overwritten: opens, and reading that frame is a tile error.
+    let bytes = std::fs::read(&src).unwrap();
+    let soi: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == [0xFF, 0xD8, 0xFF, 0xE0])
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(soi.len(), 15, "one JPEG per frame");
+    let patch: Vec<(usize, u8)> = (soi[4] + 700..soi[4] + 900).map(|i| (i, 0xFF)).collect();
+    let tmp = damaged(&src, None, &patch);
+    let slide = Slide::open_with(tmp.path().join("slide.dcm"), &config).unwrap();
+    // Frame 4 is tile (4, 0) of a 5-across grid.
+    let e = slide
+        .read_region(Level0Px::new(4 * 256, 0), 0, Size::new(64, 64))
+        .unwrap_err();
+    assert!(
+        matches!(&e, tessera::SlideError::TileDecode { tile, .. } if tile.col == 4 && tile.row == 0),
+        "{e}"
+    );
+    // Every single-byte change in the metadata: an error or a slide, never a panic.
+    let data_start = soi[0].min(4000);
+    for at in (128..data_start).step_by(7) {
+        for v in [0x00, 0xFF, 0x7F] {
+            let tmp = damaged(&src, None, &[(at, v)]);
+            if let Ok(s) = Slide::open_with(tmp.path().join("slide.dcm"), &config) {
+                let size = s.dimensions();
+                let _ = s.read_region(
+                    Level0Px::new(0, 0),
+                    0,
+                    Size::new(size.width.min(300), size.height.min(300)),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_tiled_sparse_series_with_a_missing_tile_reads_as_openslide_does() {
+    use dicom_core::value::{DataSetSequence, PrimitiveValue};
+    use dicom_core::{DataElement, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+
+    let src = require!(data_and_openslide("slides/dicom/sm-image/sm_image.dcm"));
+    let mut obj = dicom_object::open_file(&src).unwrap();
+    let pixel_vr = obj.element(tags::PIXEL_DATA).unwrap().vr();
+    let pixels = obj
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .into_owned();
+    // 50 × 50 in 10 × 10 frames: 5 × 5 tiles. Frames stored last first, tile 7 left out.
+    let frame = 10 * 10 * 3;
+    let keep: Vec<usize> = (0..25).rev().filter(|&k| k != 7).collect();
+    let mut data = Vec::new();
+    let mut items = Vec::new();
+    for &k in &keep {
+        data.extend_from_slice(&pixels[k * frame..(k + 1) * frame]);
+        let (col, row) = ((k % 5) as i32, (k / 5) as i32);
+        let pos = InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::COLUMN_POSITION_IN_TOTAL_IMAGE_PIXEL_MATRIX,
+                VR::SL,
+                PrimitiveValue::from(col * 10 + 1),
+            ),
+            DataElement::new(
+                tags::ROW_POSITION_IN_TOTAL_IMAGE_PIXEL_MATRIX,
+                VR::SL,
+                PrimitiveValue::from(row * 10 + 1),
+            ),
+        ]);
+        items.push(InMemDicomObject::from_element_iter([DataElement::new(
+            tags::PLANE_POSITION_SLIDE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(vec![pos]),
+        )]));
+    }
+    obj.put(DataElement::new(
+        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(items),
+    ));
+    obj.put(DataElement::new(
+        tags::DIMENSION_ORGANIZATION_TYPE,
+        VR::CS,
+        PrimitiveValue::from("TILED_SPARSE"),
+    ));
+    obj.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from(keep.len().to_string()),
+    ));
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        pixel_vr,
+        PrimitiveValue::from(data),
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("sparse.dcm");
+    obj.write_to_file(&path).unwrap();
+
+    let native = open_as(&path, BackendChoice::Native);
+    let os = open_as(&path, BackendChoice::OpenSlide);
+    assert_same_pixels(&path, &native, &os);
+    // The missing tile (column 2, row 1) is white; its neighbours are the original's.
+    let original = open_as(&src, BackendChoice::Native);
+    let whole = |s: &Slide| {
+        s.read_region(Level0Px::new(0, 0), 0, Size::new(50, 50))
+            .unwrap()
+    };
+    let (sparse, full) = (whole(&native), whole(&original));
+    for (x, y, p) in sparse.enumerate_pixels() {
+        if (20..30).contains(&x) && (10..20).contains(&y) {
+            assert_eq!(p.0, [255, 255, 255], "({x}, {y})");
+        } else {
+            assert_eq!(p, full.get_pixel(x, y), "({x}, {y})");
+        }
+    }
+}
