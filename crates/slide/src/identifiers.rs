@@ -11,12 +11,15 @@
 //! address, telephone numbers and comments; accession numbers and their issuers; study IDs and
 //! descriptions; the dates and times of the study, series, acquisition, content and instance;
 //! physicians', operators' and responsible persons' names; the institution, its address and
-//! department, the station and the device serial number; and the specimen and container
-//! (slide barcode) identifiers and descriptions. A key is identifying when any of its path's
+//! department, the station and the device serial number; the specimen and container (slide
+//! barcode) identifiers, their issuers and descriptions, barcode and label text, series
+//! descriptions and image comments; admission, order and clinical-trial subject IDs; and the
+//! free text of specimen preparation steps. A key is identifying when any of its path's
 //! components (a sequence on the way, or the attribute itself) is one of these, so an issuer
-//! nested in a sequence is caught too. Aperio's `aperio.Filename` (often the case number) is
-//! one as well, and so is the `Filename = …` field inside Aperio's `tiff.ImageDescription`
-//! (and `openslide.comment`, its copy),
+//! nested in a sequence is caught too. Vendor fields that carry a case name, barcode or date
+//! are too (`aperio.Filename`, `aperio.Date`, `aperio.Time`, `leica.barcode`,
+//! `philips.PIM_DP_UFS_BARCODE`, `hamamatsu.Reference`), and so are the `Filename`, `Date` and
+//! `Time` fields inside Aperio's `tiff.ImageDescription` (and `openslide.comment`, its copy),
 //! which [`redact`] replaces in place. UIDs stay: they identify the images, not the person, and
 //! the archive needs them.
 
@@ -87,20 +90,54 @@ const DICOM: &[&str] = &[
     "SpecimenIdentifier",
     "SpecimenShortDescription",
     "SpecimenDetailedDescription",
+    "IssuerOfTheContainerIdentifierSequence",
+    "IssuerOfTheSpecimenIdentifierSequence",
+    "ContainerDescription",
+    "BarcodeValue",
+    "LabelText",
+    "SeriesDescription",
+    "ImageComments",
+    "AdmissionID",
+    "IssuerOfAdmissionIDSequence",
+    "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest",
+    "ClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID",
+    "ClinicalTrialTimePointID",
 ];
+
+/// Vendor properties that carry a barcode, case name or date of care.
+const VENDOR: &[&str] = &[
+    "aperio.Filename",
+    "aperio.Date",
+    "aperio.Time",
+    "leica.barcode",
+    "philips.PIM_DP_UFS_BARCODE",
+    "hamamatsu.Reference",
+];
+
+/// Fields of Aperio's ImageDescription (`key = value` between `|`) redacted in place.
+const APERIO_FIELDS: &[&str] = &["Filename", "Date", "Time"];
 
 /// Whether the property `key` holds a patient identifier.
 pub fn is_identifying(key: &str) -> bool {
-    if key == "aperio.Filename" {
+    if VENDOR.contains(&key) {
         return true;
     }
     let Some(path) = key.strip_prefix("dicom.") else {
         return false;
     };
-    path.split('.').any(|component| {
-        let keyword = component.split('[').next().unwrap_or(component);
-        DICOM.contains(&keyword)
-    })
+    let keywords: Vec<&str> = path
+        .split('.')
+        .map(|c| c.split('[').next().unwrap_or(c))
+        .collect();
+    // Free text in specimen preparation steps often repeats the specimen's identifier.
+    if keywords.contains(&"SpecimenPreparationStepContentItemSequence")
+        && keywords.last() == Some(&"TextValue")
+    {
+        return true;
+    }
+    keywords.iter().any(|k| DICOM.contains(k))
 }
 
 /// `properties` with every identifying value replaced by [`REDACTED`] (empty values stay
@@ -114,8 +151,8 @@ pub fn redact(properties: &BTreeMap<String, String>) -> (BTreeMap<String, String
                 n += 1;
                 (k.clone(), REDACTED.to_string())
             } else if k == "tiff.ImageDescription" || k == "openslide.comment" {
-                let (text, found) = aperio_filename_redacted(v);
-                n += usize::from(found);
+                let (text, found) = aperio_fields_redacted(v);
+                n += found;
                 (k.clone(), text)
             } else {
                 (k.clone(), v.clone())
@@ -125,22 +162,26 @@ pub fn redact(properties: &BTreeMap<String, String>) -> (BTreeMap<String, String
     (out, n)
 }
 
-/// An Aperio ImageDescription (`…|Filename = CMU-1|Date = …`) with its file name field's value
-/// replaced, and whether there was one.
-fn aperio_filename_redacted(text: &str) -> (String, bool) {
-    const FIELD: &str = "|Filename = ";
-    let Some(at) = text.find(FIELD) else {
-        return (text.to_string(), false);
-    };
-    let start = at + FIELD.len();
-    let end = text[start..].find('|').map_or(text.len(), |e| start + e);
-    if start == end {
-        return (text.to_string(), false);
-    }
-    (
-        format!("{}{REDACTED}{}", &text[..start], &text[end..]),
-        true,
-    )
+/// An Aperio ImageDescription (`…|Filename = CMU-1|Date = …`) with the values of its file
+/// name, date and time fields replaced (however the `=` is spaced), and how many were.
+fn aperio_fields_redacted(text: &str) -> (String, usize) {
+    let mut n = 0;
+    let parts: Vec<String> = text
+        .split('|')
+        .enumerate()
+        .map(|(i, part)| {
+            let Some((key, value)) = part.split_once('=') else {
+                return part.to_string();
+            };
+            if i == 0 || !APERIO_FIELDS.contains(&key.trim()) || value.trim().is_empty() {
+                return part.to_string();
+            }
+            n += 1;
+            let lead = &value[..value.len() - value.trim_start().len()];
+            format!("{key}={lead}{REDACTED}")
+        })
+        .collect();
+    (parts.join("|"), n)
 }
 
 #[cfg(test)]
@@ -160,7 +201,14 @@ mod tests {
             "dicom.ContainerIdentifier",
             "dicom.StudyDate",
             "dicom.OtherPatientIDsSequence[1].PatientID",
+            "dicom.BarcodeValue",
+            "dicom.LabelText",
+            "dicom.IssuerOfTheContainerIdentifierSequence[0].LocalNamespaceEntityID",
+            "dicom.SpecimenDescriptionSequence[0].SpecimenPreparationSequence[0].SpecimenPreparationStepContentItemSequence[1].TextValue",
             "aperio.Filename",
+            "aperio.Date",
+            "leica.barcode",
+            "philips.PIM_DP_UFS_BARCODE",
         ] {
             assert!(is_identifying(key), "{key}");
         }
@@ -174,6 +222,7 @@ mod tests {
             "openslide.mpp-x",
             "aperio.MPP",
             "tiff.ImageDescription",
+            "dicom.SpecimenDescriptionSequence[0].SpecimenPreparationSequence[0].SpecimenPreparationStepContentItemSequence[1].ConceptNameCodeSequence[0].CodeMeaning",
         ] {
             assert!(!is_identifying(key), "{key}");
         }
@@ -190,11 +239,19 @@ mod tests {
             "tiff.ImageDescription".into(),
             "Aperio Image Library v10|AppMag = 20|Filename = CMU-1|Date = 12/29/09".into(),
         );
+        props.insert(
+            "openslide.comment".into(),
+            "Aperio Image Library v10|Filename=CMU-1|Time= 09:59:15|MPP = 0.499".into(),
+        );
         let (out, n) = redact(&props);
-        assert_eq!(n, 2);
+        assert_eq!(n, 5);
         assert_eq!(
             out["tiff.ImageDescription"],
-            "Aperio Image Library v10|AppMag = 20|Filename = [redacted]|Date = 12/29/09"
+            "Aperio Image Library v10|AppMag = 20|Filename = [redacted]|Date = [redacted]"
+        );
+        assert_eq!(
+            out["openslide.comment"],
+            "Aperio Image Library v10|Filename=[redacted]|Time= [redacted]|MPP = 0.499"
         );
         assert_eq!(out["dicom.PatientName"], REDACTED);
         assert_eq!(out["dicom.AccessionNumber"], "");
