@@ -256,6 +256,28 @@ fn truncated_and_damaged_dicom_gets_typed_errors_never_a_panic_or_silent_pixels(
         matches!(&e, tessera::SlideError::TileDecode { tile, .. } if tile.col == 4 && tile.row == 0),
         "{e}"
     );
+    // Lengths claiming gigabytes, in the file meta group and in the data set: refused before
+    // anything that size is allocated (dicom-object would reserve the claimed length).
+    let boxes = data("slides/dicom/boxes/boxes_0.dcm").unwrap();
+    let raw = std::fs::read(&boxes).unwrap();
+    assert_eq!(&raw[144..150], &[0x02, 0x00, 0x01, 0x00, b'O', b'B']);
+    let meta_len = [(152, 0xF0), (153, 0xFF), (154, 0xFF), (155, 0x7F)];
+    let group_len = u32::from_le_bytes([raw[140], raw[141], raw[142], raw[143]]) as usize;
+    let first = 144 + group_len; // the data set's first element
+    let vr = &raw[first + 4..first + 6];
+    assert!(
+        vr == b"CS" || vr == b"SH" || vr == b"UI" || vr == b"DA",
+        "{vr:?}"
+    );
+    let data_len = [(first + 6, 0xFF), (first + 7, 0x7F)];
+    for (what, patch) in [("meta", &meta_len[..]), ("data set", &data_len[..])] {
+        let tmp = damaged(&boxes, None, patch);
+        let e = Slide::open_with(tmp.path().join("slide.dcm"), &config).unwrap_err();
+        assert!(
+            matches!(&e, tessera::SlideError::Corrupt { .. }) && e.to_string().contains("bytes"),
+            "{what}: {e}"
+        );
+    }
     // Every single-byte change in the metadata: an error or a slide, never a panic.
     let data_start = soi[0].min(4000);
     for at in (128..data_start).step_by(7) {

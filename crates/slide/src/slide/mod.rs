@@ -7,7 +7,8 @@
 //! pixels ([`Level0Px`]); the size is in pixels of the level read ([`Size`]); pixels outside the
 //! slide are white; transparent pixels are composited onto white.
 //!
-//! Readers implement [`SlideReader`]; today the one reader is OpenSlide ([`openslide`]).
+//! Readers implement [`SlideReader`]: Tessera's own ([`native`]: Aperio SVS, generic tiled TIFF
+//! and DICOM WSI) and OpenSlide ([`openslide`]) for every other format and as the fallback.
 //! [`Slide::open`] sniffs the file first ([`detect`]) so that it can refuse absurd dimensions
 //! before any reader allocates, and name the format in every error.
 

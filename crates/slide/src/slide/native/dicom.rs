@@ -320,22 +320,43 @@ fn stream_says_ycbcr(stream: &[u8]) -> bool {
 
 /// Reads one file's metadata and frame positions.
 fn read_instance(path: &Path) -> std::result::Result<Instance, Skip> {
+    let io = |e| Skip::Bad(Error::from_io(path, e));
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let source = std::fs::File::open(path).map_err(io)?;
+    let source = SourceFile::new(source).map_err(|m| Skip::Bad(corrupt(path, m)))?;
+    read_instance_from(path, BufReader::new(file), len, source)
+}
+
+/// Opens one DICOM instance held in memory as a series of its own; `name` is used in errors.
+/// Used by the fuzz target.
+pub(crate) fn open_bytes(name: &Path, bytes: Vec<u8>, limits: &Limits) -> Result<Parts> {
+    let len = bytes.len() as u64;
+    let source = SourceFile::new(bytes.clone()).map_err(|m| corrupt(name, m))?;
+    match read_instance_from(name, std::io::Cursor::new(bytes), len, source) {
+        Ok(inst) => build(name, vec![inst], limits),
+        Err(Skip::Bad(e)) => Err(e),
+        Err(Skip::NotWsi(detected)) => Err(Error::NotASlide {
+            path: name.into(),
+            detected,
+        }),
+    }
+}
+
+/// Reads one instance's metadata and frame positions from `r` (the whole file, `len` bytes);
+/// frames are later read from `source`, the same bytes.
+fn read_instance_from<R: Read + Seek>(
+    path: &Path,
+    mut r: R,
+    len: u64,
+    source: SourceFile,
+) -> std::result::Result<Instance, Skip> {
     let bad = |m: String| Skip::Bad(corrupt(path, m));
-    let file = std::fs::File::open(path).map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Skip::Bad(Error::from_io(path, e)))?
-        .len();
-    let mut r = BufReader::new(file);
     let mut head = [0u8; 132];
     if len < 132 || r.read_exact(&mut head).is_err() || &head[128..] != b"DICM" {
         return Err(Skip::NotWsi("not a DICOM file (no DICM preamble)".into()));
     }
-    r.seek(SeekFrom::Start(128))
-        .map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
-    // The file meta group ("DICM" first): small by definition; read through a bounded reader.
-    let meta = FileMetaTable::from_reader((&mut r).take(1024 * 1024))
-        .map_err(|e| bad(format!("file meta information: {e}")))?;
+    let meta = read_meta(&mut r, len).map_err(bad)?;
     let class = meta.media_storage_sop_class_uid().to_string();
     if class != WSI_SOP_CLASS {
         return Err(Skip::NotWsi(format!(
@@ -427,20 +448,17 @@ fn read_instance(path: &Path) -> std::result::Result<Instance, Skip> {
     };
 
     // The metadata, now that every length is known to be sane.
-    let mut f = r.into_inner();
-    f.seek(SeekFrom::Start(128))
+    r.seek(SeekFrom::Start(128))
         .map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader(BufReader::new(f).take(MAX_HEADER_BYTES + 1024 * 1024))
+        .from_reader((&mut r).take(MAX_HEADER_BYTES + 1024 * 1024))
         .map_err(|e| bad(format!("metadata: {e}")))?;
     let obj = obj.into_inner();
-    let file = std::fs::File::open(path).map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
-    let file = SourceFile::new(file).map_err(bad)?;
     let mut inst = Instance {
         path: path.into(),
-        file,
+        file: source,
         meta,
         obj,
         frames: Vec::new(),
@@ -475,6 +493,60 @@ fn read_instance(path: &Path) -> std::result::Result<Instance, Skip> {
         }
     };
     Ok(inst)
+}
+
+/// Most bytes of the file meta group.
+const MAX_META_BYTES: u64 = 1024 * 1024;
+
+/// The file meta group (after the preamble and "DICM", which `r` has just read). Its length
+/// comes from its first element, File Meta Information Group Length; every element's length is
+/// checked against it by dicom-rs's lazy reader before dicom-object reads the group, which
+/// would otherwise reserve whatever length an element claims.
+fn read_meta<R: Read + Seek>(r: &mut R, len: u64) -> std::result::Result<FileMetaTable, String> {
+    let mut head = [0u8; 12];
+    r.read_exact(&mut head)
+        .map_err(|e| format!("file meta information: {e}"))?;
+    if head[..4] != [0x02, 0x00, 0x00, 0x00] || &head[4..6] != b"UL" {
+        return Err("the file meta group does not start with its group length".into());
+    }
+    let group = u64::from(u32::from_le_bytes([head[8], head[9], head[10], head[11]]));
+    if group > MAX_META_BYTES || 144 + group > len {
+        return Err(format!(
+            "the file meta group claims {group} bytes (the file has {len})"
+        ));
+    }
+    let mut body = vec![0u8; group as usize];
+    r.read_exact(&mut body)
+        .map_err(|e| format!("file meta information: {e}"))?;
+    let explicit = TransferSyntaxRegistry
+        .get(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .ok_or("no Explicit VR Little Endian transfer syntax")?;
+    let mut cursor = std::io::Cursor::new(&body[..]);
+    let mut lazy = LazyDataSetReader::new_with_ts(&mut cursor, explicit)
+        .map_err(|e| format!("file meta information: {e}"))?;
+    while let Some(token) = lazy.advance() {
+        let token = token.map_err(|e| format!("file meta information: {e}"))?;
+        if let LazyDataToken::LazyValue { header, decoder } = token {
+            let at = decoder.position();
+            let n = header.len.get().map(u64::from).unwrap_or(u64::MAX);
+            if at.saturating_add(n) > group {
+                return Err(format!(
+                    "file meta element {} claims {n} bytes; the group has {group}",
+                    header.tag()
+                ));
+            }
+            LazyDataToken::LazyValue { header, decoder }
+                .skip()
+                .map_err(|e| format!("file meta information: {e}"))?;
+        } else if !matches!(token, LazyDataToken::ElementHeader(_)) {
+            return Err("a sequence in the file meta group".into());
+        }
+    }
+    let mut whole = Vec::with_capacity(16 + body.len());
+    whole.extend_from_slice(b"DICM");
+    whole.extend_from_slice(&head);
+    whole.extend_from_slice(&body);
+    FileMetaTable::from_reader(&whole[..]).map_err(|e| format!("file meta information: {e}"))
 }
 
 enum Pixel {
@@ -738,11 +810,22 @@ fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts
     for (li, l) in levels.iter().enumerate() {
         let across = l.size.width.div_ceil(l.tile.width);
         let down = l.size.height.div_ceil(l.tile.height);
+        // The tile table is allocated whole, so its size is bounded by the frames the files
+        // hold (a sparse level may leave most of its grid empty, not a thousand times more).
+        let frames: u64 = l
+            .files
+            .iter()
+            .map(|&i| instances[i].frames.len() as u64)
+            .sum();
         let n = across
             .checked_mul(down)
-            .filter(|&n| n <= MAX_FRAMES)
-            .ok_or_else(|| corrupt(path, format!("level {li} has too many tiles")))?
-            as usize;
+            .filter(|&n| n <= MAX_FRAMES && n <= frames.saturating_mul(1024) + 65_536)
+            .ok_or_else(|| {
+                corrupt(
+                    path,
+                    format!("level {li} is a grid of {across} × {down} tiles for {frames} frames"),
+                )
+            })? as usize;
         let mut offsets = vec![0u64; n];
         let mut counts = vec![0u64; n];
         let mut tile_files = vec![0u16; n];

@@ -155,6 +155,17 @@ impl NativeReader {
         Self::assemble(dicom::open(path, limits)?, cache_bytes)
     }
 
+    /// Opens one DICOM WSI instance held in memory; `name` is used in errors. Used by the fuzz
+    /// target.
+    pub fn dicom_from_bytes(
+        name: &Path,
+        bytes: Vec<u8>,
+        limits: &Limits,
+        cache_bytes: u64,
+    ) -> Result<Self> {
+        Self::assemble(dicom::open_bytes(name, bytes, limits)?, cache_bytes)
+    }
+
     /// Opens a TIFF held in memory; `name` is used in errors. Used by the fuzz target.
     pub fn from_bytes(
         name: &Path,
