@@ -278,6 +278,23 @@ fn truncated_and_damaged_dicom_gets_typed_errors_never_a_panic_or_silent_pixels(
             "{what}: {e}"
         );
     }
+    // An item header where the data set's first element belongs: a corrupt file.
+    let item = [
+        (first, 0xFE),
+        (first + 1, 0xFF),
+        (first + 2, 0x00),
+        (first + 3, 0xE0),
+        (first + 4, 0x04),
+        (first + 5, 0x00),
+        (first + 6, 0x00),
+        (first + 7, 0x00),
+    ];
+    let tmp = damaged(&boxes, None, &item);
+    let e = Slide::open_with(tmp.path().join("slide.dcm"), &config).unwrap_err();
+    assert!(
+        matches!(&e, tessera::SlideError::Corrupt { .. }),
+        "item at the root: {e}"
+    );
     // Every single-byte change in the metadata: an error or a slide, never a panic.
     let data_start = soi[0].min(4000);
     for at in (128..data_start).step_by(7) {

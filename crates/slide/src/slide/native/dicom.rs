@@ -344,8 +344,26 @@ pub(crate) fn open_bytes(name: &Path, bytes: Vec<u8>, limits: &Limits) -> Result
 }
 
 /// Reads one instance's metadata and frame positions from `r` (the whole file, `len` bytes);
-/// frames are later read from `source`, the same bytes.
+/// frames are later read from `source`, the same bytes. dicom-rs panics on some malformed data
+/// (dicom-parser 0.10.1 on an item outside a sequence); a panic is a corrupt file here.
 fn read_instance_from<R: Read + Seek>(
+    path: &Path,
+    r: R,
+    len: u64,
+    source: SourceFile,
+) -> std::result::Result<Instance, Skip> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parse_instance(path, r, len, source)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Skip::Bad(corrupt(
+            path,
+            "the DICOM parser (dicom-rs) failed on this data",
+        )))
+    })
+}
+
+fn parse_instance<R: Read + Seek>(
     path: &Path,
     mut r: R,
     len: u64,
