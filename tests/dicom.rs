@@ -396,3 +396,63 @@ fn a_tiled_sparse_series_with_a_missing_tile_reads_as_openslide_does() {
         }
     }
 }
+
+/// Writes sm-image's 25 frames, replaced by seeded noise, as lossless JPEG 2000 DICOM, once
+/// with the codestream's reversible colour transform (tagged YBR_ICT under the JPEG 2000
+/// syntax, which OpenSlide 4.0.1 accepts; it refuses YBR_RCT) and once without (RGB, under
+/// the lossless-only syntax), with pydicom and Pillow's OpenJPEG. Also writes the noise as
+/// `truth.rgb` (the 50 × 50 image, RGB8).
+const MAKE_J2K: &str = r#"
+import io, os, sys, numpy as np, pydicom
+from PIL import Image
+from pydicom.encaps import encapsulate
+src, out = sys.argv[1], sys.argv[2]
+d = pydicom.dcmread(src)
+frames = np.random.default_rng(7).integers(0, 256, (25, 10, 10, 3)).astype(np.uint8)
+truth = np.zeros((50, 50, 3), np.uint8)
+for k in range(25):
+    truth[k // 5 * 10:k // 5 * 10 + 10, k % 5 * 10:k % 5 * 10 + 10] = frames[k]
+truth.tofile(os.path.join(out, "truth.rgb"))
+for name, mct, photometric, syntax in [
+    ("ict", 1, "YBR_ICT", "1.2.840.10008.1.2.4.91"),
+    ("rgb", 0, "RGB", "1.2.840.10008.1.2.4.90"),
+]:
+    enc = []
+    for f in frames:
+        b = io.BytesIO()
+        Image.fromarray(f).save(b, "JPEG2000", irreversible=False, mct=mct, no_jp2=True)
+        enc.append(b.getvalue())
+    e = d.copy()
+    e.file_meta.TransferSyntaxUID = syntax
+    e.PhotometricInterpretation = photometric
+    e.PixelData = encapsulate(enc)
+    e["PixelData"].VR = "OB"
+    e["PixelData"].is_undefined_length = True
+    os.makedirs(os.path.join(out, name))
+    e.save_as(os.path.join(out, name, "j2k.dcm"), enforce_file_format=True)
+"#;
+
+#[test]
+fn jpeg_2000_dicom_reads_exactly_with_and_without_the_colour_transform() {
+    let src = require!(data_and_openslide("slides/dicom/sm-image/sm_image.dcm"));
+    require!(python_with(&["pydicom", "PIL", "numpy"]));
+    let tmp = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new("python3")
+        .args(["-c", MAKE_J2K])
+        .arg(&src)
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let truth = std::fs::read(tmp.path().join("truth.rgb")).unwrap();
+    for name in ["ict", "rgb"] {
+        let path = tmp.path().join(name).join("j2k.dcm");
+        let native = open_as(&path, BackendChoice::Native);
+        let os = open_as(&path, BackendChoice::OpenSlide);
+        let whole = native
+            .read_region(Level0Px::new(0, 0), 0, Size::new(50, 50))
+            .unwrap();
+        assert!(whole.as_raw() == &truth, "{name}: not the encoded pixels");
+        assert_same_pixels(&path, &native, &os);
+    }
+}

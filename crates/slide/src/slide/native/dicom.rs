@@ -280,7 +280,9 @@ fn encoding(inst: &Instance) -> Result<Encoding> {
     let photometric = match (codec, photometric.as_str()) {
         (Codec::Jpeg, "YBR_FULL_422") => 6,
         (Codec::Jpeg, "RGB") => 2,
-        (Codec::Jp2kRgb, "YBR_ICT" | "RGB") => 2,
+        // The codestream says whether it holds a colour transform and the decoder inverts
+        // it, so all three come out RGB (OpenSlide 4.0.1 refuses YBR_RCT).
+        (Codec::Jp2kRgb, "YBR_ICT" | "YBR_RCT" | "RGB") => 2,
         (Codec::None, "RGB") => 2,
         (_, p) => {
             return Err(inst.unsupported(format!(
