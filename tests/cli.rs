@@ -557,13 +557,23 @@ fn info_redacts_patient_identifiers_unless_asked() {
         "Synthetic^Concatenation"
     );
     assert_eq!(shown["slides"][0]["identifiers_redacted"], 0);
-    // Aperio's file name field, in its own property and inside the description.
+    // Aperio's file name, date, time and user fields, in their own properties and inside the
+    // description (the native reader reports both the description and its copy).
     let (_, json) = run(&svs, &[]);
     let props = &json["slides"][0]["properties"];
     assert_eq!(props["aperio.Filename"], "[redacted]");
+    assert_eq!(props["aperio.Date"], "[redacted]");
     for key in ["tiff.ImageDescription", "openslide.comment"] {
-        if let Some(d) = props[key].as_str() {
-            assert!(d.contains("Filename = [redacted]"), "{key}: {d}");
-        }
+        let d = props[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} missing: {props}"));
+        assert!(
+            d.contains("Filename = [redacted]") && d.contains("Date = [redacted]"),
+            "{key}: {d}"
+        );
+        assert!(
+            !d.contains("CMU-1") && !d.contains("12/29/09") && !d.contains("b414003d"),
+            "{key}: {d}"
+        );
     }
 }

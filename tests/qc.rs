@@ -637,6 +637,29 @@ fn bad_input_gets_a_verdict_or_a_typed_error() {
         err.contains("qc.json") && err.contains("rescan_blur_pc"),
         "{err}"
     );
+    // A QC model with QC off would silently not run: refused before any work, in `qc` and in
+    // `analyze`.
+    for command in ["qc", "analyze"] {
+        let o = tessera(
+            &[
+                command.as_ref(),
+                small.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+                "--qc".as_ref(),
+                "off".as_ref(),
+                "--qc-model".as_ref(),
+                dir.path().as_os_str(),
+            ],
+            &[],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(64), "{command}: {err}");
+        assert!(
+            err.contains("--qc off") && err.contains("--qc-model"),
+            "{err}"
+        );
+    }
 }
 
 /// A lab's dense QC model runs through the dense machinery and feeds the artefact masks, in

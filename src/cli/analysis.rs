@@ -96,8 +96,17 @@ pub struct QcArgs {
 }
 
 impl QcArgs {
-    /// The QC parameters: the file's, or the defaults, with `--qc`'s mode.
+    /// The QC parameters: the file's, or the defaults, with `--qc`'s mode. `--qc off` with
+    /// `--qc-model` is refused: the model would silently not run.
     pub fn params(&self) -> Result<tessera::qc::QcParams, tessera::Error> {
+        if let (tessera::qc::QcMode::Off, Some(model)) = (self.qc, &self.qc_model) {
+            return Err(tessera::Error::InvalidInput {
+                path: model.clone(),
+                reason: "--qc off runs no slide QC, so this QC model would not run: drop \
+                         --qc-model, or use --qc flag or --qc exclude"
+                    .into(),
+            });
+        }
         let mut p = match &self.qc_config {
             Some(f) => tessera::qc::QcParams::read(f)?,
             None => tessera::qc::QcParams::default(),

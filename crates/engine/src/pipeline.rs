@@ -389,7 +389,8 @@ fn run_key_for(
     })?;
     let mut key = key_of(folder, tissue_model, &settings);
     if let (Some(dir), true) = (&cfg.qc_model, cfg.qc.mode != crate::qc::QcMode::Off) {
-        // Keys without a QC model stay as they were.
+        // The QC model's own hash and configuration join the key (how its maps become
+        // flags, qc.model, is among the settings already, with or without a model).
         let loaded;
         let qc = match qc_folder {
             Some(f) => f,
@@ -2007,7 +2008,8 @@ fn write_qc_regions(
 }
 
 /// `tessera qc`'s candidates for crops: squares of `side_l0` level-0 pixels tiling the slide,
-/// those with tissue, each judged on `map` as a patch would be.
+/// those at least a quarter tissue (pen on bare glass is no artefact of the tissue), each
+/// judged on `map` as a patch would be.
 fn qc_squares(
     map: &crate::qc::QcMap,
     side_l0: f64,
@@ -2022,6 +2024,9 @@ fn qc_squares(
     for row in 0..h.div_ceil(side) {
         for col in 0..w.div_ceil(side) {
             let at = crate::geom::Level0Px::new((col * side) as i64, (row * side) as i64);
+            if map.tissue_in(at, side) < 0.25 {
+                continue;
+            }
             let q = crate::qc::PatchQc::judge(map, at, side, None, params);
             if q.kinds != 0 {
                 out.push((

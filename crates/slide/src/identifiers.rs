@@ -17,11 +17,11 @@
 //! free text of specimen preparation steps. A key is identifying when any of its path's
 //! components (a sequence on the way, or the attribute itself) is one of these, so an issuer
 //! nested in a sequence is caught too. Vendor fields that carry a case name, barcode or date
-//! are too (`aperio.Filename`, `aperio.Date`, `aperio.Time`, `leica.barcode`,
-//! `philips.PIM_DP_UFS_BARCODE`, `hamamatsu.Reference`), and so are the `Filename`, `Date` and
-//! `Time` fields inside Aperio's `tiff.ImageDescription` (and `openslide.comment`, its copy),
-//! which [`redact`] replaces in place. UIDs stay: they identify the images, not the person, and
-//! the archive needs them.
+//! are too (`aperio.Filename`, `aperio.Date`, `aperio.Time`, `aperio.User` (the operator),
+//! `leica.barcode`, `philips.PIM_DP_UFS_BARCODE`, `hamamatsu.Reference`), and so are the
+//! `Filename`, `Date`, `Time` and `User` fields inside Aperio's `tiff.ImageDescription` (and
+//! `openslide.comment`, its copy), which [`redact`] replaces in place. UIDs stay: they
+//! identify the images, not the person, and the archive needs them.
 
 use std::collections::BTreeMap;
 
@@ -111,13 +111,14 @@ const VENDOR: &[&str] = &[
     "aperio.Filename",
     "aperio.Date",
     "aperio.Time",
+    "aperio.User",
     "leica.barcode",
     "philips.PIM_DP_UFS_BARCODE",
     "hamamatsu.Reference",
 ];
 
 /// Fields of Aperio's ImageDescription (`key = value` between `|`) redacted in place.
-const APERIO_FIELDS: &[&str] = &["Filename", "Date", "Time"];
+const APERIO_FIELDS: &[&str] = &["Filename", "Date", "Time", "User"];
 
 /// Whether the property `key` holds a patient identifier.
 pub fn is_identifying(key: &str) -> bool {
@@ -163,7 +164,7 @@ pub fn redact(properties: &BTreeMap<String, String>) -> (BTreeMap<String, String
 }
 
 /// An Aperio ImageDescription (`…|Filename = CMU-1|Date = …`) with the values of its file
-/// name, date and time fields replaced (however the `=` is spaced), and how many were.
+/// name, date, time and user fields replaced (however the `=` is spaced), and how many were.
 fn aperio_fields_redacted(text: &str) -> (String, usize) {
     let mut n = 0;
     let parts: Vec<String> = text

@@ -15,13 +15,13 @@
 //!
 //! Bubbles. An air bubble under the coverslip shows as a dark grey ring where light is
 //! refracted at its rim; the tissue inside it is distorted and out of focus. The candidates not
-//! on a line, bridged over one-pixel gaps, are split into connected pieces; a piece is a
-//! bubble's outline when it is round: its bounding box between
+//! on a line, bridged over gaps of up to two pixels (a one-pixel dilation), are split into
+//! connected pieces; a piece is a bubble's outline when it is round: its bounding box between
 //! [`EdgeParams::bubble_min_diameter_um`] and [`EdgeParams::bubble_max_diameter_um`] and about
 //! square, a least-squares circle (Kåsa 1976) fits its pixels within
 //! [`EdgeParams::bubble_max_residual`] of the radius, and its pixels surround the centre
 //! ([`EdgeParams::bubble_min_coverage`] of 36 directions). The disc inside is flagged. A bubble
-//! whose outline is broken into arcs longer than a pixel's gap, or hidden by dark tissue, is
+//! whose outline is broken by gaps wider than two pixels, or hidden by dark tissue, is
 //! missed; only the outline is evidence (HistoQC has no bubble detector; GrandQC learns them).
 
 use image::RgbImage;

@@ -33,7 +33,7 @@ pub struct FocusParams {
     pub um_px: f64,
     /// Blurred below this share of the slide's reference score (default 0.6).
     pub relative: f32,
-    /// Blurred below this score whatever the slide (default 0.13).
+    /// Blurred below this score whatever the slide (default 0.2).
     pub absolute: f32,
     /// The reference is this percentile of the slide's tile scores (default 0.9).
     pub reference_percentile: f64,

@@ -12,12 +12,14 @@
 //!
 //! Class names. Where `tessera.qc_classes` does not name a class, its own name decides, by
 //! the words in it (case ignored, split on anything not a letter or digit): `pen`, `ink`,
-//! `marker`, `marking`, `penmarking` → pen; `blur`, `blurred`, `blurry`, `oof`, `focus` (as in
-//! "out of focus") → blur; `fold`, `folds`, `folded` → fold; `faint`, `understained` → faint;
-//! `edge`, `edges`, `coverslip`, `bubble`, `bubbles` → edge; `background`, `tissue`, `normal`,
-//! `clean`, `other`, `none` → not an artefact. A name that matches no kind, or two, is refused
-//! with the advice to map it in `tessera.qc_classes`: an artefact class silently ignored would
-//! let its artefact through. GrandQC's artefact classes, for instance, are matched by name
+//! `marker`, `marking`, `penmarking` → pen; `blur`, `blurred`, `blurry`, `oof`, `unfocused`,
+//! `defocused`, and `focus` with `out` ("out of focus") → blur; `fold`, `folds`, `folded` →
+//! fold; `faint`, `understained` → faint; `edge`, `edges`, `coverslip`, `bubble`, `bubbles` →
+//! edge; `background`, `tissue`, `normal`, `clean`, `other`, `none`, and `focus`, `focused`,
+//! `sharp` without `out` ("in focus") → not an artefact. A name that matches no kind, or two,
+//! or says it is an artefact (`artefact`, `artifact`, `debris`, `dust`, `dirt`, `foreign`)
+//! without naming its kind ("Other artefact"), is refused with the advice to map it in
+//! `tessera.qc_classes`: an artefact class silently ignored would let its artefact through. GrandQC's artefact classes, for instance, are matched by name
 //! except its dark-spot and foreign-object class, which a lab maps (to `fold`, the dark and
 //! over-stained kind, or `none`).
 
@@ -56,11 +58,16 @@ fn by_name(name: &str) -> Option<Option<Kind>> {
 /// when it names no kind or several.
 fn by_words(class: &str) -> Result<Option<Kind>, String> {
     let lower = class.to_lowercase();
+    let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).collect();
+    // "Focus" is blur only out of focus ("out of focus", "out-of-focus"); "in focus" is not.
+    let out_of_focus = words.contains(&"out");
     let mut found: Vec<Option<Kind>> = Vec::new();
-    for word in lower.split(|c: char| !c.is_alphanumeric()) {
+    for &word in &words {
         let kind = match word {
             "pen" | "ink" | "marker" | "marking" | "penmarking" => Some(Kind::Pen),
-            "blur" | "blurred" | "blurry" | "oof" | "focus" => Some(Kind::Blur),
+            "blur" | "blurred" | "blurry" | "oof" | "unfocused" | "defocused" => Some(Kind::Blur),
+            "focus" if out_of_focus => Some(Kind::Blur),
+            "focus" | "focused" | "sharp" => None,
             "fold" | "folds" | "folded" => Some(Kind::Fold),
             "faint" | "understained" => Some(Kind::Faint),
             "edge" | "edges" | "coverslip" | "bubble" | "bubbles" => Some(Kind::Edge),
@@ -73,6 +80,26 @@ fn by_words(class: &str) -> Result<Option<Kind>, String> {
     }
     // "Normal tissue" is one meaning; "fold" with "tissue" ("tissue fold") is the fold.
     let artefacts: Vec<Kind> = found.iter().flatten().copied().collect();
+    // A class that says it is an artefact without saying which ("Other artefact", "Debris")
+    // must be mapped: taken for tissue, its artefact would pass.
+    let says_artefact = words.iter().any(|w| {
+        matches!(
+            *w,
+            "artefact"
+                | "artefacts"
+                | "artifact"
+                | "artifacts"
+                | "debris"
+                | "dust"
+                | "dirt"
+                | "foreign"
+        )
+    });
+    if artefacts.is_empty() && says_artefact {
+        return Err(format!(
+            "class {class:?} is an artefact of no kind Tessera knows"
+        ));
+    }
     match (artefacts.as_slice(), found.is_empty()) {
         ([k], _) => Ok(Some(*k)),
         ([], false) => Ok(None),
@@ -128,7 +155,8 @@ pub fn class_kinds(config: &ModelConfig) -> Result<Vec<Option<Kind>>, String> {
 
 /// Flags `map`'s tissue pixels with the kind of every class of `classes` (one map per class,
 /// kinds from [`class_kinds`]) whose probability at the pixel's centre is at least
-/// `params.min_probability`. Returns the pixels flagged per kind, in [`Kind::ALL`] order.
+/// `params.min_probability`. Returns the pixels the model flagged per kind, in [`Kind::ALL`]
+/// order, each pixel counted once per kind however many of its classes map to that kind.
 pub fn paint(
     map: &mut QcMap,
     classes: &[Heatmap],
@@ -143,6 +171,7 @@ pub fn paint(
             if *f & TISSUE == 0 {
                 continue;
             }
+            let mut bits = 0;
             for (h, kind) in classes.iter().zip(kinds) {
                 let Some(kind) = kind else { continue };
                 if h.cell_l0 <= 0.0 {
@@ -156,8 +185,13 @@ pub fn paint(
                 if h.get(cx as u32, cy as u32)
                     .is_some_and(|p| p >= params.min_probability)
                 {
-                    *f |= kind.bit();
-                    flagged[*kind as usize] += 1;
+                    bits |= kind.bit();
+                }
+            }
+            *f |= bits;
+            for kind in Kind::ALL {
+                if bits & kind.bit() != 0 {
+                    flagged[kind as usize] += 1;
                 }
             }
         }
@@ -223,6 +257,19 @@ mod tests {
         );
         let e = class_kinds(&config(&["pen or blur", "background"], &[], true)).unwrap_err();
         assert!(e.contains("several"), "{e}");
+        // "In focus" is sharp tissue, not blur; "Out-of-focus" is blur.
+        assert_eq!(
+            class_kinds(&config(&["In focus", "Out-of-focus"], &[], true)).unwrap(),
+            [None, Some(Blur)]
+        );
+        // An artefact class of no named kind is refused, not taken for tissue.
+        for name in ["Other artefact", "Debris", "Foreign object"] {
+            let e = class_kinds(&config(&[name, "pen"], &[], true)).unwrap_err();
+            assert!(
+                e.contains("artefact of no kind") && e.contains("qc_classes"),
+                "{e}"
+            );
+        }
         let e = class_kinds(&config(&["a", "b"], &[("a", "smudge")], true)).unwrap_err();
         assert!(e.contains("smudge"), "{e}");
         let e = class_kinds(&config(&["background", "tissue"], &[], true)).unwrap_err();
@@ -273,5 +320,19 @@ mod tests {
         let (t, f) = (true, false);
         assert_eq!(pen, [t, t, f, f, t, t, f, f, f, f, f, f]);
         assert_eq!(n, [4, 0, 0, 0, 0]);
+        // Two classes of one kind (GrandQC's fold and dark spot, both mapped to fold) flag a
+        // pixel once, and count it once.
+        let mut map2 = QcMap {
+            flags: vec![TISSUE; 12],
+            ..map
+        };
+        let both = [cells([Some(0.9), Some(0.9)]), cells([Some(0.8), Some(0.1)])];
+        let n = paint(
+            &mut map2,
+            &both,
+            &[Some(Kind::Fold), Some(Kind::Fold)],
+            &QcModelParams::default(),
+        );
+        assert_eq!(n[Kind::Fold as usize], 8);
     }
 }

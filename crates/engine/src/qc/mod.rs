@@ -357,13 +357,45 @@ impl QcMap {
     /// The share of the level-0 square at `at` (side `side`) flagged with each kind, in
     /// [`Kind::ALL`] order, each pixel weighted by its overlap with the square.
     pub fn fractions_in(&self, at: Level0Px, side: u64) -> [f64; 5] {
+        let mut out = [0f64; 5];
+        let area = self.cover(at, side, |f, overlap| {
+            for (k, kind) in Kind::ALL.iter().enumerate() {
+                if f & kind.bit() != 0 {
+                    out[k] += overlap;
+                }
+            }
+        });
+        if area <= 0.0 {
+            return [0.0; 5];
+        }
+        out.map(|v| (v / area).clamp(0.0, 1.0))
+    }
+
+    /// The share of the level-0 square at `at` (side `side`) that is tissue, weighted as
+    /// [`QcMap::fractions_in`].
+    pub fn tissue_in(&self, at: Level0Px, side: u64) -> f64 {
+        let mut tissue = 0.0;
+        let area = self.cover(at, side, |f, overlap| {
+            if f & TISSUE != 0 {
+                tissue += overlap;
+            }
+        });
+        if area <= 0.0 {
+            return 0.0;
+        }
+        (tissue / area).clamp(0.0, 1.0)
+    }
+
+    /// Calls `each(flags, overlap)` for every non-zero raster pixel the level-0 square at `at`
+    /// (side `side`) overlaps, the overlap in raster pixels; returns the square's area in
+    /// raster pixels.
+    fn cover(&self, at: Level0Px, side: u64, mut each: impl FnMut(u8, f64)) -> f64 {
         let d = self.downsample;
         let (x0, y0) = (at.x as f64 / d, at.y as f64 / d);
         let (x1, y1) = (x0 + side as f64 / d, y0 + side as f64 / d);
         let area = (x1 - x0) * (y1 - y0);
-        let mut out = [0f64; 5];
         if area <= 0.0 {
-            return out;
+            return area;
         }
         let cx0 = x0.floor().max(0.0) as usize;
         let cy0 = y0.floor().max(0.0) as usize;
@@ -377,14 +409,10 @@ impl QcMap {
                     continue;
                 }
                 let ox = (x1.min(mx as f64 + 1.0) - x0.max(mx as f64)).max(0.0);
-                for (k, kind) in Kind::ALL.iter().enumerate() {
-                    if f & kind.bit() != 0 {
-                        out[k] += ox * oy;
-                    }
-                }
+                each(f, ox * oy);
             }
         }
-        out.map(|v| (v / area).clamp(0.0, 1.0))
+        area
     }
 
     /// Pixels with `kind`, and those of them on tissue.
@@ -769,5 +797,13 @@ mod tests {
         map.paint(Kind::Blur, Level0Px::new(20, 20), 20);
         let figures = figures(&map, (0.5, 0.5));
         assert_eq!(figures[1].tissue_pct, 25.0);
+        // Tissue shares: all tissue; then the bottom row glass; a square half off the raster.
+        assert_eq!(map.tissue_in(Level0Px::new(0, 0), 40), 1.0);
+        for x in 0..4 {
+            map.flags[12 + x] &= !TISSUE;
+        }
+        assert_eq!(map.tissue_in(Level0Px::new(0, 20), 20), 0.5);
+        assert_eq!(map.tissue_in(Level0Px::new(0, 30), 10), 0.0);
+        assert_eq!(map.tissue_in(Level0Px::new(30, 0), 20), 0.5);
     }
 }
