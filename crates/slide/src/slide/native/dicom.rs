@@ -35,7 +35,7 @@ use dicom_core::value::Value;
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::{tags, uids, StandardDataDictionary};
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::{FileMetaTable, InMemDicomObject, OpenFileOptions};
+use dicom_object::{FileMetaTable, InMemDicomObject};
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
 use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::StatefulDecode;
@@ -383,6 +383,9 @@ fn parse_instance<R: Read + Seek>(
             "DICOM, but SOP class {class} is not VL Whole Slide Microscopy Image Storage"
         )));
     }
+    let data_start = r
+        .stream_position()
+        .map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
     let ts = TransferSyntaxRegistry
         .get(meta.transfer_syntax())
         .ok_or_else(|| {
@@ -467,15 +470,42 @@ fn parse_instance<R: Read + Seek>(
         return Err(bad("no pixel data".into()));
     };
 
-    // The metadata, now that every length is known to be sane.
-    r.seek(SeekFrom::Start(128))
+    // The metadata: the bytes before the pixel data's header, read into memory and parsed by
+    // dicom-object through a decoder that refuses any value longer than what is left of them
+    // (dicom-object reserves whatever length an element claims, and on damaged data its
+    // reading can part ways with the lazy pass's).
+    let header = if ts.uid() == uids::IMPLICIT_VR_LITTLE_ENDIAN {
+        8
+    } else {
+        12
+    };
+    let meta_end = match pixel {
+        Pixel::Native { at, .. } => at,
+        Pixel::Encapsulated => pixel_start,
+    }
+    .saturating_sub(header);
+    if meta_end < data_start || meta_end - data_start > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "{} bytes of metadata",
+            meta_end.saturating_sub(data_start)
+        )));
+    }
+    let mut bytes = vec![0u8; (meta_end - data_start) as usize];
+    r.seek(SeekFrom::Start(data_start))
+        .and_then(|_| r.read_exact(&mut bytes))
         .map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader((&mut r).take(MAX_HEADER_BYTES + 1024 * 1024))
-        .map_err(|e| bad(format!("metadata: {e}")))?;
-    let obj = obj.into_inner();
+    let decoder = dicom_parser::stateful::decode::DynStatefulDecoder::new_with(
+        &bytes[..],
+        ts,
+        Default::default(),
+        0,
+    )
+    .map_err(|e| bad(format!("metadata: {e}")))?;
+    let obj = InMemDicomObject::read_dataset(Bounded {
+        inner: decoder,
+        end: bytes.len() as u64,
+    })
+    .map_err(|e| bad(format!("metadata: {e}")))?;
     let mut inst = Instance {
         path: path.into(),
         file: source,
@@ -567,6 +597,96 @@ fn read_meta<R: Read + Seek>(r: &mut R, len: u64) -> std::result::Result<FileMet
     whole.extend_from_slice(&head);
     whole.extend_from_slice(&body);
     FileMetaTable::from_reader(&whole[..]).map_err(|e| format!("file meta information: {e}"))
+}
+
+/// A decoder that refuses to read a value longer than what is left of its `end` bytes, or
+/// longer than [`MAX_VALUE_BYTES`], before anything is allocated for it.
+struct Bounded<S> {
+    inner: S,
+    end: u64,
+}
+
+type DecodeResult<T> = dicom_parser::stateful::decode::Result<T>;
+
+impl<S: StatefulDecode> Bounded<S> {
+    fn check(&self, len: u32) -> DecodeResult<()> {
+        let at = self.inner.position();
+        let len = u64::from(len);
+        if len == u64::from(u32::MAX) || at + len > self.end || len > MAX_VALUE_BYTES {
+            return Err(dicom_parser::stateful::decode::Error::ReadValueData {
+                position: at,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "a value claims {len} bytes; {} are left",
+                        self.end - at.min(self.end)
+                    ),
+                ),
+                backtrace: std::backtrace::Backtrace::disabled(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<S: StatefulDecode> StatefulDecode for Bounded<S> {
+    type Reader = S::Reader;
+
+    fn decode_header(&mut self) -> DecodeResult<dicom_core::DataElementHeader> {
+        self.inner.decode_header()
+    }
+    fn decode_item_header(&mut self) -> DecodeResult<dicom_core::header::SequenceItemHeader> {
+        self.inner.decode_item_header()
+    }
+    fn read_value(
+        &mut self,
+        header: &dicom_core::DataElementHeader,
+    ) -> DecodeResult<dicom_core::PrimitiveValue> {
+        self.check(header.len.0)?;
+        self.inner.read_value(header)
+    }
+    fn read_value_preserved(
+        &mut self,
+        header: &dicom_core::DataElementHeader,
+    ) -> DecodeResult<dicom_core::PrimitiveValue> {
+        self.check(header.len.0)?;
+        self.inner.read_value_preserved(header)
+    }
+    fn read_value_bytes(
+        &mut self,
+        header: &dicom_core::DataElementHeader,
+    ) -> DecodeResult<dicom_core::PrimitiveValue> {
+        self.check(header.len.0)?;
+        self.inner.read_value_bytes(header)
+    }
+    fn read_to_vec(&mut self, length: u32, vec: &mut Vec<u8>) -> DecodeResult<()> {
+        self.check(length)?;
+        self.inner.read_to_vec(length, vec)
+    }
+    fn read_u32_to_vec(&mut self, length: u32, vec: &mut Vec<u32>) -> DecodeResult<()> {
+        self.check(length)?;
+        self.inner.read_u32_to_vec(length, vec)
+    }
+    fn read_to<W>(&mut self, length: u32, out: W) -> DecodeResult<()>
+    where
+        Self: Sized,
+        W: std::io::Write,
+    {
+        self.check(length)?;
+        self.inner.read_to(length, out)
+    }
+    fn skip_bytes(&mut self, length: u32) -> DecodeResult<()> {
+        self.inner.skip_bytes(length)
+    }
+    fn seek(&mut self, position: u64) -> DecodeResult<()>
+    where
+        Self::Reader: Seek,
+    {
+        self.inner.seek(position)
+    }
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
 }
 
 enum Pixel {
