@@ -150,7 +150,7 @@ fn a_series_tagged_rgb_holding_ycbcr_jpeg_is_read_in_true_colour() {
         .get("tessera.dicom.photometric-override")
         .expect("the override is recorded");
     assert!(
-        note.contains("levels [0, 1, 2,") && note.contains("YCbCr"),
+        note.starts_with("level 0, level 1, level 2,") && note.contains("YCbCr"),
         "{note}"
     );
     let full = |s: &Slide| {
@@ -232,7 +232,10 @@ fn truncated_and_damaged_dicom_gets_typed_errors_never_a_panic_or_silent_pixels(
         let tmp = damaged(&src, Some(cut), &[]);
         let file = tmp.path().join("slide.dcm");
         match Slide::open_with(&file, &config) {
-            Err(e) => assert!(e.to_string().contains("slide.dcm"), "cut {cut}: {e}"),
+            Err(e) => assert!(
+                matches!(&e, tessera::SlideError::Corrupt { path, .. } if path == &file),
+                "cut {cut}: {e}"
+            ),
             Ok(s) => panic!("cut at {cut} of {len} opened: {s:?}"),
         }
     }
@@ -264,20 +267,44 @@ fn truncated_and_damaged_dicom_gets_typed_errors_never_a_panic_or_silent_pixels(
     let meta_len = [(152, 0xF0), (153, 0xFF), (154, 0xFF), (155, 0x7F)];
     let group_len = u32::from_le_bytes([raw[140], raw[141], raw[142], raw[143]]) as usize;
     let first = 144 + group_len; // the data set's first element
-    let vr = &raw[first + 4..first + 6];
-    assert!(
-        vr == b"CS" || vr == b"SH" || vr == b"UI" || vr == b"DA",
-        "{vr:?}"
-    );
-    let data_len = [(first + 6, 0xFF), (first + 7, 0x7F)];
-    for (what, patch) in [("meta", &meta_len[..]), ("data set", &data_len[..])] {
+                                 // The ICC profile (OB, a 4-byte length) in the optical path sequence.
+    let ob = first
+        + raw[first..]
+            .windows(4)
+            .position(|w| w == b"OB\0\0")
+            .expect("an OB element in the data set");
+    let data_len = [
+        (ob + 4, 0xF0),
+        (ob + 5, 0xFF),
+        (ob + 6, 0xFF),
+        (ob + 7, 0x7F),
+    ];
+    for (what, patch, says) in [
+        ("meta", &meta_len[..], "file meta element"),
+        ("data set", &data_len[..], "past the end"),
+    ] {
         let tmp = damaged(&boxes, None, patch);
         let e = Slide::open_with(tmp.path().join("slide.dcm"), &config).unwrap_err();
         assert!(
-            matches!(&e, tessera::SlideError::Corrupt { .. }) && e.to_string().contains("bytes"),
+            matches!(&e, tessera::SlideError::Corrupt { .. }) && e.to_string().contains(says),
             "{what}: {e}"
         );
     }
+    // Sequences nested 100,000 deep (2 MB): refused before dicom-object, which builds them
+    // recursively, could exhaust the stack.
+    let mut nested = raw[..first].to_vec();
+    for _ in 0..100_000 {
+        // (0040,0555) Acquisition Context Sequence of undefined length, holding an item of
+        // undefined length.
+        nested.extend_from_slice(&[
+            0x40, 0x00, 0x55, 0x05, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        nested.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("slide.dcm"), &nested).unwrap();
+    let e = Slide::open_with(tmp.path().join("slide.dcm"), &config).unwrap_err();
+    assert!(e.to_string().contains("nested over"), "{e}");
     // An item header where the data set's first element belongs: a corrupt file.
     let item = [
         (first, 0xFE),
@@ -295,7 +322,8 @@ fn truncated_and_damaged_dicom_gets_typed_errors_never_a_panic_or_silent_pixels(
         matches!(&e, tessera::SlideError::Corrupt { .. }),
         "item at the root: {e}"
     );
-    // Every single-byte change in the metadata: an error or a slide, never a panic.
+    // Single-byte changes through the metadata (every 7th byte of the first 4,000, to three
+    // values): an error or a slide, never a panic or an abort.
     let data_start = soi[0].min(4000);
     for at in (128..data_start).step_by(7) {
         for v in [0x00, 0xFF, 0x7F] {
@@ -455,4 +483,44 @@ fn jpeg_2000_dicom_reads_exactly_with_and_without_the_colour_transform() {
         assert!(whole.as_raw() == &truth, "{name}: not the encoded pixels");
         assert_same_pixels(&path, &native, &os);
     }
+}
+
+#[test]
+fn a_damaged_part_of_the_series_fails_the_slide_and_other_files_do_not() {
+    let dir = require!(data("slides/dicom/concat"));
+    let config = tessera::SlideConfig {
+        backend: BackendChoice::Native,
+        ..tessera::SlideConfig::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["part_1.dcm", "part_2.dcm"] {
+        std::fs::copy(dir.join(name), tmp.path().join(name)).unwrap();
+    }
+    // A non-WSI DICOM file that sorts first (its SOP class changed), and a text file: the
+    // folder still opens, as the series of its first WSI file.
+    let mut other = std::fs::read(dir.join("part_1.dcm")).unwrap();
+    let at = other
+        .windows(30)
+        .position(|w| w == b"1.2.840.10008.5.1.4.1.1.77.1.6")
+        .unwrap();
+    other[at + 29] = b'2'; // ...77.1.2: VL Microscopic Image
+    std::fs::write(tmp.path().join("0-other.dcm"), &other).unwrap();
+    std::fs::write(tmp.path().join("README.txt"), "notes").unwrap();
+    let whole = Slide::open_with(tmp.path(), &config).unwrap();
+    assert_eq!(whole.dimensions(), Size::new(64, 32));
+    let reference = open_as(&dir, BackendChoice::Native);
+    let at = (Level0Px::new(0, 0), 0, Size::new(64, 32));
+    assert!(
+        whole.read_region(at.0, at.1, at.2).unwrap()
+            == reference.read_region(at.0, at.1, at.2).unwrap()
+    );
+    // The second part of the concatenation truncated in its pixel data: the slide fails,
+    // naming that part, instead of opening with half its tiles white.
+    let part2 = std::fs::read(dir.join("part_2.dcm")).unwrap();
+    std::fs::write(tmp.path().join("part_2.dcm"), &part2[..part2.len() - 100]).unwrap();
+    let e = Slide::open_with(tmp.path(), &config).unwrap_err();
+    assert!(
+        matches!(&e, tessera::SlideError::Corrupt { path, .. } if path.ends_with("part_2.dcm")),
+        "{e}"
+    );
 }

@@ -2007,9 +2007,13 @@ fn write_qc_regions(
     Ok(out)
 }
 
+/// The least share of tissue in a square `tessera qc` may crop: pen on bare glass is no
+/// artefact of the tissue. A constant, not a `QcParams` field, so that it stays out of
+/// analyze's run keys (it changes no analysis result).
+const QC_CROP_MIN_TISSUE: f64 = 0.25;
+
 /// `tessera qc`'s candidates for crops: squares of `side_l0` level-0 pixels tiling the slide,
-/// those at least a quarter tissue (pen on bare glass is no artefact of the tissue), each
-/// judged on `map` as a patch would be.
+/// those at least [`QC_CROP_MIN_TISSUE`] tissue, each judged on `map` as a patch would be.
 fn qc_squares(
     map: &crate::qc::QcMap,
     side_l0: f64,
@@ -2024,7 +2028,7 @@ fn qc_squares(
     for row in 0..h.div_ceil(side) {
         for col in 0..w.div_ceil(side) {
             let at = crate::geom::Level0Px::new((col * side) as i64, (row * side) as i64);
-            if map.tissue_in(at, side) < 0.25 {
+            if map.tissue_in(at, side) < QC_CROP_MIN_TISSUE {
                 continue;
             }
             let q = crate::qc::PatchQc::judge(map, at, side, None, params);

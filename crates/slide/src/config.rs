@@ -38,9 +38,9 @@ impl Default for Limits {
 /// Which reader opens a slide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// The best available reader for each file: Tessera's native reader for Aperio SVS and
-    /// generic tiled TIFF, OpenSlide for everything else (and for TIFF layouts the native
-    /// reader does not handle).
+    /// The best available reader for each file: Tessera's native reader for Aperio SVS,
+    /// generic tiled TIFF and DICOM WSI, OpenSlide for everything else (and for TIFF layouts
+    /// and DICOM series the native reader refuses as unsupported).
     #[default]
     Auto,
     /// Force the native reader.

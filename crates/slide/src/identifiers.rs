@@ -13,14 +13,15 @@
 //! physicians', operators' and responsible persons' names; the institution, its address and
 //! department, the station and the device serial number; the specimen and container (slide
 //! barcode) identifiers, their issuers and descriptions, barcode and label text, series
-//! descriptions and image comments; admission, order and clinical-trial subject IDs; and the
-//! free text of specimen preparation steps. A key is identifying when any of its path's
+//! descriptions and image comments; admission, order, procedure and clinical-trial subject IDs;
+//! and the free text and dates of specimen preparation steps. A key is identifying when any of its path's
 //! components (a sequence on the way, or the attribute itself) is one of these, so an issuer
 //! nested in a sequence is caught too. Vendor fields that carry a case name, barcode or date
 //! are too (`aperio.Filename`, `aperio.Date`, `aperio.Time`, `aperio.User` (the operator),
-//! `leica.barcode`, `philips.PIM_DP_UFS_BARCODE`, `hamamatsu.Reference`), and so are the
-//! `Filename`, `Date`, `Time` and `User` fields inside Aperio's `tiff.ImageDescription` (and
-//! `openslide.comment`, its copy), which [`redact`] replaces in place. UIDs stay: they
+//! `aperio.ScanScope ID` (the scanner's serial, as DICOM's DeviceSerialNumber), `leica.barcode`,
+//! `philips.PIM_DP_UFS_BARCODE`, `hamamatsu.Reference`), and so are the `Filename`, `Date`,
+//! `Time` and `User` fields inside an Aperio `tiff.ImageDescription` (and `openslide.comment`,
+//! its copy), which [`redact`] replaces in place. UIDs stay: they
 //! identify the images, not the person, and the archive needs them.
 
 use std::collections::BTreeMap;
@@ -101,6 +102,11 @@ const DICOM: &[&str] = &[
     "IssuerOfAdmissionIDSequence",
     "PlacerOrderNumberImagingServiceRequest",
     "FillerOrderNumberImagingServiceRequest",
+    "RequestedProcedureID",
+    "ScheduledProcedureStepID",
+    "PerformedProcedureStepID",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
     "ClinicalTrialSubjectID",
     "ClinicalTrialSubjectReadingID",
     "ClinicalTrialTimePointID",
@@ -112,6 +118,7 @@ const VENDOR: &[&str] = &[
     "aperio.Date",
     "aperio.Time",
     "aperio.User",
+    "aperio.ScanScope ID",
     "leica.barcode",
     "philips.PIM_DP_UFS_BARCODE",
     "hamamatsu.Reference",
@@ -132,9 +139,13 @@ pub fn is_identifying(key: &str) -> bool {
         .split('.')
         .map(|c| c.split('[').next().unwrap_or(c))
         .collect();
-    // Free text in specimen preparation steps often repeats the specimen's identifier.
+    // Free text and dates in specimen preparation steps often repeat the specimen's
+    // identifier or the date of care.
     if keywords.contains(&"SpecimenPreparationStepContentItemSequence")
-        && keywords.last() == Some(&"TextValue")
+        && matches!(
+            keywords.last(),
+            Some(&"TextValue" | &"DateTime" | &"Date" | &"Time")
+        )
     {
         return true;
     }
@@ -151,7 +162,9 @@ pub fn redact(properties: &BTreeMap<String, String>) -> (BTreeMap<String, String
             if is_identifying(k) && !v.is_empty() {
                 n += 1;
                 (k.clone(), REDACTED.to_string())
-            } else if k == "tiff.ImageDescription" || k == "openslide.comment" {
+            } else if (k == "tiff.ImageDescription" || k == "openslide.comment")
+                && v.starts_with("Aperio")
+            {
                 let (text, found) = aperio_fields_redacted(v);
                 n += found;
                 (k.clone(), text)
@@ -210,6 +223,8 @@ mod tests {
             "aperio.Date",
             "leica.barcode",
             "philips.PIM_DP_UFS_BARCODE",
+            "dicom.RequestedProcedureID",
+            "dicom.SpecimenDescriptionSequence[0].SpecimenPreparationSequence[0].SpecimenPreparationStepContentItemSequence[2].DateTime",
         ] {
             assert!(is_identifying(key), "{key}");
         }

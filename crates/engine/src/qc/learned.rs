@@ -13,12 +13,13 @@
 //! Class names. Where `tessera.qc_classes` does not name a class, its own name decides, by
 //! the words in it (case ignored, split on anything not a letter or digit): `pen`, `ink`,
 //! `marker`, `marking`, `penmarking` → pen; `blur`, `blurred`, `blurry`, `oof`, `unfocused`,
-//! `defocused`, and `focus` with `out` ("out of focus") → blur; `fold`, `folds`, `folded` →
-//! fold; `faint`, `understained` → faint; `edge`, `edges`, `coverslip`, `bubble`, `bubbles` →
-//! edge; `background`, `tissue`, `normal`, `clean`, `other`, `none`, and `focus`, `focused`,
-//! `sharp` without `out` ("in focus") → not an artefact. A name that matches no kind, or two,
-//! or says it is an artefact (`artefact`, `artifact`, `debris`, `dust`, `dirt`, `foreign`)
-//! without naming its kind ("Other artefact"), is refused with the advice to map it in
+//! `defocused`, and `focus` right after `out` or `out of` ("out of focus") → blur; `fold`,
+//! `folds`, `folded` → fold; `faint`, `understained` → faint; `edge`, `edges`, `coverslip`,
+//! `bubble`, `bubbles` → edge; `background`, `tissue`, `normal`, `clean`, `other`, `none`,
+//! `focused`, `sharp`, and `focus` right after `in` ("in focus") → not an artefact. A name that
+//! matches no kind, or two, or says it is an artefact (`artefact`, `artifact`, `debris`,
+//! `dust`, `dirt`, `foreign`) without naming its kind ("Other artefact"), or says `focus`
+//! without `in` or `out`, is refused with the advice to map it in
 //! `tessera.qc_classes`: an artefact class silently ignored would let its artefact through. GrandQC's artefact classes, for instance, are matched by name
 //! except its dark-spot and foreign-object class, which a lab maps (to `fold`, the dark and
 //! over-stained kind, or `none`).
@@ -59,15 +60,28 @@ fn by_name(name: &str) -> Option<Option<Kind>> {
 fn by_words(class: &str) -> Result<Option<Kind>, String> {
     let lower = class.to_lowercase();
     let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).collect();
-    // "Focus" is blur only out of focus ("out of focus", "out-of-focus"); "in focus" is not.
-    let out_of_focus = words.contains(&"out");
+    // "Focus" is blur out of focus ("out of focus", "out-of-focus") and sharp tissue in focus
+    // ("in focus"); alone ("Focus", "Focus issue") it says neither, and is refused below.
+    let before_focus = |w: &str| {
+        words
+            .windows(3)
+            .any(|t| t[0] == w && t[1] == "of" && t[2] == "focus")
+            || words.windows(2).any(|t| t[0] == w && t[1] == "focus")
+    };
+    let (out_of_focus, in_focus) = (before_focus("out"), before_focus("in"));
+    let mut unclear_focus = false;
     let mut found: Vec<Option<Kind>> = Vec::new();
     for &word in &words {
         let kind = match word {
             "pen" | "ink" | "marker" | "marking" | "penmarking" => Some(Kind::Pen),
             "blur" | "blurred" | "blurry" | "oof" | "unfocused" | "defocused" => Some(Kind::Blur),
             "focus" if out_of_focus => Some(Kind::Blur),
-            "focus" | "focused" | "sharp" => None,
+            "focus" if in_focus => None,
+            "focus" => {
+                unclear_focus = true;
+                continue;
+            }
+            "focused" | "sharp" => None,
             "fold" | "folds" | "folded" => Some(Kind::Fold),
             "faint" | "understained" => Some(Kind::Faint),
             "edge" | "edges" | "coverslip" | "bubble" | "bubbles" => Some(Kind::Edge),
@@ -95,7 +109,7 @@ fn by_words(class: &str) -> Result<Option<Kind>, String> {
                 | "foreign"
         )
     });
-    if artefacts.is_empty() && says_artefact {
+    if artefacts.is_empty() && (says_artefact || unclear_focus) {
         return Err(format!(
             "class {class:?} is an artefact of no kind Tessera knows"
         ));
@@ -262,8 +276,9 @@ mod tests {
             class_kinds(&config(&["In focus", "Out-of-focus"], &[], true)).unwrap(),
             [None, Some(Blur)]
         );
-        // An artefact class of no named kind is refused, not taken for tissue.
-        for name in ["Other artefact", "Debris", "Foreign object"] {
+        // An artefact class of no named kind is refused, not taken for tissue; so is "focus"
+        // with neither "in" nor "out".
+        for name in ["Other artefact", "Debris", "Foreign object", "Focus issue"] {
             let e = class_kinds(&config(&[name, "pen"], &[], true)).unwrap_err();
             assert!(
                 e.contains("artefact of no kind") && e.contains("qc_classes"),

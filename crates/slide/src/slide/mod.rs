@@ -210,7 +210,10 @@ impl Slide {
             || detected == Detected::Dicom;
         let open_native = || {
             if detected == Detected::Dicom {
-                native::NativeReader::open_dicom(&opened, limits, config.cache_bytes)
+                // A folder: the series of its first WSI file (the folder's first DICOM file,
+                // chosen for detection, may be another kind of DICOM).
+                let series = if meta.is_dir() { path } else { &opened };
+                native::NativeReader::open_dicom(series, limits, config.cache_bytes)
             } else {
                 native::NativeReader::open(&opened, limits, config.cache_bytes)
             }

@@ -1,23 +1,35 @@
 //! Tessera's native DICOM WSI reader: a series of VL Whole Slide Microscopy Image instances
 //! read as one pyramid, without OpenSlide.
 //!
-//! In: a DICOM file or a folder. Every file of the folder (of the given file's folder) whose
-//! SOP class is VL Whole Slide Microscopy Image Storage and whose Series Instance UID is the
-//! series' is read, as OpenSlide 4 does. Out: the parts of a [`NativeReader`]: levels (instances
+//! In: a DICOM file or a folder. The files of the folder (of the given file's folder; at most
+//! [`MAX_DIR_ENTRIES`] entries, more is an error) whose SOP class is VL Whole Slide Microscopy
+//! Image Storage and whose Series Instance UID is the series' are read, as OpenSlide 4 does:
+//! the given file's series, or for a folder the series of its first WSI file in name order. A
+//! file whose metadata cannot be read is skipped, as OpenSlide skips it, unless it is the file
+//! given; a file of the series that is damaged past its metadata (a truncated part, a broken
+//! frame table) fails the slide rather than leave its tiles white. Out: the parts of a
+//! [`NativeReader`]: levels (instances
 //! of the same total pixel matrix, concatenations included, widest first), their frames as
 //! tiles in level pixels, the label, overview ("macro") and thumbnail instances as associated
 //! images, the `dicom.*` properties (OpenSlide's flattening of the first level-0 instance),
 //! MPP from the shared Pixel Measures and the first optical path's ICC profile.
 //!
 //! Parsing is dicom-rs's: a lazy pass over each file's tokens checks every value length against
-//! the file and the limits before anything is allocated and finds the pixel data; then the
-//! metadata (everything before the pixel data) is read with dicom-object. Only the items of an
-//! encapsulated pixel data element (the DICOM encapsulation's 8-byte item headers) are walked
-//! here, so frames are read on demand by position, like TIFF tiles.
+//! the file and this module's caps (value size, metadata size, element count, nesting depth)
+//! before anything is allocated, and finds the pixel data; then the metadata (the bytes before
+//! the pixel data) is parsed by dicom-object through a decoder that refuses any value longer
+//! than those bytes. Only the items of an encapsulated pixel data element (the DICOM
+//! encapsulation's 8-byte item headers) are walked here, so frames are read on demand by
+//! position, like TIFF tiles. dicom-rs's panics on malformed data are caught and reported as a
+//! corrupt file. The caps are constants, not yet [`Limits`] fields.
 //!
 //! What is read: the transfer syntaxes OpenSlide reads (Explicit VR Little Endian uncompressed,
-//! JPEG baseline, JPEG 2000), 3 × 8-bit samples, one focal plane, TILED_FULL and TILED_SPARSE.
-//! The rest is [`Error::Unsupported`] so that `--backend auto` can hand the series to OpenSlide.
+//! JPEG baseline, JPEG 2000), 3 × 8-bit samples, one focal plane, TILED_FULL and TILED_SPARSE,
+//! one fragment per frame; label, overview and thumbnail instances of one frame within the
+//! associated-image limit (tiled ones are left out). Other transfer syntaxes, sample layouts
+//! and frames split across fragments are [`Error::Unsupported`], so that `--backend auto` can
+//! hand the series to OpenSlide; damaged files are [`Error::Corrupt`]. Not handled: a
+//! dual-personality DICOM-TIFF file is read as the TIFF it also is.
 //!
 //! Colour: JPEG frames follow the Photometric Interpretation as OpenSlide does (YBR_FULL_422:
 //! YCbCr; RGB: no colour transform), except where the frames themselves say otherwise: a JFIF
@@ -60,10 +72,16 @@ const MAX_HEADER_BYTES: u64 = 256 * 1024 * 1024;
 const MAX_VALUE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most frames in one instance.
 const MAX_FRAMES: u64 = 16 * 1024 * 1024;
-/// Most files in one level (OpenSlide's limit too).
+/// Most files in one level.
 const MAX_FILES: usize = u16::MAX as usize - 1;
-/// Most directory entries examined.
+/// Most directory entries in a series' folder; a folder with more is refused.
 const MAX_DIR_ENTRIES: usize = 10_000;
+/// Deepest nesting of sequences (dicom-object builds them recursively: deeper nesting could
+/// exhaust the stack, which no error handling survives). WSI metadata nests about five deep.
+const MAX_DEPTH: usize = 32;
+/// Most data elements and items in one instance's metadata (a sparse slide's per-frame
+/// groups hold about ten per frame).
+const MAX_TOKENS: u64 = 8 * 1024 * 1024;
 
 const WSI_SOP_CLASS: &str = uids::VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE;
 
@@ -71,14 +89,21 @@ const WSI_SOP_CLASS: &str = uids::VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE;
 enum Skip {
     /// Not DICOM, or not a WSI instance: ignored, as OpenSlide ignores it.
     NotWsi(String),
-    /// A WSI instance that cannot be read.
-    Bad(Error),
+    /// Its metadata cannot be read, so its series is unknown: ignored unless it is the file
+    /// given (OpenSlide skips such files too).
+    Unreadable(Error),
+    /// An instance of another series than the one wanted.
+    OtherSeries,
+    /// An instance of `series` that cannot be used: fatal when it is the slide's series.
+    Bad { series: String, error: Box<Error> },
 }
 
 /// One instance, its metadata read and its frames located.
 struct Instance {
     path: PathBuf,
-    file: SourceFile,
+    /// The bytes, when the instance came from memory; a file is opened when first needed
+    /// (so a folder of many series does not hold a descriptor per file).
+    file: Option<SourceFile>,
     meta: FileMetaTable,
     obj: InMemDicomObject,
     /// (offset, length) of each frame in the file.
@@ -136,7 +161,8 @@ fn corrupt(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Opens the series of `path` (a DICOM file, or a folder holding one).
+/// Opens the series of `path`: a DICOM file (its series, read from every file of its folder)
+/// or a folder (the series of its first WSI file in name order).
 pub(crate) fn open(path: &Path, limits: &Limits) -> Result<Parts> {
     let meta = std::fs::metadata(path).map_err(|e| Error::from_io(path, e))?;
     let (dir, start) = if meta.is_dir() {
@@ -148,13 +174,24 @@ pub(crate) fn open(path: &Path, limits: &Limits) -> Result<Parts> {
         };
         (dir, Some(path.to_path_buf()))
     };
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut names: Vec<PathBuf> = Vec::new();
+    for (n, entry) in std::fs::read_dir(&dir)
         .map_err(|e| Error::from_io(&dir, e))?
-        .take(MAX_DIR_ENTRIES)
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.path())
-        .collect();
+        .enumerate()
+    {
+        if n >= MAX_DIR_ENTRIES {
+            return Err(Error::LimitExceeded {
+                path: dir.clone(),
+                what: "entries in a DICOM series folder",
+                value: n as u64 + 1,
+                limit: MAX_DIR_ENTRIES as u64,
+            });
+        }
+        let Ok(entry) = entry else { continue };
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            names.push(entry.path());
+        }
+    }
     names.sort();
     // The given file first: its series is the slide.
     if let Some(start) = &start {
@@ -167,26 +204,26 @@ pub(crate) fn open(path: &Path, limits: &Limits) -> Result<Parts> {
     let mut first_skip: Option<String> = None;
     for name in names {
         let given = start.as_ref() == Some(&name);
-        match read_instance(&name) {
+        match read_instance(&name, series.as_deref()) {
             Ok(inst) => {
-                let Some(uid) = inst.series() else {
-                    return Err(inst.err("no Series Instance UID"));
-                };
-                match &series {
-                    None => series = Some(uid),
-                    Some(s) if *s != uid => continue,
-                    Some(_) => {}
+                if series.is_none() {
+                    series = inst.series();
                 }
                 instances.push(inst);
             }
-            Err(Skip::Bad(e)) => {
-                if given || series.is_none() {
+            Err(Skip::OtherSeries) => {}
+            Err(Skip::Bad { series: s, error }) => {
+                // A damaged instance of the slide's series (or the one that would set it) is
+                // fatal: skipping it would leave white tiles or a missing level.
+                if given || series.is_none() || series.as_deref() == Some(s.as_str()) {
+                    return Err(*error);
+                }
+            }
+            Err(Skip::Unreadable(e)) => {
+                if given {
                     return Err(e);
                 }
-                // Another series' broken file is not this slide's problem; this series' is.
-                // Without reading it we cannot know which it is: refuse, as OpenSlide does for
-                // a file it cannot parse only when it is the one given.
-                continue;
+                first_skip.get_or_insert(e.to_string());
             }
             Err(Skip::NotWsi(why)) => {
                 if given {
@@ -203,7 +240,7 @@ pub(crate) fn open(path: &Path, limits: &Limits) -> Result<Parts> {
         return Err(Error::NotASlide {
             path: path.into(),
             detected: match first_skip {
-                Some(why) => format!("no DICOM WSI instance in the folder ({why})"),
+                Some(why) => format!("no readable DICOM WSI instance in the folder ({why})"),
                 None => "a directory with no DICOM files in it".into(),
             },
         });
@@ -320,14 +357,13 @@ fn stream_says_ycbcr(stream: &[u8]) -> bool {
     says
 }
 
-/// Reads one file's metadata and frame positions.
-fn read_instance(path: &Path) -> std::result::Result<Instance, Skip> {
-    let io = |e| Skip::Bad(Error::from_io(path, e));
+/// Reads one file's metadata and frame positions; `want` is the series wanted, when known
+/// (other series' files are not walked further).
+fn read_instance(path: &Path, want: Option<&str>) -> std::result::Result<Instance, Skip> {
+    let io = |e| Skip::Unreadable(Error::from_io(path, e));
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
-    let source = std::fs::File::open(path).map_err(io)?;
-    let source = SourceFile::new(source).map_err(|m| Skip::Bad(corrupt(path, m)))?;
-    read_instance_from(path, BufReader::new(file), len, source)
+    read_instance_from(path, BufReader::new(file), len, None, want)
 }
 
 /// Opens one DICOM instance held in memory as a series of its own; `name` is used in errors.
@@ -335,30 +371,33 @@ fn read_instance(path: &Path) -> std::result::Result<Instance, Skip> {
 pub(crate) fn open_bytes(name: &Path, bytes: Vec<u8>, limits: &Limits) -> Result<Parts> {
     let len = bytes.len() as u64;
     let source = SourceFile::new(bytes.clone()).map_err(|m| corrupt(name, m))?;
-    match read_instance_from(name, std::io::Cursor::new(bytes), len, source) {
+    match read_instance_from(name, std::io::Cursor::new(bytes), len, Some(source), None) {
         Ok(inst) => build(name, vec![inst], limits),
-        Err(Skip::Bad(e)) => Err(e),
+        Err(Skip::Bad { error, .. }) => Err(*error),
+        Err(Skip::Unreadable(error)) => Err(error),
         Err(Skip::NotWsi(detected)) => Err(Error::NotASlide {
             path: name.into(),
             detected,
         }),
+        Err(Skip::OtherSeries) => Err(corrupt(name, "no series")),
     }
 }
 
-/// Reads one instance's metadata and frame positions from `r` (the whole file, `len` bytes);
-/// frames are later read from `source`, the same bytes. dicom-rs panics on some malformed data
-/// (dicom-parser 0.10.1 on an item outside a sequence); a panic is a corrupt file here.
+/// Reads one instance's metadata and frame positions from `r` (the whole file, `len` bytes).
+/// dicom-rs panics on some malformed data (dicom-parser 0.10.1 on an item outside a
+/// sequence); such a panic is an unreadable file here.
 fn read_instance_from<R: Read + Seek>(
     path: &Path,
     r: R,
     len: u64,
-    source: SourceFile,
+    source: Option<SourceFile>,
+    want: Option<&str>,
 ) -> std::result::Result<Instance, Skip> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        parse_instance(path, r, len, source)
+        parse_instance(path, r, len, source, want)
     }))
     .unwrap_or_else(|_| {
-        Err(Skip::Bad(corrupt(
+        Err(Skip::Unreadable(corrupt(
             path,
             "the DICOM parser (dicom-rs) failed on this data",
         )))
@@ -369,9 +408,11 @@ fn parse_instance<R: Read + Seek>(
     path: &Path,
     mut r: R,
     len: u64,
-    source: SourceFile,
+    source: Option<SourceFile>,
+    want: Option<&str>,
 ) -> std::result::Result<Instance, Skip> {
-    let bad = |m: String| Skip::Bad(corrupt(path, m));
+    let bad = |m: String| Skip::Unreadable(corrupt(path, m));
+    let io = |e| Skip::Unreadable(Error::from_io(path, e));
     let mut head = [0u8; 132];
     if len < 132 || r.read_exact(&mut head).is_err() || &head[128..] != b"DICM" {
         return Err(Skip::NotWsi("not a DICOM file (no DICM preamble)".into()));
@@ -383,13 +424,11 @@ fn parse_instance<R: Read + Seek>(
             "DICOM, but SOP class {class} is not VL Whole Slide Microscopy Image Storage"
         )));
     }
-    let data_start = r
-        .stream_position()
-        .map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
+    let data_start = r.stream_position().map_err(io)?;
     let ts = TransferSyntaxRegistry
         .get(meta.transfer_syntax())
         .ok_or_else(|| {
-            Skip::Bad(Error::Unsupported {
+            Skip::Unreadable(Error::Unsupported {
                 path: path.into(),
                 format: FORMAT.into(),
                 reason: format!("unknown transfer syntax {}", meta.transfer_syntax()),
@@ -401,12 +440,20 @@ fn parse_instance<R: Read + Seek>(
         let mut reader = LazyDataSetReader::new_with_ts(&mut r, ts)
             .map_err(|e| bad(format!("data set: {e}")))?;
         let mut depth = 0usize;
+        let mut tokens = 0u64;
         let mut pixel = None;
         while let Some(token) = reader.advance() {
             let token = token.map_err(|e| bad(format!("data set: {e}")))?;
+            tokens += 1;
+            if tokens > MAX_TOKENS {
+                return Err(bad(format!("more than {MAX_TOKENS} elements of metadata")));
+            }
             match token {
                 LazyDataToken::SequenceStart { .. } | LazyDataToken::ItemStart { .. } => {
                     depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err(bad(format!("sequences nested over {MAX_DEPTH} deep")));
+                    }
                 }
                 LazyDataToken::SequenceEnd | LazyDataToken::ItemEnd => {
                     depth = depth.saturating_sub(1)
@@ -415,9 +462,8 @@ fn parse_instance<R: Read + Seek>(
                     pixel = Some(Pixel::Encapsulated);
                     break;
                 }
-                LazyDataToken::PixelSequenceStart => {
-                    return Err(bad("encapsulated pixel data inside a sequence".into()))
-                }
+                // An icon image inside a sequence: its items are skipped below.
+                LazyDataToken::PixelSequenceStart => depth += 1,
                 LazyDataToken::ElementHeader(_) => {}
                 LazyDataToken::LazyValue { header, decoder } => {
                     let at = decoder.position();
@@ -425,16 +471,17 @@ fn parse_instance<R: Read + Seek>(
                         header.len.get().map(u64::from).ok_or_else(|| {
                             bad(format!("{} has an undefined length", header.tag()))
                         })?;
+                    // The pixel data's length is checked once the series is known.
+                    if header.tag() == tags::PIXEL_DATA && depth == 0 {
+                        pixel = Some(Pixel::Native { at, len: n });
+                        break;
+                    }
                     if at + n > len {
                         return Err(bad(format!(
                             "{} claims {n} bytes at offset {at}, past the end of the \
                              {len}-byte file",
                             header.tag()
                         )));
-                    }
-                    if header.tag() == tags::PIXEL_DATA && depth == 0 {
-                        pixel = Some(Pixel::Native { at, len: n });
-                        break;
                     }
                     if n > MAX_VALUE_BYTES {
                         return Err(bad(format!("{} claims {n} bytes", header.tag())));
@@ -462,7 +509,7 @@ fn parse_instance<R: Read + Seek>(
                 _ => {}
             }
         }
-        let at = reader_position(reader);
+        let at = reader.into_decoder().position();
         (pixel, at)
     };
     let (pixel, pixel_start) = pixel;
@@ -493,7 +540,7 @@ fn parse_instance<R: Read + Seek>(
     let mut bytes = vec![0u8; (meta_end - data_start) as usize];
     r.seek(SeekFrom::Start(data_start))
         .and_then(|_| r.read_exact(&mut bytes))
-        .map_err(|e| Skip::Bad(Error::from_io(path, e)))?;
+        .map_err(io)?;
     let decoder = dicom_parser::stateful::decode::DynStatefulDecoder::new_with(
         &bytes[..],
         ts,
@@ -506,6 +553,7 @@ fn parse_instance<R: Read + Seek>(
         end: bytes.len() as u64,
     })
     .map_err(|e| bad(format!("metadata: {e}")))?;
+    drop(bytes);
     let mut inst = Instance {
         path: path.into(),
         file: source,
@@ -513,34 +561,73 @@ fn parse_instance<R: Read + Seek>(
         obj,
         frames: Vec::new(),
     };
+    // From here on the series is known: another series' file goes no further, and this
+    // series' damaged file is the slide's problem.
+    let Some(series) = inst.series() else {
+        return Err(bad("no Series Instance UID".into()));
+    };
+    if want.is_some_and(|w| w != series) {
+        return Err(Skip::OtherSeries);
+    }
+    let fail = |error: Error| Skip::Bad {
+        series: series.clone(),
+        error: Box::new(error),
+    };
+    let encapsulated = ts.is_encapsulated_pixel_data();
+    if encapsulated != matches!(pixel, Pixel::Encapsulated) {
+        return Err(fail(inst.err(format!(
+            "{} pixel data under transfer syntax {}",
+            if encapsulated {
+                "native"
+            } else {
+                "encapsulated"
+            },
+            ts.uid()
+        ))));
+    }
     let n_frames = inst.int(tags::NUMBER_OF_FRAMES).unwrap_or(1);
     if n_frames < 1 || n_frames as u64 > MAX_FRAMES {
-        return Err(bad(format!("NumberOfFrames {n_frames}")));
+        return Err(fail(inst.err(format!("NumberOfFrames {n_frames}"))));
     }
     let n_frames = n_frames as u64;
+    let file_len = len;
     inst.frames = match pixel {
         Pixel::Native { at, len } => {
-            let rows = inst.int(tags::ROWS).unwrap_or(0).max(0) as u64;
-            let cols = inst.int(tags::COLUMNS).unwrap_or(0).max(0) as u64;
+            if at.saturating_add(len) > file_len {
+                return Err(fail(inst.err(format!(
+                    "the pixel data claims {len} bytes at offset {at}, past the end of the \
+                     {file_len}-byte file (truncated?)"
+                ))));
+            }
+            let side = |tag| {
+                inst.int(tag)
+                    .filter(|v| (1..=i64::from(u16::MAX)).contains(v))
+                    .map(|v| v as u64)
+            };
+            let (Some(rows), Some(cols)) = (side(tags::ROWS), side(tags::COLUMNS)) else {
+                return Err(fail(inst.err("no usable Rows and Columns")));
+            };
             // Sized by the samples as stored; whether they can be read is decided later.
             let spp = inst.int(tags::SAMPLES_PER_PIXEL).unwrap_or(3).clamp(1, 4) as u64;
             let bytes = inst.int(tags::BITS_ALLOCATED).unwrap_or(8).clamp(8, 64) as u64 / 8;
             let frame = rows * cols * spp * bytes;
-            if frame == 0 || rows * cols > MAX_TILE_PIXELS {
-                return Err(bad(format!("frames of {cols} × {rows}")));
+            if rows * cols > MAX_TILE_PIXELS {
+                return Err(fail(inst.err(format!("frames of {cols} × {rows}"))));
             }
             if frame.saturating_mul(n_frames) > len {
-                return Err(bad(format!(
+                return Err(fail(inst.err(format!(
                     "{n_frames} frames of {cols} × {rows} need {} bytes; the pixel data has \
                      {len}",
                     frame.saturating_mul(n_frames)
-                )));
+                ))));
             }
             (0..n_frames).map(|k| (at + k * frame, frame)).collect()
         }
-        Pixel::Encapsulated => {
-            encapsulated_frames(&inst.file, pixel_start, n_frames).map_err(bad)?
-        }
+        Pixel::Encapsulated => match encapsulated_frames(&mut r, pixel_start, len, n_frames) {
+            Ok(f) => f,
+            Err(FramesError::Corrupt(m)) => return Err(fail(inst.err(m))),
+            Err(FramesError::Unsupported(m)) => return Err(fail(inst.unsupported(m))),
+        },
     };
     Ok(inst)
 }
@@ -694,76 +781,95 @@ enum Pixel {
     Encapsulated,
 }
 
-fn reader_position<S: StatefulDecode>(reader: LazyDataSetReader<S>) -> u64 {
-    reader.into_decoder().position()
+/// Why the frame table could not be made.
+enum FramesError {
+    Corrupt(String),
+    Unsupported(String),
 }
 
-/// The frames of encapsulated pixel data whose items start at `at`: the Basic Offset Table
-/// item, then fragments, then the sequence delimiter. One fragment per frame, or several
-/// grouped by the offset table.
-fn encapsulated_frames(
-    file: &SourceFile,
+/// The frames of encapsulated pixel data whose items start at `at` in `r` (`len` bytes in
+/// all): the Basic Offset Table item, then one fragment per frame, then the sequence
+/// delimiter. A stream without the offset table item (not conformant, but written) is taken
+/// when its first item is already a frame. Frames split across fragments are not read
+/// natively.
+fn encapsulated_frames<R: Read + Seek>(
+    r: &mut R,
     mut at: u64,
+    len: u64,
     n_frames: u64,
-) -> std::result::Result<Vec<(u64, u64)>, String> {
-    let header = |at: u64| -> std::result::Result<(u16, u16, u32), String> {
-        let b = file.read_at(at, 8)?;
+) -> std::result::Result<Vec<(u64, u64)>, FramesError> {
+    let corrupt = FramesError::Corrupt;
+    let mut items: Vec<(u64, u64)> = Vec::new();
+    let mut first = [0u8; 2];
+    loop {
+        let mut b = [0u8; 8];
+        r.seek(SeekFrom::Start(at))
+            .and_then(|_| r.read_exact(&mut b))
+            .map_err(|e| {
+                corrupt(format!(
+                    "encapsulated pixel data at offset {at}: {e} (the file is truncated)"
+                ))
+            })?;
         let group = u16::from_le_bytes([b[0], b[1]]);
         let element = u16::from_le_bytes([b[2], b[3]]);
-        let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-        Ok((group, element, len))
-    };
-    let mut items: Vec<(u64, u64)> = Vec::new();
-    loop {
-        let (group, element, len) = header(at)
-            .map_err(|e| format!("encapsulated pixel data: {e} (the file is truncated)"))?;
+        let n = u64::from(u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
         match (group, element) {
             (0xFFFE, 0xE000) => {
-                if len == u32::MAX {
-                    return Err("a pixel data item of undefined length".into());
+                if n == u64::from(u32::MAX) {
+                    return Err(corrupt("a pixel data item of undefined length".into()));
                 }
                 let value = at + 8;
-                if value + u64::from(len) > file.len() {
-                    return Err(format!(
-                        "pixel data item {} of {len} bytes at offset {value} lies past the end \
-                         of the {}-byte file (truncated?)",
-                        items.len(),
-                        file.len()
-                    ));
+                if value + n > len {
+                    return Err(corrupt(format!(
+                        "pixel data item {} of {n} bytes at offset {value} lies past the end \
+                         of the {len}-byte file (truncated?)",
+                        items.len()
+                    )));
                 }
-                items.push((value, u64::from(len)));
-                if items.len() as u64 > MAX_FRAMES + 1 {
-                    return Err(format!("more than {MAX_FRAMES} fragments"));
+                if items.is_empty() && n >= 2 {
+                    r.read_exact(&mut first)
+                        .map_err(|e| corrupt(format!("pixel data: {e}")))?;
                 }
-                at = value + u64::from(len);
+                items.push((value, n));
+                if items.len() as u64 > n_frames + 1 {
+                    return Err(FramesError::Unsupported(format!(
+                        "more than {} fragments for {n_frames} frames (frames split across \
+                         fragments are not read natively)",
+                        n_frames + 1
+                    )));
+                }
+                at = value + n;
             }
             (0xFFFE, 0xE0DD) => break,
             _ => {
-                return Err(format!(
+                return Err(corrupt(format!(
                     "unexpected ({group:04X},{element:04X}) inside the encapsulated pixel data"
-                ))
+                )))
             }
         }
     }
-    let Some((&(bot_at, bot_len), fragments)) = items.split_first() else {
-        return Err("encapsulated pixel data without items".into());
+    // No offset table item: the first item is a frame (a JPEG's SOI, a JPEG 2000 SOC).
+    let starts_a_frame = first == [0xFF, 0xD8] || first == [0xFF, 0x4F];
+    if items.len() as u64 == n_frames && starts_a_frame {
+        return Ok(items);
+    }
+    let Some((_, fragments)) = items.split_first() else {
+        return Err(corrupt("encapsulated pixel data without items".into()));
     };
     if fragments.len() as u64 == n_frames {
         return Ok(fragments.to_vec());
     }
-    // Several fragments per frame: the Basic Offset Table says where each frame starts,
-    // relative to the first fragment's item header.
-    if bot_len != 4 * n_frames || fragments.is_empty() {
-        return Err(format!(
-            "{} fragments for {n_frames} frames and no usable offset table",
+    if (fragments.len() as u64) < n_frames {
+        return Err(corrupt(format!(
+            "{} fragments for {n_frames} frames",
             fragments.len()
-        ));
+        )));
     }
-    Err(format!(
+    Err(FramesError::Unsupported(format!(
         "{} fragments for {n_frames} frames (frames split across fragments are not read \
-         natively; offset table at {bot_at})",
+         natively)",
         fragments.len()
-    ))
+    )))
 }
 
 /// Frame → tile of one instance: `(frame index, column, row)` in tiles.
@@ -778,7 +884,7 @@ fn frame_tiles(
     let per_frame = inst
         .obj
         .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
-        .and_then(|e| e.items().map(|i| i.to_vec()));
+        .and_then(|e| e.items());
     let sparse = organisation.as_deref() == Some("TILED_SPARSE")
         || (organisation.as_deref() != Some("TILED_FULL") && per_frame.is_some());
     let mut out = Vec::with_capacity(n as usize);
@@ -845,32 +951,79 @@ struct LevelBuild {
     files: Vec<usize>,
 }
 
+/// Opens the files tiles are read from, each once, in the order first used.
+struct Files {
+    index: HashMap<usize, u16>,
+    files: Vec<SourceFile>,
+}
+
+impl Files {
+    /// The index of instance `i`'s file, opening it (or taking it from memory) on first use.
+    fn of(&mut self, i: usize, instances: &mut [Instance]) -> Result<u16> {
+        if let Some(&fi) = self.index.get(&i) {
+            return Ok(fi);
+        }
+        let inst = &mut instances[i];
+        let file = match inst.file.take() {
+            Some(f) => f,
+            None => {
+                let f =
+                    std::fs::File::open(&inst.path).map_err(|e| Error::from_io(&inst.path, e))?;
+                SourceFile::new(f).map_err(|m| inst.err(m))?
+            }
+        };
+        let fi = u16::try_from(self.files.len()).map_err(|_| inst.err("too many files"))?;
+        self.files.push(file);
+        self.index.insert(i, fi);
+        Ok(fi)
+    }
+}
+
+/// Whether the JPEG frame at `(offset, count)` of `file` says, by its own markers, that it
+/// holds YCbCr.
+fn frame_says_ycbcr(file: &SourceFile, offset: u64, count: u64, inst: &Instance) -> Result<bool> {
+    let head = file
+        .read_at(offset, count.min(64 * 1024))
+        .map_err(|m| inst.err(m))?;
+    Ok(stream_says_ycbcr(&head))
+}
+
 /// Assembles the series' instances into levels and associated images.
-fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts> {
+fn build(path: &Path, mut instances: Vec<Instance>, limits: &Limits) -> Result<Parts> {
     let mut levels: Vec<LevelBuild> = Vec::new();
     let mut associated: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (i, inst) in instances.iter().enumerate() {
-        let Some(image_type) = inst.strs(tags::IMAGE_TYPE) else {
-            return Err(inst.unsupported("no ImageType"));
+        // OpenSlide reads the first four values of ImageType.
+        let image_type = match inst.strs(tags::IMAGE_TYPE) {
+            Some(t) if t.len() >= 4 => t,
+            _ => return Err(inst.unsupported("no ImageType (or fewer than four values)")),
         };
-        let Some(kind) = kind(&image_type) else {
+        let Some(kind) = kind(&image_type[..4]) else {
             continue;
         };
         encoding(inst)?;
-        let dim = |tag, name: &str| -> Result<u64> {
+        let dim = |tag, name: &str, max: u64| -> Result<u64> {
             match inst.int(tag) {
-                Some(v) if v > 0 => Ok(v as u64),
+                Some(v) if v > 0 && (v as u64) <= max => Ok(v as u64),
                 _ => Err(inst.err(format!("no usable {name}"))),
             }
         };
         let size = Size::new(
-            dim(tags::TOTAL_PIXEL_MATRIX_COLUMNS, "TotalPixelMatrixColumns")?,
-            dim(tags::TOTAL_PIXEL_MATRIX_ROWS, "TotalPixelMatrixRows")?,
+            dim(
+                tags::TOTAL_PIXEL_MATRIX_COLUMNS,
+                "TotalPixelMatrixColumns",
+                u64::from(u32::MAX),
+            )?,
+            dim(
+                tags::TOTAL_PIXEL_MATRIX_ROWS,
+                "TotalPixelMatrixRows",
+                u64::from(u32::MAX),
+            )?,
         );
-        let tile = Size::new(dim(tags::COLUMNS, "Columns")?, dim(tags::ROWS, "Rows")?);
-        if tile.width * tile.height > MAX_TILE_PIXELS {
-            return Err(inst.err(format!("frames of {} × {}", tile.width, tile.height)));
-        }
+        let tile = Size::new(
+            dim(tags::COLUMNS, "Columns", u64::from(u16::MAX))?,
+            dim(tags::ROWS, "Rows", u64::from(u16::MAX))?,
+        );
         match kind {
             Kind::Associated(name) => {
                 if let Some(&prev) = associated.get(name) {
@@ -886,6 +1039,9 @@ fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts
                 associated.insert(name, i);
             }
             Kind::Level => {
+                if tile.width * tile.height > MAX_TILE_PIXELS {
+                    return Err(inst.err(format!("frames of {} × {}", tile.width, tile.height)));
+                }
                 if let Some(l) = levels.iter_mut().find(|l| l.size == size) {
                     let sop = inst.underlying_sop();
                     if l.files
@@ -936,22 +1092,20 @@ fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts
         });
     }
 
-    // Files: every instance used, in order; levels and associated images index into them.
-    let mut file_of: HashMap<usize, u16> = HashMap::new();
-    let mut used: Vec<usize> = Vec::new();
-    let mut index = |i: usize, used: &mut Vec<usize>| -> u16 {
-        *file_of.entry(i).or_insert_with(|| {
-            used.push(i);
-            (used.len() - 1) as u16
-        })
+    // The tile tables are allocated whole, so their size is bounded by the frames the files
+    // hold: per level (a sparse level may leave most of its grid empty, not a thousand times
+    // more) and in all.
+    let all_frames: u64 = instances.iter().map(|i| i.frames.len() as u64).sum();
+    let mut table_left = all_frames.saturating_mul(64).saturating_add(1 << 20);
+    let mut files = Files {
+        index: HashMap::new(),
+        files: Vec::new(),
     };
     let mut overrides = Vec::new();
     let mut native_levels = Vec::with_capacity(levels.len());
     for (li, l) in levels.iter().enumerate() {
         let across = l.size.width.div_ceil(l.tile.width);
         let down = l.size.height.div_ceil(l.tile.height);
-        // The tile table is allocated whole, so its size is bounded by the frames the files
-        // hold (a sparse level may leave most of its grid empty, not a thousand times more).
         let frames: u64 = l
             .files
             .iter()
@@ -959,26 +1113,34 @@ fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts
             .sum();
         let n = across
             .checked_mul(down)
-            .filter(|&n| n <= MAX_FRAMES && n <= frames.saturating_mul(1024) + 65_536)
+            .filter(|&n| {
+                n <= MAX_FRAMES && n <= frames.saturating_mul(1024) + 65_536 && n <= table_left
+            })
             .ok_or_else(|| {
                 corrupt(
                     path,
                     format!("level {li} is a grid of {across} × {down} tiles for {frames} frames"),
                 )
-            })? as usize;
+            })?;
+        table_left -= n;
+        let n = n as usize;
         let mut offsets = vec![0u64; n];
         let mut counts = vec![0u64; n];
         let mut tile_files = vec![0u16; n];
         let mut enc = encoding(&instances[l.files[0]])?;
         for &i in &l.files {
-            let inst = &instances[i];
-            let e = encoding(inst)?;
+            let e = encoding(&instances[i])?;
             if e.codec != enc.codec || e.photometric != enc.photometric {
-                return Err(inst.unsupported("the files of one level are encoded differently"));
+                return Err(
+                    instances[i].unsupported("the files of one level are encoded differently")
+                );
             }
-            let fi = index(i, &mut used);
+            let fi = files.of(i, &mut instances)?;
+            let inst = &instances[i];
+            let mut placed = 0usize;
             for (k, col, row) in frame_tiles(inst, l.tile, across, down)? {
                 let t = (row * across + col) as usize;
+                placed += 1;
                 if counts[t] != 0 {
                     continue; // the first file holding a tile wins, as in OpenSlide
                 }
@@ -990,18 +1152,28 @@ fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts
                 counts[t] = len;
                 tile_files[t] = fi;
             }
+            // A file none of whose frames lands on the grid (a concatenation part with a
+            // wrong frame offset) would leave its tiles white without a word.
+            if placed == 0 {
+                return Err(inst.err(format!(
+                    "none of its {} frames lies on the {across} × {down} tile grid",
+                    inst.frames.len()
+                )));
+            }
         }
         if enc.codec == Codec::Jpeg && enc.photometric == 2 {
             // The mis-tagged case: look at the level's first frame.
             if let Some(t) = counts.iter().position(|&c| c > 0) {
-                let inst = &instances[used[tile_files[t] as usize]];
-                let head = inst
-                    .file
-                    .read_at(offsets[t], counts[t].min(64 * 1024))
-                    .map_err(|m| inst.err(m))?;
-                if stream_says_ycbcr(&head) {
+                let fi = tile_files[t] as usize;
+                let owner = *files
+                    .index
+                    .iter()
+                    .find(|(_, &f)| f as usize == fi)
+                    .map(|(i, _)| i)
+                    .expect("a placed tile's file is indexed");
+                if frame_says_ycbcr(&files.files[fi], offsets[t], counts[t], &instances[owner])? {
                     enc.photometric = 6;
-                    overrides.push(li);
+                    overrides.push(format!("level {li}"));
                 }
             }
         }
@@ -1011,12 +1183,13 @@ fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts
             tiles_across: across,
             offsets,
             counts,
-            tile_files: (l.files.len() > 1 || used.len() > 1).then_some(tile_files),
+            tile_files: (l.files.len() > 1 || files.files.len() > 1).then_some(tile_files),
             enc,
         });
     }
 
     let mut native_associated = Vec::new();
+    let mut associated_icc = Vec::new();
     for (&name, &i) in &associated {
         let inst = &instances[i];
         let size = Size::new(
@@ -1027,22 +1200,30 @@ fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts
             inst.int(tags::COLUMNS).unwrap_or(0) as u64,
             inst.int(tags::ROWS).unwrap_or(0) as u64,
         );
-        // One frame the size of the image (what OpenSlide reads); tiled ones are left out.
-        if frame != size || inst.frames.is_empty() {
+        // One frame the size of the image (what OpenSlide reads), within the associated-image
+        // limit; tiled or larger ones are left out rather than failing the slide.
+        if frame != size
+            || inst.frames.is_empty()
+            || size.width.saturating_mul(size.height) > limits.max_associated_pixels
+            || size.width.saturating_mul(size.height) > MAX_TILE_PIXELS
+        {
             continue;
         }
         let mut enc = encoding(inst)?;
         let (at, len) = inst.frames[0];
-        if enc.codec == Codec::Jpeg && enc.photometric == 2 {
-            let head = inst
-                .file
-                .read_at(at, len.min(64 * 1024))
-                .map_err(|m| inst.err(m))?;
-            if stream_says_ycbcr(&head) {
-                enc.photometric = 6;
-            }
+        let icc = icc_profile(inst, limits.max_icc_bytes)?;
+        let file = files.of(i, &mut instances)?;
+        let inst = &instances[i];
+        if enc.codec == Codec::Jpeg
+            && enc.photometric == 2
+            && frame_says_ycbcr(&files.files[file as usize], at, len, inst)?
+        {
+            enc.photometric = 6;
+            overrides.push(format!("the {name} image"));
         }
-        let file = index(i, &mut used);
+        if let Some(icc) = icc {
+            associated_icc.push((name, icc.len()));
+        }
         native_associated.push(NativeAssociated {
             info: AssociatedImage {
                 name: name.into(),
@@ -1058,37 +1239,29 @@ fn build(path: &Path, instances: Vec<Instance>, limits: &Limits) -> Result<Parts
 
     let level0 = &instances[levels[0].files[0]];
     let mut properties = properties(level0);
-    for a in &native_associated {
-        let i = associated[a.info.name.as_str()];
-        if let Some(icc) = icc_profile(&instances[i], limits.max_icc_bytes)? {
-            properties.insert(
-                format!("openslide.associated.{}.icc-size", a.info.name),
-                icc.len().to_string(),
-            );
-        }
+    for (name, size) in associated_icc {
+        properties.insert(
+            format!("openslide.associated.{name}.icc-size"),
+            size.to_string(),
+        );
     }
     if !overrides.is_empty() {
         properties.insert(
             "tessera.dicom.photometric-override".into(),
             format!(
-                "levels {overrides:?}: tagged RGB, but the JPEG frames carry a JFIF or Adobe \
-                 YCbCr marker; decoded as YCbCr"
+                "{}: tagged RGB, but the JPEG frames carry a JFIF or Adobe YCbCr marker; \
+                 decoded as YCbCr",
+                overrides.join(", ")
             ),
         );
     }
     let icc = icc_profile(level0, limits.max_icc_bytes)?;
-    let mut files = Vec::with_capacity(used.len());
-    let mut instances: Vec<Option<Instance>> = instances.into_iter().map(Some).collect();
-    for i in used {
-        let inst = instances[i].take().expect("each instance used once");
-        files.push(inst.file);
-    }
     Ok(Parts {
         path: path.into(),
         format: FORMAT.into(),
         vendor: "dicom".into(),
         backend: BACKEND,
-        files,
+        files: files.files,
         levels: native_levels,
         associated: native_associated,
         properties,

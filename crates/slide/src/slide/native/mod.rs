@@ -1,6 +1,7 @@
-//! Tessera's native reader for Aperio SVS and generic tiled (Big)TIFF, in pure Rust.
+//! Tessera's native reader for Aperio SVS, generic tiled (Big)TIFF and DICOM WSI, in pure Rust.
 //!
-//! In: a TIFF-family file. Out: a [`NativeReader`] implementing [`SlideReader`] with
+//! In: a TIFF-family file, or a DICOM series ([`dicom`] finds its levels and frames; the
+//! region assembly below is shared). Out: a [`NativeReader`] implementing [`SlideReader`] with
 //! OpenSlide's semantics: the same levels (Aperio: every tiled IFD in file order; generic TIFF:
 //! IFD 0 and the tiled reduced-resolution IFDs and SubIFDs, widest first), downsamples
 //! `(h0/h + w0/w) / 2`, associated images, the `aperio.*` / `tiff.*` / `openslide.*` properties,
