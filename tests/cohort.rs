@@ -156,6 +156,89 @@ fn shards_cover_every_slide_exactly_once_and_merge() {
 }
 
 #[test]
+fn shard_auto_numbers_a_stepped_slurm_array_and_refuses_a_sparse_one() {
+    let tmp = require!(cohort_folder());
+    let dir = tmp.path().join("cohort");
+    let out = tmp.path().join("out");
+    // sbatch --array=1-7:2: tasks 1, 3, 5 and 7, four shards.
+    let slurm = |id: &str, max: &str, step: &str, count: &str| {
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("analyze"),
+            dir.as_os_str(),
+            OsStr::new("--out"),
+            out.as_os_str(),
+        ];
+        args.extend(
+            [
+                "--mpp",
+                "0.5",
+                "--shard",
+                "auto",
+                "--inference",
+                "tract",
+                "--log-format",
+                "json",
+            ]
+            .map(OsStr::new),
+        );
+        tessera(
+            &args,
+            &[
+                ("SLURM_ARRAY_TASK_ID", OsStr::new(id)),
+                ("SLURM_ARRAY_TASK_MIN", OsStr::new("1")),
+                ("SLURM_ARRAY_TASK_MAX", OsStr::new(max)),
+                ("SLURM_ARRAY_TASK_STEP", OsStr::new(step)),
+                ("SLURM_ARRAY_TASK_COUNT", OsStr::new(count)),
+            ],
+        )
+    };
+    let mut seen = Vec::new();
+    for id in ["1", "3", "5", "7"] {
+        let o = slurm(id, "7", "2", "4");
+        let err = stderr(&o);
+        let shard = (id.parse::<usize>().unwrap() - 1) / 2 + 1;
+        assert!(err.contains(&format!("shard {shard}/4")), "{err}");
+        let names: Vec<String> = statuses(&String::from_utf8_lossy(&o.stdout))
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names.len(), 1, "task {id}: {names:?}");
+        seen.extend(names);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "CMU-1-Small-Region.svs",
+            "boxes.tiff",
+            "broken.svs",
+            "kidney.tif"
+        ]
+    );
+    // sbatch --array=1,3,7: three tasks over a range of seven; refused before any work.
+    let fresh = tmp.path().join("fresh");
+    let o = tessera(
+        &[
+            OsStr::new("analyze"),
+            dir.as_os_str(),
+            OsStr::new("--out"),
+            fresh.as_os_str(),
+            OsStr::new("--shard"),
+            OsStr::new("auto"),
+        ],
+        &[
+            ("SLURM_ARRAY_TASK_ID", OsStr::new("3")),
+            ("SLURM_ARRAY_TASK_MIN", OsStr::new("1")),
+            ("SLURM_ARRAY_TASK_MAX", OsStr::new("7")),
+            ("SLURM_ARRAY_TASK_COUNT", OsStr::new("3")),
+        ],
+    );
+    assert_eq!(code(&o), 64, "{}", stderr(&o));
+    assert!(stderr(&o).contains("sparse"), "{}", stderr(&o));
+    assert!(!fresh.exists(), "nothing written");
+}
+
+#[test]
 fn two_workers_started_together_analyse_each_slide_once() {
     let tmp = require!(cohort_folder());
     let dir = tmp.path().join("cohort");

@@ -14,8 +14,19 @@ enum LogFormat {
     Json,
 }
 
-fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 1/4")?;
+/// `--shard`: `I/N`, or `auto` (from the scheduler's variables, resolved when the command
+/// runs).
+#[derive(Debug, Clone, Copy)]
+enum ShardArg {
+    Fixed(usize, usize),
+    Auto,
+}
+
+fn parse_shard(s: &str) -> Result<ShardArg, String> {
+    if s == "auto" {
+        return Ok(ShardArg::Auto);
+    }
+    let (i, n) = s.split_once('/').ok_or("expected I/N (e.g. 1/4) or auto")?;
     let (i, n): (usize, usize) = (
         i.parse().map_err(|_| "I is not a number")?,
         n.parse().map_err(|_| "N is not a number")?,
@@ -23,7 +34,7 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     if n == 0 || i == 0 || i > n {
         return Err(format!("shard {i}/{n}: need 1 <= I <= N"));
     }
-    Ok((i, n))
+    Ok(ShardArg::Fixed(i, n))
 }
 
 #[derive(Debug, Args)]
@@ -34,9 +45,12 @@ pub struct AnalyzeArgs {
     /// Redo slides whose results are up to date (same model and parameters).
     #[arg(long)]
     force: bool,
-    /// Process shard I of N of the sorted slide list (e.g. 2/8), for job arrays.
-    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
-    shard: Option<(usize, usize)>,
+    /// Process shard I of N of the sorted slide list (e.g. 2/8), for job arrays; `auto` takes
+    /// them from the scheduler: a Slurm array's SLURM_ARRAY_TASK_* (stepped arrays included;
+    /// sparse ones refused), or a Kubernetes Indexed Job's JOB_COMPLETION_INDEX with
+    /// TESSERA_SHARD_COUNT.
+    #[arg(long, value_name = "I/N|auto", value_parser = parse_shard)]
+    shard: Option<ShardArg>,
     /// Treat another worker's lock as stale after this many hours.
     #[arg(long, default_value_t = 24.0)]
     lock_stale_hours: f64,
@@ -67,9 +81,25 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
     if args.analysis.pdf && !super::chromium_found(&args.out.join("report.html")) {
         return super::EXIT_USAGE;
     }
+    let shard = match args.shard {
+        None => None,
+        Some(ShardArg::Fixed(i, n)) => Some((i, n)),
+        Some(ShardArg::Auto) => match cohort::shard_from_scheduler(|k| std::env::var(k).ok()) {
+            Ok((i, n)) => {
+                if !args.quiet {
+                    eprintln!("shard {i}/{n} (from the job scheduler)");
+                }
+                Some((i, n))
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return super::EXIT_USAGE;
+            }
+        },
+    };
     let opts = CohortOptions {
         force: args.force,
-        shard: args.shard,
+        shard,
         stale_after: std::time::Duration::from_secs_f64(args.lock_stale_hours.max(0.0) * 3600.0),
     };
     let (quiet, format) = (args.quiet, args.log_format);

@@ -139,6 +139,79 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// This worker's shard `(i, n)` (1-based) from the job scheduler's own variables, read through
+/// `var` (the environment, in the binary):
+///
+/// - Slurm job arrays: `SLURM_ARRAY_TASK_ID`, `_MIN`, `_MAX`, `_STEP` (1 when unset) and
+///   `_COUNT`. Shard `(id − min) / step + 1` of `(max − min) / step + 1`, so stepped arrays
+///   (`--array=1-9:2`) and arrays starting anywhere (`--array=0-7`) number their shards
+///   without gaps. A sparse array (`--array=1,3,7`) would leave shards nobody runs, so it is
+///   refused (its task count differs from its range's).
+/// - Kubernetes Indexed Jobs: `JOB_COMPLETION_INDEX` (0-based) and `TESSERA_SHARD_COUNT`, which
+///   the Job sets to its `completions` (Kubernetes does not pass the count itself).
+///
+/// Anything else (no array, a value that is not a number, an index outside the range) is an
+/// error saying what was found, before any work.
+pub fn shard_from_scheduler(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<(usize, usize), String> {
+    let num = |name: &str| -> Result<Option<usize>, String> {
+        match var(name) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .map(Some)
+                .map_err(|_| format!("{name}={v:?} is not a whole number")),
+        }
+    };
+    if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
+        let need = |name: &str| -> Result<usize, String> {
+            num(name)?.ok_or_else(|| format!("SLURM_ARRAY_TASK_ID is set but {name} is not"))
+        };
+        let (min, max) = (need("SLURM_ARRAY_TASK_MIN")?, need("SLURM_ARRAY_TASK_MAX")?);
+        let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+        if id < min || id > max || max < min {
+            return Err(format!(
+                "SLURM_ARRAY_TASK_ID {id} lies outside the array {min}-{max}"
+            ));
+        }
+        if (id - min) % step != 0 {
+            return Err(format!(
+                "SLURM_ARRAY_TASK_ID {id} is not on the array's step ({min}-{max}:{step})"
+            ));
+        }
+        let n = (max - min) / step + 1;
+        if let Some(count) = num("SLURM_ARRAY_TASK_COUNT")? {
+            if count != n {
+                return Err(format!(
+                    "the array has {count} tasks but its range {min}-{max}:{step} has {n} places: \
+                     a sparse array (e.g. --array=1,3,7) would leave shards nobody runs; submit \
+                     a range (--array=1-{count}) or give --shard I/N yourself"
+                ));
+            }
+        }
+        return Ok(((id - min) / step + 1, n));
+    }
+    if let Some(index) = num("JOB_COMPLETION_INDEX")? {
+        let n = num("TESSERA_SHARD_COUNT")?.ok_or(
+            "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but TESSERA_SHARD_COUNT is \
+             not: set it to the Job's completions",
+        )?;
+        if n == 0 || index >= n {
+            return Err(format!(
+                "JOB_COMPLETION_INDEX {index} lies outside TESSERA_SHARD_COUNT {n}"
+            ));
+        }
+        return Ok((index + 1, n));
+    }
+    Err(
+        "--shard auto needs a job array: SLURM_ARRAY_TASK_ID (sbatch --array) or \
+         JOB_COMPLETION_INDEX with TESSERA_SHARD_COUNT (a Kubernetes Indexed Job)"
+            .into(),
+    )
+}
+
 /// The slides of shard `i` of `n` (1-based): every n-th slide from the i-th.
 pub fn shard<T: Clone>(slides: &[T], i: usize, n: usize) -> Vec<T> {
     slides
@@ -469,6 +542,56 @@ pub fn merge_summaries(out: &Path) -> Result<Vec<SlideStatus>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_from_the_schedulers_variables() {
+        let env = |pairs: &[(&str, &str)]| {
+            let m: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move |k: &str| m.get(k).cloned()
+        };
+        let slurm = |id: &str, min: &str, max: &str, step: &str, count: &str| {
+            shard_from_scheduler(env(&[
+                ("SLURM_ARRAY_TASK_ID", id),
+                ("SLURM_ARRAY_TASK_MIN", min),
+                ("SLURM_ARRAY_TASK_MAX", max),
+                ("SLURM_ARRAY_TASK_STEP", step),
+                ("SLURM_ARRAY_TASK_COUNT", count),
+            ]))
+        };
+        // --array=1-8, and an array from 0.
+        assert_eq!(slurm("3", "1", "8", "1", "8"), Ok((3, 8)));
+        assert_eq!(slurm("0", "0", "7", "1", "8"), Ok((1, 8)));
+        // --array=1-5:2 is tasks 1, 3, 5: shards 1, 2, 3 of 3 (task 5 ran "--shard 5/3").
+        assert_eq!(slurm("5", "1", "5", "2", "3"), Ok((3, 3)));
+        assert_eq!(slurm("3", "1", "5", "2", "3"), Ok((2, 3)));
+        // --array=1,3,7: three tasks over a range of seven places: refused.
+        let e = slurm("3", "1", "7", "1", "3").unwrap_err();
+        assert!(e.contains("sparse"), "{e}");
+        assert!(slurm("2", "1", "5", "2", "3").unwrap_err().contains("step"));
+        assert!(slurm("9", "1", "5", "1", "5")
+            .unwrap_err()
+            .contains("outside"));
+        assert!(slurm("x", "1", "5", "1", "5")
+            .unwrap_err()
+            .contains("not a whole number"));
+        // Kubernetes: a 0-based index and the count the Job passes.
+        assert_eq!(
+            shard_from_scheduler(env(&[
+                ("JOB_COMPLETION_INDEX", "0"),
+                ("TESSERA_SHARD_COUNT", "4")
+            ])),
+            Ok((1, 4))
+        );
+        assert!(shard_from_scheduler(env(&[("JOB_COMPLETION_INDEX", "0")]))
+            .unwrap_err()
+            .contains("TESSERA_SHARD_COUNT"));
+        assert!(shard_from_scheduler(env(&[]))
+            .unwrap_err()
+            .contains("needs a job array"));
+    }
 
     #[test]
     fn shards_partition_the_list() {
