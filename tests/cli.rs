@@ -577,3 +577,26 @@ fn info_redacts_patient_identifiers_unless_asked() {
         );
     }
 }
+
+#[test]
+fn version_names_the_commit_and_the_features() {
+    let out = tessera(&[OsStr::new("--version")], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let commit = head.unwrap_or_else(|| "unknown".into());
+    assert!(
+        text.starts_with(&format!(
+            "tessera {} (commit {commit}; features: ",
+            tessera::VERSION
+        )),
+        "{text}"
+    );
+    assert!(text.contains("ort, tract, gpu"), "{text}");
+}

@@ -84,6 +84,11 @@ enum Command {
     #[command(hide = true)]
     WatchWorker(watch::WatchArgs),
     /// Merge the summaries of (sharded) runs into OUT/summary.csv, OUT/summary.json and OUT/index.html.
+    #[command(
+        after_help = "Exit codes:\n  0   every slide in the summaries was done\n  2   some \
+        failed, others were done\n  3   none was done, or no summary could be read\n  64  \
+        invalid command line"
+    )]
     Summary {
         /// The output folder of the runs.
         out: PathBuf,
@@ -244,9 +249,32 @@ impl SlideArgs {
     }
 }
 
+/// `--version`'s text: the version, the git commit it was built from (`unknown` outside a
+/// git checkout) and the engine's features.
+fn long_version() -> String {
+    let features = tessera::features();
+    format!(
+        "{} (commit {}; features: {})",
+        tessera::VERSION,
+        env!("TESSERA_GIT_COMMIT"),
+        if features.is_empty() {
+            "none".to_string()
+        } else {
+            features.join(", ")
+        }
+    )
+}
+
 /// Parses the command line and runs the command.
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    // Made once per process; clap keeps version strings for the program's lifetime.
+    let version: &'static str = Box::leak(long_version().into_boxed_str());
+    let command = Cli::command().version(version);
+    let cli = match command
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

@@ -51,3 +51,18 @@ pub use tessera_slide::Error as SlideError;
 
 /// Tessera's version, as recorded in every output.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The engine's cargo features this build was made with (`ort`, `tract`, `gpu`).
+pub fn features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    if cfg!(feature = "ort") {
+        f.push("ort");
+    }
+    if cfg!(feature = "tract") {
+        f.push("tract");
+    }
+    if cfg!(feature = "gpu") {
+        f.push("gpu");
+    }
+    f
+}
