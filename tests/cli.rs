@@ -600,3 +600,58 @@ fn version_names_the_commit_and_the_features() {
     );
     assert!(text.contains("ort, tract, gpu"), "{text}");
 }
+
+/// A binary copied elsewhere (shared storage, an install prefix) finds the default model
+/// beside it, before the source tree's; an absent one is an error naming where it looked.
+#[test]
+fn a_copied_binary_finds_the_default_model_beside_it() {
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    let models = bin.join("models/he-cellularity");
+    std::fs::create_dir_all(&models).unwrap();
+    let exe = bin.join("tessera");
+    std::fs::copy(env!("CARGO_BIN_EXE_tessera"), &exe).unwrap();
+    let source = tessera::pipeline::default_model_dir();
+    for f in ["model.onnx", "config.json"] {
+        std::fs::copy(source.join(f), models.join(f)).unwrap();
+    }
+    // The copy beside the binary, told apart by its description.
+    let cfg = models.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    config["tessera"]["description"] = "the copy beside the binary".into();
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let analyze = |out: &std::path::Path, models_env: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(&exe);
+        c.args([OsStr::new("analyze"), svs.as_os_str(), OsStr::new("--out")])
+            .arg(out)
+            .args(["--inference", "tract", "--quiet"])
+            .env_remove("TESSERA_MODELS");
+        if let Some(m) = models_env {
+            c.env("TESSERA_MODELS", m);
+        }
+        c.output().unwrap()
+    };
+    let out = tmp.path().join("out");
+    let o = analyze(&out, None);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let result: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("CMU-1-Small-Region.svs/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        result["model"]["config"]["tessera"]["description"],
+        "the copy beside the binary"
+    );
+    // TESSERA_MODELS names a folder without the model: an error saying where it looked.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = analyze(&tmp.path().join("out2"), Some(&empty));
+    assert_ne!(code(&o), 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("default model was not found") && err.contains("TESSERA_MODELS"),
+        "{err}"
+    );
+}

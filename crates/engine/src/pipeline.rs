@@ -243,17 +243,62 @@ impl Default for AnalyzeConfig {
     }
 }
 
-/// The default model folder: `models/he-cellularity` at the root of the source tree, or
-/// `$TESSERA_MODELS/he-cellularity`.
+/// Where the default model is looked for, in order: `$TESSERA_MODELS` when set (then nowhere
+/// else), `models/` beside the executable, `../share/tessera/models` beside it (an install
+/// prefix: `bin/tessera` and `share/tessera/models/`), and the source tree's `models/` (a build
+/// in place).
+pub fn default_model_roots() -> Vec<PathBuf> {
+    if let Some(root) = std::env::var_os("TESSERA_MODELS") {
+        return vec![PathBuf::from(root)];
+    }
+    let mut roots = Vec::new();
+    if let Some(bin) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        roots.push(bin.join("models"));
+        roots.push(bin.join("../share/tessera/models"));
+    }
+    // The workspace root's models/ (this crate lives in crates/engine).
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    roots.push(here.ancestors().nth(2).unwrap_or(here).join("models"));
+    roots
+}
+
+/// The default model folder: `he-cellularity` in the first of [`default_model_roots`] that
+/// holds one (the last of them when none does, so that an error names a path).
 pub fn default_model_dir() -> PathBuf {
-    let root = std::env::var_os("TESSERA_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            // The workspace root's models/ (this crate lives in crates/engine).
-            let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-            here.ancestors().nth(2).unwrap_or(here).join("models")
-        });
-    root.join("he-cellularity")
+    let roots = default_model_roots();
+    roots
+        .iter()
+        .map(|r| r.join("he-cellularity"))
+        .find(|d| d.join("config.json").is_file())
+        .unwrap_or_else(|| roots[roots.len() - 1].join("he-cellularity"))
+}
+
+/// The model folder `cfg` names, or the default one; an absent default model is an error
+/// naming every place looked and how to point Tessera at it.
+fn model_dir(cfg: &AnalyzeConfig) -> Result<PathBuf> {
+    if let Some(m) = &cfg.model {
+        return Ok(m.clone());
+    }
+    let dir = default_model_dir();
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
+    }
+    let looked: Vec<String> = default_model_roots()
+        .iter()
+        .map(|r| r.join("he-cellularity").display().to_string())
+        .collect();
+    Err(Error::InvalidInput {
+        path: dir,
+        reason: format!(
+            "the default model was not found (looked in: {}); give --model DIR, set \
+             TESSERA_MODELS to a folder holding he-cellularity/, or copy the source tree's \
+             models/ beside the tessera binary",
+            looked.join("; ")
+        ),
+    })
 }
 
 /// The `.onnx` file itself, or the only `.onnx` file in a folder.
@@ -364,7 +409,7 @@ pub fn slide_name(path: &Path) -> String {
 /// that can change results). Recorded in result.json; cohort runs skip slides whose finished
 /// result carries the same key.
 pub fn run_key(cfg: &AnalyzeConfig) -> Result<String> {
-    let dir = cfg.model.clone().unwrap_or_else(default_model_dir);
+    let dir = model_dir(cfg)?;
     run_key_for(&ModelFolder::load(&dir)?, None, cfg)
 }
 
@@ -733,7 +778,7 @@ fn load_on_backend(
 
 /// Loads the model `cfg` names (or the default one) on the backend `cfg` asks for.
 pub fn load_model(cfg: &AnalyzeConfig) -> Result<LoadedModel> {
-    let model_dir = cfg.model.clone().unwrap_or_else(default_model_dir);
+    let model_dir = model_dir(cfg)?;
     let folder = ModelFolder::load(&model_dir)?;
     let (chosen, model, note) = load_on_backend(&folder, cfg)?;
     cfg.progress.emit(ProgressEvent::ModelLoaded { note });
