@@ -239,6 +239,33 @@ fn shard_auto_numbers_a_stepped_slurm_array_and_refuses_a_sparse_one() {
 }
 
 #[test]
+fn failed_slides_have_a_chosen_exit_code_and_an_empty_shard_is_no_failure() {
+    let tmp = require!(cohort_folder());
+    let dir = tmp.path().join("cohort");
+    let out = tmp.path().join("out");
+    // Sorted: CMU-1-Small-Region.svs, broken.svs, sub/boxes.tiff, sub/kidney.tif. Shard 2/4 is
+    // the corrupt file alone: by default "none read" (3); with --failed-slides-exit 0 the run
+    // counts as finished, the failure listed in the summary.
+    let (c, stdout) = run_cohort(&dir, &out, &["--shard", "2/4"]);
+    assert_eq!(c, 3, "{stdout}");
+    let (c, stdout) = run_cohort(&dir, &out, &["--shard", "2/4", "--failed-slides-exit", "0"]);
+    assert_eq!(c, 0, "{stdout}");
+    assert_eq!(
+        statuses(&stdout),
+        [("broken.svs".to_string(), "failed".to_string())]
+    );
+    // The whole folder: some failed (2 by default, the chosen code otherwise).
+    let (c, _) = run_cohort(&dir, &out, &["--failed-slides-exit", "0"]);
+    assert_eq!(c, 0);
+    let (c, _) = run_cohort(&dir, &out, &[]);
+    assert_eq!(c, 2);
+    // More shards than slides: shard 6 of 6 holds nothing, which is not a failure.
+    let (c, stdout) = run_cohort(&dir, &out, &["--shard", "6/6"]);
+    assert_eq!(c, 0, "{stdout}");
+    assert!(statuses(&stdout).is_empty());
+}
+
+#[test]
 fn two_workers_started_together_analyse_each_slide_once() {
     let tmp = require!(cohort_folder());
     let dir = tmp.path().join("cohort");

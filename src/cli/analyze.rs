@@ -51,6 +51,13 @@ pub struct AnalyzeArgs {
     /// TESSERA_SHARD_COUNT.
     #[arg(long, value_name = "I/N|auto", value_parser = parse_shard)]
     shard: Option<ShardArg>,
+    /// The exit code when the run finished but slides failed (some or all of them): by default
+    /// 2 when some were read and 3 when none was. A scheduler's "after OK" dependency wants 0
+    /// here, so that a cohort with unreadable slides (listed as failed in the summary) still
+    /// counts as finished, while a run that could not work at all keeps its own code (3, or 64
+    /// for a bad command line).
+    #[arg(long, value_name = "CODE")]
+    failed_slides_exit: Option<u8>,
     /// Treat another worker's lock as stale after this many hours.
     #[arg(long, default_value_t = 24.0)]
     lock_stale_hours: f64,
@@ -213,6 +220,17 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
         bar.finish_and_clear();
     }
     match outcome {
+        // A shard can be empty (more shards than slides): nothing to do is not a failure.
+        Ok(statuses)
+            if statuses.is_empty()
+                && shard.is_some()
+                && cohort::collect(&args.slides).is_ok_and(|all| !all.is_empty()) =>
+        {
+            if !quiet {
+                eprintln!("this shard holds no slides");
+            }
+            super::EXIT_OK
+        }
         Ok(statuses) if statuses.is_empty() => {
             eprintln!("error: no slides found in the paths given");
             super::EXIT_ALL_FAILED
@@ -230,7 +248,10 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
                     cfg.out.join("summary.csv").display()
                 );
             }
-            batch_exit_code(statuses.len() - failed, statuses.len())
+            match (failed, args.failed_slides_exit) {
+                (1.., Some(code)) => code,
+                _ => batch_exit_code(statuses.len() - failed, statuses.len()),
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");
