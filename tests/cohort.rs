@@ -27,7 +27,8 @@ fn cohort_folder() -> Option<tempfile::TempDir> {
     Some(tmp)
 }
 
-fn run(args: &[&OsStr]) -> (i32, String) {
+/// `tessera analyze ARGS... --inference tract --log-format json`, with `env` set.
+fn analyze(args: &[&OsStr], env: &[(&str, &OsStr)]) -> std::process::Output {
     let mut all = vec![OsStr::new("analyze")];
     all.extend_from_slice(args);
     all.extend([
@@ -36,19 +37,27 @@ fn run(args: &[&OsStr]) -> (i32, String) {
         OsStr::new("--log-format"),
         OsStr::new("json"),
     ]);
-    let out = tessera(&all, &[]);
+    tessera(&all, env)
+}
+
+fn run(args: &[&OsStr]) -> (i32, String) {
+    let out = analyze(args, &[]);
     (
         code(&out),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
 
-/// `tessera analyze DIR --out OUT --mpp 0.5 EXTRA...` (boxes.tiff states a 72 dpi placeholder
-/// MPP, so an MPP is given for every slide).
-fn run_cohort(dir: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+/// The arguments of `tessera analyze DIR --out OUT --mpp 0.5 EXTRA...` (boxes.tiff states a
+/// 72 dpi placeholder MPP, so an MPP is given for every slide).
+fn cohort_args<'a>(dir: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a OsStr> {
     let mut args = vec![dir.as_os_str(), OsStr::new("--out"), out.as_os_str()];
-    args.extend(["--mpp", "0.5"].iter().chain(extra).map(OsStr::new));
-    run(&args)
+    args.extend(["--mpp", "0.5"].iter().chain(extra).map(|a| OsStr::new(*a)));
+    args
+}
+
+fn run_cohort(dir: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    run(&cohort_args(dir, out, extra))
 }
 
 /// How many status lines have `status`.
@@ -161,40 +170,21 @@ fn shard_auto_numbers_a_stepped_slurm_array_and_refuses_a_sparse_one() {
     let dir = tmp.path().join("cohort");
     let out = tmp.path().join("out");
     // sbatch --array=1-7:2: tasks 1, 3, 5 and 7, four shards.
-    let slurm = |id: &str, max: &str, step: &str, count: &str| {
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("analyze"),
-            dir.as_os_str(),
-            OsStr::new("--out"),
-            out.as_os_str(),
+    let slurm = |out: &Path, id: &str, max: &str, step: Option<&str>, count: &str| {
+        let mut env = vec![
+            ("SLURM_ARRAY_TASK_ID", OsStr::new(id)),
+            ("SLURM_ARRAY_TASK_MIN", OsStr::new("1")),
+            ("SLURM_ARRAY_TASK_MAX", OsStr::new(max)),
+            ("SLURM_ARRAY_TASK_COUNT", OsStr::new(count)),
         ];
-        args.extend(
-            [
-                "--mpp",
-                "0.5",
-                "--shard",
-                "auto",
-                "--inference",
-                "tract",
-                "--log-format",
-                "json",
-            ]
-            .map(OsStr::new),
-        );
-        tessera(
-            &args,
-            &[
-                ("SLURM_ARRAY_TASK_ID", OsStr::new(id)),
-                ("SLURM_ARRAY_TASK_MIN", OsStr::new("1")),
-                ("SLURM_ARRAY_TASK_MAX", OsStr::new(max)),
-                ("SLURM_ARRAY_TASK_STEP", OsStr::new(step)),
-                ("SLURM_ARRAY_TASK_COUNT", OsStr::new(count)),
-            ],
-        )
+        if let Some(step) = step {
+            env.push(("SLURM_ARRAY_TASK_STEP", OsStr::new(step)));
+        }
+        analyze(&cohort_args(&dir, out, &["--shard", "auto"]), &env)
     };
     let mut seen = Vec::new();
     for id in ["1", "3", "5", "7"] {
-        let o = slurm(id, "7", "2", "4");
+        let o = slurm(&out, id, "7", Some("2"), "4");
         let err = stderr(&o);
         let shard = (id.parse::<usize>().unwrap() - 1) / 2 + 1;
         assert!(err.contains(&format!("shard {shard}/4")), "{err}");
@@ -217,22 +207,7 @@ fn shard_auto_numbers_a_stepped_slurm_array_and_refuses_a_sparse_one() {
     );
     // sbatch --array=1,3,7: three tasks over a range of seven; refused before any work.
     let fresh = tmp.path().join("fresh");
-    let o = tessera(
-        &[
-            OsStr::new("analyze"),
-            dir.as_os_str(),
-            OsStr::new("--out"),
-            fresh.as_os_str(),
-            OsStr::new("--shard"),
-            OsStr::new("auto"),
-        ],
-        &[
-            ("SLURM_ARRAY_TASK_ID", OsStr::new("3")),
-            ("SLURM_ARRAY_TASK_MIN", OsStr::new("1")),
-            ("SLURM_ARRAY_TASK_MAX", OsStr::new("7")),
-            ("SLURM_ARRAY_TASK_COUNT", OsStr::new("3")),
-        ],
-    );
+    let o = slurm(&fresh, "3", "7", None, "3");
     assert_eq!(code(&o), 64, "{}", stderr(&o));
     assert!(stderr(&o).contains("sparse"), "{}", stderr(&o));
     assert!(!fresh.exists(), "nothing written");
