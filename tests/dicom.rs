@@ -18,7 +18,7 @@ const SERIES: &[&str] = &[
 
 /// Regions (level-0 location, level, size) that cover a level whole, its edges from outside,
 /// and unaligned starts, for a slide of `size` at `levels`.
-fn regions(slide: &Slide) -> Vec<(Level0Px, usize, Size)> {
+pub fn regions(slide: &Slide) -> Vec<(Level0Px, usize, Size)> {
     let mut out = Vec::new();
     for (i, l) in slide.levels().iter().enumerate() {
         let (w, h) = (l.size.width, l.size.height);
@@ -44,7 +44,7 @@ fn regions(slide: &Slide) -> Vec<(Level0Px, usize, Size)> {
     out
 }
 
-fn assert_same_pixels(path: &std::path::Path, a: &Slide, b: &Slide) {
+pub fn assert_same_pixels(path: &std::path::Path, a: &Slide, b: &Slide) {
     for (at, level, size) in regions(a) {
         let x = a.read_region(at, level, size).unwrap();
         let y = b.read_region(at, level, size).unwrap();
@@ -56,8 +56,10 @@ fn assert_same_pixels(path: &std::path::Path, a: &Slide, b: &Slide) {
                 .filter(|(p, q)| p != q)
                 .count();
             panic!(
-                "{}: level {level} at {at:?} size {size:?}: {diff} bytes differ from OpenSlide",
-                path.display()
+                "{}: level {level} at {at:?} size {size:?}: {diff} bytes differ between {} and {}",
+                path.display(),
+                a.backend().name,
+                b.backend().name
             );
         }
     }

@@ -4,12 +4,14 @@
 //! need OpenSlide, print why they skip when it is absent, and fail when `CI=true`.
 
 mod browser;
+mod orthanc;
 mod util;
 
 mod analyze;
 mod cli;
 mod cohort;
 mod dicom;
+mod dicomweb;
 mod gpu;
 mod hostile;
 mod models;

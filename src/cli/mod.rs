@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tessera::{BackendChoice, Limits, SlideConfig};
+use tessera::{BackendChoice, DicomWebAuth, DicomWebConfig, Limits, SlideConfig};
 
 /// Exit status: every input succeeded.
 pub const EXIT_OK: u8 = 0;
@@ -218,6 +218,25 @@ struct SlideArgs {
     /// walk the slide in narrow strips, 256 otherwise).
     #[arg(long, value_name = "MIB")]
     cache_mib: Option<u64>,
+    /// User name for a DICOMweb server's basic authentication (slides given as
+    /// dicomweb+http(s)://…); the password comes from $TESSERA_DICOMWEB_PASSWORD or
+    /// --dicomweb-password-file, never from the command line.
+    #[arg(long, value_name = "USER", env = "TESSERA_DICOMWEB_USER")]
+    dicomweb_user: Option<String>,
+    /// File whose first line is the basic-authentication password.
+    #[arg(long, value_name = "FILE")]
+    dicomweb_password_file: Option<PathBuf>,
+    /// File whose first line is a bearer token for the DICOMweb server, read as each slide is
+    /// opened (else $TESSERA_DICOMWEB_TOKEN).
+    #[arg(long, value_name = "FILE", conflicts_with = "dicomweb_user")]
+    dicomweb_token_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted besides the system's roots (a hospital's own CA).
+    #[arg(long, value_name = "FILE")]
+    dicomweb_ca: Option<PathBuf>,
+    /// Frames asked for in one DICOMweb request.
+    #[arg(long, value_name = "N", default_value_t = DicomWebConfig::default().batch_frames,
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    dicomweb_batch: u64,
 }
 
 impl SlideArgs {
@@ -245,6 +264,36 @@ impl SlideArgs {
                 .unwrap_or(default_mib)
                 .saturating_mul(1024 * 1024),
             apply_icc: self.icc,
+            dicomweb: self.dicomweb(),
+        }
+    }
+
+    /// The DICOMweb settings: credentials from the flags and the environment (the password
+    /// and token only from the environment or a file, so they never sit in a process list).
+    fn dicomweb(&self) -> DicomWebConfig {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let auth = match (&self.dicomweb_user, &self.dicomweb_token_file) {
+            (Some(user), _) => match &self.dicomweb_password_file {
+                Some(file) => DicomWebAuth::BasicPasswordFile {
+                    user: user.clone(),
+                    file: file.clone(),
+                },
+                None => DicomWebAuth::Basic {
+                    user: user.clone(),
+                    password: env("TESSERA_DICOMWEB_PASSWORD").unwrap_or_default(),
+                },
+            },
+            (None, Some(file)) => DicomWebAuth::BearerFile(file.clone()),
+            (None, None) => match env("TESSERA_DICOMWEB_TOKEN") {
+                Some(token) => DicomWebAuth::Bearer(token),
+                None => DicomWebAuth::None,
+            },
+        };
+        DicomWebConfig {
+            auth,
+            ca_file: self.dicomweb_ca.clone(),
+            batch_frames: self.dicomweb_batch,
+            ..DicomWebConfig::default()
         }
     }
 }

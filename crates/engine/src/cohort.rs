@@ -123,10 +123,15 @@ pub fn collect_skipping(dir: &Path) -> Result<(Vec<PathBuf>, Unreadable)> {
     Ok((out, unreadable))
 }
 
-/// The sorted, de-duplicated slides named by `paths` (files as given, folders searched).
+/// The sorted, de-duplicated slides named by `paths` (files and `dicomweb+` URLs as given,
+/// folders searched).
 pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
+        if tessera_slide::slide::native::dicomweb::is_url(p) {
+            out.push(p.clone());
+            continue;
+        }
         let meta = std::fs::metadata(p).map_err(|e| Error::from_io(p, e))?;
         if meta.is_dir() {
             walk(p, 0, &mut out, None)?;

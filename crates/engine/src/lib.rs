@@ -41,7 +41,7 @@ pub mod tissue;
 
 // The slide layer, under the paths the engine's modules name it by.
 pub use tessera_slide::{config, deepzoom, geom, info, slide, sys};
-pub use tessera_slide::{BackendChoice, Limits, SlideConfig};
+pub use tessera_slide::{BackendChoice, DicomWebAuth, DicomWebConfig, Limits, SlideConfig};
 pub use tessera_slide::{GridIndex, Level0Px, LevelPx, Size, Slide, TileIndex};
 
 pub use error::{Error, Result};

@@ -36,9 +36,10 @@ use crate::tissue::{self, TissueParams};
 
 pub use crate::results::RESULT_SCHEMA_VERSION;
 use crate::results::{
-    ClassStats, CropBox, Dimensions, Fingerprint, Identifiers, InferenceRecord, ModelRecord,
-    Parameters, PatchRef, PatchRow, PatchTable, Percentiles, Point, PreprocessingRecord,
-    ReaderRecord, SlideRecord, SlideResult, SlideScore, StainRecord, TissueRecord, TopRegion,
+    ClassStats, CropBox, DicomWebRecord, Dimensions, Fingerprint, Identifiers, InferenceRecord,
+    ModelRecord, Parameters, PatchRef, PatchRow, PatchTable, Percentiles, Point,
+    PreprocessingRecord, ReaderRecord, SlideRecord, SlideResult, SlideScore, StainRecord,
+    TissueRecord, TopRegion,
 };
 
 /// What a run reports while it works (for progress bars and logs).
@@ -397,6 +398,30 @@ pub fn fingerprint(path: &Path, full: bool) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// What [`slide_fingerprint`] hashed for a DICOMweb series.
+pub const DICOMWEB_FINGERPRINT: &str = "DICOMweb: UIDs, attributes, first and last level-0 frames";
+
+/// The fingerprint of an open slide: [`fingerprint`] of its files, or for a series read over
+/// DICOMweb the reader's own (its UIDs, attributes and level 0's first and last frames); with
+/// what was hashed.
+pub fn slide_fingerprint(slide: &Slide, path: &Path, full: bool) -> Result<Fingerprint> {
+    Ok(match slide.remote() {
+        Some(r) => Fingerprint {
+            sha256: r.fingerprint.clone(),
+            method: DICOMWEB_FINGERPRINT.into(),
+        },
+        None => Fingerprint {
+            sha256: fingerprint(path, full)?,
+            method: if full {
+                "full file"
+            } else {
+                "size + first and last MiB"
+            }
+            .into(),
+        },
+    })
+}
+
 /// The output folder name of a slide: its file (or folder) name.
 pub fn slide_name(path: &Path) -> String {
     path.file_name()
@@ -584,12 +609,12 @@ pub fn qc_slide(
         let geo = geojson::feature_collection(&[], &Predictions::new(), &[], &regions);
         output::write_bytes(&tmp.join("annotations.geojson"), &geo)?;
         timings.insert("total_s".into(), started.elapsed().as_secs_f64());
-        let fp = fingerprint(path, cfg.hash_full)?;
+        let fp = slide_fingerprint(&slide, path, cfg.hash_full)?;
         let doc = crate::results::QcDocument {
             schema_version: RESULT_SCHEMA_VERSION,
             tessera_version: crate::VERSION.into(),
             analysed_at,
-            slide: slide_record(&slide, path, name, &mpp, cfg, fp)?,
+            slide: slide_record(&slide, path, name, &mpp, fp)?,
             tissue_area_mm2: tissue.area_mm2,
             tissue_fraction: mask.fraction(),
             tissue: tissue_record(&tissue.method, (mask.downsample, mask.threshold), cfg),
@@ -1408,7 +1433,7 @@ fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result
     } else {
         Vec::new()
     };
-    let fp = fingerprint(f.path, cfg.hash_full)?;
+    let fp = slide_fingerprint(f.slide, f.path, cfg.hash_full)?;
     f.timings.insert("outputs_s", t.elapsed().as_secs_f64());
     f.timings
         .insert("total_s", f.started.elapsed().as_secs_f64());
@@ -1445,14 +1470,13 @@ fn replace_folder(out: &Path, name: &str, tmp: &Path) -> Result<PathBuf> {
     Ok(final_dir)
 }
 
-/// The slide's record (result.json's and qc.json's `slide`), with its fingerprint `fp`.
+/// The slide's record (result.json's and qc.json's `slide`), with its fingerprint.
 fn slide_record(
     slide: &Slide,
     path: &Path,
     name: &str,
     mpp: &Mpp,
-    cfg: &AnalyzeConfig,
-    fp: String,
+    fingerprint: Fingerprint,
 ) -> Result<SlideRecord> {
     let dims = slide.dimensions();
     let reader = slide.backend();
@@ -1466,16 +1490,16 @@ fn slide_record(
             library: reader.library,
             version: reader.version,
         },
-        file_size_bytes: crate::info::size_on_disk(path)?,
-        fingerprint: Fingerprint {
-            sha256: fp,
-            method: if cfg.hash_full {
-                "full file"
-            } else {
-                "size + first and last MiB"
-            }
-            .into(),
+        dicomweb: slide.remote().map(|r| DicomWebRecord {
+            study_instance_uid: r.study.clone(),
+            series_instance_uid: r.series.clone(),
+            sop_instance_uids: r.instances.clone(),
+        }),
+        file_size_bytes: match slide.remote() {
+            Some(_) => 0,
+            None => crate::info::size_on_disk(path)?,
         },
+        fingerprint,
         dimensions: Dimensions {
             width: dims.width,
             height: dims.height,
@@ -1509,7 +1533,7 @@ fn tissue_record(
 fn result_doc(
     f: &Finished,
     prep: &Preprocessing,
-    fp: String,
+    fp: Fingerprint,
     class_stats: Vec<ClassStats>,
     analysed: usize,
     top_regions: Vec<TopRegion>,
@@ -1528,7 +1552,7 @@ fn result_doc(
         tessera_version: crate::VERSION.into(),
         disclaimer: crate::report::DISCLAIMER.into(),
         analysed_at: f.analysed_at.clone(),
-        slide: slide_record(slide, path, f.name, &f.mpp, cfg, fp)?,
+        slide: slide_record(slide, path, f.name, &f.mpp, fp)?,
         model: ModelRecord {
             name: folder.name.clone(),
             version: c.tessera.version.clone(),

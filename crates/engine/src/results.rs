@@ -235,17 +235,20 @@ impl SlideResult {
 /// The slide analysed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlideRecord {
-    /// The path given (a file, or a DICOM series folder).
+    /// The path given (a file, a DICOM series folder, or a `dicomweb+http(s)://` URL).
     pub path: PathBuf,
     /// Its output folder name.
     pub name: String,
+    /// For a series read over DICOMweb: the Study, Series and SOP Instance UIDs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dicomweb: Option<DicomWebRecord>,
     /// The detected format, e.g. "Aperio SVS".
     pub format: String,
     /// The scanner's vendor, when known.
     pub vendor: Option<String>,
     /// The reader that opened it.
     pub reader: ReaderRecord,
-    /// Bytes on disk (every file of a series).
+    /// Bytes on disk (every file of a series; 0 for a DICOMweb series).
     pub file_size_bytes: u64,
     /// Content fingerprint.
     pub fingerprint: Fingerprint,
@@ -268,12 +271,24 @@ pub struct ReaderRecord {
     pub version: String,
 }
 
+/// Which series on a DICOMweb server a slide was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DicomWebRecord {
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// Series Instance UID.
+    pub series_instance_uid: String,
+    /// SOP Instance UIDs of the series' instances, sorted.
+    pub sop_instance_uids: Vec<String>,
+}
+
 /// A slide's content fingerprint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
     /// SHA-256, hexadecimal.
     pub sha256: String,
-    /// What was hashed: "size + first and last MiB" or "full file".
+    /// What was hashed: "size + first and last MiB", "full file", or for a DICOMweb series
+    /// "DICOMweb: UIDs, attributes, first and last level-0 frames".
     pub method: String,
 }
 

@@ -5,6 +5,7 @@
 //! Out: plain structs with safe defaults; nothing here touches a file.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Resource limits. A file or request that exceeds one is refused with
 /// [`crate::Error::LimitExceeded`] before anything of that size is allocated.
@@ -72,6 +73,82 @@ pub struct SlideConfig {
     pub cache_bytes: u64,
     /// Convert pixels from the slide's ICC profile to sRGB (default off, as OpenSlide).
     pub apply_icc: bool,
+    /// How a `dicomweb+http(s)://` slide is fetched (authentication, TLS, batching).
+    #[serde(skip)]
+    pub dicomweb: DicomWebConfig,
+}
+
+/// Credentials for a DICOMweb server. Never printed: `Debug` shows only the kind.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum DicomWebAuth {
+    /// No Authorization header.
+    #[default]
+    None,
+    /// HTTP basic authentication.
+    Basic {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// HTTP basic authentication, the password read from a file (its first line) when the
+    /// slide is opened.
+    BasicPasswordFile {
+        /// The user name.
+        user: String,
+        /// The file holding the password.
+        file: PathBuf,
+    },
+    /// A bearer token (OAuth 2 access token or similar).
+    Bearer(String),
+    /// A bearer token read from a file (its first line) when the slide is opened, so a token
+    /// renewed in the file is picked up by the next slide.
+    BearerFile(PathBuf),
+}
+
+impl std::fmt::Debug for DicomWebAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DicomWebAuth::None => "None",
+            DicomWebAuth::Basic { .. } | DicomWebAuth::BasicPasswordFile { .. } => {
+                "Basic(<redacted>)"
+            }
+            DicomWebAuth::Bearer(_) | DicomWebAuth::BearerFile(_) => "Bearer(<redacted>)",
+        })
+    }
+}
+
+/// How slides named by a `dicomweb+http(s)://…/studies/UID[/series/UID]` URL are fetched
+/// (see [`crate::slide::native::dicomweb`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DicomWebConfig {
+    /// Credentials sent with every request.
+    pub auth: DicomWebAuth,
+    /// PEM certificates trusted besides the system's roots (a hospital's own CA).
+    pub ca_file: Option<PathBuf>,
+    /// Longest one request may take, connection to last byte (default 60 s).
+    pub timeout: Duration,
+    /// Attempts after the first for a transient failure (no connection, timeout, HTTP 408,
+    /// 429, 500, 502, 503, 504), with a doubling pause from 250 ms (default 3).
+    pub retries: u32,
+    /// Frames asked for in one WADO-RS request: the one wanted and those after it, which a
+    /// sweep reads next (default 16).
+    pub batch_frames: u64,
+    /// Bytes of fetched, not yet decoded frames kept per instance (default 64 MiB).
+    pub buffer_bytes: u64,
+}
+
+impl Default for DicomWebConfig {
+    fn default() -> Self {
+        Self {
+            auth: DicomWebAuth::None,
+            ca_file: None,
+            timeout: Duration::from_secs(60),
+            retries: 3,
+            batch_frames: 16,
+            buffer_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for SlideConfig {
@@ -82,6 +159,7 @@ impl Default for SlideConfig {
             limits: Limits::default(),
             cache_bytes: 256 * 1024 * 1024,
             apply_icc: false,
+            dicomweb: DicomWebConfig::default(),
         }
     }
 }

@@ -57,6 +57,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A request to a DICOMweb server failed (after retries, when the failure was transient).
+    #[error("{url}: {message}")]
+    Remote {
+        /// The URL asked for (never with credentials).
+        url: String,
+        /// The HTTP status, when the server answered.
+        status: Option<u16>,
+        /// What went wrong, e.g. "HTTP 404 Not Found".
+        message: String,
+    },
+
     /// The file is damaged: the backend recognised it but could not read it.
     #[error("{}: corrupt {format} file ({backend}: {message})", path.display())]
     Corrupt {
@@ -246,6 +257,7 @@ impl Error {
             Error::NotASlide { .. } => "not_a_slide",
             Error::Unsupported { .. } => "unsupported",
             Error::Corrupt { .. } => "corrupt",
+            Error::Remote { .. } => "remote",
             Error::BackendMissing { .. } => "backend_missing",
             Error::BackendTooOld { .. } => "backend_too_old",
             Error::BackendLoad { .. } => "backend_load",

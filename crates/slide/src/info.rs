@@ -28,8 +28,11 @@ const PIXEL_CHECK_SIDE: u64 = 256;
 pub struct SlideInfo {
     /// The path as given.
     pub path: PathBuf,
-    /// Bytes on disk (for a DICOM folder, all files in it).
+    /// Bytes on disk (for a DICOM folder, all files in it; 0 for a DICOMweb series).
     pub file_size_bytes: u64,
+    /// For a series read over DICOMweb: its UIDs and content fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dicomweb: Option<crate::slide::RemoteSource>,
     /// Human format name.
     pub format: String,
     /// Vendor as OpenSlide names it.
@@ -168,7 +171,11 @@ pub fn describe_with(
         .collect();
     Ok(SlideInfo {
         path: path.into(),
-        file_size_bytes: size_on_disk(path)?,
+        file_size_bytes: match slide.remote() {
+            Some(_) => 0,
+            None => size_on_disk(path)?,
+        },
+        dicomweb: slide.remote().cloned(),
         format: slide.format().into(),
         vendor: slide.vendor().map(Into::into),
         backend: slide.backend(),
@@ -274,7 +281,19 @@ pub fn render_text(info: &SlideInfo) -> String {
             None => format!("{} {}", b.name, b.version),
         },
     );
-    row(&mut s, "file size", human_bytes(info.file_size_bytes));
+    match &info.dicomweb {
+        Some(r) => row(
+            &mut s,
+            "DICOMweb",
+            format!(
+                "study {}, series {}, {} instances",
+                r.study,
+                r.series,
+                r.instances.len()
+            ),
+        ),
+        None => row(&mut s, "file size", human_bytes(info.file_size_bytes)),
+    }
     row(
         &mut s,
         "dimensions",

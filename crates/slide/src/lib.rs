@@ -38,7 +38,7 @@ pub mod info;
 pub mod slide;
 pub mod sys;
 
-pub use config::{BackendChoice, Limits, SlideConfig};
+pub use config::{BackendChoice, DicomWebAuth, DicomWebConfig, Limits, SlideConfig};
 pub use error::{Error, Result};
 pub use geom::{GridIndex, Level0Px, LevelPx, Size, TileIndex};
 pub use slide::Slide;

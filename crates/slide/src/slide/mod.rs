@@ -135,6 +135,26 @@ pub trait SlideReader: Send + Sync {
     ) -> Result<()>;
     /// Fills `out` (`image.size` pixels, RGB8) with an associated image.
     fn read_associated_rgb(&self, image: &AssociatedImage, out: &mut [u8]) -> Result<()>;
+    /// Where a slide read over the network came from; `None` for a file.
+    fn remote(&self) -> Option<&RemoteSource> {
+        None
+    }
+}
+
+/// A slide read from a DICOMweb server: which series, and a fingerprint of its content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RemoteSource {
+    /// The `dicomweb+http(s)://` URL given (never with credentials).
+    pub url: String,
+    /// Study Instance UID.
+    pub study: String,
+    /// Series Instance UID.
+    pub series: String,
+    /// SOP Instance UIDs of the series' instances, sorted.
+    pub instances: Vec<String>,
+    /// SHA-256 (hex) of the study, series and SOP Instance UIDs, every instance's attributes
+    /// (DICOM JSON, bulk data URIs left out) and level 0's first and last frames.
+    pub fingerprint: String,
 }
 
 /// An open whole-slide image.
@@ -168,6 +188,23 @@ impl Slide {
     /// file (OpenSlide reads the whole folder).
     pub fn open_with(path: impl AsRef<Path>, config: &SlideConfig) -> Result<Slide> {
         let path = path.as_ref();
+        if native::dicomweb::is_url(path) {
+            if config.backend == BackendChoice::OpenSlide {
+                return Err(Error::Unsupported {
+                    path: path.into(),
+                    format: "DICOMweb".into(),
+                    reason: "OpenSlide reads files only; a DICOMweb series is read by the \
+                             native reader (--backend auto or native)"
+                        .into(),
+                });
+            }
+            let reader = native::NativeReader::open_dicomweb(path, config)?;
+            let mut slide = Slide::from_reader(path, Box::new(reader), &config.limits)?;
+            if config.apply_icc {
+                slide.icc = slide.icc_transform()?;
+            }
+            return Ok(slide);
+        }
         let meta = std::fs::metadata(path).map_err(|e| Error::from_io(path, e))?;
         let (opened, detected) = if meta.is_dir() {
             match first_dicom_in(path)? {
@@ -316,6 +353,11 @@ impl Slide {
     /// Which reader opened the slide, and its version.
     pub fn backend(&self) -> BackendInfo {
         self.reader.backend()
+    }
+
+    /// Where a slide read over DICOMweb came from; `None` for a file.
+    pub fn remote(&self) -> Option<&RemoteSource> {
+        self.reader.remote()
     }
 
     /// The pyramid levels, level 0 (full resolution) first.

@@ -36,6 +36,11 @@
 //! marker or an Adobe marker with transform 1 means YCbCr in the JPEG standard, and such frames
 //! in an instance tagged RGB (a real converter's mistake) are decoded as YCbCr. OpenSlide shows
 //! those slides in false colours; `tessera.dicom.photometric-override` records the decision.
+//!
+//! A series on a DICOMweb server ([`open_remote`]) is read the same way: [`super::dicomweb`]
+//! gives each instance's attributes (from WADO-RS metadata) and its frames, fetched on demand,
+//! in place of a file and its frame table; the transfer syntax is the one the server says its
+//! frames are stored in.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -55,7 +60,10 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use super::decode::{Codec, Encoding};
 use super::tiff::SourceFile;
-use super::{g, NativeAssociated, NativeLevel, Parts, MAX_TILE_BYTES, MAX_TILE_PIXELS};
+use super::{
+    dicomweb, g, NativeAssociated, NativeLevel, Parts, Store, MAX_TILE_BYTES, MAX_TILE_PIXELS,
+};
+use crate::config::DicomWebConfig;
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::geom::Size;
@@ -101,13 +109,15 @@ enum Skip {
 /// One instance, its metadata read and its frames located.
 struct Instance {
     path: PathBuf,
-    /// The bytes, when the instance came from memory; a file is opened when first needed
-    /// (so a folder of many series does not hold a descriptor per file).
-    file: Option<SourceFile>,
+    /// The bytes, when the instance came from memory or a server; a file is opened when first
+    /// needed (so a folder of many series does not hold a descriptor per file).
+    file: Option<Store>,
     meta: FileMetaTable,
     obj: InMemDicomObject,
-    /// (offset, length) of each frame in the file.
+    /// (offset, length) of each frame in the file; for a server's instance, (frame index, 1).
     frames: Vec<(u64, u64)>,
+    /// The ICC profile a server sent as bulk data (left out of the attributes).
+    icc_bulk: Option<Vec<u8>>,
 }
 
 impl Instance {
@@ -248,6 +258,78 @@ pub(crate) fn open(path: &Path, limits: &Limits) -> Result<Parts> {
     build(path, instances, limits)
 }
 
+/// Opens the series a `dicomweb+http(s)://` URL names: its WSI instances as read from the
+/// server (other SOP classes are left out, as in a folder), assembled as a file series is, with
+/// the [`RemoteSource`](crate::slide::RemoteSource) that identifies it.
+pub(crate) fn open_remote(url: &Path, cfg: &DicomWebConfig, limits: &Limits) -> Result<Parts> {
+    use sha2::Digest;
+    let series = dicomweb::open_series(url, cfg, limits.max_icc_bytes)?;
+    let mut instances = Vec::new();
+    let mut other = None;
+    let mut sops = Vec::new();
+    for m in series.instances.iter() {
+        sops.push(m.sop.clone());
+        if m.class != WSI_SOP_CLASS {
+            other.get_or_insert(m.class.clone());
+            continue;
+        }
+        let syntax = m.remote.transfer_syntax()?;
+        let meta = dicom_object::meta::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(m.class.as_str())
+            .media_storage_sop_instance_uid(m.sop.as_str())
+            .transfer_syntax(syntax.as_str())
+            .build()
+            .map_err(|e| corrupt(url, format!("instance {}: {e}", m.sop)))?;
+        let frames = (0..m.remote_frames()).map(|k| (k, 1)).collect();
+        instances.push(Instance {
+            path: url.into(),
+            file: Some(Store::Frames(m.remote.clone())),
+            meta,
+            obj: m.obj.clone(),
+            frames,
+            icc_bulk: m.icc_bulk.clone(),
+        });
+    }
+    if instances.is_empty() {
+        return Err(Error::NotASlide {
+            path: url.into(),
+            detected: format!(
+                "series {} holds no VL Whole Slide Microscopy instance (SOP class {})",
+                series.series,
+                other.unwrap_or_default()
+            ),
+        });
+    }
+    let mut parts = build(url, instances, limits)?;
+    // The fingerprint: the attributes, and level 0's first and last frames.
+    let mut h = series.metadata_hash.clone();
+    let l0 = &parts.levels[0];
+    let present: Vec<usize> = l0
+        .counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c > 0)
+        .map(|(i, _)| i)
+        .collect();
+    for &t in [present.first(), present.last()].into_iter().flatten() {
+        let file = l0.tile_files.as_ref().map_or(0, |f| f[t] as usize);
+        let frame = parts.files[file]
+            .read(l0.offsets[t], l0.counts[t])
+            .map_err(|m| corrupt(url, m))?;
+        h.update((frame.len() as u64).to_le_bytes());
+        h.update(&frame);
+    }
+    sops.sort();
+    parts.remote = Some(crate::slide::RemoteSource {
+        url: series.url.clone(),
+        study: series.study.clone(),
+        series: series.series.clone(),
+        instances: sops,
+        fingerprint: format!("{:x}", h.finalize()),
+    });
+    Ok(parts)
+}
+
 /// What an instance is, from its ImageType (OpenSlide's accepted combinations).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -370,7 +452,7 @@ fn read_instance(path: &Path, want: Option<&str>) -> std::result::Result<Instanc
 /// Used by the fuzz target.
 pub(crate) fn open_bytes(name: &Path, bytes: Vec<u8>, limits: &Limits) -> Result<Parts> {
     let len = bytes.len() as u64;
-    let source = SourceFile::new(bytes.clone()).map_err(|m| corrupt(name, m))?;
+    let source = Store::File(SourceFile::new(bytes.clone()).map_err(|m| corrupt(name, m))?);
     match read_instance_from(name, std::io::Cursor::new(bytes), len, Some(source), None) {
         Ok(inst) => build(name, vec![inst], limits),
         Err(Skip::Bad { error, .. }) => Err(*error),
@@ -390,7 +472,7 @@ fn read_instance_from<R: Read + Seek>(
     path: &Path,
     r: R,
     len: u64,
-    source: Option<SourceFile>,
+    source: Option<Store>,
     want: Option<&str>,
 ) -> std::result::Result<Instance, Skip> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -408,7 +490,7 @@ fn parse_instance<R: Read + Seek>(
     path: &Path,
     mut r: R,
     len: u64,
-    source: Option<SourceFile>,
+    source: Option<Store>,
     want: Option<&str>,
 ) -> std::result::Result<Instance, Skip> {
     let bad = |m: String| Skip::Unreadable(corrupt(path, m));
@@ -560,6 +642,7 @@ fn parse_instance<R: Read + Seek>(
         meta,
         obj,
         frames: Vec::new(),
+        icc_bulk: None,
     };
     // From here on the series is known: another series' file goes no further, and this
     // series' damaged file is the slide's problem.
@@ -954,7 +1037,7 @@ struct LevelBuild {
 /// Opens the files tiles are read from, each once, in the order first used.
 struct Files {
     index: HashMap<usize, u16>,
-    files: Vec<SourceFile>,
+    files: Vec<Store>,
 }
 
 impl Files {
@@ -969,7 +1052,7 @@ impl Files {
             None => {
                 let f =
                     std::fs::File::open(&inst.path).map_err(|e| Error::from_io(&inst.path, e))?;
-                SourceFile::new(f).map_err(|m| inst.err(m))?
+                Store::File(SourceFile::new(f).map_err(|m| inst.err(m))?)
             }
         };
         let fi = u16::try_from(self.files.len()).map_err(|_| inst.err("too many files"))?;
@@ -981,9 +1064,9 @@ impl Files {
 
 /// Whether the JPEG frame at `(offset, count)` of `file` says, by its own markers, that it
 /// holds YCbCr.
-fn frame_says_ycbcr(file: &SourceFile, offset: u64, count: u64, inst: &Instance) -> Result<bool> {
+fn frame_says_ycbcr(file: &Store, offset: u64, count: u64, inst: &Instance) -> Result<bool> {
     let head = file
-        .read_at(offset, count.min(64 * 1024))
+        .read(offset, count.min(64 * 1024))
         .map_err(|m| inst.err(m))?;
     Ok(stream_says_ycbcr(&head))
 }
@@ -1266,11 +1349,23 @@ fn build(path: &Path, mut instances: Vec<Instance>, limits: &Limits) -> Result<P
         associated: native_associated,
         properties,
         icc,
+        remote: None,
     })
 }
 
 /// The first optical path's ICC profile.
 fn icc_profile(inst: &Instance, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+    if let Some(bytes) = &inst.icc_bulk {
+        if bytes.len() as u64 > max_bytes {
+            return Err(Error::LimitExceeded {
+                path: inst.path.clone(),
+                what: "ICC profile bytes",
+                value: bytes.len() as u64,
+                limit: max_bytes,
+            });
+        }
+        return Ok(Some(bytes.clone()));
+    }
     let Some(path) = inst
         .obj
         .get(tags::OPTICAL_PATH_SEQUENCE)

@@ -21,6 +21,7 @@ pub mod baseline;
 pub mod cache;
 pub mod decode;
 pub mod dicom;
+pub mod dicomweb;
 mod markers;
 pub mod tiff;
 
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::{AssociatedImage, BackendInfo, Level, SlideReader};
+use super::{AssociatedImage, BackendInfo, Level, RemoteSource, SlideReader};
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::geom::{Level0Px, LevelPx, Size, TileIndex};
@@ -80,8 +81,8 @@ pub(crate) struct Parts {
     pub(crate) vendor: String,
     /// The reader's name in errors.
     pub(crate) backend: &'static str,
-    /// The files tiles are read from (one for TIFF; one per instance for DICOM).
-    pub(crate) files: Vec<SourceFile>,
+    /// Where tiles are read from (one file for TIFF; one per instance for DICOM).
+    pub(crate) files: Vec<Store>,
     /// Levels, widest first.
     pub(crate) levels: Vec<NativeLevel>,
     pub(crate) associated: Vec<NativeAssociated>,
@@ -89,11 +90,32 @@ pub(crate) struct Parts {
     /// level, associated-image and ICC properties are added by `assemble`.
     pub(crate) properties: BTreeMap<String, String>,
     pub(crate) icc: Option<Vec<u8>>,
+    /// Set for a series read over DICOMweb.
+    pub(crate) remote: Option<RemoteSource>,
+}
+
+/// Where a reader's tile bytes come from.
+pub(crate) enum Store {
+    /// A file (or bytes in memory): a tile is the byte range `(offset, count)`.
+    File(SourceFile),
+    /// An instance on a DICOMweb server: a tile is frame `offset` (0-based); `count` is 1.
+    Frames(std::sync::Arc<dicomweb::RemoteInstance>),
+}
+
+impl Store {
+    /// A tile's bytes: `count` bytes at `offset` of a file, or a remote instance's frame
+    /// `offset`.
+    pub(crate) fn read(&self, offset: u64, count: u64) -> std::result::Result<Vec<u8>, String> {
+        match self {
+            Store::File(f) => f.read_at(offset, count),
+            Store::Frames(r) => r.frame(offset),
+        }
+    }
 }
 
 /// A slide opened by the native reader.
 pub struct NativeReader {
-    files: Vec<SourceFile>,
+    files: Vec<Store>,
     path: PathBuf,
     backend: &'static str,
     format: String,
@@ -104,6 +126,7 @@ pub struct NativeReader {
     associated_info: Vec<AssociatedImage>,
     properties: BTreeMap<String, String>,
     icc: Option<Vec<u8>>,
+    remote: Option<RemoteSource>,
     cache: TileCache,
     /// The tiles of the last reads, newest last: tells scattered reads from sweeps.
     recent: Mutex<VecDeque<(usize, TileIndex)>>,
@@ -154,6 +177,15 @@ impl NativeReader {
     /// [`dicom`].
     pub fn open_dicom(path: &Path, limits: &Limits, cache_bytes: u64) -> Result<Self> {
         Self::assemble(dicom::open(path, limits)?, cache_bytes)
+    }
+
+    /// Opens the DICOM WSI series a `dicomweb+http(s)://…/studies/UID[/series/UID]` URL names,
+    /// reading frames from the server as regions need them ([`dicomweb`]).
+    pub fn open_dicomweb(url: &Path, config: &crate::SlideConfig) -> Result<Self> {
+        Self::assemble(
+            dicom::open_remote(url, &config.dicomweb, &config.limits)?,
+            config.cache_bytes,
+        )
     }
 
     /// Opens one DICOM WSI instance held in memory; `name` is used in errors. Used by the fuzz
@@ -272,11 +304,12 @@ impl NativeReader {
                 format: format.into(),
                 vendor: vendor.into(),
                 backend: BACKEND,
-                files: vec![tiff.into_file()],
+                files: vec![Store::File(tiff.into_file())],
                 levels,
                 associated,
                 properties,
                 icc,
+                remote: None,
             },
             cache_bytes,
         )
@@ -295,6 +328,7 @@ impl NativeReader {
             associated,
             mut properties,
             icc,
+            remote,
         } = parts;
         let corrupt = |message: String| Error::Corrupt {
             path: path.clone(),
@@ -344,6 +378,7 @@ impl NativeReader {
             associated_info,
             properties,
             icc,
+            remote,
             cache: TileCache::new(cache_bytes),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_TILES + 16)),
         })
@@ -397,7 +432,7 @@ impl NativeReader {
             return Err(self.tile_error(level, t, format!("{count} compressed bytes")));
         }
         let file = l.tile_files.as_ref().map_or(0, |f| f[i] as usize);
-        let data = self.files[file].read_at(offset, count);
+        let data = self.files[file].read(offset, count);
         data.map(Some).map_err(|m| self.tile_error(level, t, m))
     }
 
@@ -769,6 +804,10 @@ fn pixman_weight(frac: f64) -> u32 {
 }
 
 impl SlideReader for NativeReader {
+    fn remote(&self) -> Option<&RemoteSource> {
+        self.remote.as_ref()
+    }
+
     fn backend(&self) -> BackendInfo {
         BackendInfo {
             name: "native",
@@ -1071,7 +1110,7 @@ impl SlideReader for NativeReader {
                 return Err(fail(s, format!("{count} bytes")));
             }
             let data = self.files[a.file as usize]
-                .read_at(offset, count)
+                .read(offset, count)
                 .map_err(|e| fail(s, e))?;
             let dst = &mut out[y0 as usize * row_bytes..(y0 as usize + rows) * row_bytes];
             // A last strip may be stored at the full strip height.

@@ -1,0 +1,851 @@
+//! A DICOM WSI series read from an archive (PACS, vendor-neutral archive) over DICOMweb, frame by
+//! frame, without copying the slide.
+//!
+//! In: a URL `dicomweb+http[s]://HOST/PATH/studies/STUDY[/series/SERIES]` and a
+//! [`DicomWebConfig`] (credentials, CA file, timeout, retries, batching). Out: the series'
+//! instances as [`RemoteMeta`] (QIDO-RS finds the slide microscopy series when the URL names
+//! none; WADO-RS `…/metadata` gives every instance's attributes as DICOM JSON), each with a
+//! [`RemoteInstance`] that fetches frames on demand with WADO-RS frame retrieval
+//! (`…/instances/SOP/frames/5,6,7`, in the stored transfer syntax). A request asks for the frame
+//! wanted and the frames after it, which a sweep of the slide reads next; those wait, until read
+//! once, in a byte-bounded buffer per instance. [`super::dicom`] assembles the instances into
+//! levels exactly as it does files, and decoded tiles go to the reader's tile cache.
+//! Coordinates: frame numbers only (1-based on the wire, 0-based in this module's API).
+//!
+//! Credentials come from the configuration only: a URL carrying `user:password@` is refused, so
+//! that URLs, which reach logs, errors and result.json, never hold them. Transient failures (no
+//! connection, timeouts, HTTP 408, 429, 500, 502, 503, 504) are retried with a doubling pause;
+//! the rest fail at once with [`Error::Remote`] naming the URL and the status.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use dicom_object::InMemDicomObject;
+use sha2::{Digest, Sha256};
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
+use crate::config::{DicomWebAuth, DicomWebConfig};
+use crate::error::{Error, Result};
+
+/// The prefix that marks a slide as a DICOMweb series rather than a file.
+pub const SCHEME: &str = "dicomweb+";
+
+/// Largest QIDO-RS answer read.
+const MAX_QUERY_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest WADO-RS metadata answer read (every instance of the series).
+const MAX_METADATA_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest frame-retrieval answer read.
+const MAX_FRAMES_BYTES: u64 = 512 * 1024 * 1024;
+/// Largest single frame.
+const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
+/// Most instances in one series.
+const MAX_INSTANCES: usize = 10_000;
+
+/// What asking for frames accepts: any stored transfer syntax, as is.
+const ACCEPT_FRAMES: &str =
+    "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*";
+const ACCEPT_JSON: &str = "application/dicom+json";
+
+/// True for a path that is a DICOMweb URL (`dicomweb+http://` or `dicomweb+https://`).
+pub fn is_url(path: &Path) -> bool {
+    path.to_str()
+        .is_some_and(|s| s.starts_with("dicomweb+http://") || s.starts_with("dicomweb+https://"))
+}
+
+/// Where a series is: the server's DICOMweb root and the study (and series) UIDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The DICOMweb root, e.g. `http://pacs:8042/dicom-web`.
+    pub base: String,
+    /// Study Instance UID.
+    pub study: String,
+    /// Series Instance UID, when the URL names one.
+    pub series: Option<String>,
+}
+
+fn is_uid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// Parses `dicomweb+http[s]://HOST[:PORT]/PATH/studies/UID[/series/UID]`.
+pub fn parse_url(url: &str) -> std::result::Result<Location, String> {
+    let rest = url
+        .strip_prefix(SCHEME)
+        .ok_or("a DICOMweb slide starts with dicomweb+http:// or dicomweb+https://")?;
+    let (scheme, after) = rest.split_once("://").ok_or("no :// after the scheme")?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!(
+            "scheme dicomweb+{scheme} (use dicomweb+http or dicomweb+https)"
+        ));
+    }
+    let authority = after.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(
+            "credentials in the URL are refused (they would reach logs and \
+                    result.json): give them with --dicomweb-user and TESSERA_DICOMWEB_PASSWORD, \
+                    or a bearer token"
+                .into(),
+        );
+    }
+    if authority.is_empty() {
+        return Err("no host".into());
+    }
+    if after.contains(['?', '#']) {
+        return Err("a query or fragment in a series URL".into());
+    }
+    let (base, tail) = rest
+        .rsplit_once("/studies/")
+        .ok_or("no /studies/STUDY_UID in the URL")?;
+    let parts: Vec<&str> = tail.trim_end_matches('/').split('/').collect();
+    let (study, series) = match parts[..] {
+        [study] => (study, None),
+        [study, "series", series] => (study, Some(series)),
+        _ => {
+            return Err(
+                "expected …/studies/STUDY_UID or …/studies/STUDY_UID/series/SERIES_UID".into(),
+            )
+        }
+    };
+    for uid in std::iter::once(study).chain(series) {
+        if !is_uid(uid) {
+            return Err(format!("{uid:?} is not a DICOM UID"));
+        }
+    }
+    Ok(Location {
+        base: base.trim_end_matches('/').to_string(),
+        study: study.into(),
+        series: series.map(String::from),
+    })
+}
+
+/// Why one request failed.
+struct Failure {
+    status: Option<u16>,
+    message: String,
+    transient: bool,
+}
+
+/// An HTTP client for one server: TLS roots, credentials, timeouts and retries.
+pub(crate) struct Client {
+    agent: ureq::Agent,
+    auth: Option<String>,
+    retries: u32,
+    batch: u64,
+    buffer_bytes: u64,
+}
+
+impl Client {
+    pub(crate) fn new(cfg: &DicomWebConfig) -> Result<Client> {
+        let mut roots: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
+            .certs
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| Error::from_io(ca, e))?;
+            let before = roots.len();
+            for item in ureq::tls::parse_pem(&pem) {
+                match item {
+                    Ok(PemItem::Certificate(c)) => roots.push(c),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(Error::Corrupt {
+                            path: ca.clone(),
+                            format: "PEM".into(),
+                            backend: "the DICOMweb client".into(),
+                            message: e.to_string(),
+                        })
+                    }
+                }
+            }
+            if roots.len() == before {
+                return Err(Error::Corrupt {
+                    path: ca.clone(),
+                    format: "PEM".into(),
+                    backend: "the DICOMweb client".into(),
+                    message: "no certificate in the CA file".into(),
+                });
+            }
+        }
+        let tls = TlsConfig::builder()
+            .root_certs(if roots.is_empty() {
+                RootCerts::WebPki
+            } else {
+                RootCerts::new_with_certs(&roots)
+            })
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(cfg.timeout))
+            .http_status_as_error(false)
+            // An archive inside the hospital is reached directly, never through a proxy.
+            .proxy(None)
+            .tls_config(tls)
+            .user_agent(format!("tessera/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        let secret = |file: &Path| -> Result<String> {
+            let text = std::fs::read_to_string(file).map_err(|e| Error::from_io(file, e))?;
+            Ok(text.lines().next().unwrap_or("").trim().to_string())
+        };
+        let basic = |user: &str, password: &str| {
+            use base64::Engine;
+            let pair = format!("{user}:{password}");
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        };
+        let auth = match &cfg.auth {
+            DicomWebAuth::None => None,
+            DicomWebAuth::Basic { user, password } => Some(basic(user, password)),
+            DicomWebAuth::BasicPasswordFile { user, file } => Some(basic(user, &secret(file)?)),
+            DicomWebAuth::Bearer(token) => Some(format!("Bearer {}", token.trim())),
+            DicomWebAuth::BearerFile(file) => Some(format!("Bearer {}", secret(file)?)),
+        };
+        Ok(Client {
+            agent,
+            auth,
+            retries: cfg.retries,
+            batch: cfg.batch_frames.max(1),
+            buffer_bytes: cfg.buffer_bytes,
+        })
+    }
+
+    /// GETs `url` accepting `accept`, reading at most `limit` bytes of body: the content type
+    /// and the body. Transient failures are retried.
+    fn get(&self, url: &str, accept: &str, limit: u64) -> Result<(String, Vec<u8>)> {
+        let mut attempt = 0u32;
+        loop {
+            match self.get_once(url, accept, limit) {
+                Ok(v) => return Ok(v),
+                Err(f) if f.transient && attempt < self.retries => {
+                    std::thread::sleep(Duration::from_millis(250 << attempt.min(6)));
+                    attempt += 1;
+                }
+                Err(f) => {
+                    return Err(Error::Remote {
+                        url: url.into(),
+                        status: f.status,
+                        message: if attempt > 0 {
+                            format!("{} (after {} attempts)", f.message, attempt + 1)
+                        } else {
+                            f.message
+                        },
+                    })
+                }
+            }
+        }
+    }
+
+    fn get_once(
+        &self,
+        url: &str,
+        accept: &str,
+        limit: u64,
+    ) -> std::result::Result<(String, Vec<u8>), Failure> {
+        let mut req = self.agent.get(url).header("Accept", accept);
+        if let Some(a) = &self.auth {
+            req = req.header("Authorization", a);
+        }
+        let transport = |e: ureq::Error| {
+            // A refused certificate comes as invalid data, and trying again will not help.
+            let transient = match &e {
+                ureq::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
+                ureq::Error::Timeout(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::Protocol(_) => true,
+                _ => false,
+            };
+            Failure {
+                status: None,
+                message: match e {
+                    ureq::Error::BodyExceedsLimit(n) => {
+                        format!("the answer is larger than {n} bytes")
+                    }
+                    e => e.to_string(),
+                },
+                transient,
+            }
+        };
+        let mut resp = req.call().map_err(transport)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let reason = resp.status().canonical_reason().unwrap_or("");
+            let hint = match status {
+                401 => ": the server wants credentials, or refused those given",
+                403 => ": these credentials may not read this",
+                404 => ": no such study, series or instance on this server",
+                406 => ": the server cannot send this in the form asked for",
+                _ => "",
+            };
+            return Err(Failure {
+                status: Some(status),
+                message: format!("HTTP {status} {reason}{hint}"),
+                transient: matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+            });
+        }
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(transport)?;
+        Ok((content_type, body))
+    }
+
+    fn json(&self, url: &str, limit: u64) -> Result<serde_json::Value> {
+        let (_, body) = self.get(url, ACCEPT_JSON, limit)?;
+        if body.is_empty() {
+            // Orthanc answers an empty search with an empty body.
+            return Ok(serde_json::Value::Array(Vec::new()));
+        }
+        serde_json::from_slice(&body).map_err(|e| Error::Remote {
+            url: url.into(),
+            status: Some(200),
+            message: format!("the answer is not DICOM JSON: {e}"),
+        })
+    }
+}
+
+/// Frames fetched and not yet read, oldest first.
+#[derive(Default)]
+struct Buffer {
+    frames: HashMap<u64, Vec<u8>>,
+    order: VecDeque<u64>,
+    bytes: u64,
+    in_flight: HashSet<u64>,
+}
+
+impl Buffer {
+    fn take(&mut self, k: u64) -> Option<Vec<u8>> {
+        let data = self.frames.remove(&k)?;
+        self.bytes -= data.len() as u64;
+        self.order.retain(|&j| j != k);
+        Some(data)
+    }
+
+    fn put(&mut self, k: u64, data: Vec<u8>, cap: u64) {
+        self.bytes += data.len() as u64;
+        if let Some(old) = self.frames.insert(k, data) {
+            self.bytes -= old.len() as u64;
+        } else {
+            self.order.push_back(k);
+        }
+        while self.bytes > cap {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(d) = self.frames.remove(&oldest) {
+                self.bytes -= d.len() as u64;
+            }
+        }
+    }
+}
+
+/// One instance on the server, its frames fetched on demand.
+pub(crate) struct RemoteInstance {
+    client: Arc<Client>,
+    /// `…/studies/S/series/S/instances/SOP`.
+    url: String,
+    frames: u64,
+    /// The stored transfer syntax, from the first frames' answer.
+    syntax: OnceLock<String>,
+    buffer: Mutex<Buffer>,
+    arrived: Condvar,
+}
+
+impl RemoteInstance {
+    /// Frame `k` (0-based). Threads wanting frames of a request under way wait for it.
+    pub(crate) fn frame(&self, k: u64) -> std::result::Result<Vec<u8>, String> {
+        if k >= self.frames {
+            return Err(format!(
+                "{}: frame {} of {} frames",
+                self.url,
+                k + 1,
+                self.frames
+            ));
+        }
+        fn lock(m: &Mutex<Buffer>) -> std::sync::MutexGuard<'_, Buffer> {
+            m.lock().unwrap_or_else(|e| e.into_inner())
+        }
+        let batch = {
+            let mut b = lock(&self.buffer);
+            loop {
+                if let Some(data) = b.take(k) {
+                    return Ok(data);
+                }
+                if !b.in_flight.contains(&k) {
+                    break;
+                }
+                b = self.arrived.wait(b).unwrap_or_else(|e| e.into_inner());
+            }
+            let mut batch = vec![k];
+            let mut j = k + 1;
+            while (batch.len() as u64) < self.client.batch
+                && j < self.frames
+                && !b.frames.contains_key(&j)
+                && !b.in_flight.contains(&j)
+            {
+                batch.push(j);
+                j += 1;
+            }
+            b.in_flight.extend(batch.iter().copied());
+            batch
+        };
+        let fetched = self.fetch(&batch);
+        let mut b = lock(&self.buffer);
+        for j in &batch {
+            b.in_flight.remove(j);
+        }
+        let out = fetched.map(|frames| {
+            let mut frames = frames.into_iter();
+            let first = frames.next().unwrap_or_default();
+            for (&j, data) in batch[1..].iter().zip(frames) {
+                b.put(j, data, self.client.buffer_bytes);
+            }
+            first
+        });
+        drop(b);
+        self.arrived.notify_all();
+        out.map_err(|e| e.to_string())
+    }
+
+    /// The stored transfer syntax (fetching the first frames when not yet known).
+    pub(crate) fn transfer_syntax(&self) -> Result<String> {
+        if let Some(s) = self.syntax.get() {
+            return Ok(s.clone());
+        }
+        // Fetch frame 0 and keep it for whoever reads it.
+        let frames = self.fetch(&[0])?;
+        let mut b = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = frames.into_iter().next() {
+            b.put(0, f, self.client.buffer_bytes);
+        }
+        Ok(self.syntax.get().cloned().unwrap_or_default())
+    }
+
+    /// Frames `ks` (0-based), in that order, in one request.
+    fn fetch(&self, ks: &[u64]) -> Result<Vec<Vec<u8>>> {
+        let list: Vec<String> = ks.iter().map(|k| (k + 1).to_string()).collect();
+        let url = format!("{}/frames/{}", self.url, list.join(","));
+        let (content_type, body) = self.client.get(&url, ACCEPT_FRAMES, MAX_FRAMES_BYTES)?;
+        let bad = |message: String| Error::Remote {
+            url: url.clone(),
+            status: Some(200),
+            message,
+        };
+        let boundary = param(&content_type, "boundary").ok_or_else(|| {
+            bad(format!(
+                "not a multipart answer (Content-Type {content_type:?})"
+            ))
+        })?;
+        let parts = multipart(&body, &boundary).map_err(bad)?;
+        if parts.len() != ks.len() {
+            return Err(bad(format!(
+                "{} frames in the answer for {} asked for",
+                parts.len(),
+                ks.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(parts.len());
+        for (i, (part_type, data)) in parts.into_iter().enumerate() {
+            if data.is_empty() || data.len() as u64 > MAX_FRAME_BYTES {
+                return Err(bad(format!("frame {} has {} bytes", ks[i] + 1, data.len())));
+            }
+            let syntax = syntax_of(&part_type)
+                .or_else(|| syntax_of(&content_type))
+                .ok_or_else(|| bad(format!("frame of unknown type {part_type:?}")))?;
+            let known = self.syntax.get_or_init(|| syntax.clone());
+            if *known != syntax {
+                return Err(bad(format!(
+                    "frames in two transfer syntaxes ({known} and {syntax})"
+                )));
+            }
+            out.push(data);
+        }
+        Ok(out)
+    }
+}
+
+/// A parameter of a Content-Type value (`boundary`, `transfer-syntax`), unquoted.
+fn param(content_type: &str, name: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// The transfer syntax a frame's content type says: its `transfer-syntax` parameter, else the
+/// default of its media type (PS3.18 Table 8.7.3-2).
+fn syntax_of(content_type: &str) -> Option<String> {
+    // The parameter may sit inside a quoted `type="image/jpeg; transfer-syntax=…"`.
+    if let Some(i) = content_type.find("transfer-syntax=") {
+        let v: String = content_type[i + "transfer-syntax=".len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        if !v.is_empty() {
+            return Some(v);
+        }
+    }
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "image/jpeg" => Some("1.2.840.10008.1.2.4.50".into()),
+        "image/jp2" => Some("1.2.840.10008.1.2.4.90".into()),
+        "application/octet-stream" => Some("1.2.840.10008.1.2.1".into()),
+        _ => None,
+    }
+}
+
+/// The parts of a `multipart/related` body: each part's Content-Type and content. A body
+/// without its closing delimiter (cut short) is an error.
+fn multipart(body: &[u8], boundary: &str) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+    if boundary.is_empty() || boundary.len() > 200 {
+        return Err("a multipart boundary of unusable length".into());
+    }
+    let delim = format!("\r\n--{boundary}");
+    let finder = memchr::memmem::Finder::new(delim.as_bytes());
+    // A delimiter is the boundary line followed by a line break, or by "--" when it closes.
+    let is_delim = |i: usize| {
+        let after = &body[(i + delim.len()).min(body.len())..];
+        after.starts_with(b"\r\n") || after.starts_with(b"--")
+    };
+    let next = |from: usize| {
+        finder
+            .find_iter(&body[from..])
+            .map(|i| from + i)
+            .find(|&i| is_delim(i))
+    };
+    // The first delimiter may open the body without a line break before it; `at` is where a
+    // delimiter's "--" starts.
+    let mut at = if body.starts_with(&delim.as_bytes()[2..]) {
+        0
+    } else {
+        next(0)
+            .map(|i| i + 2)
+            .ok_or("no multipart delimiter in the answer")?
+    };
+    let mut parts = Vec::new();
+    loop {
+        let after = at + delim.len() - 2;
+        let rest = body
+            .get(after..)
+            .ok_or("the answer ends inside a delimiter")?;
+        if rest.starts_with(b"--") {
+            return Ok(parts);
+        }
+        let start = after
+            + if rest.starts_with(b"\r\n") {
+                2
+            } else {
+                return Err("a malformed multipart delimiter line".into());
+            };
+        let end = next(start).ok_or("the answer was cut short (no closing multipart delimiter)")?;
+        let part = &body[start..end];
+        let (headers, content) = if part.starts_with(b"\r\n") {
+            (&part[..0], &part[2..])
+        } else {
+            let h = memchr::memmem::find(part, b"\r\n\r\n")
+                .ok_or("a multipart part without the blank line after its headers")?;
+            (&part[..h], &part[h + 4..])
+        };
+        let content_type = String::from_utf8_lossy(headers)
+            .split("\r\n")
+            .find_map(|line| {
+                let (k, v) = line.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-type")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        parts.push((content_type, content.to_vec()));
+        at = end + 2;
+    }
+}
+
+/// One instance of the series: its attributes and its frames on the server.
+pub(crate) struct RemoteMeta {
+    /// SOP Instance UID.
+    pub(crate) sop: String,
+    /// SOP Class UID.
+    pub(crate) class: String,
+    /// The attributes (bulk data left empty).
+    pub(crate) obj: InMemDicomObject,
+    /// The first optical path's ICC profile, when the server sent it as bulk data.
+    pub(crate) icc_bulk: Option<Vec<u8>>,
+    /// Its frames.
+    pub(crate) remote: Arc<RemoteInstance>,
+}
+
+impl RemoteMeta {
+    /// Its number of frames.
+    pub(crate) fn remote_frames(&self) -> u64 {
+        self.remote.frames
+    }
+}
+
+/// The series named by a `dicomweb+` URL, its instances' attributes read.
+pub(crate) struct RemoteSeries {
+    pub(crate) study: String,
+    pub(crate) series: String,
+    /// The URL as given (no credentials: they are refused in URLs).
+    pub(crate) url: String,
+    /// Every instance's attributes, in SOP Instance UID order.
+    pub(crate) instances: Vec<RemoteMeta>,
+    /// SHA-256 of the study, series and SOP Instance UIDs and every instance's attributes.
+    pub(crate) metadata_hash: Sha256,
+}
+
+/// The string value of `tag` (8 hex digits) in a DICOM JSON data set.
+fn json_str<'a>(ds: &'a serde_json::Value, tag: &str) -> Option<&'a str> {
+    ds.get(tag)?.get("Value")?.get(0)?.as_str()
+}
+
+/// Removes `BulkDataURI`s (they name the server, not the content) for hashing.
+fn strip_bulk(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("BulkDataURI");
+            m.values_mut().for_each(strip_bulk);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_bulk),
+        _ => {}
+    }
+}
+
+/// Finds the series (QIDO-RS when the URL names none) and reads its instances' metadata.
+/// Errors name the URL; a URL that cannot be parsed is not a slide.
+pub(crate) fn open_series(path: &Path, cfg: &DicomWebConfig, max_icc: u64) -> Result<RemoteSeries> {
+    let url = path.to_string_lossy().into_owned();
+    let loc = parse_url(&url).map_err(|why| Error::NotASlide {
+        path: path.into(),
+        detected: format!("not a usable DICOMweb URL: {why}"),
+    })?;
+    let client = Arc::new(Client::new(cfg)?);
+    let not_a_slide = |detected: String| Error::NotASlide {
+        path: path.into(),
+        detected,
+    };
+    let series = match &loc.series {
+        Some(s) => s.clone(),
+        None => {
+            let q = format!("{}/studies/{}/series?Modality=SM", loc.base, loc.study);
+            let found = client.json(&q, MAX_QUERY_BYTES)?;
+            let uids: Vec<String> = found
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| json_str(s, "0020000E").map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match &uids[..] {
+                [] => {
+                    return Err(not_a_slide(format!(
+                        "study {} has no slide microscopy (SM) series",
+                        loc.study
+                    )))
+                }
+                [one] => one.clone(),
+                many => {
+                    return Err(not_a_slide(format!(
+                        "study {} has {} slide microscopy series; name one with \
+                         …/studies/{}/series/UID: {}",
+                        loc.study,
+                        many.len(),
+                        loc.study,
+                        many.join(", ")
+                    )))
+                }
+            }
+        }
+    };
+    let series_url = format!("{}/studies/{}/series/{}", loc.base, loc.study, series);
+    let meta = client.json(&format!("{series_url}/metadata"), MAX_METADATA_BYTES)?;
+    let items = meta.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return Err(Error::Remote {
+            url: format!("{series_url}/metadata"),
+            status: Some(200),
+            message: "the series has no instances".into(),
+        });
+    }
+    if items.len() > MAX_INSTANCES {
+        return Err(Error::LimitExceeded {
+            path: path.into(),
+            what: "instances in a DICOMweb series",
+            value: items.len() as u64,
+            limit: MAX_INSTANCES as u64,
+        });
+    }
+    let mut instances = Vec::new();
+    let mut hashed: Vec<(String, Vec<u8>)> = Vec::new();
+    for ds in items {
+        let sop = json_str(&ds, "00080018").unwrap_or("").to_string();
+        let class = json_str(&ds, "00080016").unwrap_or("").to_string();
+        if !is_uid(&sop) {
+            return Err(Error::Remote {
+                url: format!("{series_url}/metadata"),
+                status: Some(200),
+                message: "an instance without a usable SOP Instance UID".into(),
+            });
+        }
+        let bulk_icc = ds
+            .get("00480105")
+            .and_then(|s| s.get("Value"))
+            .and_then(|v| v.get(0))
+            .and_then(|p| p.get("00282000"))
+            .and_then(|e| e.get("BulkDataURI"))
+            .and_then(|u| u.as_str())
+            .map(String::from);
+        let mut canonical = ds.clone();
+        strip_bulk(&mut canonical);
+        hashed.push((
+            sop.clone(),
+            serde_json::to_vec(&canonical).unwrap_or_default(),
+        ));
+        let obj: InMemDicomObject = dicom_json::from_value(ds).map_err(|e| Error::Remote {
+            url: format!("{series_url}/metadata"),
+            status: Some(200),
+            message: format!("instance {sop}: {e}"),
+        })?;
+        let icc_bulk = match bulk_icc {
+            Some(u) => {
+                let (content_type, body) = client.get(&u, ACCEPT_FRAMES, max_icc)?;
+                let data = match param(&content_type, "boundary") {
+                    Some(b) => multipart(&body, &b)
+                        .map_err(|m| Error::Remote {
+                            url: u.clone(),
+                            status: Some(200),
+                            message: m,
+                        })?
+                        .into_iter()
+                        .next()
+                        .map(|(_, d)| d)
+                        .unwrap_or_default(),
+                    None => body,
+                };
+                Some(data)
+            }
+            None => None,
+        };
+        let frames = obj
+            .get(dicom_dictionary_std::tags::NUMBER_OF_FRAMES)
+            .and_then(|e| e.to_int::<i64>().ok())
+            .unwrap_or(1)
+            .clamp(0, 16 * 1024 * 1024) as u64;
+        instances.push(RemoteMeta {
+            remote: Arc::new(RemoteInstance {
+                client: client.clone(),
+                url: format!("{series_url}/instances/{sop}"),
+                frames,
+                syntax: OnceLock::new(),
+                buffer: Mutex::new(Buffer::default()),
+                arrived: Condvar::new(),
+            }),
+            sop,
+            class,
+            obj,
+            icc_bulk,
+        });
+    }
+    instances.sort_by(|a, b| a.sop.cmp(&b.sop));
+    hashed.sort();
+    let mut h = Sha256::new();
+    h.update(loc.study.as_bytes());
+    h.update([0]);
+    h.update(series.as_bytes());
+    for (sop, json) in &hashed {
+        h.update([0]);
+        h.update(sop.as_bytes());
+        h.update((json.len() as u64).to_le_bytes());
+        h.update(json);
+    }
+    Ok(RemoteSeries {
+        study: loc.study,
+        series,
+        url,
+        instances,
+        metadata_hash: h,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let l = parse_url("dicomweb+http://pacs:8042/dicom-web/studies/1.2.3/series/4.5").unwrap();
+        assert_eq!(l.base, "http://pacs:8042/dicom-web");
+        assert_eq!(
+            (l.study.as_str(), l.series.as_deref()),
+            ("1.2.3", Some("4.5"))
+        );
+        let l = parse_url("dicomweb+https://h/studies/1.2/").unwrap();
+        assert_eq!((l.base.as_str(), l.series), ("https://h", None));
+        for bad in [
+            "http://h/studies/1.2",
+            "dicomweb+ftp://h/studies/1.2",
+            "dicomweb+http://u:p@h/studies/1.2",
+            "dicomweb+http://h/series/1.2",
+            "dicomweb+http://h/studies/1.2/instances/3",
+            "dicomweb+http://h/studies/x.y",
+            "dicomweb+http://h/studies/1.2?x=1",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+        assert!(parse_url("dicomweb+http://u:p@h/studies/1.2")
+            .unwrap_err()
+            .contains("credentials"));
+    }
+
+    #[test]
+    fn multipart_parts() {
+        let body = b"--XY\r\nContent-Type: image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50\r\n\r\nab\r\n--XY\r\nContent-Type: image/jpeg\r\n\r\n\r\n--XYc\r\n--XY--\r\n";
+        let parts = multipart(body, "XY").unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].1, b"ab");
+        assert_eq!(parts[1].1, b"\r\n--XYc");
+        assert_eq!(
+            syntax_of(&parts[0].0).as_deref(),
+            Some("1.2.840.10008.1.2.4.50")
+        );
+        // Cut short: no closing delimiter.
+        assert!(multipart(&body[..40], "XY").is_err());
+        assert!(multipart(b"nothing here", "XY").is_err());
+        assert_eq!(
+            param(
+                "multipart/related; type=\"image/jpeg\"; boundary=\"a b\"",
+                "boundary"
+            )
+            .as_deref(),
+            Some("a b")
+        );
+    }
+
+    #[test]
+    fn auth_is_never_printed() {
+        let a = DicomWebAuth::Basic {
+            user: "u".into(),
+            password: "secret".into(),
+        };
+        assert!(!format!("{a:?}").contains("secret"));
+        assert!(!format!("{:?}", DicomWebAuth::Bearer("tok".into())).contains("tok"));
+    }
+}

@@ -1,0 +1,395 @@
+//! Slides read over DICOMweb from a real Orthanc (started by the test, `tests/orthanc.rs`): the
+//! same pixels, associated images, ICC profile and analysis results as the same series read from
+//! its files; typed errors for a server that is down, a missing study, a series that is not a
+//! slide, credentials refused or given in the URL, and TLS without the server's CA (against
+//! OpenSSL's own test server).
+
+use std::ffi::OsStr;
+
+use tessera::{BackendChoice, DicomWebAuth, DicomWebConfig, Slide, SlideConfig};
+
+use crate::dicom::assert_same_pixels;
+use crate::orthanc::{free_port, Orthanc};
+use crate::require;
+use crate::util::*;
+
+/// The shared DICOM series read both ways (folders hold one series; boxes holds two).
+const SERIES: &[&str] = &[
+    "slides/dicom/cmu-1-small-region",
+    "slides/dicom/boxes/boxes_0.dcm",
+    "slides/dicom/boxes/boxes_1.dcm",
+    "slides/dicom/camelyon-lowres",
+    "slides/dicom/sm-image",
+    "slides/dicom/concat",
+];
+
+/// The Study and Series Instance UIDs of a series read from files.
+fn uids(slide: &Slide) -> (String, String) {
+    let p = slide.properties();
+    (
+        p["dicom.StudyInstanceUID"].clone(),
+        p["tessera.dicom.series"].clone(),
+    )
+}
+
+fn web_config(auth: DicomWebAuth) -> SlideConfig {
+    SlideConfig {
+        dicomweb: DicomWebConfig {
+            auth,
+            retries: 1,
+            ..DicomWebConfig::default()
+        },
+        ..SlideConfig::default()
+    }
+}
+
+#[test]
+fn dicomweb_series_read_like_their_files() {
+    let dir = require!(data("slides/dicom"));
+    let orthanc = require!(Orthanc::start(None));
+    for rel in SERIES {
+        let path = dir.parent().unwrap().parent().unwrap().join(rel);
+        let folder = if path.is_dir() {
+            path.clone()
+        } else {
+            path.parent().unwrap().to_path_buf()
+        };
+        orthanc.upload_dir(&folder);
+        let file = open_as(&path, BackendChoice::Native);
+        let (study, series) = uids(&file);
+        let url = orthanc.slide_url(&study, Some(&series));
+        let web = Slide::open_with(&url, &web_config(DicomWebAuth::None))
+            .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(web.backend().name, "native");
+        assert_eq!(web.levels(), file.levels(), "{rel}");
+        assert_eq!(web.mpp(), file.mpp(), "{rel}");
+        assert_eq!(
+            web.icc_profile().unwrap(),
+            file.icc_profile().unwrap(),
+            "{rel}"
+        );
+        assert_eq!(web.associated_images(), file.associated_images(), "{rel}");
+        for a in file.associated_images() {
+            assert_eq!(
+                web.read_associated_image(&a.name).unwrap(),
+                file.read_associated_image(&a.name).unwrap(),
+                "{rel}: {}",
+                a.name
+            );
+        }
+        assert_same_pixels(&path, &file, &web);
+        let remote = web
+            .remote()
+            .expect("a DICOMweb slide says where it came from");
+        assert_eq!(
+            (remote.study.as_str(), remote.series.as_str()),
+            (&*study, &*series)
+        );
+        assert!(!remote.instances.is_empty());
+        // The fingerprint is the content's: a second opening gives the same one.
+        let again = Slide::open_with(&url, &web_config(DicomWebAuth::None)).unwrap();
+        assert_eq!(again.remote().unwrap().fingerprint, remote.fingerprint);
+        assert!(file.remote().is_none());
+    }
+}
+
+#[test]
+fn analysis_over_dicomweb_equals_the_file_run() {
+    let folder = require!(data("slides/dicom/cmu-1-small-region"));
+    let orthanc = require!(Orthanc::start(None));
+    orthanc.upload_dir(&folder);
+    let (study, series) = uids(&open_as(&folder, BackendChoice::Native));
+    let out = tempfile::tempdir().unwrap();
+    let run = |slide: &str, to: &str| {
+        let o = tessera_str(&[
+            "analyze",
+            slide,
+            "--out",
+            out.path().join(to).to_str().unwrap(),
+            "--inference",
+            "tract",
+        ]);
+        assert_eq!(code(&o), 0, "{slide}: {}", stderr(&o));
+    };
+    // The study alone: QIDO-RS finds its one slide series.
+    let url = orthanc.slide_url(&study, None);
+    run(&url, "web");
+    run(folder.to_str().unwrap(), "files");
+    let web = out.path().join("web").join(&study);
+    let files = out.path().join("files/cmu-1-small-region");
+    for f in ["patches.csv", "heatmap-cell-dense.png", "tissue-mask.png"] {
+        assert!(
+            std::fs::read(web.join(f)).unwrap() == std::fs::read(files.join(f)).unwrap(),
+            "{f} differs between the DICOMweb and the file run"
+        );
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(web.join("result.json")).unwrap()).unwrap();
+    let s = &doc["slide"];
+    assert_eq!(s["path"], url.as_str());
+    assert_eq!(s["dicomweb"]["study_instance_uid"], study.as_str());
+    assert_eq!(s["dicomweb"]["series_instance_uid"], series.as_str());
+    assert_eq!(
+        s["dicomweb"]["sop_instance_uids"].as_array().unwrap().len(),
+        12
+    );
+    assert_eq!(s["file_size_bytes"], 0);
+    assert!(s["fingerprint"]["method"]
+        .as_str()
+        .unwrap()
+        .starts_with("DICOMweb"));
+}
+
+#[test]
+fn dicomweb_failures_are_typed_and_name_the_url() {
+    let folder = require!(data("slides/dicom/cmu-1-small-region"));
+    let orthanc = require!(Orthanc::start(None));
+    orthanc.upload_dir(&folder);
+    let info = |url: &str| {
+        let o = tessera_str(&["info", url]);
+        (code(&o), stderr(&o))
+    };
+
+    // Nobody listening: retried, then refused with the URL.
+    let down = format!(
+        "dicomweb+http://127.0.0.1:{}/dicom-web/studies/1.2.3",
+        free_port()
+    );
+    let (c, err) = info(&down);
+    assert_eq!(c, 3, "{err}");
+    assert!(
+        err.contains("http://127.0.0.1") && err.contains("attempts"),
+        "{err}"
+    );
+
+    // A study the server does not have.
+    let (c, err) = info(&orthanc.slide_url("1.2.3.4", Some("5.6.7")));
+    assert_eq!(c, 3, "{err}");
+    assert!(err.contains("HTTP 404"), "{err}");
+
+    // A series that is not a slide, and a study without a slide series.
+    let (study, series) = orthanc.create_dicom(serde_json::json!({
+        "PatientName": "NOT^A^SLIDE", "Modality": "OT", "SeriesDescription": "a photo"
+    }));
+    let (c, err) = info(&orthanc.slide_url(&study, Some(&series)));
+    assert_eq!(c, 3, "{err}");
+    assert!(
+        err.contains("no VL Whole Slide Microscopy instance"),
+        "{err}"
+    );
+    let (c, err) = info(&orthanc.slide_url(&study, None));
+    assert_eq!(c, 3, "{err}");
+    assert!(err.contains("no slide microscopy (SM) series"), "{err}");
+    assert!(
+        !err.contains("NOT^A^SLIDE"),
+        "a patient name reached the error: {err}"
+    );
+
+    // Credentials in the URL are refused without being echoed.
+    let with_creds = orthanc
+        .slide_url("1.2.3", None)
+        .replace("127.0.0.1", "alice:hunter2@127.0.0.1");
+    let (c, err) = info(&with_creds);
+    assert_eq!(c, 3, "{err}");
+    assert!(err.contains("credentials in the URL are refused"), "{err}");
+
+    // Not a URL Tessera reads.
+    let (c, err) = info(&format!("dicomweb+{}/series/1.2", orthanc.dicomweb()));
+    assert_eq!(c, 3, "{err}");
+    assert!(err.contains("not a usable DICOMweb URL"), "{err}");
+
+    // OpenSlide reads files only.
+    let url = orthanc.slide_url("1.2.3", None);
+    let o = tessera_str(&["info", &url, "--backend", "openslide"]);
+    assert_eq!(code(&o), 3);
+    assert!(
+        stderr(&o).contains("OpenSlide reads files only"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn dicomweb_basic_authentication() {
+    let folder = require!(data("slides/dicom/cmu-1-small-region"));
+    let orthanc = require!(Orthanc::start(Some(("alice", "s3cret-pw"))));
+    orthanc.upload_dir(&folder);
+    let (study, series) = uids(&open_as(&folder, BackendChoice::Native));
+    let url = orthanc.slide_url(&study, Some(&series));
+    let info = |env: &[(&str, &OsStr)], extra: &[&str]| {
+        let mut args: Vec<&OsStr> = vec![OsStr::new("info"), OsStr::new(&url)];
+        args.extend(extra.iter().map(OsStr::new));
+        let mut cmd_env = vec![("TESSERA_DICOMWEB_PASSWORD", OsStr::new(""))];
+        cmd_env.extend_from_slice(env);
+        let o = tessera(&args, &cmd_env);
+        (
+            code(&o),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o)),
+        )
+    };
+    let (c, out) = info(&[], &[]);
+    assert_eq!(c, 3, "{out}");
+    assert!(out.contains("HTTP 401"), "{out}");
+
+    let (c, out) = info(
+        &[("TESSERA_DICOMWEB_PASSWORD", OsStr::new("wrong"))],
+        &["--dicomweb-user", "alice"],
+    );
+    assert_eq!(c, 3, "{out}");
+    assert!(out.contains("HTTP 401") && !out.contains("wrong"), "{out}");
+
+    let (c, out) = info(
+        &[("TESSERA_DICOMWEB_PASSWORD", OsStr::new("s3cret-pw"))],
+        &["--dicomweb-user", "alice"],
+    );
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.contains("2220 × 2967") && !out.contains("s3cret-pw"),
+        "{out}"
+    );
+
+    // The password from a file.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret-pw\n").unwrap();
+    let (c, out) = info(
+        &[],
+        &[
+            "--dicomweb-user",
+            "alice",
+            "--dicomweb-password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(c, 0, "{out}");
+
+    // The library's own configuration, and a result.json that holds no credential.
+    let cfg = web_config(DicomWebAuth::Basic {
+        user: "alice".into(),
+        password: "s3cret-pw".into(),
+    });
+    let slide = Slide::open_with(&url, &cfg).unwrap();
+    assert_eq!(slide.dimensions().width, 2220);
+    let o = tessera(
+        &[
+            OsStr::new("analyze"),
+            OsStr::new(&url),
+            OsStr::new("--out"),
+            dir.path().join("out").as_os_str(),
+            OsStr::new("--inference"),
+            OsStr::new("tract"),
+            OsStr::new("--dicomweb-user"),
+            OsStr::new("alice"),
+        ],
+        &[("TESSERA_DICOMWEB_PASSWORD", OsStr::new("s3cret-pw"))],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let result =
+        std::fs::read_to_string(dir.path().join("out").join(&series).join("result.json")).unwrap();
+    assert!(!result.contains("s3cret-pw") && !stderr(&o).contains("s3cret-pw"));
+}
+
+#[test]
+fn dicomweb_over_tls_trusts_the_given_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    std::fs::write(
+        p("leaf.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    // A hospital's own CA, and the server's certificate signed by it.
+    let steps: [Vec<String>; 3] = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Test CA",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["-keyout".into(), p("ca.key"), "-out".into(), p("ca.pem")])
+        .collect(),
+        [
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["-keyout".into(), p("key.pem"), "-out".into(), p("leaf.csr")])
+        .collect(),
+        ["x509", "-req", "-days", "2", "-CAcreateserial"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "-in".into(),
+                p("leaf.csr"),
+                "-CA".into(),
+                p("ca.pem"),
+                "-CAkey".into(),
+                p("ca.key"),
+                "-extfile".into(),
+                p("leaf.ext"),
+                "-out".into(),
+                p("cert.pem"),
+            ])
+            .collect(),
+    ];
+    for args in &steps {
+        let made = std::process::Command::new("openssl").args(args).output();
+        if !made.as_ref().is_ok_and(|o| o.status.success()) {
+            skip(&format!(
+                "openssl could not make test certificates ({made:?})"
+            ));
+            return;
+        }
+    }
+    // A real TLS server (OpenSSL's own; Debian's Orthanc 1.10 drops HTTPS connections under
+    // OpenSSL 3), answering every request with its status page.
+    let port = free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .args(["-cert", &p("cert.pem"), "-key", &p("key.pem")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "openssl s_server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let url = format!("dicomweb+https://127.0.0.1:{port}/dicom-web/studies/1.2.3");
+    // Without the CA: the certificate is not trusted, and that is not retried.
+    let o = tessera_str(&["info", &url]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("https://127.0.0.1") && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("attempts"),
+        "a refused certificate was retried: {err}"
+    );
+    // With it: the connection is made and the server's answer read (a status page, which is
+    // not DICOM JSON).
+    let o = tessera_str(&["info", &url, "--dicomweb-ca", &p("ca.pem")]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("not DICOM JSON"), "{}", stderr(&o));
+}
