@@ -186,7 +186,6 @@ fn unsupported_dicom_is_refused_natively_with_the_reason() {
             "transfer syntax 1.2.840.10008.1.2.4.80",
         ),
         ("sm_image_grayscale.dcm", "BitsAllocated 16"),
-        ("dicom-no-image-type.dcm", "no ImageType"),
         ("dicom-label-only", "no pyramid levels"),
         ("dicom-label-concat", "no pyramid levels"),
     ] {
@@ -201,6 +200,31 @@ fn unsupported_dicom_is_refused_natively_with_the_reason() {
             "{name}: {e}"
         );
     }
+}
+
+#[test]
+fn dicom_without_image_type_is_read_as_a_pyramid() {
+    // OpenSlide refuses a series without ImageType; Orthanc's WSI dicomizer 1.x writes no
+    // ImageType at all, so Tessera reads such instances as levels and says so.
+    let path = require!(data("unsupported/dicom-no-image-type.dcm"));
+    let slide = open_as(&path, BackendChoice::Native);
+    assert_eq!(slide.dimensions().width, 3236);
+    assert_eq!(
+        slide.properties()["tessera.dicom.image-type-missing"],
+        "instances without ImageType were read as pyramid levels"
+    );
+    let l = slide.level_count() - 1;
+    let size = slide.levels()[l].size;
+    let img = slide.read_region(Level0Px::new(0, 0), l, size).unwrap();
+    // Real tissue (and green ink), not a blank page.
+    let non_white = img
+        .pixels()
+        .filter(|p| p.0[..3].iter().any(|&v| v < 200))
+        .count();
+    assert!(
+        non_white * 10 > img.pixels().count(),
+        "{non_white} non-white pixels"
+    );
 }
 
 /// Copies `src` into a fresh folder as `name`, cut to `len` bytes or with `patch` applied.

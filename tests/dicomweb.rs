@@ -141,6 +141,70 @@ fn analysis_over_dicomweb_equals_the_file_run() {
 }
 
 #[test]
+fn svs_dicomized_into_orthanc_analyses_like_the_svs() {
+    // The flow: CMU-1-Small-Region turned into DICOM WSI by Orthanc's own dicomizer,
+    // straight into Orthanc, then analysed over DICOMweb.
+    let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
+    let orthanc = require!(Orthanc::start(None));
+    let dicomizer = std::path::Path::new("/usr/bin/OrthancWSIDicomizer");
+    if !dicomizer.exists() {
+        skip("OrthancWSIDicomizer is not installed (apt-get install orthanc-wsi)");
+        return;
+    }
+    let o = std::process::Command::new(dicomizer)
+        .arg(format!("--orthanc=http://127.0.0.1:{}/", orthanc.port))
+        .arg(&svs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let studies = orthanc.rest("/studies");
+    let id = studies[0].as_str().unwrap();
+    let study = orthanc.rest(&format!("/studies/{id}"))["MainDicomTags"]["StudyInstanceUID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = orthanc.slide_url(&study, None);
+    // The dicomizer copies the SVS's JPEG tiles as they are (no ImageType, an RGB Adobe
+    // marker): the same pixels.
+    let web = Slide::open_with(&url, &web_config(DicomWebAuth::None)).unwrap();
+    let file = open_as(&svs, BackendChoice::Native);
+    assert_eq!(web.dimensions(), file.dimensions());
+    assert!(web
+        .properties()
+        .contains_key("tessera.dicom.image-type-missing"));
+    let size = file.dimensions();
+    assert!(
+        web.read_region(tessera::Level0Px::new(0, 0), 0, size)
+            .unwrap()
+            == file
+                .read_region(tessera::Level0Px::new(0, 0), 0, size)
+                .unwrap(),
+        "level 0 differs between the SVS and its dicomized copy"
+    );
+    // Its Pixel Spacing is a placeholder (a 15 mm imaged width), so both runs are given the
+    // SVS's MPP.
+    let out = tempfile::tempdir().unwrap();
+    for (slide, to) in [(url.as_str(), "web"), (svs.to_str().unwrap(), "svs")] {
+        let o = tessera_str(&[
+            "analyze",
+            slide,
+            "--out",
+            out.path().join(to).to_str().unwrap(),
+            "--inference",
+            "tract",
+            "--mpp",
+            "0.499",
+        ]);
+        assert_eq!(code(&o), 0, "{slide}: {}", stderr(&o));
+    }
+    assert!(
+        std::fs::read(out.path().join("web").join(&study).join("patches.csv")).unwrap()
+            == std::fs::read(out.path().join("svs/CMU-1-Small-Region.svs/patches.csv")).unwrap(),
+        "the DICOMweb run's patches differ from the SVS run's"
+    );
+}
+
+#[test]
 fn dicomweb_failures_are_typed_and_name_the_url() {
     let folder = require!(data("slides/dicom/cmu-1-small-region"));
     let orthanc = require!(Orthanc::start(None));

@@ -81,7 +81,6 @@ fn unsupported_files_get_clear_errors() {
         ("kidney-stripped-rgb.tif", true),
         ("gray16-stripped.tif", true),
         ("vectra-fluorescence.qptiff", true),
-        ("dicom-no-image-type.dcm", false),
         ("sm_image_grayscale.dcm", false),
         ("sm_image_jpegls.dcm", false),
         ("dicom-label-only", false),

@@ -132,7 +132,8 @@ pub struct DicomWebConfig {
     /// 429, 500, 502, 503, 504), with a doubling pause from 250 ms (default 3).
     pub retries: u32,
     /// Frames asked for in one WADO-RS request: the one wanted and those after it, which a
-    /// sweep reads next (default 16).
+    /// sweep reads next (default 64). While the caller decodes, the next frames are fetched
+    /// in the background once fewer than half a batch of them are on hand.
     pub batch_frames: u64,
     /// Bytes of fetched, not yet decoded frames kept per instance (default 64 MiB).
     pub buffer_bytes: u64,
@@ -145,7 +146,7 @@ impl Default for DicomWebConfig {
             ca_file: None,
             timeout: Duration::from_secs(60),
             retries: 3,
-            batch_frames: 16,
+            batch_frames: 64,
             buffer_bytes: 64 * 1024 * 1024,
         }
     }

@@ -28,7 +28,9 @@
 //! one fragment per frame; label, overview and thumbnail instances of one frame within the
 //! associated-image limit (tiled ones are left out). Other transfer syntaxes, sample layouts
 //! and frames split across fragments are [`Error::Unsupported`], so that `--backend auto` can
-//! hand the series to OpenSlide; damaged files are [`Error::Corrupt`]. Not handled: a
+//! hand the series to OpenSlide; damaged files are [`Error::Corrupt`]. An instance without
+//! ImageType, which OpenSlide refuses, is read as a level (Orthanc's WSI dicomizer 1.x writes
+//! none; `tessera.dicom.image-type-missing` says so). Not handled: a
 //! dual-personality DICOM-TIFF file is read as the TIFF it also is.
 //!
 //! Colour: JPEG frames follow the Photometric Interpretation as OpenSlide does (YBR_FULL_422:
@@ -1074,15 +1076,25 @@ fn frame_says_ycbcr(file: &Store, offset: u64, count: u64, inst: &Instance) -> R
 /// Assembles the series' instances into levels and associated images.
 fn build(path: &Path, mut instances: Vec<Instance>, limits: &Limits) -> Result<Parts> {
     let mut levels: Vec<LevelBuild> = Vec::new();
+    let mut untyped = false;
     let mut associated: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (i, inst) in instances.iter().enumerate() {
-        // OpenSlide reads the first four values of ImageType.
-        let image_type = match inst.strs(tags::IMAGE_TYPE) {
-            Some(t) if t.len() >= 4 => t,
-            _ => return Err(inst.unsupported("no ImageType (or fewer than four values)")),
-        };
-        let Some(kind) = kind(&image_type[..4]) else {
-            continue;
+        // OpenSlide reads the first four values of ImageType. Without any (what Orthanc's
+        // WSI dicomizer 1.x writes, which makes pyramids only) the instance is a level.
+        let kind = match inst.strs(tags::IMAGE_TYPE) {
+            None => {
+                untyped = true;
+                Kind::Level
+            }
+            Some(t) if t.iter().all(String::is_empty) => {
+                untyped = true;
+                Kind::Level
+            }
+            Some(t) if t.len() >= 4 => match kind(&t[..4]) {
+                Some(k) => k,
+                None => continue,
+            },
+            Some(_) => return Err(inst.unsupported("ImageType with fewer than four values")),
         };
         encoding(inst)?;
         let dim = |tag, name: &str, max: u64| -> Result<u64> {
@@ -1160,7 +1172,7 @@ fn build(path: &Path, mut instances: Vec<Instance>, limits: &Limits) -> Result<P
         return Err(Error::Unsupported {
             path: path.into(),
             format: FORMAT.into(),
-            reason: "no pyramid levels (no VOLUME instance with a readable ImageType)".into(),
+            reason: "no pyramid levels (no VOLUME instance)".into(),
         });
     }
     levels.sort_by_key(|l| std::cmp::Reverse(l.size.width));
@@ -1326,6 +1338,12 @@ fn build(path: &Path, mut instances: Vec<Instance>, limits: &Limits) -> Result<P
         properties.insert(
             format!("openslide.associated.{name}.icc-size"),
             size.to_string(),
+        );
+    }
+    if untyped {
+        properties.insert(
+            "tessera.dicom.image-type-missing".into(),
+            "instances without ImageType were read as pyramid levels".into(),
         );
     }
     if !overrides.is_empty() {

@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use dicom_object::InMemDicomObject;
@@ -322,6 +322,8 @@ struct Buffer {
     order: VecDeque<u64>,
     bytes: u64,
     in_flight: HashSet<u64>,
+    /// A read-ahead request is under way.
+    prefetching: bool,
 }
 
 impl Buffer {
@@ -360,9 +362,64 @@ pub(crate) struct RemoteInstance {
     syntax: OnceLock<String>,
     buffer: Mutex<Buffer>,
     arrived: Condvar,
+    /// Itself, for the read-ahead thread.
+    me: Weak<RemoteInstance>,
+}
+
+fn lock(m: &Mutex<Buffer>) -> std::sync::MutexGuard<'_, Buffer> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RemoteInstance {
+    /// Up to `n` frames from `from` on (within four batches) that are neither buffered nor
+    /// asked for: what the next request should bring.
+    fn missing(&self, b: &Buffer, from: u64, n: u64) -> Vec<u64> {
+        let end = from.saturating_add(4 * self.client.batch).min(self.frames);
+        (from..end)
+            .filter(|j| !b.frames.contains_key(j) && !b.in_flight.contains(j))
+            .take(n as usize)
+            .collect()
+    }
+
+    /// Starts fetching in the background when fewer than half a batch of the frames after `k`
+    /// are buffered or on their way, so that the network works while the caller decodes. One
+    /// read-ahead at a time; a failed one is left for the frames' readers to retry.
+    fn read_ahead(&self, b: &mut Buffer, k: u64) {
+        let batch = self.client.batch;
+        if b.prefetching || batch < 2 {
+            return;
+        }
+        let window = k + 1..(k + 1 + batch).min(self.frames);
+        let coming = window
+            .filter(|j| b.frames.contains_key(j) || b.in_flight.contains(j))
+            .count() as u64;
+        if coming > batch / 2 {
+            return;
+        }
+        let ks = self.missing(b, k + 1, batch);
+        let Some(me) = self.me.upgrade() else { return };
+        if ks.is_empty() {
+            return;
+        }
+        b.in_flight.extend(ks.iter().copied());
+        b.prefetching = true;
+        std::thread::spawn(move || {
+            let fetched = me.fetch(&ks);
+            let mut b = lock(&me.buffer);
+            for j in &ks {
+                b.in_flight.remove(j);
+            }
+            if let Ok(frames) = fetched {
+                for (&j, data) in ks.iter().zip(frames) {
+                    b.put(j, data, me.client.buffer_bytes);
+                }
+            }
+            b.prefetching = false;
+            drop(b);
+            me.arrived.notify_all();
+        });
+    }
+
     /// Frame `k` (0-based). Threads wanting frames of a request under way wait for it.
     pub(crate) fn frame(&self, k: u64) -> std::result::Result<Vec<u8>, String> {
         if k >= self.frames {
@@ -373,13 +430,11 @@ impl RemoteInstance {
                 self.frames
             ));
         }
-        fn lock(m: &Mutex<Buffer>) -> std::sync::MutexGuard<'_, Buffer> {
-            m.lock().unwrap_or_else(|e| e.into_inner())
-        }
         let batch = {
             let mut b = lock(&self.buffer);
             loop {
                 if let Some(data) = b.take(k) {
+                    self.read_ahead(&mut b, k);
                     return Ok(data);
                 }
                 if !b.in_flight.contains(&k) {
@@ -388,15 +443,7 @@ impl RemoteInstance {
                 b = self.arrived.wait(b).unwrap_or_else(|e| e.into_inner());
             }
             let mut batch = vec![k];
-            let mut j = k + 1;
-            while (batch.len() as u64) < self.client.batch
-                && j < self.frames
-                && !b.frames.contains_key(&j)
-                && !b.in_flight.contains(&j)
-            {
-                batch.push(j);
-                j += 1;
-            }
+            batch.extend(self.missing(&b, k + 1, self.client.batch - 1));
             b.in_flight.extend(batch.iter().copied());
             batch
         };
@@ -413,6 +460,9 @@ impl RemoteInstance {
             }
             first
         });
+        if out.is_ok() {
+            self.read_ahead(&mut b, k);
+        }
         drop(b);
         self.arrived.notify_all();
         out.map_err(|e| e.to_string())
@@ -750,13 +800,14 @@ pub(crate) fn open_series(path: &Path, cfg: &DicomWebConfig, max_icc: u64) -> Re
             .unwrap_or(1)
             .clamp(0, 16 * 1024 * 1024) as u64;
         instances.push(RemoteMeta {
-            remote: Arc::new(RemoteInstance {
+            remote: Arc::new_cyclic(|me| RemoteInstance {
                 client: client.clone(),
                 url: format!("{series_url}/instances/{sop}"),
                 frames,
                 syntax: OnceLock::new(),
                 buffer: Mutex::new(Buffer::default()),
                 arrived: Condvar::new(),
+                me: me.clone(),
             }),
             sop,
             class,
