@@ -85,9 +85,11 @@ fn every_corrupt_and_unsupported_file_fails_cleanly() {
         .unwrap()
         .chain(std::fs::read_dir(&unsupported).unwrap())
         .map(|e| e.unwrap().path())
+        // Read as a pyramid since OrthancWSIDicomizer's series (no ImageType) are (tests/dicom.rs).
+        .filter(|p| !p.ends_with("dicom-no-image-type.dcm"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 11);
+    assert!(paths.len() >= 10);
     for p in &paths {
         let out = tessera(&[OsStr::new("info"), p.as_os_str()], &[]);
         let err = stderr(&out);

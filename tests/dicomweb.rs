@@ -457,3 +457,121 @@ fn dicomweb_over_tls_trusts_the_given_ca() {
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(stderr(&o).contains("not DICOM JSON"), "{}", stderr(&o));
 }
+
+/// Checks a Segmentation against patches.csv with highdicom: one segment per class, and each
+/// analysed patch's cell holding its probability (0–255), at the patch's grid position.
+const CHECK_SEGMENTATION: &str = r#"
+import csv, sys
+import highdicom as hd
+seg = hd.seg.segread(sys.argv[1])
+rows = list(csv.DictReader(open(sys.argv[2])))
+classes = [k[5:] for k in rows[0] if k.startswith("prob_")]
+assert seg.number_of_segments == len(classes), (seg.number_of_segments, classes)
+labels = [seg.get_segment_description(i + 1).segment_label for i in range(len(classes))]
+assert labels == classes, labels
+for i, name in enumerate(classes):
+    m = seg.get_total_pixel_matrix(segment_numbers=[i + 1], combine_segments=False)[:, :, 0]
+    for r in rows:
+        want = round(float(r["prob_" + name]) * 255)
+        # highdicom scales fractional values to 0–1.
+        got = round(float(m[int(r["row"]), int(r["col"])]) * 255)
+        assert abs(got - want) <= 1, (name, r["col"], r["row"], got, want)
+# One cell per patch (stride = side): the spacing is the patch side in mm (patches.csv rounds
+# the side to whole level-0 pixels, hence the tolerance).
+px = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+side, mpp = int(rows[0]["width"]), float(sys.argv[3])
+assert all(abs(float(v) / (side * mpp / 1000) - 1) < 0.005 for v in px), (px, side, mpp)
+print("ok", len(rows), [float(v) for v in px], side)
+"#;
+
+#[test]
+fn dicom_outputs_are_valid_and_stored_once() {
+    let folder = require!(data("slides/dicom/cmu-1-small-region"));
+    require!(python_with(&["highdicom"]));
+    let orthanc = require!(Orthanc::start(None));
+    orthanc.upload_dir(&folder);
+    let (study, _) = uids(&open_as(&folder, BackendChoice::Native));
+    let out = tempfile::tempdir().unwrap();
+    let analyze = |extra: &[&str]| {
+        let mut args = vec![
+            "analyze".to_string(),
+            orthanc.slide_url(&study, None),
+            "--out".into(),
+            out.path().to_string_lossy().into_owned(),
+            "--inference".into(),
+            "tract".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tessera_str(&args)
+    };
+    let store = orthanc.dicomweb();
+    let o = analyze(&["--dicomweb-store", &store]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let dir = out.path().join(&study);
+    let seg = dir.join("dicom/segmentation.dcm");
+
+    // dciodvfy (dicom3tools) finds no error.
+    match std::process::Command::new("dciodvfy").arg(&seg).output() {
+        Ok(v) => {
+            let report = String::from_utf8_lossy(&v.stderr).into_owned();
+            let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+            assert!(errors.is_empty(), "dciodvfy: {report}");
+            assert!(report.contains("Segmentation"), "{report}");
+        }
+        Err(_) => {
+            skip("dciodvfy is not installed (apt-get install dicom3tools)");
+        }
+    }
+    // highdicom reads it, and its cells are patches.csv's probabilities.
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    let mpp = doc["slide"]["mpp"]["x"].as_f64().unwrap();
+    let check = std::process::Command::new("python3")
+        .args(["-c", CHECK_SEGMENTATION])
+        .arg(&seg)
+        .arg(dir.join("patches.csv"))
+        .arg(mpp.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // Stored: the archive holds the slide's series and the new one, in the slide's study.
+    let series = orthanc.rest("/series?expand");
+    let seg_series: Vec<&serde_json::Value> = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["MainDicomTags"]["Modality"] == "SEG")
+        .collect();
+    assert_eq!(seg_series.len(), 1, "{series}");
+    let instances = orthanc.rest("/instances").as_array().unwrap().len();
+    let seg_study = orthanc.rest(&format!(
+        "/studies/{}",
+        seg_series[0]["ParentStudy"].as_str().unwrap()
+    ));
+    assert_eq!(
+        seg_study["MainDicomTags"]["StudyInstanceUID"],
+        study.as_str()
+    );
+
+    // A rerun makes the same UIDs: the archive gains nothing.
+    let o = analyze(&["--dicomweb-store", &store, "--force"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        orthanc.rest("/instances").as_array().unwrap().len(),
+        instances
+    );
+
+    // An archive that is down: the slide fails (retried first), its folder is complete.
+    let down = format!("http://127.0.0.1:{}/dicom-web", free_port());
+    let o = analyze(&["--dicomweb-store", &down, "--force"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("attempts"), "{}", stderr(&o));
+    assert!(seg.exists() && dir.join("result.json").exists());
+}

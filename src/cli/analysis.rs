@@ -53,6 +53,12 @@ pub struct AnalysisArgs {
     /// changes only the middle of a file is also seen as a new version.
     #[arg(long)]
     pub hash_full: bool,
+    /// Store each slide's DICOM outputs (OUT/<slide>/dicom/) on this DICOMweb server with
+    /// STOW-RS once the slide's folder is complete, e.g. http://pacs/dicom-web (credentials as
+    /// for reading: --dicomweb-user, --dicomweb-token-file…). A failed store fails the slide; its
+    /// folder stays.
+    #[arg(long, value_name = "URL")]
+    pub dicomweb_store: Option<String>,
     /// Slide-level score of the positive class: `max`, or `mean-top-K` (mean of the K highest
     /// patch probabilities).
     #[arg(long, value_name = "METHOD", default_value = "mean-top-10")]
@@ -135,6 +141,7 @@ impl AnalysisArgs {
             mpp_override: self.mpp,
             workers,
             hash_full: self.hash_full,
+            dicomweb_store: self.dicomweb_store.clone(),
             tissue_model: self.tissue_model.clone(),
             qc_model: self.qc.qc_model.clone(),
             slide: self.slide.config_with_cache(32),

@@ -51,6 +51,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A DICOM result object could not be made or written.
+    #[error("{}: {reason}", path.display())]
+    DicomOutput {
+        /// The file it was to be written to.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
     /// A part of Tessera this build was made without (a cargo feature of tessera-engine).
     #[error("this build of Tessera has no {what} (tessera-engine's `{feature}` feature is off)")]
     NotBuilt {
@@ -166,6 +175,7 @@ impl Error {
             Error::PermissionDenied { .. } => "permission_denied",
             Error::Io { .. } => "io",
             Error::InvalidInput { .. } => "invalid_input",
+            Error::DicomOutput { .. } => "dicom_output",
             Error::Panicked { .. } => "panicked",
             Error::NotBuilt { .. } => "not_built",
             Error::ModelConfig { .. } => "model_config",

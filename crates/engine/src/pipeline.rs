@@ -116,6 +116,10 @@ pub struct AnalyzeConfig {
     // Not in the run key: Where results go, not what they are.
     #[serde(skip)]
     pub out: PathBuf,
+    /// A DICOMweb root (`http(s)://…/dicom-web`) to store the DICOM outputs in with STOW-RS once
+    /// a slide's folder is complete. Not in the run key: where results go.
+    #[serde(skip)]
+    pub dicomweb_store: Option<String>,
     /// Model folder (`None`: the bundled default, `models/he-cellularity`).
     // Not in the run key: The model is in the key by its SHA-256 and configuration, not its path.
     #[serde(skip)]
@@ -223,6 +227,7 @@ impl Default for AnalyzeConfig {
             threshold: 0.5,
             mpp_override: None,
             hash_full: false,
+            dicomweb_store: None,
             geojson_gzip_bytes: 32 << 20,
             tissue: TissueParams::default(),
             qc: crate::qc::QcParams::default(),
@@ -952,6 +957,9 @@ fn analyze_opened(
         }
     };
     let folder = replace_folder(&cfg.out, name, &tmp_dir)?;
+    if let Some(root) = &cfg.dicomweb_store {
+        store_dicom(&folder, root, &cfg.slide.dicomweb)?;
+    }
     let positive = doc.positive_class();
     Ok(AnalyzeSummary {
         folder,
@@ -1450,12 +1458,99 @@ fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result
     if let Some(q) = doc.qc.as_mut() {
         q.regions = qc_regions;
     }
+    if let Some(source) = f.slide.dicom_source() {
+        write_dicom(dir, &f, &scored, source, &doc)?;
+    }
     output::write_bytes(&dir.join("result.json"), doc.to_json()?.as_bytes())?;
     crate::report::write_slide_report(dir)?;
     if cfg.pdf {
         crate::report::pdf::print_to_pdf(&dir.join("report.html"), &dir.join("report.pdf"))?;
     }
     Ok(doc)
+}
+
+/// `dicom/segmentation.dcm`: the class heatmaps as a DICOM Segmentation filed with the source
+/// series ([`output::dicom`]).
+fn write_dicom(
+    dir: &Path,
+    f: &Finished,
+    scored: &Predictions,
+    source: &crate::slide::DicomSource,
+    doc: &SlideResult,
+) -> Result<()> {
+    let names = &f.lm.folder.config.class_names;
+    let built: Vec<Heatmap>;
+    let maps: &[Heatmap] = match &f.dense_maps {
+        Some(m) => m,
+        None => {
+            built = (0..names.len())
+                .map(|k| Heatmap::build(&f.planned.grid, scored, k))
+                .collect();
+            &built
+        }
+    };
+    let path = dir.join("dicom").join("segmentation.dcm");
+    if maps.first().is_none_or(|m| m.width == 0) {
+        return Ok(());
+    }
+    // analysed_at is RFC 3339: 2026-12-04T10:06:57Z.
+    let digits: String = doc
+        .analysed_at
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let when = (
+        digits.get(..8).unwrap_or("").to_string(),
+        digits.get(8..14).unwrap_or("").to_string(),
+    );
+    let bytes = output::dicom::segmentation(&output::dicom::SegmentationInput {
+        source,
+        classes: names.iter().map(String::as_str).zip(maps.iter()).collect(),
+        mpp: (f.mpp.x, f.mpp.y),
+        run_key: &doc.run_key,
+        model: (
+            &doc.model.name,
+            doc.model
+                .version
+                .as_deref()
+                .unwrap_or(&doc.model.sha256[..12]),
+        ),
+        when,
+    })
+    .map_err(|reason| Error::DicomOutput {
+        path: path.clone(),
+        reason,
+    })?;
+    let folder = dir.join("dicom");
+    std::fs::create_dir_all(&folder).map_err(|e| Error::from_io(&folder, e))?;
+    output::write_bytes(&path, &bytes)
+}
+
+/// Stores the complete folder's DICOM outputs (`dicom/*.dcm`) on the archive at `root` with
+/// STOW-RS, in one request. A slide without DICOM outputs (not read from DICOM) has nothing to
+/// store: that is an error, so that a run meant to fill the archive does not pass in silence.
+fn store_dicom(folder: &Path, root: &str, cfg: &tessera_slide::DicomWebConfig) -> Result<()> {
+    let dir = folder.join("dicom");
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(d) => d.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    files.retain(|f| f.extension().is_some_and(|x| x == "dcm"));
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::DicomOutput {
+            path: dir,
+            reason: "nothing to store with --dicomweb-store: DICOM outputs are made only for \
+                     slides read from DICOM (files or DICOMweb) with a heatmap"
+                .into(),
+        });
+    }
+    let objects = files
+        .iter()
+        .map(|f| std::fs::read(f).map_err(|e| Error::from_io(f, e)))
+        .collect::<Result<Vec<_>>>()?;
+    tessera_slide::slide::native::dicomweb::store(root, cfg, &objects)?;
+    Ok(())
 }
 
 /// Replaces `out/name` with the complete folder `tmp` (an older result goes only now).
@@ -2206,6 +2301,7 @@ mod tests {
             threshold: _,
             mpp_override: _,
             hash_full: _,
+            dicomweb_store: _,
             geojson_gzip_bytes: _,
             tissue: _,
             qc: _,

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::RgbImage;
 
+pub mod dicom;
 pub mod geojson;
 pub mod overlay;
 pub mod qc;

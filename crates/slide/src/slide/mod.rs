@@ -139,6 +139,22 @@ pub trait SlideReader: Send + Sync {
     fn remote(&self) -> Option<&RemoteSource> {
         None
     }
+    /// The DICOM attributes of a DICOM WSI series; `None` for other formats.
+    fn dicom_source(&self) -> Option<&DicomSource> {
+        None
+    }
+}
+
+/// What a DICOM WSI series says about itself, for objects that reference it (Tessera's DICOM
+/// outputs): the attributes of its first level-0 instance (patient, study, frame of reference,
+/// specimen, geometry; the per-frame functional groups left out) and its level-0 instances.
+/// Holds patient identifiers: not for logs or reports.
+#[derive(Debug, Clone)]
+pub struct DicomSource {
+    /// The first level-0 instance's attributes.
+    pub attributes: dicom_object::InMemDicomObject,
+    /// The level-0 instances: (SOP Class UID, SOP Instance UID).
+    pub level0: Vec<(String, String)>,
 }
 
 /// A slide read from a DICOMweb server: which series, and a fingerprint of its content.
@@ -358,6 +374,12 @@ impl Slide {
     /// Where a slide read over DICOMweb came from; `None` for a file.
     pub fn remote(&self) -> Option<&RemoteSource> {
         self.reader.remote()
+    }
+
+    /// A DICOM WSI series' own attributes (holds patient identifiers); `None` for other
+    /// formats and for OpenSlide's reading.
+    pub fn dicom_source(&self) -> Option<&DicomSource> {
+        self.reader.dicom_source()
     }
 
     /// The pyramid levels, level 0 (full resolution) first.

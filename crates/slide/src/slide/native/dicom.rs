@@ -1357,6 +1357,26 @@ fn build(path: &Path, mut instances: Vec<Instance>, limits: &Limits) -> Result<P
         );
     }
     let icc = icc_profile(level0, limits.max_icc_bytes)?;
+    let mut attributes = level0.obj.clone();
+    attributes.remove_element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    let dicom = crate::slide::DicomSource {
+        attributes,
+        level0: levels[0]
+            .files
+            .iter()
+            .map(|&i| {
+                let m = &instances[i].meta;
+                (
+                    m.media_storage_sop_class_uid()
+                        .trim_end_matches('\0')
+                        .to_string(),
+                    m.media_storage_sop_instance_uid()
+                        .trim_end_matches('\0')
+                        .to_string(),
+                )
+            })
+            .collect(),
+    };
     Ok(Parts {
         path: path.into(),
         format: FORMAT.into(),
@@ -1368,6 +1388,7 @@ fn build(path: &Path, mut instances: Vec<Instance>, limits: &Limits) -> Result<P
         properties,
         icc,
         remote: None,
+        dicom: Some(Box::new(dicom)),
     })
 }
 

@@ -40,6 +40,8 @@ const MAX_METADATA_BYTES: u64 = 256 * 1024 * 1024;
 const MAX_FRAMES_BYTES: u64 = 512 * 1024 * 1024;
 /// Largest single frame.
 const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
+/// Deepest nesting of sequences read from DICOM JSON.
+const MAX_JSON_DEPTH: usize = 32;
 /// Most instances in one series.
 const MAX_INSTANCES: usize = 10_000;
 
@@ -299,6 +301,64 @@ impl Client {
             .read_to_vec()
             .map_err(transport)?;
         Ok((content_type, body))
+    }
+
+    /// POSTs `body` as `content_type`; transient failures are retried like GETs. The status.
+    fn post(&self, url: &str, content_type: &str, body: &[u8]) -> Result<u16> {
+        let mut attempt = 0u32;
+        loop {
+            let mut req = self
+                .agent
+                .post(url)
+                .header("Content-Type", content_type)
+                .header("Accept", ACCEPT_JSON);
+            if let Some(a) = &self.auth {
+                req = req.header("Authorization", a);
+            }
+            let failure = match req.send(body) {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    if status == 200 {
+                        return Ok(status);
+                    }
+                    Failure {
+                        status: Some(status),
+                        message: format!(
+                            "HTTP {status} {}{}",
+                            resp.status().canonical_reason().unwrap_or(""),
+                            match status {
+                                202 => ": the archive kept some of the objects and refused others",
+                                401 => ": the server wants credentials, or refused those given",
+                                409 => ": the archive refused the objects",
+                                _ => "",
+                            }
+                        ),
+                        transient: matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+                    }
+                }
+                Err(e) => Failure {
+                    status: None,
+                    message: e.to_string(),
+                    transient: matches!(e, ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed)
+                        || matches!(&e, ureq::Error::Io(io)
+                        if io.kind() != std::io::ErrorKind::InvalidData),
+                },
+            };
+            if failure.transient && attempt < self.retries {
+                std::thread::sleep(Duration::from_millis(250 << attempt.min(6)));
+                attempt += 1;
+                continue;
+            }
+            return Err(Error::Remote {
+                url: url.into(),
+                status: failure.status,
+                message: if attempt > 0 {
+                    format!("{} (after {} attempts)", failure.message, attempt + 1)
+                } else {
+                    failure.message
+                },
+            });
+        }
     }
 
     fn json(&self, url: &str, limit: u64) -> Result<serde_json::Value> {
@@ -666,6 +726,202 @@ fn json_str<'a>(ds: &'a serde_json::Value, tag: &str) -> Option<&'a str> {
     ds.get(tag)?.get("Value")?.get(0)?.as_str()
 }
 
+/// Stores DICOM Part 10 `objects` on a DICOMweb server with STOW-RS, all in one request
+/// (`POST {root}/studies`), so that the archive gets all of them or none from this call. `root`
+/// is the server's DICOMweb root (`http(s)://…/dicom-web`, with or without the `dicomweb+`
+/// prefix). Transient failures are retried with backoff; a 202 (some refused) is an error.
+pub fn store(root: &str, cfg: &DicomWebConfig, objects: &[Vec<u8>]) -> Result<()> {
+    let root = root
+        .strip_prefix(SCHEME)
+        .unwrap_or(root)
+        .trim_end_matches('/');
+    if !(root.starts_with("http://") || root.starts_with("https://")) {
+        return Err(Error::Remote {
+            url: root.into(),
+            status: None,
+            message: "a DICOMweb root starts with http:// or https://".into(),
+        });
+    }
+    if root.split('/').nth(2).is_some_and(|a| a.contains('@')) {
+        return Err(Error::Remote {
+            url: "(the --dicomweb-store URL)".into(),
+            status: None,
+            message: "credentials in the URL are refused (they would reach logs)".into(),
+        });
+    }
+    let client = Client::new(cfg)?;
+    // A boundary that no object contains.
+    let mut h = Sha256::new();
+    for o in objects {
+        h.update(o);
+    }
+    let boundary = format!("tessera-{:x}", h.finalize());
+    let mut body = Vec::new();
+    for o in objects {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(o);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    client.post(
+        &format!("{root}/studies"),
+        &format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
+        &body,
+    )?;
+    Ok(())
+}
+
+/// A data set from its DICOM JSON form (PS3.18 F.2): every element with its VR and values,
+/// sequences to [`MAX_JSON_DEPTH`]; bulk data by URI is left out (only the ICC profile is
+/// fetched, by the caller).
+fn from_dicom_json(
+    ds: &serde_json::Value,
+    depth: usize,
+) -> std::result::Result<InMemDicomObject, String> {
+    use dicom_core::value::{DataSetSequence, PrimitiveValue};
+    use dicom_core::{DataElement, Tag, VR};
+    use serde_json::Value as J;
+    if depth > MAX_JSON_DEPTH {
+        return Err(format!("sequences nested over {MAX_JSON_DEPTH} deep"));
+    }
+    let map = ds
+        .as_object()
+        .ok_or("a data set that is not a JSON object")?;
+    let mut obj = InMemDicomObject::new_empty();
+    for (key, el) in map {
+        let tag = u32::from_str_radix(key, 16)
+            .ok()
+            .filter(|_| key.len() == 8)
+            .map(|t| Tag((t >> 16) as u16, t as u16))
+            .ok_or_else(|| format!("{key:?} is not a tag"))?;
+        let vr_text = el.get("vr").and_then(J::as_str).unwrap_or("UN");
+        let vr = vr_text
+            .parse::<VR>()
+            .map_err(|_| format!("{key}: unknown VR {vr_text:?}"))?;
+        let values: &[J] = el
+            .get("Value")
+            .and_then(J::as_array)
+            .map_or(&[], Vec::as_slice);
+        let bad = |what: &str| format!("{key} ({vr_text}): {what}");
+        let text = |v: &J| match v {
+            J::String(s) => Ok(s.clone()),
+            J::Number(n) => Ok(n.to_string()),
+            J::Null => Ok(String::new()),
+            _ => Err(bad("a value that is not text")),
+        };
+        let num = |v: &J| -> std::result::Result<f64, String> {
+            match v {
+                J::Number(n) => n.as_f64().ok_or_else(|| bad("a number out of range")),
+                J::String(s) => s.trim().parse::<f64>().map_err(|_| bad("not a number")),
+                _ => Err(bad("a value that is not a number")),
+            }
+        };
+        let int = |v: &J| -> std::result::Result<i64, String> {
+            match v {
+                J::Number(n) => n.as_i64().ok_or_else(|| bad("not a whole number")),
+                J::String(s) => s
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| bad("not a whole number")),
+                _ => Err(bad("a value that is not a number")),
+            }
+        };
+        macro_rules! ints {
+            ($variant:ident, $t:ty) => {
+                PrimitiveValue::$variant(
+                    values
+                        .iter()
+                        .map(|v| {
+                            int(v).and_then(|i| <$t>::try_from(i).map_err(|_| bad("out of range")))
+                        })
+                        .collect::<std::result::Result<_, _>>()?,
+                )
+            };
+        }
+        let value = match vr {
+            VR::SQ => {
+                let items = values
+                    .iter()
+                    .map(|v| from_dicom_json(v, depth + 1))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                obj.put(DataElement::new(tag, vr, DataSetSequence::from(items)));
+                continue;
+            }
+            VR::OB | VR::OW | VR::OD | VR::OF | VR::OL | VR::OV | VR::UN => {
+                match el.get("InlineBinary").and_then(J::as_str) {
+                    Some(b64) => {
+                        use base64::Engine;
+                        PrimitiveValue::from(
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b64)
+                                .map_err(|_| bad("InlineBinary that is not base64"))?,
+                        )
+                    }
+                    // Bulk data by URI: left out.
+                    None => continue,
+                }
+            }
+            VR::PN => PrimitiveValue::Strs(
+                values
+                    .iter()
+                    .map(|v| match v {
+                        J::Object(m) => Ok(m
+                            .get("Alphabetic")
+                            .and_then(J::as_str)
+                            .unwrap_or("")
+                            .to_string()),
+                        other => text(other),
+                    })
+                    .collect::<std::result::Result<_, _>>()?,
+            ),
+            VR::US => ints!(U16, u16),
+            VR::SS => ints!(I16, i16),
+            VR::UL => ints!(U32, u32),
+            VR::SL => ints!(I32, i32),
+            VR::UV => ints!(U64, u64),
+            VR::SV => ints!(I64, i64),
+            VR::FL => PrimitiveValue::F32(
+                values
+                    .iter()
+                    .map(|v| num(v).map(|f| f as f32))
+                    .collect::<std::result::Result<_, _>>()?,
+            ),
+            VR::FD => PrimitiveValue::F64(
+                values
+                    .iter()
+                    .map(num)
+                    .collect::<std::result::Result<_, _>>()?,
+            ),
+            VR::AT => PrimitiveValue::Tags(
+                values
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .and_then(|s| u32::from_str_radix(s, 16).ok())
+                            .map(|t| Tag((t >> 16) as u16, t as u16))
+                            .ok_or_else(|| bad("not a tag"))
+                    })
+                    .collect::<std::result::Result<_, _>>()?,
+            ),
+            _ => PrimitiveValue::Strs(
+                values
+                    .iter()
+                    .map(text)
+                    .collect::<std::result::Result<_, _>>()?,
+            ),
+        };
+        let value = if values.is_empty() && !matches!(vr, VR::OB | VR::OW | VR::UN) {
+            PrimitiveValue::Empty
+        } else {
+            value
+        };
+        obj.put(DataElement::new(tag, vr, value));
+    }
+    Ok(obj)
+}
+
 /// Removes `BulkDataURI`s (they name the server, not the content) for hashing.
 fn strip_bulk(v: &mut serde_json::Value) {
     match v {
@@ -769,7 +1025,7 @@ pub(crate) fn open_series(path: &Path, cfg: &DicomWebConfig, max_icc: u64) -> Re
             sop.clone(),
             serde_json::to_vec(&canonical).unwrap_or_default(),
         ));
-        let obj: InMemDicomObject = dicom_json::from_value(ds).map_err(|e| Error::Remote {
+        let obj = from_dicom_json(&ds, 0).map_err(|e| Error::Remote {
             url: format!("{series_url}/metadata"),
             status: Some(200),
             message: format!("instance {sop}: {e}"),
@@ -888,6 +1144,72 @@ mod tests {
             .as_deref(),
             Some("a b")
         );
+    }
+
+    #[test]
+    fn dicom_json_is_read() {
+        use dicom_dictionary_std::tags;
+        let ds = serde_json::json!({
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
+            "00280010": {"vr": "US", "Value": [500]},
+            "00480006": {"vr": "UL", "Value": [2220]},
+            "00280009": {"vr": "AT"},
+            "00480001": {"vr": "FL", "Value": [1.5, "NaN"]},
+            "00201041": {"vr": "DS", "Value": [0.000499]},
+            "52009229": {"vr": "SQ", "Value": [{"00289110": {"vr": "SQ", "Value": [
+                {"00280030": {"vr": "DS", "Value": [0.000499, 0.000499]}}]}}]},
+            "00282000": {"vr": "OB", "InlineBinary": "AAE="},
+            "7FE00010": {"vr": "OB", "BulkDataURI": "http://x/bulk"}
+        });
+        let o = from_dicom_json(&ds, 0).unwrap();
+        assert_eq!(
+            o.get(tags::PATIENT_NAME).unwrap().to_str().unwrap(),
+            "Doe^Jane"
+        );
+        assert_eq!(o.get(tags::ROWS).unwrap().to_int::<u16>().unwrap(), 500);
+        assert_eq!(
+            o.get(tags::TOTAL_PIXEL_MATRIX_COLUMNS)
+                .unwrap()
+                .to_int::<u32>()
+                .unwrap(),
+            2220
+        );
+        assert_eq!(
+            o.get(tags::ICC_PROFILE)
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .as_ref(),
+            &[0, 1]
+        );
+        assert!(o.get(tags::PIXEL_DATA).is_none());
+        let spacing = o
+            .get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .get(tags::PIXEL_MEASURES_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()[0]
+            .get(tags::PIXEL_SPACING)
+            .unwrap()
+            .to_multi_float64()
+            .unwrap();
+        assert_eq!(spacing, vec![0.000499, 0.000499]);
+        for bad in [
+            serde_json::json!({"0010": {"vr": "PN"}}),
+            serde_json::json!({"00280010": {"vr": "US", "Value": [70000]}}),
+            serde_json::json!({"00280010": {"vr": "XX"}}),
+            serde_json::json!([1]),
+        ] {
+            assert!(from_dicom_json(&bad, 0).is_err(), "{bad}");
+        }
+        let mut deep = serde_json::json!({});
+        for _ in 0..40 {
+            deep = serde_json::json!({"00400555": {"vr": "SQ", "Value": [deep]}});
+        }
+        assert!(from_dicom_json(&deep, 0).unwrap_err().contains("deep"));
     }
 
     #[test]

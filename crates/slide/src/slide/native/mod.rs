@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::{AssociatedImage, BackendInfo, Level, RemoteSource, SlideReader};
+use super::{AssociatedImage, BackendInfo, DicomSource, Level, RemoteSource, SlideReader};
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::geom::{Level0Px, LevelPx, Size, TileIndex};
@@ -92,6 +92,8 @@ pub(crate) struct Parts {
     pub(crate) icc: Option<Vec<u8>>,
     /// Set for a series read over DICOMweb.
     pub(crate) remote: Option<RemoteSource>,
+    /// Set for a DICOM series.
+    pub(crate) dicom: Option<Box<DicomSource>>,
 }
 
 /// Where a reader's tile bytes come from.
@@ -127,6 +129,7 @@ pub struct NativeReader {
     properties: BTreeMap<String, String>,
     icc: Option<Vec<u8>>,
     remote: Option<RemoteSource>,
+    dicom: Option<Box<DicomSource>>,
     cache: TileCache,
     /// The tiles of the last reads, newest last: tells scattered reads from sweeps.
     recent: Mutex<VecDeque<(usize, TileIndex)>>,
@@ -310,6 +313,7 @@ impl NativeReader {
                 properties,
                 icc,
                 remote: None,
+                dicom: None,
             },
             cache_bytes,
         )
@@ -329,6 +333,7 @@ impl NativeReader {
             mut properties,
             icc,
             remote,
+            dicom,
         } = parts;
         let corrupt = |message: String| Error::Corrupt {
             path: path.clone(),
@@ -379,6 +384,7 @@ impl NativeReader {
             properties,
             icc,
             remote,
+            dicom,
             cache: TileCache::new(cache_bytes),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_TILES + 16)),
         })
@@ -806,6 +812,10 @@ fn pixman_weight(frac: f64) -> u32 {
 impl SlideReader for NativeReader {
     fn remote(&self) -> Option<&RemoteSource> {
         self.remote.as_ref()
+    }
+
+    fn dicom_source(&self) -> Option<&DicomSource> {
+        self.dicom.as_deref()
     }
 
     fn backend(&self) -> BackendInfo {
