@@ -1469,8 +1469,9 @@ fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result
     Ok(doc)
 }
 
-/// `dicom/segmentation.dcm`: the class heatmaps as a DICOM Segmentation filed with the source
-/// series ([`output::dicom`]).
+/// `dicom/segmentation.dcm` (the class heatmaps as a DICOM Segmentation) and
+/// `dicom/annotations.dcm` (the patches and regions as Microscopy Bulk Simple Annotations),
+/// filed with the source series ([`output::dicom`]).
 fn write_dicom(
     dir: &Path,
     f: &Finished,
@@ -1503,7 +1504,7 @@ fn write_dicom(
         digits.get(..8).unwrap_or("").to_string(),
         digits.get(8..14).unwrap_or("").to_string(),
     );
-    let bytes = output::dicom::segmentation(&output::dicom::SegmentationInput {
+    let input = output::dicom::SegmentationInput {
         source,
         classes: names.iter().map(String::as_str).zip(maps.iter()).collect(),
         mpp: (f.mpp.x, f.mpp.y),
@@ -1516,14 +1517,52 @@ fn write_dicom(
                 .unwrap_or(&doc.model.sha256[..12]),
         ),
         when,
-    })
-    .map_err(|reason| Error::DicomOutput {
+    };
+    let bytes = output::dicom::segmentation(&input).map_err(|reason| Error::DicomOutput {
         path: path.clone(),
         reason,
     })?;
+    // The annotations: every analysed patch (as patches.csv), each class's regions.
+    let patches: Vec<output::dicom::AnnotatedPatch> = f
+        .planned
+        .grid
+        .patches
+        .iter()
+        .filter_map(|p| {
+            let probs = f.predictions.get(&p.index)?;
+            Some(output::dicom::AnnotatedPatch {
+                x: p.location.x as f64,
+                y: p.location.y as f64,
+                side: p.side as f64,
+                probs,
+            })
+        })
+        .collect();
+    let regions: Vec<(&str, output::dicom::Regions)> = names
+        .iter()
+        .zip(maps)
+        .map(|(n, m)| (n.as_str(), m.regions(f.cfg.threshold)))
+        .collect();
+    let ann_path = dir.join("dicom").join("annotations.dcm");
+    let ann = if patches.is_empty() {
+        None
+    } else {
+        Some(
+            output::dicom::annotations(&input, &patches, &regions).map_err(|reason| {
+                Error::DicomOutput {
+                    path: ann_path.clone(),
+                    reason,
+                }
+            })?,
+        )
+    };
     let folder = dir.join("dicom");
     std::fs::create_dir_all(&folder).map_err(|e| Error::from_io(&folder, e))?;
-    output::write_bytes(&path, &bytes)
+    output::write_bytes(&path, &bytes)?;
+    match ann {
+        Some(ann) => output::write_bytes(&ann_path, &ann),
+        None => Ok(()),
+    }
 }
 
 /// Stores the complete folder's DICOM outputs (`dicom/*.dcm`) on the archive at `root` with

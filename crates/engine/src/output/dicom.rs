@@ -1,4 +1,5 @@
-//! Results as DICOM, filed beside the slide they came from: a Segmentation of the class heatmaps.
+//! Results as DICOM, filed beside the slide they came from: a Segmentation of the class heatmaps
+//! and Microscopy Bulk Simple Annotations of the patches and regions ([`annotations`]).
 //!
 //! In: the source series' own attributes ([`DicomSource`]: patient, study, frame of reference,
 //! specimen, geometry, its level-0 instances), the class heatmaps (one cell per patch stride,
@@ -116,6 +117,387 @@ fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     obj.get(tag)?.to_multi_float64().ok()
 }
 
+/// The attributes every Tessera object shares: SOP Common, Patient and General Study (the
+/// source's), the series, Frame of Reference (the Segmentation's; the annotations have none)
+/// and the equipment, and the source's Specimen attributes. `ids`: the source series, the new
+/// series and the SOP instance; `kind`: SOP class, modality, series number.
+fn header(
+    input: &SegmentationInput,
+    (source_series, series_uid, sop_uid): (&str, &str, &str),
+    (class, modality, series_number): (&str, &str, &str),
+) -> InMemDicomObject {
+    let frame_of_reference = modality == "SEG";
+    let src = &input.source.attributes;
+    let mut obj = InMemDicomObject::new_empty();
+    let copy = |obj: &mut InMemDicomObject, tag: Tag, vr: VR| match src.get(tag) {
+        Some(e) => {
+            obj.put(e.clone());
+        }
+        None => {
+            obj.put(empty(tag, vr));
+        }
+    };
+    let copy_if = |obj: &mut InMemDicomObject, tag: Tag| {
+        if let Some(e) = src.get(tag) {
+            obj.put(e.clone());
+        }
+    };
+    // SOP Common.
+    obj.put(el(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
+    obj.put(el(tags::SOP_CLASS_UID, VR::UI, class));
+    obj.put(el(tags::SOP_INSTANCE_UID, VR::UI, sop_uid));
+    obj.put(el(
+        tags::INSTANCE_CREATION_DATE,
+        VR::DA,
+        input.when.0.as_str(),
+    ));
+    obj.put(el(
+        tags::INSTANCE_CREATION_TIME,
+        VR::TM,
+        input.when.1.as_str(),
+    ));
+    // Patient, General Study: the source's (type 2 attributes empty where it has none).
+    for (tag, vr) in [
+        (tags::PATIENT_NAME, VR::PN),
+        (tags::PATIENT_ID, VR::LO),
+        (tags::PATIENT_BIRTH_DATE, VR::DA),
+        (tags::PATIENT_SEX, VR::CS),
+        (tags::STUDY_DATE, VR::DA),
+        (tags::STUDY_TIME, VR::TM),
+        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
+        (tags::STUDY_ID, VR::SH),
+        (tags::ACCESSION_NUMBER, VR::SH),
+    ] {
+        copy(&mut obj, tag, vr);
+    }
+    for tag in [
+        tags::ISSUER_OF_PATIENT_ID,
+        tags::ISSUER_OF_PATIENT_ID_QUALIFIERS_SEQUENCE,
+        tags::ISSUER_OF_ACCESSION_NUMBER_SEQUENCE,
+        tags::STUDY_DESCRIPTION,
+        tags::STUDY_INSTANCE_UID,
+    ] {
+        copy_if(&mut obj, tag);
+    }
+    // The series (one per object kind, in the source's study).
+    obj.put(el(tags::MODALITY, VR::CS, modality));
+    obj.put(el(tags::SERIES_INSTANCE_UID, VR::UI, series_uid));
+    obj.put(el(tags::SERIES_NUMBER, VR::IS, series_number));
+    obj.put(el(
+        tags::SERIES_DESCRIPTION,
+        VR::LO,
+        format!("Tessera: {}", input.model.0),
+    ));
+    // Frame of Reference.
+    match src
+        .get(tags::FRAME_OF_REFERENCE_UID)
+        .filter(|_| frame_of_reference)
+    {
+        Some(e) => {
+            obj.put(e.clone());
+            copy(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO);
+        }
+        None if !frame_of_reference => {}
+        None => {
+            let uid = derived_uid(&["tessera-frame-of-reference", source_series]);
+            obj.put(el(tags::FRAME_OF_REFERENCE_UID, VR::UI, uid.as_str()));
+            obj.put(el(
+                tags::POSITION_REFERENCE_INDICATOR,
+                VR::LO,
+                "SLIDE_CORNER",
+            ));
+        }
+    }
+    // General and Enhanced General Equipment.
+    obj.put(el(tags::MANUFACTURER, VR::LO, "Tessera"));
+    obj.put(el(tags::MANUFACTURER_MODEL_NAME, VR::LO, "tessera"));
+    obj.put(el(tags::DEVICE_SERIAL_NUMBER, VR::LO, "0"));
+    obj.put(el(tags::SOFTWARE_VERSIONS, VR::LO, crate::VERSION));
+    // Specimen: the source's. Without it the annotations' subject may be a patient's paired
+    // organ, for which Laterality (type 2C) is then present, empty.
+    let mut specimen = false;
+    for tag in [
+        tags::CONTAINER_IDENTIFIER,
+        tags::ISSUER_OF_THE_CONTAINER_IDENTIFIER_SEQUENCE,
+        tags::CONTAINER_TYPE_CODE_SEQUENCE,
+        tags::SPECIMEN_DESCRIPTION_SEQUENCE,
+    ] {
+        if let Some(e) = src.get(tag) {
+            obj.put(e.clone());
+            specimen = true;
+        }
+    }
+    if !specimen && modality == "ANN" {
+        obj.put(empty(tags::LATERALITY, VR::CS));
+    }
+    obj
+}
+
+/// A class's regions: polygons, each its rings (outer first), each ring its points in level-0
+/// pixels, closed (as [`Heatmap::regions`] gives them).
+pub type Regions = Vec<Vec<Vec<[f64; 2]>>>;
+
+/// One patch for the annotations: top-left corner and side in level-0 pixels, and its class
+/// probabilities.
+pub struct AnnotatedPatch<'a> {
+    /// Top-left corner, level-0 pixels.
+    pub x: f64,
+    /// Top-left corner, level-0 pixels.
+    pub y: f64,
+    /// Side, level-0 pixels.
+    pub side: f64,
+    /// Probability of each class, in the classes' order.
+    pub probs: &'a [f32],
+}
+
+/// An annotation group: its label, graphic type and the graphics (points in level-0 pixels),
+/// with measurements (name, one value per graphic).
+struct Group {
+    label: String,
+    graphic: &'static str,
+    graphics: Vec<Vec<[f64; 2]>>,
+    measurements: Vec<(String, Vec<f32>)>,
+}
+
+/// The Microscopy Bulk Simple Annotations' Part 10 bytes: the patch grid (one RECTANGLE per
+/// analysed patch, each class's probability a measurement) and each class's thresholded
+/// regions (POLYGONs: the outer rings; holes are not represented), in 2D image coordinates of
+/// the source's level 0 (pixel (0, 0)'s top-left corner at 0, 0).
+pub fn annotations(
+    input: &SegmentationInput,
+    patches: &[AnnotatedPatch],
+    regions: &[(&str, Regions)],
+) -> Result<Vec<u8>, String> {
+    let src = &input.source.attributes;
+    let source_series = src
+        .get(tags::SERIES_INSTANCE_UID)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .unwrap_or_default();
+    let series_uid = derived_uid(&["tessera-annotation-series", input.run_key, &source_series]);
+    let sop_uid = derived_uid(&["tessera-annotations", input.run_key, &source_series]);
+    let Some((ref_class, ref_sop)) = input.source.level0.first() else {
+        return Err("the source has no level-0 instance to annotate".into());
+    };
+    let mut obj = header(
+        input,
+        (&source_series, &series_uid, &sop_uid),
+        (
+            uids::MICROSCOPY_BULK_SIMPLE_ANNOTATIONS_STORAGE,
+            "ANN",
+            "901",
+        ),
+    );
+    obj.put(el(tags::INSTANCE_NUMBER, VR::IS, "1"));
+    obj.put(el(tags::CONTENT_DATE, VR::DA, input.when.0.as_str()));
+    obj.put(el(tags::CONTENT_TIME, VR::TM, input.when.1.as_str()));
+    obj.put(el(tags::CONTENT_LABEL, VR::CS, "TESSERA"));
+    obj.put(el(tags::CONTENT_DESCRIPTION, VR::LO, "Patches and regions"));
+    obj.put(empty(tags::CONTENT_CREATOR_NAME, VR::PN));
+    obj.put(el(tags::ANNOTATION_COORDINATE_TYPE, VR::CS, "2D"));
+    obj.put(el(tags::PIXEL_ORIGIN_INTERPRETATION, VR::CS, "VOLUME"));
+    let reference = item(vec![
+        el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, ref_class.as_str()),
+        el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, ref_sop.as_str()),
+    ]);
+    obj.put(seq(
+        tags::REFERENCED_IMAGE_SEQUENCE,
+        vec![reference.clone()],
+    ));
+    obj.put(seq(
+        tags::REFERENCED_SERIES_SEQUENCE,
+        vec![item(vec![
+            seq(tags::REFERENCED_INSTANCE_SEQUENCE, vec![reference]),
+            el(tags::SERIES_INSTANCE_UID, VR::UI, source_series.as_str()),
+        ])],
+    ));
+
+    let mut groups = Vec::new();
+    if !patches.is_empty() {
+        groups.push(Group {
+            label: "patches".into(),
+            graphic: "RECTANGLE",
+            graphics: patches
+                .iter()
+                .map(|p| {
+                    let (x1, y1) = (p.x + p.side, p.y + p.side);
+                    vec![[p.x, p.y], [x1, p.y], [x1, y1], [p.x, y1]]
+                })
+                .collect(),
+            measurements: input
+                .classes
+                .iter()
+                .enumerate()
+                .map(|(k, (name, _))| {
+                    (
+                        name.to_string(),
+                        patches
+                            .iter()
+                            .map(|p| p.probs.get(k).copied().unwrap_or(f32::NAN))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        });
+    }
+    for (name, polygons) in regions {
+        let rings: Vec<Vec<[f64; 2]>> = polygons
+            .iter()
+            .filter_map(|p| p.first())
+            .map(|ring| {
+                // DICOM closes polygons itself: the repeated first point goes.
+                let mut r = ring.clone();
+                if r.len() > 1 && r.first() == r.last() {
+                    r.pop();
+                }
+                r
+            })
+            .filter(|r| r.len() >= 3)
+            .collect();
+        if !rings.is_empty() {
+            groups.push(Group {
+                label: format!("{name} regions"),
+                graphic: "POLYGON",
+                graphics: rings,
+                measurements: Vec::new(),
+            });
+        }
+    }
+    if groups.is_empty() {
+        return Err("nothing to annotate".into());
+    }
+    let group_items = groups
+        .iter()
+        .enumerate()
+        .map(|(g, group)| {
+            let points: Vec<f64> = group
+                .graphics
+                .iter()
+                .flat_map(|pts| pts.iter().flat_map(|p| [p[0], p[1]]))
+                .collect();
+            let mut elements = vec![
+                el(tags::ANNOTATION_GROUP_NUMBER, VR::US, g as u16 + 1),
+                DataElement::new(
+                    tags::DOUBLE_POINT_COORDINATES_DATA,
+                    VR::OD,
+                    PrimitiveValue::F64(points.into_iter().collect()),
+                ),
+            ];
+            if group.graphic == "POLYGON" {
+                // 1-based index of each polygon's first value in the coordinates.
+                let mut at = 1u32;
+                let starts: Vec<u32> = group
+                    .graphics
+                    .iter()
+                    .map(|pts| {
+                        let s = at;
+                        at += 2 * pts.len() as u32;
+                        s
+                    })
+                    .collect();
+                elements.push(DataElement::new(
+                    tags::LONG_PRIMITIVE_POINT_INDEX_LIST,
+                    VR::OL,
+                    PrimitiveValue::U32(starts.into_iter().collect()),
+                ));
+            }
+            if !group.measurements.is_empty() {
+                elements.push(seq(
+                    tags::MEASUREMENTS_SEQUENCE,
+                    group
+                        .measurements
+                        .iter()
+                        .map(|(name, values)| {
+                            item(vec![
+                                seq(
+                                    tags::MEASUREMENT_UNITS_CODE_SEQUENCE,
+                                    vec![code("1", "UCUM", "no units")],
+                                ),
+                                seq(
+                                    tags::CONCEPT_NAME_CODE_SEQUENCE,
+                                    vec![code(
+                                        &format!("prob-{name}"),
+                                        "99TESSERA",
+                                        &format!("Probability of {name}"),
+                                    )],
+                                ),
+                                seq(
+                                    tags::MEASUREMENT_VALUES_SEQUENCE,
+                                    vec![item(vec![DataElement::new(
+                                        tags::FLOATING_POINT_VALUES,
+                                        VR::OF,
+                                        PrimitiveValue::F32(values.iter().copied().collect()),
+                                    )])],
+                                ),
+                            ])
+                        })
+                        .collect(),
+                ));
+            }
+            elements.extend([
+                el(
+                    tags::ANNOTATION_GROUP_UID,
+                    VR::UI,
+                    derived_uid(&["tessera-annotation-group", &sop_uid, &group.label]).as_str(),
+                ),
+                el(tags::ANNOTATION_GROUP_LABEL, VR::LO, group.label.as_str()),
+                el(tags::ANNOTATION_GROUP_GENERATION_TYPE, VR::CS, "AUTOMATIC"),
+                seq(
+                    tags::ANNOTATION_GROUP_ALGORITHM_IDENTIFICATION_SEQUENCE,
+                    vec![item(vec![
+                        seq(
+                            tags::ALGORITHM_FAMILY_CODE_SEQUENCE,
+                            vec![code("123110", "DCM", "Artificial Intelligence")],
+                        ),
+                        el(tags::ALGORITHM_VERSION, VR::LO, input.model.1),
+                        el(tags::ALGORITHM_NAME, VR::LO, input.model.0),
+                    ])],
+                ),
+                seq(
+                    tags::ANNOTATION_PROPERTY_CATEGORY_CODE_SEQUENCE,
+                    vec![code("91723000", "SCT", "Anatomical Structure")],
+                ),
+                seq(
+                    tags::ANNOTATION_PROPERTY_TYPE_CODE_SEQUENCE,
+                    vec![code("85756007", "SCT", "Tissue")],
+                ),
+                el(
+                    tags::NUMBER_OF_ANNOTATIONS,
+                    VR::UL,
+                    group.graphics.len() as u32,
+                ),
+                el(tags::ANNOTATION_APPLIES_TO_ALL_OPTICAL_PATHS, VR::CS, "YES"),
+                el(tags::GRAPHIC_TYPE, VR::CS, group.graphic),
+            ]);
+            item(elements)
+        })
+        .collect();
+    obj.put(seq(tags::ANNOTATION_GROUP_SEQUENCE, group_items));
+    part10(
+        obj,
+        uids::MICROSCOPY_BULK_SIMPLE_ANNOTATIONS_STORAGE,
+        &sop_uid,
+    )
+}
+
+/// Part 10 bytes of `obj` (Explicit VR Little Endian).
+fn part10(obj: InMemDicomObject, class: &str, sop_uid: &str) -> Result<Vec<u8>, String> {
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                .media_storage_sop_class_uid(class)
+                .media_storage_sop_instance_uid(sop_uid)
+                .implementation_class_uid(derived_uid(&["tessera-implementation"]))
+                .implementation_version_name(format!("TESSERA_{}", crate::VERSION)),
+        )
+        .map_err(|e| format!("DICOM: {e}"))?;
+    let mut out = Vec::new();
+    file.write_all(&mut out)
+        .map_err(|e| format!("DICOM: {e}"))?;
+    Ok(out)
+}
+
 /// The Segmentation's Part 10 bytes.
 pub fn segmentation(input: &SegmentationInput) -> Result<Vec<u8>, String> {
     let src = &input.source.attributes;
@@ -160,87 +542,11 @@ pub fn segmentation(input: &SegmentationInput) -> Result<Vec<u8>, String> {
         )
     };
 
-    let mut obj = InMemDicomObject::new_empty();
-    let copy = |obj: &mut InMemDicomObject, tag: Tag, vr: VR| match src.get(tag) {
-        Some(e) => {
-            obj.put(e.clone());
-        }
-        None => {
-            obj.put(empty(tag, vr));
-        }
-    };
-    let copy_if = |obj: &mut InMemDicomObject, tag: Tag| {
-        if let Some(e) = src.get(tag) {
-            obj.put(e.clone());
-        }
-    };
-    // SOP Common.
-    obj.put(el(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
-    obj.put(el(tags::SOP_CLASS_UID, VR::UI, uids::SEGMENTATION_STORAGE));
-    obj.put(el(tags::SOP_INSTANCE_UID, VR::UI, sop_uid.as_str()));
-    obj.put(el(
-        tags::INSTANCE_CREATION_DATE,
-        VR::DA,
-        input.when.0.as_str(),
-    ));
-    obj.put(el(
-        tags::INSTANCE_CREATION_TIME,
-        VR::TM,
-        input.when.1.as_str(),
-    ));
-    // Patient, General Study: the source's (type 2 attributes empty where it has none).
-    for (tag, vr) in [
-        (tags::PATIENT_NAME, VR::PN),
-        (tags::PATIENT_ID, VR::LO),
-        (tags::PATIENT_BIRTH_DATE, VR::DA),
-        (tags::PATIENT_SEX, VR::CS),
-        (tags::STUDY_DATE, VR::DA),
-        (tags::STUDY_TIME, VR::TM),
-        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-        (tags::STUDY_ID, VR::SH),
-        (tags::ACCESSION_NUMBER, VR::SH),
-    ] {
-        copy(&mut obj, tag, vr);
-    }
-    for tag in [
-        tags::ISSUER_OF_PATIENT_ID,
-        tags::ISSUER_OF_PATIENT_ID_QUALIFIERS_SEQUENCE,
-        tags::ISSUER_OF_ACCESSION_NUMBER_SEQUENCE,
-        tags::STUDY_DESCRIPTION,
-        tags::STUDY_INSTANCE_UID,
-    ] {
-        copy_if(&mut obj, tag);
-    }
-    // Segmentation Series.
-    obj.put(el(tags::MODALITY, VR::CS, "SEG"));
-    obj.put(el(tags::SERIES_INSTANCE_UID, VR::UI, series_uid.as_str()));
-    obj.put(el(tags::SERIES_NUMBER, VR::IS, "900"));
-    obj.put(el(
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
-        format!("Tessera: {}", input.model.0),
-    ));
-    // Frame of Reference.
-    match src.get(tags::FRAME_OF_REFERENCE_UID) {
-        Some(e) => {
-            obj.put(e.clone());
-            copy(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO);
-        }
-        None => {
-            let uid = derived_uid(&["tessera-frame-of-reference", &source_series]);
-            obj.put(el(tags::FRAME_OF_REFERENCE_UID, VR::UI, uid.as_str()));
-            obj.put(el(
-                tags::POSITION_REFERENCE_INDICATOR,
-                VR::LO,
-                "SLIDE_CORNER",
-            ));
-        }
-    }
-    // General and Enhanced General Equipment.
-    obj.put(el(tags::MANUFACTURER, VR::LO, "Tessera"));
-    obj.put(el(tags::MANUFACTURER_MODEL_NAME, VR::LO, "tessera"));
-    obj.put(el(tags::DEVICE_SERIAL_NUMBER, VR::LO, "0"));
-    obj.put(el(tags::SOFTWARE_VERSIONS, VR::LO, crate::VERSION));
+    let mut obj = header(
+        input,
+        (&source_series, &series_uid, &sop_uid),
+        (uids::SEGMENTATION_STORAGE, "SEG", "900"),
+    );
     // General Image, Segmentation Image.
     obj.put(el(tags::INSTANCE_NUMBER, VR::IS, "1"));
     obj.put(empty(tags::PATIENT_ORIENTATION, VR::CS));
@@ -303,15 +609,6 @@ pub fn segmentation(input: &SegmentationInput) -> Result<Vec<u8>, String> {
         })
         .collect();
     obj.put(seq(tags::SEGMENT_SEQUENCE, segments));
-    // Specimen: the source's, when it has one.
-    for tag in [
-        tags::CONTAINER_IDENTIFIER,
-        tags::ISSUER_OF_THE_CONTAINER_IDENTIFIER_SEQUENCE,
-        tags::CONTAINER_TYPE_CODE_SEQUENCE,
-        tags::SPECIMEN_DESCRIPTION_SEQUENCE,
-    ] {
-        copy_if(&mut obj, tag);
-    }
     // Where it lies on the slide.
     obj.put(el(tags::TOTAL_PIXEL_MATRIX_COLUMNS, VR::UL, width));
     obj.put(el(tags::TOTAL_PIXEL_MATRIX_ROWS, VR::UL, height));
@@ -505,20 +802,7 @@ pub fn segmentation(input: &SegmentationInput) -> Result<Vec<u8>, String> {
     }
     obj.put(el(tags::PIXEL_DATA, VR::OB, pixels));
 
-    let file = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                .media_storage_sop_class_uid(uids::SEGMENTATION_STORAGE)
-                .media_storage_sop_instance_uid(sop_uid.as_str())
-                .implementation_class_uid(derived_uid(&["tessera-implementation"]))
-                .implementation_version_name(format!("TESSERA_{}", crate::VERSION)),
-        )
-        .map_err(|e| format!("DICOM Segmentation: {e}"))?;
-    let mut out = Vec::new();
-    file.write_all(&mut out)
-        .map_err(|e| format!("DICOM Segmentation: {e}"))?;
-    Ok(out)
+    part10(obj, uids::SEGMENTATION_STORAGE, &sop_uid)
 }
 
 #[cfg(test)]
