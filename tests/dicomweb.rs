@@ -611,3 +611,89 @@ fn dicom_outputs_are_valid_and_stored_once() {
     assert!(stderr(&o).contains("attempts"), "{}", stderr(&o));
     assert!(seg.exists() && dir.join("result.json").exists());
 }
+
+#[test]
+fn watch_analyses_a_series_stored_after_start_exactly_once() {
+    let folder = require!(data("slides/dicom/cmu-1-small-region"));
+    let orthanc = require!(Orthanc::start(None));
+    let out = tempfile::tempdir().unwrap();
+    let archive = format!("dicomweb+{}", orthanc.dicomweb());
+    let store = orthanc.dicomweb();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "watch",
+            &archive,
+            "--out",
+            &out.path().to_string_lossy(),
+            "--settle",
+            "1",
+            "--rescan",
+            "1",
+            "--http",
+            "off",
+            "--inference",
+            "tract",
+            "--dicomweb-store",
+            &store,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args(&[]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The series arrives after the service started.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    orthanc.upload_dir(&folder);
+    let results = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(out.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            // Complete folders only (not `.NAME.tmp-tessera-PID` being written).
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .filter(|p| p.join("result.json").is_file())
+            .collect()
+    };
+    let analysed = || {
+        std::fs::read_to_string(out.path().join(".watch/events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"event\":\"analysed\""))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while results().is_empty() || analysed() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the series was not analysed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Killed without warning, then run again: nothing is analysed twice.
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    let o = tessera_str(
+        &args(&["--once"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(results().len(), 1, "{:?}", results());
+    assert_eq!(analysed(), 1);
+    // Its results were stored back once, and are not taken for slides.
+    let series = orthanc.rest("/series?expand");
+    let segs = series
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["MainDicomTags"]["Modality"] == "SEG")
+        .count();
+    assert_eq!(segs, 1, "{series}");
+}

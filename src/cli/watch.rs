@@ -17,14 +17,16 @@ use super::{EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE};
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// The scanner's inbox (searched recursively; never modified).
+    /// The scanner's inbox (searched recursively; never modified), or an archive's DICOMweb
+    /// root, `dicomweb+http(s)://HOST/PATH` (its slide microscopy series are watched).
     #[arg(value_name = "INBOX")]
     inbox: PathBuf,
     /// Results folder: one OUT/<slide>-<fingerprint>/ per slide version, and OUT/.watch/ with
     /// the queue.
     #[arg(long, short)]
     out: PathBuf,
-    /// Seconds a slide's size and modification time must stay unchanged before it is taken.
+    /// Seconds a slide's size and modification time (a series in an archive: its number of
+    /// instances) must stay unchanged before it is taken.
     #[arg(long, default_value_t = 60.0)]
     settle: f64,
     /// Seconds between inbox scans.

@@ -16,6 +16,11 @@
 //! then queued so that its failure is recorded). Its fingerprint names the version, so a file
 //! replaced later is analysed again and both results are kept.
 //!
+//! An archive as inbox (`dicomweb+http(s)://…` DICOMweb root): each scan lists its slide
+//! microscopy series with QIDO-RS; a series' number of instances stands for size and time, and
+//! its fingerprint is the DICOMweb reader's. No events; an unreachable archive is noted and
+//! asked again at the next scan.
+//!
 //! Work: `workers` threads claim queued slides; each hands its slide to a [`worker::Worker`],
 //! normally a child process holding the loaded model, so that a native crash costs one attempt
 //! of one slide. A failure is retried with exponential backoff and quarantined after the last
@@ -43,6 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::slide::native::dicomweb::is_url;
 use notify::Watcher as _;
 use serde_json::json;
 
@@ -57,7 +63,7 @@ use worker::{Outcome, Worker};
 /// Everything the service needs.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
-    /// The scanner's inbox.
+    /// The scanner's inbox, or an archive's DICOMweb root (`dicomweb+http(s)://…`).
     pub inbox: PathBuf,
     /// The analysis; `analyze.out` is the results folder.
     pub analyze: AnalyzeConfig,
@@ -277,7 +283,11 @@ fn validate(cfg: &WatchConfig) -> Result<()> {
         path: cfg.inbox.clone(),
         message,
     };
-    if !cfg.inbox.is_dir() {
+    if is_url(&cfg.inbox) {
+        if cfg.done_marker.is_some() {
+            return Err(bad("a done-marker names a file; an archive has none".into()));
+        }
+    } else if !cfg.inbox.is_dir() {
         return Err(tessera_engine::Error::NotFound {
             path: cfg.inbox.clone(),
         }
@@ -482,10 +492,12 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, sink: impl FnMut(&Event) + Send
     // `watch /data/inbox` must name the same rows.
     let mut canonical = cfg.clone();
     std::fs::create_dir_all(&cfg.analyze.out).map_err(|e| Error::from_io(&cfg.analyze.out, e))?;
-    canonical.inbox = cfg
-        .inbox
-        .canonicalize()
-        .map_err(|e| Error::from_io(&cfg.inbox, e))?;
+    if !is_url(&cfg.inbox) {
+        canonical.inbox = cfg
+            .inbox
+            .canonicalize()
+            .map_err(|e| Error::from_io(&cfg.inbox, e))?;
+    }
     canonical.analyze.out = cfg
         .analyze
         .out
@@ -536,7 +548,7 @@ pub fn run(cfg: &WatchConfig, stop: &AtomicBool, sink: impl FnMut(&Event) + Send
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = None;
     let mut events_note = "off".to_string();
-    if cfg.events {
+    if cfg.events && !is_url(&cfg.inbox) {
         let out_abs = out.canonicalize().unwrap_or_else(|_| out.clone());
         let handler = move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -666,18 +678,48 @@ fn scan<F: FnMut(&Event) + Send>(
         let d = Duration::from_secs_f64(seconds.max(0.0));
         result.soonest = Some(result.soonest.map_or(d, |s| s.min(d)));
     };
-    let (slides, unreadable) = crate::cohort::collect_skipping(&cfg.inbox)?;
-    for (dir, why) in unreadable {
-        if waiting_noted.insert((dir.clone(), why.clone())) {
-            sh.journal
-                .write(json!({"event": "unreadable", "path": dir, "reason": why,
-                "time": queue::now()}));
+    // Each slide with what tells a growing one: its files' size and time, or for a series in
+    // an archive its number of instances.
+    let slides: Vec<(PathBuf, u64, i64)> = if is_url(&cfg.inbox) {
+        let listed = tessera_slide::slide::native::dicomweb::list_slide_series(
+            &cfg.inbox.to_string_lossy(),
+            &cfg.analyze.slide.dicomweb,
+        );
+        match listed {
+            Ok(l) => l
+                .into_iter()
+                .map(|s| (PathBuf::from(s.url), s.instances, 0))
+                .collect(),
+            Err(e) => {
+                // The archive is down or refuses: noted once, and tried again next scan.
+                let why = e.to_string();
+                if waiting_noted.insert((cfg.inbox.clone(), why.clone())) {
+                    sh.journal
+                        .write(json!({"event": "unreadable", "path": cfg.inbox,
+                        "reason": why, "time": queue::now()}));
+                }
+                return Ok(result);
+            }
         }
-    }
-    for p in slides {
-        let Ok((size, mtime)) = stat_slide(&p) else {
-            continue; // vanished between listing and stat
-        };
+    } else {
+        let (slides, unreadable) = crate::cohort::collect_skipping(&cfg.inbox)?;
+        for (dir, why) in unreadable {
+            if waiting_noted.insert((dir.clone(), why.clone())) {
+                sh.journal
+                    .write(json!({"event": "unreadable", "path": dir, "reason": why,
+                    "time": queue::now()}));
+            }
+        }
+        slides
+            .into_iter()
+            .filter_map(|p| {
+                // A slide that vanished between listing and stat is left out.
+                let (size, mtime) = stat_slide(&p).ok()?;
+                Some((p, size, mtime))
+            })
+            .collect()
+    };
+    for (p, size, mtime) in slides {
         let age = q.observe(&p, size, mtime)?;
         if age < settle {
             wait(&mut result, settle - age);
@@ -686,7 +728,15 @@ fn scan<F: FnMut(&Event) + Send>(
         let fp = match q.cached_fingerprint(&p)? {
             Some(fp) => fp,
             None => {
-                let Ok(fp) = fingerprint(&p, cfg.analyze.hash_full) else {
+                let fp = if is_url(&p) {
+                    // A series: the reader's fingerprint (its UIDs, attributes and frames).
+                    Slide::open_with(&p, &cfg.analyze.slide)
+                        .ok()
+                        .and_then(|s| s.remote().map(|r| r.fingerprint.clone()))
+                } else {
+                    fingerprint(&p, cfg.analyze.hash_full).ok()
+                };
+                let Some(fp) = fp else {
                     continue;
                 };
                 q.set_fingerprint(&p, &fp)?;

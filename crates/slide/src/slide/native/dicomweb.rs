@@ -726,6 +726,50 @@ fn json_str<'a>(ds: &'a serde_json::Value, tag: &str) -> Option<&'a str> {
     ds.get(tag)?.get("Value")?.get(0)?.as_str()
 }
 
+/// A slide microscopy series on a server, as a search lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSeries {
+    /// Its address, `dicomweb+…/studies/STUDY/series/SERIES`.
+    pub url: String,
+    /// How many instances the server holds of it now (grows while it is being stored).
+    pub instances: u64,
+}
+
+/// Every slide microscopy series on the server whose DICOMweb root is `root` (with or without
+/// the `dicomweb+` prefix): one QIDO-RS search, `series?Modality=SM`.
+pub fn list_slide_series(root: &str, cfg: &DicomWebConfig) -> Result<Vec<ListedSeries>> {
+    let base = root
+        .strip_prefix(SCHEME)
+        .unwrap_or(root)
+        .trim_end_matches('/');
+    let client = Client::new(cfg)?;
+    let found = client.json(
+        &format!("{base}/series?Modality=SM&includefield=00201209"),
+        MAX_QUERY_BYTES,
+    )?;
+    let mut out = Vec::new();
+    for s in found.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let (Some(study), Some(series)) = (json_str(s, "0020000D"), json_str(s, "0020000E")) else {
+            continue;
+        };
+        if !is_uid(study) || !is_uid(series) {
+            continue;
+        }
+        let instances = s
+            .get("00201209")
+            .and_then(|e| e.get("Value"))
+            .and_then(|v| v.get(0))
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
+            .unwrap_or(0);
+        out.push(ListedSeries {
+            url: format!("{SCHEME}{base}/studies/{study}/series/{series}"),
+            instances,
+        });
+    }
+    out.sort_by(|a, b| a.url.cmp(&b.url));
+    Ok(out)
+}
+
 /// Stores DICOM Part 10 `objects` on a DICOMweb server with STOW-RS, all in one request
 /// (`POST {root}/studies`), so that the archive gets all of them or none from this call. `root`
 /// is the server's DICOMweb root (`http(s)://…/dicom-web`, with or without the `dicomweb+`
