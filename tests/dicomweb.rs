@@ -523,20 +523,47 @@ fn dicom_outputs_are_valid_and_stored_once() {
         tessera_str(&args)
     };
     let store = orthanc.dicomweb();
-    let o = analyze(&["--dicomweb-store", &store]);
+    // With the report printed (Chromium), it is filed too, as an Encapsulated PDF.
+    let pdf = tessera::report::pdf::find_chromium().is_some()
+        || !skip("Chromium is not installed: the report's Encapsulated PDF is not checked");
+    let first: &[&str] = if pdf { &["--pdf"] } else { &[] };
+    let o = analyze(&[&["--dicomweb-store", store.as_str()], first].concat());
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let dir = out.path().join(&study);
     let seg = dir.join("dicom/segmentation.dcm");
     let ann = dir.join("dicom/annotations.dcm");
+    let report = dir.join("dicom/report.dcm");
+    if pdf {
+        let printed = std::fs::read(dir.join("report.pdf")).unwrap();
+        let doc = dicom_object::open_file(&report).unwrap();
+        let held = doc
+            .element(dicom_dictionary_std::tags::ENCAPSULATED_DOCUMENT)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        assert!(held.starts_with(&printed) && held.len() - printed.len() <= 1);
+        assert_eq!(
+            doc.element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0'),
+            study
+        );
+    }
 
     // dciodvfy (dicom3tools) finds no error. Debian 12's dicom3tools (2022-06) says of every
     // annotation group "Only valid for AnnotationCoordinateType of 3D - attribute
     // <CommonZCoordinateValue> = <>" although the attribute is absent; it says the same of
     // highdicom's own annotations, so that line alone is let through.
-    for (file, iod) in [
+    let mut checked = vec![
         (&seg, "Segmentation"),
         (&ann, "MicroscopyBulkSimpleAnnotations"),
-    ] {
+    ];
+    if pdf {
+        checked.push((&report, "EncapsulatedPDF"));
+    }
+    for (file, iod) in checked {
         match std::process::Command::new("dciodvfy").arg(file).output() {
             Ok(v) => {
                 let report = String::from_utf8_lossy(&v.stderr).into_owned();
@@ -586,6 +613,7 @@ fn dicom_outputs_are_valid_and_stored_once() {
     let seg_series = of("SEG");
     assert_eq!(seg_series.len(), 1, "{series}");
     assert_eq!(of("ANN").len(), 1, "{series}");
+    assert_eq!(of("DOC").len(), usize::from(pdf), "{series}");
     let instances = orthanc.rest("/instances").as_array().unwrap().len();
     let seg_study = orthanc.rest(&format!(
         "/studies/{}",
@@ -596,8 +624,9 @@ fn dicom_outputs_are_valid_and_stored_once() {
         study.as_str()
     );
 
-    // A rerun makes the same UIDs: the archive gains nothing.
-    let o = analyze(&["--dicomweb-store", &store, "--force"]);
+    // A rerun with the same settings (the same run key) makes the same UIDs: the archive gains
+    // nothing.
+    let o = analyze(&[&["--dicomweb-store", store.as_str(), "--force"], first].concat());
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(
         orthanc.rest("/instances").as_array().unwrap().len(),

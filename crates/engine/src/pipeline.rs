@@ -1458,20 +1458,21 @@ fn write_folder(dir: &Path, mut f: Finished, prep: &mut Preprocessing) -> Result
     if let Some(q) = doc.qc.as_mut() {
         q.regions = qc_regions;
     }
-    if let Some(source) = f.slide.dicom_source() {
-        write_dicom(dir, &f, &scored, source, &doc)?;
-    }
     output::write_bytes(&dir.join("result.json"), doc.to_json()?.as_bytes())?;
     crate::report::write_slide_report(dir)?;
     if cfg.pdf {
         crate::report::pdf::print_to_pdf(&dir.join("report.html"), &dir.join("report.pdf"))?;
     }
+    if let Some(source) = f.slide.dicom_source() {
+        write_dicom(dir, &f, &scored, source, &doc)?;
+    }
     Ok(doc)
 }
 
-/// `dicom/segmentation.dcm` (the class heatmaps as a DICOM Segmentation) and
-/// `dicom/annotations.dcm` (the patches and regions as Microscopy Bulk Simple Annotations),
-/// filed with the source series ([`output::dicom`]).
+/// `dicom/segmentation.dcm` (the class heatmaps as a DICOM Segmentation),
+/// `dicom/annotations.dcm` (the patches and regions as Microscopy Bulk Simple Annotations) and,
+/// with `--pdf`, `dicom/report.dcm` (report.pdf as an Encapsulated PDF), filed with the source
+/// series ([`output::dicom`]).
 fn write_dicom(
     dir: &Path,
     f: &Finished,
@@ -1556,9 +1557,27 @@ fn write_dicom(
             })?,
         )
     };
+    // The report, when it was printed (--pdf).
+    let pdf_path = dir.join("report.pdf");
+    let report = match std::fs::read(&pdf_path) {
+        Ok(pdf) => {
+            let to = dir.join("dicom").join("report.dcm");
+            let made = output::dicom::encapsulated_pdf(&input, &pdf).map_err(|reason| {
+                Error::DicomOutput {
+                    path: to.clone(),
+                    reason,
+                }
+            })?;
+            Some((to, made))
+        }
+        Err(_) => None,
+    };
     let folder = dir.join("dicom");
     std::fs::create_dir_all(&folder).map_err(|e| Error::from_io(&folder, e))?;
     output::write_bytes(&path, &bytes)?;
+    if let Some((to, made)) = report {
+        output::write_bytes(&to, &made)?;
+    }
     match ann {
         Some(ann) => output::write_bytes(&ann_path, &ann),
         None => Ok(()),

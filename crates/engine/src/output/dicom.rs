@@ -480,6 +480,52 @@ pub fn annotations(
     )
 }
 
+/// The report as an Encapsulated PDF, in its own series of the source's study.
+pub fn encapsulated_pdf(input: &SegmentationInput, pdf: &[u8]) -> Result<Vec<u8>, String> {
+    let src = &input.source.attributes;
+    let source_series = src
+        .get(tags::SERIES_INSTANCE_UID)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .unwrap_or_default();
+    let series_uid = derived_uid(&["tessera-report-series", input.run_key, &source_series]);
+    let sop_uid = derived_uid(&["tessera-report", input.run_key, &source_series]);
+    let mut obj = header(
+        input,
+        (&source_series, &series_uid, &sop_uid),
+        (uids::ENCAPSULATED_PDF_STORAGE, "DOC", "902"),
+    );
+    // SC Equipment, Encapsulated Document.
+    obj.put(el(tags::CONVERSION_TYPE, VR::CS, "SYN"));
+    obj.put(el(tags::INSTANCE_NUMBER, VR::IS, "1"));
+    obj.put(el(tags::CONTENT_DATE, VR::DA, input.when.0.as_str()));
+    obj.put(el(tags::CONTENT_TIME, VR::TM, input.when.1.as_str()));
+    obj.put(el(
+        tags::ACQUISITION_DATE_TIME,
+        VR::DT,
+        format!("{}{}", input.when.0, input.when.1),
+    ));
+    obj.put(el(tags::BURNED_IN_ANNOTATION, VR::CS, "YES"));
+    obj.put(el(tags::DOCUMENT_TITLE, VR::ST, "Tessera slide report"));
+    obj.put(seq(tags::CONCEPT_NAME_CODE_SEQUENCE, Vec::new()));
+    obj.put(el(
+        tags::MIME_TYPE_OF_ENCAPSULATED_DOCUMENT,
+        VR::LO,
+        "application/pdf",
+    ));
+    obj.put(el(
+        tags::ENCAPSULATED_DOCUMENT_LENGTH,
+        VR::UL,
+        pdf.len() as u32,
+    ));
+    let mut bytes = pdf.to_vec();
+    if bytes.len() % 2 == 1 {
+        bytes.push(0);
+    }
+    obj.put(el(tags::ENCAPSULATED_DOCUMENT, VR::OB, bytes));
+    part10(obj, uids::ENCAPSULATED_PDF_STORAGE, &sop_uid)
+}
+
 /// Part 10 bytes of `obj` (Explicit VR Little Endian).
 fn part10(obj: InMemDicomObject, class: &str, sop_uid: &str) -> Result<Vec<u8>, String> {
     let file = obj
