@@ -97,6 +97,26 @@ fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
     ])
 }
 
+/// The algorithm (Tessera's model) as a segmentation or annotation group names it.
+fn algorithm(input: &SegmentationInput) -> InMemDicomObject {
+    item(vec![
+        seq(
+            tags::ALGORITHM_FAMILY_CODE_SEQUENCE,
+            vec![code("123110", "DCM", "Artificial Intelligence")],
+        ),
+        el(tags::ALGORITHM_VERSION, VR::LO, input.model.1),
+        el(tags::ALGORITHM_NAME, VR::LO, input.model.0),
+    ])
+}
+
+/// The source's Series Instance UID (empty when it has none).
+fn series_of(src: &InMemDicomObject) -> String {
+    src.get(tags::SERIES_INSTANCE_UID)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .unwrap_or_default()
+}
+
 /// A decimal string of at most 16 characters.
 fn ds(v: f64) -> String {
     for precision in (0..=10).rev() {
@@ -269,11 +289,7 @@ pub fn annotations(
     regions: &[(&str, Regions)],
 ) -> Result<Vec<u8>, String> {
     let src = &input.source.attributes;
-    let source_series = src
-        .get(tags::SERIES_INSTANCE_UID)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .unwrap_or_default();
+    let source_series = series_of(src);
     let series_uid = derived_uid(&["tessera-annotation-series", input.run_key, &source_series]);
     let sop_uid = derived_uid(&["tessera-annotations", input.run_key, &source_series]);
     let Some((ref_class, ref_sop)) = input.source.level0.first() else {
@@ -444,14 +460,7 @@ pub fn annotations(
                 el(tags::ANNOTATION_GROUP_GENERATION_TYPE, VR::CS, "AUTOMATIC"),
                 seq(
                     tags::ANNOTATION_GROUP_ALGORITHM_IDENTIFICATION_SEQUENCE,
-                    vec![item(vec![
-                        seq(
-                            tags::ALGORITHM_FAMILY_CODE_SEQUENCE,
-                            vec![code("123110", "DCM", "Artificial Intelligence")],
-                        ),
-                        el(tags::ALGORITHM_VERSION, VR::LO, input.model.1),
-                        el(tags::ALGORITHM_NAME, VR::LO, input.model.0),
-                    ])],
+                    vec![algorithm(input)],
                 ),
                 seq(
                     tags::ANNOTATION_PROPERTY_CATEGORY_CODE_SEQUENCE,
@@ -483,11 +492,7 @@ pub fn annotations(
 /// The report as an Encapsulated PDF, in its own series of the source's study.
 pub fn encapsulated_pdf(input: &SegmentationInput, pdf: &[u8]) -> Result<Vec<u8>, String> {
     let src = &input.source.attributes;
-    let source_series = src
-        .get(tags::SERIES_INSTANCE_UID)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .unwrap_or_default();
+    let source_series = series_of(src);
     let series_uid = derived_uid(&["tessera-report-series", input.run_key, &source_series]);
     let sop_uid = derived_uid(&["tessera-report", input.run_key, &source_series]);
     let mut obj = header(
@@ -551,11 +556,7 @@ pub fn segmentation(input: &SegmentationInput) -> Result<Vec<u8>, String> {
         Some((_, h)) if h.width > 0 && h.height > 0 => (h.width, h.height),
         _ => return Err("no heatmap to write as a DICOM Segmentation".into()),
     };
-    let source_series = src
-        .get(tags::SERIES_INSTANCE_UID)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .unwrap_or_default();
+    let source_series = series_of(src);
     let series_uid = output_series_uid(input.run_key, &source_series);
     let sop_uid = derived_uid(&["tessera-segmentation", input.run_key, &source_series]);
     let cell_l0 = input.classes[0].1.cell_l0;
@@ -636,14 +637,7 @@ pub fn segmentation(input: &SegmentationInput) -> Result<Vec<u8>, String> {
                 el(tags::SEGMENT_LABEL, VR::LO, *name),
                 seq(
                     tags::SEGMENTATION_ALGORITHM_IDENTIFICATION_SEQUENCE,
-                    vec![item(vec![
-                        seq(
-                            tags::ALGORITHM_FAMILY_CODE_SEQUENCE,
-                            vec![code("123110", "DCM", "Artificial Intelligence")],
-                        ),
-                        el(tags::ALGORITHM_VERSION, VR::LO, input.model.1),
-                        el(tags::ALGORITHM_NAME, VR::LO, input.model.0),
-                    ])],
+                    vec![algorithm(input)],
                 ),
                 el(tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC"),
                 el(tags::SEGMENT_ALGORITHM_NAME, VR::LO, input.model.0),

@@ -1394,32 +1394,23 @@ fn build(path: &Path, mut instances: Vec<Instance>, limits: &Limits) -> Result<P
 
 /// The first optical path's ICC profile.
 fn icc_profile(inst: &Instance, max_bytes: u64) -> Result<Option<Vec<u8>>> {
-    if let Some(bytes) = &inst.icc_bulk {
-        if bytes.len() as u64 > max_bytes {
-            return Err(Error::LimitExceeded {
-                path: inst.path.clone(),
-                what: "ICC profile bytes",
-                value: bytes.len() as u64,
-                limit: max_bytes,
-            });
+    let bytes = match &inst.icc_bulk {
+        Some(bytes) => bytes.clone(),
+        None => {
+            let Some(icc) = inst
+                .obj
+                .get(tags::OPTICAL_PATH_SEQUENCE)
+                .and_then(|e| e.items())
+                .and_then(|i| i.first())
+                .and_then(|path| path.get(tags::ICC_PROFILE))
+            else {
+                return Ok(None);
+            };
+            icc.to_bytes()
+                .map_err(|e| inst.err(format!("ICC profile: {e}")))?
+                .into_owned()
         }
-        return Ok(Some(bytes.clone()));
-    }
-    let Some(path) = inst
-        .obj
-        .get(tags::OPTICAL_PATH_SEQUENCE)
-        .and_then(|e| e.items())
-        .and_then(|i| i.first())
-    else {
-        return Ok(None);
     };
-    let Some(icc) = path.get(tags::ICC_PROFILE) else {
-        return Ok(None);
-    };
-    let bytes = icc
-        .to_bytes()
-        .map_err(|e| inst.err(format!("ICC profile: {e}")))?
-        .into_owned();
     if bytes.len() as u64 > max_bytes {
         return Err(Error::LimitExceeded {
             path: inst.path.clone(),

@@ -129,6 +129,17 @@ struct Failure {
     transient: bool,
 }
 
+impl Failure {
+    /// The server answered `status` (not 200): transient for 408, 429, 500, 502, 503, 504.
+    fn status(status: u16, reason: &str, hint: &str) -> Failure {
+        Failure {
+            status: Some(status),
+            message: format!("HTTP {status} {reason}{hint}"),
+            transient: matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+        }
+    }
+}
+
 /// An HTTP client for one server: TLS roots, credentials, timeouts and retries.
 pub(crate) struct Client {
     agent: ureq::Agent,
@@ -215,12 +226,16 @@ impl Client {
         })
     }
 
-    /// GETs `url` accepting `accept`, reading at most `limit` bytes of body: the content type
-    /// and the body. Transient failures are retried.
-    fn get(&self, url: &str, accept: &str, limit: u64) -> Result<(String, Vec<u8>)> {
+    /// Runs `once` until it succeeds, fails for good, or has been retried `retries` times
+    /// after transient failures (a doubling pause from 250 ms); the failure names `url`.
+    fn retrying<T>(
+        &self,
+        url: &str,
+        once: impl Fn() -> std::result::Result<T, Failure>,
+    ) -> Result<T> {
         let mut attempt = 0u32;
         loop {
-            match self.get_once(url, accept, limit) {
+            match once() {
                 Ok(v) => return Ok(v),
                 Err(f) if f.transient && attempt < self.retries => {
                     std::thread::sleep(Duration::from_millis(250 << attempt.min(6)));
@@ -239,6 +254,12 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// GETs `url` accepting `accept`, reading at most `limit` bytes of body: the content type
+    /// and the body. Transient failures are retried.
+    fn get(&self, url: &str, accept: &str, limit: u64) -> Result<(String, Vec<u8>)> {
+        self.retrying(url, || self.get_once(url, accept, limit))
     }
 
     fn get_once(
@@ -282,11 +303,7 @@ impl Client {
                 406 => ": the server cannot send this in the form asked for",
                 _ => "",
             };
-            return Err(Failure {
-                status: Some(status),
-                message: format!("HTTP {status} {reason}{hint}"),
-                transient: matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
-            });
+            return Err(Failure::status(status, reason, hint));
         }
         let content_type = resp
             .headers()
@@ -305,8 +322,7 @@ impl Client {
 
     /// POSTs `body` as `content_type`; transient failures are retried like GETs. The status.
     fn post(&self, url: &str, content_type: &str, body: &[u8]) -> Result<u16> {
-        let mut attempt = 0u32;
-        loop {
+        self.retrying(url, || {
             let mut req = self
                 .agent
                 .post(url)
@@ -315,50 +331,28 @@ impl Client {
             if let Some(a) = &self.auth {
                 req = req.header("Authorization", a);
             }
-            let failure = match req.send(body) {
+            match req.send(body) {
+                Ok(resp) if resp.status().as_u16() == 200 => Ok(200),
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    if status == 200 {
-                        return Ok(status);
-                    }
-                    Failure {
-                        status: Some(status),
-                        message: format!(
-                            "HTTP {status} {}{}",
-                            resp.status().canonical_reason().unwrap_or(""),
-                            match status {
-                                202 => ": the archive kept some of the objects and refused others",
-                                401 => ": the server wants credentials, or refused those given",
-                                409 => ": the archive refused the objects",
-                                _ => "",
-                            }
-                        ),
-                        transient: matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
-                    }
+                    let hint = match status {
+                        202 => ": the archive kept some of the objects and refused others",
+                        401 => ": the server wants credentials, or refused those given",
+                        409 => ": the archive refused the objects",
+                        _ => "",
+                    };
+                    let reason = resp.status().canonical_reason().unwrap_or("");
+                    Err(Failure::status(status, reason, hint))
                 }
-                Err(e) => Failure {
+                Err(e) => Err(Failure {
                     status: None,
                     message: e.to_string(),
                     transient: matches!(e, ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed)
                         || matches!(&e, ureq::Error::Io(io)
                         if io.kind() != std::io::ErrorKind::InvalidData),
-                },
-            };
-            if failure.transient && attempt < self.retries {
-                std::thread::sleep(Duration::from_millis(250 << attempt.min(6)));
-                attempt += 1;
-                continue;
+                }),
             }
-            return Err(Error::Remote {
-                url: url.into(),
-                status: failure.status,
-                message: if attempt > 0 {
-                    format!("{} (after {} attempts)", failure.message, attempt + 1)
-                } else {
-                    failure.message
-                },
-            });
-        }
+        })
     }
 
     fn json(&self, url: &str, limit: u64) -> Result<serde_json::Value> {
