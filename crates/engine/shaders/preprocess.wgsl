@@ -173,23 +173,29 @@ fn source(at: u32, pidx: u32) -> vec3<f32> {
 }
 
 // Tap k of output position o on an axis of `len` source pixels: (source index, weight);
-// weight 0 past the last tap.
+// weight 0 past the last tap. Integer numerators, as preprocess::tap: the twins then agree on
+// every tap, and on its weight up to one division (f32 division is not exact on every GPU).
+// Sides are patch sizes: (2·out_len)·len stays far below 2^32.
 fn tap(o: u32, len: u32, out_len: u32, k: u32) -> vec2<f32> {
-    let scale = f32(len) / f32(out_len);
-    if (scale >= 1.0) {
-        let a = f32(o) * scale;
-        let b = f32(o + 1u) * scale;
-        let i = u32(floor(a)) + k;
-        if (f32(i) >= b || i >= len) {
+    if (len >= out_len) {
+        let a = o * len;
+        let b = a + len;
+        let i = a / out_len + k;
+        if (i * out_len >= b || i >= len) {
             return vec2<f32>(0.0, 0.0);
         }
-        let overlap = max(min(b, f32(i) + 1.0) - max(a, f32(i)), 0.0);
-        return vec2<f32>(f32(i), overlap / scale);
+        let overlap = min(b, (i + 1u) * out_len) - max(a, i * out_len);
+        return vec2<f32>(f32(i), f32(overlap) / f32(len));
     }
-    let x = max((f32(o) + 0.5) * scale - 0.5, 0.0);
-    let i = min(u32(floor(x)), len - 1u);
+    let den = 2u * out_len;
+    let c = (2u * o + 1u) * len;
+    var num = 0u;
+    if (c > out_len) {
+        num = c - out_len;
+    }
+    let i = min(num / den, len - 1u);
     let j = min(i + 1u, len - 1u);
-    let f = x - f32(i);
+    let f = f32(num - i * den) / f32(den);
     if (k == 0u) {
         if (i == j) {
             return vec2<f32>(f32(i), 1.0);
@@ -203,9 +209,8 @@ fn tap(o: u32, len: u32, out_len: u32, k: u32) -> vec2<f32> {
 }
 
 fn taps(len: u32, out_len: u32) -> u32 {
-    let scale = f32(len) / f32(out_len);
-    if (scale >= 1.0) {
-        return u32(ceil(scale)) + 1u;
+    if (len >= out_len) {
+        return (len + out_len - 1u) / out_len + 1u;
     }
     return 2u;
 }
