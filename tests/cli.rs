@@ -441,7 +441,8 @@ fn an_explicit_gpu_device_that_cannot_be_used_is_an_error_and_auto_records_why()
     ]);
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(stderr(&o).contains("--device CUDA:0"), "{}", stderr(&o));
-    // auto on tract: the CPU, with the reason recorded.
+    // auto on tract: the CPU, with the reason recorded; `--fp16` (TensorRT's) changes nothing
+    // there and is not recorded as if it had.
     let o = tessera_str(&[
         "analyze",
         s,
@@ -449,6 +450,7 @@ fn an_explicit_gpu_device_that_cannot_be_used_is_an_error_and_auto_records_why()
         &out("c"),
         "--inference",
         "tract",
+        "--fp16",
         "-q",
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -459,6 +461,7 @@ fn an_explicit_gpu_device_that_cannot_be_used_is_an_error_and_auto_records_why()
     assert_eq!(r["inference"]["device"], "CPU");
     assert_eq!(r["inference"]["device_requested"], "auto");
     assert_eq!(r["inference"]["fallbacks"].as_array().unwrap().len(), 1);
+    assert_eq!(r["inference"]["fp16"], false);
     // ONNX Runtime: the CPU package has neither provider. Asked for explicitly: an error that
     // names the library found; auto: TensorRT and CUDA recorded as not used, and why.
     if tessera::model::ort_backend::OnnxRuntime::find().is_err() {

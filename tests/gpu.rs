@@ -284,6 +284,68 @@ fn analyze_with_gpu_preprocessing_gives_the_cpus_probabilities() {
     assert!(worst <= 5e-3, "{worst}");
 }
 
+/// A model resized with torchvision's method (the WSInfer default), read at its own size, is
+/// preprocessed on the GPU: every method copies a patch already at the model's size, so
+/// `--gpu-preprocess on` is honoured, and the probabilities are the CPU's.
+#[test]
+fn a_torchvision_model_read_at_its_own_size_is_preprocessed_on_the_gpu() {
+    let Some(slide) = crate::util::data("slides/aperio/CMU-1-Small-Region.svs") else {
+        return;
+    };
+    crate::require!(crate::util::python_with(&["onnx", "numpy"]));
+    if gpu().is_none() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("tiny");
+    crate::util::build_random("tiny", &model, &["--calibrate"]);
+    let run = |mode: &str| {
+        let out = t.path().join(mode);
+        let o = crate::util::tessera_str(&[
+            "analyze",
+            slide.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--inference",
+            "tract",
+            // The model's own 0.5 µm/px: 224-pixel patches read at 224.
+            "--mpp",
+            "0.5",
+            "--gpu-preprocess",
+            mode,
+            "-q",
+        ]);
+        assert_eq!(crate::util::code(&o), 0, "{}", crate::util::stderr(&o));
+        let dir = out.join("CMU-1-Small-Region.svs");
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+        assert_eq!(r["parameters"]["read_side"], 224);
+        let table = tessera::results::PatchTable::read(&dir.join("patches.csv")).unwrap();
+        (r, table)
+    };
+    let (on, rows_on) = run("on");
+    let (off, rows_off) = run("off");
+    let device = on["preprocessing"]["device"].as_str().unwrap_or_default();
+    assert!(
+        !device.is_empty() && device != "CPU",
+        "{}",
+        on["preprocessing"]
+    );
+    assert_eq!(off["preprocessing"]["device"], "CPU");
+    assert_eq!(rows_on.rows.len(), rows_off.rows.len());
+    assert!(!rows_on.rows.is_empty());
+    let worst = rows_on
+        .rows
+        .iter()
+        .zip(&rows_off.rows)
+        .map(|(a, b)| (a.probs[0] - b.probs[0]).abs())
+        .fold(0f32, f32::max);
+    eprintln!("torchvision model at its own size, gpu vs cpu: max |Δp| = {worst:e}");
+    assert!(worst <= 1e-4, "{worst}");
+}
+
 #[test]
 fn analyze_with_reinhard_normalisation_records_it_and_agrees_on_gpu_and_cpu() {
     let Some(slide) = crate::util::data("slides/aperio/CMU-1-Small-Region.svs") else {

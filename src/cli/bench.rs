@@ -17,7 +17,7 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Regions/s of 256 × 256 level-0 reads, native vs OpenSlide, 1 thread and all threads.
     Read(ReadArgs),
-    /// Patches/s of the model alone on batches of the slide's tissue decoded beforehand.
+    /// Patches/s of the model alone on batches of the slide's tissue decoded and packed beforehand.
     Inference(InferenceArgs),
 }
 

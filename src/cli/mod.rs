@@ -135,8 +135,9 @@ struct DeviceArgs {
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
     /// Resize, stain-normalise and normalise patches, and blend the overlay PNGs, with wgpu
-    /// compute shaders: auto (on a real GPU when there is one), on (any adapter, Mesa's
-    /// lavapipe included; an error if none), off (the CPU code; the same within
+    /// compute shaders: auto (the CPU: on an NVIDIA H200 the shaders were slower end to end,
+    /// their output returning through host memory; the reason is recorded), on (any adapter,
+    /// Mesa's lavapipe included; an error if none), off (the CPU code; the same within
     /// rounding).
     #[arg(long, value_enum, default_value_t = GpuPreprocessArg::Auto)]
     gpu_preprocess: GpuPreprocessArg,

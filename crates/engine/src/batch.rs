@@ -71,9 +71,11 @@ impl PatchBatch {
         }
         let len = self.pre.patch_len();
         let mut out = vec![0f32; self.indices.len() * len];
-        for (px, t) in self.pixels.chunks_exact(len).zip(out.chunks_exact_mut(len)) {
-            self.pre.pack_pixels(px, t);
-        }
+        // One rayon task per patch (the caller's pool, or the global one): a single thread
+        // packing batches of 128 kept an H200 waiting most of the time.
+        out.par_chunks_exact_mut(len)
+            .zip(self.pixels.par_chunks_exact(len))
+            .for_each(|(t, px)| self.pre.pack_pixels(px, t));
         (InputTensor { shape, data: out }, None)
     }
 }

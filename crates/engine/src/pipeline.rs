@@ -145,7 +145,8 @@ pub struct AnalyzeConfig {
     // Not in the run key: Speed only.
     #[serde(skip)]
     pub queue_depth: usize,
-    /// Inference workers, each with its own session (default 1).
+    /// Inference workers, each with its own session (default 1; a run opens at least one per
+    /// device, two per GPU).
     // Not in the run key: Speed only; results are keyed by grid index.
     #[serde(skip)]
     pub workers: usize,
@@ -897,7 +898,7 @@ fn analyze_opened(
     // Inference: a producer thread makes batches (decoding in parallel), a bounded queue
     // carries them to the workers, results are keyed by grid index.
     let t = Instant::now();
-    let (predictions, failure, focus) = run_inference(
+    let (predictions, failure, focus, times) = run_inference(
         &slide,
         &planned.grid,
         (planned.plan, focus_factor),
@@ -909,6 +910,9 @@ fn analyze_opened(
     prep.failed_mid_run(failure);
     let dense_maps = dense.map(|d| d.heatmaps());
     timings.insert("inference_s", t.elapsed().as_secs_f64());
+    for (key, seconds) in times.entries() {
+        timings.insert(key, seconds);
+    }
     let qc = qc_map.map(|map| {
         let um_px = read_um_px * focus_factor.unwrap_or(1) as f64;
         let mut done = qc_patches(map, &planned.grid, &focus, um_px, (mpp.x, mpp.y), &cfg.qc);
@@ -1306,8 +1310,10 @@ fn prepare(
     plan: crate::grid::ReadPlan,
 ) -> Result<Preprocessing> {
     let mut pre = c.preprocess();
-    // What the shader computes (one area resize), or what this model asks for instead.
-    let simple = pre.geometry.is_single_area_resize();
+    // What the shader computes (one area resize, which copies patches already read at the
+    // model's size), or what this model asks for instead.
+    let simple = pre.geometry.is_single_area_resize()
+        || pre.geometry.keeps((plan.side as u32, plan.side as u32));
     if cfg.gpu_preprocess == crate::gpu::GpuPreprocess::On && !simple {
         return Err(Error::Device {
             device: "--gpu-preprocess on".into(),
@@ -1329,7 +1335,16 @@ fn prepare(
     let mut fallbacks: Vec<String> = resolved.not_used.map(String::from).into_iter().collect();
     let mut gpu = resolved.gpu;
     pre.stain = cfg.stain;
-    if let (Some(g), false) = (gpu, simple) {
+    if let (Some(g), crate::gpu::GpuPreprocess::Auto) = (gpu, cfg.gpu_preprocess) {
+        // Measured (BENCHMARKS.md, "GPU inference"): on an NVIDIA H200 the shader's batches
+        // took three times a single CPU thread's, its output coming back through host memory
+        // before the inference runtime copies it to the device again.
+        fallbacks.push(format!(
+            "{} not used: the preprocess shader's output returns through host memory to the              inference runtime, and on an NVIDIA H200 it was slower than the CPU;              --gpu-preprocess on uses it",
+            g.adapter
+        ));
+        gpu = None;
+    } else if let (Some(g), false) = (gpu, simple) {
         fallbacks.push(format!(
             "{} not used: the preprocess shader resizes by area averaging, and this model \
              asks for {}; the CPU preprocessed every patch",
@@ -1727,7 +1742,8 @@ fn result_doc(
                 .cloned()
                 .chain(loaded.placement().fallbacks)
                 .collect(),
-            fp16: cfg.device.fp16,
+            // `--fp16` tunes TensorRT only: true only where TensorRT ran.
+            fp16: cfg.device.fp16 && loaded.placement().device.starts_with("TensorRT"),
             note: chosen.note.clone(),
         },
         preprocessing: Some(prep.record(cfg)),
@@ -1814,14 +1830,16 @@ fn run_inference(
     Predictions,
     Option<String>,
     BTreeMap<crate::geom::GridIndex, Option<f32>>,
+    InferenceTimes,
 )> {
     let batch_size = cfg.batch_size.max(1);
+    let times = InferenceTimes::default();
     let (tx, rx) = mpsc::sync_channel::<crate::batch::PatchBatch>(cfg.queue_depth.max(1));
     let rx = Arc::new(Mutex::new(rx));
     // Consumed batch buffers go back to the producer: a run allocates about queue depth +
     // workers + 1 of them in all, not one per batch.
-    // At least one worker per device (several GPUs share the slide's patches).
-    let workers = cfg.workers.max(model.devices()).max(1);
+    // At least one worker per device (several GPUs share the slide's patches), two per GPU.
+    let workers = cfg.workers.max(model.sessions_wanted()).max(1);
     let (recycle_tx, recycle_rx) =
         mpsc::sync_channel::<Vec<u8>>(cfg.queue_depth.max(1) + workers + 1);
     let predictions = Mutex::new(Predictions::new());
@@ -1845,15 +1863,21 @@ fn run_inference(
         })?;
     std::thread::scope(|s| -> Result<()> {
         let decode_pool = &decode_pool;
+        let times = &times;
         let producer = s.spawn(move || -> Result<()> {
             for chunk in read_order(slide, grid, plan).chunks(batch_size) {
                 let chunk: Vec<crate::grid::Patch> =
                     chunk.iter().map(|&i| grid.patches[i].clone()).collect();
                 let chunk = chunk.as_slice();
                 let buffer = recycle_rx.try_recv().unwrap_or_default();
+                let t = Instant::now();
                 let batch = decode_pool
                     .install(|| make_batch_in(slide, chunk, plan, pre, buffer, focus_factor))?;
-                if tx.send(batch).is_err() {
+                InferenceTimes::add(&times.read, t);
+                let t = Instant::now();
+                let sent = tx.send(batch);
+                InferenceTimes::add(&times.reader_blocked, t);
+                if sent.is_err() {
                     break; // workers stopped after an error
                 }
             }
@@ -1868,14 +1892,20 @@ fn run_inference(
             let gpu_fallback = &gpu_fallback;
             workers.push(s.spawn(move || -> Result<()> {
                 loop {
+                    let t = Instant::now();
                     let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    InferenceTimes::add(&times.starved, t);
                     let Ok(batch) = next else { return Ok(()) };
+                    let t = Instant::now();
                     let (input, gpu_failure) = batch.tensor();
+                    InferenceTimes::add(&times.pack, t);
                     if let Some(why) = gpu_failure {
                         let mut f = gpu_fallback.lock().unwrap_or_else(|e| e.into_inner());
                         f.get_or_insert(why);
                     }
+                    let t = Instant::now();
                     let rows = session.run(input)?;
+                    InferenceTimes::add(&times.model, t);
                     // A dense tile goes into the class maps and leaves its mean.
                     let probs: Vec<Vec<f32>> = match dense {
                         Some(d) => batch
@@ -1953,7 +1983,44 @@ fn run_inference(
         predictions.into_inner().unwrap_or_else(|e| e.into_inner()),
         gpu_fallback.into_inner().unwrap_or_else(|e| e.into_inner()),
         focus.into_inner().unwrap_or_else(|e| e.into_inner()),
+        times,
     ))
+}
+
+/// Where the inference stage's time went, in seconds summed over the threads that spent it:
+/// the reader making batches (reading, decoding and resizing on the decode threads) and
+/// waiting on a full queue, and the workers waiting for a batch, packing it into the model's
+/// tensor (normalising on the CPU, or the GPU preprocessing shader) and running the model
+/// (host→device copy, inference and the copy back). A reader that waits is the sign of a
+/// model-bound run; workers that wait, of a reader-bound one.
+#[derive(Debug, Default)]
+struct InferenceTimes {
+    read: std::sync::atomic::AtomicU64,
+    reader_blocked: std::sync::atomic::AtomicU64,
+    starved: std::sync::atomic::AtomicU64,
+    pack: std::sync::atomic::AtomicU64,
+    model: std::sync::atomic::AtomicU64,
+}
+
+impl InferenceTimes {
+    fn add(counter: &std::sync::atomic::AtomicU64, since: Instant) {
+        let ns = since.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        counter.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The `timings_s` entries, rounded to the millisecond.
+    fn entries(&self) -> [(&'static str, f64); 5] {
+        let s = |c: &std::sync::atomic::AtomicU64| {
+            (c.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6).round() / 1e3
+        };
+        [
+            ("inference_read_s", s(&self.read)),
+            ("inference_reader_waiting_s", s(&self.reader_blocked)),
+            ("inference_workers_waiting_s", s(&self.starved)),
+            ("inference_pack_s", s(&self.pack)),
+            ("inference_model_s", s(&self.model)),
+        ]
+    }
 }
 
 /// The patches in the order they are read: vertical strips about 2048 read-level pixels wide

@@ -174,7 +174,12 @@ pub struct SlideResult {
     pub identifiers: Identifiers,
     /// QC warnings (MPP missing or overridden, little tissue, …).
     pub warnings: Vec<String>,
-    /// Seconds per phase: `open_and_load_s`, `tissue_s`, `inference_s`, `outputs_s`, `total_s`.
+    /// Seconds per phase: `open_and_load_s`, `tissue_s`, `inference_s`, `outputs_s`, `total_s`;
+    /// and inside inference, in seconds summed over the threads that spent them:
+    /// `inference_read_s` (reading, decoding, resizing), `inference_reader_waiting_s` (the
+    /// queue full: model-bound), `inference_workers_waiting_s` (no batch ready: reader-bound),
+    /// `inference_pack_s` (normalising into the tensor) and `inference_model_s` (the model's
+    /// run, host↔device copies included).
     pub timings_s: BTreeMap<String, f64>,
 }
 
@@ -327,7 +332,7 @@ pub struct InferenceRecord {
     pub device_requested: String,
     /// Everything tried before, each with why it was not used.
     pub fallbacks: Vec<String>,
-    /// TensorRT in FP16.
+    /// TensorRT ran in FP16 (`--fp16` on any other device changes nothing and records false).
     pub fp16: bool,
     /// The line shown to the user.
     pub note: String,

@@ -47,8 +47,10 @@ fn gpu_device_present() -> bool {
 /// `--gpu-preprocess`: where patches are resized and normalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GpuPreprocess {
-    /// On a real GPU when there is one; on the CPU otherwise (a software Vulkan adapter such
-    /// as lavapipe is not used: it is slower than the CPU code).
+    /// Resolves to a real GPU when there is one (a software Vulkan adapter such as lavapipe is
+    /// not used: it is slower than the CPU code), which the analysis then passes over for
+    /// patch preprocessing, recording why: on an NVIDIA H200 the shader was slower end to end
+    /// than the CPU (BENCHMARKS.md).
     #[default]
     Auto,
     /// On whatever adapter wgpu finds, lavapipe included; an error if there is none.

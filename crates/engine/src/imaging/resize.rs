@@ -79,6 +79,15 @@ impl Geometry {
             && matches!(self.steps[0], Step::Resize(..))
     }
 
+    /// True when the geometry leaves an image of `size` (height, width) as it is: every step
+    /// resizes or crops to that same size (every method copies an image already at its target
+    /// size). The deferred (GPU) path then computes the same pixels whatever the method.
+    pub fn keeps(&self, size: (u32, u32)) -> bool {
+        self.steps.iter().all(|s| match *s {
+            Step::Resize(h, w) | Step::CenterCrop(h, w) => (h, w) == size,
+        })
+    }
+
     /// In words, for messages: e.g. "torchvision-bilinear resizing with a centre crop".
     pub fn describe(&self) -> String {
         let crop = self.steps.iter().any(|s| matches!(s, Step::CenterCrop(..)));
@@ -365,8 +374,17 @@ mod tests {
             steps: vec![Step::Resize(8, 10), Step::CenterCrop(4, 4)],
         };
         assert_eq!(g.output(), Some((4, 4)));
-        assert_eq!(g.apply(img).dimensions(), (4, 4));
+        assert_eq!(g.apply(img.clone()).dimensions(), (4, 4));
         assert!(!g.is_single_area_resize());
+        assert!(!g.keeps((8, 10)) && !g.keeps((4, 4)));
+        // Patches read at the model's size are copied by every method.
+        let same = Geometry {
+            method: ResizeMethod::Torchvision,
+            steps: vec![Step::Resize(4, 5), Step::CenterCrop(4, 5)],
+        };
+        assert!(same.keeps((4, 5)) && !same.keeps((5, 4)));
+        let sized = center_crop(&img, 5, 4);
+        assert_eq!(same.apply(sized.clone()), sized);
         assert_eq!(
             g.describe(),
             "torchvision-bilinear resizing with a centre crop"

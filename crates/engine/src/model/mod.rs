@@ -191,6 +191,11 @@ pub trait Model: Send + Sync {
     fn devices(&self) -> usize {
         1
     }
+    /// Sessions a run opens at least: one per device, and two per GPU, so that one is fed
+    /// (packed, copied to the device) while the other computes.
+    fn sessions_wanted(&self) -> usize {
+        self.devices()
+    }
 }
 
 /// Loads `model` on the device of `opts` and on each of `opts.more` (an error for any that
@@ -247,6 +252,10 @@ impl Model for Devices {
 
     fn devices(&self) -> usize {
         self.models.len()
+    }
+
+    fn sessions_wanted(&self) -> usize {
+        self.models.iter().map(|m| m.sessions_wanted()).sum()
     }
 }
 

@@ -116,6 +116,65 @@ struct OrtSessionBox {
     /// The graph's fixed batch size, if it has one (batches are split and padded to it).
     fixed_batch: Option<usize>,
     path: PathBuf,
+    /// On a GPU: page-locked host memory the input is copied into, so that the copy to the
+    /// device runs at the bus's speed instead of through a pageable bounce buffer (on an H200
+    /// the plain copy of float32 batches took most of the model's time).
+    pinned: Option<Pinned>,
+}
+
+/// A page-locked input tensor, reused while batches keep its shape.
+struct Pinned {
+    allocator: ort::memory::Allocator,
+    staging: Option<([usize; 4], Tensor<f32>)>,
+}
+
+impl Pinned {
+    /// The CUDA provider's page-locked allocator for `session` on GPU `device_id`, or `None`
+    /// where it has none (the plain copy is then used).
+    fn new(session: &OrtSession, device_id: u32) -> Option<Pinned> {
+        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+        let info = MemoryInfo::new(
+            AllocationDevice::CUDA_PINNED,
+            device_id as i32,
+            AllocatorType::Device,
+            MemoryType::CPUInput,
+        )
+        .ok()?;
+        let allocator = Allocator::new(session, info).ok()?;
+        Some(Pinned {
+            allocator,
+            staging: None,
+        })
+    }
+
+    /// `input` copied (in parallel) into the staging tensor, allocated anew when the shape
+    /// changed (the last, partial batch).
+    fn fill(&mut self, input: &InputTensor) -> ort::Result<&Tensor<f32>> {
+        use rayon::prelude::*;
+        if self.staging.as_ref().map(|(shape, _)| *shape) != Some(input.shape) {
+            self.staging = None;
+            let t = Tensor::<f32>::new(&self.allocator, input.shape)?;
+            self.staging = Some((input.shape, t));
+        }
+        let Some((_, t)) = self.staging.as_mut() else {
+            unreachable!("allocated above")
+        };
+        let ptr = t.data_ptr_mut().cast::<f32>();
+        if ptr.is_null() {
+            return Err(ort::Error::new("the page-locked input tensor has no data"));
+        }
+        // SAFETY: the tensor was allocated above with `input.shape`, that is exactly
+        // `input.data.len()` float32 elements, in page-locked host memory, which the CPU
+        // addresses directly (ort's checked accessor refuses it only because ONNX Runtime
+        // 1.23 and later file CUDA_PINNED under the GPU device type); `t` is borrowed
+        // mutably for as long as `data` lives.
+        let data = unsafe { std::slice::from_raw_parts_mut(ptr, input.data.len()) };
+        const CHUNK: usize = 1 << 18;
+        data.par_chunks_mut(CHUNK)
+            .zip(input.data.par_chunks(CHUNK))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        Ok(&*t)
+    }
 }
 
 fn dims(t: &ValueType) -> Vec<Option<usize>> {
@@ -207,7 +266,21 @@ fn open_session(
             if !ort::ep::TensorRT::is_available().unwrap_or(false) {
                 return Err(gpu_hint("TensorRT"));
             }
-            let _ = preload_gpu_libraries();
+            // Without TensorRT's own library, registering the provider fails; and on an H200
+            // that failed registration left CUDA unusable for the `auto` fallback that
+            // followed (cuDNN: "operation failed due to a previous error"). Check first.
+            if preload_gpu_libraries()
+                .iter()
+                .any(|m| m == "libnvinfer.so.10")
+            {
+                crate::sys::load_library_globally(Path::new("libnvinfer.so.10")).map_err(|e| {
+                    format!(
+                        "TensorRT's libnvinfer.so.10 is neither in the Python packages \
+                             nor found by the system's loader ({e}); pip install the \
+                             tensorrt-cu13-libs package, or use --device cuda"
+                    )
+                })?;
+            }
             let mut trt = ort::ep::TensorRT::default()
                 .with_device_id(n as i32)
                 .with_fp16(options.fp16);
@@ -302,6 +375,13 @@ impl Backend for OnnxRuntime {
 }
 
 impl Model for OrtModel {
+    fn sessions_wanted(&self) -> usize {
+        match self.device {
+            Device::Cuda(_) | Device::TensorRt(_) => 2,
+            Device::Cpu | Device::Auto => 1,
+        }
+    }
+
     fn placement(&self) -> Placement {
         Placement {
             device: self.device.label(),
@@ -322,11 +402,16 @@ impl Model for OrtModel {
         let fixed_batch = first
             .and_then(|i| dims(i.dtype()).first().copied().flatten())
             .filter(|&n| n > 0);
+        let pinned = match self.device {
+            Device::Cuda(n) | Device::TensorRt(n) => Pinned::new(&session, n),
+            Device::Cpu | Device::Auto => None,
+        };
         Ok(Box::new(OrtSessionBox {
             session: Mutex::new(session),
             input,
             fixed_batch,
             path: self.onnx.clone(),
+            pinned,
         }))
     }
 }
@@ -362,12 +447,20 @@ impl OrtSessionBox {
             message,
         };
         let n = input.patches();
-        let tensor =
-            Tensor::from_array((input.shape, input.data)).map_err(|e| fail(e.to_string()))?;
         let session = self.session.get_mut().unwrap_or_else(|e| e.into_inner());
-        let outputs = session
-            .run(ort::inputs![self.input.as_str() => tensor])
-            .map_err(|e| fail(e.to_string()))?;
+        let outputs = match self.pinned.as_mut().map(|p| p.fill(&input)) {
+            Some(Ok(staged)) => session.run(ort::inputs![self.input.as_str() => staged]),
+            // No page-locked memory (or none left): the plain copy, from now on.
+            unpinned => {
+                if unpinned.is_some() {
+                    self.pinned = None;
+                }
+                let tensor = Tensor::from_array((input.shape, input.data))
+                    .map_err(|e| fail(e.to_string()))?;
+                session.run(ort::inputs![self.input.as_str() => tensor])
+            }
+        }
+        .map_err(|e| fail(e.to_string()))?;
         let (_, values) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(|e| fail(e.to_string()))?;
