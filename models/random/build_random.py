@@ -17,6 +17,7 @@ vanish.
 
 Usage: pip install onnx numpy
        python3 build_random.py resnet18 /tmp/models/resnet18
+       python3 build_random.py resnet50 /tmp/models/resnet50-fp16 --fp16
        python3 build_random.py tiny /tmp/m --opset 18 --batch-name batch_size --dynamic-hw \
            --value-info --external-data
 """
@@ -174,6 +175,26 @@ def build(arch, classes=2, seed=0, opset=13, batch_name="N", dynamic_hw=False,
     return model
 
 
+def to_fp16(model):
+    """The same network in half precision, as a lab's converted model is (onnxconverter-common's
+    convert_float_to_float16 with keep_io_types): float16 weights and activations, the input
+    cast to float16 first and the logits cast back to float32, so callers still pass and read
+    float32."""
+    g = model.graph
+    for t in g.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for v in g.value_info:
+        v.type.tensor_type.elem_type = TensorProto.FLOAT16
+    for node in g.node:
+        node.input[:] = ["input_fp16" if i == "input" else i for i in node.input]
+        node.output[:] = ["logits_fp16" if o == "logits" else o for o in node.output]
+    g.node.insert(0, helper.make_node("Cast", ["input"], ["input_fp16"], to=TensorProto.FLOAT16))
+    g.node.append(helper.make_node("Cast", ["logits_fp16"], ["logits"], to=TensorProto.FLOAT))
+    onnx.checker.check_model(model)
+    return model
+
+
 def smooth_images(n, side, seed):
     """Seeded smooth images in H&E colours (pink to purple), as floats 0-1, NCHW."""
     rng = np.random.default_rng(seed)
@@ -246,6 +267,8 @@ if __name__ == "__main__":
     ap.add_argument("--patch", type=int, default=224, help="patch_size_pixels")
     ap.add_argument("--spacing", type=float, default=0.5, help="spacing_um_px")
     ap.add_argument("--resize", help="tessera.resize (default: torchvision's bilinear)")
+    ap.add_argument("--fp16", action="store_true",
+                    help="half-precision weights and activations, float32 input and output")
     a = ap.parse_args()
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     os.makedirs(a.out, exist_ok=True)
@@ -253,13 +276,16 @@ if __name__ == "__main__":
                   a.side, a.dense)
     if a.calibrate:
         model = calibrate(model, a.side, mean, std, a.calibrate_on)
+    if a.fp16:
+        model = to_fp16(model)
     path = os.path.join(a.out, "model.onnx")
     if a.external_data:
         onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                   location="model.onnx.data", size_threshold=0)
     else:
         onnx.save(model, path)
-    tessera = {"description": f"{a.arch} with RANDOM weights: for speed measurements and "
+    precision = " (float16)" if a.fp16 else ""
+    tessera = {"description": f"{a.arch}{precision} with RANDOM weights: for speed measurements and "
                               "compatibility tests only; its outputs mean nothing.",
                "version": "random"}
     if a.resize:
