@@ -55,7 +55,7 @@ struct InferenceArgs {
 
 fn run_inference(a: &InferenceArgs) -> u8 {
     let inference = a.inference.choice();
-    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all = tessera::sys::cpus();
     if !a.device.options().more.is_empty() {
         eprintln!("tessera bench inference: one device at a time (measures one session)");
         return super::EXIT_USAGE;
@@ -133,7 +133,7 @@ pub fn run(args: &BenchArgs) -> u8 {
         BenchWhat::Read(a) => a,
         BenchWhat::Inference(a) => return run_inference(a),
     };
-    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all = tessera::sys::cpus();
     let threads = if a.threads.is_empty() {
         if all > 1 {
             vec![1, all]

@@ -119,7 +119,7 @@ pub fn run(
         (None, true) => Some(generate_token()?),
         (None, false) => None,
     };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = crate::sys::cpus();
     let shared = Arc::new(Shared {
         token,
         cases: std::sync::RwLock::new(Arc::new(

@@ -210,7 +210,8 @@ pub struct AnalyzeConfig {
 
 impl Default for AnalyzeConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The process's CPUs: affinity, cgroup quota and SLURM_CPUS_PER_TASK.
+        let cores = crate::sys::cpus();
         Self {
             out: PathBuf::from("tessera-out"),
             model: None,
@@ -801,7 +802,25 @@ fn load_on_backend(
     )?;
     let placement = model.placement();
     let mut note = format!("{} on {}", chosen.note, placement.device);
-    for f in &placement.fallbacks {
+    // GPUs passed over because this ONNX Runtime is the CPU-only package are the expected
+    // case on a CPU machine: one short line for them (every cohort task prints it); the full
+    // reasons stay in result.json.
+    let (cpu_only, other): (Vec<&String>, Vec<&String>) = placement
+        .fallbacks
+        .iter()
+        .partition(|f| f.contains(model::CPU_ONLY_PACKAGE));
+    if !cpu_only.is_empty() {
+        let devices: Vec<&str> = cpu_only
+            .iter()
+            .map(|f| f.split(": ").next().unwrap_or(f))
+            .collect();
+        note.push_str(&format!(
+            "\n  not used: {} (this ONNX Runtime is the CPU-only package; result.json has the \
+             reasons)",
+            devices.join(", ")
+        ));
+    }
+    for f in other {
         note.push_str(&format!("\n  not used: {f}"));
     }
     Ok((chosen, model, note))
@@ -1340,7 +1359,9 @@ fn prepare(
         // took three times a single CPU thread's, its output coming back through host memory
         // before the inference runtime copies it to the device again.
         fallbacks.push(format!(
-            "{} not used: the preprocess shader's output returns through host memory to the              inference runtime, and on an NVIDIA H200 it was slower than the CPU;              --gpu-preprocess on uses it",
+            "{} not used: the preprocess shader's output returns through host memory to the \
+             inference runtime, and on an NVIDIA H200 it was slower than the CPU; \
+             --gpu-preprocess on uses it",
             g.adapter
         ));
         gpu = None;

@@ -13,6 +13,9 @@
 //!   visible to libraries loaded later (ONNX Runtime's CUDA and TensorRT providers find the
 //!   CUDA, cuDNN and TensorRT libraries of the Python packages this way).
 //!
+//! - [`cpus`]: the environment in, the number of CPUs this process may use out (every thread
+//!   pool's default size).
+//!
 //! Elsewhere than Linux (Unix for `private_stdout` and `load_library_globally`) they do
 //! nothing.
 
@@ -111,5 +114,46 @@ pub fn load_library_globally(path: &std::path::Path) -> Result<(), String> {
     #[cfg(not(unix))]
     {
         Err(format!("{}: not loaded (Unix only)", path.display()))
+    }
+}
+
+/// The CPUs this process may use: the standard library's count (the affinity mask and the
+/// cgroup's CPU quota), lowered to `SLURM_CPUS_PER_TASK` when a Slurm task sets it (a cluster
+/// without Slurm's affinity or cgroup plugins confines nothing itself). At least 1.
+pub fn cpus() -> usize {
+    cpus_from(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        std::env::var("SLURM_CPUS_PER_TASK").ok().as_deref(),
+    )
+}
+
+/// [`cpus`] from the system's count and `SLURM_CPUS_PER_TASK`'s value (ignored unless a
+/// positive integer).
+pub fn cpus_from(system: usize, slurm: Option<&str>) -> usize {
+    let task = slurm
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0);
+    task.map_or(system, |n| n.min(system)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slurm_task_gets_its_share_and_never_more_than_the_system_allows() {
+        assert_eq!(cpus_from(16, None), 16);
+        assert_eq!(cpus_from(16, Some("4")), 4);
+        assert_eq!(
+            cpus_from(4, Some("16")),
+            4,
+            "the affinity mask or quota is lower"
+        );
+        assert_eq!(cpus_from(16, Some(" 2\n")), 2);
+        for bad in ["0", "-3", "two", ""] {
+            assert_eq!(cpus_from(8, Some(bad)), 8, "{bad:?}");
+        }
+        assert_eq!(cpus_from(0, None), 1);
+        assert!(cpus() >= 1);
     }
 }

@@ -181,6 +181,10 @@ pub trait Backend: Send + Sync {
     ) -> Result<Arc<dyn Model>>;
 }
 
+/// How a fallback names the reason "this ONNX Runtime has no GPU providers at all", the
+/// expected case on a CPU machine (logged in one short line; recorded in full).
+pub const CPU_ONLY_PACKAGE: &str = "it is the CPU-only package";
+
 /// A loaded model, shared by workers.
 pub trait Model: Send + Sync {
     /// A session for one worker.

@@ -246,9 +246,10 @@ fn open_session(
         .map_err(|e| e.to_string())?;
     let gpu_hint = |what: &str| {
         format!(
-            "{} has no {what} execution provider (it is the CPU-only package); install the GPU \
-             one: pip install onnxruntime-gpu plus the nvidia-* packages (see the README)",
-            lib.display()
+            "{} has no {what} execution provider ({}); install the GPU one: pip install \
+             onnxruntime-gpu plus the nvidia-* packages (see the README)",
+            lib.display(),
+            super::CPU_ONLY_PACKAGE
         )
     };
     let ep = match device {
