@@ -283,3 +283,106 @@ fn two_workers_started_together_analyse_each_slide_once() {
     // No lock is left behind.
     assert_eq!(std::fs::read_dir(out.join(".locks")).unwrap().count(), 0);
 }
+
+/// `--claim`: one worker takes the slides largest first; three started together analyse each
+/// good slide exactly once, leave no lock, and each leaves its run record.
+#[test]
+fn claiming_workers_take_the_largest_first_and_each_slide_once() {
+    let tmp = require!(cohort_folder());
+    let dir = tmp.path().join("cohort");
+    let (_, stdout) = run_cohort(&dir, &tmp.path().join("one"), &["--claim"]);
+    let order: Vec<String> = statuses(&stdout).into_iter().map(|(n, _)| n).collect();
+    let mut by_size: Vec<(u64, String)> = [
+        "CMU-1-Small-Region.svs",
+        "sub/boxes.tiff",
+        "broken.svs",
+        "sub/kidney.tif",
+    ]
+    .iter()
+    .map(|p| {
+        let path = dir.join(p);
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        (std::fs::metadata(&path).unwrap().len(), name)
+    })
+    .collect();
+    by_size.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let expected: Vec<String> = by_size.into_iter().map(|(_, n)| n).collect();
+    assert_eq!(order, expected, "largest first");
+    // --claim and --shard exclude each other.
+    let (code_both, _) = run_cohort(&dir, &tmp.path().join("x"), &["--claim", "--shard", "1/2"]);
+    assert_eq!(code_both, 64);
+
+    let out = tmp.path().join("three");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("analyze")
+            .args(cohort_args(&dir, &out, &["--claim"]))
+            .args(["--inference", "tract", "--log-format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let workers = [spawn(), spawn(), spawn()];
+    let outputs: Vec<_> = workers
+        .into_iter()
+        .map(|w| w.wait_with_output().unwrap())
+        .collect();
+    let mut done: Vec<String> = outputs
+        .iter()
+        .flat_map(|o| statuses(&String::from_utf8_lossy(&o.stdout)))
+        .filter(|(_, st)| st == "done")
+        .map(|(name, _)| name)
+        .collect();
+    done.sort();
+    assert_eq!(
+        done,
+        ["CMU-1-Small-Region.svs", "boxes.tiff"],
+        "each good slide analysed exactly once"
+    );
+    assert_eq!(std::fs::read_dir(out.join(".locks")).unwrap().count(), 0);
+    let records = std::fs::read_dir(out.join(".runs"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("summary-claim-")
+        })
+        .count();
+    assert_eq!(records, 3);
+    let merged = tessera(&[OsStr::new("summary"), out.as_os_str()], &[]);
+    assert_eq!(code(&merged), 2, "{}", stderr(&merged));
+    let rows = summary(&out);
+    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows.iter().filter(|r| r["status"] == "done").count(),
+        2,
+        "{rows:?}"
+    );
+}
+
+/// A shard that never reported (its task died, or never ran) is named by `tessera summary`,
+/// which exits 4; once it has run, the summary's own code returns.
+#[test]
+fn summary_names_a_shard_that_never_reported() {
+    let tmp = require!(cohort_folder());
+    let dir = tmp.path().join("cohort");
+    let out = tmp.path().join("out");
+    for shard in ["1/3", "3/3"] {
+        run_cohort(&dir, &out, &["--shard", shard]);
+    }
+    let merged = tessera(&[OsStr::new("summary"), out.as_os_str()], &[]);
+    assert_eq!(code(&merged), 4, "{}", stderr(&merged));
+    assert!(
+        stderr(&merged).contains("shard 2/3 never reported"),
+        "{}",
+        stderr(&merged)
+    );
+    run_cohort(&dir, &out, &["--shard", "2/3"]);
+    let merged = tessera(&[OsStr::new("summary"), out.as_os_str()], &[]);
+    // Every shard reported; the corrupt slide keeps it from 0.
+    assert_eq!(code(&merged), 2, "{}", stderr(&merged));
+    assert_eq!(summary(&out).len(), 4);
+}

@@ -51,6 +51,11 @@ pub struct AnalyzeArgs {
     /// TESSERA_SHARD_COUNT.
     #[arg(long, value_name = "I/N|auto", value_parser = parse_shard)]
     shard: Option<ShardArg>,
+    /// Share the list with other workers without shards: walk every slide, largest first,
+    /// and take each one no other worker holds (the lock files). Start N workers on the same
+    /// list and OUT; they finish within about one slide of each other.
+    #[arg(long, conflicts_with = "shard")]
+    claim: bool,
     /// The exit code when the run finished but slides failed (some or all of them): by default
     /// 2 when some were read and 3 when none was. A scheduler's "after OK" dependency wants 0
     /// here, so that a cohort with unreadable slides (listed as failed in the summary) still
@@ -107,6 +112,7 @@ pub fn run(args: &AnalyzeArgs) -> u8 {
     let opts = CohortOptions {
         force: args.force,
         shard,
+        claim: args.claim,
         stale_after: std::time::Duration::from_secs_f64(args.lock_stale_hours.max(0.0) * 3600.0),
     };
     let (quiet, format) = (args.quiet, args.log_format);

@@ -26,6 +26,9 @@ pub const EXIT_SOME_FAILED: u8 = 2;
 pub const EXIT_ALL_FAILED: u8 = 3;
 /// Exit status: the command line itself was wrong.
 pub const EXIT_USAGE: u8 = 64;
+/// Exit status of `summary`: a shard of a sharded run never reported, so its slides are
+/// missing from the summary (before the failed-slide codes: it is the graver news).
+pub const EXIT_SHARD_MISSING: u8 = 4;
 
 const EXIT_CODES: &str = "Exit codes:\n  0   every slide was read\n  2   some slides failed, \
     others were read\n  3   no slide was read\n  64  invalid command line";
@@ -86,8 +89,9 @@ enum Command {
     /// Merge the summaries of (sharded) runs into OUT/summary.csv, OUT/summary.json and OUT/index.html.
     #[command(
         after_help = "Exit codes:\n  0   every slide in the summaries was done\n  2   some \
-        failed, others were done\n  3   none was done, or no summary could be read\n  64  \
-        invalid command line"
+        failed, others were done\n  3   none was done, or no summary could be read\n  4   a \
+        shard never reported (--shard I/N runs: its slides are missing)\n  64  invalid \
+        command line"
     )]
     Summary {
         /// The output folder of the runs.
@@ -331,6 +335,11 @@ pub fn run() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
         }
     };
+    // rayon's shared pool (reads outside the decode pool, packing, tissue) sized to this
+    // process's CPUs, as every other pool is: a Slurm task's share, not the node's cores.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(tessera::sys::cpus())
+        .build_global();
     let code = match cli.command {
         Command::Analyze(args) => analyze::run(&args),
         Command::Info(args) => info::run(&args),
@@ -354,7 +363,20 @@ pub fn run() -> ExitCode {
                     rows.len(),
                     out.join("summary.csv").display()
                 );
-                batch_exit_code(rows.len() - failed, rows.len())
+                let missing = tessera::cohort::missing_shards(&out);
+                if missing.is_empty() {
+                    batch_exit_code(rows.len() - failed, rows.len())
+                } else {
+                    let list: Vec<String> =
+                        missing.iter().map(|(i, n)| format!("{i}/{n}")).collect();
+                    eprintln!(
+                        "warning: shard {} never reported (no record under {}): its slides are \
+                         missing from the summary; run it again",
+                        list.join(", "),
+                        out.join(".runs").display()
+                    );
+                    EXIT_SHARD_MISSING
+                }
             }
             Err(e) => {
                 eprintln!("error: {e}");

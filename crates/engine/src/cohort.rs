@@ -33,6 +33,10 @@ pub struct CohortOptions {
     pub force: bool,
     /// `(i, n)`: process every n-th slide starting with the i-th (1-based).
     pub shard: Option<(usize, usize)>,
+    /// Walk the whole list, largest slides first, taking each slide no other worker holds
+    /// (`--claim`): N workers started on the same list finish within about one slide of each
+    /// other, where static shards wait for whichever shard drew the big slides.
+    pub claim: bool,
     /// Locks older than this are taken over (default 24 h).
     pub stale_after: Duration,
 }
@@ -42,6 +46,7 @@ impl Default for CohortOptions {
         Self {
             force: false,
             shard: None,
+            claim: false,
             stale_after: Duration::from_secs(24 * 3600),
         }
     }
@@ -217,6 +222,70 @@ pub fn shard_from_scheduler(
     )
 }
 
+/// `pairs` reordered largest slide first (bytes on disk: a file's size, a folder's files'
+/// total, a MIRAX file's with its companion folder's), ties in their given order.
+pub fn largest_first<T>(pairs: Vec<(PathBuf, T)>) -> Vec<(PathBuf, T)> {
+    let files_in = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let size = |p: &Path| -> u64 {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => files_in(p),
+            Ok(m)
+                if p.extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("mrxs")) =>
+            {
+                m.len() + files_in(&p.with_extension(""))
+            }
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    };
+    let mut sized: Vec<(u64, (PathBuf, T))> = pairs.into_iter().map(|p| (size(&p.0), p)).collect();
+    // Stable: equal sizes keep the sorted list's order.
+    sized.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+    sized.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The shards that never reported: for each shard count N that some run under `OUT/.runs/`
+/// was a shard of, the I/N with no run record. A scheduler task that died before writing its
+/// record (or was never started) shows here; its slides are missing from the summary.
+pub fn missing_shards(out: &Path) -> Vec<(usize, usize)> {
+    let mut seen: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    let files = std::fs::read_dir(out.join(".runs"))
+        .map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for f in files {
+        let name = f.file_name().to_string_lossy().into_owned();
+        // summary-shard-I-of-N-PID.json
+        let Some(rest) = name.strip_prefix("summary-shard-") else {
+            continue;
+        };
+        let mut parts = rest.split('-');
+        let (Some(i), Some("of"), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if let (Ok(i), Ok(n)) = (i.parse::<usize>(), n.parse::<usize>()) {
+            seen.entry(n).or_default().insert(i);
+        }
+    }
+    seen.into_iter()
+        .flat_map(|(n, got)| {
+            (1..=n)
+                .filter(move |i| !got.contains(i))
+                .map(move |i| (i, n))
+        })
+        .collect()
+}
+
 /// The slides of shard `i` of `n` (1-based): every n-th slide from the i-th.
 pub fn shard<T: Clone>(slides: &[T], i: usize, n: usize) -> Vec<T> {
     slides
@@ -313,6 +382,11 @@ pub fn run(
     if let Some((i, n)) = opts.shard {
         pairs = shard(&pairs, i, n);
     }
+    if opts.claim {
+        // Largest first (then in name order): the longest analyses start early, and the last
+        // ones to be claimed are the shortest (the longest-processing-time-first rule).
+        pairs = largest_first(pairs);
+    }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
     let key = run_key(cfg)?;
     let total = pairs.len();
@@ -373,9 +447,10 @@ pub fn run(
         report(&s, k + 1, total);
         statuses.push(s);
     }
-    let tag = match opts.shard {
-        Some((i, n)) => format!("shard-{i}-of-{n}"),
-        None => "all".into(),
+    let tag = match (opts.shard, opts.claim) {
+        (Some((i, n)), _) => format!("shard-{i}-of-{n}"),
+        (None, true) => "claim".into(),
+        (None, false) => "all".into(),
     };
     write_run_summary(&cfg.out, &tag, &statuses)?;
     merge_summaries(&cfg.out)?;
@@ -596,6 +671,49 @@ mod tests {
         assert!(shard_from_scheduler(env(&[]))
             .unwrap_err()
             .contains("needs a job array"));
+    }
+
+    #[test]
+    fn missing_shards_are_those_without_a_run_record() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(missing_shards(t.path()).is_empty());
+        let runs = t.path().join(".runs");
+        std::fs::create_dir_all(&runs).unwrap();
+        for f in [
+            "summary-shard-1-of-3-100.json",
+            "summary-shard-3-of-3-101.json",
+            "summary-shard-3-of-3-102.json",
+            "summary-all-5.json",
+            "summary-claim-7.json",
+            "summary-shard-2-of-2-9.json",
+            "summary-shard-x-of-2-1.json",
+        ] {
+            std::fs::write(runs.join(f), "[]").unwrap();
+        }
+        assert_eq!(missing_shards(t.path()), vec![(1, 2), (2, 3)]);
+    }
+
+    #[test]
+    fn claiming_orders_slides_largest_first_counting_a_mirax_folder() {
+        let t = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: usize| {
+            let p = t.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, vec![0u8; bytes]).unwrap();
+            p
+        };
+        let a = file("a.svs", 10);
+        let b = file("b.svs", 30);
+        let c = file("c.tif", 10);
+        let m = file("m.mrxs", 1);
+        file("m/Data0000.dat", 25);
+        let dcm = t.path().join("series");
+        file("series/1.dcm", 12);
+        file("series/2.dcm", 12);
+        let pairs = vec![(a, 'a'), (b, 'b'), (c, 'c'), (m, 'm'), (dcm, 'd')];
+        let order: String = largest_first(pairs).into_iter().map(|(_, k)| k).collect();
+        // b 30, m 26 (with its folder), the series 24, then a and c (10 each) in given order.
+        assert_eq!(order, "bmdac");
     }
 
     #[test]
