@@ -75,7 +75,7 @@ pub struct AnalyzeArgs {
     /// Output folder; each slide gets OUT/<slide name>/.
     #[arg(long, short, default_value = "tessera-out")]
     out: PathBuf,
-    /// Inference workers (one session each).
+    /// Inference workers, one session each (a run opens at least one per device, two per GPU).
     #[arg(long, default_value_t = 1)]
     workers: usize,
     #[command(flatten)]

@@ -5,7 +5,8 @@
 //! with its status, and `OUT/index.html`, the cohort page linking each slide's report. Folders are searched recursively for known slide extensions; a folder of
 //! DICOM files is one slide, and a MIRAX `.mrxs` file stands for its companion folder.
 //! Slides are sorted, so `--shard I/N` (every N-th slide from the I-th) is deterministic
-//! across machines. A lock file per slide (`OUT/.locks/<name>.lock`, created with
+//! across machines; `--claim` walks the whole list largest first instead, taking what no other
+//! worker holds. A lock file per slide (`OUT/.locks/<name>.lock`, created with
 //! `create_new`) keeps concurrent workers off the same slide; a lock whose process is gone (same
 //! host) or older than the stale age is taken over. A slide whose finished result.json has the
 //! same run key (model and parameters) is skipped unless forced.
@@ -229,7 +230,8 @@ pub fn largest_first<T>(pairs: Vec<(PathBuf, T)>) -> Vec<(PathBuf, T)> {
         std::fs::read_dir(dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())
-                    .filter_map(|e| e.metadata().ok())
+                    // Through symbolic links, as the slide reader goes.
+                    .filter_map(|e| std::fs::metadata(e.path()).ok())
                     .filter(|m| m.is_file())
                     .map(|m| m.len())
                     .sum()
