@@ -386,3 +386,62 @@ fn summary_names_a_shard_that_never_reported() {
     assert_eq!(code(&merged), 2, "{}", stderr(&merged));
     assert_eq!(summary(&out).len(), 4);
 }
+
+/// `docs/slurm-array.sbatch` as an array task runs it (Slurm's variables set by hand; the real
+/// scheduler is not started here): its log lands under OUT/logs/, extra arguments reach
+/// `analyze`, `--shard auto` numbers the shard, and `--claim` among the arguments replaces it.
+#[test]
+fn the_sbatch_script_logs_under_out_and_passes_flags_through() {
+    let tmp = require!(cohort_folder());
+    let dir = tmp.path().join("cohort");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/slurm-array.sbatch");
+    let task = |out: &Path, (job, id): (&str, &str), extra: &[&str]| {
+        let o = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .arg(out)
+            .args([
+                "--inference",
+                "tract",
+                "--mpp",
+                "0.5",
+                "--log-format",
+                "json",
+            ])
+            .args(extra)
+            .env("TESSERA", env!("CARGO_BIN_EXE_tessera"))
+            .env("SLURM_ARRAY_JOB_ID", job)
+            .env("SLURM_ARRAY_TASK_ID", id)
+            .env("SLURM_ARRAY_TASK_MIN", "1")
+            .env("SLURM_ARRAY_TASK_MAX", "2")
+            .env("SLURM_ARRAY_TASK_COUNT", "2")
+            .env("SLURM_CPUS_PER_TASK", "1")
+            .output()
+            .unwrap();
+        let log = std::fs::read_to_string(out.join(format!("logs/tessera-{job}_{id}.log")))
+            .unwrap_or_else(|e| panic!("no log under OUT/logs: {e}"));
+        (o.status.code(), log)
+    };
+    let out = tmp.path().join("out");
+    let mut names = Vec::new();
+    for id in ["1", "2"] {
+        let (_, log) = task(&out, ("77", id), &[]);
+        assert!(log.contains(&format!("shard {id}/2")), "{log}");
+        names.extend(statuses(&log).into_iter().map(|(n, _)| n));
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "CMU-1-Small-Region.svs",
+            "boxes.tiff",
+            "broken.svs",
+            "kidney.tif"
+        ],
+        "the two shards cover the list once"
+    );
+    // --claim (a second job): no shard; the task walks the whole list, all of it done before.
+    let (_, log) = task(&out, ("78", "1"), &["--claim"]);
+    assert!(!log.contains("shard 1/2"), "{log}");
+    assert_eq!(statuses(&log).len(), 4, "{log}");
+}
