@@ -60,6 +60,32 @@ fn run_cohort(dir: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
     run(&cohort_args(dir, out, extra))
 }
 
+/// Starts `n` workers `tessera analyze DIR --out OUT --mpp 0.5 EXTRA... --inference tract
+/// --log-format json` together, waits for all, and returns the names they report done, sorted.
+fn workers_done(dir: &Path, out: &Path, n: usize, extra: &[&str]) -> Vec<String> {
+    let workers: Vec<_> = (0..n)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+                .arg("analyze")
+                .args(cohort_args(dir, out, extra))
+                .args(["--inference", "tract", "--log-format", "json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut done: Vec<String> = workers
+        .into_iter()
+        .map(|w| w.wait_with_output().unwrap())
+        .flat_map(|o| statuses(&String::from_utf8_lossy(&o.stdout)))
+        .filter(|(_, st)| st == "done")
+        .map(|(name, _)| name)
+        .collect();
+    done.sort();
+    done
+}
+
 /// How many status lines have `status`.
 fn count(stdout: &str, status: &str) -> usize {
     statuses(stdout)
@@ -245,36 +271,7 @@ fn two_workers_started_together_analyse_each_slide_once() {
     let tmp = require!(cohort_folder());
     let dir = tmp.path().join("cohort");
     let out = tmp.path().join("out");
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args([
-                OsStr::new("analyze"),
-                dir.as_os_str(),
-                OsStr::new("--out"),
-                out.as_os_str(),
-            ])
-            .args([
-                "--mpp",
-                "0.5",
-                "--inference",
-                "tract",
-                "--log-format",
-                "json",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let (a, b) = (spawn(), spawn());
-    let outputs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
-    let mut done: Vec<String> = outputs
-        .iter()
-        .flat_map(|o| statuses(&String::from_utf8_lossy(&o.stdout)))
-        .filter(|(_, st)| st == "done")
-        .map(|(name, _)| name)
-        .collect();
-    done.sort();
+    let done = workers_done(&dir, &out, 2, &[]);
     assert_eq!(
         done,
         ["CMU-1-Small-Region.svs", "boxes.tiff"],
@@ -313,28 +310,7 @@ fn claiming_workers_take_the_largest_first_and_each_slide_once() {
     assert_eq!(code_both, 64);
 
     let out = tmp.path().join("three");
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .arg("analyze")
-            .args(cohort_args(&dir, &out, &["--claim"]))
-            .args(["--inference", "tract", "--log-format", "json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let workers = [spawn(), spawn(), spawn()];
-    let outputs: Vec<_> = workers
-        .into_iter()
-        .map(|w| w.wait_with_output().unwrap())
-        .collect();
-    let mut done: Vec<String> = outputs
-        .iter()
-        .flat_map(|o| statuses(&String::from_utf8_lossy(&o.stdout)))
-        .filter(|(_, st)| st == "done")
-        .map(|(name, _)| name)
-        .collect();
-    done.sort();
+    let done = workers_done(&dir, &out, 3, &["--claim"]);
     assert_eq!(
         done,
         ["CMU-1-Small-Region.svs", "boxes.tiff"],
