@@ -339,6 +339,74 @@ fn claiming_workers_take_the_largest_first_and_each_slide_once() {
     );
 }
 
+/// A slide that fails is tried once by workers running together: a claiming worker that reaches
+/// it after another failed it reports that failure; a later run tries it again.
+#[test]
+fn concurrent_workers_try_a_failing_slide_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cohort");
+    std::fs::create_dir_all(&dir).unwrap();
+    require!(generate(&dir.join("big.svs"), 6000));
+    let broken = require!(data("corrupt/broken.svs"));
+    std::os::unix::fs::symlink(broken, dir.join("broken.svs")).unwrap();
+    let out = tmp.path().join("out");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("analyze")
+            .args(cohort_args(&dir, &out, &["--claim"]))
+            .args(["--inference", "tract", "--log-format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The first worker takes the big slide (largest first); the second, started once it holds
+    // that lock, finds it locked and fails the corrupt one while the first is still busy.
+    let first = start();
+    let lock = out.join(".locks/big.svs.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !lock.exists() {
+        assert!(std::time::Instant::now() < deadline, "no lock taken");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = start().wait_with_output().unwrap();
+    let first = first.wait_with_output().unwrap();
+    let lines = |o: &std::process::Output| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| {
+                v["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("broken.svs"))
+            })
+            .collect()
+    };
+    let (tried, reported) = (lines(&second), lines(&first));
+    assert_eq!(tried.len(), 1);
+    assert_eq!(tried[0]["status"], "failed");
+    assert!(!tried[0]["reason"].as_str().unwrap().contains("concurrent"));
+    assert_eq!(reported.len(), 1);
+    assert_eq!(reported[0]["status"], "failed");
+    assert!(
+        reported[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed in a concurrent worker: "),
+        "{}",
+        reported[0]
+    );
+    assert_eq!(reported[0]["error_kind"], tried[0]["error_kind"]);
+    // A later run tries it again (the file may have been replaced since).
+    let (_, stdout) = run_cohort(&dir, &out, &["--claim"]);
+    let again: Vec<_> = stdout
+        .lines()
+        .filter(|l| l.contains("broken.svs"))
+        .collect();
+    assert_eq!(again.len(), 1, "{stdout}");
+    assert!(!again[0].contains("concurrent"), "{stdout}");
+}
+
 /// A shard that never reported (its task died, or never ran) is named by `tessera summary`,
 /// which exits 4; once it has run, the summary's own code returns.
 #[test]

@@ -196,6 +196,24 @@ pub const DENSE_TINY: [&str; 7] = [
     "32",
 ];
 
+/// `tessera generate PATH --width WIDTH --mpp 0.5` from the shared TCGA H&E region: a synthetic
+/// Aperio slide of real tissue (None, having printed why, without the shared data).
+pub fn generate(path: &std::path::Path, width: u32) -> Option<()> {
+    let source = data("images/tcga-regions/TCGA-HE-7130-01Z-00-DX1.png")?;
+    let o = tessera_str(&[
+        "generate",
+        path.to_str().unwrap(),
+        "--width",
+        &width.to_string(),
+        "--mpp",
+        "0.5",
+        "--source",
+        source.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    Some(())
+}
+
 /// Deterministic pseudo-random bytes (xorshift; `x` must not be 0).
 pub fn noise(n: usize, mut x: u64) -> Vec<u8> {
     (0..n)

@@ -9,7 +9,10 @@
 //! worker holds. A lock file per slide (`OUT/.locks/<name>.lock`, created with
 //! `create_new`) keeps concurrent workers off the same slide; a lock whose process is gone (same
 //! host) or older than the stale age is taken over. A slide whose finished result.json has the
-//! same run key (model and parameters) is skipped unless forced.
+//! same run key (model and parameters) is skipped unless forced. A slide that fails leaves
+//! `OUT/.failed/<name>.json` (its status, written before its lock is released): a worker that
+//! was already running when it was written reports that failure instead of trying the slide
+//! again, so concurrent workers try an unreadable slide once; a later run tries it afresh.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -342,6 +345,21 @@ fn lock(out: &Path, name: &str, stale_after: Duration) -> Result<Option<crate::l
     crate::lockfile::try_take(&dir.join(format!("{name}.lock")), |p| stale(p, stale_after))
 }
 
+/// Where a failed slide's status is kept for the workers running beside the one that failed it.
+fn failure_marker(out: &Path, name: &str) -> PathBuf {
+    out.join(".failed").join(format!("{name}.json"))
+}
+
+/// The failure of `name` recorded by another worker after `since` (this worker's start), if any.
+fn failed_meanwhile(out: &Path, name: &str, since: SystemTime) -> Option<SlideStatus> {
+    let path = failure_marker(out, name);
+    let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+    if written < since {
+        return None;
+    }
+    serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()
+}
+
 /// Is `OUT/<name>/result.json` complete and made with `key`?
 fn up_to_date(out: &Path, name: &str, key: &str) -> bool {
     SlideResult::read(&out.join(name).join("result.json")).is_ok_and(|r| r.run_key == key)
@@ -391,6 +409,7 @@ pub fn run(
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
     let key = run_key(cfg)?;
+    let started = SystemTime::now();
     let total = pairs.len();
     let mut statuses = Vec::with_capacity(total);
     // The model is loaded once, for the first slide that needs it.
@@ -412,14 +431,19 @@ pub fn run(
                     s.reason = "another worker is analysing it".into();
                 }
                 Some(_held) => {
-                    // Another worker may have finished it while we waited for the lock.
+                    // Another worker may have finished it while we waited for the lock, or
+                    // failed it since this worker started.
                     if !opts.force && up_to_date(&cfg.out, &name, &key) {
                         skipped(&mut s, &cfg.out);
+                    } else if let Some(f) = failed_meanwhile(&cfg.out, &name, started) {
+                        s.reason = format!("failed in a concurrent worker: {}", f.reason);
+                        s.error_kind = f.error_kind;
                     } else {
                         let opts = AnalyzeOptions {
                             name: Some(&name),
                             model: Some(&mut model),
                         };
+                        let marker = failure_marker(&cfg.out, &name);
                         match analyze(&path, cfg, opts) {
                             Ok(r) => {
                                 s.status = Status::Done;
@@ -435,11 +459,18 @@ pub fn run(
                                 }
                                 s.output = Some(r.folder);
                                 s.reason = r.warnings.join("; ");
+                                let _ = std::fs::remove_file(&marker);
                             }
                             Err(e) => {
                                 s.status = Status::Failed;
                                 s.reason = e.to_string();
                                 s.error_kind = Some(e.kind().to_string());
+                                // Without the marker (OUT not writable) a concurrent worker
+                                // only tries the slide again.
+                                if let Some(dir) = marker.parent() {
+                                    let _ = std::fs::create_dir_all(dir);
+                                }
+                                let _ = crate::output::write_json(&marker, &s);
                             }
                         }
                     }
