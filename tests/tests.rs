@@ -20,5 +20,6 @@ mod qc;
 mod report;
 mod serve;
 mod slides;
+mod slurm;
 mod tissue;
 mod watch;
