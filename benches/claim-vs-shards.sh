@@ -3,12 +3,17 @@
 # 50,000², eleven 10,000²) analysed by 2 workers started together, first as `--shard 1/2` and
 # `--shard 2/2`, then as two `--claim` workers. Prints each way's wall time, each worker's
 # finishing time and the straggler gap (last worker's finish minus the first's), and the
-# ratio of wall times. Slurm is not needed: a job array starts the same two commands, each
-# task on its own CPUs (emulated with taskset and SLURM_CPUS_PER_TASK).
+# ratio of wall times. Without Slurm each worker is a process on its own CPUs (taskset and
+# SLURM_CPUS_PER_TASK, as an array task has); with SLURM=1 the workers are the tasks of
+# `sbatch --array=1-WORKERS docs/slurm-array.sbatch` on a one-node Slurm cluster started for the
+# run (tests/slurm-cluster.sh: munged, slurmctld, slurmd as plain processes; each task bound to
+# its CPUs by task/affinity), a worker's finishing time is its log's last write, and the wall
+# time runs from submission to the last task's end.
 #
-#   bash benches/claim-vs-shards.sh        # BIG=50000 SMALL=10000 COUNT=12 WORKERS=2 PIN=1
+#   bash benches/claim-vs-shards.sh        # BIG=50000 SMALL=10000 COUNT=12 WORKERS=2 PIN=1 SLURM=0
 #
-# Needs: Rust and the shared test data (the two TCGA regions the slides are made from).
+# Needs: Rust and the shared test data (the two TCGA regions the slides are made from); with
+# SLURM=1, root and Debian's slurm-wlm and munge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${BENCH_DIR:-/tmp/tessera-claim}
@@ -36,6 +41,33 @@ pin() { # worker index -> "taskset -c FIRST-LAST" (nothing when PIN=0 or no task
   echo "taskset -c $first-$(( first + per - 1 ))"
 }
 
+if [ "${SLURM:-0}" = 1 ]; then
+  bash tests/slurm-cluster.sh start "$B/slurm" "$(nproc)" >/dev/null
+  trap 'bash tests/slurm-cluster.sh stop "$B/slurm"' EXIT
+  export SLURM_CONF=$B/slurm/slurm.conf TESSERA=$T
+fi
+
+# slurm_way NAME ARGS: one array of WORKERS tasks, each task given ARGS; prints "wall first last".
+slurm_way() {
+  local name=$1; shift
+  local out=$B/out-$name start job script
+  script=$(pwd)/docs/slurm-array.sbatch
+  rm -rf "$out"
+  start=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  job=$(cd "$B" && sbatch --parsable --wait --array=1-"$WORKERS" --cpus-per-task="$per" \
+    --mem=4G "$script" "$B/cohort" "$out" --log-format json $1 || true)
+  job=${job%%;*}
+  # A task's log gets a line as each slide ends: its last write is when the task finished.
+  # (sbatch --wait itself returns up to tens of seconds late: it polls with growing intervals.)
+  python3 - "$start" "$out"/logs/tessera-"$job"_*.log <<'EOF'
+import os, sys
+start = float(sys.argv[1])
+ends = sorted(os.stat(f).st_mtime - start for f in sys.argv[2:])
+print(f"{ends[-1]:.1f} {ends[0]:.1f} {ends[-1]:.1f}")
+EOF
+}
+
 # way NAME ARGS-PER-WORKER...: starts the workers together; prints "wall first last".
 way() {
   local name=$1; shift
@@ -60,10 +92,17 @@ EOF
 
 shards=(); claims=()
 for i in $(seq 1 "$WORKERS"); do shards+=("--shard $i/$WORKERS"); claims+=("--claim"); done
-echo "== static shards" >&2
-read -r s_wall s_first s_last <<<"$(way shards "${shards[@]}")"
-echo "== --claim" >&2
-read -r c_wall c_first c_last <<<"$(way claim "${claims[@]}")"
+if [ "${SLURM:-0}" = 1 ]; then
+  echo "== static shards (sbatch --array, --shard auto)" >&2
+  read -r s_wall s_first s_last <<<"$(slurm_way shards "")"
+  echo "== --claim (sbatch --array ... --claim)" >&2
+  read -r c_wall c_first c_last <<<"$(slurm_way claim --claim)"
+else
+  echo "== static shards" >&2
+  read -r s_wall s_first s_last <<<"$(way shards "${shards[@]}")"
+  echo "== --claim" >&2
+  read -r c_wall c_first c_last <<<"$(way claim "${claims[@]}")"
+fi
 echo
 echo "| workers share by | wall s | first worker done s | last worker done s | straggler gap s |"
 echo "|---|---|---|---|---|"

@@ -7,7 +7,9 @@
 #   tests/slurm-cluster.sh stop DIR         # stops every daemon it started, by the PIDs it recorded
 #
 # The node declares CPUS processors whatever the machine has (config_overrides), so that three
-# one-CPU array tasks can run at once on a two-core CI machine. Run as root (slurmd starts jobs
+# one-CPU array tasks can run at once on a two-core CI machine; when CPUS is no more than the
+# machine has, each task is bound to the CPUs it was given (task/affinity), as on a real cluster,
+# and otherwise shares them all (task/none). Run as root (slurmd starts jobs
 # as their submitting user); exits 2 with a reason when something is missing or does not start.
 set -euo pipefail
 
@@ -62,6 +64,8 @@ for _ in $(seq 50); do [ -S "$DIR/munge/munge.sock" ] && break; sleep 0.1; done
 [ -S "$DIR/munge/munge.sock" ] || fail "munged did not start: $(cat "$DIR/munged.out" "$DIR/munge/munged.log" 2>/dev/null)"
 
 HOST=$(hostname -s)
+TASK=task/none
+[ "$CPUS" -le "$(nproc --all)" ] && TASK=task/affinity
 MEM=$(awk '/MemTotal/ { print int($2 / 1024 / 2) }' /proc/meminfo)
 cat >"$DIR/slurm.conf" <<EOF
 ClusterName=tessera-test
@@ -82,7 +86,7 @@ SlurmdLogFile=$DIR/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=$TASK
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
