@@ -320,7 +320,9 @@ fn model_folder(onnx: &Path) -> (tempfile::TempDir, PathBuf) {
     std::fs::create_dir(&dir).unwrap();
     std::fs::copy(onnx, dir.join("model.onnx")).unwrap();
     std::fs::copy(
-        tessera::pipeline::default_model_dir().join("config.json"),
+        tessera::pipeline::default_model_dir()
+            .unwrap()
+            .join("config.json"),
         dir.join("config.json"),
     )
     .unwrap();
@@ -458,7 +460,9 @@ fn the_committed_default_model_is_what_its_script_builds() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("model.onnx");
     require!(build_model(&[OsStr::new("--out"), out.as_os_str()]));
-    let committed = tessera::pipeline::default_model_dir().join("model.onnx");
+    let committed = tessera::pipeline::default_model_dir()
+        .unwrap()
+        .join("model.onnx");
     assert!(
         std::fs::read(&out).unwrap() == std::fs::read(&committed).unwrap(),
         "models/he-cellularity/model.onnx differs from build.py's output: rebuild it"
@@ -469,7 +473,11 @@ fn the_committed_default_model_is_what_its_script_builds() {
 fn a_fixed_batch_model_is_fed_padded_batches() {
     let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
     let tmp = tempfile::tempdir().unwrap();
-    let (_keep, model) = model_folder(&tessera::pipeline::default_model_dir().join("model.onnx"));
+    let (_keep, model) = model_folder(
+        &tessera::pipeline::default_model_dir()
+            .unwrap()
+            .join("model.onnx"),
+    );
     require!(build_model(&[
         OsStr::new("--batch"),
         OsStr::new("3"),

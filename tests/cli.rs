@@ -615,9 +615,10 @@ fn version_names_the_commit_and_the_features() {
 }
 
 /// A binary copied elsewhere (shared storage, an install prefix) finds the default model
-/// beside it, before the source tree's; an absent one is an error naming where it looked.
+/// beside it, before the copy built into it; without one beside it, it unpacks the built-in
+/// copy into its cache folder; TESSERA_MODELS naming a folder without the model is an error.
 #[test]
-fn a_copied_binary_finds_the_default_model_beside_it() {
+fn a_copied_binary_finds_the_default_model_beside_it_or_built_in() {
     let svs = require!(data("slides/aperio/CMU-1-Small-Region.svs"));
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("bin");
@@ -625,7 +626,7 @@ fn a_copied_binary_finds_the_default_model_beside_it() {
     std::fs::create_dir_all(&models).unwrap();
     let exe = bin.join("tessera");
     std::fs::copy(env!("CARGO_BIN_EXE_tessera"), &exe).unwrap();
-    let source = tessera::pipeline::default_model_dir();
+    let source = tessera::pipeline::default_model_dir().unwrap();
     for f in ["model.onnx", "config.json"] {
         std::fs::copy(source.join(f), models.join(f)).unwrap();
     }
@@ -635,11 +636,13 @@ fn a_copied_binary_finds_the_default_model_beside_it() {
         serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     config["tessera"]["description"] = "the copy beside the binary".into();
     std::fs::write(&cfg, config.to_string()).unwrap();
+    let cache = tmp.path().join("cache");
     let analyze = |out: &std::path::Path, models_env: Option<&std::path::Path>| {
         let mut c = std::process::Command::new(&exe);
         c.args([OsStr::new("analyze"), svs.as_os_str(), OsStr::new("--out")])
             .arg(out)
             .args(["--inference", "tract", "--quiet"])
+            .env("XDG_CACHE_HOME", &cache)
             .env_remove("TESSERA_MODELS");
         if let Some(m) = models_env {
             c.env("TESSERA_MODELS", m);
@@ -656,6 +659,40 @@ fn a_copied_binary_finds_the_default_model_beside_it() {
     assert_eq!(
         result["model"]["config"]["tessera"]["description"],
         "the copy beside the binary"
+    );
+    assert!(!cache.exists(), "nothing unpacked when a folder is found");
+    // No folder beside it: the built-in copy, unpacked under XDG_CACHE_HOME.
+    std::fs::remove_dir_all(bin.join("models")).unwrap();
+    let o = analyze(&tmp.path().join("built-in"), None);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let result: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            tmp.path()
+                .join("built-in/CMU-1-Small-Region.svs/result.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["model"]["name"], "he-cellularity");
+    let committed = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/he-cellularity/model.onnx"),
+    )
+    .unwrap();
+    let unpacked: Vec<_> = std::fs::read_dir(cache.join("tessera"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("he-cellularity"))
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    assert_eq!(
+        std::fs::read(unpacked[0].join("model.onnx")).unwrap(),
+        committed
+    );
+    assert_eq!(
+        result["model"]["config"]["tessera"]["description"],
+        serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(unpacked[0].join("config.json")).unwrap()
+        )
+        .unwrap()["tessera"]["description"]
     );
     // TESSERA_MODELS names a folder without the model: an error saying where it looked.
     let empty = tmp.path().join("empty");

@@ -1081,7 +1081,7 @@ fn without_a_named_positive_class_the_viewer_uses_the_reports() {
     let t = tempfile::tempdir().unwrap();
     let model = t.path().join("model");
     std::fs::create_dir_all(&model).unwrap();
-    let bundled = tessera::pipeline::default_model_dir();
+    let bundled = tessera::pipeline::default_model_dir().unwrap();
     std::fs::copy(bundled.join("model.onnx"), model.join("model.onnx")).unwrap();
     let mut config: Value =
         serde_json::from_slice(&std::fs::read(bundled.join("config.json")).unwrap()).unwrap();

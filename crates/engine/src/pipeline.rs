@@ -251,10 +251,10 @@ impl Default for AnalyzeConfig {
     }
 }
 
-/// Where the default model is looked for, in order: `$TESSERA_MODELS` when set (then nowhere
-/// else), `models/` beside the executable, `../share/tessera/models` beside it (an install
-/// prefix: `bin/tessera` and `share/tessera/models/`), and the source tree's `models/` (a build
-/// in place).
+/// Where a default model folder is looked for, in order: `$TESSERA_MODELS` when set (then
+/// nowhere else), `models/` beside the executable, and `../share/tessera/models` beside it (an
+/// install prefix: `bin/tessera` and `share/tessera/models/`). Without one the copy built into
+/// the binary is used ([`crate::model::bundled`]).
 pub fn default_model_roots() -> Vec<PathBuf> {
     if let Some(root) = std::env::var_os("TESSERA_MODELS") {
         return vec![PathBuf::from(root)];
@@ -267,46 +267,43 @@ pub fn default_model_roots() -> Vec<PathBuf> {
         roots.push(bin.join("models"));
         roots.push(bin.join("../share/tessera/models"));
     }
-    // The workspace root's models/ (this crate lives in crates/engine).
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    roots.push(here.ancestors().nth(2).unwrap_or(here).join("models"));
     roots
 }
 
 /// The default model folder: `he-cellularity` in the first of [`default_model_roots`] that
-/// holds one (the last of them when none does, so that an error names a path).
-pub fn default_model_dir() -> PathBuf {
+/// holds one, else the built-in copy, unpacked. With `$TESSERA_MODELS` set and no model in it,
+/// an error naming the folder and how to point Tessera at a model.
+pub fn default_model_dir() -> Result<PathBuf> {
+    let name = crate::model::bundled::NAME;
     let roots = default_model_roots();
-    roots
+    if let Some(dir) = roots
         .iter()
-        .map(|r| r.join("he-cellularity"))
+        .map(|r| r.join(name))
         .find(|d| d.join("config.json").is_file())
-        .unwrap_or_else(|| roots[roots.len() - 1].join("he-cellularity"))
-}
-
-/// The model folder `cfg` names, or the default one; an absent default model is an error
-/// naming every place looked and how to point Tessera at it.
-fn model_dir(cfg: &AnalyzeConfig) -> Result<PathBuf> {
-    if let Some(m) = &cfg.model {
-        return Ok(m.clone());
-    }
-    let dir = default_model_dir();
-    if dir.join("config.json").is_file() {
+    {
         return Ok(dir);
     }
-    let looked: Vec<String> = default_model_roots()
-        .iter()
-        .map(|r| r.join("he-cellularity").display().to_string())
-        .collect();
-    Err(Error::InvalidInput {
-        path: dir,
-        reason: format!(
-            "the default model was not found (looked in: {}); give --model DIR, set \
-             TESSERA_MODELS to a folder holding he-cellularity/, or copy the source tree's \
-             models/ beside the tessera binary",
-            looked.join("; ")
-        ),
-    })
+    if let Some(root) = std::env::var_os("TESSERA_MODELS") {
+        let dir = PathBuf::from(root).join(name);
+        return Err(Error::InvalidInput {
+            reason: format!(
+                "the default model was not found in TESSERA_MODELS ({}); give --model DIR, \
+                 point TESSERA_MODELS at a folder holding {name}/, or unset it to use the \
+                 model built into tessera",
+                dir.display()
+            ),
+            path: dir,
+        });
+    }
+    crate::model::bundled::unpack()
+}
+
+/// The model folder `cfg` names, or the default one.
+fn model_dir(cfg: &AnalyzeConfig) -> Result<PathBuf> {
+    match &cfg.model {
+        Some(m) => Ok(m.clone()),
+        None => default_model_dir(),
+    }
 }
 
 /// The `.onnx` file itself, or the only `.onnx` file in a folder.
@@ -2420,7 +2417,8 @@ mod tests {
     use super::*;
 
     fn key(cfg: &AnalyzeConfig) -> String {
-        let folder = ModelFolder::load(&default_model_dir()).expect("the bundled model loads");
+        let folder =
+            ModelFolder::load(&default_model_dir().unwrap()).expect("the bundled model loads");
         run_key_for(&folder, None, cfg).expect("a run key")
     }
 
@@ -2511,7 +2509,7 @@ mod tests {
         }
         let neutral: Vec<(&str, Change)> = vec![
             ("out", |c| c.out = "/elsewhere".into()),
-            ("model", |c| c.model = Some(default_model_dir())),
+            ("model", |c| c.model = Some(default_model_dir().unwrap())),
             ("inference", |c| c.inference = InferenceChoice::Tract),
             ("device.device", |c| {
                 c.device.device = crate::model::Device::Cpu
@@ -2544,7 +2542,8 @@ mod tests {
     /// `#[serde(skip)]` is in it: every serialized leaf, changed, changes the key.
     #[test]
     fn the_run_key_covers_every_serialized_setting() {
-        let folder = ModelFolder::load(&default_model_dir()).expect("the bundled model loads");
+        let folder =
+            ModelFolder::load(&default_model_dir().unwrap()).expect("the bundled model loads");
         let settings = serde_json::to_value(AnalyzeConfig::default()).expect("serializable");
         let digest = |s: &serde_json::Value| key_of(&folder, None, s);
         assert_eq!(digest(&settings), key(&AnalyzeConfig::default()));

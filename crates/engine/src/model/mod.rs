@@ -11,6 +11,7 @@
 //! `ort` (loaded at run time; see [`ort_backend`]) and `tract`, pure Rust, always available.
 //! `auto` takes ONNX Runtime when it loads and tract otherwise, and says which it chose.
 
+pub mod bundled;
 pub mod config;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
