@@ -4,6 +4,7 @@
 //! need OpenSlide, print why they skip when it is absent, and fail when `CI=true`.
 
 mod browser;
+mod container;
 mod orthanc;
 mod util;
 
