@@ -360,8 +360,8 @@ fn concurrent_workers_try_a_failing_slide_once() {
             .spawn()
             .unwrap()
     };
-    // The first worker takes the big slide (largest first); the second, started once it holds
-    // that lock, finds it locked and fails the corrupt one while the first is still busy.
+    // The first worker takes the big slide (largest first) and is held there (SIGSTOP: still a
+    // live lock holder); the second finds it locked and fails the corrupt one meanwhile.
     let first = start();
     let lock = out.join(".locks/big.svs.lock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -369,7 +369,17 @@ fn concurrent_workers_try_a_failing_slide_once() {
         assert!(std::time::Instant::now() < deadline, "no lock taken");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &first.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
     let second = start().wait_with_output().unwrap();
+    signal("-CONT");
     let first = first.wait_with_output().unwrap();
     let lines = |o: &std::process::Output| -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&o.stdout)

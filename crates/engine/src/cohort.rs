@@ -9,10 +9,13 @@
 //! worker holds. A lock file per slide (`OUT/.locks/<name>.lock`, created with
 //! `create_new`) keeps concurrent workers off the same slide; a lock whose process is gone (same
 //! host) or older than the stale age is taken over. A slide whose finished result.json has the
-//! same run key (model and parameters) is skipped unless forced. A slide that fails leaves
+//! same run key (model and parameters) is skipped unless forced. A slide that fails for a reason
+//! of its own (corrupt, unsupported, undecodable…; not a worker's device, model or disk) leaves
 //! `OUT/.failed/<name>.json` (its status, written before its lock is released): a worker that
 //! was already running when it was written reports that failure instead of trying the slide
-//! again, so concurrent workers try an unreadable slide once; a later run tries it afresh.
+//! again, so concurrent workers try an unreadable slide once; a later run tries it afresh. Both
+//! times come from OUT's file system clock (a worker stamps its start there), so workers on
+//! machines whose clocks differ agree.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -350,6 +353,19 @@ fn failure_marker(out: &Path, name: &str) -> PathBuf {
     out.join(".failed").join(format!("{name}.json"))
 }
 
+/// This worker's start by OUT's file system clock (the one that dates failure records): the
+/// time a file created there now gets; the local clock when none can be created.
+fn start_stamp(out: &Path) -> SystemTime {
+    let stamp = out
+        .join(".failed")
+        .join(format!(".start-{}", std::process::id()));
+    let by_fs = std::fs::create_dir_all(out.join(".failed"))
+        .and_then(|_| std::fs::write(&stamp, b""))
+        .and_then(|_| std::fs::metadata(&stamp)?.modified());
+    let _ = std::fs::remove_file(&stamp);
+    by_fs.unwrap_or_else(|_| SystemTime::now())
+}
+
 /// The failure of `name` recorded by another worker after `since` (this worker's start), if any.
 fn failed_meanwhile(out: &Path, name: &str, since: SystemTime) -> Option<SlideStatus> {
     let path = failure_marker(out, name);
@@ -409,7 +425,7 @@ pub fn run(
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::from_io(&cfg.out, e))?;
     let key = run_key(cfg)?;
-    let started = SystemTime::now();
+    let started = start_stamp(&cfg.out);
     let total = pairs.len();
     let mut statuses = Vec::with_capacity(total);
     // The model is loaded once, for the first slide that needs it.
@@ -465,12 +481,13 @@ pub fn run(
                                 s.status = Status::Failed;
                                 s.reason = e.to_string();
                                 s.error_kind = Some(e.kind().to_string());
-                                // Without the marker (OUT not writable) a concurrent worker
-                                // only tries the slide again.
-                                if let Some(dir) = marker.parent() {
-                                    let _ = std::fs::create_dir_all(dir);
+                                // Only the slide's own failures: another worker, on another
+                                // machine, may well read a slide this one could not. Without
+                                // the marker (OUT not writable) a concurrent worker only tries
+                                // the slide again.
+                                if e.is_the_slides_own() {
+                                    let _ = crate::output::write_json(&marker, &s);
                                 }
-                                let _ = crate::output::write_json(&marker, &s);
                             }
                         }
                     }

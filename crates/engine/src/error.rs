@@ -166,6 +166,21 @@ impl Error {
         }
     }
 
+    /// Is this failure the slide's own — the same on any machine (a corrupt, unsupported or
+    /// oversized file, a tile that does not decode, no MPP) — rather than this worker's (its
+    /// device, model, disk, libraries or network)?
+    pub fn is_the_slides_own(&self) -> bool {
+        matches!(
+            self.kind(),
+            "corrupt"
+                | "not_a_slide"
+                | "unsupported"
+                | "tile_decode"
+                | "limit_exceeded"
+                | "missing_mpp"
+        )
+    }
+
     /// A short, stable name of the variant, used in JSON output (`"kind"`); a slide error
     /// gives the slide layer's own kind.
     pub fn kind(&self) -> &'static str {
