@@ -9,8 +9,9 @@
 //! is always what was compiled in.
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -46,15 +47,13 @@ fn content_hash() -> String {
     format!("{:x}", h.finalize())[..16].to_string()
 }
 
-/// The per-user cache folder, when it can be created.
+/// The per-user cache folder (not created here).
 fn user_cache() -> Option<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(x) if !x.is_empty() => PathBuf::from(x),
         _ => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
     };
-    let dir = base.join("tessera");
-    std::fs::create_dir_all(&dir).ok()?;
-    Some(dir)
+    Some(base.join("tessera"))
 }
 
 /// `tessera-<uid>` in the temporary folder: this user's own, private.
@@ -63,11 +62,10 @@ fn private_temp() -> Result<PathBuf> {
         .map(|m| m.uid())
         .map_err(|e| Error::from_io(Path::new("/proc/self"), e))?;
     let dir = std::env::temp_dir().join(format!("tessera-{uid}"));
-    match std::fs::create_dir(&dir) {
-        Ok(()) => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::from_io(&dir, e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::from_io(&dir, e)),
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(Error::from_io(&dir, e));
+        }
     }
     let m = std::fs::symlink_metadata(&dir).map_err(|e| Error::from_io(&dir, e))?;
     if !m.is_dir() || m.uid() != uid || m.mode() & 0o022 != 0 {
@@ -81,23 +79,42 @@ fn private_temp() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes `bytes` to `path` through a temporary file renamed into place.
+/// Writes `bytes` to `path` through a temporary file of its own (created exclusively, named by
+/// process, a counter and the time: threads and hosts sharing the folder never share one),
+/// renamed into place.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::from_io(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::from_io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::from_io(path, e))
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::from_io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::from_io(path, e)
+    })
 }
 
-/// The built-in model's folder, unpacked (or checked) now.
+/// The built-in model's folder, unpacked (or checked) now: in the user's cache, else (it
+/// cannot be written there) in the private temporary folder.
 pub fn unpack() -> Result<PathBuf> {
-    let root = match user_cache() {
-        Some(dir) => dir,
-        None => private_temp()?,
-    };
-    unpack_into(&root)
+    match user_cache().map(|c| unpack_into(&c)) {
+        Some(Ok(dir)) => Ok(dir),
+        _ => unpack_into(&private_temp()?),
+    }
 }
 
 /// [`unpack`] under `root`.
@@ -129,5 +146,25 @@ mod tests {
         std::fs::write(dir.join("model.onnx"), b"not a model").unwrap();
         assert_eq!(unpack_into(tmp.path()).unwrap(), dir);
         assert_eq!(std::fs::read(dir.join("model.onnx")).unwrap(), FILES[1].1);
+    }
+
+    #[test]
+    fn threads_unpacking_together_all_get_whole_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| unpack_into(tmp.path())))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
+        });
+        assert!(dirs.iter().all(|d| *d == dirs[0]));
+        for (name, bytes) in FILES {
+            assert_eq!(std::fs::read(dirs[0].join(name)).unwrap(), bytes);
+        }
+        // No temporary file is left beside them.
+        assert_eq!(std::fs::read_dir(&dirs[0]).unwrap().count(), FILES.len());
     }
 }
