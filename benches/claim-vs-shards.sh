@@ -19,6 +19,8 @@ cd "$(dirname "$0")/.."
 B=${BENCH_DIR:-/tmp/tessera-claim}
 BIG=${BIG:-50000} SMALL=${SMALL:-10000} COUNT=${COUNT:-12} WORKERS=${WORKERS:-2}
 if [ -n "${TESSERA:-}" ]; then T=$TESSERA; else cargo build --release --quiet; T=target/release/tessera; fi
+# Absolute: the Slurm tasks start in another folder.
+T=$(realpath "$T")
 DATA=${TESSERA_TESTDATA:-../shared/testdata}/images/tcga-regions
 SRC=(--source "$DATA/TCGA-HE-7130-01Z-00-DX1.png" --source "$DATA/target_image.png")
 mkdir -p "$B/cohort"
@@ -42,9 +44,11 @@ pin() { # worker index -> "taskset -c FIRST-LAST" (nothing when PIN=0 or no task
 }
 
 if [ "${SLURM:-0}" = 1 ]; then
-  bash tests/slurm-cluster.sh start "$B/slurm" "$(nproc)" >/dev/null
-  trap 'bash tests/slurm-cluster.sh stop "$B/slurm"' EXIT
-  export SLURM_CONF=$B/slurm/slurm.conf TESSERA=$T
+  # The cluster's own fresh folder (its daemons run as root from what is written there).
+  SLURM_DIR=$(mktemp -d)/slurm
+  bash tests/slurm-cluster.sh start "$SLURM_DIR" "$(nproc)" >/dev/null
+  trap 'bash tests/slurm-cluster.sh stop "$SLURM_DIR"' EXIT
+  export SLURM_CONF=$SLURM_DIR/slurm.conf TESSERA=$T
 fi
 
 # slurm_way NAME ARGS: one array of WORKERS tasks, each task given ARGS; prints "wall first last".
@@ -55,9 +59,16 @@ slurm_way() {
   rm -rf "$out"
   start=$(date +%s.%N)
   # shellcheck disable=SC2086
+  local code=0
   job=$(cd "$B" && sbatch --parsable --wait --array=1-"$WORKERS" --cpus-per-task="$per" \
-    --mem=4G "$script" "$B/cohort" "$out" --log-format json $1 || true)
+    --mem=1G "$script" "$B/cohort" "$out" --log-format json $1) || code=$?
   job=${job%%;*}
+  # 0, or 2 when some slide failed; anything else (the job refused, tessera not run) is no timing.
+  if [ -z "$job" ] || { [ "$code" != 0 ] && [ "$code" != 2 ]; }; then
+    echo "sbatch failed (exit $code); the task logs:" >&2
+    cat "$out"/logs/*.log >&2 2>/dev/null || true
+    exit 1
+  fi
   # A task's log gets a line as each slide ends: its last write is when the task finished.
   # (sbatch --wait itself returns up to tens of seconds late: it polls with growing intervals.)
   python3 - "$start" "$out"/logs/tessera-"$job"_*.log <<'EOF'

@@ -18,6 +18,14 @@ DIR=${2:?usage: slurm-cluster.sh start DIR CPUS | stop DIR}
 
 stop() {
     local pid
+    # Jobs first (their slurmstepd and tessera outlive slurmd), while slurmctld still answers.
+    if [ -f "$DIR/slurm.conf" ] && [ -f "$DIR/slurmctld.pid" ]; then
+        SLURM_CONF=$DIR/slurm.conf scancel --quiet --full --signal=KILL --user="$(id -un)" 2>/dev/null || true
+        for _ in $(seq 50); do
+            [ -z "$(SLURM_CONF=$DIR/slurm.conf squeue -h 2>/dev/null)" ] && break
+            sleep 0.2
+        done
+    fi
     for name in slurmd slurmctld munged; do
         [ -f "$DIR/$name.pid" ] || continue
         pid=$(cat "$DIR/$name.pid")
@@ -36,13 +44,17 @@ fi
 CPUS=${3:?usage: slurm-cluster.sh start DIR CPUS}
 
 fail() { echo "slurm-cluster: $*" >&2; stop; exit 2; }
-for b in munged mungekey slurmctld slurmd sinfo; do
+for b in munged mungekey slurmctld slurmd sinfo python3; do
     command -v "$b" >/dev/null || PATH=$PATH:/usr/sbin:/sbin command -v "$b" >/dev/null \
         || fail "$b not found (apt-get install munge slurm-wlm)"
 done
 export PATH=$PATH:/usr/sbin:/sbin
 [ "$(id -u)" = 0 ] || fail "slurmd must run as root to start jobs"
 
+# The daemons run as root from what is written here: a folder someone else made is refused.
+if [ -e "$DIR" ] && { [ ! -d "$DIR" ] || [ ! -O "$DIR" ]; }; then
+    fail "$DIR exists and is not a folder of this user's"
+fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 chmod 700 "$DIR"
