@@ -726,3 +726,155 @@ fn watch_analyses_a_series_stored_after_start_exactly_once() {
         .count();
     assert_eq!(segs, 1, "{series}");
 }
+
+/// A frame cut short in the archive (level 0's largest, so certainly read): the analysis fails
+/// with a typed error naming the archive, leaves no result folder and stores nothing back.
+#[test]
+fn a_truncated_frame_in_the_archive_fails_the_slide_and_stores_nothing() {
+    let folder = require!(data("slides/dicom/cmu-1-small-region"));
+    require!(python_with(&["pydicom"]));
+    let orthanc = require!(Orthanc::start(None));
+    let tmp = tempfile::tempdir().unwrap();
+    let damaged = tmp.path().join("level-0.dcm");
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, pydicom\n\
+             from pydicom.encaps import generate_frames, encapsulate\n\
+             ds = pydicom.dcmread(sys.argv[1])\n\
+             frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))\n\
+             k = max(range(len(frames)), key=lambda i: len(frames[i]))\n\
+             frames[k] = frames[k][: len(frames[k]) // 2]\n\
+             ds.PixelData = encapsulate(frames)\n\
+             ds.save_as(sys.argv[2])\n",
+        )
+        .arg(folder.join("level-0-frames-0-30.dcm"))
+        .arg(&damaged)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for e in std::fs::read_dir(&folder).unwrap() {
+        let p = e.unwrap().path();
+        if !p.ends_with("level-0-frames-0-30.dcm") {
+            orthanc.upload(&p);
+        }
+    }
+    orthanc.upload(&damaged);
+    let (study, _) = uids(&open_as(&folder, BackendChoice::Native));
+    let out = tmp.path().join("out");
+    let o = tessera_str(&[
+        "analyze",
+        &orthanc.slide_url(&study, None),
+        "--out",
+        out.to_str().unwrap(),
+        "--inference",
+        "tract",
+        "--dicomweb-store",
+        &orthanc.dicomweb(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 3, "{err}");
+    assert!(
+        err.contains("http://127.0.0.1") && err.contains("JPEG"),
+        "{err}"
+    );
+    assert!(
+        !out.join(&study).exists(),
+        "a failed slide leaves no folder"
+    );
+    let modalities: Vec<serde_json::Value> = orthanc
+        .rest("/series?expand")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["MainDicomTags"]["Modality"].clone())
+        .collect();
+    assert_eq!(modalities, ["SM"], "nothing stored back");
+}
+
+/// A series still being written (its instances arriving one by one, the full-resolution level
+/// last) is analysed once, when it has stopped growing for the settle period, whole.
+#[test]
+fn watch_waits_for_a_series_still_being_written() {
+    let folder = require!(data("slides/dicom/cmu-1-small-region"));
+    let orthanc = require!(Orthanc::start(None));
+    let out = tempfile::tempdir().unwrap();
+    let archive = format!("dicomweb+{}", orthanc.dicomweb());
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "watch",
+            &archive,
+            "--out",
+            &out.path().to_string_lossy(),
+            "--settle",
+            "5",
+            "--rescan",
+            "1",
+            "--http",
+            "off",
+            "--inference",
+            "tract",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Smallest level first, level 0 last, half a second apart: each scan sees a new count.
+    let mut files: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    for f in &files {
+        orthanc.upload(f);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let events = || {
+        std::fs::read_to_string(out.path().join(".watch/events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    let analysed = || {
+        events()
+            .into_iter()
+            .filter(|e| e["event"] == "analysed")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while analysed() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the series was not analysed: {:?}",
+            events()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Two more scans past the settle period: nothing else is analysed.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    assert_eq!(analysed(), 1, "{:?}", events());
+    let results: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("result.json").is_file())
+        .collect();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results[0].join("result.json")).unwrap()).unwrap();
+    assert_eq!(
+        doc["slide"]["dicomweb"]["sop_instance_uids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        files.len(),
+        "the whole series"
+    );
+    assert_eq!(
+        doc["slide"]["dimensions"]["width"], 2220,
+        "{}",
+        doc["slide"]
+    );
+}
