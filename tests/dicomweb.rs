@@ -878,3 +878,45 @@ fn watch_waits_for_a_series_still_being_written() {
         doc["slide"]
     );
 }
+
+/// The watch's listing of an archive goes page by page (QIDO-RS `limit`/`offset`): pages of one
+/// or two series list the same slide series as one page, non-slide series left out; a listing
+/// over its limit is an error, not an unbounded list.
+#[test]
+fn an_archive_is_listed_in_pages() {
+    let cmu = require!(data("slides/dicom/cmu-1-small-region"));
+    let boxes = require!(data("slides/dicom/boxes"));
+    let sm = require!(data("slides/dicom/sm-image"));
+    let orthanc = require!(Orthanc::start(None));
+    for dir in [&cmu, &boxes, &sm] {
+        orthanc.upload_dir(dir);
+    }
+    orthanc.create_dicom(serde_json::json!({"Modality": "OT", "SeriesDescription": "a photo"}));
+    let root = format!("dicomweb+{}", orthanc.dicomweb());
+    let list = |page: u64, max: u64| {
+        let cfg = DicomWebConfig {
+            qido_page: page,
+            max_listed_series: max,
+            ..DicomWebConfig::default()
+        };
+        tessera_slide::slide::native::dicomweb::list_slide_series(&root, &cfg)
+    };
+    let whole = list(500, 1_000_000).unwrap();
+    assert_eq!(whole.len(), 3, "{whole:?}");
+    assert!(whole.iter().all(|s| s.url.starts_with(&root)));
+    // 12 instances, 2 and 1.
+    assert_eq!(whole.iter().map(|s| s.instances).sum::<u64>(), 15);
+    // This server honours `limit`, so pages of one or two must be followed to the end.
+    let (status, body) = orthanc.get(&format!(
+        "{}/series?Modality=SM&limit=1",
+        orthanc.dicomweb()
+    ));
+    assert_eq!(status, 200);
+    let one: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(one.len(), 1);
+    for page in [1, 2] {
+        assert_eq!(list(page, 1_000_000).unwrap(), whole, "pages of {page}");
+    }
+    let err = list(1, 2).unwrap_err();
+    assert_eq!(err.kind(), "limit_exceeded", "{err}");
+}

@@ -137,6 +137,12 @@ pub struct DicomWebConfig {
     pub batch_frames: u64,
     /// Bytes of fetched, not yet decoded frames kept per instance (default 64 MiB).
     pub buffer_bytes: u64,
+    /// Series asked for in one QIDO-RS page when the watch lists an archive (`limit`/`offset`,
+    /// default 500): an archive of any size is listed in pages, and a server that caps its
+    /// answers is followed to the end.
+    pub qido_page: u64,
+    /// Most slide series one listing takes in (default 1,000,000); more is an error.
+    pub max_listed_series: u64,
 }
 
 impl Default for DicomWebConfig {
@@ -148,6 +154,8 @@ impl Default for DicomWebConfig {
             retries: 3,
             batch_frames: 64,
             buffer_bytes: 64 * 1024 * 1024,
+            qido_page: 500,
+            max_listed_series: 1_000_000,
         }
     }
 }

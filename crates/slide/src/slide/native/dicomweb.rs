@@ -730,35 +730,59 @@ pub struct ListedSeries {
 }
 
 /// Every slide microscopy series on the server whose DICOMweb root is `root` (with or without
-/// the `dicomweb+` prefix): one QIDO-RS search, `series?Modality=SM`.
+/// the `dicomweb+` prefix): QIDO-RS `series?Modality=SM`, in pages of `cfg.qido_page`
+/// (`limit`/`offset`) until a page comes back short. A server that ignores paging (a page longer
+/// than asked for, or one that repeats what was listed) is taken to have answered whole. More
+/// than `cfg.max_listed_series` series is an error rather than an unbounded list.
 pub fn list_slide_series(root: &str, cfg: &DicomWebConfig) -> Result<Vec<ListedSeries>> {
     let base = root
         .strip_prefix(SCHEME)
         .unwrap_or(root)
         .trim_end_matches('/');
     let client = Client::new(cfg)?;
-    let found = client.json(
-        &format!("{base}/series?Modality=SM&includefield=00201209"),
-        MAX_QUERY_BYTES,
-    )?;
-    let mut out = Vec::new();
-    for s in found.as_array().map(Vec::as_slice).unwrap_or_default() {
-        let (Some(study), Some(series)) = (json_str(s, "0020000D"), json_str(s, "0020000E")) else {
-            continue;
-        };
-        if !is_uid(study) || !is_uid(series) {
-            continue;
+    let page = cfg.qido_page.max(1);
+    let mut out: Vec<ListedSeries> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut offset = 0u64;
+    loop {
+        let url =
+            format!("{base}/series?Modality=SM&includefield=00201209&limit={page}&offset={offset}");
+        let found = client.json(&url, MAX_QUERY_BYTES)?;
+        let listed = found.as_array().map(Vec::as_slice).unwrap_or_default();
+        let mut new = 0u64;
+        for s in listed {
+            let (Some(study), Some(series)) = (json_str(s, "0020000D"), json_str(s, "0020000E"))
+            else {
+                continue;
+            };
+            if !is_uid(study) || !is_uid(series) || !seen.insert(series.to_string()) {
+                continue;
+            }
+            new += 1;
+            let instances = s
+                .get("00201209")
+                .and_then(|e| e.get("Value"))
+                .and_then(|v| v.get(0))
+                .and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
+                .unwrap_or(0);
+            out.push(ListedSeries {
+                url: format!("{SCHEME}{base}/studies/{study}/series/{series}"),
+                instances,
+            });
+            if out.len() as u64 > cfg.max_listed_series {
+                return Err(Error::LimitExceeded {
+                    path: std::path::PathBuf::from(base),
+                    what: "slide series in the archive",
+                    value: out.len() as u64,
+                    limit: cfg.max_listed_series,
+                });
+            }
         }
-        let instances = s
-            .get("00201209")
-            .and_then(|e| e.get("Value"))
-            .and_then(|v| v.get(0))
-            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
-            .unwrap_or(0);
-        out.push(ListedSeries {
-            url: format!("{SCHEME}{base}/studies/{study}/series/{series}"),
-            instances,
-        });
+        let n = listed.len() as u64;
+        if n != page || new == 0 {
+            break;
+        }
+        offset += n;
     }
     out.sort_by(|a, b| a.url.cmp(&b.url));
     Ok(out)
