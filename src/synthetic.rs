@@ -28,6 +28,10 @@ pub struct SyntheticSpec {
     pub tile: u32,
     /// JPEG quality 1–100.
     pub quality: u8,
+    /// Chroma subsampling of the JPEG tiles (recorded in YCbCrSubSampling too).
+    pub subsampling: Subsampling,
+    /// MCUs between JPEG restart markers; 0 writes none.
+    pub restart_interval: u16,
     /// Seed for tile choice and tissue layout.
     pub seed: u64,
     /// µm per pixel written into the description.
@@ -36,6 +40,37 @@ pub struct SyntheticSpec {
     pub sources: Vec<PathBuf>,
     /// Artefacts made on purpose (QC tests: the truth is known by construction).
     pub artefacts: Vec<MadeArtefact>,
+}
+
+/// Chroma subsampling of YCbCr JPEG tiles, as scanners and converters write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Subsampling {
+    /// 2×2 (4:2:0): Aperio's usual.
+    #[default]
+    S420,
+    /// 2×1 (4:2:2).
+    S422,
+    /// 1×1 (4:4:4): no subsampling.
+    S444,
+}
+
+impl Subsampling {
+    /// Horizontal and vertical luma samples per chroma sample (TIFF's YCbCrSubSampling).
+    pub fn factors(self) -> (u16, u16) {
+        match self {
+            Subsampling::S420 => (2, 2),
+            Subsampling::S422 => (2, 1),
+            Subsampling::S444 => (1, 1),
+        }
+    }
+
+    fn encoder(self) -> jpeg_encoder::SamplingFactor {
+        match self {
+            Subsampling::S420 => jpeg_encoder::SamplingFactor::R_4_2_0,
+            Subsampling::S422 => jpeg_encoder::SamplingFactor::R_4_2_2,
+            Subsampling::S444 => jpeg_encoder::SamplingFactor::R_4_4_4,
+        }
+    }
 }
 
 /// Level-0 tiles `cols × rows` (tile-grid units: column `c` covers level-0 x from `c·tile`).
@@ -190,10 +225,13 @@ struct PoolTile {
     jpeg: Vec<u8>,
 }
 
-fn encode_jpeg(rgb: &[u8], side: u32, quality: u8) -> Result<Vec<u8>> {
+fn encode_jpeg(rgb: &[u8], side: u32, spec: &SyntheticSpec) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
-    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, spec.quality);
+    enc.set_sampling_factor(spec.subsampling.encoder());
+    if spec.restart_interval > 0 {
+        enc.set_restart_interval(spec.restart_interval);
+    }
     enc.encode(rgb, side as u16, side as u16, jpeg_encoder::ColorType::Rgb)
         .map_err(|e| Error::Encode {
             path: PathBuf::from("<synthetic tile>"),
@@ -314,7 +352,7 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
         .into_iter()
         .chain(background)
         .map(|rgb| {
-            let jpeg = encode_jpeg(&rgb, side, spec.quality)?;
+            let jpeg = encode_jpeg(&rgb, side, spec)?;
             Ok(PoolTile { rgb, jpeg })
         })
         .collect::<Result<_>>()?;
@@ -432,7 +470,7 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
                 let own;
                 let jpeg = match made(c, r) {
                     Some(rgb) => {
-                        own = encode_jpeg(rgb, side, spec.quality)?;
+                        own = encode_jpeg(rgb, side, spec)?;
                         &own
                     }
                     None => &pool[t].jpeg,
@@ -493,7 +531,7 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
                             }
                         }
                     }
-                    let jpeg = encode_jpeg(&rgb, side, spec.quality)?;
+                    let jpeg = encode_jpeg(&rgb, side, spec)?;
                     w.write_all(&jpeg).map_err(io)?;
                     level.offsets.push(pos);
                     level.counts.push(jpeg.len() as u64);
@@ -517,7 +555,7 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
                 pos,
                 bigtiff,
                 level,
-                side,
+                (side, spec.subsampling.factors()),
                 (i == 0).then_some(&description),
                 last,
             )
@@ -544,13 +582,14 @@ pub fn write_synthetic_slide(path: &Path, spec: &SyntheticSpec) -> Result<Synthe
     Ok(report)
 }
 
-/// Writes one IFD at `pos` (its out-of-line values follow it) and returns the new end.
+/// Writes one IFD at `pos` (its out-of-line values follow it) and returns the new end; tiles
+/// are `side`² with the given YCbCr subsampling.
 fn write_ifd(
     w: &mut impl Write,
     pos: u64,
     big: bool,
     level: &LevelOut,
-    side: u32,
+    (side, (sub_x, sub_y)): (u32, (u16, u16)),
     description: Option<&String>,
     last: bool,
 ) -> std::io::Result<u64> {
@@ -583,7 +622,7 @@ fn write_ifd(
             325,
             V::Long(level.counts.iter().map(|&c| c as u32).collect()),
         ),
-        (530, V::Short(vec![2, 2])),
+        (530, V::Short(vec![sub_x, sub_y])),
     ];
     if let Some(d) = description {
         let mut b = d.as_bytes().to_vec();
@@ -680,6 +719,8 @@ mod tests {
             height: 2000,
             tile: 128,
             quality: 85,
+            subsampling: Subsampling::default(),
+            restart_interval: 0,
             seed: 7,
             mpp: 0.5,
             sources: vec![src],

@@ -196,6 +196,8 @@ fn made_slide(
         height: 6144,
         tile: 256,
         quality: 90,
+        subsampling: Default::default(),
+        restart_interval: 0,
         seed: 11,
         mpp: 0.5,
         sources,

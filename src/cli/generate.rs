@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tessera::synthetic::{write_synthetic_slide, SyntheticSpec};
+use tessera::synthetic::{write_synthetic_slide, Subsampling, SyntheticSpec};
 
 use super::{EXIT_ALL_FAILED, EXIT_OK};
 
@@ -24,6 +24,12 @@ pub struct GenerateArgs {
     /// JPEG quality (1–100).
     #[arg(long, default_value_t = 80)]
     quality: u8,
+    /// Chroma subsampling of the JPEG tiles: 420 (2×2, Aperio's usual), 422 (2×1) or 444 (none).
+    #[arg(long, value_enum, default_value = "420")]
+    subsampling: SubsamplingArg,
+    /// MCUs between JPEG restart markers (0: none).
+    #[arg(long, default_value_t = 0)]
+    restart_interval: u16,
     /// Seed for tile choice and tissue layout.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -35,12 +41,28 @@ pub struct GenerateArgs {
     sources: Vec<PathBuf>,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SubsamplingArg {
+    #[value(name = "420")]
+    S420,
+    #[value(name = "422")]
+    S422,
+    #[value(name = "444")]
+    S444,
+}
+
 pub fn run(args: &GenerateArgs) -> u8 {
     let spec = SyntheticSpec {
         width: args.width,
         height: args.height.unwrap_or(args.width),
         tile: args.tile,
         quality: args.quality,
+        subsampling: match args.subsampling {
+            SubsamplingArg::S420 => Subsampling::S420,
+            SubsamplingArg::S422 => Subsampling::S422,
+            SubsamplingArg::S444 => Subsampling::S444,
+        },
+        restart_interval: args.restart_interval,
         seed: args.seed,
         mpp: args.mpp,
         sources: args.sources.clone(),
