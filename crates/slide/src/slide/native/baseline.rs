@@ -5,8 +5,12 @@
 //! written into the caller's buffer at the caller's row stride.
 //!
 //! It decodes what most slide tiles are: 8-bit sequential Huffman JPEG, three components in one
-//! interleaved scan, luma sampled 1×1, 2×1 or 2×2 and both chroma components 1×1, no restart
-//! markers. Anything else returns `Ok(false)` and is left to the general decoder.
+//! interleaved scan, luma sampled 1×1, 2×1 or 2×2 and both chroma components 1×1, with or
+//! without restart markers. Anything else returns `Ok(false)` and is left to the general
+//! decoder. With restart markers, each interval is decoded on its own (predictors reset, its
+//! bits bounded by its marker), as libjpeg does, and a rectangle's decoding starts at the
+//! interval holding its first row rather than at the top of the tile; markers out of sequence, bytes left in an
+//! interval or a missing marker are errors, as libjpeg's warnings are to OpenSlide.
 //!
 //! The arithmetic is libjpeg's defaults, which OpenSlide uses: the accurate integer IDCT
 //! (`jpeg_idct_islow`), "fancy" triangle upsampling (`h2v1`/`h2v2_fancy_upsample`) and the
@@ -21,7 +25,8 @@
 //! last MCU are errors. Sizes are checked against the TIFF before anything is allocated. One
 //! difference remains by design: a partial decode stops at the last row it needs, so on a tile
 //! whose data is damaged further down it returns the (correct) rows before the damage, where a
-//! whole-tile decode, and OpenSlide, report the tile as corrupt.
+//! whole-tile decode, and OpenSlide, report the tile as corrupt; with restart markers it also
+//! starts at the interval holding its first row, so damage in earlier intervals goes unseen.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -389,6 +394,8 @@ struct Frame {
     ac: [Rc<Huffman>; 3],
     /// Offset of the entropy-coded data.
     data: usize,
+    /// MCUs per restart interval (DRI); 0: no restart markers.
+    restart: usize,
 }
 
 /// A frame component: id, horizontal and vertical sampling, quantization table.
@@ -402,6 +409,7 @@ fn parse(stream: &[u8]) -> Result<Option<Frame>, String> {
     let mut tables_dc: [Option<Rc<Huffman>>; 4] = Default::default();
     let mut tables_ac: [Option<Rc<Huffman>>; 4] = Default::default();
     let mut sof: Option<(usize, usize, [Component; 3])> = None;
+    let mut restart = 0usize;
     for segment in super::markers::segments(stream) {
         let Ok((marker, seg, end)) = segment else {
             return Err("JPEG: bytes where a marker should be".into());
@@ -469,7 +477,12 @@ fn parse(stream: &[u8]) -> Result<Option<Frame>, String> {
             }
             // Progressive, lossless, arithmetic, hierarchical: the general decoder's.
             0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => return Ok(None),
-            0xDD if seg.len() >= 2 && u16::from_be_bytes([seg[0], seg[1]]) != 0 => return Ok(None),
+            0xDD => {
+                if seg.len() != 2 {
+                    return Err("JPEG: malformed restart interval".into());
+                }
+                restart = usize::from(u16::from_be_bytes([seg[0], seg[1]]));
+            }
             0xDA => {
                 let Some((width, height, comps)) = sof else {
                     return Err("JPEG: scan before frame header".into());
@@ -516,6 +529,7 @@ fn parse(stream: &[u8]) -> Result<Option<Frame>, String> {
                     dc,
                     ac,
                     data: end,
+                    restart,
                 }));
             }
             _ => {}
@@ -530,10 +544,12 @@ fn all<T>([a, b, c]: [Option<T>; 3]) -> Option<[T; 3]> {
 }
 
 /// Copies the entropy-coded data without its stuffing into `out` (cleared first) and returns
-/// whether it ended at EOI. Restart and other markers end it too (the caller makes that an
-/// error: this decoder takes only streams without restart intervals).
-fn unstuff(data: &[u8], out: &mut Vec<u8>) -> bool {
+/// whether it ended at EOI. Each restart marker, which must come in sequence (RST0, RST1, …
+/// RST7, RST0, …), ends an interval: `bounds` (cleared first) gets the offset in `out` where
+/// each interval after the first starts. Any other marker ends the data (not at EOI).
+fn unstuff(data: &[u8], out: &mut Vec<u8>, bounds: &mut Vec<usize>) -> bool {
     out.clear();
+    bounds.clear();
     let mut at = 0;
     while let Some(p) = memchr::memchr(0xFF, &data[at..]) {
         out.extend_from_slice(&data[at..at + p + 1]);
@@ -544,6 +560,11 @@ fn unstuff(data: &[u8], out: &mut Vec<u8>) -> bool {
         }
         match data.get(q) {
             Some(0x00) => at = q + 1,
+            Some(&m) if (0xD0..=0xD7).contains(&m) && usize::from(m - 0xD0) == bounds.len() % 8 => {
+                out.pop();
+                bounds.push(out.len());
+                at = q + 1;
+            }
             next => {
                 out.pop();
                 return next == Some(&0xD9);
@@ -584,6 +605,8 @@ thread_local! {
 #[derive(Default)]
 struct Scratch {
     scan: Vec<u8>,
+    /// Where each restart interval after the first starts in `scan`.
+    bounds: Vec<usize>,
     planes: [Vec<u8>; 3],
 }
 
@@ -604,6 +627,26 @@ fn huffman_cached(bytes: &[u8]) -> Result<Rc<Huffman>, String> {
         cache.push((bytes.to_vec(), t.clone()));
         Ok(t)
     })
+}
+
+/// Unstuffed scan data and where its restart intervals start.
+struct Scan<'a> {
+    data: &'a [u8],
+    /// Start of each interval after the first.
+    bounds: &'a [usize],
+}
+
+impl<'a> Scan<'a> {
+    /// The entropy-coded bytes of interval `k` (`None` past the last).
+    fn interval(&self, k: usize) -> Option<&'a [u8]> {
+        let start = if k == 0 { 0 } else { *self.bounds.get(k - 1)? };
+        let end = self.bounds.get(k).copied().unwrap_or(self.data.len());
+        Some(&self.data[start..end])
+    }
+
+    fn intervals(&self) -> usize {
+        self.bounds.len() + 1
+    }
 }
 
 /// Decodes `rect` of `stream` into `out` (rows `stride` bytes apart; 3 bytes per pixel). The
@@ -642,16 +685,26 @@ pub fn decode(
         ));
     }
     SCRATCH.with(|scratch| {
-        let Scratch { scan, planes } = &mut *scratch.borrow_mut();
-        if !unstuff(&stream[f.data..], scan) {
-            return Err("JPEG: the scan does not end at EOI (truncated or restart markers)".into());
+        let Scratch {
+            scan,
+            bounds,
+            planes,
+        } = &mut *scratch.borrow_mut();
+        if !unstuff(&stream[f.data..], scan, bounds) {
+            return Err(
+                "JPEG: the scan does not end at EOI (truncated, or a marker out of place)".into(),
+            );
         }
+        if f.restart == 0 && !bounds.is_empty() {
+            return Err("JPEG: restart markers without a restart interval".into());
+        }
+        let scan = Scan { data: scan, bounds };
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("bmi2") {
             // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { decode_avx2(&f, scan, planes, rect, ycbcr, out, stride) };
+            return unsafe { decode_avx2(&f, &scan, planes, rect, ycbcr, out, stride) };
         }
-        decode_frame::<false>(&f, scan, planes, rect, ycbcr, out, stride)
+        decode_frame::<false>(&f, &scan, planes, rect, ycbcr, out, stride)
     })?;
     Ok(true)
 }
@@ -660,7 +713,7 @@ pub fn decode(
 #[target_feature(enable = "avx2,bmi2")]
 unsafe fn decode_avx2(
     f: &Frame,
-    scan: &[u8],
+    scan: &Scan<'_>,
     buffers: &mut [Vec<u8>; 3],
     rect: Rect,
     ycbcr: bool,
@@ -674,7 +727,7 @@ unsafe fn decode_avx2(
 #[inline(always)]
 fn decode_frame<const AVX2: bool>(
     f: &Frame,
-    scan: &[u8],
+    scan: &Scan<'_>,
     buffers: &mut [Vec<u8>; 3],
     rect: Rect,
     ycbcr: bool,
@@ -734,12 +787,23 @@ fn decode_frame<const AVX2: bool>(
         take(b1, cx0, cy0, cx1 - cx0 + 1, cy1 - cy0 + 1),
         take(b2, cx0, cy0, cx1 - cx0 + 1, cy1 - cy0 + 1),
     ];
+    // With restart markers, decoding starts at the interval holding the first MCU row the
+    // rectangle needs (each interval stands alone), not at the top of the tile.
+    let first_row = my0.min(cy0);
+    let mut interval = (first_row * mcus_across)
+        .checked_div(f.restart)
+        .unwrap_or(0);
+    let start = interval * f.restart;
+    let mut seg = scan
+        .interval(interval)
+        .ok_or_else(|| format!("JPEG: restart marker {interval} is missing"))?;
     let mut b = Bits {
-        data: scan,
+        data: seg,
         pos: 0,
         buf: 0,
         n: 0,
     };
+    let mut mcu = start;
     let dc: [&Huffman; 3] = std::array::from_fn(|i| &*f.dc[i]);
     let ac: [&Huffman; 3] = std::array::from_fn(|i| &*f.ac[i]);
     let mut pred = [0i32; 3];
@@ -749,7 +813,7 @@ fn decode_frame<const AVX2: bool>(
     let mut coefs = [[0i32; 64]; 6];
     let mut lasts = [0usize; 6];
     let last_row = my1.max(cy1);
-    for my in 0..=last_row {
+    for my in start / mcus_across..=last_row {
         let luma_row = (my0..=my1).contains(&my);
         let chroma_row = (cy0..=cy1).contains(&my);
         // The last row stops after the last MCU it needs.
@@ -760,7 +824,34 @@ fn decode_frame<const AVX2: bool>(
         } else {
             mcus_across
         };
-        for mx in 0..across {
+        let from = if my == start / mcus_across {
+            start % mcus_across
+        } else {
+            0
+        };
+        for mx in from..across {
+            if f.restart > 0 && mcu > start && mcu % f.restart == 0 {
+                // The interval must have held exactly its MCUs: no bits wanted past it, no
+                // whole byte left (libjpeg skips them with a warning, which OpenSlide fails on).
+                if b.consumed() > seg.len() * 8 || seg.len() * 8 - b.consumed() >= 8 {
+                    return Err(format!(
+                        "JPEG: restart interval {interval} does not hold its {} MCUs",
+                        f.restart
+                    ));
+                }
+                interval += 1;
+                seg = scan
+                    .interval(interval)
+                    .ok_or_else(|| format!("JPEG: restart marker {interval} is missing"))?;
+                b = Bits {
+                    data: seg,
+                    pos: 0,
+                    buf: 0,
+                    n: 0,
+                };
+                pred = [0; 3];
+            }
+            mcu += 1;
             let luma = luma_row && (mx0..=mx1).contains(&mx);
             let chroma = chroma_row && (cx0..=cx1).contains(&mx);
             let mut n = 0;
@@ -829,17 +920,22 @@ fn decode_frame<const AVX2: bool>(
                 }
             }
         }
-        if b.consumed() > scan.len() * 8 {
+        if b.consumed() > seg.len() * 8 {
             return Err(
                 "JPEG: the scan ends before its last MCU (corrupt or truncated data)".into(),
             );
         }
     }
-    if whole && last_row + 1 == mcus_down && scan.len() * 8 - b.consumed() >= 8 {
-        return Err(format!(
-            "JPEG: {} bytes of scan data after the last MCU",
-            (scan.len() * 8 - b.consumed()) / 8
-        ));
+    if whole && last_row + 1 == mcus_down {
+        if seg.len() * 8 - b.consumed() >= 8 {
+            return Err(format!(
+                "JPEG: {} bytes of scan data after the last MCU",
+                (seg.len() * 8 - b.consumed()) / 8
+            ));
+        }
+        if interval + 1 != scan.intervals() {
+            return Err("JPEG: restart markers after the last MCU".into());
+        }
     }
 
     // Upsample and convert, one output row at a time.
@@ -1360,10 +1456,68 @@ mod tests {
     fn streams_it_does_not_take_are_left_to_the_general_decoder() {
         let progressive = encode(64, 64, SamplingFactor::R_4_2_0, |e| e.set_progressive(true));
         assert_eq!(whole(&progressive, 64, 64), Ok(None));
-        let restarts = encode(64, 64, SamplingFactor::R_4_2_0, |e| {
+    }
+
+    /// Restart markers change the entropy coding, not the coefficients: every interval length
+    /// gives the pixels of the same image without markers, whole and in part.
+    #[test]
+    fn restart_intervals_decode_to_the_same_pixels() {
+        for (w, h) in [(256, 256), (100, 75)] {
+            for sampling in [
+                SamplingFactor::R_4_2_0,
+                SamplingFactor::R_4_2_2,
+                SamplingFactor::R_4_4_4,
+            ] {
+                let plain = whole(&encode(w, h, sampling, |_| {}), w, h)
+                    .unwrap()
+                    .unwrap();
+                for interval in [1, 2, 5, 16] {
+                    let j = encode(w, h, sampling, |e| e.set_restart_interval(interval));
+                    let full = whole(&j, w, h)
+                        .unwrap()
+                        .expect("a stream with restart markers is taken");
+                    assert!(full == plain, "{w}×{h} {sampling:?} interval {interval}");
+                    let r = Rect {
+                        x: w / 3,
+                        y: h / 2,
+                        w: w / 3,
+                        h: h / 4,
+                    };
+                    let mut part = vec![0u8; r.w * r.h * 3];
+                    assert!(decode(&j, w, h, r, true, &mut part, r.w * 3).unwrap());
+                    for row in 0..r.h {
+                        let src = ((r.y + row) * w + r.x) * 3;
+                        assert_eq!(&part[row * r.w * 3..][..r.w * 3], &full[src..src + r.w * 3]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn restart_markers_out_of_sequence_or_missing_are_errors() {
+        let j = encode(64, 64, SamplingFactor::R_4_2_0, |e| {
             e.set_restart_interval(2)
         });
-        assert_eq!(whole(&restarts, 64, 64), Ok(None));
+        let at = |m: u8| {
+            j.windows(2)
+                .position(|p| p == [0xFF, m])
+                .expect("the marker is there")
+        };
+        // RST1 written as RST2.
+        let mut wrong = j.clone();
+        wrong[at(0xD1) + 1] = 0xD2;
+        assert!(whole(&wrong, 64, 64).is_err());
+        // RST1 taken out: its interval runs into the next one's MCUs.
+        let mut missing = j.clone();
+        let p = at(0xD1);
+        missing.drain(p..p + 2);
+        assert!(whole(&missing, 64, 64).is_err());
+        // The interval declared longer than the encoder made them.
+        let mut longer = j.clone();
+        let dri = at(0xDD);
+        longer[dri + 5] = 3;
+        assert!(whole(&longer, 64, 64).is_err());
     }
 
     /// Where the scan data starts: just past the SOS segment.

@@ -274,7 +274,7 @@ fn jpeg(
         bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
     };
     let stream = &*spliced(enc, data);
-    // The common tile (baseline, 3 components, no restarts) with libjpeg's arithmetic; the
+    // The common tile (baseline, 3 components, restart markers or none) with libjpeg's arithmetic; the
     // rest with zune-jpeg.
     let whole = super::baseline::Rect {
         x: 0,
