@@ -138,10 +138,10 @@ pub struct DicomWebConfig {
     /// Bytes of fetched, not yet decoded frames kept per instance (default 64 MiB).
     pub buffer_bytes: u64,
     /// Series asked for in one QIDO-RS page when the watch lists an archive (`limit`/`offset`,
-    /// default 500): an archive of any size is listed in pages, and a server that caps its
-    /// answers is followed to the end.
+    /// default 500): an archive of any size is listed in pages until one comes back empty, so
+    /// a server that caps its answers below this is followed to the end.
     pub qido_page: u64,
-    /// Most slide series one listing takes in (default 1,000,000); more is an error.
+    /// Most series one listing takes in (default 1,000,000); more is an error.
     pub max_listed_series: u64,
 }
 

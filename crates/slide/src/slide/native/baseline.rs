@@ -695,10 +695,24 @@ pub fn decode(
                 "JPEG: the scan does not end at EOI (truncated, or a marker out of place)".into(),
             );
         }
-        if f.restart == 0 && !bounds.is_empty() {
-            return Err("JPEG: restart markers without a restart interval".into());
-        }
         let scan = Scan { data: scan, bounds };
+        // As many intervals as the MCUs make (one without a restart interval), counted before
+        // anything is decoded, so that a partial decode starting further down reads the right
+        // one; a marker with nothing after it past the last MCU is let through, as libjpeg does.
+        let mcus = f.width.div_ceil(8 * f.hv.0) * f.height.div_ceil(8 * f.hv.1);
+        let expected = mcus
+            .checked_div(f.restart)
+            .map_or(1, |_| mcus.div_ceil(f.restart));
+        let have = scan.intervals();
+        if have < expected {
+            return Err(format!(
+                "JPEG: {have} restart intervals where {} MCUs in intervals of {} make {expected}",
+                mcus, f.restart
+            ));
+        }
+        if (expected..have).any(|k| scan.interval(k).is_some_and(|d| !d.is_empty())) {
+            return Err("JPEG: scan data in restart intervals after the last MCU".into());
+        }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("bmi2") {
             // SAFETY: the CPU supports the features the function is compiled for.
@@ -926,16 +940,11 @@ fn decode_frame<const AVX2: bool>(
             );
         }
     }
-    if whole && last_row + 1 == mcus_down {
-        if seg.len() * 8 - b.consumed() >= 8 {
-            return Err(format!(
-                "JPEG: {} bytes of scan data after the last MCU",
-                (seg.len() * 8 - b.consumed()) / 8
-            ));
-        }
-        if interval + 1 != scan.intervals() {
-            return Err("JPEG: restart markers after the last MCU".into());
-        }
+    if whole && last_row + 1 == mcus_down && seg.len() * 8 - b.consumed() >= 8 {
+        return Err(format!(
+            "JPEG: {} bytes of scan data after the last MCU",
+            (seg.len() * 8 - b.consumed()) / 8
+        ));
     }
 
     // Upsample and convert, one output row at a time.
@@ -1504,20 +1513,70 @@ mod tests {
                 .position(|p| p == [0xFF, m])
                 .expect("the marker is there")
         };
-        // RST1 written as RST2.
+        let err = |j: &[u8]| whole(j, 64, 64).unwrap_err();
+        // RST1 written as RST2: out of sequence.
         let mut wrong = j.clone();
         wrong[at(0xD1) + 1] = 0xD2;
-        assert!(whole(&wrong, 64, 64).is_err());
-        // RST1 taken out: its interval runs into the next one's MCUs.
-        let mut missing = j.clone();
-        let p = at(0xD1);
-        missing.drain(p..p + 2);
-        assert!(whole(&missing, 64, 64).is_err());
-        // The interval declared longer than the encoder made them.
+        assert!(err(&wrong).contains("EOI"), "{}", err(&wrong));
+        // The interval declared longer than the encoder made them: data left after the MCUs.
         let mut longer = j.clone();
         let dri = at(0xDD);
         longer[dri + 5] = 3;
-        assert!(whole(&longer, 64, 64).is_err());
+        assert!(
+            err(&longer).contains("after the last MCU"),
+            "{}",
+            err(&longer)
+        );
+        // Shorter: fewer intervals than the MCUs need.
+        let mut shorter = j.clone();
+        shorter[dri + 5] = 1;
+        assert!(
+            err(&shorter).contains("restart intervals where"),
+            "{}",
+            err(&shorter)
+        );
+        // A byte of junk before RST1, the sequence intact.
+        let mut junk = j.clone();
+        junk.insert(at(0xD1), 0x5A);
+        assert!(err(&junk).contains("does not hold"), "{}", err(&junk));
+        // No restart interval declared, markers in the scan.
+        let mut none = j.clone();
+        none[dri + 5] = 0;
+        assert!(err(&none).contains("after the last MCU"), "{}", err(&none));
+        // A DRI segment of the wrong length.
+        let mut malformed = j.clone();
+        malformed[dri + 3] = 5;
+        assert!(
+            err(&malformed).contains("restart interval"),
+            "{}",
+            err(&malformed)
+        );
+        // Too few intervals for the MCUs: found before anything is decoded, also by a
+        // rectangle at the bottom of the tile.
+        let eoi = j.len() - 2;
+        let last = j[..eoi]
+            .windows(2)
+            .rposition(|p| p[0] == 0xFF && (0xD0..=0xD7).contains(&p[1]))
+            .unwrap();
+        let mut cut = j[..last].to_vec();
+        cut.extend_from_slice(&[0xFF, 0xD9]);
+        let mut part = vec![0u8; 8 * 8 * 3];
+        let r = Rect {
+            x: 56,
+            y: 56,
+            w: 8,
+            h: 8,
+        };
+        let e = decode(&cut, 64, 64, r, true, &mut part, 24).unwrap_err();
+        assert!(e.contains("restart intervals where"), "{e}");
+        // An empty interval after the last MCU (a marker just before EOI) is let through.
+        let mut trailing = j[..eoi].to_vec();
+        // 16 MCUs in intervals of 2: RST0 to RST6 are used; RST7 comes next.
+        trailing.extend_from_slice(&[0xFF, 0xD7, 0xFF, 0xD9]);
+        assert_eq!(
+            whole(&trailing, 64, 64).unwrap(),
+            whole(&j, 64, 64).unwrap()
+        );
     }
 
     /// Where the scan data starts: just past the SOS segment.

@@ -731,9 +731,11 @@ pub struct ListedSeries {
 
 /// Every slide microscopy series on the server whose DICOMweb root is `root` (with or without
 /// the `dicomweb+` prefix): QIDO-RS `series?Modality=SM`, in pages of `cfg.qido_page`
-/// (`limit`/`offset`) until a page comes back short. A server that ignores paging (a page longer
-/// than asked for, or one that repeats what was listed) is taken to have answered whole. More
-/// than `cfg.max_listed_series` series is an error rather than an unbounded list.
+/// (`limit`/`offset`) until a page comes back empty, so that a server capping its answers below
+/// the page size is followed to the end. A server that ignores `limit` (a page longer than asked
+/// for) has answered whole; one that ignores `offset` (a page repeating earlier series) is an
+/// error. More than `cfg.max_listed_series` series listed is an error rather than an unbounded
+/// list.
 pub fn list_slide_series(root: &str, cfg: &DicomWebConfig) -> Result<Vec<ListedSeries>> {
     let base = root
         .strip_prefix(SCHEME)
@@ -751,36 +753,57 @@ pub fn list_slide_series(root: &str, cfg: &DicomWebConfig) -> Result<Vec<ListedS
         let listed = found.as_array().map(Vec::as_slice).unwrap_or_default();
         let mut new = 0u64;
         for s in listed {
-            let (Some(study), Some(series)) = (json_str(s, "0020000D"), json_str(s, "0020000E"))
-            else {
-                continue;
+            // Every entry counts as seen (a page of malformed ones is still a page); only
+            // slide series with well-formed UIDs are listed.
+            let (study, series) = (json_str(s, "0020000D"), json_str(s, "0020000E"));
+            let key = match (study, series) {
+                (Some(st), Some(se)) => format!("{st}/{se}"),
+                _ => s.to_string(),
             };
-            if !is_uid(study) || !is_uid(series) || !seen.insert(series.to_string()) {
+            if !seen.insert(key) {
                 continue;
             }
             new += 1;
+            if seen.len() as u64 > cfg.max_listed_series {
+                return Err(Error::LimitExceeded {
+                    path: std::path::PathBuf::from(base),
+                    what: "series in the archive's listing",
+                    value: seen.len() as u64,
+                    limit: cfg.max_listed_series,
+                });
+            }
+            let (Some(study), Some(series)) = (study, series) else {
+                continue;
+            };
+            if !is_uid(study) || !is_uid(series) {
+                continue;
+            }
+            let url = format!("{SCHEME}{base}/studies/{study}/series/{series}");
             let instances = s
                 .get("00201209")
                 .and_then(|e| e.get("Value"))
                 .and_then(|v| v.get(0))
                 .and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
                 .unwrap_or(0);
-            out.push(ListedSeries {
-                url: format!("{SCHEME}{base}/studies/{study}/series/{series}"),
-                instances,
-            });
-            if out.len() as u64 > cfg.max_listed_series {
-                return Err(Error::LimitExceeded {
-                    path: std::path::PathBuf::from(base),
-                    what: "slide series in the archive",
-                    value: out.len() as u64,
-                    limit: cfg.max_listed_series,
-                });
-            }
+            out.push(ListedSeries { url, instances });
         }
         let n = listed.len() as u64;
-        if n != page || new == 0 {
+        // An empty page ends the listing; so does a longer one than asked for (the server
+        // ignores `limit` and answered whole). A short page does not: the server may cap its
+        // answers below `limit`. A page of nothing new after a full one means the server
+        // ignores `offset`, and the rest cannot be listed.
+        if n == 0 || n > page {
             break;
+        }
+        if new == 0 {
+            return Err(Error::Remote {
+                url: base.into(),
+                status: None,
+                message: format!(
+                    "QIDO-RS paging: the page at offset {offset} repeats earlier series (the \
+                     server ignores offset); the archive cannot be listed past {offset}"
+                ),
+            });
         }
         offset += n;
     }
