@@ -39,9 +39,10 @@ impl Podman {
         c
     }
 
-    /// `podman run --rm --network=none VOLUMES… IMAGE ARGS…` (limits below the sandbox's own:
-    /// podman's defaults are above what it may set).
-    fn run(&self, volumes: &[String], entrypoint: Option<&str>, args: &[&str]) -> Output {
+    /// `podman run --rm --network=none -v VOLUMES… -e ENV… [--entrypoint E] IMAGE`, ready for
+    /// the arguments (limits below the sandbox's own: podman's defaults are above what it may
+    /// set).
+    fn run_command(&self, volumes: &[String], env: &[String], entrypoint: Option<&str>) -> Command {
         let mut c = self.command();
         c.args([
             "run",
@@ -55,10 +56,22 @@ impl Podman {
         for v in volumes {
             c.arg("-v").arg(v);
         }
+        for e in env {
+            c.arg("-e").arg(e);
+        }
         if let Some(e) = entrypoint {
             c.arg("--entrypoint").arg(e);
         }
-        c.arg(IMAGE).args(args).output().unwrap()
+        c.arg(IMAGE);
+        c
+    }
+
+    /// [`Podman::run_command`] without environment, run with `args`.
+    fn run(&self, volumes: &[String], entrypoint: Option<&str>, args: &[&str]) -> Output {
+        self.run_command(volumes, &[], entrypoint)
+            .args(args)
+            .output()
+            .unwrap()
     }
 }
 
@@ -265,37 +278,26 @@ fn the_container_image_analyses_a_slide_as_a_non_root_user() {
     let data = tmp.path().join("data");
     std::fs::create_dir_all(data.join("slides")).unwrap();
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let mut job = podman.command();
-    job.args([
-        "run",
-        "--rm",
-        "--network=none",
-        "--ulimit",
-        "nofile=4096:4096",
-        "--ulimit",
-        "nproc=4096:4096",
-        "-e",
-        "JOB_COMPLETION_INDEX=0",
-        "-v",
-    ])
-    .arg(format!("{}:/data", data.display()))
-    .arg("-v")
-    .arg(format!(
-        "{}:/data/slides/CMU-1-Small-Region.svs:ro",
-        slides.join("CMU-1-Small-Region.svs").display()
-    ));
-    for e in &env {
-        job.arg("-e").arg(format!(
-            "{}={}",
-            e["name"].as_str().unwrap(),
-            e["value"].as_str().unwrap()
-        ));
-    }
-    job.arg("--entrypoint")
-        .arg(&command[0])
-        .arg(IMAGE)
-        .args(&command[1..])
-        .args(&args);
+    let job_volumes = [
+        format!("{}:/data", data.display()),
+        format!(
+            "{}:/data/slides/CMU-1-Small-Region.svs:ro",
+            slides.join("CMU-1-Small-Region.svs").display()
+        ),
+    ];
+    let mut env: Vec<String> = env
+        .iter()
+        .map(|e| {
+            format!(
+                "{}={}",
+                e["name"].as_str().unwrap(),
+                e["value"].as_str().unwrap()
+            )
+        })
+        .collect();
+    env.push("JOB_COMPLETION_INDEX=0".into());
+    let mut job = podman.run_command(&job_volumes, &env, Some(&command[0]));
+    job.args(&command[1..]).args(&args);
     ok(&job.output().unwrap(), "the manifest's container");
     let job_out = data.join("tessera-out");
     assert!(job_out.join("CMU-1-Small-Region.svs/result.json").is_file());
