@@ -675,13 +675,15 @@ fn quiz_rounds_are_scored_against_the_expert_or_the_ai_and_saved() {
         positive.len()
     );
     assert_eq!(s["misses"].as_u64().unwrap(), regions - 1);
-    let saved = out.join(r.json()["saved"].as_str().unwrap());
-    assert!(
-        saved.starts_with(out.join(".quiz").join("Ana María").join(&id)),
-        "{}",
-        saved.display()
+    // Saved in the viewer's database, under the typed name (single-user mode: no account).
+    let answer = r.json()["answer"].as_i64().unwrap();
+    let stored = stored_answers(&out);
+    assert_eq!(stored.len(), 1);
+    let (row, user, trainee, case_id, record) = &stored[0];
+    assert_eq!(
+        (*row, *user, trainee.as_str(), case_id.as_str()),
+        (answer, None, "Ana María", id.as_str())
     );
-    let record: Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
     assert_eq!(&record["score"], s);
     assert_eq!(
         record["slide_fingerprint"],
@@ -739,11 +741,33 @@ fn quiz_rounds_are_scored_against_the_expert_or_the_ai_and_saved() {
         .status,
         404
     );
-    let trainees: Vec<_> = std::fs::read_dir(out.join(".quiz"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(trainees, vec![std::ffi::OsString::from("Ana María")]);
+    let stored = stored_answers(&out);
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|r| r.2 == "Ana María"));
+    assert!(
+        !out.join(".quiz").exists(),
+        "answers are no longer loose files"
+    );
+}
+
+/// The viewer database's answers: (row, account id, trainee, case, record), in order.
+fn stored_answers(out: &Path) -> Vec<(i64, Option<i64>, String, String, Value)> {
+    let db = rusqlite::Connection::open(out.join(".tessera/viewer.sqlite")).unwrap();
+    let mut q = db
+        .prepare("SELECT id, user_id, trainee, case_id, record FROM answers ORDER BY id")
+        .unwrap();
+    q.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            serde_json::from_str(&r.get::<_, String>(4)?).unwrap(),
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
 }
 
 /// Waits until `expr` is true in the page.
@@ -951,13 +975,13 @@ fn the_viewer_and_a_quiz_round_in_chromium() {
     let (_, errors) = b.seen(&s);
     assert!(errors.is_empty(), "{errors:#?}");
     // The saved answer is the one shown.
-    let saved = std::fs::read_dir(out.join(".quiz/Quiz Tester").join(&id))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let record: Value = serde_json::from_slice(&std::fs::read(saved).unwrap()).unwrap();
+    let stored = stored_answers(&out);
+    assert_eq!(stored.len(), 1);
+    let (_, _, trainee, case_id, record) = &stored[0];
+    assert_eq!(
+        (trainee.as_str(), case_id.as_str()),
+        ("Quiz Tester", id.as_str())
+    );
     assert_eq!(record["score"]["hits"], 1);
     assert_eq!(record["score"]["false_marks"], 1);
     assert_eq!(record["marks"].as_array().unwrap().len(), 2);
@@ -1169,4 +1193,431 @@ fn a_dense_models_overlay_draws_its_class_map() {
         checked >= 3,
         "too few cells differ from their tile's mean to tell the layers apart"
     );
+}
+
+/// `tessera users OUT ARGS…` with `input` on standard input (the password).
+fn users(out: &Path, args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("users")
+        .arg(out)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A logged-in browser's cookie and CSRF token.
+struct Login {
+    cookie: String,
+    csrf: String,
+}
+
+impl Login {
+    fn cookie_header(&self) -> String {
+        format!("tessera_session={}", self.cookie)
+    }
+}
+
+/// `POST /api/login`; the reply, and the session when it succeeded.
+fn login_as(a: &str, name: &str, password: &str, extra: &[(&str, &str)]) -> (Reply, Option<Login>) {
+    let body = json!({"name": name, "password": password}).to_string();
+    let r = request(a, "POST", "/api/login", extra, body.as_bytes());
+    let login = (r.status == 200).then(|| {
+        let set = &r.headers["set-cookie"];
+        let cookie = set
+            .strip_prefix("tessera_session=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        Login {
+            cookie,
+            csrf: r.json()["csrf"].as_str().unwrap().to_string(),
+        }
+    });
+    (r, login)
+}
+
+#[test]
+fn with_accounts_every_route_needs_a_login_and_answers_belong_to_the_account() {
+    let (_t, out, id) = require!(results());
+    // Accounts, added by the administrator; passwords from standard input.
+    for (name, role, pw) in [
+        ("Dr Teach", "instructor", "instructor password"),
+        ("ana", "trainee", "ana's long password"),
+        ("ben", "trainee", "ben's long password"),
+    ] {
+        let o = users(&out, &["add", name, "--role", role], &format!("{pw}\n"));
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    for (args, pw, why) in [
+        (
+            vec!["add", "carl", "--role", "trainee"],
+            "short\n",
+            "at least 10",
+        ),
+        (
+            vec!["add", "ANA", "--role", "trainee"],
+            "long enough pw\n",
+            "exists already",
+        ),
+        (
+            vec!["add", "<script>alert(1)</script>", "--role", "trainee"],
+            "long enough pw\n",
+            "a name has",
+        ),
+        (vec!["passwd", "nobody"], "long enough pw\n", "no account"),
+    ] {
+        let o = users(&out, &args, pw);
+        assert_eq!(code(&o), 3, "{args:?}");
+        assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
+    }
+    let o = users(&out, &["list"], "");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "ana\ttrainee\nben\ttrainee\nDr Teach\tinstructor\n"
+    );
+    // The password is stored only as an Argon2id hash.
+    let db = rusqlite::Connection::open(out.join(".tessera/viewer.sqlite")).unwrap();
+    let phc: String = db
+        .query_row("SELECT password FROM users WHERE name = 'ana'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+    drop(db);
+
+    let srv = serve_local(&out, Some(&slide_dir()), &[]);
+    let a = srv.addr.as_str();
+    // Without a session: pages redirect to the login page, everything else is refused; the
+    // login page and the static assets are public.
+    for page in ["/", "/progress", &format!("/view/{id}")] {
+        let r = get(a, page);
+        assert_eq!(r.status, 303, "{page}");
+        assert_eq!(r.headers["location"], "/login");
+    }
+    for route in [
+        "/api/slides".to_string(),
+        format!("/api/slides/{id}"),
+        format!("/api/slides/{id}/geojson"),
+        format!("/slides/{id}.dzi"),
+        format!("/slides/{id}_files/0/0_0.jpeg"),
+        format!("/overlay/{id}_files/0/0_0.png"),
+        "/api/progress?trainee=ana".into(),
+        "/api/users".into(),
+        "/api/me".into(),
+    ] {
+        assert_eq!(get(a, &route).status, 401, "{route}");
+    }
+    assert_eq!(get(a, "/login").status, 200);
+    assert_eq!(get(a, "/static/pages.js").status, 200);
+    let round = json!({"marks": [{"x": 10, "y": 10}]}).to_string();
+    let quiz = format!("/api/quiz/{id}");
+    assert_eq!(request(a, "POST", &quiz, &[], round.as_bytes()).status, 401);
+
+    // Log in: a fresh 256-bit session id in an HttpOnly, SameSite=Strict cookie.
+    let (r, _) = login_as(a, "ana", "wrong password!", &[]);
+    assert_eq!(r.status, 401);
+    assert!(!r.headers.contains_key("set-cookie"));
+    let (r, ana) = login_as(a, "ANA", "ana's long password", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ana = ana.unwrap();
+    let set = &r.headers["set-cookie"];
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(!set.contains("Secure"), "{set}");
+    assert!(ana.cookie.len() == 64 && ana.cookie.bytes().all(|b| b.is_ascii_hexdigit()));
+    let c = ana.cookie_header();
+    let me = request(a, "GET", "/api/me", &[("Cookie", &c)], b"").json();
+    assert_eq!(
+        (me["name"].as_str(), me["role"].as_str()),
+        (Some("ana"), Some("trainee"))
+    );
+    assert_eq!(request(a, "GET", "/", &[("Cookie", &c)], b"").status, 200);
+    assert_eq!(
+        request(a, "GET", "/api/slides", &[("Cookie", &c)], b"").status,
+        200
+    );
+    let dzi = format!("/slides/{id}.dzi");
+    assert_eq!(request(a, "GET", &dzi, &[("Cookie", &c)], b"").status, 200);
+
+    // State changes need the CSRF token, from this origin.
+    let csrf = ana.csrf.as_str();
+    for headers in [
+        vec![("Cookie", c.as_str())],
+        vec![("Cookie", c.as_str()), ("X-CSRF-Token", "0000")],
+        vec![
+            ("Cookie", c.as_str()),
+            ("X-CSRF-Token", csrf),
+            ("Origin", "http://evil.example"),
+        ],
+    ] {
+        let r = request(a, "POST", &quiz, &headers, round.as_bytes());
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.text());
+    }
+    let ok = [("Cookie", c.as_str()), ("X-CSRF-Token", csrf)];
+    // Another trainee's name is refused; the round is the account's.
+    let as_ben = json!({"trainee": "ben", "marks": []}).to_string();
+    let r = request(a, "POST", &quiz, &ok, as_ben.as_bytes());
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(stored_answers(&out).is_empty());
+    let r = request(a, "POST", &quiz, &ok, round.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stored = stored_answers(&out);
+    assert_eq!(stored.len(), 1);
+    let db = rusqlite::Connection::open(out.join(".tessera/viewer.sqlite")).unwrap();
+    let ana_id: i64 = db
+        .query_row("SELECT id FROM users WHERE name = 'ana'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((stored[0].1, stored[0].2.as_str()), (Some(ana_id), "ana"));
+    // Progress: one's own; another trainee's is refused; the list of accounts is for
+    // instructors.
+    let p = request(a, "GET", "/api/progress", &[("Cookie", &c)], b"").json();
+    assert_eq!(p["rounds"].as_array().unwrap().len(), 1);
+    for route in ["/api/progress?trainee=ben", "/api/users"] {
+        assert_eq!(
+            request(a, "GET", route, &[("Cookie", &c)], b"").status,
+            403,
+            "{route}"
+        );
+    }
+    let (_, ben) = login_as(a, "ben", "ben's long password", &[]);
+    let ben = ben.unwrap();
+    let p = request(
+        a,
+        "GET",
+        "/api/progress",
+        &[("Cookie", &ben.cookie_header())],
+        b"",
+    )
+    .json();
+    assert_eq!(
+        (p["trainee"].as_str(), p["rounds"].as_array().unwrap().len()),
+        (Some("ben"), 0)
+    );
+    let (_, teach) = login_as(a, "dr teach", "instructor password", &[]);
+    let t = teach.unwrap().cookie_header();
+    let p = request(
+        a,
+        "GET",
+        "/api/progress?trainee=ana",
+        &[("Cookie", &t)],
+        b"",
+    )
+    .json();
+    assert_eq!(p["rounds"][0]["score"], stored[0].4["score"]);
+    let u = request(a, "GET", "/api/users", &[("Cookie", &t)], b"").json();
+    assert_eq!(u["users"].as_array().unwrap().len(), 3);
+    assert!(!u.to_string().contains("argon2"), "no hashes in the list");
+
+    // Tampered cookies and the CSRF token in place of the cookie open nothing.
+    let mut bad = ana.cookie.clone().into_bytes();
+    bad[10] = if bad[10] == b'a' { b'b' } else { b'a' };
+    for cookie in [
+        String::from_utf8(bad).unwrap(),
+        ana.csrf.clone(),
+        "x".repeat(64),
+    ] {
+        let h = format!("tessera_session={cookie}");
+        assert_eq!(
+            request(a, "GET", "/api/me", &[("Cookie", &h)], b"").status,
+            401
+        );
+    }
+    // Session fixation: a session id planted before login is ended, never adopted.
+    let planted = ben.cookie_header();
+    let (r, ana2) = login_as(a, "ana", "ana's long password", &[("Cookie", &planted)]);
+    assert_eq!(r.status, 200);
+    assert_ne!(ana2.as_ref().unwrap().cookie, ben.cookie);
+    assert_eq!(
+        request(a, "GET", "/api/me", &[("Cookie", &planted)], b"").status,
+        401
+    );
+    // Logging out ends the session.
+    let ana2 = ana2.unwrap();
+    let h2 = ana2.cookie_header();
+    let r = request(
+        a,
+        "POST",
+        "/api/logout",
+        &[("Cookie", &h2), ("X-CSRF-Token", &ana2.csrf)],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.headers["set-cookie"].contains("Max-Age=0"));
+    assert_eq!(
+        request(a, "GET", "/api/me", &[("Cookie", &h2)], b"").status,
+        401
+    );
+
+    // Wrong passwords are throttled: after five, even the right one waits.
+    for _ in 0..5 {
+        assert_eq!(login_as(a, "ben", "not ben's password", &[]).0.status, 401);
+    }
+    let (r, _) = login_as(a, "ben", "ben's long password", &[]);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.headers["retry-after"].parse::<u64>().unwrap() >= 1);
+    // Other names are not held up by it.
+    assert_eq!(login_as(a, "ana", "ana's long password", &[]).0.status, 200);
+
+    // The administrator disables an account while the viewer runs: its session ends at once.
+    let o = users(&out, &["disable", "ana"], "");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        request(a, "GET", "/api/me", &[("Cookie", &c)], b"").status,
+        401
+    );
+    assert_eq!(login_as(a, "ana", "ana's long password", &[]).0.status, 401);
+    // A new password ends the sessions too; the new one works, the old does not.
+    let o = users(&out, &["passwd", "Dr Teach"], "a brand new password\n");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        request(a, "GET", "/api/me", &[("Cookie", &t)], b"").status,
+        401
+    );
+    assert_eq!(
+        login_as(a, "Dr Teach", "instructor password", &[]).0.status,
+        401
+    );
+    assert_eq!(
+        login_as(a, "Dr Teach", "a brand new password", &[])
+            .0
+            .status,
+        200
+    );
+}
+
+#[test]
+fn answers_saved_as_files_by_an_older_viewer_are_imported_once() {
+    let (_t, out, id) = require!(results());
+    let dir = out.join(".quiz/Ana/").join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, hits) in [(1, 2), (2, 3)] {
+        let record = json!({"trainee": "Ana", "case": id, "time": format!("2026-01-0{i}T10:00:00.000Z"), "score": {"hits": hits}});
+        std::fs::write(dir.join(format!("{i}.json")), record.to_string()).unwrap();
+    }
+    std::fs::write(dir.join("broken.json"), "{").unwrap();
+    for _ in 0..2 {
+        let srv = serve_local(&out, None, &[]);
+        let p = get(&srv.addr, "/api/progress?trainee=Ana").json();
+        let hits: Vec<_> = p["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["score"]["hits"].clone())
+            .collect();
+        assert_eq!(
+            hits,
+            vec![json!(2), json!(3)],
+            "imported once, oldest first"
+        );
+    }
+    assert!(dir.join("1.json").is_file(), "the files are left in place");
+}
+
+#[test]
+fn a_trainee_logs_in_answers_and_sees_their_progress_in_chromium() {
+    let (_t, out, id) = require!(results());
+    let Some(exe) = chromium() else { return };
+    let o = users(
+        &out,
+        &["add", "ana", "--role", "trainee"],
+        "ana's long password\n",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let srv = serve_local(&out, Some(&slide_dir()), &[]);
+    let origin = format!("http://{}/", srv.addr);
+    let mut b = Browser::start(&exe);
+
+    // The slide list sends the browser to the login page; a wrong password says so.
+    let v = b.visit(&origin, 1000);
+    let s = v.session.clone();
+    assert_eq!(b.eval(&s, "location.pathname"), json!("/login"));
+    let submit = |b: &mut Browser, pw: &str| {
+        b.eval(
+            &s,
+            &format!(
+                "document.getElementById('name').value = 'ana'; \
+                 document.getElementById('password').value = {}; \
+                 setTimeout(() => document.querySelector('#login button').click(), 0); true",
+                json!(pw)
+            ),
+        );
+    };
+    submit(&mut b, "not the password");
+    wait_true(
+        &mut b,
+        &s,
+        "document.getElementById('failed').textContent.includes('wrong name or password')",
+        "the refusal",
+    );
+    b.screenshot(&s, "accounts-login-refused");
+    submit(&mut b, "ana's long password");
+    std::thread::sleep(Duration::from_millis(500));
+    wait_true(&mut b, &s, "location.pathname === '/' && document.querySelectorAll('#cases tbody tr').length === 1 && !!document.getElementById('who')", "the slide list");
+    let who = b.eval(&s, "document.getElementById('who').textContent");
+    assert!(who.as_str().unwrap().contains("ana (trainee)"), "{who}");
+    b.screenshot(&s, "accounts-slide-list");
+
+    // A quiz round: the name is the account's and cannot be edited; the answer is saved.
+    let q = b.visit(&format!("{origin}view/{id}?quiz=1"), 1400);
+    let s = q.session.clone();
+    wait_true(&mut b, &s, "tesseraViewer.world.getItemCount() === 1 && tesseraViewer.world.getItemAt(0).getFullyLoaded() && document.getElementById('trainee').readOnly", "slide tiles");
+    assert_eq!(
+        b.eval(&s, "document.getElementById('trainee').value"),
+        json!("ana")
+    );
+    click_image_point(&mut b, &s, 60, 60);
+    b.eval(&s, "document.getElementById('reveal').click()");
+    wait_true(&mut b, &s, "!document.getElementById('score').hidden && document.getElementById('score').textContent.includes('answer')", "the score");
+    let text = b.eval(&s, "document.getElementById('score').textContent");
+    assert!(text.as_str().unwrap().contains("of ana"), "{text}");
+    let (_, errors) = b.seen(&s);
+    assert!(errors.is_empty(), "{errors:#?}");
+    b.screenshot(&s, "accounts-quiz-scored");
+    let stored = stored_answers(&out);
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].1.is_some(), "tied to the account");
+    assert_eq!(stored[0].4["marks"].as_array().unwrap().len(), 1);
+
+    // The progress page shows the round, for this account only.
+    let p = b.visit(&format!("{origin}progress"), 1000);
+    let s = p.session.clone();
+    wait_true(
+        &mut b,
+        &s,
+        "document.querySelectorAll('#rounds tbody tr').length === 1",
+        "the progress table",
+    );
+    assert_eq!(
+        b.eval(&s, "document.getElementById('trainee').readOnly"),
+        json!(true)
+    );
+    b.screenshot(&s, "accounts-progress");
+    // Logging out returns to the login page; the pages are closed again.
+    b.eval(
+        &s,
+        "setTimeout(() => document.getElementById('logout').click(), 0); true",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    wait_true(
+        &mut b,
+        &s,
+        "location.pathname === '/login'",
+        "the login page",
+    );
+    let v = b.visit(&format!("{origin}progress"), 1000);
+    assert_eq!(b.eval(&v.session, "location.pathname"), json!("/login"));
 }

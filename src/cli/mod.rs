@@ -10,6 +10,7 @@ mod qc;
 mod region;
 mod report;
 mod serve;
+mod users;
 mod watch;
 
 use std::path::PathBuf;
@@ -83,6 +84,13 @@ enum Command {
         (no analysed slide, address in use, short token)\n  64  invalid command line"
     )]
     Serve(serve::ServeArgs),
+    /// The teaching viewer's accounts: add instructors and trainees, set passwords, disable.
+    /// With one account in a results folder, `tessera serve` there requires logins.
+    #[command(
+        after_help = "Exit codes:\n  0   done\n  3   not done (no such account, name taken, \
+        password too short, database unreadable)\n  64  invalid command line"
+    )]
+    Users(users::UsersArgs),
     /// Internal: the watch service's isolated analysis worker (reads requests on stdin).
     #[command(hide = true)]
     WatchWorker(watch::WatchArgs),
@@ -349,6 +357,7 @@ pub fn run() -> ExitCode {
         Command::Watch(args) => watch::run(&args),
         Command::Queue(args) => watch::run_queue(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Users(args) => users::run(&args),
         Command::WatchWorker(args) => watch::run_worker(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),

@@ -33,9 +33,20 @@ pub struct ServeArgs {
     /// Memory for encoded tiles, in MiB.
     #[arg(long, default_value_t = 256)]
     tile_cache_mib: u64,
-    /// The trainee's name for quiz answers (the page can also ask for it).
+    /// The trainee's name for quiz answers (the page can also ask for it). Single-user mode
+    /// only: with accounts, answers belong to the logged-in account.
     #[arg(long)]
     trainee: Option<String>,
+    /// The viewer's database of accounts and answers (default RESULTS/.tessera/viewer.sqlite;
+    /// `tessera users` adds accounts to it).
+    #[arg(long, value_name = "FILE")]
+    db: Option<PathBuf>,
+    /// Mark the session cookie Secure: for a viewer served as https by a TLS proxy.
+    #[arg(long)]
+    secure_cookies: bool,
+    /// How long a login lasts, in hours.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=720))]
+    session_hours: u32,
     #[command(flatten)]
     slide: SlideArgs,
 }
@@ -55,6 +66,9 @@ pub fn run(a: &ServeArgs) -> u8 {
     cfg.jpeg_quality = a.jpeg_quality;
     cfg.cache_bytes = a.tile_cache_mib.saturating_mul(1 << 20);
     cfg.trainee = a.trainee.clone();
+    cfg.db = a.db.clone();
+    cfg.secure_cookies = a.secure_cookies;
+    cfg.session_seconds = i64::from(a.session_hours) * 3600;
     cfg.slide = a.slide.config();
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
@@ -78,10 +92,22 @@ pub fn run(a: &ServeArgs) -> u8 {
     };
     let result = serve::run(
         cfg,
-        |addr, token| {
+        |addr, token, mode| {
             match token {
                 Some(t) => println!("Tessera viewer on http://{addr}/?token={t}"),
                 None => println!("Tessera viewer on http://{addr}/"),
+            }
+            match mode {
+                serve::Mode::Accounts(n) => eprintln!(
+                    "accounts mode: {n} account{} in the viewer database; every page needs a login",
+                    if n == 1 { "" } else { "s" }
+                ),
+                serve::Mode::Token => {
+                    eprintln!("single-user mode: every request needs the token")
+                }
+                serve::Mode::Open => eprintln!(
+                    "single-user mode on loopback (add accounts with `tessera users` for a class)"
+                ),
             }
             use std::io::Write;
             let _ = std::io::stdout().flush();

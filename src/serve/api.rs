@@ -24,6 +24,7 @@ pub(super) mod assets {
     pub const INDEX: &str = include_str!("assets/index.html");
     pub const VIEWER: &str = include_str!("assets/viewer.html");
     pub const PROGRESS: &str = include_str!("assets/progress.html");
+    pub const LOGIN: &str = include_str!("assets/login.html");
     pub const VIEWER_JS: &str = include_str!("assets/viewer.js");
     pub const PAGES_JS: &str = include_str!("assets/pages.js");
     pub const CSS: &str = include_str!("assets/viewer.css");
@@ -187,13 +188,27 @@ pub(super) struct QuizRound {
 pub(super) async fn quiz_round(
     State(st): State<St>,
     UrlPath(id): UrlPath<String>,
+    session: Option<axum::Extension<accounts::Session>>,
     Json(round): Json<QuizRound>,
 ) -> Response {
     let case = match st.case(&id) {
         Ok(c) => c,
         Err(f) => return f.into_response(),
     };
-    let Some(trainee) = round.trainee.clone().or_else(|| st.cfg.trainee.clone()) else {
+    let user = session.map(|s| s.0.user);
+    // With accounts, a round is the logged-in account's; naming anyone else is refused.
+    let given = match (&user, &round.trainee) {
+        (Some(u), Some(t)) if !t.eq_ignore_ascii_case(&u.name) => {
+            return Fail(
+                StatusCode::FORBIDDEN,
+                "answers are saved under your own account only".into(),
+            )
+            .into_response()
+        }
+        (Some(u), _) => Some(u.name.clone()),
+        (None, t) => t.clone(),
+    };
+    let Some(trainee) = given.or_else(|| st.cfg.trainee.clone()) else {
         return Fail(StatusCode::BAD_REQUEST, "a trainee name is needed".into()).into_response();
     };
     if !quiz::trainee_ok(&trainee) {
@@ -234,10 +249,11 @@ pub(super) async fn quiz_round(
         Err(e) => return Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
     let score = quiz::score(&round.marks, &reference);
+    let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let record = json!({
         "trainee": trainee,
         "case": id,
-        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "time": time,
         "slide_fingerprint": case.result.slide.fingerprint.sha256,
         "model_sha256": case.result.model.sha256,
         "class": class_name,
@@ -246,14 +262,24 @@ pub(super) async fn quiz_round(
         "score": score,
         "tessera_version": crate::VERSION,
     });
-    let results = st.cfg.results.clone();
+    let Some(db) = st.db.clone() else {
+        return Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "answers cannot be saved: the viewer database {} could not be created",
+                st.db_file.display()
+            ),
+        )
+        .into_response();
+    };
     let (t, c, r) = (trainee.clone(), id.clone(), record.clone());
-    let saved = tokio::task::spawn_blocking(move || quiz::save(&results, &t, &c, &r)).await;
+    let saved =
+        tokio::task::spawn_blocking(move || db.save_answer(user.as_ref(), &t, &c, &time, &r)).await;
     match saved {
-        Ok(Ok(path)) => Json(json!({
+        Ok(Ok(answer)) => Json(json!({
             "score": score,
             "reference": reference,
-            "saved": path.strip_prefix(&st.cfg.results).unwrap_or(&path),
+            "answer": answer,
         }))
         .into_response(),
         Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -266,7 +292,48 @@ pub(super) struct Trainee {
     trainee: Option<String>,
 }
 
-pub(super) async fn progress(State(st): State<St>, Query(t): Query<Trainee>) -> Response {
+pub(super) async fn progress(
+    State(st): State<St>,
+    session: Option<axum::Extension<accounts::Session>>,
+    Query(t): Query<Trainee>,
+) -> Response {
+    let Some(db) = st.db.clone() else {
+        return Json(json!({"trainee": t.trainee, "rounds": []})).into_response();
+    };
+    if let Some(axum::Extension(s)) = session {
+        // Accounts: one's own rounds; an instructor may ask for anyone's.
+        let me = s.user;
+        let whose = match t.trainee {
+            None => me,
+            Some(name) if name.eq_ignore_ascii_case(&me.name) => me,
+            Some(name) if me.role == accounts::Role::Instructor => match db.user(&name) {
+                Ok(Some(u)) => u,
+                Ok(None) => return not_found("no such account").into_response(),
+                Err(e) => {
+                    return Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                }
+            },
+            Some(_) => {
+                return Fail(
+                    StatusCode::FORBIDDEN,
+                    "a trainee sees their own progress only".into(),
+                )
+                .into_response()
+            }
+        };
+        let rounds = tokio::task::spawn_blocking(move || {
+            db.answers(accounts::Who::Account(&whose))
+                .map(|r| (whose.name, r))
+        })
+        .await;
+        return match rounds {
+            Ok(Ok((name, rounds))) => {
+                Json(json!({"trainee": name, "rounds": rounds})).into_response()
+            }
+            Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        };
+    }
     let Some(trainee) = t.trainee.or_else(|| st.cfg.trainee.clone()) else {
         return Fail(
             StatusCode::BAD_REQUEST,
@@ -277,6 +344,11 @@ pub(super) async fn progress(State(st): State<St>, Query(t): Query<Trainee>) -> 
     if !quiz::trainee_ok(&trainee) {
         return Fail(StatusCode::BAD_REQUEST, "invalid trainee name".into()).into_response();
     }
-    let rounds = quiz::progress(&st.cfg.results, &trainee);
-    Json(json!({"trainee": trainee, "rounds": rounds})).into_response()
+    let t2 = trainee.clone();
+    let rounds = tokio::task::spawn_blocking(move || db.answers(accounts::Who::Typed(&t2))).await;
+    match rounds {
+        Ok(Ok(rounds)) => Json(json!({"trainee": trainee, "rounds": rounds})).into_response(),
+        Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }

@@ -1,11 +1,22 @@
-//! Who may ask: the token that every request must carry when the viewer listens beyond the
-//! loopback address, compared in constant time; and the response headers every answer gets
-//! (no caching of private data, a Content-Security-Policy that forbids fetching elsewhere).
+//! Who may ask. Accounts mode: a session cookie on every route but the login page, the login
+//! request and the static assets; the session's CSRF token (`X-CSRF-Token`) on every request
+//! that changes state; failed logins throttled per name; a new session id at every login (a
+//! cookie set before login is never adopted). Token mode: the token every request must carry
+//! when the viewer listens beyond the loopback address, compared in constant time. Both: the
+//! response headers every answer gets (no sniffing, no referrer, a Content-Security-Policy
+//! that forbids fetching elsewhere).
 //!
-//! In: a request and the configured token. Out: the request passed on, or 401. No coordinates.
+//! In: a request, the configured token or the viewer's database. Out: the request passed on
+//! (with its [`Session`] as an extension in accounts mode), or 401/403/429, or a redirect to
+//! the login page. No coordinates.
 
+use super::accounts::{Role, Session};
 use super::state::*;
 use super::*;
+
+/// Failed logins of one name allowed before the waits begin.
+pub(super) const FREE_FAILURES: u32 = 5;
+const SESSION_COOKIE: &str = "tessera_session";
 
 /// Is a token needed for this address? Everything but 127.0.0.1 and ::1.
 pub fn needs_token(addr: &SocketAddr) -> bool {
@@ -28,9 +39,17 @@ pub fn generate_token() -> Result<String> {
 
 /// Every request: the token check (when there is a token), then headers that keep the pages
 /// from loading anything from elsewhere.
-pub(super) async fn guard(State(st): State<St>, req: Request, next: Next) -> Response {
+pub(super) async fn guard(State(st): State<St>, mut req: Request, next: Next) -> Response {
     let mut set_cookie = None;
-    if st.token.is_none() {
+    if let Mode::Accounts(_) = st.mode {
+        match session_gate(&st, &req) {
+            Gate::Pass(Some(s)) => {
+                req.extensions_mut().insert(s);
+            }
+            Gate::Pass(None) => {}
+            Gate::Refuse(r) => return with_headers(r, None),
+        }
+    } else if st.token.is_none() {
         // Loopback without a token: only requests addressed to loopback, so that a web page
         // whose domain is rebound to 127.0.0.1 (DNS rebinding) cannot read the slides.
         let host = req
@@ -82,7 +101,12 @@ pub(super) async fn guard(State(st): State<St>, req: Request, next: Next) -> Res
             return Fail(StatusCode::UNAUTHORIZED, why.into()).into_response();
         }
     }
-    let mut res = next.run(req).await;
+    let res = next.run(req).await;
+    with_headers(res, set_cookie)
+}
+
+/// The headers every answer gets.
+fn with_headers(mut res: Response, set_cookie: Option<String>) -> Response {
     let h = res.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -103,6 +127,257 @@ pub(super) async fn guard(State(st): State<St>, req: Request, next: Next) -> Res
         h.insert(header::SET_COOKIE, c);
     }
     res
+}
+
+/// What the accounts mode's gate decided.
+enum Gate {
+    /// Let in, with the request's session (none for the public routes).
+    Pass(Option<Session>),
+    /// The answer that refuses it.
+    Refuse(Response),
+}
+
+/// Accounts mode: the request's session, or the answer that refuses it. Public: the login page
+/// and request, the static assets (`Pass(None)`).
+fn session_gate(st: &St, req: &Request) -> Gate {
+    let path = req.uri().path();
+    let changes = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if changes && !same_origin(req) {
+        return Gate::Refuse(
+            Fail(StatusCode::FORBIDDEN, "cross-origin request refused".into()).into_response(),
+        );
+    }
+    if path == "/login" || path == "/api/login" || path.starts_with("/static/") {
+        return Gate::Pass(None);
+    }
+    let session = cookie(req, SESSION_COOKIE).and_then(|token| {
+        st.db
+            .as_ref()
+            .and_then(|db| db.session(&token).ok().flatten())
+    });
+    let Some(session) = session else {
+        let page = req.method() == axum::http::Method::GET
+            && !(path.starts_with("/api/")
+                || path.starts_with("/slides/")
+                || path.starts_with("/overlay/"));
+        return Gate::Refuse(if page {
+            (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, "/login"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+            )
+                .into_response()
+        } else {
+            Fail(
+                StatusCode::UNAUTHORIZED,
+                "not logged in (or the session ended): log in at /login".into(),
+            )
+            .into_response()
+        });
+    };
+    if changes {
+        let sent = req
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok());
+        if !sent.is_some_and(|t| same(t, &session.csrf)) {
+            return Gate::Refuse(
+                Fail(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token (X-CSRF-Token, from /api/me)".into(),
+                )
+                .into_response(),
+            );
+        }
+    }
+    Gate::Pass(Some(session))
+}
+
+/// A state-changing request from a page of another origin is refused: when the browser says
+/// where it comes from (Origin, else Referer), that must be this host.
+fn same_origin(req: &Request) -> bool {
+    let h = req.headers();
+    let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let from = h
+        .get(header::ORIGIN)
+        .or_else(|| h.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    match from {
+        None => true,
+        Some(o) => {
+            let rest = o
+                .strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+                .unwrap_or("");
+            rest.split('/').next() == Some(host)
+        }
+    }
+}
+
+/// A cookie's value.
+fn cookie(req: &Request, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(prefix.as_str()).map(str::to_string))
+}
+
+fn session_cookie(st: &St, value: &str, max_age: i64) -> String {
+    format!(
+        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{}",
+        if st.cfg.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        }
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct Login {
+    name: String,
+    password: String,
+}
+
+/// `POST /api/login` `{"name", "password"}`: a new session (cookie) and its CSRF token.
+pub(super) async fn login(State(st): State<St>, req: Request) -> Response {
+    let Mode::Accounts(_) = st.mode else {
+        return not_found("no accounts: this viewer runs for one user").into_response();
+    };
+    let Some(db) = st.db.clone() else {
+        return not_found("no viewer database").into_response();
+    };
+    let old = cookie(&req, SESSION_COOKIE);
+    let body = match axum::body::to_bytes(req.into_body(), 16 << 10).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Fail(StatusCode::PAYLOAD_TOO_LARGE, "at most 16 KiB".into()).into_response()
+        }
+    };
+    let Ok(Login { name, password }) = serde_json::from_slice::<Login>(&body) else {
+        return Fail(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"name\": …, \"password\": …}".into(),
+        )
+        .into_response();
+    };
+    let key = name.to_lowercase();
+    let now = std::time::Instant::now();
+    let waiting = st
+        .throttle
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).copied())
+        .filter(|t| t.until > now);
+    if let Some(t) = waiting {
+        let secs = (t.until - now).as_secs() + 1;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+            format!("too many failed logins for this name: try again in {secs} s\n"),
+        )
+            .into_response();
+    }
+    let Ok(_permit) = st.hashing.acquire().await else {
+        return Fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()).into_response();
+    };
+    let (db2, n2, p2) = (db.clone(), name.clone(), password);
+    let checked = tokio::task::spawn_blocking(move || db2.verify(&n2, &p2)).await;
+    let user = match checked {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            return Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+        Err(e) => return Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let Some(user) = user else {
+        if let Ok(mut m) = st.throttle.lock() {
+            let t = m.entry(key).or_insert(Throttle {
+                failures: 0,
+                until: now,
+            });
+            t.failures += 1;
+            if t.failures >= FREE_FAILURES {
+                let wait = 30u64 << (t.failures - FREE_FAILURES).min(5);
+                t.until = now + std::time::Duration::from_secs(wait.min(900));
+            }
+        }
+        return Fail(StatusCode::UNAUTHORIZED, "wrong name or password".into()).into_response();
+    };
+    if let Ok(mut m) = st.throttle.lock() {
+        m.remove(&key);
+    }
+    // A session id the browser had before is ended, never carried over (session fixation).
+    if let Some(old) = old {
+        let _ = db.end_session(&old);
+    }
+    let lifetime = st.cfg.session_seconds;
+    match db.start_session(&user, lifetime) {
+        Ok((token, session)) => (
+            [(header::SET_COOKIE, session_cookie(&st, &token, lifetime))],
+            Json(json!({"name": user.name, "role": user.role, "csrf": session.csrf})),
+        )
+            .into_response(),
+        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `POST /api/logout`: ends the session.
+pub(super) async fn logout(State(st): State<St>, req: Request) -> Response {
+    if let (Some(db), Some(token)) = (&st.db, cookie(&req, SESSION_COOKIE)) {
+        let _ = db.end_session(&token);
+    }
+    (
+        [(header::SET_COOKIE, session_cookie(&st, "", 0))],
+        Json(json!({"logged_out": true})),
+    )
+        .into_response()
+}
+
+/// `GET /api/me`: the mode, and in accounts mode who is logged in and the CSRF token.
+pub(super) async fn me(
+    State(st): State<St>,
+    session: Option<axum::Extension<Session>>,
+) -> Json<Value> {
+    Json(match (st.mode, session) {
+        (Mode::Accounts(_), Some(axum::Extension(s))) => json!({
+            "mode": "accounts",
+            "name": s.user.name,
+            "role": s.user.role,
+            "csrf": s.csrf,
+        }),
+        _ => json!({"mode": "single", "trainee": st.cfg.trainee}),
+    })
+}
+
+/// `GET /api/users` (instructors): every account's name and role.
+pub(super) async fn users(
+    State(st): State<St>,
+    session: Option<axum::Extension<Session>>,
+) -> Response {
+    let Some(axum::Extension(s)) = session else {
+        return not_found("no accounts: this viewer runs for one user").into_response();
+    };
+    if s.user.role != Role::Instructor {
+        return Fail(StatusCode::FORBIDDEN, "instructors only".into()).into_response();
+    }
+    let Some(db) = &st.db else {
+        return not_found("no viewer database").into_response();
+    };
+    match db.users() {
+        Ok(u) => Json(json!({"users": u})).into_response(),
+        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// Constant-time comparison.

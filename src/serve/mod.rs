@@ -16,12 +16,20 @@
 //! - `GET /overlay/{id}_files/{level}/{col}_{row}.png?class=&cmap=&threshold=`: heatmap tiles on
 //!   the same grid, from the stored probabilities (PNG with alpha).
 //! - `POST /api/quiz/{id}`: scores and saves a quiz round; `GET /api/progress?trainee=`.
+//! - Accounts mode ([`accounts`]): `GET /login`, `POST /api/login`, `POST /api/logout`,
+//!   `GET /api/me` (who is logged in, and the CSRF token), `GET /api/users` (instructors).
 //!
 //! Coordinates: level-0 pixels in the API; Deep Zoom levels in tile URLs ([`deepzoom`]).
-//! Security: ids are looked up in the catalogue ([`cases`]), never joined to paths; binding to
-//! anything but 127.0.0.1 or ::1 requires a token on every request; label and macro images stay
-//! private unless `--allow-label`; the server makes no outgoing request.
+//! Security: ids are looked up in the catalogue ([`cases`]), never joined to paths; label and
+//! macro images stay private unless `--allow-label`; the server makes no outgoing request.
+//! Who may ask ([`auth`]): when the viewer's database holds accounts, every route but the login
+//! page, the login request and the static assets needs a session (cookie: HttpOnly,
+//! SameSite=Strict, Secure with `--secure-cookies`), every state-changing request needs the
+//! session's CSRF token, failed logins are throttled, and answers are tied to the account.
+//! Without accounts (one user): binding to anything but 127.0.0.1 or ::1 requires a token on
+//! every request.
 
+pub mod accounts;
 mod api;
 mod auth;
 pub mod cases;
@@ -75,6 +83,13 @@ pub struct ServeConfig {
     pub trainee: Option<String>,
     /// How slides are opened.
     pub slide: SlideConfig,
+    /// The viewer's database (accounts, sessions, answers); default
+    /// `RESULTS/.tessera/viewer.sqlite` ([`accounts::db_path`]).
+    pub db: Option<PathBuf>,
+    /// Mark the session cookie `Secure` (when a TLS proxy serves the viewer as https).
+    pub secure_cookies: bool,
+    /// How long a login lasts, in seconds (default 12 h).
+    pub session_seconds: i64,
 }
 
 impl ServeConfig {
@@ -90,15 +105,29 @@ impl ServeConfig {
             cache_bytes: 256 << 20,
             trainee: None,
             slide: SlideConfig::default(),
+            db: None,
+            secure_cookies: false,
+            session_seconds: 12 * 3600,
         }
     }
 }
 
+/// How requests are let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One user, no token: loopback only.
+    Open,
+    /// One user with the access token.
+    Token,
+    /// Accounts in the viewer's database; `usize`: how many.
+    Accounts(usize),
+}
+
 /// Serves until `shutdown` completes. `ready` gets the address actually bound (port 0 picks
-/// one) and the token, before the first request is accepted.
+/// one), the token (token mode) and the mode, before the first request is accepted.
 pub fn run(
     cfg: ServeConfig,
-    ready: impl FnOnce(SocketAddr, Option<&str>),
+    ready: impl FnOnce(SocketAddr, Option<&str>, Mode),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let cases = cases::load(&cfg.results, &cfg.slides, false)?;
@@ -108,7 +137,25 @@ pub fn run(
             message: "no analysed slide here (no <slide>/result.json)".into(),
         });
     }
+    let db_file = cfg
+        .db
+        .clone()
+        .unwrap_or_else(|| accounts::db_path(&cfg.results));
+    // An existing database is opened (a broken one is an error: it may hold the accounts);
+    // a missing one is created for the answers, unless the results folder is read-only.
+    let db = match accounts::Db::open(&db_file, false)? {
+        Some(db) => Some(db),
+        None => accounts::Db::open(&db_file, true).ok().flatten(),
+    };
+    let n_accounts = match &db {
+        Some(db) => {
+            db.import_quiz_files(&cfg.results)?;
+            db.accounts()? as usize
+        }
+        None => 0,
+    };
     let token = match (&cfg.token, needs_token(&cfg.bind)) {
+        _ if n_accounts > 0 => None,
         (Some(t), _) if t.len() < 16 => {
             return Err(Error::Serve {
                 path: cfg.results.clone(),
@@ -119,9 +166,19 @@ pub fn run(
         (None, true) => Some(generate_token()?),
         (None, false) => None,
     };
+    let mode = match (n_accounts, &token) {
+        (n, _) if n > 0 => Mode::Accounts(n),
+        (_, Some(_)) => Mode::Token,
+        _ => Mode::Open,
+    };
     let threads = crate::sys::cpus();
     let shared = Arc::new(Shared {
         token,
+        mode,
+        db: db.map(Arc::new),
+        db_file,
+        throttle: Mutex::new(HashMap::new()),
+        hashing: tokio::sync::Semaphore::new(2),
         cases: std::sync::RwLock::new(Arc::new(
             cases
                 .into_iter()
@@ -159,7 +216,7 @@ pub fn run(
             path: shared.cfg.results.clone(),
             message: e.to_string(),
         })?;
-        ready(addr, shared.token.as_deref());
+        ready(addr, shared.token.as_deref(), shared.mode);
         let app = router(shared);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -188,6 +245,11 @@ fn router(shared: St) -> Router {
         .route("/api/slides/{id}/label", get(api::label))
         .route("/api/quiz/{id}", post(api::quiz_round))
         .route("/api/progress", get(api::progress))
+        .route("/login", get(|| async { api::page(api::assets::LOGIN) }))
+        .route("/api/login", post(auth::login))
+        .route("/api/logout", post(auth::logout))
+        .route("/api/me", get(auth::me))
+        .route("/api/users", get(auth::users))
         .route("/slides/{name}", get(tiles::dzi))
         .route("/slides/{name}/{level}/{tile}", get(tiles::slide_tile))
         .route("/overlay/{name}/{level}/{tile}", get(tiles::overlay_tile))

@@ -3,10 +3,10 @@
 //!
 //! In: marks (points in level-0 pixels), the case's expert GeoJSON (QuPath export: polygons in
 //! level-0 pixels) or its [`ProbGrid`] with a class and threshold. Out: a [`Score`] (hits,
-//! misses, false marks, and which reference was used), written to
-//! `RESULTS/.quiz/<trainee>/<case>/<time>.json`, and the trainee's progress read back.
+//! misses, false marks, and which reference was used); the viewer saves it in its database
+//! ([`super::accounts`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -230,55 +230,6 @@ pub fn trainee_ok(name: &str) -> bool {
         && !t.starts_with('.')
         && t.chars()
             .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-'))
-}
-
-/// Where a trainee's answers are kept.
-pub fn trainee_dir(results: &Path, trainee: &str) -> PathBuf {
-    results.join(".quiz").join(trainee)
-}
-
-/// Saves one round; returns the file written.
-pub fn save(results: &Path, trainee: &str, case: &str, record: &Value) -> Result<PathBuf> {
-    let dir = trainee_dir(results, trainee).join(case);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::from_io(&dir, e))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let path = dir.join(format!("{}-{:09}.json", now.as_secs(), now.subsec_nanos()));
-    crate::output::write_json(&path, record)?;
-    Ok(path)
-}
-
-/// Every saved round of a trainee, oldest first.
-pub fn progress(results: &Path, trainee: &str) -> Vec<Value> {
-    let mut rounds = Vec::new();
-    let Ok(cases) = std::fs::read_dir(trainee_dir(results, trainee)) else {
-        return rounds;
-    };
-    for case in cases.filter_map(|e| e.ok()) {
-        let Ok(files) = std::fs::read_dir(case.path()) else {
-            continue;
-        };
-        for f in files.filter_map(|e| e.ok()) {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            if let Some(v) = std::fs::read(f.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            {
-                rounds.push(v);
-            }
-        }
-    }
-    rounds.sort_by(|a, b| {
-        a["time"]
-            .as_str()
-            .unwrap_or_default()
-            .cmp(b["time"].as_str().unwrap_or_default())
-    });
-    rounds
 }
 
 #[cfg(test)]

@@ -62,6 +62,17 @@ pub(super) type OnceSlide = std::sync::OnceLock<std::result::Result<Arc<Slide>, 
 pub(super) struct Shared {
     pub(super) cfg: ServeConfig,
     pub(super) token: Option<String>,
+    /// How requests are let in.
+    pub(super) mode: Mode,
+    /// The viewer's database (absent when it could not be created: a read-only results
+    /// folder; answers are then refused).
+    pub(super) db: Option<Arc<accounts::Db>>,
+    /// Where it is (or would be).
+    pub(super) db_file: PathBuf,
+    /// Failed logins per lower-cased name.
+    pub(super) throttle: Mutex<HashMap<String, Throttle>>,
+    /// Password hashes computed at once (each takes 19 MiB and tens of milliseconds).
+    pub(super) hashing: tokio::sync::Semaphore,
     /// The catalogue; new output folders are added when the slide list is asked for.
     pub(super) cases: std::sync::RwLock<Arc<Catalogue>>,
     /// When the results folder was last listed.
@@ -75,6 +86,14 @@ pub(super) struct Shared {
 }
 
 pub(super) type St = Arc<Shared>;
+
+/// Failed logins of one name: after [`auth::FREE_FAILURES`] in a row, each further attempt
+/// waits, doubling from 30 s up to 15 min; a success clears it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Throttle {
+    pub(super) failures: u32,
+    pub(super) until: std::time::Instant,
+}
 
 /// A case's id and result version (`id#stamp`): the key of its opened slide and its grid.
 pub(super) fn version_key(case: &Case) -> String {

@@ -5,7 +5,7 @@
 const id = decodeURIComponent(location.pathname.split('/').pop());
 const quiz = new URLSearchParams(location.search).get('quiz') === '1';
 const $ = (s) => document.getElementById(s);
-const state = { result: null, overlay: null, marks: [], revealed: false, mpp: null };
+const state = { result: null, overlay: null, marks: [], revealed: false, mpp: null, me: { mode: 'single' } };
 
 const viewer = OpenSeadragon({
   id: 'osd',
@@ -155,9 +155,11 @@ function drawRegions(regions, colour) {
 async function reveal() {
   const trainee = $('trainee').value.trim();
   if (!trainee) { $('trainee').focus(); return; }
-  localStorage.setItem('tessera-trainee', trainee);
+  const headers = { 'Content-Type': 'application/json' };
+  if (state.me.mode === 'accounts') headers['X-CSRF-Token'] = state.me.csrf;
+  else localStorage.setItem('tessera-trainee', trainee);
   const body = { trainee, marks: state.marks.map((m) => ({ x: m.x, y: m.y })), class: $('class').value };
-  const r = await fetch('/api/quiz/' + encodeURIComponent(id), { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+  const r = await fetch('/api/quiz/' + encodeURIComponent(id), { method: 'POST', headers, body: JSON.stringify(body) });
   const out = $('score');
   out.hidden = false;
   if (!r.ok) { out.textContent = 'Not scored: ' + await r.text(); return; }
@@ -172,7 +174,7 @@ async function reveal() {
   const p = (t) => { const e = document.createElement('p'); e.textContent = t; out.appendChild(e); return e; };
   p('Scored against ' + s.reference_description + '.').className = 'reference';
   p('Regions found: ' + s.hits + ' of ' + s.regions + ' · missed: ' + s.misses + ' · false marks: ' + s.false_marks);
-  p('Saved as ' + d.saved + '.');
+  p('Saved as answer ' + d.answer + (state.me.mode === 'accounts' ? ' of ' + state.me.name : '') + '.');
 }
 
 async function init() {
@@ -201,7 +203,15 @@ async function init() {
     $('qc').addEventListener('change', refreshQc);
   }
   const list = await (await fetch('/api/slides')).json();
-  $('trainee').value = localStorage.getItem('tessera-trainee') || list.trainee || '';
+  const me = await fetch('/api/me');
+  if (me.ok) state.me = await me.json();
+  if (state.me.mode === 'accounts') {
+    // Answers belong to the logged-in account.
+    $('trainee').value = state.me.name;
+    $('trainee').readOnly = true;
+  } else {
+    $('trainee').value = localStorage.getItem('tessera-trainee') || list.trainee || '';
+  }
   if (quiz) { $('quiz').hidden = false; $('ai').hidden = true; }
   legend();
   for (const el of ['show', 'class', 'cmap']) $(el).addEventListener('change', refreshOverlay);
