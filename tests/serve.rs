@@ -713,11 +713,85 @@ fn quiz_rounds_are_scored_against_the_expert_or_the_ai_and_saved() {
         (Some(3), Some(2), Some(1), Some(1))
     );
     assert_eq!(s["marks"], json!([0, 1, 1, null]));
+    assert_eq!(s["found"], json!([true, true, false]));
+    assert_eq!(
+        (s["sensitivity"].as_f64(), s["precision"].as_f64()),
+        (Some(2.0 / 3.0), Some(0.75))
+    );
+    // The FROC-style curve, as the marks were placed: region 0, region 1, region 1 again, false.
+    let curve: Vec<(u64, u64, f64)> = s["froc"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["marks"].as_u64().unwrap(),
+                p["false_marks"].as_u64().unwrap(),
+                p["sensitivity"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        curve,
+        vec![
+            (1, 0, 1.0 / 3.0),
+            (2, 0, 2.0 / 3.0),
+            (3, 0, 2.0 / 3.0),
+            (4, 1, 2.0 / 3.0)
+        ]
+    );
+    // The false mark at (900, 900): the AI's probability there, from patches.csv.
+    let under = ps
+        .iter()
+        .find(|p| (p.0..p.0 + p.2).contains(&900) && (p.1..p.1 + p.2).contains(&900))
+        .map(|p| p.3);
+    let f = &s["false_mark_details"][0];
+    assert_eq!(f["mark"], 3);
+    assert_eq!(f["expert_label"], Value::Null);
+    match under {
+        Some(p) => assert!(
+            (f["ai_probability"].as_f64().unwrap() - p as f64).abs() < 1e-3,
+            "{f}"
+        ),
+        None => assert_eq!(f["ai_probability"], Value::Null),
+    }
 
-    // Progress lists both rounds, oldest first.
+    // A question about one class: the expert's regions of that class are to be found, the
+    // others tell a false mark what lies there (label and note as the expert wrote them).
+    let mut stroma = poly(850, 850, 100);
+    stroma["properties"] =
+        json!({"classification": {"name": "Stroma"}, "description": "Loose stroma, not tumour."});
+    let mut features = expert["features"].as_array().unwrap().clone();
+    features[0]["properties"]["description"] = json!("Invasive front");
+    features.push(stroma);
+    let expert2 = json!({"type": "FeatureCollection", "features": features});
+    std::fs::write(case.join("expert.geojson"), expert2.to_string()).unwrap();
+    let r = post(
+        &json!({"trainee": "Ana María", "class": "tumor", "marks": [{"x": 900, "y": 900}, {"x": 150, "y": 150}]}),
+    );
+    let d = r.json();
+    let s = &d["score"];
+    assert_eq!(
+        (
+            s["regions"].as_u64(),
+            s["hits"].as_u64(),
+            s["false_marks"].as_u64()
+        ),
+        (Some(3), Some(1), Some(1))
+    );
+    assert_eq!(s["false_mark_details"][0]["expert_label"], "Stroma");
+    assert_eq!(
+        d["reference"]["context"][0]["note"],
+        "Loose stroma, not tumour."
+    );
+    assert_eq!(d["reference"]["regions"][0]["label"], "Tumor");
+    assert_eq!(d["reference"]["regions"][0]["note"], "Invasive front");
+    std::fs::write(case.join("expert.geojson"), expert.to_string()).unwrap();
+
+    // Progress lists the rounds, oldest first.
     let p = get(a, "/api/progress?trainee=Ana%20Mar%C3%ADa").json();
     let rounds = p["rounds"].as_array().unwrap();
-    assert_eq!(rounds.len(), 2);
+    assert_eq!(rounds.len(), 3);
     assert_eq!(rounds[0]["score"]["reference"], "ai");
     assert_eq!(rounds[1]["score"]["reference"], "expert");
     // Bad rounds are refused and nothing is saved.
@@ -742,7 +816,7 @@ fn quiz_rounds_are_scored_against_the_expert_or_the_ai_and_saved() {
         404
     );
     let stored = stored_answers(&out);
-    assert_eq!(stored.len(), 2);
+    assert_eq!(stored.len(), 3);
     assert!(stored.iter().all(|r| r.2 == "Ana María"));
     assert!(
         !out.join(".quiz").exists(),
@@ -1571,7 +1645,13 @@ fn a_trainee_logs_in_answers_and_sees_their_progress_in_chromium() {
     assert!(who.as_str().unwrap().contains("ana (trainee)"), "{who}");
     b.screenshot(&s, "accounts-slide-list");
 
-    // A quiz round: the name is the account's and cannot be edited; the answer is saved.
+    // A quiz round: the name is the account's and cannot be edited; the answer is saved. The
+    // expert's label and note carry HTML, which must show as text and never run.
+    let html = "<img src=x onerror=\"document.title='pwned'\">";
+    let expert = json!({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[1000, 1000], [1600, 1000], [1600, 1600], [1000, 1600], [1000, 1000]]]},
+         "properties": {"classification": {"name": format!("Tumor {html}")}, "description": format!("Note {html}")}}]});
+    std::fs::write(out.join(&id).join("expert.geojson"), expert.to_string()).unwrap();
     let q = b.visit(&format!("{origin}view/{id}?quiz=1"), 1400);
     let s = q.session.clone();
     wait_true(&mut b, &s, "tesseraViewer.world.getItemCount() === 1 && tesseraViewer.world.getItemAt(0).getFullyLoaded() && document.getElementById('trainee').readOnly", "slide tiles");
@@ -1583,7 +1663,20 @@ fn a_trainee_logs_in_answers_and_sees_their_progress_in_chromium() {
     b.eval(&s, "document.getElementById('reveal').click()");
     wait_true(&mut b, &s, "!document.getElementById('score').hidden && document.getElementById('score').textContent.includes('answer')", "the score");
     let text = b.eval(&s, "document.getElementById('score').textContent");
-    assert!(text.as_str().unwrap().contains("of ana"), "{text}");
+    let text = text.as_str().unwrap();
+    assert!(text.contains("of ana"), "{text}");
+    assert!(text.contains("1. missed — Tumor <img src=x"), "{text}");
+    assert!(text.contains(": Note <img"), "{text}");
+    assert!(text.contains("Sensitivity 0 % · precision 0 %"), "{text}");
+    assert!(
+        text.contains("mark 1: outside the expert's regions"),
+        "{text}"
+    );
+    assert_eq!(
+        b.eval(&s, "document.querySelectorAll('#score img').length"),
+        json!(0)
+    );
+    assert_ne!(b.eval(&s, "document.title"), json!("pwned"));
     let (_, errors) = b.seen(&s);
     assert!(errors.is_empty(), "{errors:#?}");
     b.screenshot(&s, "accounts-quiz-scored");

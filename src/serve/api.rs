@@ -233,14 +233,20 @@ pub(super) async fn quiz_round(
         .threshold
         .or_else(|| Some(case.result.parameters.threshold as f32))
         .unwrap_or(0.5);
-    let reference = match quiz::expert(&case.dir) {
+    // The grid gives the AI's regions (without an expert annotation) and the AI's probability
+    // under each false mark.
+    let grid = st.grid(&id).ok();
+    let class = grid
+        .as_ref()
+        .and_then(|g| g.classes.iter().position(|c| *c == class_name));
+    let reference = match quiz::expert(&case.dir, Some(&class_name)) {
         Ok(Some(r)) => r,
         Ok(None) => {
             let g = match st.grid(&id) {
                 Ok(g) => g,
                 Err(f) => return f.into_response(),
             };
-            let Some(class) = g.classes.iter().position(|c| *c == class_name) else {
+            let Some(class) = class else {
                 return Fail(StatusCode::BAD_REQUEST, format!("no class {class_name:?}"))
                     .into_response();
             };
@@ -248,7 +254,13 @@ pub(super) async fn quiz_round(
         }
         Err(e) => return Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
-    let score = quiz::score(&round.marks, &reference);
+    let mut score = quiz::score(&round.marks, &reference);
+    if let (Some(g), Some(class)) = (&grid, class) {
+        for f in &mut score.false_mark_details {
+            let m = round.marks[f.mark];
+            f.ai_probability = g.at(m.x, m.y).and_then(|p| p.probs.get(class).copied());
+        }
+    }
     let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let record = json!({
         "trainee": trainee,

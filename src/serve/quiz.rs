@@ -28,6 +28,10 @@ pub struct Mark {
 pub struct Region {
     /// Polygons (outer ring then holes), level-0 pixels; for AI regions, the patch squares.
     pub polygons: Vec<Vec<Vec<[f64; 2]>>>,
+    /// The expert's label (QuPath: the classification's name, else the annotation's name).
+    pub label: Option<String>,
+    /// The expert's note on it (QuPath: the annotation's description), shown as text.
+    pub note: Option<String>,
 }
 
 impl Region {
@@ -65,8 +69,34 @@ pub struct Reference {
     pub kind: &'static str,
     /// A sentence for the trainee: which annotation, or which class and threshold.
     pub description: String,
-    /// The regions.
+    /// The regions to find.
     pub regions: Vec<Region>,
+    /// The expert's other regions (labelled with other classes): not to be found, but a false
+    /// mark inside one is told what lies there.
+    pub context: Vec<Region>,
+}
+
+/// What lies under a mark outside every region to find.
+#[derive(Debug, Clone, Serialize)]
+pub struct FalseMark {
+    /// Which mark (index into the round's marks).
+    pub mark: usize,
+    /// The label of the expert's other region there, if any.
+    pub expert_label: Option<String>,
+    /// The AI's probability of the question's class at that point, if a patch was analysed
+    /// there.
+    pub ai_probability: Option<f32>,
+}
+
+/// One point of the FROC-style curve: after the first `marks` marks (in the order given).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FrocPoint {
+    /// Marks so far.
+    pub marks: usize,
+    /// False marks among them.
+    pub false_marks: usize,
+    /// Regions found by them, over all regions.
+    pub sensitivity: f64,
 }
 
 /// The result of one round.
@@ -86,11 +116,24 @@ pub struct Score {
     pub false_marks: usize,
     /// For each mark, the region it fell in.
     pub marks: Vec<Option<usize>>,
+    /// For each region, whether a mark fell in it.
+    pub found: Vec<bool>,
+    /// Regions found over regions (none without regions).
+    pub sensitivity: Option<f64>,
+    /// Marks inside a region over all marks (none without marks).
+    pub precision: Option<f64>,
+    /// Sensitivity against false marks as the marks were placed (the order stands in for the
+    /// trainee's confidence: a mark placed first is the surest); only with several regions.
+    pub froc: Vec<FrocPoint>,
+    /// What lies under each false mark (filled by the caller, which has the AI's grid).
+    pub false_mark_details: Vec<FalseMark>,
 }
 
 /// The expert annotation of a case folder: `expert.geojson` (a QuPath GeoJSON export:
-/// a FeatureCollection, a list of features or one feature; Polygon and MultiPolygon).
-pub fn expert(dir: &Path) -> Result<Option<Reference>> {
+/// a FeatureCollection, a list of features or one feature; Polygon and MultiPolygon). When
+/// `class` names the label of some regions, those are the regions to find and the others are
+/// context; otherwise every region is to be found.
+pub fn expert(dir: &Path, class: Option<&str>) -> Result<Option<Reference>> {
     let path = dir.join("expert.geojson");
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(None);
@@ -123,7 +166,16 @@ pub fn expert(dir: &Path) -> Result<Option<Reference>> {
             .unwrap_or_default()
     };
     let mut regions = Vec::new();
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| t.chars().take(2000).collect::<String>())
+    };
     for f in features {
+        let props = &f["properties"];
+        let label = text(&props["classification"]["name"]).or_else(|| text(&props["name"]));
+        let note = text(&props["description"]).or_else(|| text(&props["note"]));
         let g = &f["geometry"];
         let polygons = match g["type"].as_str() {
             Some("Polygon") => vec![polygon(&g["coordinates"])],
@@ -137,17 +189,39 @@ pub fn expert(dir: &Path) -> Result<Option<Reference>> {
             .iter()
             .any(|p| p.first().is_some_and(|r| r.len() >= 3))
         {
-            regions.push(Region { polygons });
+            regions.push(Region {
+                polygons,
+                label,
+                note,
+            });
         }
     }
+    let of_class = |r: &Region| {
+        class.is_some_and(|c| {
+            r.label
+                .as_deref()
+                .is_some_and(|l| l.eq_ignore_ascii_case(c))
+        })
+    };
+    let (regions, context): (Vec<Region>, Vec<Region>) = if regions.iter().any(of_class) {
+        regions.into_iter().partition(of_class)
+    } else {
+        (regions, Vec::new())
+    };
+    let which = if context.is_empty() {
+        String::new()
+    } else {
+        format!(" labelled {}", class.unwrap_or_default())
+    };
     Ok(Some(Reference {
         kind: "expert",
         description: format!(
-            "the expert annotation (expert.geojson, {} region{})",
+            "the expert annotation (expert.geojson, {} region{}{which})",
             regions.len(),
             if regions.len() == 1 { "" } else { "s" }
         ),
         regions,
+        context,
     }))
 }
 
@@ -183,7 +257,11 @@ pub fn ai_regions(grid: &ProbGrid, class: usize, threshold: f32) -> Reference {
                 }
             }
         }
-        regions.push(Region { polygons: squares });
+        regions.push(Region {
+            polygons: squares,
+            label: None,
+            note: None,
+        });
     }
     let name = grid.classes.get(class).cloned().unwrap_or_default();
     Reference {
@@ -195,6 +273,7 @@ pub fn ai_regions(grid: &ProbGrid, class: usize, threshold: f32) -> Reference {
             if regions.len() == 1 { "" } else { "s" }
         ),
         regions,
+        context: Vec::new(),
     }
 }
 
@@ -209,14 +288,56 @@ pub fn score(marks: &[Mark], reference: &Reference) -> Score {
         found[*r] = true;
     }
     let hits = found.iter().filter(|f| **f).count();
+    let n = reference.regions.len();
+    let false_marks = hit_of.iter().filter(|h| h.is_none()).count();
+    let mut froc = Vec::new();
+    if n > 1 {
+        let mut seen = vec![false; n];
+        let (mut found_so_far, mut false_so_far) = (0, 0);
+        for (i, h) in hit_of.iter().enumerate() {
+            match h {
+                Some(r) if !seen[*r] => {
+                    seen[*r] = true;
+                    found_so_far += 1;
+                }
+                Some(_) => {}
+                None => false_so_far += 1,
+            }
+            froc.push(FrocPoint {
+                marks: i + 1,
+                false_marks: false_so_far,
+                sensitivity: found_so_far as f64 / n as f64,
+            });
+        }
+    }
+    let false_mark_details = hit_of
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.is_none())
+        .map(|(i, _)| FalseMark {
+            mark: i,
+            expert_label: reference
+                .context
+                .iter()
+                .find(|r| r.contains(marks[i].x, marks[i].y))
+                .and_then(|r| r.label.clone()),
+            ai_probability: None,
+        })
+        .collect();
     Score {
         reference: reference.kind,
         reference_description: reference.description.clone(),
-        regions: reference.regions.len(),
+        regions: n,
         hits,
-        misses: reference.regions.len() - hits,
-        false_marks: hit_of.iter().filter(|h| h.is_none()).count(),
+        misses: n - hits,
+        false_marks,
+        sensitivity: (n > 0).then(|| hits as f64 / n as f64),
+        precision: (!marks.is_empty())
+            .then(|| (marks.len() - false_marks) as f64 / marks.len() as f64),
         marks: hit_of,
+        found,
+        froc,
+        false_mark_details,
     }
 }
 
@@ -240,20 +361,23 @@ mod tests {
     fn marks_score_against_polygons_with_holes() {
         let square =
             |x0: f64, y0: f64, s: f64| vec![[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s]];
+        let region = |p: Vec<Vec<[f64; 2]>>| Region {
+            polygons: vec![p],
+            label: None,
+            note: None,
+        };
         let reference = Reference {
             kind: "expert",
             description: String::new(),
             regions: vec![
-                Region {
-                    polygons: vec![vec![square(0.0, 0.0, 100.0), square(40.0, 40.0, 20.0)]],
-                },
-                Region {
-                    polygons: vec![vec![square(500.0, 500.0, 10.0)]],
-                },
-                Region {
-                    polygons: vec![vec![square(900.0, 0.0, 10.0)]],
-                },
+                region(vec![square(0.0, 0.0, 100.0), square(40.0, 40.0, 20.0)]),
+                region(vec![square(500.0, 500.0, 10.0)]),
+                region(vec![square(900.0, 0.0, 10.0)]),
             ],
+            context: vec![Region {
+                label: Some("Stroma".into()),
+                ..region(vec![square(45.0, 45.0, 10.0)])
+            }],
         };
         let marks = [
             Mark { x: 10.0, y: 10.0 },   // region 0
@@ -264,6 +388,40 @@ mod tests {
         let s = score(&marks, &reference);
         assert_eq!((s.regions, s.hits, s.misses, s.false_marks), (3, 2, 1, 1));
         assert_eq!(s.marks, vec![Some(0), None, Some(1), Some(0)]);
+        assert_eq!(s.found, vec![true, true, false]);
+        assert_eq!(s.sensitivity, Some(2.0 / 3.0));
+        assert_eq!(s.precision, Some(0.75));
+        // The hole's mark lies in the expert's stroma.
+        assert_eq!(s.false_mark_details.len(), 1);
+        assert_eq!(s.false_mark_details[0].mark, 1);
+        assert_eq!(
+            s.false_mark_details[0].expert_label.as_deref(),
+            Some("Stroma")
+        );
+        let curve: Vec<(usize, usize, f64)> = s
+            .froc
+            .iter()
+            .map(|p| (p.marks, p.false_marks, p.sensitivity))
+            .collect();
+        assert_eq!(
+            curve,
+            vec![
+                (1, 0, 1.0 / 3.0),
+                (2, 1, 1.0 / 3.0),
+                (3, 1, 2.0 / 3.0),
+                (4, 1, 2.0 / 3.0)
+            ]
+        );
+        // No marks: no precision; one region: no curve.
+        let one = Reference {
+            regions: reference.regions[..1].to_vec(),
+            ..reference.clone()
+        };
+        let s = score(&[], &one);
+        assert_eq!(
+            (s.sensitivity, s.precision, s.froc.len()),
+            (Some(0.0), None, 0)
+        );
     }
 
     #[test]

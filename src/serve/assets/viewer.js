@@ -167,13 +167,39 @@ async function reveal() {
   state.revealed = true;
   $('reveal').disabled = true;
   $('ai').hidden = false;
-  s.marks.forEach((hit, i) => state.marks[i].el.classList.add(hit === null ? 'false' : 'hit'));
-  drawRegions(d.reference.regions, d.reference.kind === 'expert' ? '#00b4ff' : '#ff2fd0');
+  s.marks.forEach((hit, i) => {
+    state.marks[i].el.classList.add(hit === null ? 'false' : 'hit');
+    state.marks[i].el.title = 'mark ' + (i + 1);
+  });
+  const regionColour = d.reference.kind === 'expert' ? '#00b4ff' : '#ff2fd0';
+  drawRegions(d.reference.regions.filter((_, i) => s.found[i]), regionColour);
+  drawRegions(d.reference.regions.filter((_, i) => !s.found[i]), '#d62020');
+  drawRegions(d.reference.context || [], '#9aa0a6');
   refreshOverlay();
   out.innerHTML = '';
-  const p = (t) => { const e = document.createElement('p'); e.textContent = t; out.appendChild(e); return e; };
-  p('Scored against ' + s.reference_description + '.').className = 'reference';
+  // Everything from the server or the expert's file is set as text, never as HTML.
+  const p = (t, cls) => { const e = document.createElement('p'); e.textContent = t; if (cls) e.className = cls; out.appendChild(e); return e; };
+  const pct = (v) => v == null ? '—' : Math.round(v * 100) + ' %';
+  p('Scored against ' + s.reference_description + '.', 'reference');
   p('Regions found: ' + s.hits + ' of ' + s.regions + ' · missed: ' + s.misses + ' · false marks: ' + s.false_marks);
+  p('Sensitivity ' + pct(s.sensitivity) + ' · precision ' + pct(s.precision), 'rates');
+  const list = (title, items) => {
+    if (!items.length) return;
+    p(title, 'listhead');
+    const ul = document.createElement('ul');
+    for (const t of items) { const li = document.createElement('li'); li.textContent = t; ul.appendChild(li); }
+    out.appendChild(ul);
+  };
+  list('Regions (found: outlined in colour; missed: in red):', d.reference.regions.map((r, i) =>
+    (i + 1) + '. ' + (s.found[i] ? 'found' : 'missed') + (r.label ? ' — ' + r.label : '') + (r.note ? ': ' + r.note : '')));
+  list('False marks:', s.false_mark_details.map((f) =>
+    'mark ' + (f.mark + 1) + ': ' + (f.expert_label ? 'the expert labelled this ' + f.expert_label : 'outside the expert\'s regions') +
+    (f.ai_probability != null ? '; AI P(' + $('class').value + ') = ' + f.ai_probability.toFixed(2) : '; no analysed patch here')));
+  if (s.froc.length) {
+    list('As you marked (first marks are taken as the surest):', s.froc.map((f) =>
+      'after ' + f.marks + ' mark' + (f.marks === 1 ? '' : 's') + ': sensitivity ' + pct(f.sensitivity) + ', ' + f.false_marks + ' false'));
+  }
+  p('The AI heatmap is now shown as a second opinion. Decision support — findings require review by a pathologist.', 'note');
   p('Saved as answer ' + d.answer + (state.me.mode === 'accounts' ? ' of ' + state.me.name : '') + '.');
 }
 
