@@ -1714,3 +1714,244 @@ fn a_trainee_logs_in_answers_and_sees_their_progress_in_chromium() {
     let v = b.visit(&format!("{origin}progress"), 1000);
     assert_eq!(b.eval(&v.session, "location.pathname"), json!("/login"));
 }
+
+/// A square feature of a QuPath export, level-0 pixels.
+fn square_feature(x0: i64, y0: i64, s: i64, class: &str) -> Value {
+    json!({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s], [x0, y0]]]},
+           "properties": {"objectType": "annotation", "classification": {"name": class}}})
+}
+
+#[test]
+fn instructors_build_share_and_score_courses_trainees_only_answer_them() {
+    let (_t, out, id) = require!(results());
+    for (name, role, pw) in [
+        ("teach", "instructor", "instructor password"),
+        ("ana", "trainee", "ana's long password"),
+    ] {
+        let o = users(&out, &["add", name, "--role", role], &format!("{pw}\n"));
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let srv = serve_local(&out, Some(&slide_dir()), &[]);
+    let a = srv.addr.as_str();
+    let (_, t) = login_as(a, "teach", "instructor password", &[]);
+    let t = t.unwrap();
+    let (_, ana) = login_as(a, "ana", "ana's long password", &[]);
+    let ana = ana.unwrap();
+    let (tc, ac) = (t.cookie_header(), ana.cookie_header());
+    let as_teach = [("Cookie", tc.as_str()), ("X-CSRF-Token", t.csrf.as_str())];
+    let as_ana = [("Cookie", ac.as_str()), ("X-CSRF-Token", ana.csrf.as_str())];
+
+    let expert = json!({"type": "FeatureCollection", "features": [
+        square_feature(100, 100, 200, "Tumor"), square_feature(1000, 1000, 300, "Tumor"),
+        square_feature(1800, 2500, 100, "Stroma")]});
+    let course = json!({"format": "tessera-course/1", "title": "Cellularity <b>1</b>",
+        "description": "Three cases. <script>alert(1)</script>",
+        "cases": [
+            {"slide": id, "question": {"kind": "regions", "class": "Tumor"},
+             "truth": {"kind": "regions", "geojson": expert}, "notes": "Look at the **front**. <img src=x onerror=alert(1)>", "show_ai": true},
+            {"slide": id, "question": {"kind": "diagnosis", "options": ["benign", "malignant"]},
+             "truth": {"kind": "label", "label": "malignant"}, "notes": "", "show_ai": false},
+            {"slide": id, "question": {"kind": "top_k", "k": 2, "class": "cell-dense"}, "truth": {"kind": "ai"}}]});
+    let body = course.to_string();
+    // Only instructors create courses.
+    assert_eq!(
+        request(a, "POST", "/api/courses", &as_ana, body.as_bytes()).status,
+        403
+    );
+    let r = request(a, "POST", "/api/courses", &as_teach, body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cid = r.json()["id"].as_i64().unwrap();
+    // The trainee sees the questions, never the truth or the notes before answering.
+    let seen = request(
+        a,
+        "GET",
+        &format!("/api/courses/{cid}"),
+        &[("Cookie", &ac)],
+        b"",
+    );
+    assert_eq!(seen.status, 200);
+    let text = seen.text();
+    for secret in ["geojson", "malignant\"}", "front", "label\":"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert!(seen.json()["description_html"]
+        .as_str()
+        .unwrap()
+        .contains("&lt;script&gt;"));
+    for (m, route) in [
+        ("PUT", format!("/api/courses/{cid}")),
+        ("GET", format!("/api/courses/{cid}/export")),
+    ] {
+        assert_eq!(
+            request(a, &m, &route, &as_ana, body.as_bytes()).status,
+            403,
+            "{m} {route}"
+        );
+    }
+
+    // Case 1: regions of Tumor; the stroma square is context.
+    let answer = |n: usize, v: Value| {
+        request(
+            a,
+            "POST",
+            &format!("/api/courses/{cid}/cases/{n}/answer"),
+            &as_ana,
+            v.to_string().as_bytes(),
+        )
+    };
+    let r = answer(
+        0,
+        json!({"marks": [{"x": 150, "y": 150}, {"x": 1850, "y": 2550}, {"x": 700, "y": 700}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d = r.json();
+    let s = &d["score"];
+    assert_eq!(
+        (
+            s["regions"].as_u64(),
+            s["hits"].as_u64(),
+            s["false_marks"].as_u64()
+        ),
+        (Some(2), Some(1), Some(2))
+    );
+    assert_eq!(s["false_mark_details"][0]["expert_label"], "Stroma");
+    assert_eq!(
+        (s["sensitivity"].as_f64(), s["precision"].as_f64()),
+        (Some(0.5), Some(1.0 / 3.0))
+    );
+    let notes = d["notes_html"].as_str().unwrap();
+    assert!(
+        notes.contains("<strong>front</strong>")
+            && notes.contains("&lt;img")
+            && !notes.contains("<img"),
+        "{notes}"
+    );
+    assert_eq!(d["show_ai"], true);
+    assert_eq!(d["next"], 1);
+    // Case 2: a diagnosis; only the options count.
+    assert_eq!(answer(1, json!({"diagnosis": "unsure"})).status, 400);
+    let d = answer(1, json!({"diagnosis": "benign"})).json();
+    assert_eq!(
+        (
+            d["correct"].as_bool(),
+            d["label"].as_str(),
+            d["show_ai"].as_bool()
+        ),
+        (Some(false), Some("malignant"), Some(false))
+    );
+    // Case 3: at most k marks, scored against the AI's regions (P ≥ the analysis threshold).
+    let three = json!({"marks": [{"x": 1, "y": 1}, {"x": 2, "y": 2}, {"x": 3, "y": 3}]});
+    assert_eq!(answer(2, three).status, 400);
+    let ps = patches(&out.join(&id));
+    let best = ps
+        .iter()
+        .copied()
+        .max_by(|a, b| a.3.total_cmp(&b.3))
+        .unwrap();
+    let d = answer(
+        2,
+        json!({"marks": [{"x": best.0 + best.2 / 2, "y": best.1 + best.2 / 2}]}),
+    )
+    .json();
+    assert_eq!(d["score"]["reference"], "ai");
+    assert_eq!(
+        (d["score"]["hits"].as_u64(), d["next"].clone()),
+        (Some(1), Value::Null)
+    );
+    assert_eq!(answer(3, json!({"marks": []})).status, 404);
+    // The answers are the trainee's, with the course and case they answered.
+    let stored = stored_answers(&out);
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().all(|r| r.2 == "ana" && r.4["course"] == cid));
+    assert_eq!(
+        stored
+            .iter()
+            .map(|r| r.4["item"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+
+    // Export, then import: the same course under a new id.
+    let ex = request(
+        a,
+        "GET",
+        &format!("/api/courses/{cid}/export"),
+        &[("Cookie", &tc)],
+        b"",
+    );
+    assert_eq!(ex.status, 200);
+    assert!(ex.headers["content-disposition"].contains("attachment"));
+    let doc = ex.json();
+    assert_eq!(doc["cases"][0]["truth"]["geojson"], expert);
+    assert_eq!(
+        doc["cases"][0]["fingerprint"],
+        get_with(a, &format!("/api/slides/{id}"), &tc).json()["slide"]["fingerprint"]["sha256"]
+    );
+    let r = request(a, "POST", "/api/courses", &as_teach, &ex.body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cid2 = r.json()["id"].as_i64().unwrap();
+    assert_ne!(cid, cid2);
+    let again = request(
+        a,
+        "GET",
+        &format!("/api/courses/{cid2}/export"),
+        &[("Cookie", &tc)],
+        b"",
+    )
+    .json();
+    assert_eq!(again["cases"], doc["cases"]);
+    // A broken or mismatched course file gets a clear error and changes nothing.
+    let mut other_slide = doc.clone();
+    other_slide["cases"][1]["fingerprint"] = json!("0".repeat(64));
+    let mut missing = doc.clone();
+    missing["cases"][2]["slide"] = json!("not-analysed.svs");
+    for (bad, why) in [
+        (
+            b"{\"format\": \"tessera-course/1\", \"title\": ".to_vec(),
+            "not a course document",
+        ),
+        (other_slide.to_string().into_bytes(), "case 2 ("),
+        (
+            missing.to_string().into_bytes(),
+            "case 3 (not-analysed.svs): no analysed slide",
+        ),
+    ] {
+        let r = request(a, "POST", "/api/courses", &as_teach, &bad);
+        assert_eq!(r.status, 422, "{}", r.text());
+        assert!(r.text().contains(why), "{}", r.text());
+    }
+    let list = get_with(a, "/api/courses", &ac).json();
+    assert_eq!(list["courses"].as_array().unwrap().len(), 2);
+    assert_eq!(list["role"], "trainee");
+    // An edit replaces the course; a trainee's view follows.
+    let mut edited = doc.clone();
+    edited["title"] = json!("Cellularity 2");
+    let r = request(
+        a,
+        "PUT",
+        &format!("/api/courses/{cid}"),
+        &as_teach,
+        edited.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        get_with(a, &format!("/api/courses/{cid}"), &ac).json()["title"],
+        "Cellularity 2"
+    );
+    assert_eq!(
+        request(
+            a,
+            "PUT",
+            "/api/courses/999",
+            &as_teach,
+            edited.to_string().as_bytes()
+        )
+        .status,
+        404
+    );
+}
+
+/// GET with a session cookie header value.
+fn get_with(addr: &str, target: &str, cookie: &str) -> Reply {
+    request(addr, "GET", target, &[("Cookie", cookie)], b"")
+}

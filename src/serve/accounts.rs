@@ -210,6 +210,12 @@ impl Db {
                  record TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS answers_user ON answers(user_id, time);
              CREATE INDEX IF NOT EXISTS answers_trainee ON answers(trainee, time);
+             CREATE TABLE IF NOT EXISTS courses (
+                 id INTEGER PRIMARY KEY,
+                 title TEXT NOT NULL,
+                 doc TEXT NOT NULL,
+                 created_by INTEGER REFERENCES users(id),
+                 updated INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
         .map_err(err)?;
@@ -512,6 +518,71 @@ impl Db {
             tx.commit()
         })?;
         Ok(n)
+    }
+}
+
+/// A course as listed: id, title, number of cases.
+#[derive(Debug, Clone, Serialize)]
+pub struct CourseRow {
+    /// Row id.
+    pub id: i64,
+    /// Its title.
+    pub title: String,
+    /// How many cases.
+    pub cases: usize,
+}
+
+impl Db {
+    /// Stores a new course (already checked); returns its id.
+    pub fn create_course(&self, course: &super::course::Course, by: Option<&User>) -> Result<i64> {
+        let doc = serde_json::to_string(course).unwrap_or_default();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO courses (title, doc, created_by, updated) VALUES (?1, ?2, ?3, ?4)",
+                params![course.title, doc, by.map(|u| u.id), now()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Replaces a course (already checked); false when there is no such course.
+    pub fn update_course(&self, id: i64, course: &super::course::Course) -> Result<bool> {
+        let doc = serde_json::to_string(course).unwrap_or_default();
+        self.with(|c| {
+            c.execute(
+                "UPDATE courses SET title = ?1, doc = ?2, updated = ?3 WHERE id = ?4",
+                params![course.title, doc, now(), id],
+            )
+        })
+        .map(|n| n == 1)
+    }
+
+    /// A course.
+    pub fn course(&self, id: i64) -> Result<Option<super::course::Course>> {
+        let doc: Option<String> = self.with(|c| {
+            c.query_row("SELECT doc FROM courses WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+        })?;
+        doc.map(|d| serde_json::from_str(&d).map_err(|e| self.refuse(format!("course {id}: {e}"))))
+            .transpose()
+    }
+
+    /// Every course, by id.
+    pub fn courses(&self) -> Result<Vec<CourseRow>> {
+        let rows: Vec<(i64, String, String)> = self.with(|c| {
+            let mut s = c.prepare("SELECT id, title, doc FROM courses ORDER BY id")?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, title, doc)| CourseRow {
+                id,
+                title,
+                cases: serde_json::from_str::<super::course::Course>(&doc)
+                    .map_or(0, |c| c.cases.len()),
+            })
+            .collect())
     }
 }
 

@@ -25,6 +25,10 @@ pub(super) mod assets {
     pub const VIEWER: &str = include_str!("assets/viewer.html");
     pub const PROGRESS: &str = include_str!("assets/progress.html");
     pub const LOGIN: &str = include_str!("assets/login.html");
+    pub const COURSES: &str = include_str!("assets/courses.html");
+    pub const COURSE: &str = include_str!("assets/course.html");
+    pub const EDITOR: &str = include_str!("assets/editor.html");
+    pub const COURSE_JS: &str = include_str!("assets/course.js");
     pub const VIEWER_JS: &str = include_str!("assets/viewer.js");
     pub const PAGES_JS: &str = include_str!("assets/pages.js");
     pub const CSS: &str = include_str!("assets/viewer.css");
@@ -43,6 +47,7 @@ pub(super) async fn static_file(UrlPath(file): UrlPath<String>) -> Response {
     let (body, ctype) = match file.as_str() {
         "viewer.js" => (assets::VIEWER_JS, "text/javascript; charset=utf-8"),
         "pages.js" => (assets::PAGES_JS, "text/javascript; charset=utf-8"),
+        "course.js" => (assets::COURSE_JS, "text/javascript; charset=utf-8"),
         "viewer.css" => (assets::CSS, "text/css; charset=utf-8"),
         "openseadragon.min.js" => (assets::OSD, "text/javascript; charset=utf-8"),
         _ => return not_found("no such file").into_response(),

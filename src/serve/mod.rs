@@ -18,6 +18,8 @@
 //! - `POST /api/quiz/{id}`: scores and saves a quiz round; `GET /api/progress?trainee=`.
 //! - Accounts mode ([`accounts`]): `GET /login`, `POST /api/login`, `POST /api/logout`,
 //!   `GET /api/me` (who is logged in, and the CSRF token), `GET /api/users` (instructors).
+//! - Courses ([`course`]): `/courses…` pages and `/api/courses…` (list, create or import, read,
+//!   replace, export, answer a case).
 //!
 //! Coordinates: level-0 pixels in the API; Deep Zoom levels in tile URLs ([`deepzoom`]).
 //! Security: ids are looked up in the catalogue ([`cases`]), never joined to paths; label and
@@ -33,6 +35,8 @@ pub mod accounts;
 mod api;
 mod auth;
 pub mod cases;
+pub mod course;
+mod course_routes;
 pub mod quiz;
 mod state;
 mod tiles;
@@ -250,10 +254,40 @@ fn router(shared: St) -> Router {
         .route("/api/logout", post(auth::logout))
         .route("/api/me", get(auth::me))
         .route("/api/users", get(auth::users))
+        .route(
+            "/courses",
+            get(|| async { api::page(api::assets::COURSES) }),
+        )
+        .route(
+            "/courses/new",
+            get(|| async { api::page(api::assets::EDITOR) }),
+        )
+        .route(
+            "/courses/{id}",
+            get(|| async { api::page(api::assets::COURSE) }),
+        )
+        .route(
+            "/courses/{id}/edit",
+            get(|| async { api::page(api::assets::EDITOR) }),
+        )
+        .route(
+            "/api/courses",
+            get(course_routes::list).post(course_routes::create),
+        )
+        .route(
+            "/api/courses/{id}",
+            get(course_routes::get_course).put(course_routes::update),
+        )
+        .route("/api/courses/{id}/export", get(course_routes::export))
+        .route(
+            "/api/courses/{id}/cases/{n}/answer",
+            post(course_routes::answer),
+        )
         .route("/slides/{name}", get(tiles::dzi))
         .route("/slides/{name}/{level}/{tile}", get(tiles::slide_tile))
         .route("/overlay/{name}/{level}/{tile}", get(tiles::overlay_tile))
         .fallback(|| async { not_found("no such page") })
+        .layer(axum::extract::DefaultBodyLimit::max(course::MAX_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             auth::guard,

@@ -142,7 +142,17 @@ pub fn expert(dir: &Path, class: Option<&str>) -> Result<Option<Reference>> {
         path: path.clone(),
         message: format!("not valid GeoJSON: {e}"),
     })?;
-    let features: Vec<&Value> = match &v {
+    expert_from_value(&v, class)
+        .map(Some)
+        .map_err(|message| Error::Serve { path, message })
+}
+
+/// [`expert`] from a GeoJSON document already read (a course's ground truth).
+pub fn expert_from_value(v: &Value, class: Option<&str>) -> std::result::Result<Reference, String> {
+    if !matches!(v, Value::Object(_) | Value::Array(_)) {
+        return Err("not a GeoJSON object".into());
+    }
+    let features: Vec<&Value> = match v {
         Value::Array(a) => a.iter().collect(),
         Value::Object(o) if o.get("type") == Some(&Value::from("FeatureCollection")) => o
             .get("features")
@@ -213,16 +223,16 @@ pub fn expert(dir: &Path, class: Option<&str>) -> Result<Option<Reference>> {
     } else {
         format!(" labelled {}", class.unwrap_or_default())
     };
-    Ok(Some(Reference {
+    Ok(Reference {
         kind: "expert",
         description: format!(
-            "the expert annotation (expert.geojson, {} region{}{which})",
+            "the expert annotation ({} region{}{which})",
             regions.len(),
             if regions.len() == 1 { "" } else { "s" }
         ),
         regions,
         context,
-    }))
+    })
 }
 
 /// The AI's regions: 4-connected groups of patches whose probability of `class` is at least

@@ -87,7 +87,8 @@ async function progress() {
     ' regions found, ' + falses + ' false marks.';
 }
 
-(async () => {
+// Resolves once the page knows who is logged in (course.js waits for it).
+const ready = (async () => {
   if (document.getElementById('login')) { login(); return; }
   await whoami();
   if (document.getElementById('cases')) slides();

@@ -3,9 +3,12 @@
 // pixels of the slide. Nothing is loaded from outside this server.
 'use strict';
 const id = decodeURIComponent(location.pathname.split('/').pop());
-const quiz = new URLSearchParams(location.search).get('quiz') === '1';
+const params = new URLSearchParams(location.search);
+// A course case (?course=ID&item=N) is a quiz round whose question and truth the course gives.
+const course = params.get('course'), item = parseInt(params.get('item') || '0', 10);
+const quiz = params.get('quiz') === '1' || course !== null;
 const $ = (s) => document.getElementById(s);
-const state = { result: null, overlay: null, marks: [], revealed: false, mpp: null, me: { mode: 'single' } };
+const state = { result: null, overlay: null, marks: [], revealed: false, mpp: null, me: { mode: 'single' }, question: null, aiAllowed: true };
 
 const viewer = OpenSeadragon({
   id: 'osd',
@@ -37,7 +40,7 @@ function overlaySource() {
 function refreshOverlay() {
   const gen = state.gen = (state.gen || 0) + 1;
   if (state.overlay) { viewer.world.removeItem(state.overlay); state.overlay = null; }
-  if (!$('show').checked || (quiz && !state.revealed)) return;
+  if (!$('show').checked || (quiz && (!state.revealed || !state.aiAllowed))) return;
   viewer.addTiledImage({
     tileSource: overlaySource(), opacity: parseFloat($('opacity').value),
     // A newer refresh may have started meanwhile: only the latest layer stays.
@@ -114,6 +117,9 @@ async function showPatch(pt) {
 }
 
 function addMark(pt) {
+  const q = state.question;
+  if (q && q.kind === 'diagnosis') return;
+  if (q && q.kind === 'top_k' && state.marks.length >= q.k) { $('markcount').textContent = state.marks.length + ' (at most ' + q.k + ')'; return; }
   const el = document.createElement('div');
   el.className = 'mark';
   const mark = { x: pt.x, y: pt.y, el };
@@ -154,19 +160,51 @@ function drawRegions(regions, colour) {
 
 async function reveal() {
   const trainee = $('trainee').value.trim();
-  if (!trainee) { $('trainee').focus(); return; }
+  if (!trainee && !course) { $('trainee').focus(); return; }
   const headers = { 'Content-Type': 'application/json' };
   if (state.me.mode === 'accounts') headers['X-CSRF-Token'] = state.me.csrf;
-  else localStorage.setItem('tessera-trainee', trainee);
-  const body = { trainee, marks: state.marks.map((m) => ({ x: m.x, y: m.y })), class: $('class').value };
-  const r = await fetch('/api/quiz/' + encodeURIComponent(id), { method: 'POST', headers, body: JSON.stringify(body) });
+  else if (trainee) localStorage.setItem('tessera-trainee', trainee);
+  const marks = state.marks.map((m) => ({ x: m.x, y: m.y }));
+  let url, body;
+  if (course) {
+    url = '/api/courses/' + encodeURIComponent(course) + '/cases/' + item + '/answer';
+    body = state.question.kind === 'diagnosis' ? { diagnosis: $('diagnosis').value } : { marks };
+  } else {
+    url = '/api/quiz/' + encodeURIComponent(id);
+    body = { trainee, marks, class: $('class').value };
+  }
+  const r = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body) });
   const out = $('score');
   out.hidden = false;
   if (!r.ok) { out.textContent = 'Not scored: ' + await r.text(); return; }
-  const d = await r.json(), s = d.score;
+  const d = await r.json();
   state.revealed = true;
+  state.aiAllowed = !course || d.show_ai;
   $('reveal').disabled = true;
-  $('ai').hidden = false;
+  if (state.aiAllowed) $('ai').hidden = false;
+  out.innerHTML = '';
+  // Everything from the server or the expert's file is set as text, never as HTML (the
+  // course's notes excepted: the server renders their Markdown to safe HTML).
+  const p = (t, cls) => { const e = document.createElement('p'); e.textContent = t; if (cls) e.className = cls; out.appendChild(e); return e; };
+  if (d.score) showScore(d, p); else p(d.correct ? 'Correct: ' + d.label + '.' : 'Not correct: the answer is ' + d.label + '.', d.correct ? 'rates' : 'wrong');
+  refreshOverlay();
+  if (d.notes_html) { const n = document.createElement('div'); n.className = 'notes'; n.innerHTML = d.notes_html; out.appendChild(n); }
+  if (state.aiAllowed) p('The AI heatmap is now shown as a second opinion. Decision support — findings require review by a pathologist.', 'note');
+  else p('The instructor does not show the AI for this case.', 'note');
+  p('Saved as answer ' + d.answer + (state.me.mode === 'accounts' ? ' of ' + state.me.name : '') + '.');
+  if (course) {
+    const a = document.createElement('a');
+    a.id = 'next';
+    if (d.next !== null && d.next !== undefined) {
+      a.href = '/view/' + encodeURIComponent(state.course.cases[d.next].slide) + '?course=' + encodeURIComponent(course) + '&item=' + d.next;
+      a.textContent = 'Next case →';
+    } else { a.href = '/courses/' + encodeURIComponent(course); a.textContent = 'Back to the course'; }
+    out.appendChild(a);
+  }
+}
+
+function showScore(d, p) {
+  const s = d.score;
   s.marks.forEach((hit, i) => {
     state.marks[i].el.classList.add(hit === null ? 'false' : 'hit');
     state.marks[i].el.title = 'mark ' + (i + 1);
@@ -175,10 +213,7 @@ async function reveal() {
   drawRegions(d.reference.regions.filter((_, i) => s.found[i]), regionColour);
   drawRegions(d.reference.regions.filter((_, i) => !s.found[i]), '#d62020');
   drawRegions(d.reference.context || [], '#9aa0a6');
-  refreshOverlay();
-  out.innerHTML = '';
-  // Everything from the server or the expert's file is set as text, never as HTML.
-  const p = (t, cls) => { const e = document.createElement('p'); e.textContent = t; if (cls) e.className = cls; out.appendChild(e); return e; };
+  const out = $('score');
   const pct = (v) => v == null ? '—' : Math.round(v * 100) + ' %';
   p('Scored against ' + s.reference_description + '.', 'reference');
   p('Regions found: ' + s.hits + ' of ' + s.regions + ' · missed: ' + s.misses + ' · false marks: ' + s.false_marks);
@@ -190,17 +225,38 @@ async function reveal() {
     for (const t of items) { const li = document.createElement('li'); li.textContent = t; ul.appendChild(li); }
     out.appendChild(ul);
   };
+  const cls = d.ai_class || $('class').value;
   list('Regions (found: outlined in colour; missed: in red):', d.reference.regions.map((r, i) =>
     (i + 1) + '. ' + (s.found[i] ? 'found' : 'missed') + (r.label ? ' — ' + r.label : '') + (r.note ? ': ' + r.note : '')));
   list('False marks:', s.false_mark_details.map((f) =>
     'mark ' + (f.mark + 1) + ': ' + (f.expert_label ? 'the expert labelled this ' + f.expert_label : 'outside the expert\'s regions') +
-    (f.ai_probability != null ? '; AI P(' + $('class').value + ') = ' + f.ai_probability.toFixed(2) : '; no analysed patch here')));
+    (f.ai_probability != null ? '; AI P(' + cls + ') = ' + f.ai_probability.toFixed(2) : '; no analysed patch here')));
   if (s.froc.length) {
     list('As you marked (first marks are taken as the surest):', s.froc.map((f) =>
       'after ' + f.marks + ' mark' + (f.marks === 1 ? '' : 's') + ': sensitivity ' + pct(f.sensitivity) + ', ' + f.false_marks + ' false'));
   }
-  p('The AI heatmap is now shown as a second opinion. Decision support — findings require review by a pathologist.', 'note');
-  p('Saved as answer ' + d.answer + (state.me.mode === 'accounts' ? ' of ' + state.me.name : '') + '.');
+}
+
+async function courseQuestion() {
+  const r = await fetch('/api/courses/' + encodeURIComponent(course));
+  if (!r.ok) { $('question').textContent = await r.text(); return; }
+  state.course = await r.json();
+  const q = state.question = state.course.cases[item].question;
+  $('coursetitle').textContent = state.course.title + ' — case ' + (item + 1) + ' of ' + state.course.cases.length;
+  $('coursetitle').href = '/courses/' + encodeURIComponent(course);
+  $('question').textContent = questionText(q);
+  $('howto').hidden = q.kind === 'diagnosis';
+  if (q.kind === 'diagnosis') {
+    $('diagnosisbox').hidden = false;
+    for (const o of q.options) { const e = document.createElement('option'); e.textContent = o; $('diagnosis').appendChild(e); }
+    $('reveal').textContent = 'Submit';
+  }
+}
+
+function questionText(q) {
+  if (q.kind === 'diagnosis') return "Give the slide's diagnosis.";
+  if (q.kind === 'top_k') return 'Mark the ' + q.k + ' most suspicious areas (' + q.class + ').';
+  return 'Mark the regions of ' + q.class + '.';
 }
 
 async function init() {
@@ -239,6 +295,7 @@ async function init() {
     $('trainee').value = localStorage.getItem('tessera-trainee') || list.trainee || '';
   }
   if (quiz) { $('quiz').hidden = false; $('ai').hidden = true; }
+  if (course) { $('coursebox').hidden = false; $('traineebox').hidden = true; await courseQuestion(); }
   legend();
   for (const el of ['show', 'class', 'cmap']) $(el).addEventListener('change', refreshOverlay);
   $('threshold').addEventListener('change', refreshOverlay);
