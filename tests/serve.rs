@@ -1616,31 +1616,9 @@ fn a_trainee_logs_in_answers_and_sees_their_progress_in_chromium() {
     let mut b = Browser::start(&exe);
 
     // The slide list sends the browser to the login page; a wrong password says so.
-    let v = b.visit(&origin, 1000);
-    let s = v.session.clone();
-    assert_eq!(b.eval(&s, "location.pathname"), json!("/login"));
-    let submit = |b: &mut Browser, pw: &str| {
-        b.eval(
-            &s,
-            &format!(
-                "document.getElementById('name').value = 'ana'; \
-                 document.getElementById('password').value = {}; \
-                 setTimeout(() => document.querySelector('#login button').click(), 0); true",
-                json!(pw)
-            ),
-        );
-    };
-    submit(&mut b, "not the password");
-    wait_true(
-        &mut b,
-        &s,
-        "document.getElementById('failed').textContent.includes('wrong name or password')",
-        "the refusal",
-    );
+    let s = browser_login(&mut b, &origin, "ana", "not the password", false);
     b.screenshot(&s, "accounts-login-refused");
-    submit(&mut b, "ana's long password");
-    std::thread::sleep(Duration::from_millis(500));
-    wait_true(&mut b, &s, "location.pathname === '/' && document.querySelectorAll('#cases tbody tr').length === 1 && !!document.getElementById('who')", "the slide list");
+    let s = browser_login(&mut b, &origin, "ana", "ana's long password", true);
     let who = b.eval(&s, "document.getElementById('who').textContent");
     assert!(who.as_str().unwrap().contains("ana (trainee)"), "{who}");
     b.screenshot(&s, "accounts-slide-list");
@@ -1783,7 +1761,7 @@ fn instructors_build_share_and_score_courses_trainees_only_answer_them() {
         ("GET", format!("/api/courses/{cid}/export")),
     ] {
         assert_eq!(
-            request(a, &m, &route, &as_ana, body.as_bytes()).status,
+            request(a, m, &route, &as_ana, body.as_bytes()).status,
             403,
             "{m} {route}"
         );
@@ -1871,6 +1849,34 @@ fn instructors_build_share_and_score_courses_trainees_only_answer_them() {
         vec![0, 1, 2]
     );
 
+    // Progress: the wrong diagnosis waits in "review my misses"; the instructor's overview
+    // puts it first among the hardest cases; every answer exports as CSV.
+    let p = get_with(a, "/api/progress", &ac).json();
+    let review: Vec<&str> = p["summary"]["review"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(review, vec![format!("course {cid}, case 2")]);
+    assert_eq!(p["summary"]["by_class"]["diagnosis"]["mean"], 0.0);
+    assert_eq!(p["summary"]["by_class"]["Tumor"]["mean"], 0.5);
+    assert_eq!(get_with(a, "/api/overview", &ac).status, 403);
+    assert_eq!(get_with(a, "/api/answers.csv", &ac).status, 403);
+    let o = get_with(a, "/api/overview", &tc).json();
+    assert_eq!(o["trainees"][0]["trainee"], "ana");
+    assert_eq!(o["trainees"][0]["score"]["n"], 3);
+    assert_eq!(o["cases"][0]["case_key"], format!("course {cid}, case 2"));
+    let csv = get_with(a, "/api/answers.csv", &tc);
+    assert!(csv.headers["content-disposition"].contains("tessera-answers.csv"));
+    let lines: Vec<String> = csv.text().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines[2].contains(",diagnosis,") && lines[2].contains("\"benign\",false"),
+        "{}",
+        lines[2]
+    );
+
     // Export, then import: the same course under a new id.
     let ex = request(
         a,
@@ -1954,4 +1960,230 @@ fn instructors_build_share_and_score_courses_trainees_only_answer_them() {
 /// GET with a session cookie header value.
 fn get_with(addr: &str, target: &str, cookie: &str) -> Reply {
     request(addr, "GET", target, &[("Cookie", cookie)], b"")
+}
+
+/// Opens the viewer (which sends the browser to /login) and logs in through the form; with
+/// `ok`, waits for the slide list, else for the refusal. Returns the page's session.
+fn browser_login(b: &mut Browser, origin: &str, name: &str, pw: &str, ok: bool) -> String {
+    let v = b.visit(origin, 1000);
+    let s = v.session.clone();
+    assert_eq!(b.eval(&s, "location.pathname"), json!("/login"));
+    b.eval(
+        &s,
+        &format!(
+            "document.getElementById('name').value = {}; \
+             document.getElementById('password').value = {}; \
+             setTimeout(() => document.querySelector('#login button').click(), 0); true",
+            json!(name),
+            json!(pw)
+        ),
+    );
+    if ok {
+        std::thread::sleep(Duration::from_millis(500));
+        wait_true(b, &s, "location.pathname === '/' && document.querySelectorAll('#cases tbody tr').length >= 1 && !!document.getElementById('who')", "the slide list");
+    } else {
+        wait_true(
+            b,
+            &s,
+            "document.getElementById('failed').textContent.includes('wrong name or password')",
+            "the refusal",
+        );
+    }
+    s
+}
+
+/// Clicks "Log out" on a page and waits for the login page.
+fn browser_logout(b: &mut Browser, s: &str) {
+    b.eval(
+        s,
+        "setTimeout(() => document.getElementById('logout').click(), 0); true",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    wait_true(b, s, "location.pathname === '/login'", "the login page");
+}
+
+#[test]
+fn a_course_from_the_editor_to_the_trainees_progress_in_chromium() {
+    let (_t, out, id) = require!(results());
+    let Some(exe) = chromium() else { return };
+    for (name, role, pw) in [
+        ("teach", "instructor", "instructor password"),
+        ("ana", "trainee", "ana's long password"),
+    ] {
+        let o = users(&out, &["add", name, "--role", role], &format!("{pw}\n"));
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    // The expert's annotation, as a QuPath export the instructor uploads.
+    let expert = json!({"type": "FeatureCollection", "features": [
+        square_feature(1000, 1000, 600, "Tumor"), square_feature(300, 2300, 400, "Tumor"),
+        square_feature(1700, 300, 300, "Stroma")]});
+    let srv = serve_local(&out, Some(&slide_dir()), &[]);
+    let origin = format!("http://{}/", srv.addr);
+    let mut b = Browser::start(&exe);
+
+    // The instructor builds a two-case course in the editor.
+    let s = browser_login(&mut b, &origin, "teach", "instructor password", true);
+    browser_logout(&mut b, &s);
+    let s = browser_login(&mut b, &origin, "teach", "instructor password", true);
+    let e = b.visit(&format!("{origin}courses/new"), 1200);
+    let s2 = e.session.clone();
+    wait_true(
+        &mut b,
+        &s2,
+        "document.querySelectorAll('#caselist fieldset').length === 1",
+        "the editor",
+    );
+    let fill = format!(
+        "(() => {{ document.getElementById('title').value = 'Cellularity, week 1'; \
+          document.getElementById('description').value = 'Find the **cell-dense** areas.'; \
+          let e = document.querySelector('#caselist fieldset').els; \
+          e.slide.value = {id}; e.kind.value = 'regions'; e.cls.value = 'Tumor'; \
+          e.truth.value = 'regions'; e.truth.dispatchEvent(new Event('change')); e.geojson.value = {gj}; \
+          e.notes.value = 'The dense nests are the **tumour**.'; e.showAi.checked = true; \
+          document.getElementById('addcase').click(); \
+          e = document.querySelectorAll('#caselist fieldset')[1].els; \
+          e.kind.value = 'diagnosis'; e.kind.dispatchEvent(new Event('change')); \
+          e.options.value = 'benign\\nmalignant'; e.truth.value = 'label'; e.truth.dispatchEvent(new Event('change')); e.label.value = 'malignant'; \
+          e.showAi.checked = false; return true; }})()",
+        id = json!(id),
+        gj = json!(expert.to_string()),
+    );
+    assert_eq!(b.eval(&s2, &fill), json!(true));
+    b.screenshot(&s2, "course-editor");
+    b.eval(
+        &s2,
+        "setTimeout(() => document.getElementById('save').click(), 0); true",
+    );
+    // Saved, the editor reopens on the stored course.
+    wait_true(&mut b, &s2, "location.pathname === '/courses/1/edit' && document.querySelectorAll('#caselist fieldset').length === 2", "the saved course");
+    assert_eq!(
+        b.eval(&s2, "document.getElementById('title').value"),
+        json!("Cellularity, week 1")
+    );
+    browser_logout(&mut b, &s2);
+    drop(s);
+
+    // The trainee opens the course, answers the first case, sees the feedback and the notes.
+    let s = browser_login(&mut b, &origin, "ana", "ana's long password", true);
+    let c = b.visit(&format!("{origin}courses/1"), 1000);
+    let s = {
+        drop(s);
+        c.session.clone()
+    };
+    wait_true(
+        &mut b,
+        &s,
+        "document.querySelectorAll('#items li').length === 2",
+        "the course page",
+    );
+    assert_eq!(
+        b.eval(&s, "document.getElementById('tools').hidden"),
+        json!(true)
+    );
+    b.screenshot(&s, "course-page");
+    let q = b.visit(&format!("{origin}view/{id}?course=1&item=0"), 1400);
+    let s = q.session.clone();
+    wait_true(&mut b, &s, "tesseraViewer.world.getItemCount() === 1 && tesseraViewer.world.getItemAt(0).getFullyLoaded() && document.getElementById('question').textContent.length > 0", "the case");
+    assert_eq!(
+        b.eval(&s, "document.getElementById('question').textContent"),
+        json!("Mark the regions of Tumor.")
+    );
+    // One mark in the first tumour region, one in the stroma.
+    for (x, y) in [(1300, 1300), (1850, 450)] {
+        click_image_point(&mut b, &s, x, y);
+    }
+    b.eval(&s, "document.getElementById('reveal').click()");
+    wait_true(&mut b, &s, "!document.getElementById('score').hidden && !!document.getElementById('next') && tesseraViewer.world.getItemCount() === 2", "the feedback");
+    b.eval(&s, "new Promise(r => setTimeout(() => r(true), 800))");
+    let text = b
+        .eval(&s, "document.getElementById('score').textContent")
+        .as_str()
+        .unwrap()
+        .to_string();
+    for want in [
+        "Regions found: 1 of 2",
+        "Sensitivity 50 % · precision 50 %",
+        "1. found — Tumor",
+        "2. missed — Tumor",
+        "mark 2: the expert labelled this Stroma",
+        "The AI heatmap is now shown",
+    ] {
+        assert!(text.contains(want), "{want:?} not in {text}");
+    }
+    assert_eq!(
+        b.eval(
+            &s,
+            "document.querySelector('#score .notes strong').textContent"
+        ),
+        json!("tumour")
+    );
+    b.screenshot(&s, "course-case-feedback");
+    // The second case: a diagnosis, the AI kept hidden.
+    b.eval(
+        &s,
+        "setTimeout(() => document.getElementById('next').click(), 0); true",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    wait_true(&mut b, &s, "location.search.includes('item=1') && document.getElementById('diagnosis').options.length === 2", "the second case");
+    b.eval(&s, "document.getElementById('diagnosis').value = 'malignant'; document.getElementById('reveal').click(); true");
+    wait_true(
+        &mut b,
+        &s,
+        "document.getElementById('score').textContent.includes('Correct: malignant')",
+        "the verdict",
+    );
+    assert_eq!(
+        b.eval(&s, "document.getElementById('ai').hidden"),
+        json!(true)
+    );
+    assert!(b
+        .eval(&s, "document.getElementById('score').textContent")
+        .as_str()
+        .unwrap()
+        .contains("does not show the AI"));
+    let (_, errors) = b.seen(&s);
+    assert!(errors.is_empty(), "{errors:#?}");
+    b.screenshot(&s, "course-diagnosis");
+
+    // Progress: both answers, under the trainee's account.
+    let p = b.visit(&format!("{origin}progress"), 1000);
+    wait_true(
+        &mut b,
+        &p.session,
+        "document.querySelectorAll('#rounds tbody tr').length === 2",
+        "the progress table",
+    );
+    b.screenshot(&p.session, "course-progress");
+    let stored = stored_answers(&out);
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].4["score"]["hits"], 1);
+    assert_eq!(stored[1].4["correct"], true);
+    assert_eq!(
+        b.eval(
+            &p.session,
+            "document.querySelectorAll('#scorechart circle').length"
+        ),
+        json!(2)
+    );
+    assert_eq!(
+        b.eval(
+            &p.session,
+            "document.querySelectorAll('#byclass tbody tr').length"
+        ),
+        json!(2)
+    );
+    // The instructor's overview lists the trainee and the cases.
+    browser_logout(&mut b, &p.session);
+    let s = browser_login(&mut b, &origin, "teach", "instructor password", true);
+    let o = b.visit(&format!("{origin}overview"), 1000);
+    drop(s);
+    wait_true(&mut b, &o.session, "document.querySelectorAll('#trainees tbody tr').length === 1 && document.querySelectorAll('#hardest tbody tr').length === 2", "the overview");
+    assert_eq!(
+        b.eval(
+            &o.session,
+            "document.querySelector('#trainees tbody td').textContent.trim()"
+        ),
+        json!("ana")
+    );
+    b.screenshot(&o.session, "course-overview");
 }

@@ -463,6 +463,26 @@ impl Db {
             .collect())
     }
 
+    /// Every answer with its trainee's name: the accounts' (under the account's name) when
+    /// `accounts`, else those saved under typed names. Oldest first.
+    pub fn all_answers(&self, accounts: bool) -> Result<Vec<(String, Value)>> {
+        let sql = if accounts {
+            "SELECT u.name, a.record FROM answers a JOIN users u ON u.id = a.user_id
+             ORDER BY a.time, a.id"
+        } else {
+            "SELECT trainee, record FROM answers WHERE user_id IS NULL ORDER BY time, id"
+        };
+        let rows: Vec<(String, String)> = self.with(|c| {
+            let mut s = c.prepare(sql)?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(n, t)| serde_json::from_str(&t).ok().map(|v| (n, v)))
+            .collect())
+    }
+
     /// Imports the answers an older viewer saved as files (`RESULTS/.quiz/<trainee>/<case>/
     /// *.json`) once, as answers under a typed name; the files are left in place.
     pub fn import_quiz_files(&self, results: &Path) -> Result<usize> {

@@ -29,6 +29,7 @@ pub(super) mod assets {
     pub const COURSE: &str = include_str!("assets/course.html");
     pub const EDITOR: &str = include_str!("assets/editor.html");
     pub const COURSE_JS: &str = include_str!("assets/course.js");
+    pub const OVERVIEW: &str = include_str!("assets/overview.html");
     pub const VIEWER_JS: &str = include_str!("assets/viewer.js");
     pub const PAGES_JS: &str = include_str!("assets/pages.js");
     pub const CSS: &str = include_str!("assets/viewer.css");
@@ -344,9 +345,7 @@ pub(super) async fn progress(
         })
         .await;
         return match rounds {
-            Ok(Ok((name, rounds))) => {
-                Json(json!({"trainee": name, "rounds": rounds})).into_response()
-            }
+            Ok(Ok((name, rounds))) => progress_reply(&name, rounds),
             Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
             Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         };
@@ -364,8 +363,90 @@ pub(super) async fn progress(
     let t2 = trainee.clone();
     let rounds = tokio::task::spawn_blocking(move || db.answers(accounts::Who::Typed(&t2))).await;
     match rounds {
-        Ok(Ok(rounds)) => Json(json!({"trainee": trainee, "rounds": rounds})).into_response(),
+        Ok(Ok(rounds)) => progress_reply(&trainee, rounds),
         Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// A trainee's saved rounds and their summary ([`super::progress`]).
+fn progress_reply(name: &str, records: Vec<Value>) -> Response {
+    let rounds = records
+        .iter()
+        .filter_map(|r| progress::Round::from_record(name, r))
+        .collect();
+    let summary = progress::trainee(name, rounds);
+    Json(json!({"trainee": name, "rounds": records, "summary": summary})).into_response()
+}
+
+/// Everyone's rounds: accounts' under their names (accounts mode), else the typed names.
+fn all_rounds(st: &St) -> std::result::Result<Vec<progress::Round>, Fail> {
+    let db = st
+        .db
+        .clone()
+        .ok_or_else(|| not_found("no viewer database, no answers"))?;
+    let accounts = matches!(st.mode, Mode::Accounts(_));
+    let all = db
+        .all_answers(accounts)
+        .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(all
+        .iter()
+        .filter_map(|(who, r)| progress::Round::from_record(who, r))
+        .collect())
+}
+
+fn instructor(
+    session: &Option<axum::Extension<accounts::Session>>,
+) -> std::result::Result<(), Fail> {
+    match session {
+        Some(axum::Extension(s)) if s.user.role != accounts::Role::Instructor => {
+            Err(Fail(StatusCode::FORBIDDEN, "instructors only".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `GET /api/overview` (instructors): every trainee (the weakest first) and every case (the
+/// hardest first).
+pub(super) async fn overview(
+    State(st): State<St>,
+    session: Option<axum::Extension<accounts::Session>>,
+) -> Response {
+    let r = tokio::task::spawn_blocking(move || {
+        instructor(&session)?;
+        Ok::<_, Fail>(Json(progress::overview(all_rounds(&st)?)))
+    })
+    .await;
+    match r {
+        Ok(Ok(j)) => j.into_response(),
+        Ok(Err(f)) => f.into_response(),
+        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `GET /api/answers.csv` (instructors): every answer, one row each.
+pub(super) async fn answers_csv(
+    State(st): State<St>,
+    session: Option<axum::Extension<accounts::Session>>,
+) -> Response {
+    let r = tokio::task::spawn_blocking(move || {
+        instructor(&session)?;
+        Ok::<_, Fail>(progress::csv(&all_rounds(&st)?))
+    })
+    .await;
+    match r {
+        Ok(Ok(text)) => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"tessera-answers.csv\"",
+                ),
+            ],
+            text,
+        )
+            .into_response(),
+        Ok(Err(f)) => f.into_response(),
         Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

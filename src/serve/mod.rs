@@ -18,6 +18,9 @@
 //! - `POST /api/quiz/{id}`: scores and saves a quiz round; `GET /api/progress?trainee=`.
 //! - Accounts mode ([`accounts`]): `GET /login`, `POST /api/login`, `POST /api/logout`,
 //!   `GET /api/me` (who is logged in, and the CSRF token), `GET /api/users` (instructors).
+//! - Progress ([`progress`]): `GET /api/progress` also summarises (per class, per case, the
+//!   misses to review); `GET /overview` and `/api/overview`, `/api/answers.csv` for
+//!   instructors.
 //! - Courses ([`course`]): `/courses…` pages and `/api/courses…` (list, create or import, read,
 //!   replace, export, answer a case).
 //!
@@ -37,6 +40,7 @@ mod auth;
 pub mod cases;
 pub mod course;
 mod course_routes;
+pub mod progress;
 pub mod quiz;
 mod state;
 mod tiles;
@@ -254,6 +258,12 @@ fn router(shared: St) -> Router {
         .route("/api/logout", post(auth::logout))
         .route("/api/me", get(auth::me))
         .route("/api/users", get(auth::users))
+        .route("/api/overview", get(api::overview))
+        .route("/api/answers.csv", get(api::answers_csv))
+        .route(
+            "/overview",
+            get(|| async { api::page(api::assets::OVERVIEW) }),
+        )
         .route(
             "/courses",
             get(|| async { api::page(api::assets::COURSES) }),
