@@ -2172,6 +2172,51 @@ fn a_course_from_the_editor_to_the_trainees_progress_in_chromium() {
         ),
         json!(2)
     );
+    assert_eq!(
+        b.eval(&p.session, "document.getElementById('noreview').hidden"),
+        json!(false)
+    );
+
+    // A miss: the first case again, marking only the stroma. It waits in "review my misses";
+    // the review mode brings it back, and a right answer leaves nothing to review.
+    let q = b.visit(&format!("{origin}view/{id}?course=1&item=0"), 1400);
+    let s = q.session.clone();
+    wait_true(&mut b, &s, "tesseraViewer.world.getItemCount() === 1 && tesseraViewer.world.getItemAt(0).getFullyLoaded() && document.getElementById('question').textContent.length > 0", "the case again");
+    click_image_point(&mut b, &s, 1850, 450);
+    b.eval(&s, "document.getElementById('reveal').click()");
+    wait_true(
+        &mut b,
+        &s,
+        "document.getElementById('score').textContent.includes('Regions found: 0 of 2')",
+        "the miss",
+    );
+    let p = b.visit(&format!("{origin}progress"), 1000);
+    let s = p.session.clone();
+    wait_true(&mut b, &s, "document.querySelectorAll('#review li').length === 1 && !document.getElementById('startreview').hidden && document.querySelectorAll('#missed tbody tr').length === 1", "the review list");
+    b.screenshot(&s, "course-progress-review");
+    b.eval(
+        &s,
+        "setTimeout(() => document.getElementById('startlink').click(), 0); true",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    wait_true(&mut b, &s, "location.search.includes('review=1') && !!document.getElementById('question') && document.getElementById('question').textContent.length > 0 && tesseraViewer.world.getItemCount() === 1 && tesseraViewer.world.getItemAt(0).getFullyLoaded()", "the case under review");
+    for (x, y) in [(1300, 1300), (500, 2500)] {
+        click_image_point(&mut b, &s, x, y);
+    }
+    b.eval(&s, "document.getElementById('reveal').click()");
+    wait_true(&mut b, &s, "!!document.getElementById('next') && document.getElementById('next').textContent.startsWith('Nothing left to review')", "the end of the review");
+    assert!(b
+        .eval(&s, "document.getElementById('score').textContent")
+        .as_str()
+        .unwrap()
+        .contains("Regions found: 2 of 2"));
+    assert_eq!(stored_answers(&out).len(), 4);
+    let p = b.visit(&format!("{origin}progress"), 1000);
+    wait_true(&mut b, &p.session, "document.querySelectorAll('#rounds tbody tr').length === 4 && document.querySelectorAll('#scorechart circle').length === 4", "the progress after the review");
+    assert_eq!(
+        b.eval(&p.session, "document.getElementById('noreview').hidden"),
+        json!(false)
+    );
     // The instructor's overview lists the trainee and the cases.
     browser_logout(&mut b, &p.session);
     let s = browser_login(&mut b, &origin, "teach", "instructor password", true);

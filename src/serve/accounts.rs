@@ -83,6 +83,9 @@ pub struct Session {
 /// The database.
 pub struct Db {
     conn: Mutex<Connection>,
+    /// A second connection for the session check every request makes: in WAL mode it reads
+    /// while the first one writes (an answer being saved does not hold up the tiles).
+    sessions: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -219,8 +222,13 @@ impl Db {
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
         .map_err(err)?;
+        let reader = Connection::open(path).map_err(err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
         Ok(Some(Db {
             conn: Mutex::new(conn),
+            sessions: Mutex::new(reader),
             path: path.to_path_buf(),
         }))
     }
@@ -236,6 +244,17 @@ impl Db {
             Err(e) => e.into_inner(),
         };
         f(&mut c).map_err(|e| Error::Serve {
+            path: self.path.clone(),
+            message: format!("viewer database: {e}"),
+        })
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let c = match self.sessions.lock() {
+            Ok(c) => c,
+            Err(e) => e.into_inner(),
+        };
+        f(&c).map_err(|e| Error::Serve {
             path: self.path.clone(),
             message: format!("viewer database: {e}"),
         })
@@ -391,7 +410,7 @@ impl Db {
         if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
         }
-        self.with(|c| {
+        self.with_reader(|c| {
             c.query_row(
                 "SELECT u.id, u.name, u.role, u.disabled, s.csrf FROM sessions s
                  JOIN users u ON u.id = s.user_id

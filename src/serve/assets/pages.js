@@ -144,6 +144,16 @@ async function progress() {
     const cb = document.querySelector('#byclass tbody');
     for (const [k, m] of Object.entries(sum.by_class)) { const tr = cb.insertRow(); cell(tr, k); cell(tr, m.n); cell(tr, pct(m.mean)); }
     document.getElementById('noreview').hidden = sum.review.length > 0;
+    if (sum.review.length && me.mode === 'accounts' && sum.trainee === me.name) {
+      document.getElementById('startreview').hidden = false;
+      document.getElementById('startlink').href = caseLink(sum.review[0]) + '&review=1';
+    }
+    const mb = document.querySelector('#missed tbody');
+    for (const c of sum.cases.filter((c) => c.missed > 0).slice(0, 10)) {
+      const tr = mb.insertRow();
+      link(cell(tr, ''), caseLink(c), caseName(c));
+      cell(tr, c.class); cell(tr, c.score.n); cell(tr, c.missed); cell(tr, pct(c.score.mean));
+    }
     for (const c of sum.review) {
       const li = document.createElement('li');
       link(li, caseLink(c), caseName(c));

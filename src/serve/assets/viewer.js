@@ -192,7 +192,21 @@ async function reveal() {
   if (state.aiAllowed) p('The AI heatmap is now shown as a second opinion. Decision support — findings require review by a pathologist.', 'note');
   else p('The instructor does not show the AI for this case.', 'note');
   p('Saved as answer ' + d.answer + (state.me.mode === 'accounts' ? ' of ' + state.me.name : '') + '.');
-  if (course) {
+  if (params.get('review') === '1') {
+    // Review mode: on to the next case still missed (the one just answered goes to the back).
+    const a = document.createElement('a');
+    a.id = 'next';
+    const pr = await fetch('/api/progress');
+    const review = pr.ok ? (await pr.json()).summary.review : [];
+    const here = course ? 'course ' + course + ', case ' + (item + 1) : id;
+    const next = review.find((c) => c.case_key !== here);
+    if (next) {
+      a.href = (next.course ? '/view/' + encodeURIComponent(next.slide) + '?course=' + next.course[0] + '&item=' + next.course[1]
+        : '/view/' + encodeURIComponent(next.slide) + '?quiz=1') + '&review=1';
+      a.textContent = 'Next missed case →';
+    } else { a.href = '/progress'; a.textContent = 'Nothing left to review: back to your progress'; }
+    out.appendChild(a);
+  } else if (course) {
     const a = document.createElement('a');
     a.id = 'next';
     if (d.next !== null && d.next !== undefined) {
