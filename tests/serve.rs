@@ -1390,8 +1390,30 @@ fn with_accounts_every_route_needs_a_login_and_answers_belong_to_the_account() {
         "/api/progress?trainee=ana".into(),
         "/api/users".into(),
         "/api/me".into(),
+        "/api/courses".into(),
+        "/api/courses/1".into(),
+        "/api/courses/1/export".into(),
+        "/api/overview".into(),
+        "/api/answers.csv".into(),
     ] {
         assert_eq!(get(a, &route).status, 401, "{route}");
+    }
+    for page in [
+        "/courses",
+        "/courses/1",
+        "/courses/new",
+        "/courses/1/edit",
+        "/overview",
+    ] {
+        assert_eq!(get(a, page).status, 303, "{page}");
+    }
+    for (m, route) in [
+        ("POST", "/api/courses"),
+        ("PUT", "/api/courses/1"),
+        ("POST", "/api/courses/1/cases/0/answer"),
+        ("POST", "/api/logout"),
+    ] {
+        assert_eq!(request(a, m, route, &[], b"{}").status, 401, "{m} {route}");
     }
     assert_eq!(get(a, "/login").status, 200);
     assert_eq!(get(a, "/static/pages.js").status, 200);
@@ -1447,6 +1469,16 @@ fn with_accounts_every_route_needs_a_login_and_answers_belong_to_the_account() {
     let r = request(a, "POST", &quiz, &ok, as_ben.as_bytes());
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(stored_answers(&out).is_empty());
+    // A trainee's own threshold is ignored: the AI's regions stay those of the analysis.
+    let greedy = json!({"marks": [], "threshold": 2.0}).to_string();
+    let r = request(a, "POST", &quiz, &ok, greedy.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["score"]["regions"].as_u64().unwrap() >= 1,
+        "{}",
+        r.text()
+    );
+    db_delete_answers(&out);
     let r = request(a, "POST", &quiz, &ok, round.as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
     let stored = stored_answers(&out);
@@ -1545,6 +1577,38 @@ fn with_accounts_every_route_needs_a_login_and_answers_belong_to_the_account() {
     assert!(r.headers["retry-after"].parse::<u64>().unwrap() >= 1);
     // Other names are not held up by it.
     assert_eq!(login_as(a, "ana", "ana's long password", &[]).0.status, 200);
+    // Guesses sent at once are counted before they are checked: of 12 at the same moment for
+    // a fresh name, exactly 5 reach the password check.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..12)
+            .map(|i| {
+                scope.spawn(move || {
+                    login_as(a, "carl", &format!("guess number {i}"), &[])
+                        .0
+                        .status
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        7,
+        "{statuses:?}"
+    );
+    // A page rebinding its own domain to 127.0.0.1 reaches nothing, not even the login.
+    let evil = [("Host", "evil.example:80")];
+    assert_eq!(request(a, "GET", "/login", &evil, b"").status, 403);
+    let body = json!({"name": "ana", "password": "ana's long password"}).to_string();
+    assert_eq!(
+        request(a, "POST", "/api/login", &evil, body.as_bytes()).status,
+        403
+    );
 
     // The administrator disables an account while the viewer runs: its session ends at once.
     let o = users(&out, &["disable", "ana"], "");
@@ -2231,4 +2295,10 @@ fn a_course_from_the_editor_to_the_trainees_progress_in_chromium() {
         json!("ana")
     );
     b.screenshot(&o.session, "course-overview");
+}
+
+/// Empties the answers table (a test's setup rounds out of the way).
+fn db_delete_answers(out: &Path) {
+    let db = rusqlite::Connection::open(out.join(".tessera/viewer.sqlite")).unwrap();
+    db.execute("DELETE FROM answers", []).unwrap();
 }

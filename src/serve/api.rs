@@ -235,10 +235,22 @@ pub(super) async fn quiz_round(
     // The class the report scored: the slide score's, else the model's, else the last.
     let positive = case.result.positive_class_name().to_string();
     let class_name = round.class.clone().unwrap_or(positive);
-    let threshold = round
-        .threshold
-        .or_else(|| Some(case.result.parameters.threshold as f32))
-        .unwrap_or(0.5);
+    if class_name.chars().count() > 200 {
+        return Fail(
+            StatusCode::BAD_REQUEST,
+            "a class name has at most 200 characters".into(),
+        )
+        .into_response();
+    }
+    // A trainee's round is scored at the analysis's threshold: a threshold of their own could
+    // empty the AI's regions and make any answer perfect.
+    let own_threshold = match &user {
+        Some(u) if u.role == accounts::Role::Trainee => None,
+        _ => round
+            .threshold
+            .filter(|t| t.is_finite() && (0.0..=1.0).contains(t)),
+    };
+    let threshold = own_threshold.unwrap_or(case.result.parameters.threshold as f32);
     // The grid gives the AI's regions (without an expert annotation) and the AI's probability
     // under each false mark.
     let grid = st.grid(&id).ok();

@@ -41,17 +41,10 @@ pub fn generate_token() -> Result<String> {
 /// from loading anything from elsewhere.
 pub(super) async fn guard(State(st): State<St>, mut req: Request, next: Next) -> Response {
     let mut set_cookie = None;
-    if let Mode::Accounts(_) = st.mode {
-        match session_gate(&st, &req) {
-            Gate::Pass(Some(s)) => {
-                req.extensions_mut().insert(s);
-            }
-            Gate::Pass(None) => {}
-            Gate::Refuse(r) => return with_headers(r, None),
-        }
-    } else if st.token.is_none() {
-        // Loopback without a token: only requests addressed to loopback, so that a web page
-        // whose domain is rebound to 127.0.0.1 (DNS rebinding) cannot read the slides.
+    if st.token.is_none() && !needs_token(&st.cfg.bind) {
+        // Loopback without a token (one user, or accounts): only requests addressed to
+        // loopback, so that a web page whose domain is rebound to 127.0.0.1 (DNS rebinding)
+        // can neither read the slides nor try passwords from the victim's browser.
         let host = req
             .headers()
             .get(header::HOST)
@@ -67,6 +60,15 @@ pub(super) async fn guard(State(st): State<St>, mut req: Request, next: Next) ->
                 format!("requests must be addressed to 127.0.0.1, not {host:?}"),
             )
             .into_response();
+        }
+    }
+    if let Mode::Accounts(_) = st.mode {
+        match session_gate(&st, &req) {
+            Gate::Pass(Some(s)) => {
+                req.extensions_mut().insert(s);
+            }
+            Gate::Pass(None) => {}
+            Gate::Refuse(r) => return with_headers(r, None),
         }
     }
     if let Some(token) = &st.token {
@@ -249,6 +251,37 @@ pub(super) struct Login {
     password: String,
 }
 
+/// Most names the throttle remembers; beyond it, entries whose wait is over are dropped.
+const THROTTLE_NAMES: usize = 10_000;
+
+/// Counts a login attempt for `key`; `Some(seconds)` when it must wait instead. The first
+/// [`FREE_FAILURES`] attempts pass; from then on each waits 30 s, doubling up to 15 min. A
+/// name left alone for an hour starts afresh; a success clears it.
+fn reserve(m: &mut HashMap<String, Throttle>, key: &str, now: std::time::Instant) -> Option<u64> {
+    if m.len() >= THROTTLE_NAMES && !m.contains_key(key) {
+        m.retain(|_, t| t.until > now);
+        if m.len() >= THROTTLE_NAMES {
+            return Some(60);
+        }
+    }
+    let t = m.entry(key.to_string()).or_insert(Throttle {
+        failures: 0,
+        until: now,
+    });
+    if now.saturating_duration_since(t.until) > std::time::Duration::from_secs(3600) {
+        t.failures = 0;
+    }
+    if t.until > now {
+        return Some((t.until - now).as_secs() + 1);
+    }
+    t.failures += 1;
+    if t.failures >= FREE_FAILURES {
+        let wait = 30u64 << (t.failures - FREE_FAILURES).min(5);
+        t.until = now + std::time::Duration::from_secs(wait.min(900));
+    }
+    None
+}
+
 /// `POST /api/login` `{"name", "password"}`: a new session (cookie) and its CSRF token.
 pub(super) async fn login(State(st): State<St>, req: Request) -> Response {
     let Mode::Accounts(_) = st.mode else {
@@ -271,22 +304,25 @@ pub(super) async fn login(State(st): State<St>, req: Request) -> Response {
         )
         .into_response();
     };
-    let key = name.to_lowercase();
+    // The same folding as the database's NOCASE names (ASCII only).
+    let key = name.to_ascii_lowercase();
     let now = std::time::Instant::now();
-    let waiting = st
-        .throttle
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&key).copied())
-        .filter(|t| t.until > now);
-    if let Some(t) = waiting {
-        let secs = (t.until - now).as_secs() + 1;
+    // The attempt is counted before the password is checked, so that many guesses sent at
+    // once cannot all pass the check while the first ones are still hashing.
+    let waiting = match st.throttle.lock() {
+        Ok(mut m) => reserve(&mut m, &key, now),
+        Err(_) => None,
+    };
+    if let Some(secs) = waiting {
         return (
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, secs.to_string())],
             format!("too many failed logins for this name: try again in {secs} s\n"),
         )
             .into_response();
+    }
+    if !accounts::name_ok(&name) || password.len() > accounts::MAX_PASSWORD {
+        return Fail(StatusCode::UNAUTHORIZED, "wrong name or password".into()).into_response();
     }
     let Ok(_permit) = st.hashing.acquire().await else {
         return Fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()).into_response();
@@ -301,17 +337,6 @@ pub(super) async fn login(State(st): State<St>, req: Request) -> Response {
         Err(e) => return Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
     let Some(user) = user else {
-        if let Ok(mut m) = st.throttle.lock() {
-            let t = m.entry(key).or_insert(Throttle {
-                failures: 0,
-                until: now,
-            });
-            t.failures += 1;
-            if t.failures >= FREE_FAILURES {
-                let wait = 30u64 << (t.failures - FREE_FAILURES).min(5);
-                t.until = now + std::time::Duration::from_secs(wait.min(900));
-            }
-        }
         return Fail(StatusCode::UNAUTHORIZED, "wrong name or password".into()).into_response();
     };
     if let Ok(mut m) = st.throttle.lock() {

@@ -207,10 +207,31 @@ pub fn parse(bytes: &[u8], slide: impl Fn(&str) -> Option<String>) -> Result<Cou
                 }
                 match truth {
                     Truth::Regions { geojson } => {
-                        let r = quiz::expert_from_value(geojson, Some(class))
+                        let all = quiz::expert_from_value(geojson, None)
                             .map_err(|e| bad(format!("the expert annotation: {e}")))?;
-                        if r.regions.is_empty() {
+                        if all.regions.is_empty() {
                             return Err(bad("the expert annotation has no polygon to find".into()));
+                        }
+                        // The class must name some of the expert's regions: a typo would
+                        // otherwise score against every region, stroma included.
+                        let labelled = |r: &quiz::Region| {
+                            r.label
+                                .as_deref()
+                                .is_some_and(|l| l.eq_ignore_ascii_case(class))
+                        };
+                        let unlabelled = all.regions.iter().all(|r| r.label.is_none());
+                        if !unlabelled && !all.regions.iter().any(labelled) {
+                            let mut labels: Vec<&str> = all
+                                .regions
+                                .iter()
+                                .filter_map(|r| r.label.as_deref())
+                                .collect();
+                            labels.sort_unstable();
+                            labels.dedup();
+                            return Err(bad(format!(
+                                "no expert region is labelled {class:?} (labels: {})",
+                                labels.join(", ")
+                            )));
                         }
                     }
                     Truth::Ai => {}
@@ -398,6 +419,12 @@ mod tests {
                     serde_json::json!([{"slide": "a.svs", "question": {"kind": "regions", "class": "T"}, "truth": {"kind": "ai"}, "extra": 1}]),
                 ),
                 "unknown field",
+            ),
+            (
+                doc(
+                    serde_json::json!([{"slide": "a.svs", "question": {"kind": "regions", "class": "Tumour"}, "truth": {"kind": "regions", "geojson": square}}]),
+                ),
+                "no expert region is labelled \"Tumour\" (labels: Tumor)",
             ),
         ] {
             let e = parse(&bad, known).unwrap_err().to_string();

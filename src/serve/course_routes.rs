@@ -72,10 +72,12 @@ pub(super) async fn list(
     session: Option<axum::Extension<Session>>,
 ) -> Response {
     let (role, _) = role_of(&session);
-    result((|| {
+    let r = tokio::task::spawn_blocking(move || {
         let rows = db(&st)?.courses().map_err(internal)?;
         Ok(Json(json!({"courses": rows, "role": role})))
-    })())
+    })
+    .await;
+    result(r.map_err(internal).and_then(|r| r))
 }
 
 pub(super) async fn create(
@@ -132,14 +134,20 @@ pub(super) async fn get_course(
     session: Option<axum::Extension<Session>>,
 ) -> Response {
     let (role, _) = role_of(&session);
-    result(load(&st, id).map(|c| match role {
-        Role::Instructor => {
-            let mut v = serde_json::to_value(&c).unwrap_or_default();
-            v["description_html"] = Value::from(course::markdown(&c.description));
-            Json(v)
-        }
-        Role::Trainee => Json(c.for_trainee()),
-    }))
+    let loaded = tokio::task::spawn_blocking(move || load(&st, id)).await;
+    result(
+        loaded
+            .map_err(internal)
+            .and_then(|r| r)
+            .map(|c| match role {
+                Role::Instructor => {
+                    let mut v = serde_json::to_value(&c).unwrap_or_default();
+                    v["description_html"] = Value::from(course::markdown(&c.description));
+                    Json(v)
+                }
+                Role::Trainee => Json(c.for_trainee()),
+            }),
+    )
 }
 
 pub(super) async fn export(
@@ -148,23 +156,24 @@ pub(super) async fn export(
     session: Option<axum::Extension<Session>>,
 ) -> Response {
     let (role, _) = role_of(&session);
-    result(
-        instructors_only(role)
-            .and_then(|()| load(&st, id))
-            .map(|c| {
-                let body = serde_json::to_vec_pretty(&c).unwrap_or_default();
+    let loaded = tokio::task::spawn_blocking(move || {
+        instructors_only(role)?;
+        load(&st, id)
+    })
+    .await;
+    result(loaded.map_err(internal).and_then(|r| r).map(|c| {
+        let body = serde_json::to_vec_pretty(&c).unwrap_or_default();
+        (
+            [
+                (header::CONTENT_TYPE, "application/json".to_string()),
                 (
-                    [
-                        (header::CONTENT_TYPE, "application/json".to_string()),
-                        (
-                            header::CONTENT_DISPOSITION,
-                            format!("attachment; filename=\"course-{id}.json\""),
-                        ),
-                    ],
-                    body,
-                )
-            }),
-    )
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"course-{id}.json\""),
+                ),
+            ],
+            body,
+        )
+    }))
 }
 
 #[derive(Deserialize)]

@@ -104,7 +104,7 @@ impl Round {
                 (n, Some(k)) => hits as f64 / n.min(k.max(1)) as f64,
                 (n, _) => hits as f64 / n as f64,
             },
-            precision: (marks > 0).then(|| (marks - false_marks) as f64 / marks as f64),
+            precision: (marks > 0).then(|| marks.saturating_sub(false_marks) as f64 / marks as f64),
             regions: Some((regions, hits, false_marks)),
             diagnosis: None,
         })
@@ -304,7 +304,9 @@ pub fn csv(rounds: &[Round]) -> String {
     );
     let q = |s: &str| {
         // Quoted, and a leading formula character neutralised (spreadsheets run them).
-        let s = if s.starts_with(['=', '+', '-', '@']) {
+        let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r'])
+            || s.trim_start().starts_with(['=', '+', '-', '@'])
+        {
             format!("'{s}")
         } else {
             s.to_string()
@@ -404,6 +406,11 @@ mod tests {
         let text = csv(&[d("=ana", "2026-01-03", true)]);
         assert!(
             text.contains("\"'=ana\"") && text.contains("\"'=cmd\""),
+            "{text}"
+        );
+        let text = csv(&[d(" =ana", "2026-01-03", true), d("\tx", "2026-01-03", true)]);
+        assert!(
+            text.contains("\"' =ana\"") && text.contains("\"'\tx\""),
             "{text}"
         );
     }

@@ -147,10 +147,29 @@ pub fn expert(dir: &Path, class: Option<&str>) -> Result<Option<Reference>> {
         .map_err(|message| Error::Serve { path, message })
 }
 
+/// Most polygon vertices in an expert annotation (each mark is tested against all of them).
+pub const MAX_VERTICES: usize = 2_000_000;
+
+/// Coordinate pairs anywhere in a GeoJSON document.
+fn count_vertices(v: &Value) -> usize {
+    match v {
+        Value::Array(a) if a.len() >= 2 && a[0].is_number() && a[1].is_number() => 1,
+        Value::Array(a) => a.iter().map(count_vertices).sum(),
+        Value::Object(o) => o.values().map(count_vertices).sum(),
+        _ => 0,
+    }
+}
+
 /// [`expert`] from a GeoJSON document already read (a course's ground truth).
 pub fn expert_from_value(v: &Value, class: Option<&str>) -> std::result::Result<Reference, String> {
     if !matches!(v, Value::Object(_) | Value::Array(_)) {
         return Err("not a GeoJSON object".into());
+    }
+    let vertices = count_vertices(v);
+    if vertices > MAX_VERTICES {
+        return Err(format!(
+            "{vertices} vertices; at most {MAX_VERTICES} are scored against"
+        ));
     }
     let features: Vec<&Value> = match v {
         Value::Array(a) => a.iter().collect(),

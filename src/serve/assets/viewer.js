@@ -140,7 +140,9 @@ function drawRegions(regions, colour) {
   for (const region of regions) {
     const pts = region.polygons.flat(2);
     const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-    const x0 = Math.min(...xs), y0 = Math.min(...ys), w = Math.max(...xs) - x0 || 1, h = Math.max(...ys) - y0 || 1;
+    // (reduce, not Math.min(...xs): a polygon of many vertices would overflow the call stack)
+    const lo = (a) => a.reduce((m, v) => v < m ? v : m, Infinity), hi = (a) => a.reduce((m, v) => v > m ? v : m, -Infinity);
+    const x0 = lo(xs), y0 = lo(ys), w = hi(xs) - x0 || 1, h = hi(ys) - y0 || 1;
     const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
     svg.setAttribute('viewBox', x0 + ' ' + y0 + ' ' + w + ' ' + h);
     svg.setAttribute('preserveAspectRatio', 'none');
