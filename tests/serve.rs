@@ -1916,13 +1916,13 @@ fn instructors_build_share_and_score_courses_trainees_only_answer_them() {
     // Progress: the wrong diagnosis waits in "review my misses"; the instructor's overview
     // puts it first among the hardest cases; every answer exports as CSV.
     let p = get_with(a, "/api/progress", &ac).json();
-    let review: Vec<&str> = p["summary"]["review"]
+    let review: Vec<Value> = p["summary"]["review"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c["case_key"].as_str().unwrap())
+        .map(|c| c["course"].clone())
         .collect();
-    assert_eq!(review, vec![format!("course {cid}, case 2")]);
+    assert_eq!(review, vec![json!([cid, 1])]);
     assert_eq!(p["summary"]["by_class"]["diagnosis"]["mean"], 0.0);
     assert_eq!(p["summary"]["by_class"]["Tumor"]["mean"], 0.5);
     assert_eq!(get_with(a, "/api/overview", &ac).status, 403);
@@ -1930,7 +1930,7 @@ fn instructors_build_share_and_score_courses_trainees_only_answer_them() {
     let o = get_with(a, "/api/overview", &tc).json();
     assert_eq!(o["trainees"][0]["trainee"], "ana");
     assert_eq!(o["trainees"][0]["score"]["n"], 3);
-    assert_eq!(o["cases"][0]["case_key"], format!("course {cid}, case 2"));
+    assert_eq!(o["cases"][0]["course"], json!([cid, 1]));
     let csv = get_with(a, "/api/answers.csv", &tc);
     assert!(csv.headers["content-disposition"].contains("tessera-answers.csv"));
     let lines: Vec<String> = csv.text().lines().map(str::to_string).collect();
@@ -2019,6 +2019,43 @@ fn instructors_build_share_and_score_courses_trainees_only_answer_them() {
         .status,
         404
     );
+    // Cases keep their ids through edits: moving the diagnosis case first moves the trainee's
+    // miss with it, and the answers stay with their cases.
+    let ids: Vec<Value> = doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    assert!(
+        ids.iter()
+            .all(|i| i.as_str().is_some_and(|i| i.len() == 16)),
+        "{ids:?}"
+    );
+    let mut moved = edited.clone();
+    moved["cases"].as_array_mut().unwrap().swap(0, 1);
+    let r = request(
+        a,
+        "PUT",
+        &format!("/api/courses/{cid}"),
+        &as_teach,
+        moved.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let p = get_with(a, "/api/progress", &ac).json();
+    assert_eq!(p["summary"]["review"][0]["course"], json!([cid, 0]));
+    assert_eq!(p["summary"]["review"].as_array().unwrap().len(), 1);
+    let mut twice = moved.clone();
+    twice["cases"][1]["id"] = twice["cases"][0]["id"].clone();
+    let r = request(
+        a,
+        "PUT",
+        &format!("/api/courses/{cid}"),
+        &as_teach,
+        twice.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("unique in the course"), "{}", r.text());
 }
 
 /// GET with a session cookie header value.

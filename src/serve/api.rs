@@ -357,7 +357,7 @@ pub(super) async fn progress(
         })
         .await;
         return match rounds {
-            Ok(Ok((name, rounds))) => progress_reply(&name, rounds),
+            Ok(Ok((name, rounds))) => progress_reply(&st, &name, rounds),
             Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
             Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         };
@@ -375,18 +375,31 @@ pub(super) async fn progress(
     let t2 = trainee.clone();
     let rounds = tokio::task::spawn_blocking(move || db.answers(accounts::Who::Typed(&t2))).await;
     match rounds {
-        Ok(Ok(rounds)) => progress_reply(&trainee, rounds),
+        Ok(Ok(rounds)) => progress_reply(&st, &trainee, rounds),
         Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
+/// Where each course case is now: `(course, case id) → position`, courses read once each.
+fn positions(db: Option<&accounts::Db>) -> impl FnMut(i64, &str) -> Option<usize> + '_ {
+    let mut cache: HashMap<i64, Option<Vec<Option<String>>>> = HashMap::new();
+    move |course, id| {
+        let ids = cache.entry(course).or_insert_with(|| {
+            db.and_then(|db| db.course(course).ok().flatten())
+                .map(|c| c.cases.into_iter().map(|k| k.id).collect())
+        });
+        ids.as_ref()?.iter().position(|k| k.as_deref() == Some(id))
+    }
+}
+
 /// A trainee's saved rounds and their summary ([`super::progress`]).
-fn progress_reply(name: &str, records: Vec<Value>) -> Response {
-    let rounds = records
+fn progress_reply(st: &St, name: &str, records: Vec<Value>) -> Response {
+    let mut rounds: Vec<progress::Round> = records
         .iter()
         .filter_map(|r| progress::Round::from_record(name, r))
         .collect();
+    progress::relocate(&mut rounds, positions(st.db.as_deref()));
     let summary = progress::trainee(name, rounds);
     Json(json!({"trainee": name, "rounds": records, "summary": summary})).into_response()
 }
@@ -401,10 +414,12 @@ fn all_rounds(st: &St) -> std::result::Result<Vec<progress::Round>, Fail> {
     let all = db
         .all_answers(accounts)
         .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(all
+    let mut rounds: Vec<progress::Round> = all
         .iter()
         .filter_map(|(who, r)| progress::Round::from_record(who, r))
-        .collect())
+        .collect();
+    progress::relocate(&mut rounds, positions(Some(&db)));
+    Ok(rounds)
 }
 
 fn instructor(

@@ -42,6 +42,11 @@ pub struct Course {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CourseCase {
+    /// A stable id (letters, digits, `-`, `_`; 16 hex digits when given on the first save),
+    /// kept through edits, exports and imports: answers are kept per case id, so moving or
+    /// removing cases never credits an answer to another case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The analysed slide: its id in the viewer (the output folder's name).
     pub slide: String,
     /// The slide's content fingerprint (SHA-256) when the course was made: an imported course
@@ -154,7 +159,29 @@ pub fn parse(bytes: &[u8], slide: impl Fn(&str) -> Option<String>) -> Result<Cou
             "a course has 1–{MAX_CASES} cases"
         )));
     }
+    let mut ids = std::collections::BTreeSet::new();
     for (i, case) in c.cases.iter_mut().enumerate() {
+        let id = match &case.id {
+            Some(id) => id.clone(),
+            None => super::accounts::random_bytes::<8>()
+                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+                .map_err(|e| CourseError::Course(e.to_string()))?,
+        };
+        let id_ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok || !ids.insert(id.clone()) {
+            return Err(CourseError::Case {
+                number: i + 1,
+                slide: case.slide.clone(),
+                message: format!(
+                    "case id {id:?}: 1–64 letters, digits, '-' or '_', unique in the course"
+                ),
+            });
+        }
+        case.id = Some(id);
         let bad = |message: String| CourseError::Case {
             number: i + 1,
             slide: case.slide.clone(),
@@ -255,6 +282,7 @@ impl Course {
             "title": self.title,
             "description_html": markdown(&self.description),
             "cases": self.cases.iter().map(|c| serde_json::json!({
+                "id": c.id,
                 "slide": c.slide,
                 "question": c.question,
                 "truth_kind": match c.truth {

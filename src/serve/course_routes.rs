@@ -222,6 +222,7 @@ fn answer_blocking(
         "course": id,
         "course_title": c.title,
         "item": n,
+        "case_id": item.id,
         "case": item.slide,
         "question": item.question,
         "slide_fingerprint": case.result.slide.fingerprint.sha256,

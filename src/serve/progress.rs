@@ -23,8 +23,11 @@ pub struct Round {
     pub trainee: String,
     /// When (RFC 3339, UTC).
     pub time: String,
-    /// The case: `course C, case N` for a course case, else the slide id.
+    /// The case: `course C, case ID` for a course case (its stable id; `case N`, its position,
+    /// for records without one), else the slide id.
     pub case_key: String,
+    /// The course case's stable id.
+    pub case_id: Option<String>,
     /// The slide id.
     pub slide: String,
     /// The course id and the case's index in it, for a course case.
@@ -56,9 +59,11 @@ impl Round {
             .zip(r["item"].as_u64().map(|i| i as usize));
         let question = &r["question"];
         let kind = question["kind"].as_str().unwrap_or("regions").to_string();
-        let case_key = match course {
-            Some((c, i)) => format!("course {c}, case {}", i + 1),
-            None => slide.clone(),
+        let case_id = r["case_id"].as_str().map(str::to_string);
+        let case_key = match (course, &case_id) {
+            (Some((c, _)), Some(id)) => format!("course {c}, case {id}"),
+            (Some((c, i)), None) => format!("course {c}, case {}", i + 1),
+            (None, _) => slide.clone(),
         };
         let course_title = r["course_title"].as_str().map(str::to_string);
         if let Some(correct) = r["correct"].as_bool() {
@@ -66,6 +71,7 @@ impl Round {
                 trainee: trainee.to_string(),
                 time,
                 case_key,
+                case_id,
                 slide,
                 course,
                 course_title,
@@ -92,6 +98,7 @@ impl Round {
             trainee: trainee.to_string(),
             time,
             case_key,
+            case_id,
             slide,
             course,
             course_title,
@@ -205,6 +212,17 @@ fn cases_of(rounds: &[Round]) -> Vec<CaseLine> {
 fn sorted(mut rounds: Vec<Round>) -> Vec<Round> {
     rounds.sort_by(|a, b| a.time.cmp(&b.time));
     rounds
+}
+
+/// Points each course round at its case's present position (`position(course, case id)`),
+/// so that links follow a case the instructor moved; a round whose case was removed links to
+/// its slide alone.
+pub fn relocate(rounds: &mut [Round], mut position: impl FnMut(i64, &str) -> Option<usize>) {
+    for r in rounds {
+        if let (Some((c, _)), Some(id)) = (r.course, r.case_id.as_deref()) {
+            r.course = position(c, id).map(|i| (c, i));
+        }
+    }
 }
 
 /// One trainee's summary.

@@ -92,6 +92,7 @@ function addCase(k) {
     notes: field(box, 'Teaching notes (Markdown, shown after the answer)', area(k.notes, 3)),
     showAi: field(box, 'Show the AI heatmap after the answer', input('', { type: 'checkbox', checked: !!k.show_ai })),
     fingerprint: k.fingerprint,
+    id: k.id,
   };
   els.file.addEventListener('change', async () => { if (els.file.files[0]) els.geojson.value = await els.file.files[0].text(); });
   const rm = document.createElement('button'); rm.type = 'button'; rm.textContent = 'Remove this case';
@@ -126,6 +127,7 @@ function collect() {
     }
     const c = { slide: e.slide.value, question, truth, notes: e.notes.value, show_ai: e.showAi.checked };
     if (e.fingerprint && e.slide.value === box.originalSlide) c.fingerprint = e.fingerprint;
+    if (e.id) c.id = e.id;
     cases.push(c);
   }
   return { format: 'tessera-course/1', title: $c('title').value.trim(), description: $c('description').value, cases };

@@ -200,8 +200,8 @@ async function reveal() {
     a.id = 'next';
     const pr = await fetch('/api/progress');
     const review = pr.ok ? (await pr.json()).summary.review : [];
-    const here = course ? 'course ' + course + ', case ' + (item + 1) : id;
-    const next = review.find((c) => c.case_key !== here);
+    const isHere = (c) => course ? (c.course && String(c.course[0]) === course && c.course[1] === item) : (!c.course && c.slide === id);
+    const next = review.find((c) => !isHere(c));
     if (next) {
       a.href = (next.course ? '/view/' + encodeURIComponent(next.slide) + '?course=' + next.course[0] + '&item=' + next.course[1]
         : '/view/' + encodeURIComponent(next.slide) + '?quiz=1') + '&review=1';
