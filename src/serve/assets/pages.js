@@ -184,7 +184,7 @@ async function progress() {
     body.appendChild(tr);
   }
   document.getElementById('summary').textContent = data.rounds.length + (data.rounds.length === 1 ? ' round; ' : ' rounds; ') +
-    hits + ' of ' + regions + ' regions found, ' + falses + ' false marks' + (asked ? '; ' + right + ' of ' + asked + ' diagnoses correct' : '') + '.';
+    hits + ' of ' + regions + ' regions found, ' + falses + ' false mark' + (falses === 1 ? '' : 's') + (asked ? '; ' + right + ' of ' + asked + ' diagnoses correct' : '') + '.';
 }
 
 // Resolves once the page knows who is logged in (course.js waits for it).
