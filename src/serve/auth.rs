@@ -28,13 +28,7 @@ pub fn needs_token(addr: &SocketAddr) -> bool {
 
 /// A random token (128 bits from the kernel, hex).
 pub fn generate_token() -> Result<String> {
-    let mut b = [0u8; 16];
-    let path = std::path::Path::new("/dev/urandom");
-    use std::io::Read;
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| Error::from_io(path, e))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(super::random::hex(&super::random::random_bytes::<16>()?))
 }
 
 /// Every request: the token check (when there is a token), then headers that keep the pages

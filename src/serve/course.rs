@@ -163,8 +163,8 @@ pub fn parse(bytes: &[u8], slide: impl Fn(&str) -> Option<String>) -> Result<Cou
     for (i, case) in c.cases.iter_mut().enumerate() {
         let id = match &case.id {
             Some(id) => id.clone(),
-            None => super::accounts::random_bytes::<8>()
-                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+            None => super::random::random_bytes::<8>()
+                .map(|b| super::random::hex(&b))
                 .map_err(|e| CourseError::Course(e.to_string()))?,
         };
         let id_ok = !id.is_empty()

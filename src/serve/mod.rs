@@ -42,6 +42,7 @@ pub mod course;
 mod course_routes;
 pub mod progress;
 pub mod quiz;
+mod random;
 mod state;
 mod tiles;
 
