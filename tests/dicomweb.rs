@@ -262,6 +262,22 @@ fn dicomweb_failures_are_typed_and_name_the_url() {
     assert_eq!(c, 3, "{err}");
     assert!(err.contains("not a usable DICOMweb URL"), "{err}");
 
+    // An answer larger than its cap (here the series metadata, configured down to 1,000
+    // bytes) is refused with the URL and the cap; the default cap reads it.
+    let file = open_as(&folder, BackendChoice::Native);
+    let (study, series) = uids(&file);
+    let url = orthanc.slide_url(&study, Some(&series));
+    let mut small = web_config(DicomWebAuth::None);
+    small.dicomweb.max_metadata_bytes = 1000;
+    let e = Slide::open_with(&url, &small).unwrap_err().to_string();
+    assert!(
+        e.contains("/metadata") && e.contains("larger than 1000 bytes"),
+        "{e}"
+    );
+    assert!(Slide::open_with(&url, &web_config(DicomWebAuth::None)).is_ok());
+    let o = tessera_str(&["info", &url, "--dicomweb-max-metadata-mib", "0"]);
+    assert_eq!(code(&o), 64, "{}", stderr(&o));
+
     // OpenSlide reads files only.
     let url = orthanc.slide_url("1.2.3", None);
     let o = tessera_str(&["info", &url, "--backend", "openslide"]);

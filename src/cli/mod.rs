@@ -250,6 +250,11 @@ struct SlideArgs {
     #[arg(long, value_name = "N", default_value_t = DicomWebConfig::default().batch_frames,
           value_parser = clap::value_parser!(u64).range(1..=256))]
     dicomweb_batch: u64,
+    /// Largest WADO-RS metadata answer read for one series, in MiB (every instance's
+    /// attributes; a series of many concatenated instances may need more).
+    #[arg(long, value_name = "MIB", default_value_t = DicomWebConfig::default().max_metadata_bytes >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    dicomweb_max_metadata_mib: u64,
 }
 
 impl SlideArgs {
@@ -306,6 +311,7 @@ impl SlideArgs {
             auth,
             ca_file: self.dicomweb_ca.clone(),
             batch_frames: self.dicomweb_batch,
+            max_metadata_bytes: self.dicomweb_max_metadata_mib << 20,
             ..DicomWebConfig::default()
         }
     }

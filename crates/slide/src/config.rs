@@ -143,6 +143,15 @@ pub struct DicomWebConfig {
     pub qido_page: u64,
     /// Most series one listing takes in (default 1,000,000); more is an error.
     pub max_listed_series: u64,
+    /// Largest QIDO-RS answer read (default 16 MiB).
+    pub max_query_bytes: u64,
+    /// Largest WADO-RS metadata answer read: every instance of the series (default 256 MiB;
+    /// a series of many concatenated instances or a long per-frame table may need more).
+    pub max_metadata_bytes: u64,
+    /// Largest frame-retrieval answer read, all the frames of one request (default 512 MiB).
+    pub max_frames_bytes: u64,
+    /// Largest single frame (default 64 MiB).
+    pub max_frame_bytes: u64,
 }
 
 impl Default for DicomWebConfig {
@@ -156,6 +165,10 @@ impl Default for DicomWebConfig {
             buffer_bytes: 64 * 1024 * 1024,
             qido_page: 500,
             max_listed_series: 1_000_000,
+            max_query_bytes: 16 * 1024 * 1024,
+            max_metadata_bytes: 256 * 1024 * 1024,
+            max_frames_bytes: 512 * 1024 * 1024,
+            max_frame_bytes: 64 * 1024 * 1024,
         }
     }
 }

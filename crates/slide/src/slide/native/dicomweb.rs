@@ -32,14 +32,6 @@ use crate::error::{Error, Result};
 /// The prefix that marks a slide as a DICOMweb series rather than a file.
 pub const SCHEME: &str = "dicomweb+";
 
-/// Largest QIDO-RS answer read.
-const MAX_QUERY_BYTES: u64 = 16 * 1024 * 1024;
-/// Largest WADO-RS metadata answer read (every instance of the series).
-const MAX_METADATA_BYTES: u64 = 256 * 1024 * 1024;
-/// Largest frame-retrieval answer read.
-const MAX_FRAMES_BYTES: u64 = 512 * 1024 * 1024;
-/// Largest single frame.
-const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
 /// Deepest nesting of sequences read from DICOM JSON.
 const MAX_JSON_DEPTH: usize = 32;
 /// Most instances in one series.
@@ -147,6 +139,11 @@ pub(crate) struct Client {
     retries: u32,
     batch: u64,
     buffer_bytes: u64,
+    /// The answer caps of [`DicomWebConfig`].
+    max_query_bytes: u64,
+    max_metadata_bytes: u64,
+    max_frames_bytes: u64,
+    max_frame_bytes: u64,
 }
 
 impl Client {
@@ -223,6 +220,10 @@ impl Client {
             retries: cfg.retries,
             batch: cfg.batch_frames.max(1),
             buffer_bytes: cfg.buffer_bytes,
+            max_query_bytes: cfg.max_query_bytes,
+            max_metadata_bytes: cfg.max_metadata_bytes,
+            max_frames_bytes: cfg.max_frames_bytes,
+            max_frame_bytes: cfg.max_frame_bytes,
         })
     }
 
@@ -540,7 +541,9 @@ impl RemoteInstance {
     fn fetch(&self, ks: &[u64]) -> Result<Vec<Vec<u8>>> {
         let list: Vec<String> = ks.iter().map(|k| (k + 1).to_string()).collect();
         let url = format!("{}/frames/{}", self.url, list.join(","));
-        let (content_type, body) = self.client.get(&url, ACCEPT_FRAMES, MAX_FRAMES_BYTES)?;
+        let (content_type, body) =
+            self.client
+                .get(&url, ACCEPT_FRAMES, self.client.max_frames_bytes)?;
         let bad = |message: String| Error::Remote {
             url: url.clone(),
             status: Some(200),
@@ -561,7 +564,7 @@ impl RemoteInstance {
         }
         let mut out = Vec::with_capacity(parts.len());
         for (i, (part_type, data)) in parts.into_iter().enumerate() {
-            if data.is_empty() || data.len() as u64 > MAX_FRAME_BYTES {
+            if data.is_empty() || data.len() as u64 > self.client.max_frame_bytes {
                 return Err(bad(format!("frame {} has {} bytes", ks[i] + 1, data.len())));
             }
             let syntax = syntax_of(&part_type)
@@ -749,7 +752,7 @@ pub fn list_slide_series(root: &str, cfg: &DicomWebConfig) -> Result<Vec<ListedS
     loop {
         let url =
             format!("{base}/series?Modality=SM&includefield=00201209&limit={page}&offset={offset}");
-        let found = client.json(&url, MAX_QUERY_BYTES)?;
+        let found = client.json(&url, client.max_query_bytes)?;
         let listed = found.as_array().map(Vec::as_slice).unwrap_or_default();
         let mut new = 0u64;
         for s in listed {
@@ -1036,7 +1039,7 @@ pub(crate) fn open_series(path: &Path, cfg: &DicomWebConfig, max_icc: u64) -> Re
         Some(s) => s.clone(),
         None => {
             let q = format!("{}/studies/{}/series?Modality=SM", loc.base, loc.study);
-            let found = client.json(&q, MAX_QUERY_BYTES)?;
+            let found = client.json(&q, client.max_query_bytes)?;
             let uids: Vec<String> = found
                 .as_array()
                 .map(|a| {
@@ -1067,7 +1070,7 @@ pub(crate) fn open_series(path: &Path, cfg: &DicomWebConfig, max_icc: u64) -> Re
         }
     };
     let series_url = format!("{}/studies/{}/series/{}", loc.base, loc.study, series);
-    let meta = client.json(&format!("{series_url}/metadata"), MAX_METADATA_BYTES)?;
+    let meta = client.json(&format!("{series_url}/metadata"), client.max_metadata_bytes)?;
     let items = meta.as_array().cloned().unwrap_or_default();
     if items.is_empty() {
         return Err(Error::Remote {
