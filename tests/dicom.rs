@@ -550,3 +550,123 @@ fn a_damaged_part_of_the_series_fails_the_slide_and_other_files_do_not() {
         "{e}"
     );
 }
+
+#[test]
+fn the_models_class_codes_name_the_segments_and_the_region_groups() {
+    // A lab's model says what its classes are (SNOMED CT codes in config.json); the DICOM
+    // outputs carry them, valid for dciodvfy.
+    let folder = require!(data("slides/dicom/cmu-1-small-region"));
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let default = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/he-cellularity");
+    std::fs::copy(default.join("model.onnx"), model.join("model.onnx")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(default.join("config.json")).unwrap()).unwrap();
+    let sct = |v: &str, m: &str| serde_json::json!({"value": v, "scheme": "SCT", "meaning": m});
+    cfg["tessera"]["class_codes"] = serde_json::json!([
+        {"category": sct("91723000", "Anatomical Structure"), "type": sct("85756007", "Tissue")},
+        {"category": sct("49755003", "Morphologically Abnormal Structure"), "type": sct("108369006", "Neoplasm")},
+    ]);
+    std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+    let out = t.path().join("out");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "analyze".as_ref(),
+        folder.as_os_str(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--inference".as_ref(),
+        "tract".as_ref(),
+        "-q".as_ref(),
+    ];
+    let o = tessera(&args, &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let dir = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("dicom/segmentation.dcm").is_file())
+        .expect("a slide folder with dicom/");
+    use dicom_dictionary_std::tags;
+    let text = |o: &dicom_object::InMemDicomObject, tag| {
+        o.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(['\0', ' '])
+            .to_string()
+    };
+    let first = |o: &dicom_object::InMemDicomObject, tag| {
+        o.element(tag).unwrap().items().unwrap()[0].clone()
+    };
+    let seg = dicom_object::open_file(dir.join("dicom/segmentation.dcm")).unwrap();
+    let segments = seg
+        .element(tags::SEGMENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let types: Vec<(String, String)> = segments
+        .iter()
+        .map(|s| {
+            let t = first(s, tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE);
+            (text(&t, tags::CODE_VALUE), text(&t, tags::CODE_MEANING))
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("85756007".into(), "Tissue".into()),
+            ("108369006".into(), "Neoplasm".into())
+        ]
+    );
+    let cat = first(
+        &segments[1],
+        tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
+    );
+    assert_eq!(text(&cat, tags::CODE_VALUE), "49755003");
+    // The annotations: the patch grid stays "Tissue"; the cell-dense regions are coded as the
+    // class is.
+    let ann = dicom_object::open_file(dir.join("dicom/annotations.dcm")).unwrap();
+    let groups = ann
+        .element(tags::ANNOTATION_GROUP_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    for g in groups {
+        let label = text(g, tags::ANNOTATION_GROUP_LABEL);
+        let t = first(g, tags::ANNOTATION_PROPERTY_TYPE_CODE_SEQUENCE);
+        let want = if label == "cell-dense regions" {
+            "108369006"
+        } else {
+            "85756007"
+        };
+        assert_eq!(text(&t, tags::CODE_VALUE), want, "{label}");
+    }
+    assert!(groups
+        .iter()
+        .any(|g| text(g, tags::ANNOTATION_GROUP_LABEL) == "cell-dense regions"));
+    for (file, iod) in [
+        ("dicom/segmentation.dcm", "Segmentation"),
+        ("dicom/annotations.dcm", "MicroscopyBulkSimpleAnnotations"),
+    ] {
+        match std::process::Command::new("dciodvfy")
+            .arg(dir.join(file))
+            .output()
+        {
+            Ok(v) => {
+                let report = String::from_utf8_lossy(&v.stderr).into_owned();
+                let errors: Vec<&str> = report
+                    .lines()
+                    .filter(|l| l.starts_with("Error"))
+                    .filter(|l| !l.contains("attribute <CommonZCoordinateValue> = <>"))
+                    .collect();
+                assert!(errors.is_empty(), "dciodvfy {file}: {report}");
+                assert!(report.contains(iod), "{report}");
+            }
+            Err(_) => {
+                skip("dciodvfy is not installed (apt-get install dicom3tools)");
+            }
+        }
+    }
+}

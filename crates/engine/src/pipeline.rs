@@ -1551,6 +1551,7 @@ fn write_dicom(
                 .unwrap_or(&doc.model.sha256[..12]),
         ),
         when,
+        codes: f.lm.folder.config.tessera.class_codes.as_deref(),
     };
     let bytes = output::dicom::segmentation(&input).map_err(|reason| Error::DicomOutput {
         path: path.clone(),

@@ -59,6 +59,31 @@ pub enum ResizeSize {
     Pair([u32; 2]),
 }
 
+/// A coded concept of the DICOM outputs (Code Value, Coding Scheme Designator, Code Meaning),
+/// e.g. `{"value": "108369006", "scheme": "SCT", "meaning": "Neoplasm"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Code {
+    /// Code Value (1–16 characters).
+    pub value: String,
+    /// Coding Scheme Designator, e.g. `SCT` (1–16 characters).
+    pub scheme: String,
+    /// Code Meaning (1–64 characters).
+    pub meaning: String,
+}
+
+/// A class's codes: its property category and property type (DICOM's Segmented Property
+/// Category/Type and Annotation Property Category/Type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassCodes {
+    /// The category, e.g. SCT 49755003 "Morphologically Abnormal Structure".
+    pub category: Code,
+    /// The type, e.g. SCT 108369006 "Neoplasm".
+    #[serde(rename = "type")]
+    pub property_type: Code,
+}
+
 /// Tessera's optional fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +94,11 @@ pub struct TesseraFields {
     /// The class whose probability heatmaps and slide scores show.
     #[serde(default)]
     pub positive_class: Option<String>,
+    /// One pair of codes per class for the DICOM outputs: what the class is (the
+    /// Segmentation's segment and the annotation group of its regions). Absent: every class is
+    /// coded as SCT 91723000 "Anatomical Structure" / SCT 85756007 "Tissue".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_codes: Option<Vec<ClassCodes>>,
     /// Input layout (default NCHW).
     #[serde(default)]
     pub layout: Layout,
@@ -254,6 +284,32 @@ impl ModelConfig {
                     colors.len(),
                     c.num_classes
                 )));
+            }
+        }
+        if let Some(codes) = &c.tessera.class_codes {
+            if codes.len() != c.num_classes {
+                return Err(bad(format!(
+                    "{} class_codes for {} classes",
+                    codes.len(),
+                    c.num_classes
+                )));
+            }
+            // DICOM's SH (value, scheme) and LO (meaning); no backslash (a value separator)
+            // and no control characters.
+            let ok = |s: &str, max: usize| {
+                !s.trim().is_empty()
+                    && s.chars().count() <= max
+                    && !s.chars().any(|ch| ch == '\\' || ch.is_control())
+            };
+            for (k, cc) in codes.iter().enumerate() {
+                for (what, code) in [("category", &cc.category), ("type", &cc.property_type)] {
+                    if !(ok(&code.value, 16) && ok(&code.scheme, 16) && ok(&code.meaning, 64)) {
+                        return Err(bad(format!(
+                            "class_codes[{k}].{what}: value and scheme need 1–16 characters, \
+                             meaning 1–64, no backslash or control character"
+                        )));
+                    }
+                }
             }
         }
         if let Some(p) = &c.tessera.positive_class {
@@ -549,6 +605,53 @@ mod tests {
             1,
         );
         assert!(parse(&bad).unwrap_err().to_string().contains("Cat"));
+    }
+
+    #[test]
+    fn class_codes_are_one_pair_per_class_within_dicoms_lengths() {
+        let with = |codes: &str| {
+            WSINFER.replacen(
+                "\"transform\"",
+                &format!(r#""tessera": {{"class_codes": {codes}}}, "transform""#),
+                1,
+            )
+        };
+        let pair = |v: &str, m: &str| {
+            format!(
+                r#"{{"category": {{"value": "49755003", "scheme": "SCT", "meaning": "Morphologically Abnormal Structure"}},
+                    "type": {{"value": "{v}", "scheme": "SCT", "meaning": "{m}"}}}}"#
+            )
+        };
+        let good = format!(
+            "[{}, {}]",
+            pair("85756007", "Tissue"),
+            pair("108369006", "Neoplasm")
+        );
+        let c = parse(&with(&good)).unwrap();
+        let codes = c.tessera.class_codes.unwrap();
+        assert_eq!(codes[1].property_type.meaning, "Neoplasm");
+        assert_eq!(codes[0].category.value, "49755003");
+        for (bad, why) in [
+            (
+                format!("[{}]", pair("1", "x")),
+                "1 class_codes for 2 classes",
+            ),
+            (
+                format!("[{}, {}]", pair("1", "x"), pair("12345678901234567", "x")),
+                "class_codes[1].type",
+            ),
+            (
+                format!("[{}, {}]", pair("1", "x"), pair("1", "a\\\\b")),
+                "class_codes[1].type",
+            ),
+            (
+                format!("[{}, {}]", pair("1", ""), pair("1", "x")),
+                "class_codes[0].type",
+            ),
+        ] {
+            let e = parse(&with(&bad)).unwrap_err().to_string();
+            assert!(e.contains(why), "{e} (wanted {why})");
+        }
     }
 
     #[test]

@@ -44,6 +44,30 @@ pub struct SegmentationInput<'a> {
     pub model: (&'a str, &'a str),
     /// When the analysis ran: `YYYYMMDD`, `HHMMSS`.
     pub when: (String, String),
+    /// Each class's codes (the model config's `class_codes`), in the classes' order; absent:
+    /// anatomical structure / tissue for every class.
+    pub codes: Option<&'a [crate::model::config::ClassCodes]>,
+}
+
+/// The codes of class `k`: the model's, else SCT "Anatomical Structure" / "Tissue".
+fn class_codes(
+    input: &SegmentationInput,
+    k: Option<usize>,
+) -> (InMemDicomObject, InMemDicomObject) {
+    match k.and_then(|k| input.codes.and_then(|c| c.get(k))) {
+        Some(c) => (
+            code(&c.category.value, &c.category.scheme, &c.category.meaning),
+            code(
+                &c.property_type.value,
+                &c.property_type.scheme,
+                &c.property_type.meaning,
+            ),
+        ),
+        None => (
+            code("91723000", "SCT", "Anatomical Structure"),
+            code("85756007", "SCT", "Tissue"),
+        ),
+    }
 }
 
 /// A UID derived from `parts`: `2.25.` and the first 128 bits of their SHA-256.
@@ -273,6 +297,8 @@ pub struct AnnotatedPatch<'a> {
 /// An annotation group: its label, graphic type and the graphics (points in level-0 pixels),
 /// with measurements (name, one value per graphic).
 struct Group {
+    /// The class it shows (its codes), if one.
+    class: Option<usize>,
     label: String,
     graphic: &'static str,
     graphics: Vec<Vec<[f64; 2]>>,
@@ -331,6 +357,7 @@ pub fn annotations(
     let mut groups = Vec::new();
     if !patches.is_empty() {
         groups.push(Group {
+            class: None,
             label: "patches".into(),
             graphic: "RECTANGLE",
             graphics: patches
@@ -372,6 +399,7 @@ pub fn annotations(
             .collect();
         if !rings.is_empty() {
             groups.push(Group {
+                class: input.classes.iter().position(|(n, _)| n == name),
                 label: format!("{name} regions"),
                 graphic: "POLYGON",
                 graphics: rings,
@@ -464,11 +492,11 @@ pub fn annotations(
                 ),
                 seq(
                     tags::ANNOTATION_PROPERTY_CATEGORY_CODE_SEQUENCE,
-                    vec![code("91723000", "SCT", "Anatomical Structure")],
+                    vec![class_codes(input, group.class).0],
                 ),
                 seq(
                     tags::ANNOTATION_PROPERTY_TYPE_CODE_SEQUENCE,
-                    vec![code("85756007", "SCT", "Tissue")],
+                    vec![class_codes(input, group.class).1],
                 ),
                 el(
                     tags::NUMBER_OF_ANNOTATIONS,
@@ -631,7 +659,7 @@ pub fn segmentation(input: &SegmentationInput) -> Result<Vec<u8>, String> {
             item(vec![
                 seq(
                     tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE,
-                    vec![code("91723000", "SCT", "Anatomical Structure")],
+                    vec![class_codes(input, Some(i)).0],
                 ),
                 el(tags::SEGMENT_NUMBER, VR::US, (i + 1) as u16),
                 el(tags::SEGMENT_LABEL, VR::LO, *name),
@@ -643,7 +671,7 @@ pub fn segmentation(input: &SegmentationInput) -> Result<Vec<u8>, String> {
                 el(tags::SEGMENT_ALGORITHM_NAME, VR::LO, input.model.0),
                 seq(
                     tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE,
-                    vec![code("85756007", "SCT", "Tissue")],
+                    vec![class_codes(input, Some(i)).1],
                 ),
             ])
         })
