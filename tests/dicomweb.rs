@@ -5,6 +5,7 @@
 //! OpenSSL's own test server).
 
 use std::ffi::OsStr;
+use std::path::Path;
 
 use tessera::{BackendChoice, DicomWebAuth, DicomWebConfig, Slide, SlideConfig};
 
@@ -657,6 +658,81 @@ fn dicom_outputs_are_valid_and_stored_once() {
     assert!(seg.exists() && dir.join("result.json").exists());
 }
 
+/// `tessera watch` over an archive's DICOMweb root, results into `out`, scanning every second,
+/// settled after `settle` seconds, no HTTP endpoints, tract inference, then `extra`.
+fn archive_watch_args(archive: &str, out: &Path, settle: &str, extra: &[&str]) -> Vec<String> {
+    let out = out.to_string_lossy();
+    let mut a: Vec<String> = [
+        "watch",
+        archive,
+        "--out",
+        &out,
+        "--settle",
+        settle,
+        "--rescan",
+        "1",
+        "--http",
+        "off",
+        "--inference",
+        "tract",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// That watch, started in the background (quiet).
+fn spawn_archive_watch(args: &[String]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The watch's events (`OUT/.watch/events.jsonl`) so far.
+fn watch_events(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join(".watch/events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// How many slides the watch has analysed so far.
+fn analysed_count(out: &Path) -> usize {
+    watch_events(out)
+        .iter()
+        .filter(|e| e["event"] == "analysed")
+        .count()
+}
+
+/// Complete result folders in `out` (not `.NAME.tmp-tessera-PID` ones being written).
+fn complete_results(out: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(out)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .filter(|p| p.join("result.json").is_file())
+        .collect()
+}
+
+/// Waits (3 min at most) until the watch has analysed a slide.
+fn wait_for_an_analysis(out: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while complete_results(out).is_empty() || analysed_count(out) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the series was not analysed: {:?}",
+            watch_events(out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn watch_analyses_a_series_stored_after_start_exactly_once() {
     let folder = require!(data("slides/dicom/cmu-1-small-region"));
@@ -664,74 +740,25 @@ fn watch_analyses_a_series_stored_after_start_exactly_once() {
     let out = tempfile::tempdir().unwrap();
     let archive = format!("dicomweb+{}", orthanc.dicomweb());
     let store = orthanc.dicomweb();
-    let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "watch",
-            &archive,
-            "--out",
-            &out.path().to_string_lossy(),
-            "--settle",
-            "1",
-            "--rescan",
-            "1",
-            "--http",
-            "off",
-            "--inference",
-            "tract",
-            "--dicomweb-store",
-            &store,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
+    let args = |extra: &[&str]| {
+        let mut e = vec!["--dicomweb-store", store.as_str()];
+        e.extend_from_slice(extra);
+        archive_watch_args(&archive, out.path(), "1", &e)
     };
-    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args(&[]))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watch = spawn_archive_watch(&args(&[]));
     // The series arrives after the service started.
     std::thread::sleep(std::time::Duration::from_secs(2));
     orthanc.upload_dir(&folder);
-    let results = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(out.path())
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            // Complete folders only (not `.NAME.tmp-tessera-PID` being written).
-            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-            .filter(|p| p.join("result.json").is_file())
-            .collect()
-    };
-    let analysed = || {
-        std::fs::read_to_string(out.path().join(".watch/events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("\"event\":\"analysed\""))
-            .count()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    while results().is_empty() || analysed() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the series was not analysed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_for_an_analysis(out.path());
     // Killed without warning, then run again: nothing is analysed twice.
     watch.kill().unwrap();
     watch.wait().unwrap();
-    let o = tessera_str(
-        &args(&["--once"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let again = args(&["--once"]);
+    let o = tessera_str(&again.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(results().len(), 1, "{:?}", results());
-    assert_eq!(analysed(), 1);
+    let results = complete_results(out.path());
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(analysed_count(out.path()), 1);
     // Its results were stored back once, and are not taken for slides.
     let series = orthanc.rest("/series?expand");
     let segs = series
@@ -816,25 +843,7 @@ fn watch_waits_for_a_series_still_being_written() {
     let orthanc = require!(Orthanc::start(None));
     let out = tempfile::tempdir().unwrap();
     let archive = format!("dicomweb+{}", orthanc.dicomweb());
-    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
-            "watch",
-            &archive,
-            "--out",
-            &out.path().to_string_lossy(),
-            "--settle",
-            "5",
-            "--rescan",
-            "1",
-            "--http",
-            "off",
-            "--inference",
-            "tract",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watch = spawn_archive_watch(&archive_watch_args(&archive, out.path(), "5", &[]));
     // Smallest level first, level 0 last, half a second apart: each scan sees a new count.
     let mut files: Vec<_> = std::fs::read_dir(&folder)
         .unwrap()
@@ -845,38 +854,18 @@ fn watch_waits_for_a_series_still_being_written() {
         orthanc.upload(f);
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    let events = || {
-        std::fs::read_to_string(out.path().join(".watch/events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .collect::<Vec<_>>()
-    };
-    let analysed = || {
-        events()
-            .into_iter()
-            .filter(|e| e["event"] == "analysed")
-            .count()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    while analysed() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the series was not analysed: {:?}",
-            events()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_for_an_analysis(out.path());
     // Two more scans past the settle period: nothing else is analysed.
     std::thread::sleep(std::time::Duration::from_secs(3));
     watch.kill().unwrap();
     watch.wait().unwrap();
-    assert_eq!(analysed(), 1, "{:?}", events());
-    let results: Vec<_> = std::fs::read_dir(out.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("result.json").is_file())
-        .collect();
+    assert_eq!(
+        analysed_count(out.path()),
+        1,
+        "{:?}",
+        watch_events(out.path())
+    );
+    let results = complete_results(out.path());
     assert_eq!(results.len(), 1, "{results:?}");
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(results[0].join("result.json")).unwrap()).unwrap();
