@@ -225,22 +225,24 @@ impl Db {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let mut c = match self.conn.lock() {
+        self.on(&self.conn, f)
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        self.on(&self.sessions, f)
+    }
+
+    /// Runs `f` on one of the two connections, its error naming the database.
+    fn on<T>(
+        &self,
+        conn: &Mutex<Connection>,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let mut c = match conn.lock() {
             Ok(c) => c,
             Err(e) => e.into_inner(),
         };
         f(&mut c).map_err(|e| Error::Serve {
-            path: self.path.clone(),
-            message: format!("viewer database: {e}"),
-        })
-    }
-
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let c = match self.sessions.lock() {
-            Ok(c) => c,
-            Err(e) => e.into_inner(),
-        };
-        f(&c).map_err(|e| Error::Serve {
             path: self.path.clone(),
             message: format!("viewer database: {e}"),
         })

@@ -302,19 +302,17 @@ pub(super) async fn quiz_round(
         )
         .into_response();
     };
-    let (t, c, r) = (trainee.clone(), id.clone(), record.clone());
-    let saved =
-        tokio::task::spawn_blocking(move || db.save_answer(user.as_ref(), &t, &c, &time, &r)).await;
-    match saved {
-        Ok(Ok(answer)) => Json(json!({
+    blocking(move || {
+        let answer = db
+            .save_answer(user.as_ref(), &trainee, &id, &time, &record)
+            .map_err(internal)?;
+        Ok(Json(json!({
             "score": score,
             "reference": reference,
             "answer": answer,
-        }))
-        .into_response(),
-        Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+        })))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -333,34 +331,27 @@ pub(super) async fn progress(
     if let Some(axum::Extension(s)) = session {
         // Accounts: one's own rounds; an instructor may ask for anyone's.
         let me = s.user;
-        let whose = match t.trainee {
-            None => me,
-            Some(name) if name.eq_ignore_ascii_case(&me.name) => me,
-            Some(name) if me.role == accounts::Role::Instructor => match db.user(&name) {
-                Ok(Some(u)) => u,
-                Ok(None) => return not_found("no such account").into_response(),
-                Err(e) => {
-                    return Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        return blocking(move || {
+            let whose = match t.trainee {
+                None => me,
+                Some(name) if name.eq_ignore_ascii_case(&me.name) => me,
+                Some(name) if me.role == accounts::Role::Instructor => db
+                    .user(&name)
+                    .map_err(internal)?
+                    .ok_or_else(|| not_found("no such account"))?,
+                Some(_) => {
+                    return Err(Fail(
+                        StatusCode::FORBIDDEN,
+                        "a trainee sees their own progress only".into(),
+                    ))
                 }
-            },
-            Some(_) => {
-                return Fail(
-                    StatusCode::FORBIDDEN,
-                    "a trainee sees their own progress only".into(),
-                )
-                .into_response()
-            }
-        };
-        let rounds = tokio::task::spawn_blocking(move || {
-            db.answers(accounts::Who::Account(&whose))
-                .map(|r| (whose.name, r))
+            };
+            let rounds = db
+                .answers(accounts::Who::Account(&whose))
+                .map_err(internal)?;
+            Ok(progress_reply(&st, &whose.name, rounds))
         })
         .await;
-        return match rounds {
-            Ok(Ok((name, rounds))) => progress_reply(&st, &name, rounds),
-            Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-            Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        };
     }
     let Some(trainee) = t.trainee.or_else(|| st.cfg.trainee.clone()) else {
         return Fail(
@@ -372,13 +363,13 @@ pub(super) async fn progress(
     if !quiz::trainee_ok(&trainee) {
         return Fail(StatusCode::BAD_REQUEST, "invalid trainee name".into()).into_response();
     }
-    let t2 = trainee.clone();
-    let rounds = tokio::task::spawn_blocking(move || db.answers(accounts::Who::Typed(&t2))).await;
-    match rounds {
-        Ok(Ok(rounds)) => progress_reply(&st, &trainee, rounds),
-        Ok(Err(e)) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    blocking(move || {
+        let rounds = db
+            .answers(accounts::Who::Typed(&trainee))
+            .map_err(internal)?;
+        Ok(progress_reply(&st, &trainee, rounds))
+    })
+    .await
 }
 
 /// Where each course case is now: `(course, case id) → position`, courses read once each.
@@ -411,9 +402,7 @@ fn all_rounds(st: &St) -> std::result::Result<Vec<progress::Round>, Fail> {
         .clone()
         .ok_or_else(|| not_found("no viewer database, no answers"))?;
     let accounts = matches!(st.mode, Mode::Accounts(_));
-    let all = db
-        .all_answers(accounts)
-        .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let all = db.all_answers(accounts).map_err(internal)?;
     let mut rounds: Vec<progress::Round> = all
         .iter()
         .filter_map(|(who, r)| progress::Round::from_record(who, r))
@@ -422,33 +411,18 @@ fn all_rounds(st: &St) -> std::result::Result<Vec<progress::Round>, Fail> {
     Ok(rounds)
 }
 
-fn instructor(
-    session: &Option<axum::Extension<accounts::Session>>,
-) -> std::result::Result<(), Fail> {
-    match session {
-        Some(axum::Extension(s)) if s.user.role != accounts::Role::Instructor => {
-            Err(Fail(StatusCode::FORBIDDEN, "instructors only".into()))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// `GET /api/overview` (instructors): every trainee (the weakest first) and every case (the
 /// hardest first).
 pub(super) async fn overview(
     State(st): State<St>,
     session: Option<axum::Extension<accounts::Session>>,
 ) -> Response {
-    let r = tokio::task::spawn_blocking(move || {
-        instructor(&session)?;
-        Ok::<_, Fail>(Json(progress::overview(all_rounds(&st)?)))
+    let (role, _) = role_of(&session);
+    blocking(move || {
+        instructors_only(role)?;
+        Ok(Json(progress::overview(all_rounds(&st)?)))
     })
-    .await;
-    match r {
-        Ok(Ok(j)) => j.into_response(),
-        Ok(Err(f)) => f.into_response(),
-        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    .await
 }
 
 /// `GET /api/answers.csv` (instructors): every answer, one row each.
@@ -456,13 +430,10 @@ pub(super) async fn answers_csv(
     State(st): State<St>,
     session: Option<axum::Extension<accounts::Session>>,
 ) -> Response {
-    let r = tokio::task::spawn_blocking(move || {
-        instructor(&session)?;
-        Ok::<_, Fail>(progress::csv(&all_rounds(&st)?))
-    })
-    .await;
-    match r {
-        Ok(Ok(text)) => (
+    let (role, _) = role_of(&session);
+    blocking(move || {
+        instructors_only(role)?;
+        Ok((
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
                 (
@@ -470,10 +441,8 @@ pub(super) async fn answers_csv(
                     "attachment; filename=\"tessera-answers.csv\"",
                 ),
             ],
-            text,
-        )
-            .into_response(),
-        Ok(Err(f)) => f.into_response(),
-        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+            progress::csv(&all_rounds(&st)?),
+        ))
+    })
+    .await
 }

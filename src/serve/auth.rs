@@ -10,7 +10,7 @@
 //! (with its [`Session`] as an extension in accounts mode), or 401/403/429, or a redirect to
 //! the login page. No coordinates.
 
-use super::accounts::{Role, Session};
+use super::accounts::Session;
 use super::state::*;
 use super::*;
 
@@ -72,13 +72,7 @@ pub(super) async fn guard(State(st): State<St>, mut req: Request, next: Next) ->
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_string);
-        let cookie = req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix("tessera_token=").map(str::to_string));
+        let cookie = cookie(&req, "tessera_token");
         let query = req.uri().query().and_then(|q| {
             q.split('&')
                 .find_map(|kv| kv.strip_prefix("token=").map(str::to_string))
@@ -384,19 +378,19 @@ pub(super) async fn users(
     State(st): State<St>,
     session: Option<axum::Extension<Session>>,
 ) -> Response {
-    let Some(axum::Extension(s)) = session else {
+    if session.is_none() {
         return not_found("no accounts: this viewer runs for one user").into_response();
-    };
-    if s.user.role != Role::Instructor {
-        return Fail(StatusCode::FORBIDDEN, "instructors only".into()).into_response();
     }
-    let Some(db) = &st.db else {
-        return not_found("no viewer database").into_response();
-    };
-    match db.users() {
-        Ok(u) => Json(json!({"users": u})).into_response(),
-        Err(e) => Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    let (role, _) = role_of(&session);
+    blocking(move || {
+        instructors_only(role)?;
+        let db = st
+            .db
+            .as_ref()
+            .ok_or_else(|| not_found("no viewer database"))?;
+        Ok(Json(json!({"users": db.users().map_err(internal)?})))
+    })
+    .await
 }
 
 /// Constant-time comparison.

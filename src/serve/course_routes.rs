@@ -13,17 +13,10 @@
 //! single-user mode). Out: JSON. Coordinates: marks and regions in level-0 pixels.
 
 use super::accounts::{Role, Session, User};
+
 use super::course::{self, Course, Question, Truth};
 use super::state::*;
 use super::*;
-
-fn role_of(session: &Option<axum::Extension<Session>>) -> (Role, Option<User>) {
-    match session {
-        Some(axum::Extension(s)) => (s.user.role, Some(s.user.clone())),
-        // Single-user mode: the one local user prepares and takes courses.
-        None => (Role::Instructor, None),
-    }
-}
 
 fn db(st: &St) -> std::result::Result<Arc<accounts::Db>, Fail> {
     st.db.clone().ok_or_else(|| {
@@ -37,18 +30,6 @@ fn db(st: &St) -> std::result::Result<Arc<accounts::Db>, Fail> {
     })
 }
 
-fn instructors_only(role: Role) -> std::result::Result<(), Fail> {
-    if role == Role::Instructor {
-        Ok(())
-    } else {
-        Err(Fail(StatusCode::FORBIDDEN, "instructors only".into()))
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> Fail {
-    Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
 /// Checks a course document against the slides analysed here.
 fn checked(st: &St, body: &[u8]) -> std::result::Result<Course, Fail> {
     st.refresh();
@@ -60,24 +41,16 @@ fn checked(st: &St, body: &[u8]) -> std::result::Result<Course, Fail> {
     .map_err(|e| Fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
 }
 
-fn result<T: IntoResponse>(r: std::result::Result<T, Fail>) -> Response {
-    match r {
-        Ok(v) => v.into_response(),
-        Err(f) => f.into_response(),
-    }
-}
-
 pub(super) async fn list(
     State(st): State<St>,
     session: Option<axum::Extension<Session>>,
 ) -> Response {
     let (role, _) = role_of(&session);
-    let r = tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let rows = db(&st)?.courses().map_err(internal)?;
         Ok(Json(json!({"courses": rows, "role": role})))
     })
-    .await;
-    result(r.map_err(internal).and_then(|r| r))
+    .await
 }
 
 pub(super) async fn create(
@@ -86,7 +59,7 @@ pub(super) async fn create(
     body: Bytes,
 ) -> Response {
     let (role, user) = role_of(&session);
-    let r = tokio::task::spawn_blocking(move || {
+    blocking(move || {
         instructors_only(role)?;
         let db = db(&st)?;
         let c = checked(&st, &body)?;
@@ -95,8 +68,7 @@ pub(super) async fn create(
             json!({"id": id, "title": c.title, "cases": c.cases.len()}),
         ))
     })
-    .await;
-    result(r.map_err(internal).and_then(|r| r))
+    .await
 }
 
 pub(super) async fn update(
@@ -106,7 +78,7 @@ pub(super) async fn update(
     body: Bytes,
 ) -> Response {
     let (role, _) = role_of(&session);
-    let r = tokio::task::spawn_blocking(move || {
+    blocking(move || {
         instructors_only(role)?;
         let db = db(&st)?;
         let c = checked(&st, &body)?;
@@ -117,8 +89,7 @@ pub(super) async fn update(
             json!({"id": id, "title": c.title, "cases": c.cases.len()}),
         ))
     })
-    .await;
-    result(r.map_err(internal).and_then(|r| r))
+    .await
 }
 
 fn load(st: &St, id: i64) -> std::result::Result<Course, Fail> {
@@ -134,20 +105,18 @@ pub(super) async fn get_course(
     session: Option<axum::Extension<Session>>,
 ) -> Response {
     let (role, _) = role_of(&session);
-    let loaded = tokio::task::spawn_blocking(move || load(&st, id)).await;
-    result(
-        loaded
-            .map_err(internal)
-            .and_then(|r| r)
-            .map(|c| match role {
-                Role::Instructor => {
-                    let mut v = serde_json::to_value(&c).unwrap_or_default();
-                    v["description_html"] = Value::from(course::markdown(&c.description));
-                    Json(v)
-                }
-                Role::Trainee => Json(c.for_trainee()),
-            }),
-    )
+    blocking(move || {
+        let c = load(&st, id)?;
+        Ok(match role {
+            Role::Instructor => {
+                let mut v = serde_json::to_value(&c).unwrap_or_default();
+                v["description_html"] = Value::from(course::markdown(&c.description));
+                Json(v)
+            }
+            Role::Trainee => Json(c.for_trainee()),
+        })
+    })
+    .await
 }
 
 pub(super) async fn export(
@@ -156,14 +125,10 @@ pub(super) async fn export(
     session: Option<axum::Extension<Session>>,
 ) -> Response {
     let (role, _) = role_of(&session);
-    let loaded = tokio::task::spawn_blocking(move || {
+    blocking(move || {
         instructors_only(role)?;
-        load(&st, id)
-    })
-    .await;
-    result(loaded.map_err(internal).and_then(|r| r).map(|c| {
-        let body = serde_json::to_vec_pretty(&c).unwrap_or_default();
-        (
+        let body = serde_json::to_vec_pretty(&load(&st, id)?).map_err(internal)?;
+        Ok((
             [
                 (header::CONTENT_TYPE, "application/json".to_string()),
                 (
@@ -172,8 +137,9 @@ pub(super) async fn export(
                 ),
             ],
             body,
-        )
-    }))
+        ))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -189,8 +155,7 @@ pub(super) async fn answer(
     Json(a): Json<Answer>,
 ) -> Response {
     let (_, user) = role_of(&session);
-    let r = tokio::task::spawn_blocking(move || answer_blocking(&st, id, n, user, a)).await;
-    result(r.map_err(internal).and_then(|r| r))
+    blocking(move || answer_blocking(&st, id, n, user, a)).await
 }
 
 fn answer_blocking(

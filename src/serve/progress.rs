@@ -66,34 +66,45 @@ impl Round {
             (None, _) => slide.clone(),
         };
         let course_title = r["course_title"].as_str().map(str::to_string);
-        if let Some(correct) = r["correct"].as_bool() {
-            return Some(Round {
-                trainee: trainee.to_string(),
-                time,
-                case_key,
-                case_id,
-                slide,
-                course,
-                course_title,
-                kind,
-                class: "diagnosis".into(),
-                score: if correct { 1.0 } else { 0.0 },
-                precision: None,
-                regions: None,
-                diagnosis: Some((r["diagnosis"].as_str().unwrap_or("").to_string(), correct)),
-            });
-        }
-        let s = &r["score"];
-        let regions = s["regions"].as_u64()?;
-        let hits = s["hits"].as_u64()?;
-        let false_marks = s["false_marks"].as_u64().unwrap_or(0);
-        let class = question["class"]
-            .as_str()
-            .or_else(|| r["class"].as_str())
-            .unwrap_or("")
-            .to_string();
-        let marks = hits_marks(s).unwrap_or(hits + false_marks);
-        let top_k = (kind == "top_k").then(|| question["k"].as_u64()).flatten();
+        // What the answer scored: a diagnosis right or wrong, or marks against regions.
+        let (class, score, precision, regions, diagnosis) = match r["correct"].as_bool() {
+            Some(correct) => (
+                "diagnosis".to_string(),
+                if correct { 1.0 } else { 0.0 },
+                None,
+                None,
+                Some((r["diagnosis"].as_str().unwrap_or("").to_string(), correct)),
+            ),
+            None => {
+                let s = &r["score"];
+                let regions = s["regions"].as_u64()?;
+                let hits = s["hits"].as_u64()?;
+                let false_marks = s["false_marks"].as_u64().unwrap_or(0);
+                let class = question["class"]
+                    .as_str()
+                    .or_else(|| r["class"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let marks = hits_marks(s).unwrap_or(hits + false_marks);
+                let top_k = (kind == "top_k").then(|| question["k"].as_u64()).flatten();
+                // For "the k most suspicious areas", finding k of them is full marks.
+                let score = match (regions, top_k) {
+                    (0, _) if false_marks == 0 => 1.0,
+                    (0, _) => 0.0,
+                    (n, Some(k)) => hits as f64 / n.min(k.max(1)) as f64,
+                    (n, _) => hits as f64 / n as f64,
+                };
+                let precision =
+                    (marks > 0).then(|| marks.saturating_sub(false_marks) as f64 / marks as f64);
+                (
+                    class,
+                    score,
+                    precision,
+                    Some((regions, hits, false_marks)),
+                    None,
+                )
+            }
+        };
         Some(Round {
             trainee: trainee.to_string(),
             time,
@@ -104,16 +115,10 @@ impl Round {
             course_title,
             kind,
             class,
-            // For "the k most suspicious areas", finding k of them is full marks.
-            score: match (regions, top_k) {
-                (0, _) if false_marks == 0 => 1.0,
-                (0, _) => 0.0,
-                (n, Some(k)) => hits as f64 / n.min(k.max(1)) as f64,
-                (n, _) => hits as f64 / n as f64,
-            },
-            precision: (marks > 0).then(|| marks.saturating_sub(false_marks) as f64 / marks as f64),
-            regions: Some((regions, hits, false_marks)),
-            diagnosis: None,
+            score,
+            precision,
+            regions,
+            diagnosis,
         })
     }
 }

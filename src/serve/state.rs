@@ -118,6 +118,43 @@ pub(super) fn not_found(what: &str) -> Fail {
     Fail(StatusCode::NOT_FOUND, format!("not found: {what}"))
 }
 
+/// A 500 with the reason.
+pub(super) fn internal(e: impl std::fmt::Display) -> Fail {
+    Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Runs `f` (the viewer database, files) on the blocking pool, off the async threads; its
+/// answer, or the refusal it gives.
+pub(super) async fn blocking<T: IntoResponse + Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, Fail> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => v.into_response(),
+        Ok(Err(fail)) => fail.into_response(),
+        Err(e) => internal(e).into_response(),
+    }
+}
+
+/// A request's role and account: its session's, or, in single-user mode (no session), the
+/// one local user's, who counts as an instructor.
+pub(super) fn role_of(
+    session: &Option<axum::Extension<accounts::Session>>,
+) -> (accounts::Role, Option<accounts::User>) {
+    match session {
+        Some(axum::Extension(s)) => (s.user.role, Some(s.user.clone())),
+        None => (accounts::Role::Instructor, None),
+    }
+}
+
+/// Refuses a trainee.
+pub(super) fn instructors_only(role: accounts::Role) -> std::result::Result<(), Fail> {
+    if role == accounts::Role::Instructor {
+        Ok(())
+    } else {
+        Err(Fail(StatusCode::FORBIDDEN, "instructors only".into()))
+    }
+}
+
 impl Shared {
     pub(super) fn catalogue(&self) -> Arc<Catalogue> {
         match self.cases.read() {
