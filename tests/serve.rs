@@ -826,7 +826,7 @@ fn quiz_rounds_are_scored_against_the_expert_or_the_ai_and_saved() {
 
 /// The viewer database's answers: (row, account id, trainee, case, record), in order.
 fn stored_answers(out: &Path) -> Vec<(i64, Option<i64>, String, String, Value)> {
-    let db = rusqlite::Connection::open(out.join(".tessera/viewer.sqlite")).unwrap();
+    let db = viewer_db(out);
     let mut q = db
         .prepare("SELECT id, user_id, trainee, case_id, record FROM answers ORDER BY id")
         .unwrap();
@@ -1362,7 +1362,7 @@ fn with_accounts_every_route_needs_a_login_and_answers_belong_to_the_account() {
         "ana\ttrainee\nben\ttrainee\nDr Teach\tinstructor\n"
     );
     // The password is stored only as an Argon2id hash.
-    let db = rusqlite::Connection::open(out.join(".tessera/viewer.sqlite")).unwrap();
+    let db = viewer_db(&out);
     let phc: String = db
         .query_row("SELECT password FROM users WHERE name = 'ana'", [], |r| {
             r.get(0)
@@ -1483,7 +1483,7 @@ fn with_accounts_every_route_needs_a_login_and_answers_belong_to_the_account() {
     assert_eq!(r.status, 200, "{}", r.text());
     let stored = stored_answers(&out);
     assert_eq!(stored.len(), 1);
-    let db = rusqlite::Connection::open(out.join(".tessera/viewer.sqlite")).unwrap();
+    let db = viewer_db(&out);
     let ana_id: i64 = db
         .query_row("SELECT id FROM users WHERE name = 'ana'", [], |r| r.get(0))
         .unwrap();
@@ -2336,6 +2336,11 @@ fn a_course_from_the_editor_to_the_trainees_progress_in_chromium() {
 
 /// Empties the answers table (a test's setup rounds out of the way).
 fn db_delete_answers(out: &Path) {
-    let db = rusqlite::Connection::open(out.join(".tessera/viewer.sqlite")).unwrap();
+    let db = viewer_db(out);
     db.execute("DELETE FROM answers", []).unwrap();
+}
+
+/// The viewer's database of a results folder, opened beside the server.
+fn viewer_db(out: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(out.join(".tessera/viewer.sqlite")).unwrap()
 }
